@@ -1,0 +1,74 @@
+package log
+
+// The kinds of entries. The numbers are part of the on-disk format: never
+// renumber or reuse one; add new kinds at the end of their group.
+const (
+	// Room events and ephemeral data.
+	KindPDU Kind = 1 // a room event (local or received over federation)
+	KindEDU Kind = 2 // typing, receipts, presence, device list updates, ...
+
+	// Accounts, devices and sessions.
+	KindAccountRegistered  Kind = 100
+	KindPasswordChanged    Kind = 101
+	KindAccountDeactivated Kind = 102
+	KindProfileSet         Kind = 103
+	KindDeviceAdded        Kind = 110
+	KindDeviceUpdated      Kind = 111
+	KindDeviceRemoved      Kind = 112
+	KindAccessTokenIssued  Kind = 120
+	KindAccessTokenRevoked Kind = 121
+	KindRegistrationToken  Kind = 122 // a registration token created, used or deleted
+
+	// Per-user data.
+	KindAccountDataSet Kind = 200
+	KindFilterStored   Kind = 201
+	KindToDeviceSent   Kind = 202
+	KindPushRulesSet   Kind = 203
+
+	// Directory.
+	KindAliasSet          Kind = 300
+	KindAliasRemoved      Kind = 301
+	KindRoomVisibilitySet Kind = 302
+	KindReportFiled       Kind = 303
+
+	// Media and keys (wave 2).
+	KindMediaUploaded Kind = 400
+	KindKeysUploaded  Kind = 410
+
+	// Server administration.
+	KindServerFact Kind = 900 // anything else; the payload names its type
+)
+
+var kindNames = map[Kind]string{
+	KindPDU:                "pdu",
+	KindEDU:                "edu",
+	KindAccountRegistered:  "account_registered",
+	KindPasswordChanged:    "password_changed",
+	KindAccountDeactivated: "account_deactivated",
+	KindProfileSet:         "profile_set",
+	KindDeviceAdded:        "device_added",
+	KindDeviceUpdated:      "device_updated",
+	KindDeviceRemoved:      "device_removed",
+	KindAccessTokenIssued:  "access_token_issued",
+	KindAccessTokenRevoked: "access_token_revoked",
+	KindRegistrationToken:  "registration_token",
+	KindAccountDataSet:     "account_data_set",
+	KindFilterStored:       "filter_stored",
+	KindToDeviceSent:       "to_device_sent",
+	KindPushRulesSet:       "push_rules_set",
+	KindAliasSet:           "alias_set",
+	KindAliasRemoved:       "alias_removed",
+	KindRoomVisibilitySet:  "room_visibility_set",
+	KindReportFiled:        "report_filed",
+	KindMediaUploaded:      "media_uploaded",
+	KindKeysUploaded:       "keys_uploaded",
+	KindServerFact:         "server_fact",
+}
+
+// String names the kind for operators (engram log show).
+func (k Kind) String() string {
+	if n, ok := kindNames[k]; ok {
+		return n
+	}
+	return "unknown"
+}
