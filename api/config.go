@@ -1,0 +1,47 @@
+// Package api serves the Matrix client-server API (and, in sub-packages,
+// the admin, media and well-known endpoints). Handlers validate input,
+// build events with stateres, propose entries to the log, wait until the
+// projection they answer from has applied them, and answer from
+// projections. No handler keeps state that a replay would not rebuild.
+package api
+
+import (
+	"crypto/ed25519"
+	"time"
+)
+
+// Config is what the API needs to know of the server's configuration. The
+// binary (cmd/engram) fills it from the YAML file, whose keys use Synapse's
+// homeserver.yaml names where the meaning is the same; they are given in
+// the comments.
+type Config struct {
+	ServerName    string // server_name
+	PublicBaseURL string // public_baseurl, e.g. https://matrix.example.org/
+	// ServeServerWellKnown/WellKnownServer: what /.well-known/matrix/server
+	// answers ({"m.server": WellKnownServer}); empty means 404.
+	WellKnownServer string // serve_server_wellknown + federation_listen port
+
+	EnableRegistration                    bool   // enable_registration
+	EnableRegistrationWithoutVerification bool   // enable_registration_without_verification
+	RegistrationSharedSecret              string // registration_shared_secret
+	RegistrationRequiresToken             bool   // registration_requires_token
+	AllowGuestAccess                      bool   // allow_guest_access
+	AllowPublicRoomsWithoutAuth           bool   // allow_public_rooms_without_auth
+	DefaultRoomVersion                    string // default_room_version
+	MaxUploadSize                         int64  // max_upload_size, bytes
+	// MaxRequestBodySize bounds JSON request bodies (not media uploads).
+	MaxRequestBodySize int64
+
+	TurnURIs         []string      // turn_uris
+	TurnSharedSecret string        // turn_shared_secret
+	TurnUserLifetime time.Duration // turn_user_lifetime
+	TurnAllowGuests  bool          // turn_allow_guests
+
+	RateLimitingEnabled bool    // rate_limiting_enabled
+	RateLimitPerSecond  float64 // rc_message.per_second
+	RateLimitBurst      int     // rc_message.burst_count
+
+	// Signing key of this server, used to sign the events it creates.
+	SigningKeyID string // "ed25519:<id>"
+	SigningKey   ed25519.PrivateKey
+}
