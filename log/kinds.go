@@ -24,6 +24,7 @@ const (
 	KindFilterStored   Kind = 201
 	KindToDeviceSent   Kind = 202
 	KindPushRulesSet   Kind = 203
+	KindRoomForgotten  Kind = 204
 
 	// Directory.
 	KindAliasSet          Kind = 300
@@ -56,6 +57,7 @@ var kindNames = map[Kind]string{
 	KindFilterStored:       "filter_stored",
 	KindToDeviceSent:       "to_device_sent",
 	KindPushRulesSet:       "push_rules_set",
+	KindRoomForgotten:      "room_forgotten",
 	KindAliasSet:           "alias_set",
 	KindAliasRemoved:       "alias_removed",
 	KindRoomVisibilitySet:  "room_visibility_set",

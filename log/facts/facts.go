@@ -1,0 +1,332 @@
+// Package facts holds the payload types of every log entry kind (see
+// log/kinds.go). Payloads are JSON-encoded Go structs: readable by
+// operators (engram log show) and tolerant of added fields.
+//
+// Every value in a payload was decided by the writer before proposing
+// (IDs, hashes, timestamps, expiry times), so that folding it is a pure
+// function of the log.
+package facts
+
+import (
+	"encoding/json"
+	"fmt"
+
+	englog "github.com/engram-hs/engram/log"
+)
+
+// Encode is the one way to turn a payload into a proposal.
+func Encode(kind englog.Kind, v any) (englog.Proposal, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return englog.Proposal{}, fmt.Errorf("facts: encode %s: %w", kind, err)
+	}
+	return englog.Proposal{Kind: kind, Payload: b}, nil
+}
+
+// MustEncode is Encode for payloads made only of marshalable fields, where
+// an error is a programming bug.
+func MustEncode(kind englog.Kind, v any) englog.Proposal {
+	p, err := Encode(kind, v)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// Decode reads an entry's payload into v.
+func Decode(e englog.Entry, v any) error {
+	if err := json.Unmarshal(e.Payload, v); err != nil {
+		return fmt.Errorf("facts: decode %s at offset %d: %w", e.Kind, e.Offset, err)
+	}
+	return nil
+}
+
+// New returns a pointer to the zero payload of a kind, or nil when the kind
+// is unknown. Operators' tools use it to print entries.
+func New(kind englog.Kind) any {
+	switch kind {
+	case englog.KindPDU:
+		return &PDU{}
+	case englog.KindEDU:
+		return &EDU{}
+	case englog.KindAccountRegistered:
+		return &AccountRegistered{}
+	case englog.KindPasswordChanged:
+		return &PasswordChanged{}
+	case englog.KindAccountDeactivated:
+		return &AccountDeactivated{}
+	case englog.KindProfileSet:
+		return &ProfileSet{}
+	case englog.KindDeviceAdded:
+		return &DeviceAdded{}
+	case englog.KindDeviceUpdated:
+		return &DeviceUpdated{}
+	case englog.KindDeviceRemoved:
+		return &DeviceRemoved{}
+	case englog.KindAccessTokenIssued:
+		return &AccessTokenIssued{}
+	case englog.KindAccessTokenRevoked:
+		return &AccessTokenRevoked{}
+	case englog.KindRegistrationToken:
+		return &RegistrationToken{}
+	case englog.KindAccountDataSet:
+		return &AccountDataSet{}
+	case englog.KindFilterStored:
+		return &FilterStored{}
+	case englog.KindToDeviceSent:
+		return &ToDeviceSent{}
+	case englog.KindPushRulesSet:
+		return &PushRulesSet{}
+	case englog.KindRoomForgotten:
+		return &RoomForgotten{}
+	case englog.KindAliasSet:
+		return &AliasSet{}
+	case englog.KindAliasRemoved:
+		return &AliasRemoved{}
+	case englog.KindRoomVisibilitySet:
+		return &RoomVisibilitySet{}
+	case englog.KindReportFiled:
+		return &ReportFiled{}
+	case englog.KindServerFact:
+		return &ServerFact{}
+	}
+	return nil
+}
+
+// ---- Room events and ephemeral data ----
+
+// PDU is a room event entering the system, local or received.
+type PDU struct {
+	RoomVersion string `json:"room_version"`
+	// Event is the full PDU JSON as stored and sent over federation.
+	Event json.RawMessage `json:"event"`
+	// Txn is set for events a local client sent with a transaction ID, so
+	// that a retried PUT /send returns the same event (spec: transaction
+	// identifiers are scoped to the device).
+	Txn *TxnRef `json:"txn,omitempty"`
+	// Rejected is non-empty when the event was stored but failed the auth
+	// checks (federation); projections keep it out of state and timelines.
+	Rejected string `json:"rejected,omitempty"`
+	// SoftFailed: authorised by its auth events but not by the current
+	// state; kept out of the timeline and current state.
+	SoftFailed bool `json:"soft_failed,omitempty"`
+	// Outlier: stored for auth chains only, not part of the room's DAG view.
+	Outlier bool `json:"outlier,omitempty"`
+}
+
+// TxnRef names the client transaction that created an event.
+type TxnRef struct {
+	UserID   string `json:"user_id"`
+	DeviceID string `json:"device_id"`
+	TxnID    string `json:"txn_id"`
+}
+
+// EDU is ephemeral data: typing, receipts, presence, device list updates.
+// Type selects the content struct (TypingContent, ReceiptContent,
+// PresenceContent); federation may append other types as raw content.
+type EDU struct {
+	Type    string          `json:"type"`
+	Origin  string          `json:"origin,omitempty"`
+	Content json.RawMessage `json:"content"`
+}
+
+// EDU types with content structs here.
+const (
+	EDUTyping   = "m.typing"
+	EDUReceipt  = "m.receipt"
+	EDUPresence = "m.presence"
+)
+
+// TypingContent: one user started or stopped typing in a room. ExpiresAt
+// (Unix ms) is decided by the writer; projections compare it with
+// Entry.Time, never the clock.
+type TypingContent struct {
+	RoomID    string `json:"room_id"`
+	UserID    string `json:"user_id"`
+	Typing    bool   `json:"typing"`
+	ExpiresAt int64  `json:"expires_at,omitempty"`
+}
+
+// ReceiptContent: one user's receipt on one event.
+type ReceiptContent struct {
+	RoomID      string `json:"room_id"`
+	UserID      string `json:"user_id"`
+	EventID     string `json:"event_id"`
+	ReceiptType string `json:"receipt_type"` // m.read, m.read.private, m.fully_read
+	ThreadID    string `json:"thread_id,omitempty"`
+	TS          int64  `json:"ts"`
+}
+
+// PresenceContent: one user's presence.
+type PresenceContent struct {
+	UserID    string  `json:"user_id"`
+	Presence  string  `json:"presence"`
+	StatusMsg *string `json:"status_msg,omitempty"`
+}
+
+// ---- Accounts, devices and sessions ----
+
+// AccountRegistered creates a user.
+type AccountRegistered struct {
+	UserID string `json:"user_id"`
+	// PasswordHash is bcrypt ($2b$), empty for accounts that cannot log in
+	// with a password.
+	PasswordHash string `json:"password_hash,omitempty"`
+	Admin        bool   `json:"admin,omitempty"`
+	Guest        bool   `json:"guest,omitempty"`
+	DisplayName  string `json:"displayname,omitempty"`
+}
+
+// PasswordChanged replaces a user's password hash. When LogoutDevices is
+// set, every device but KeepDeviceID is removed with its tokens.
+type PasswordChanged struct {
+	UserID        string `json:"user_id"`
+	PasswordHash  string `json:"password_hash"`
+	LogoutDevices bool   `json:"logout_devices,omitempty"`
+	KeepDeviceID  string `json:"keep_device_id,omitempty"`
+}
+
+// AccountDeactivated disables a user for good and removes every device and
+// token.
+type AccountDeactivated struct {
+	UserID string `json:"user_id"`
+	Erase  bool   `json:"erase,omitempty"`
+}
+
+// ProfileSet changes fields of a user's global profile; nil fields are
+// left as they are.
+type ProfileSet struct {
+	UserID      string  `json:"user_id"`
+	DisplayName *string `json:"displayname,omitempty"`
+	AvatarURL   *string `json:"avatar_url,omitempty"`
+}
+
+// DeviceAdded creates (or, when it exists, keeps) a device.
+type DeviceAdded struct {
+	UserID      string `json:"user_id"`
+	DeviceID    string `json:"device_id"`
+	DisplayName string `json:"display_name,omitempty"`
+	IP          string `json:"ip,omitempty"`
+}
+
+// DeviceUpdated renames a device.
+type DeviceUpdated struct {
+	UserID      string  `json:"user_id"`
+	DeviceID    string  `json:"device_id"`
+	DisplayName *string `json:"display_name,omitempty"`
+}
+
+// DeviceRemoved deletes devices and every token issued to them.
+type DeviceRemoved struct {
+	UserID    string   `json:"user_id"`
+	DeviceIDs []string `json:"device_ids"`
+}
+
+// AccessTokenIssued records a new session token. Only SHA-256 hashes (hex)
+// of tokens ever reach the log.
+type AccessTokenIssued struct {
+	UserID      string `json:"user_id"`
+	DeviceID    string `json:"device_id"`
+	TokenSHA256 string `json:"token_sha256"`
+	// ExpiresAt is Unix ms; 0 means the token does not expire.
+	ExpiresAt int64 `json:"expires_at,omitempty"`
+	// RefreshSHA256 is the hash of the refresh token issued with it.
+	RefreshSHA256 string `json:"refresh_sha256,omitempty"`
+	// Replaces is the hash of the refresh token this issue consumed; that
+	// refresh token and the access token issued with it are revoked.
+	Replaces string `json:"replaces,omitempty"`
+}
+
+// AccessTokenRevoked deletes one token (logout).
+type AccessTokenRevoked struct {
+	UserID      string `json:"user_id"`
+	TokenSHA256 string `json:"token_sha256"`
+}
+
+// RegistrationToken creates, uses or deletes a registration token.
+type RegistrationToken struct {
+	Op          string `json:"op"` // "create", "use", "delete"
+	Token       string `json:"token"`
+	UsesAllowed *int   `json:"uses_allowed,omitempty"`
+	ExpiryTime  int64  `json:"expiry_time,omitempty"`
+}
+
+// Registration token operations.
+const (
+	RegistrationTokenCreate = "create"
+	RegistrationTokenUse    = "use"
+	RegistrationTokenDelete = "delete"
+)
+
+// ---- Per-user data ----
+
+// AccountDataSet sets one account data event, global when RoomID is "".
+type AccountDataSet struct {
+	UserID  string          `json:"user_id"`
+	RoomID  string          `json:"room_id,omitempty"`
+	Type    string          `json:"type"`
+	Content json.RawMessage `json:"content"`
+}
+
+// FilterStored stores a filter; its ID is the entry's offset in decimal.
+type FilterStored struct {
+	UserID string          `json:"user_id"`
+	Filter json.RawMessage `json:"filter"`
+}
+
+// ToDeviceSent delivers a to-device message to devices of one user
+// ("*" for all of them).
+type ToDeviceSent struct {
+	Sender   string                     `json:"sender"`
+	Type     string                     `json:"type"`
+	UserID   string                     `json:"user_id"`
+	Messages map[string]json.RawMessage `json:"messages"` // device ID or "*" -> content
+}
+
+// PushRulesSet replaces a user's whole push rule set.
+type PushRulesSet struct {
+	UserID string          `json:"user_id"`
+	Rules  json.RawMessage `json:"rules"`
+}
+
+// RoomForgotten: a user forgot a room they left.
+type RoomForgotten struct {
+	UserID string `json:"user_id"`
+	RoomID string `json:"room_id"`
+}
+
+// ---- Directory ----
+
+// AliasSet maps a room alias to a room.
+type AliasSet struct {
+	Alias   string `json:"alias"`
+	RoomID  string `json:"room_id"`
+	Creator string `json:"creator"`
+}
+
+// AliasRemoved deletes an alias.
+type AliasRemoved struct {
+	Alias string `json:"alias"`
+}
+
+// RoomVisibilitySet publishes ("public") or hides ("private") a room in the
+// room directory.
+type RoomVisibilitySet struct {
+	RoomID     string `json:"room_id"`
+	Visibility string `json:"visibility"`
+}
+
+// ReportFiled records a content report.
+type ReportFiled struct {
+	UserID  string `json:"user_id"`
+	RoomID  string `json:"room_id,omitempty"`
+	EventID string `json:"event_id,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Score   *int   `json:"score,omitempty"`
+}
+
+// ServerFact is anything else; Type names its meaning.
+type ServerFact struct {
+	Type string          `json:"type"`
+	Data json.RawMessage `json:"data,omitempty"`
+}
