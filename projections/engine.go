@@ -1,0 +1,698 @@
+package projections
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	englog "github.com/engram-hs/engram/log"
+)
+
+// ReadCompatible is optionally implemented by a projection whose query
+// code can still read a keyspace written by an older schema version. While
+// such a projection is rebuilt after a version change, its old generation
+// keeps serving (frozen at its checkpoint: WaitApplied for newer offsets
+// waits for the switch). Without it, readers block until the rebuilt
+// generation takes over.
+type ReadCompatible interface {
+	ReadsVersion(stored int) bool
+}
+
+// ErrClosed is returned by waits and reads once the engine is closed.
+var ErrClosed = errors.New("projections: engine closed")
+
+const (
+	// An apply batch holds at most this many entries and, beyond its first
+	// entry, at most this many payload bytes: big enough to amortise the
+	// commit, small enough to keep read-your-writes latency and memory low.
+	defaultBatchEntries = 1000
+	defaultBatchBytes   = 8 << 20
+
+	rebuildLogEvery = 5 * time.Second
+)
+
+// Engine runs projections over a log: it catches each one up from its
+// checkpoint, tails the log, and rebuilds a projection by replay when its
+// schema version changes.
+type Engine struct {
+	log     englog.Log
+	db      *pebble.DB
+	logger  zerolog.Logger
+	metrics *engineMetrics
+
+	batchEntries int
+	batchBytes   int
+
+	mu       sync.Mutex
+	handles  []*Handle
+	byName   map[string]*Handle
+	started  bool
+	closed   bool
+	progress func(name string, applied, target uint64)
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// NewEngine returns an engine that folds l into db (the keys starting with
+// 'P'). db is usually the log node's own Pebble (englog.Node.DB), so that
+// projections and log share one WAL; the engine does not close it.
+// metrics may be nil.
+func NewEngine(l englog.Log, db *pebble.DB, logger zerolog.Logger, metrics prometheus.Registerer) *Engine {
+	e := &Engine{
+		log:          l,
+		db:           db,
+		logger:       logger.With().Str("component", "projections").Logger(),
+		batchEntries: defaultBatchEntries,
+		batchBytes:   defaultBatchBytes,
+		byName:       map[string]*Handle{},
+	}
+	e.metrics = newEngineMetrics(e)
+	if metrics != nil {
+		if err := metrics.Register(e.metrics); err != nil {
+			e.logger.Warn().Err(err).Msg("projection metrics not registered (another engine already registered them on this registry)")
+		}
+	}
+	return e
+}
+
+// OnProgress sets a callback called after each batch of a Rebuild, for
+// progress bars. Call it before Rebuild.
+func (e *Engine) OnProgress(fn func(name string, applied, target uint64)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.progress = fn
+}
+
+// Register adds a projection. It must be called before Start; it panics on
+// a duplicate or invalid name, which is a programming error.
+func (e *Engine) Register(p Projection) *Handle {
+	name := p.Name()
+	if err := validateName(name); err != nil {
+		panic(err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.started || e.closed {
+		panic(fmt.Sprintf("projections: Register(%q) after Start or Close", name))
+	}
+	if _, dup := e.byName[name]; dup {
+		panic(fmt.Sprintf("projections: projection %q registered twice", name))
+	}
+	h := &Handle{
+		e:       e,
+		p:       p,
+		name:    name,
+		notify:  make(chan struct{}),
+		stopped: make(chan struct{}),
+	}
+	h.after, _ = p.(AfterCommitter)
+	ready := make(chan struct{})
+	close(ready)
+	h.ready = ready
+	// Until Start loads the meta, readers see generation 1, which is what
+	// a fresh projection will use; Start corrects it for an existing one.
+	h.servingPrefix = dataPrefix(name, 1)
+	if m, ok, err := e.loadMeta(name); err == nil && ok {
+		h.servingPrefix = dataPrefix(name, m.Gen)
+		h.applied.Store(m.Applied)
+	}
+	e.handles = append(e.handles, h)
+	e.byName[name] = h
+	return h
+}
+
+// Handles returns the registered projections in registration order.
+func (e *Engine) Handles() []*Handle {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]*Handle(nil), e.handles...)
+}
+
+// Start prepares every projection (starting a background rebuild for those
+// whose version changed), starts following the log, and returns once every
+// projection that serves its current version has applied the log as it
+// was when Start was called, so the server answers from up-to-date data
+// from its first request. Rebuilds continue in the background.
+func (e *Engine) Start(ctx context.Context) error {
+	e.mu.Lock()
+	if e.started || e.closed {
+		e.mu.Unlock()
+		return errors.New("projections: Start called twice or after Close")
+	}
+	e.started = true
+	handles := append([]*Handle(nil), e.handles...)
+	runCtx, cancel := context.WithCancel(context.Background())
+	e.cancel = cancel
+	e.mu.Unlock()
+
+	var catchUp []*Handle
+	for _, h := range handles {
+		rebuilding, err := e.prepare(h)
+		if err != nil {
+			return err
+		}
+		if !rebuilding {
+			catchUp = append(catchUp, h)
+		}
+	}
+	for _, h := range handles {
+		e.wg.Add(1)
+		go e.run(runCtx, h)
+	}
+	target := e.log.LastOffset()
+	for _, h := range catchUp {
+		if err := h.WaitApplied(ctx, target); err != nil {
+			return fmt.Errorf("projections: catching up %q to offset %d: %w", h.name, target, err)
+		}
+	}
+	return nil
+}
+
+// prepare loads h's meta and, when the registered version differs from
+// the stored one, sets up a shadow generation to rebuild into.
+func (e *Engine) prepare(h *Handle) (rebuilding bool, err error) {
+	m, ok, err := e.loadMeta(h.name)
+	if err != nil {
+		return false, err
+	}
+	want := h.p.Version()
+	if !ok {
+		m = meta{Version: want, Gen: 1, NextGen: 2}
+	}
+	if m.Version == want {
+		if m.ShadowGen != 0 {
+			// Left over by an interrupted Rebuild, or by a version that was
+			// rolled back before its rebuild finished: the serving
+			// generation is valid, drop the partial one.
+			if m, err = e.dropShadow(h.name, m); err != nil {
+				return false, err
+			}
+		}
+	} else {
+		if m.ShadowGen != 0 && m.ShadowVersion != want {
+			if m, err = e.dropShadow(h.name, m); err != nil {
+				return false, err
+			}
+		}
+		if m.ShadowGen == 0 {
+			if m, err = e.newShadow(h.name, m, want); err != nil {
+				return false, err
+			}
+		}
+		rebuilding = true
+		readable := false
+		if rc, ok := h.p.(ReadCompatible); ok {
+			readable = rc.ReadsVersion(m.Version)
+		}
+		e.logger.Warn().Str("projection", h.name).Int("stored_version", m.Version).Int("version", want).
+			Uint64("resume_from", m.ShadowApplied+1).Bool("old_version_serves", readable).
+			Msg("projection schema changed: rebuilding it from the log in the background")
+		if !readable {
+			h.rw.Lock()
+			h.ready = make(chan struct{})
+			h.rw.Unlock()
+		}
+	}
+	h.meta = m
+	h.rw.Lock()
+	h.servingPrefix = dataPrefix(h.name, m.Gen)
+	h.rw.Unlock()
+	h.advance(m.Applied)
+	return rebuilding, nil
+}
+
+func (e *Engine) loadMeta(name string) (meta, bool, error) {
+	v, closer, err := e.db.Get(metaKey(name))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return meta{}, false, nil
+	}
+	if err != nil {
+		return meta{}, false, fmt.Errorf("projections: reading meta of %q: %w", name, err)
+	}
+	defer closer.Close()
+	m, err := decodeMeta(v)
+	if err != nil {
+		return meta{}, false, fmt.Errorf("projections: meta of %q is corrupt (%v): rebuild it with `engram rebuild --projection %s`", name, err, name)
+	}
+	return m, true, nil
+}
+
+func (e *Engine) dropShadow(name string, m meta) (meta, error) {
+	b := e.db.NewBatch()
+	defer b.Close()
+	p := dataPrefix(name, m.ShadowGen)
+	m.ShadowGen, m.ShadowVersion, m.ShadowApplied = 0, 0, 0
+	if err := b.DeleteRange(p, prefixEnd(p), nil); err != nil {
+		return meta{}, err
+	}
+	if err := b.Set(metaKey(name), m.encode(), nil); err != nil {
+		return meta{}, err
+	}
+	return m, b.Commit(pebble.NoSync)
+}
+
+func (e *Engine) newShadow(name string, m meta, version int) (meta, error) {
+	m.ShadowGen, m.ShadowVersion, m.ShadowApplied = m.NextGen, version, 0
+	m.NextGen++
+	// Writing the meta now (not with the first batch) reserves the
+	// generation number even if the log is empty.
+	if err := e.db.Set(metaKey(name), m.encode(), pebble.NoSync); err != nil {
+		return meta{}, err
+	}
+	return m, nil
+}
+
+// run follows the log for one projection until ctx is cancelled or Apply
+// fails.
+func (e *Engine) run(ctx context.Context, h *Handle) {
+	defer e.wg.Done()
+	err := e.follow(ctx, h)
+	if ctx.Err() != nil {
+		err = ErrClosed
+	} else {
+		e.logger.Error().Err(err).Str("projection", h.name).Uint64("applied", h.Applied()).
+			Msgf("projection stopped: requests that need it will fail; fix the cause and restart, or rebuild it with `engram rebuild --projection %s`", h.name)
+	}
+	h.stop(err)
+}
+
+func (e *Engine) follow(ctx context.Context, h *Handle) error {
+	lastLog := time.Now()
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if h.meta.ShadowGen != 0 {
+			n, err := e.applyNext(h, true)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				if err := e.switchToShadow(h); err != nil {
+					return err
+				}
+			} else if time.Since(lastLog) >= rebuildLogEvery {
+				lastLog = time.Now()
+				e.logger.Info().Str("projection", h.name).Uint64("applied", h.meta.ShadowApplied).
+					Uint64("log_end", e.log.LastOffset()).Msg("rebuilding projection")
+			}
+			continue
+		}
+		n, err := e.applyNext(h, false)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			if err := e.log.Wait(ctx, h.meta.Applied); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// applyNext folds the next batch of entries into the serving generation,
+// or into the shadow one. It returns 0 when the log has nothing newer.
+func (e *Engine) applyNext(h *Handle, shadow bool) (int, error) {
+	m := h.meta
+	gen, from := m.Gen, m.Applied+1
+	if shadow {
+		gen, from = m.ShadowGen, m.ShadowApplied+1
+	}
+	entries, err := e.log.Read(from, e.batchEntries)
+	if err != nil {
+		return 0, fmt.Errorf("projections: reading the log from offset %d for %q: %w", from, h.name, err)
+	}
+	if len(entries) == 0 {
+		return 0, nil
+	}
+	size := 0
+	for i, en := range entries {
+		if en.Offset != from+uint64(i) {
+			return 0, fmt.Errorf("projections: the log returned offset %d where %d was expected for %q: %w", en.Offset, from+uint64(i), h.name, englog.ErrCorrupt)
+		}
+		size += len(en.Payload)
+		if i > 0 && size > e.batchBytes {
+			entries = entries[:i]
+			break
+		}
+	}
+
+	start := time.Now()
+	b := e.db.NewIndexedBatch()
+	defer b.Close()
+	if err := h.p.Apply(newBatchWriter(b, dataPrefix(h.name, gen)), entries); err != nil {
+		return 0, fmt.Errorf("projections: %q failed to apply offsets %d..%d: %w", h.name, from, entries[len(entries)-1].Offset, err)
+	}
+	last := entries[len(entries)-1].Offset
+	if shadow {
+		m.ShadowApplied = last
+	} else {
+		m.Applied = last
+	}
+	// The checkpoint rides in the same batch as the writes, so the two can
+	// never disagree. NoSync: the log is the durable truth and has already
+	// synced these entries; if the machine crashes, Pebble's WAL loses at
+	// most a suffix of our batches, checkpoint included, and we re-apply
+	// that suffix from the log on restart. Syncing here would double the
+	// fsyncs for nothing.
+	if err := b.Set(metaKey(h.name), m.encode(), nil); err != nil {
+		return 0, err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return 0, fmt.Errorf("projections: committing %q at offset %d: %w", h.name, last, err)
+	}
+	h.meta = m
+	e.metrics.applyDuration.WithLabelValues(h.name).Observe(time.Since(start).Seconds())
+	if !shadow {
+		if h.after != nil {
+			h.after.AfterCommit(entries)
+		}
+		h.advance(last)
+	}
+	return len(entries), nil
+}
+
+// switchToShadow makes the fully caught-up shadow generation the serving
+// one and deletes the old generation, in one batch: readers see either the
+// old generation or the new one, never a mix.
+func (e *Engine) switchToShadow(h *Handle) error {
+	m := h.meta
+	old := dataPrefix(h.name, m.Gen)
+	next := m
+	next.Version, next.Gen, next.Applied = m.ShadowVersion, m.ShadowGen, m.ShadowApplied
+	next.ShadowVersion, next.ShadowGen, next.ShadowApplied = 0, 0, 0
+	if next.Applied < m.Applied {
+		// The shadow has read the log to its end, which the old generation
+		// cannot have passed.
+		return fmt.Errorf("projections: rebuilt %q reached offset %d but the old generation had %d: the log shrank", h.name, next.Applied, m.Applied)
+	}
+	b := e.db.NewBatch()
+	defer b.Close()
+	if err := b.Set(metaKey(h.name), next.encode(), nil); err != nil {
+		return err
+	}
+	if err := b.DeleteRange(old, prefixEnd(old), nil); err != nil {
+		return err
+	}
+	h.rw.Lock()
+	err := b.Commit(pebble.NoSync)
+	if err == nil {
+		h.servingPrefix = dataPrefix(h.name, next.Gen)
+		select {
+		case <-h.ready:
+		default:
+			close(h.ready)
+		}
+	}
+	h.rw.Unlock()
+	if err != nil {
+		return fmt.Errorf("projections: switching %q to its rebuilt generation: %w", h.name, err)
+	}
+	h.meta = next
+	h.advance(next.Applied)
+	e.logger.Info().Str("projection", h.name).Int("version", next.Version).Uint64("applied", next.Applied).
+		Msg("projection rebuilt; now serving the new generation")
+	return nil
+}
+
+// Rebuild drops the named projections (all when none is named) and
+// replays them from offset 1 to the end of the log, reporting progress
+// through OnProgress. It is for offline use (engram rebuild, engram
+// verify): call it before Start or without Start at all.
+func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
+	e.mu.Lock()
+	if e.started || e.closed {
+		e.mu.Unlock()
+		return errors.New("projections: Rebuild is for offline use; stop the server (or call it before Start)")
+	}
+	var hs []*Handle
+	if len(names) == 0 {
+		hs = append(hs, e.handles...)
+	}
+	for _, n := range names {
+		h, ok := e.byName[n]
+		if !ok {
+			e.mu.Unlock()
+			return fmt.Errorf("projections: no projection named %q (known: %v)", n, e.namesLocked())
+		}
+		hs = append(hs, h)
+	}
+	progress := e.progress
+	e.mu.Unlock()
+
+	for _, h := range hs {
+		m, ok, err := e.loadMeta(h.name)
+		if err != nil {
+			// A corrupt meta is one reason to rebuild: start afresh, with
+			// generation numbers that cannot collide with what is there.
+			e.logger.Warn().Err(err).Str("projection", h.name).Msg("discarding the projection's meta")
+			if err := e.dropAll(h.name); err != nil {
+				return err
+			}
+			ok = false
+		}
+		if !ok {
+			m = meta{Version: h.p.Version(), Gen: 1, NextGen: 2}
+		}
+		if m.ShadowGen != 0 {
+			if m, err = e.dropShadow(h.name, m); err != nil {
+				return err
+			}
+		}
+		if m, err = e.newShadow(h.name, m, h.p.Version()); err != nil {
+			return err
+		}
+		h.meta = m
+		target := e.log.LastOffset()
+		for {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			n, err := e.applyNext(h, true)
+			if err != nil {
+				return err
+			}
+			if progress != nil {
+				progress(h.name, h.meta.ShadowApplied, max(target, h.meta.ShadowApplied))
+			}
+			if n == 0 {
+				break
+			}
+		}
+		if err := e.switchToShadow(h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dropAll deletes every key of a projection, meta included.
+func (e *Engine) dropAll(name string) error {
+	b := e.db.NewBatch()
+	defer b.Close()
+	p := append([]byte{prefixByte}, name...)
+	p = append(p, 0)
+	if err := b.DeleteRange(p, prefixEnd(p), nil); err != nil {
+		return err
+	}
+	if err := b.Delete(metaKey(name), nil); err != nil {
+		return err
+	}
+	return b.Commit(pebble.NoSync)
+}
+
+func (e *Engine) namesLocked() []string {
+	out := make([]string, 0, len(e.handles))
+	for _, h := range e.handles {
+		out = append(out, h.name)
+	}
+	return out
+}
+
+// Digest is a SHA-256 over the serving generation's keys and values (not
+// over the meta): two stores that folded the same log prefix with the
+// same code have equal digests.
+func (e *Engine) Digest(name string) ([]byte, error) {
+	e.mu.Lock()
+	h, ok := e.byName[name]
+	e.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("projections: no projection named %q", name)
+	}
+	h.rw.RLock()
+	prefix := h.servingPrefix
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	h.rw.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	for it.First(); it.Valid(); it.Next() {
+		k, v := it.Key()[len(prefix):], it.Value()
+		sum.Write(n[:binary.PutUvarint(n[:], uint64(len(k)))])
+		sum.Write(k)
+		sum.Write(n[:binary.PutUvarint(n[:], uint64(len(v)))])
+		sum.Write(v)
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	return sum.Sum(nil), nil
+}
+
+// Close stops following the log. A batch being applied is finished and
+// committed first, so nothing is left half-done. It does not close the DB.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	cancel := e.cancel
+	handles := append([]*Handle(nil), e.handles...)
+	e.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		e.wg.Wait()
+	}
+	for _, h := range handles {
+		h.stop(ErrClosed) // for handles that never ran
+	}
+	return nil
+}
+
+// Handle is a registered projection as its readers see it.
+type Handle struct {
+	e     *Engine
+	p     Projection
+	name  string
+	after AfterCommitter
+
+	// meta is owned by the goroutine applying the projection (or by
+	// Rebuild); nobody else touches it.
+	meta meta
+
+	// rw orders readers that resolve the serving generation (and open a
+	// snapshot or iterator on it) against the switch to a rebuilt one,
+	// which deletes the old generation.
+	rw            sync.RWMutex
+	servingPrefix []byte
+	ready         chan struct{} // closed while servingPrefix is readable
+
+	applied atomic.Uint64
+
+	notifyMu sync.Mutex
+	notify   chan struct{} // closed and replaced whenever applied moves or the projection stops
+	err      error         // why the projection stopped
+	stopped  chan struct{}
+	stopOnce sync.Once
+}
+
+// Name is the projection's name.
+func (h *Handle) Name() string { return h.name }
+
+// Applied is the last log offset readers can see folded in.
+func (h *Handle) Applied() uint64 { return h.applied.Load() }
+
+// Reader is a live view of the serving generation: each call reads the
+// newest committed state. While a rebuild makes the projection unreadable,
+// calls block until it finishes (or the engine closes).
+func (h *Handle) Reader() Reader { return waitingReader{h} }
+
+// Snapshot is a consistent point-in-time view; call release when done.
+func (h *Handle) Snapshot() (Reader, func()) {
+	var (
+		snap   *pebble.Snapshot
+		prefix []byte
+	)
+	if err := h.withServing(func(s scoped) {
+		snap = h.e.db.NewSnapshot()
+		prefix = s.prefix
+	}); err != nil {
+		return errReader{err}, func() {}
+	}
+	return scoped{r: snap, prefix: prefix}, func() { snap.Close() }
+}
+
+// WaitApplied blocks until the projection has applied offset (so a reader
+// sees the effect of an entry the caller appended), ctx is done, or the
+// projection stopped.
+func (h *Handle) WaitApplied(ctx context.Context, offset uint64) error {
+	for {
+		h.notifyMu.Lock()
+		ch, err := h.notify, h.err
+		h.notifyMu.Unlock()
+		if h.applied.Load() >= offset {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (h *Handle) advance(offset uint64) {
+	h.applied.Store(offset)
+	h.notifyMu.Lock()
+	close(h.notify)
+	h.notify = make(chan struct{})
+	h.notifyMu.Unlock()
+}
+
+func (h *Handle) stop(err error) {
+	h.stopOnce.Do(func() {
+		h.notifyMu.Lock()
+		h.err = err
+		close(h.notify)
+		h.notify = make(chan struct{})
+		h.notifyMu.Unlock()
+		close(h.stopped)
+	})
+}
+
+// withServing runs fn on the serving generation, waiting while none is
+// readable. fn runs under the read lock, so the generation it sees is not
+// deleted before fn has opened what it needs.
+func (h *Handle) withServing(fn func(scoped)) error {
+	for {
+		h.rw.RLock()
+		ready := h.ready
+		select {
+		case <-ready:
+			fn(scoped{r: h.e.db, prefix: h.servingPrefix})
+			h.rw.RUnlock()
+			return nil
+		default:
+		}
+		h.rw.RUnlock()
+		select {
+		case <-ready:
+		case <-h.stopped:
+			h.notifyMu.Lock()
+			err := h.err
+			h.notifyMu.Unlock()
+			return err
+		}
+	}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Get([]byte) ([]byte, bool, error) { return nil, false, r.err }
+func (r errReader) Iter(_, _ []byte) Iterator        { return errIterator{r.err} }
