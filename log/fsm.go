@@ -1,0 +1,342 @@
+package log
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/hashicorp/raft"
+	"github.com/klauspost/compress/zstd"
+)
+
+// A raft command carries one or more entries from one or more Append calls
+// (group commit). Layout: version byte, uvarint count, then per entry:
+// flags byte, be16 kind, be64 time, uvarint len, payload (already
+// compressed by the proposer, so followers only copy bytes).
+const cmdVersion = 1
+
+func appendCmdEntry(dst []byte, flags byte, kind Kind, ms int64, payload []byte) []byte {
+	dst = append(dst, flags)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(kind))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(ms))
+	dst = binary.AppendUvarint(dst, uint64(len(payload)))
+	return append(dst, payload...)
+}
+
+type cmdEntry struct {
+	flags   byte
+	kind    Kind
+	time    int64
+	payload []byte
+}
+
+func decodeCmd(data []byte) ([]cmdEntry, error) {
+	if len(data) < 1 || data[0] != cmdVersion {
+		return nil, errors.New("log: raft command has an unknown version (a newer engram wrote it? upgrade this node)")
+	}
+	count, w := binary.Uvarint(data[1:])
+	if w <= 0 || count > uint64(len(data)) {
+		return nil, errors.New("log: raft command has a bad entry count")
+	}
+	entries := make([]cmdEntry, 0, count)
+	rest := data[1+w:]
+	for i := uint64(0); i < count; i++ {
+		if len(rest) < 11 {
+			return nil, errors.New("log: raft command is truncated")
+		}
+		e := cmdEntry{flags: rest[0], kind: Kind(binary.BigEndian.Uint16(rest[1:3])), time: int64(binary.BigEndian.Uint64(rest[3:11]))}
+		n, w := binary.Uvarint(rest[11:])
+		if w <= 0 || uint64(len(rest)-11-w) < n {
+			return nil, errors.New("log: raft command has a bad payload length")
+		}
+		e.payload = rest[11+w : 11+w+int(n)]
+		rest = rest[11+w+int(n):]
+		entries = append(entries, e)
+	}
+	if len(rest) != 0 {
+		return nil, errors.New("log: raft command has trailing bytes")
+	}
+	return entries, nil
+}
+
+// applyResult is what ApplyBatch answers for one raft command.
+type applyResult struct {
+	first uint64 // offset of the command's first entry
+	err   error
+}
+
+// fsm folds committed raft commands into the event log. Offsets are
+// assigned here, as last+1, so they are identical on every node.
+type fsm struct {
+	db  *pebble.DB
+	dec *zstd.Decoder
+
+	lastOffset atomic.Uint64
+	applied    atomic.Uint64 // last raft index folded in; persisted in the same batch
+
+	mu     sync.Mutex
+	wake   chan struct{} // closed and replaced on every append
+	broken error         // a failed write; every later apply fails until restart
+
+	onApply func(entries int) // metrics hook; may be nil
+}
+
+func newFSM(db *pebble.DB, dec *zstd.Decoder, last, applied uint64) *fsm {
+	f := &fsm{db: db, dec: dec, wake: make(chan struct{})}
+	f.lastOffset.Store(last)
+	f.applied.Store(applied)
+	return f
+}
+
+// waitCh returns a channel closed at the next append.
+func (f *fsm) waitCh() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.wake
+}
+
+func (f *fsm) published(last uint64) {
+	f.lastOffset.Store(last)
+	f.mu.Lock()
+	close(f.wake)
+	f.wake = make(chan struct{})
+	f.mu.Unlock()
+}
+
+var errAlreadyApplied = errors.New("log: raft entry already applied (replay after restart)")
+
+func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l})[0] }
+
+func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
+	resp := make([]interface{}, len(logs))
+	f.mu.Lock()
+	broken := f.broken
+	f.mu.Unlock()
+	if broken != nil {
+		for i := range resp {
+			resp[i] = applyResult{err: broken}
+		}
+		return resp
+	}
+	b := f.db.NewBatch()
+	defer b.Close()
+	off, applied := f.lastOffset.Load(), f.applied.Load()
+	startOff, startApplied := off, applied
+	for i, l := range logs {
+		if l.Index <= applied {
+			// Idempotence by raft index: a restart re-applies entries whose
+			// effects are already in Pebble.
+			resp[i] = applyResult{err: errAlreadyApplied}
+			continue
+		}
+		applied = l.Index
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		entries, err := decodeCmd(l.Data)
+		if err != nil {
+			// Every node decodes the same bytes the same way, so skipping a
+			// malformed command keeps them identical; the proposer sees why.
+			resp[i] = applyResult{err: err}
+			continue
+		}
+		resp[i] = applyResult{first: off + 1}
+		for _, e := range entries {
+			off++
+			if err := b.Set(entryKey(off), encodeStored(off, e.flags, e.kind, e.time, l.Index, e.payload), nil); err != nil {
+				return f.fail(resp, err)
+			}
+		}
+	}
+	if applied == startApplied {
+		return resp
+	}
+	if err := b.Set(keyApplied, u64Bytes(applied), nil); err != nil {
+		return f.fail(resp, err)
+	}
+	// NoSync is safe here: the raft log (synced, same Pebble WAL) already
+	// holds these entries durably. If a crash loses this batch, the applied
+	// index is lost with it, and Raft re-applies the commands on restart.
+	// Snapshot syncs before raft may compact them away.
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return f.fail(resp, err)
+	}
+	f.applied.Store(applied)
+	if off != startOff {
+		f.published(off)
+		if f.onApply != nil {
+			f.onApply(int(off - startOff))
+		}
+	}
+	return resp
+}
+
+// fail marks the FSM broken: the event log on this node is now behind its
+// raft log, so accepting more would assign offsets from a wrong base.
+func (f *fsm) fail(resp []interface{}, cause error) []interface{} {
+	err := fmt.Errorf("log: writing the event log failed (disk full or failing? free space, then restart this node; raft re-applies what is missing): %w", cause)
+	f.mu.Lock()
+	f.broken = err
+	f.mu.Unlock()
+	for i := range resp {
+		resp[i] = applyResult{err: err}
+	}
+	return resp
+}
+
+// Snapshot streams the event log: since it is append-only and identical on
+// every node, a snapshot at offset N is just entries 1..N, and a receiver
+// keeps the prefix it already has.
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	// Make every applied (NoSync) write durable before raft records this
+	// snapshot and compacts the raft entries that could rebuild them.
+	if err := f.db.LogData(nil, pebble.Sync); err != nil {
+		return nil, err
+	}
+	return &fsmSnapshot{db: f.db, last: f.lastOffset.Load(), applied: f.applied.Load()}, nil
+}
+
+type fsmSnapshot struct {
+	db            *pebble.DB
+	last, applied uint64
+}
+
+// Snapshot stream: magic, be64 last offset, be64 applied raft index, then
+// per entry uvarint len + stored value (checksummed, offsets implied), all
+// inside one zstd frame.
+var snapMagic = []byte("ENGLOGS1")
+
+func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.write(sink); err != nil {
+		_ = sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s *fsmSnapshot) write(w io.Writer) error {
+	zw, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	if err != nil {
+		return err
+	}
+	bw := bufio.NewWriterSize(zw, 64<<10)
+	hdr := append(append([]byte(nil), snapMagic...), u64Bytes(s.last)...)
+	hdr = append(hdr, u64Bytes(s.applied)...)
+	if _, err := bw.Write(hdr); err != nil {
+		return err
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(1), UpperBound: entryKey(s.last + 1)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	want := uint64(1)
+	var lb [binary.MaxVarintLen64]byte
+	for it.First(); it.Valid(); it.Next() {
+		if got := binary.BigEndian.Uint64(it.Key()[len(prefixEntry):]); got != want {
+			return fmt.Errorf("log: snapshot found offset %d where %d was expected (gap in the event log)", got, want)
+		}
+		want++
+		v := it.Value()
+		if _, err := bw.Write(lb[:binary.PutUvarint(lb[:], uint64(len(v)))]); err != nil {
+			return err
+		}
+		if _, err := bw.Write(v); err != nil {
+			return err
+		}
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if want != s.last+1 {
+		return fmt.Errorf("log: snapshot expected entries up to %d, the event log ends at %d", s.last, want-1)
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return zw.Close()
+}
+
+func (s *fsmSnapshot) Release() {}
+
+// Restore appends the entries this node lacks. Entries it already has are
+// checked against the snapshot's checksums: a mismatch means the logs
+// diverged, which must stop the node rather than be papered over.
+func (f *fsm) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	zr, err := zstd.NewReader(rc, zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return err
+	}
+	defer zr.Close()
+	r := bufio.NewReaderSize(zr, 64<<10)
+	hdr := make([]byte, len(snapMagic)+16)
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return fmt.Errorf("log: snapshot header: %w", err)
+	}
+	if string(hdr[:len(snapMagic)]) != string(snapMagic) {
+		return errors.New("log: snapshot has an unknown format")
+	}
+	last := binary.BigEndian.Uint64(hdr[len(snapMagic):])
+	snapApplied := binary.BigEndian.Uint64(hdr[len(snapMagic)+8:])
+	local := f.lastOffset.Load()
+	b := f.db.NewBatch()
+	defer func() { b.Close() }()
+	for off := uint64(1); off <= last; off++ {
+		n, err := binary.ReadUvarint(r)
+		if err != nil {
+			return fmt.Errorf("log: snapshot truncated at offset %d: %w", off, err)
+		}
+		v := make([]byte, n)
+		if _, err := io.ReadFull(r, v); err != nil {
+			return fmt.Errorf("log: snapshot truncated at offset %d: %w", off, err)
+		}
+		if _, err := decodeStored(off, v); err != nil {
+			return fmt.Errorf("%w: snapshot entry %d: %v", ErrCorrupt, off, err)
+		}
+		if off <= local {
+			mine, closer, err := f.db.Get(entryKey(off))
+			if err != nil {
+				return fmt.Errorf("log: reading local entry %d during restore: %w", off, err)
+			}
+			same := len(mine) >= 4 && string(mine[:4]) == string(v[:4])
+			closer.Close()
+			if !same {
+				return fmt.Errorf("%w: entry %d differs from the leader's snapshot: this node's log diverged; wipe its data directory and let it resync", ErrCorrupt, off)
+			}
+			continue
+		}
+		if err := b.Set(entryKey(off), v, nil); err != nil {
+			return err
+		}
+		if b.Len() > 4<<20 {
+			if err := b.Commit(pebble.NoSync); err != nil {
+				return err
+			}
+			b.Close()
+			b = f.db.NewBatch()
+		}
+	}
+	applied := f.applied.Load()
+	if snapApplied > applied {
+		applied = snapApplied
+	}
+	if err := b.Set(keyApplied, u64Bytes(applied), nil); err != nil {
+		return err
+	}
+	// Sync: raft will drop its log up to the snapshot, so nothing could
+	// re-apply these entries after a crash.
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	f.applied.Store(applied)
+	if last > local {
+		f.published(last)
+	}
+	return nil
+}

@@ -1,0 +1,47 @@
+package log
+
+import (
+	"bytes"
+	"fmt"
+
+	hclog "github.com/hashicorp/go-hclog"
+	"github.com/rs/zerolog"
+)
+
+// newHCLogger routes raft's hclog output to zerolog at warn and above:
+// raft is chatty at info about routine elections and snapshots.
+func newHCLogger(l zerolog.Logger) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:   "raft",
+		Level:  hclog.Warn,
+		Output: zerologWriter{l.With().Str("subsystem", "raft").Logger()},
+	})
+}
+
+type zerologWriter struct{ l zerolog.Logger }
+
+func (w zerologWriter) Write(p []byte) (int, error) {
+	msg := string(bytes.TrimSpace(p))
+	// hclog's line format is "<time> [LEVEL] name: message: k=v".
+	if i := bytes.Index(p, []byte("] ")); i > 0 {
+		msg = string(bytes.TrimSpace(p[i+2:]))
+	}
+	ev := w.l.Warn()
+	if bytes.Contains(p, []byte("[ERROR]")) {
+		ev = w.l.Error()
+	}
+	ev.Msg(msg)
+	return len(p), nil
+}
+
+// pebbleLogger sends Pebble's routine messages (WAL replay, compactions)
+// to debug; Fatalf is a bug or unrecoverable disk state in Pebble.
+type pebbleLogger struct{ l zerolog.Logger }
+
+func (p pebbleLogger) Infof(format string, args ...interface{}) {
+	p.l.Debug().Msg(fmt.Sprintf(format, args...))
+}
+
+func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
+	p.l.Fatal().Msg(fmt.Sprintf(format, args...))
+}

@@ -1,0 +1,169 @@
+package log
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/rs/zerolog"
+)
+
+func openSingle(t testing.TB, dir string) *Node {
+	t.Helper()
+	n, err := Open(Config{Dir: dir, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return n
+}
+
+func payloadFor(i int) []byte {
+	// Mix compressible and small payloads so both storage paths are used.
+	if i%3 == 0 {
+		return []byte(fmt.Sprintf("p%d", i))
+	}
+	return bytes.Repeat([]byte(fmt.Sprintf("payload %d;", i)), 20+i%7)
+}
+
+func TestSingleNodeAppendReadWaitRestart(t *testing.T) {
+	dir := t.TempDir()
+	clock := time.UnixMilli(1_700_000_000_000)
+	reg := prometheus.NewRegistry()
+	n, err := Open(Config{Dir: dir, Metrics: reg, Now: func() time.Time { return clock },
+		Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !n.IsLeader() {
+		t.Fatal("a single node must lead once Open returns")
+	}
+	if got := n.LastOffset(); got != 0 {
+		t.Fatalf("fresh log LastOffset = %d, want 0", got)
+	}
+	ctx := context.Background()
+
+	// Wait wakes on append.
+	waited := make(chan error, 1)
+	go func() { waited <- n.Wait(ctx, 0) }()
+	select {
+	case err := <-waited:
+		t.Fatalf("Wait returned before any append: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+
+	offs, err := n.Append(ctx, Proposal{Kind: KindPDU, Payload: payloadFor(1)}, Proposal{Kind: KindEDU, Payload: payloadFor(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(offs) != 2 || offs[0] != 1 || offs[1] != 2 {
+		t.Fatalf("offsets = %v, want [1 2]", offs)
+	}
+	if err := <-waited; err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+
+	// Concurrent appenders get dense, distinct offsets.
+	const writers, per = 8, 50
+	var mu sync.Mutex
+	byOffset := map[uint64][]byte{1: payloadFor(1), 2: payloadFor(3)}
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; i < per; i++ {
+				p := payloadFor(w*1000 + i)
+				o, err := n.Append(ctx, Proposal{Kind: KindAccountDataSet, Payload: p})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if _, dup := byOffset[o[0]]; dup {
+					t.Errorf("offset %d handed out twice", o[0])
+				}
+				byOffset[o[0]] = p
+				mu.Unlock()
+			}
+		}(w)
+	}
+	wg.Wait()
+	total := uint64(2 + writers*per)
+	if got := n.LastOffset(); got != total {
+		t.Fatalf("LastOffset = %d, want %d", got, total)
+	}
+	check := func(n *Node) {
+		t.Helper()
+		got, err := n.Read(1, 10_000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if uint64(len(got)) != total {
+			t.Fatalf("Read returned %d entries, want %d", len(got), total)
+		}
+		for i, e := range got {
+			if e.Offset != uint64(i+1) {
+				t.Fatalf("entry %d has offset %d", i, e.Offset)
+			}
+			if !bytes.Equal(e.Payload, byOffset[e.Offset]) {
+				t.Fatalf("entry %d payload %q, want %q", e.Offset, e.Payload, byOffset[e.Offset])
+			}
+			if e.Time != clock.UnixMilli() {
+				t.Fatalf("entry %d time %d, want the proposer's %d", e.Offset, e.Time, clock.UnixMilli())
+			}
+		}
+		if got[0].Kind != KindPDU || got[1].Kind != KindEDU || got[2].Kind != KindAccountDataSet {
+			t.Fatalf("kinds = %v %v %v", got[0].Kind, got[1].Kind, got[2].Kind)
+		}
+		part, err := n.Read(total-1, 10)
+		if err != nil || len(part) != 2 || part[0].Offset != total-1 {
+			t.Fatalf("Read(total-1, 10) = %d entries, err %v", len(part), err)
+		}
+		if none, err := n.Read(total+1, 10); err != nil || len(none) != 0 {
+			t.Fatalf("Read past the end = %d entries, err %v", len(none), err)
+		}
+	}
+	check(n)
+	var gauge dto.Metric
+	if err := n.met.lastOffset.Write(&gauge); err != nil {
+		t.Fatal(err)
+	}
+	if got := gauge.GetGauge().GetValue(); got != float64(total) {
+		t.Fatalf("last offset gauge = %v, want %d", got, total)
+	}
+
+	// Wait honours its context.
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := n.Wait(cctx, total); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Wait past the end = %v, want deadline exceeded", err)
+	}
+
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Append(ctx, Proposal{Kind: KindPDU, Payload: []byte("x")}); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Append after Close = %v, want ErrClosed", err)
+	}
+
+	// Restart resumes with the same offsets.
+	n2 := openSingle(t, dir)
+	defer n2.Close()
+	if got := n2.LastOffset(); got != total {
+		t.Fatalf("after restart LastOffset = %d, want %d", got, total)
+	}
+	check(n2)
+	offs, err = n2.Append(ctx, Proposal{Kind: KindPDU, Payload: []byte("after restart")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if offs[0] != total+1 {
+		t.Fatalf("first offset after restart = %d, want %d", offs[0], total+1)
+	}
+}

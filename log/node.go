@@ -1,0 +1,364 @@
+package log
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/hashicorp/raft"
+	"github.com/klauspost/compress/zstd"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Config opens a log node.
+type Config struct {
+	Dir      string // Pebble directory (created if absent)
+	NodeID   string // raft server ID; "" = "node1"
+	RaftAddr string // raft TCP bind/advertise address; "" = single node with an in-memory transport
+	Peers    []Peer // initial voters when bootstrapping a cluster (empty = just this node)
+	Logger   zerolog.Logger
+	Metrics  prometheus.Registerer // may be nil
+	Now      func() time.Time      // clock for proposal timestamps; nil = time.Now
+
+	// tune adjusts the raft config (tests shorten timeouts and snapshot
+	// thresholds).
+	tune func(*raft.Config)
+}
+
+// Peer is a raft voter.
+type Peer struct{ ID, Addr string }
+
+// Node is one member of the replicated log. It implements Log.
+type Node struct {
+	cfg   Config
+	log   zerolog.Logger
+	db    *pebble.DB
+	fsm   *fsm
+	store *raftStore
+	snaps *raft.FileSnapshotStore
+	trans raft.Transport
+	raft  *raft.Raft
+	enc   *zstd.Encoder
+	dec   *zstd.Decoder
+	met   *metrics
+
+	// Group commit: Append hands requests to the batcher, which packs all
+	// waiting ones into one raft command; the completer answers them in
+	// commit order.
+	reqs     chan *appendReq
+	inflight chan inflightCmd
+	release  chan struct{} // batcher's in-flight command slots
+	stop     chan struct{}
+	done     sync.WaitGroup
+
+	closeMu   sync.RWMutex // Append holds R while enqueueing; Close takes W
+	closed    bool
+	closeErr  error
+	closeOnce sync.Once
+}
+
+var _ Log = (*Node)(nil)
+
+// Open opens (creating if needed) the log in cfg.Dir, verifies its tail,
+// starts Raft and, for a single node, waits until it leads and has
+// re-applied its log so Read sees every acknowledged entry.
+func Open(cfg Config) (*Node, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("log: Config.Dir is empty: set the data directory")
+	}
+	if cfg.NodeID == "" {
+		cfg.NodeID = "node1"
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, fmt.Errorf("log: creating data directory: %w", err)
+	}
+	n := &Node{
+		cfg:      cfg,
+		log:      cfg.Logger.With().Str("component", "log").Str("node", cfg.NodeID).Logger(),
+		reqs:     make(chan *appendReq, 4096),
+		inflight: make(chan inflightCmd, 256),
+		stop:     make(chan struct{}),
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.shutdown()
+		}
+	}()
+
+	var err error
+	if n.db, err = pebble.Open(cfg.Dir, pebbleOptions(n.log)); err != nil {
+		return nil, fmt.Errorf("log: opening Pebble in %s (another engram running on it?): %w", cfg.Dir, err)
+	}
+	if n.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(2)); err != nil {
+		return nil, err
+	}
+	if n.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(256<<20)); err != nil {
+		return nil, err
+	}
+	rec, err := recoverLog(n.db, n.log, verifyTail)
+	if err != nil {
+		return nil, err
+	}
+	n.fsm = newFSM(n.db, n.dec, rec.last, rec.applied)
+	if cfg.Metrics != nil {
+		if n.met, err = newMetrics(cfg.Metrics); err != nil {
+			return nil, err
+		}
+		n.met.lastOffset.Set(float64(rec.last))
+		n.fsm.onApply = func(int) { n.met.lastOffset.Set(float64(n.fsm.lastOffset.Load())) }
+	}
+	if n.store, err = newRaftStore(n.db); err != nil {
+		return nil, err
+	}
+	hlog := newHCLogger(n.log)
+	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "raft-snapshots"), 2, hlog); err != nil {
+		return nil, fmt.Errorf("log: opening the raft snapshot store: %w", err)
+	}
+
+	single := cfg.RaftAddr == ""
+	rc := raftConfig(single)
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.Logger = hlog
+	if cfg.tune != nil {
+		cfg.tune(rc)
+	}
+	// The event log is persistent, so raft need not rebuild it from a
+	// snapshot on start; unless the event log is behind the newest snapshot
+	// (a torn tail was cut below it), in which case the snapshot refills it.
+	snapList, err := n.snaps.List()
+	if err != nil {
+		return nil, err
+	}
+	rc.NoSnapshotRestoreOnStart = len(snapList) == 0 || snapList[0].Index <= rec.applied
+
+	if single {
+		_, n.trans = raft.NewInmemTransport(raft.ServerAddress("inmem:" + cfg.NodeID))
+	} else {
+		addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
+		if err != nil {
+			return nil, fmt.Errorf("log: RaftAddr %q: %w", cfg.RaftAddr, err)
+		}
+		if n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, addr, 4, 10*time.Second, hlog); err != nil {
+			return nil, fmt.Errorf("log: listening for raft on %s (port in use?): %w", cfg.RaftAddr, err)
+		}
+	}
+
+	has, err := raft.HasExistingState(n.store, n.store, n.snaps)
+	if err != nil {
+		return nil, err
+	}
+	if !has {
+		conf := raft.Configuration{}
+		self := false
+		for _, p := range cfg.Peers {
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr)})
+			self = self || p.ID == cfg.NodeID
+		}
+		if !self {
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: rc.LocalID, Address: n.trans.LocalAddr()})
+		}
+		if err := raft.BootstrapCluster(rc, n.store, n.store, n.snaps, n.trans, conf); err != nil {
+			return nil, fmt.Errorf("log: bootstrapping raft: %w", err)
+		}
+	}
+	if n.raft, err = raft.NewRaft(rc, n.fsm, n.store, n.store, n.snaps, n.trans); err != nil {
+		return nil, fmt.Errorf("log: starting raft: %w", err)
+	}
+	n.release = make(chan struct{}, maxInflightCmds)
+	n.done.Add(2)
+	go n.batcher()
+	go n.completer()
+
+	if single {
+		if err := n.awaitReady(30 * time.Second); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	n.log.Info().Uint64("last_offset", n.LastOffset()).Bool("single", single).Msg("log: open")
+	return n, nil
+}
+
+// verifyTail is how many newest entries Open always checks, beyond those
+// written since the last verified mark.
+const verifyTail = 4096
+
+// awaitReady waits until this node leads and has applied everything in its
+// raft log (a barrier), so a restarted single node serves reads that
+// include every entry it acknowledged before.
+func (n *Node) awaitReady(timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		f := n.raft.Barrier(time.Until(deadline))
+		err := f.Error()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("log: raft did not become ready within %s: %w", timeout, err)
+		}
+		select {
+		case <-n.raft.LeaderCh():
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func keyOffset(k []byte) uint64 { return binary.BigEndian.Uint64(k[len(prefixEntry):]) }
+
+func raftConfig(single bool) *raft.Config {
+	c := raft.DefaultConfig()
+	c.BatchApplyCh = true
+	c.MaxAppendEntries = 256
+	c.NoLegacyTelemetry = true
+	c.SnapshotThreshold = 8192
+	c.TrailingLogs = 10240
+	c.SnapshotInterval = 2 * time.Minute
+	if single {
+		// A lone voter has nobody to wait for: elect itself fast on start.
+		c.HeartbeatTimeout = 20 * time.Millisecond
+		c.ElectionTimeout = 20 * time.Millisecond
+		c.LeaderLeaseTimeout = 20 * time.Millisecond
+		c.CommitTimeout = 5 * time.Millisecond
+	} else {
+		c.HeartbeatTimeout = 500 * time.Millisecond
+		c.ElectionTimeout = 1000 * time.Millisecond
+		c.LeaderLeaseTimeout = 250 * time.Millisecond
+		c.CommitTimeout = 10 * time.Millisecond
+	}
+	return c
+}
+
+func pebbleOptions(l zerolog.Logger) *pebble.Options {
+	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}}
+	o.EnsureDefaults()
+	// Pebble's zstd block compression is unusable in this module graph
+	// (its cgo path expects DataDog/zstd v1.4 and v1.5 returns "decompressed
+	// into unexpected buffer"), so blocks use Snappy and payloads carry
+	// their own zstd compression.
+	for i := range o.Levels {
+		o.Levels[i].Compression = pebble.SnappyCompression
+		o.Levels[i].BlockSize = 32 << 10
+	}
+	return o
+}
+
+// DB is the shared Pebble DB. Projections use keys starting with 'P'; the
+// log uses 'L'.
+func (n *Node) DB() *pebble.DB { return n.db }
+
+// Raft exposes raft for cluster tests and membership commands.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// IsLeader reports whether this node accepts writes now.
+func (n *Node) IsLeader() bool { return n.raft != nil && n.raft.State() == raft.Leader }
+
+// LastOffset is the newest applied offset on this node.
+func (n *Node) LastOffset() uint64 { return n.fsm.lastOffset.Load() }
+
+// Wait blocks until LastOffset() > after or ctx is done.
+func (n *Node) Wait(ctx context.Context, after uint64) error {
+	for {
+		ch := n.fsm.waitCh()
+		if n.LastOffset() > after {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stop:
+			return ErrClosed
+		}
+	}
+}
+
+// Read returns up to max entries with offsets >= from, in order.
+func (n *Node) Read(from uint64, max int) ([]Entry, error) {
+	if from == 0 {
+		from = 1
+	}
+	last := n.LastOffset()
+	if max <= 0 || from > last {
+		return nil, nil
+	}
+	if uint64(max) > last-from+1 {
+		max = int(last - from + 1)
+	}
+	it, err := n.db.NewIter(&pebble.IterOptions{LowerBound: entryKey(from), UpperBound: entryKey(last + 1)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	out := make([]Entry, 0, max)
+	want := from
+	for ok := it.First(); ok && len(out) < max; ok = it.Next() {
+		se, err := decodeStored(want, it.Value())
+		if got := keyOffset(it.Key()); got != want {
+			return out, fmt.Errorf("%w at offset %d: entry missing (found %d): restore the data directory from a backup", ErrCorrupt, want, got)
+		}
+		if err != nil {
+			return out, fmt.Errorf("%w at offset %d: %v: restore the data directory from a backup", ErrCorrupt, want, err)
+		}
+		e := Entry{Offset: want, Kind: se.kind, Time: se.time}
+		if se.flags&flagZstd != 0 {
+			if e.Payload, err = n.dec.DecodeAll(se.payload, nil); err != nil {
+				return out, fmt.Errorf("%w at offset %d: payload does not decompress: %v", ErrCorrupt, want, err)
+			}
+		} else {
+			e.Payload = append([]byte(nil), se.payload...)
+		}
+		out = append(out, e)
+		want++
+	}
+	return out, it.Error()
+}
+
+// Close flushes, stops raft and closes Pebble.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.closeMu.Lock()
+		n.closed = true
+		n.closeMu.Unlock()
+		n.closeErr = n.shutdown()
+	})
+	return n.closeErr
+}
+
+func (n *Node) shutdown() error {
+	var errs []error
+	if n.raft != nil {
+		close(n.stop)
+		n.done.Wait()
+		if err := n.raft.Shutdown().Error(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c, ok := n.trans.(interface{ Close() error }); ok {
+		errs = append(errs, c.Close())
+	}
+	if n.enc != nil {
+		errs = append(errs, n.enc.Close())
+	}
+	if n.dec != nil {
+		n.dec.Close()
+	}
+	if n.db != nil {
+		// Flush the unsynced event-log writes so a clean restart has
+		// nothing to re-apply.
+		errs = append(errs, n.db.LogData(nil, pebble.Sync), n.db.Close())
+	}
+	return errors.Join(errs...)
+}
