@@ -1,0 +1,431 @@
+// Package accounts folds accounts, devices, access tokens, profiles and
+// registration tokens out of the log: "who may act, with which token".
+package accounts
+
+import (
+	"encoding/json"
+	"fmt"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+)
+
+// Key prefixes. Each record kind has its own one-byte prefix followed by
+// 0x00-separated parts, so range scans over one user's devices or tokens
+// are a single iterator.
+const (
+	pAccount   = 'u' // u user -> Account
+	pToken     = 't' // t tokenhash -> Session
+	pRefresh   = 'r' // r refreshhash -> Session (of the refresh token)
+	pDevice    = 'd' // d user 0 device -> Device
+	pDevTok    = 'k' // k user 0 device 0 hash -> "t" or "r"
+	pProfile   = 'p' // p user -> Profile
+	pRegToken  = 'g' // g token -> RegToken
+	sep        = 0
+	tokAccess  = "t"
+	tokRefresh = "r"
+)
+
+// Account is one user.
+type Account struct {
+	UserID       string `json:"user_id"`
+	PasswordHash string `json:"password_hash,omitempty"`
+	Admin        bool   `json:"admin,omitempty"`
+	Guest        bool   `json:"guest,omitempty"`
+	Deactivated  bool   `json:"deactivated,omitempty"`
+	CreatedTS    int64  `json:"created_ts"`
+}
+
+// Session is what a token (access or refresh) stands for.
+type Session struct {
+	UserID    string `json:"user_id"`
+	DeviceID  string `json:"device_id"`
+	ExpiresAt int64  `json:"expires_at,omitempty"`
+	// Pair is the hash of the other token of the pair (the refresh token of
+	// an access token, and vice versa).
+	Pair string `json:"pair,omitempty"`
+}
+
+// Device is one device of a user.
+type Device struct {
+	DeviceID    string `json:"device_id"`
+	DisplayName string `json:"display_name,omitempty"`
+	LastSeenIP  string `json:"last_seen_ip,omitempty"`
+	LastSeenTS  int64  `json:"last_seen_ts,omitempty"`
+}
+
+// Profile is a user's global profile.
+type Profile struct {
+	DisplayName *string `json:"displayname,omitempty"`
+	AvatarURL   *string `json:"avatar_url,omitempty"`
+}
+
+// RegToken is a registration token's state.
+type RegToken struct {
+	Token       string `json:"token"`
+	UsesAllowed *int   `json:"uses_allowed"`
+	Completed   int    `json:"completed"`
+	ExpiryTime  int64  `json:"expiry_time,omitempty"`
+}
+
+// Projection is the accounts read model.
+type Projection struct{}
+
+// New returns the projection to register on the engine.
+func New() *Projection { return &Projection{} }
+
+func (*Projection) Name() string { return "accounts" }
+func (*Projection) Version() int { return 1 }
+
+func key(prefix byte, parts ...string) []byte {
+	n := 1
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	k := make([]byte, 0, n)
+	k = append(k, prefix)
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, sep)
+		}
+		k = append(k, p...)
+	}
+	return k
+}
+
+// prefixEnd is the smallest key greater than every key starting with p.
+func prefixEnd(p []byte) []byte {
+	e := append([]byte(nil), p...)
+	for i := len(e) - 1; i >= 0; i-- {
+		if e[i] < 0xff {
+			e[i]++
+			return e[:i+1]
+		}
+	}
+	return nil
+}
+
+func get[T any](r projections.Reader, k []byte) (*T, error) {
+	b, ok, err := r.Get(k)
+	if err != nil || !ok {
+		return nil, err
+	}
+	v := new(T)
+	if err := json.Unmarshal(b, v); err != nil {
+		return nil, fmt.Errorf("accounts: corrupt record %q: %w", k, err)
+	}
+	return v, nil
+}
+
+func put(w projections.Writer, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.Set(k, b)
+}
+
+// Apply folds a batch of entries.
+func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
+	for _, e := range entries {
+		if err := p.apply(w, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
+	switch e.Kind {
+	case englog.KindAccountRegistered:
+		var f facts.AccountRegistered
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		if old, err := get[Account](w, key(pAccount, f.UserID)); err != nil || old != nil {
+			return err // the first registration wins; a duplicate is a no-op
+		}
+		if err := put(w, key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time}); err != nil {
+			return err
+		}
+		if f.DisplayName != "" {
+			dn := f.DisplayName
+			return put(w, key(pProfile, f.UserID), Profile{DisplayName: &dn})
+		}
+	case englog.KindPasswordChanged:
+		var f facts.PasswordChanged
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		a, err := get[Account](w, key(pAccount, f.UserID))
+		if err != nil || a == nil {
+			return err
+		}
+		a.PasswordHash = f.PasswordHash
+		if err := put(w, key(pAccount, f.UserID), a); err != nil {
+			return err
+		}
+		if f.LogoutDevices {
+			devs, err := listDevices(w, f.UserID)
+			if err != nil {
+				return err
+			}
+			for _, d := range devs {
+				if d.DeviceID != f.KeepDeviceID {
+					if err := removeDevice(w, f.UserID, d.DeviceID); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	case englog.KindAccountDeactivated:
+		var f facts.AccountDeactivated
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		a, err := get[Account](w, key(pAccount, f.UserID))
+		if err != nil || a == nil {
+			return err
+		}
+		a.Deactivated = true
+		a.PasswordHash = ""
+		if err := put(w, key(pAccount, f.UserID), a); err != nil {
+			return err
+		}
+		devs, err := listDevices(w, f.UserID)
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if err := removeDevice(w, f.UserID, d.DeviceID); err != nil {
+				return err
+			}
+		}
+		if f.Erase {
+			return w.Delete(key(pProfile, f.UserID))
+		}
+	case englog.KindProfileSet:
+		var f facts.ProfileSet
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		pr, err := get[Profile](w, key(pProfile, f.UserID))
+		if err != nil {
+			return err
+		}
+		if pr == nil {
+			pr = &Profile{}
+		}
+		if f.DisplayName != nil {
+			pr.DisplayName = nilIfEmpty(*f.DisplayName)
+		}
+		if f.AvatarURL != nil {
+			pr.AvatarURL = nilIfEmpty(*f.AvatarURL)
+		}
+		return put(w, key(pProfile, f.UserID), pr)
+	case englog.KindDeviceAdded:
+		var f facts.DeviceAdded
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		d, err := get[Device](w, key(pDevice, f.UserID, f.DeviceID))
+		if err != nil {
+			return err
+		}
+		if d == nil {
+			d = &Device{DeviceID: f.DeviceID, DisplayName: f.DisplayName}
+		} else if f.DisplayName != "" && d.DisplayName == "" {
+			d.DisplayName = f.DisplayName
+		}
+		d.LastSeenIP, d.LastSeenTS = f.IP, e.Time
+		return put(w, key(pDevice, f.UserID, f.DeviceID), d)
+	case englog.KindDeviceUpdated:
+		var f facts.DeviceUpdated
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		d, err := get[Device](w, key(pDevice, f.UserID, f.DeviceID))
+		if err != nil || d == nil {
+			return err
+		}
+		if f.DisplayName != nil {
+			d.DisplayName = *f.DisplayName
+		}
+		return put(w, key(pDevice, f.UserID, f.DeviceID), d)
+	case englog.KindDeviceRemoved:
+		var f facts.DeviceRemoved
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		for _, id := range f.DeviceIDs {
+			if err := removeDevice(w, f.UserID, id); err != nil {
+				return err
+			}
+		}
+	case englog.KindAccessTokenIssued:
+		var f facts.AccessTokenIssued
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		if f.Replaces != "" {
+			old, err := get[Session](w, key(pRefresh, f.Replaces))
+			if err != nil {
+				return err
+			}
+			if old != nil {
+				if err := deleteToken(w, pRefresh, f.Replaces, old); err != nil {
+					return err
+				}
+				if old.Pair != "" {
+					if err := deleteToken(w, pToken, old.Pair, old); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if err := put(w, key(pToken, f.TokenSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, ExpiresAt: f.ExpiresAt, Pair: f.RefreshSHA256}); err != nil {
+			return err
+		}
+		if err := w.Set(key(pDevTok, f.UserID, f.DeviceID, f.TokenSHA256), []byte(tokAccess)); err != nil {
+			return err
+		}
+		if f.RefreshSHA256 != "" {
+			if err := put(w, key(pRefresh, f.RefreshSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, Pair: f.TokenSHA256}); err != nil {
+				return err
+			}
+			return w.Set(key(pDevTok, f.UserID, f.DeviceID, f.RefreshSHA256), []byte(tokRefresh))
+		}
+	case englog.KindAccessTokenRevoked:
+		var f facts.AccessTokenRevoked
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		s, err := get[Session](w, key(pToken, f.TokenSHA256))
+		if err != nil || s == nil {
+			return err
+		}
+		return deleteToken(w, pToken, f.TokenSHA256, s)
+	case englog.KindRegistrationToken:
+		var f facts.RegistrationToken
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		k := key(pRegToken, f.Token)
+		switch f.Op {
+		case facts.RegistrationTokenCreate:
+			return put(w, k, RegToken{Token: f.Token, UsesAllowed: f.UsesAllowed, ExpiryTime: f.ExpiryTime})
+		case facts.RegistrationTokenUse:
+			t, err := get[RegToken](w, k)
+			if err != nil || t == nil {
+				return err
+			}
+			t.Completed++
+			return put(w, k, t)
+		case facts.RegistrationTokenDelete:
+			return w.Delete(k)
+		}
+	}
+	return nil
+}
+
+func nilIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// deleteToken removes a token and its device index entry.
+func deleteToken(w projections.Writer, prefix byte, hash string, s *Session) error {
+	if err := w.Delete(key(prefix, hash)); err != nil {
+		return err
+	}
+	return w.Delete(key(pDevTok, s.UserID, s.DeviceID, hash))
+}
+
+// removeDevice deletes a device and every token issued to it.
+func removeDevice(w projections.Writer, userID, deviceID string) error {
+	lower := append(key(pDevTok, userID, deviceID), sep)
+	it := w.Iter(lower, prefixEnd(lower))
+	var toks []struct {
+		hash string
+		kind byte
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		toks = append(toks, struct {
+			hash string
+			kind byte
+		}{string(it.Key()[len(lower):]), it.Value()[0]})
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, t := range toks {
+		prefix := byte(pToken)
+		if t.kind == tokRefresh[0] {
+			prefix = pRefresh
+		}
+		if err := w.Delete(key(prefix, t.hash)); err != nil {
+			return err
+		}
+	}
+	if err := w.DeleteRange(lower, prefixEnd(lower)); err != nil {
+		return err
+	}
+	return w.Delete(key(pDevice, userID, deviceID))
+}
+
+func listDevices(r projections.Reader, userID string) ([]Device, error) {
+	lower := append(key(pDevice, userID), sep)
+	it := r.Iter(lower, prefixEnd(lower))
+	var out []Device
+	for ok := it.First(); ok; ok = it.Next() {
+		var d Device
+		if err := json.Unmarshal(it.Value(), &d); err != nil {
+			it.Close()
+			return nil, fmt.Errorf("accounts: corrupt device record: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, it.Close()
+}
+
+// View answers queries over a Reader (live or snapshot).
+type View struct{ r projections.Reader }
+
+// NewView wraps a reader of this projection's keyspace.
+func NewView(r projections.Reader) View { return View{r} }
+
+// Account returns the account, or nil when the user does not exist.
+func (v View) Account(userID string) (*Account, error) { return get[Account](v.r, key(pAccount, userID)) }
+
+// Session returns the session of an access token hash, or nil.
+func (v View) Session(tokenHash string) (*Session, error) { return get[Session](v.r, key(pToken, tokenHash)) }
+
+// RefreshSession returns the session of a refresh token hash, or nil.
+func (v View) RefreshSession(hash string) (*Session, error) {
+	return get[Session](v.r, key(pRefresh, hash))
+}
+
+// Device returns one device, or nil.
+func (v View) Device(userID, deviceID string) (*Device, error) {
+	return get[Device](v.r, key(pDevice, userID, deviceID))
+}
+
+// Devices lists a user's devices ordered by ID.
+func (v View) Devices(userID string) ([]Device, error) { return listDevices(v.r, userID) }
+
+// Profile returns a user's profile (empty when never set).
+func (v View) Profile(userID string) (Profile, error) {
+	p, err := get[Profile](v.r, key(pProfile, userID))
+	if err != nil || p == nil {
+		return Profile{}, err
+	}
+	return *p, nil
+}
+
+// RegistrationToken returns a registration token's state, or nil.
+func (v View) RegistrationToken(token string) (*RegToken, error) {
+	return get[RegToken](v.r, key(pRegToken, token))
+}

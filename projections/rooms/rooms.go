@@ -1,0 +1,348 @@
+// Package rooms folds room events out of the log: "events by ID, each
+// room's timeline, current state and members, each user's memberships,
+// transaction IDs, and the alias directory".
+//
+// The stream position of an event is the log offset of the entry that
+// carried it, so timelines, sync tokens and pagination tokens are all log
+// offsets.
+package rooms
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// Key prefixes; parts are separated by 0x00 and offsets are 8 bytes big
+// endian so that keys sort by stream position.
+const (
+	pEvent      = 'e' // e eventID -> Event
+	pTimeline   = 't' // t room 0 offset -> eventID
+	pState      = 's' // s room 0 type 0 stateKey -> eventID
+	pRoom       = 'R' // R room -> Room
+	pMember     = 'm' // m user 0 room -> Membership
+	pTxn        = 'x' // x user 0 device 0 txn -> eventID
+	pPendingRed = 'p' // p targetID 0 redactionID -> "" (redaction seen before its target)
+	pForgotten  = 'F' // F user 0 room -> ""
+	pAlias      = 'a' // a alias -> AliasRecord
+	pRoomAlias  = 'A' // A room 0 alias -> ""
+	pPublic     = 'P' // P room -> "" (published in the room directory)
+	sep         = 0
+)
+
+// Event is a stored room event.
+type Event struct {
+	EventID string `json:"event_id"`
+	RoomID  string `json:"room_id"`
+	Offset  uint64 `json:"offset"`
+	// JSON is the PDU as stored, redacted in place once a redaction
+	// applies to it.
+	JSON json.RawMessage `json:"json"`
+	// Rejected/SoftFailed events are stored (for auth chains and
+	// federation) but never in a timeline or in current state.
+	Rejected   string         `json:"rejected,omitempty"`
+	SoftFailed bool           `json:"soft_failed,omitempty"`
+	Outlier    bool           `json:"outlier,omitempty"`
+	Txn        *facts.TxnRef  `json:"txn,omitempty"`
+	RedactedBy string         `json:"redacted_by,omitempty"`
+	Replaces   string         `json:"replaces,omitempty"` // the state event this one replaced
+	Version    string         `json:"room_version"`
+}
+
+// Room is what the projection knows about a room as a whole.
+type Room struct {
+	RoomID  string `json:"room_id"`
+	Version string `json:"room_version"`
+	Creator string `json:"creator"`
+	// Extremities are the forward extremities: the prev_events of the
+	// next local event.
+	Extremities []string `json:"extremities"`
+}
+
+// Membership is one user's current membership of one room.
+type Membership struct {
+	RoomID     string `json:"room_id"`
+	Membership string `json:"membership"`
+	EventID    string `json:"event_id"`
+	Offset     uint64 `json:"offset"`
+}
+
+// AliasRecord maps an alias to its room.
+type AliasRecord struct {
+	RoomID  string `json:"room_id"`
+	Creator string `json:"creator"`
+}
+
+// Projection is the rooms read model.
+type Projection struct {
+	onCommit func(offset uint64)
+}
+
+// New returns the projection; onCommit (may be nil) is called after each
+// committed batch with its last offset, to wake long-polls.
+func New(onCommit func(offset uint64)) *Projection { return &Projection{onCommit: onCommit} }
+
+func (*Projection) Name() string { return "rooms" }
+func (*Projection) Version() int { return 1 }
+
+// AfterCommit wakes waiters.
+func (p *Projection) AfterCommit(entries []englog.Entry) {
+	if p.onCommit != nil && len(entries) > 0 {
+		p.onCommit(entries[len(entries)-1].Offset)
+	}
+}
+
+func key(prefix byte, parts ...string) []byte {
+	k := []byte{prefix}
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, sep)
+		}
+		k = append(k, p...)
+	}
+	return k
+}
+
+func offsetKey(prefix byte, room string, off uint64) []byte {
+	k := key(prefix, room)
+	k = append(k, sep)
+	return binary.BigEndian.AppendUint64(k, off)
+}
+
+func prefixEnd(p []byte) []byte {
+	e := append([]byte(nil), p...)
+	for i := len(e) - 1; i >= 0; i-- {
+		if e[i] < 0xff {
+			e[i]++
+			return e[:i+1]
+		}
+	}
+	return nil
+}
+
+func get[T any](r projections.Reader, k []byte) (*T, error) {
+	b, ok, err := r.Get(k)
+	if err != nil || !ok {
+		return nil, err
+	}
+	v := new(T)
+	if err := json.Unmarshal(b, v); err != nil {
+		return nil, fmt.Errorf("rooms: corrupt record %q: %w", k, err)
+	}
+	return v, nil
+}
+
+func put(w projections.Writer, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.Set(k, b)
+}
+
+// Apply folds a batch.
+func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
+	for _, e := range entries {
+		var err error
+		switch e.Kind {
+		case englog.KindPDU:
+			err = p.applyPDU(w, e)
+		case englog.KindRoomForgotten:
+			var f facts.RoomForgotten
+			if err = facts.Decode(e, &f); err == nil {
+				err = w.Set(key(pForgotten, f.UserID, f.RoomID), nil)
+			}
+		case englog.KindAliasSet:
+			var f facts.AliasSet
+			if err = facts.Decode(e, &f); err == nil {
+				if err = put(w, key(pAlias, f.Alias), AliasRecord{RoomID: f.RoomID, Creator: f.Creator}); err == nil {
+					err = w.Set(key(pRoomAlias, f.RoomID, f.Alias), nil)
+				}
+			}
+		case englog.KindAliasRemoved:
+			var f facts.AliasRemoved
+			if err = facts.Decode(e, &f); err == nil {
+				var a *AliasRecord
+				if a, err = get[AliasRecord](w, key(pAlias, f.Alias)); err == nil && a != nil {
+					if err = w.Delete(key(pAlias, f.Alias)); err == nil {
+						err = w.Delete(key(pRoomAlias, a.RoomID, f.Alias))
+					}
+				}
+			}
+		case englog.KindRoomVisibilitySet:
+			var f facts.RoomVisibilitySet
+			if err = facts.Decode(e, &f); err == nil {
+				if f.Visibility == "public" {
+					err = w.Set(key(pPublic, f.RoomID), nil)
+				} else {
+					err = w.Delete(key(pPublic, f.RoomID))
+				}
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
+	var f facts.PDU
+	if err := facts.Decode(e, &f); err != nil {
+		return err
+	}
+	version, ok := stateres.Version(f.RoomVersion)
+	if !ok {
+		// Recorded as is: an unknown version cannot be folded, which is a
+		// fact about this build, not the log; skip rather than stop.
+		return nil
+	}
+	ev, err := stateres.ParseEvent(version, f.Event)
+	if err != nil {
+		return nil // malformed PDUs were refused before proposing; never fold them
+	}
+	id := ev.EventID()
+	if old, err := get[Event](w, key(pEvent, id)); err != nil || (old != nil && old.Rejected == "" && !old.Outlier) {
+		return err // already folded: duplicates are no-ops
+	}
+	rec := Event{EventID: id, RoomID: ev.RoomID(), Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
+		SoftFailed: f.SoftFailed, Outlier: f.Outlier, Txn: f.Txn, Version: version.ID}
+	inDAG := f.Rejected == "" && !f.SoftFailed && !f.Outlier
+	roomID := ev.RoomID()
+
+	if inDAG {
+		if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
+			if err := put(w, key(pRoom, roomID), Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}); err != nil {
+				return err
+			}
+		}
+		room, err := get[Room](w, key(pRoom, roomID))
+		if err != nil {
+			return err
+		}
+		if room == nil {
+			// An event of a room whose create event we have not folded:
+			// keep it as an outlier until federation backfills.
+			rec.Outlier, inDAG = true, false
+		} else {
+			room.Extremities = advanceExtremities(room.Extremities, ev)
+			if err := put(w, key(pRoom, roomID), room); err != nil {
+				return err
+			}
+		}
+	}
+	if inDAG {
+		if err := w.Set(offsetKey(pTimeline, roomID, e.Offset), []byte(id)); err != nil {
+			return err
+		}
+		if sk := ev.StateKey(); sk != nil {
+			sKey := key(pState, roomID, ev.Type(), *sk)
+			if prev, ok, err := w.Get(sKey); err != nil {
+				return err
+			} else if ok {
+				rec.Replaces = string(prev)
+			}
+			if err := w.Set(sKey, []byte(id)); err != nil {
+				return err
+			}
+			if ev.Type() == stateres.MRoomMember {
+				if err := p.applyMembership(w, ev, *sk, e.Offset); err != nil {
+					return err
+				}
+			}
+		}
+		if f.Txn != nil {
+			if err := w.Set(key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID), []byte(id)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := put(w, key(pEvent, id), rec); err != nil {
+		return err
+	}
+	if !inDAG {
+		return nil
+	}
+	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {
+		if err := redact(w, ev.Redacts(), id, roomID); err != nil {
+			return err
+		}
+	}
+	// A redaction that arrived before this event applies now.
+	lower := append(key(pPendingRed, id), sep)
+	it := w.Iter(lower, prefixEnd(lower))
+	var pending []string
+	for ok := it.First(); ok; ok = it.Next() {
+		pending = append(pending, string(it.Key()[len(lower):]))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, rid := range pending {
+		if err := redact(w, id, rid, roomID); err != nil {
+			return err
+		}
+	}
+	if len(pending) > 0 {
+		return w.DeleteRange(lower, prefixEnd(lower))
+	}
+	return nil
+}
+
+func (p *Projection) applyMembership(w projections.Writer, ev stateres.PDU, userID string, off uint64) error {
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	_ = json.Unmarshal(ev.Content(), &c)
+	if c.Membership == "join" || c.Membership == "invite" || c.Membership == "knock" {
+		if err := w.Delete(key(pForgotten, userID, ev.RoomID())); err != nil {
+			return err
+		}
+	}
+	return put(w, key(pMember, userID, ev.RoomID()), Membership{RoomID: ev.RoomID(), Membership: c.Membership, EventID: ev.EventID(), Offset: off})
+}
+
+// redact replaces the target's JSON by its redacted form, if the target is
+// in the same room; a target not seen yet is remembered.
+func redact(w projections.Writer, targetID, redactionID, roomID string) error {
+	t, err := get[Event](w, key(pEvent, targetID))
+	if err != nil {
+		return err
+	}
+	if t == nil {
+		return w.Set(append(append(key(pPendingRed, targetID), sep), redactionID...), nil)
+	}
+	if t.RoomID != roomID || t.RedactedBy != "" {
+		return nil
+	}
+	v, ok := stateres.Version(t.Version)
+	if !ok {
+		return nil
+	}
+	red, err := stateres.Redact(v, t.JSON)
+	if err != nil {
+		return nil // an unredactable stored event stays as is
+	}
+	t.JSON, t.RedactedBy = red, redactionID
+	return put(w, key(pEvent, targetID), t)
+}
+
+// advanceExtremities: the new event replaces the extremities it references.
+func advanceExtremities(ext []string, ev stateres.PDU) []string {
+	prev := map[string]bool{}
+	for _, p := range ev.PrevEventIDs() {
+		prev[p] = true
+	}
+	out := ext[:0:0]
+	for _, x := range ext {
+		if !prev[x] {
+			out = append(out, x)
+		}
+	}
+	return append(out, ev.EventID())
+}

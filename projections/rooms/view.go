@@ -1,0 +1,203 @@
+package rooms
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"strings"
+
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// View answers queries over a Reader (live or snapshot).
+type View struct{ r projections.Reader }
+
+// NewView wraps a reader of this projection's keyspace.
+func NewView(r projections.Reader) View { return View{r} }
+
+// Room returns a room, or nil when unknown.
+func (v View) Room(roomID string) (*Room, error) { return get[Room](v.r, key(pRoom, roomID)) }
+
+// Event returns a stored event, or nil.
+func (v View) Event(eventID string) (*Event, error) { return get[Event](v.r, key(pEvent, eventID)) }
+
+// PDU parses a stored event.
+func (e *Event) PDU() (*stateres.Event, error) {
+	ver, _ := stateres.Version(e.Version)
+	return stateres.ParseEvent(ver, e.JSON)
+}
+
+// StateEventID returns the ID of a current state event, or "".
+func (v View) StateEventID(roomID, typ, stateKey string) (string, error) {
+	b, ok, err := v.r.Get(key(pState, roomID, typ, stateKey))
+	if err != nil || !ok {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// StateEvent returns a current state event, or nil.
+func (v View) StateEvent(roomID, typ, stateKey string) (*Event, error) {
+	id, err := v.StateEventID(roomID, typ, stateKey)
+	if err != nil || id == "" {
+		return nil, err
+	}
+	return v.Event(id)
+}
+
+// State returns the room's current state, optionally only of one type
+// (typ != ""), ordered by (type, state key).
+func (v View) State(roomID, typ string) ([]*Event, error) {
+	lower := append(key(pState, roomID), sep)
+	if typ != "" {
+		lower = append(append(lower, typ...), sep)
+	}
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var ids []string
+	for ok := it.First(); ok; ok = it.Next() {
+		ids = append(ids, string(it.Value()))
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	out := make([]*Event, 0, len(ids))
+	for _, id := range ids {
+		e, err := v.Event(id)
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// Membership returns a user's membership of a room, or nil.
+func (v View) Membership(userID, roomID string) (*Membership, error) {
+	return get[Membership](v.r, key(pMember, userID, roomID))
+}
+
+// Memberships lists every room a user has a membership event in.
+func (v View) Memberships(userID string) ([]Membership, error) {
+	lower := append(key(pMember, userID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []Membership
+	for ok := it.First(); ok; ok = it.Next() {
+		var m Membership
+		if err := json.Unmarshal(it.Value(), &m); err != nil {
+			it.Close()
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, it.Close()
+}
+
+// Forgotten reports whether the user forgot the room (since they last
+// joined or were invited).
+func (v View) Forgotten(userID, roomID string) (bool, error) {
+	_, ok, err := v.r.Get(key(pForgotten, userID, roomID))
+	return ok, err
+}
+
+// TxnEvent returns the event a client transaction created, or "".
+func (v View) TxnEvent(userID, deviceID, txnID string) (string, error) {
+	b, ok, err := v.r.Get(key(pTxn, userID, deviceID, txnID))
+	if err != nil || !ok {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// TimelineEntry is one event's place in a room's timeline.
+type TimelineEntry struct {
+	Offset  uint64
+	EventID string
+}
+
+// Timeline returns up to limit timeline entries of a room with offsets in
+// (after, upTo] when forward, or in [.., before) walking backwards from
+// before when !forward (upTo ignored). Entries are in the walking order.
+func (v View) Timeline(roomID string, from uint64, forward bool, limit int, bound uint64) ([]TimelineEntry, error) {
+	lower := append(key(pTimeline, roomID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	defer it.Close()
+	var out []TimelineEntry
+	read := func() TimelineEntry {
+		k := it.Key()
+		return TimelineEntry{Offset: binary.BigEndian.Uint64(k[len(k)-8:]), EventID: string(it.Value())}
+	}
+	if forward {
+		// Entries with offset > from and <= bound (0: unbounded).
+		for ok := it.SeekGE(offsetKey(pTimeline, roomID, from+1)); ok && len(out) < limit; ok = it.Next() {
+			te := read()
+			if bound != 0 && te.Offset > bound {
+				break
+			}
+			out = append(out, te)
+		}
+	} else {
+		// Entries with offset < from and > bound, newest first.
+		for ok := it.SeekLT(offsetKey(pTimeline, roomID, from)); ok && len(out) < limit; ok = it.Prev() {
+			te := read()
+			if te.Offset <= bound {
+				break
+			}
+			out = append(out, te)
+		}
+	}
+	return out, it.Close()
+}
+
+// Alias returns the room an alias points at, or nil.
+func (v View) Alias(alias string) (*AliasRecord, error) { return get[AliasRecord](v.r, key(pAlias, alias)) }
+
+// Aliases lists a room's local aliases.
+func (v View) Aliases(roomID string) ([]string, error) {
+	lower := append(key(pRoomAlias, roomID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []string
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, string(it.Key()[len(lower):]))
+	}
+	return out, it.Close()
+}
+
+// Public reports whether the room is published in the room directory.
+func (v View) Public(roomID string) (bool, error) {
+	_, ok, err := v.r.Get(key(pPublic, roomID))
+	return ok, err
+}
+
+// PublicRooms lists the published rooms.
+func (v View) PublicRooms() ([]string, error) {
+	lower := key(pPublic)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []string
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, string(it.Key()[1:]))
+	}
+	return out, it.Close()
+}
+
+// Lookup adapts the current state of a room to stateres.StateLookup-style
+// callers: it returns the parsed state event, or nil.
+func (v View) Lookup(roomID string) func(typ, stateKey string) stateres.PDU {
+	return func(typ, stateKey string) stateres.PDU {
+		e, err := v.StateEvent(roomID, typ, stateKey)
+		if err != nil || e == nil {
+			return nil
+		}
+		p, err := e.PDU()
+		if err != nil {
+			return nil
+		}
+		return p
+	}
+}
+
+// IsLocalServer helps callers filter user IDs by domain.
+func IsLocalServer(userID, server string) bool {
+	return strings.HasSuffix(userID, ":"+server)
+}

@@ -1,0 +1,293 @@
+// Package userdata folds what users say about themselves and rooms
+// outside the room DAG: "account data, filters, typing, receipts and
+// presence", each stamped with the log offset that last changed it so
+// /sync can return what changed since a token.
+package userdata
+
+import (
+	"encoding/json"
+	"fmt"
+	"strconv"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+)
+
+const (
+	pAccountData = 'd' // d user 0 room 0 type -> Record ("" room: global)
+	pFilter      = 'f' // f user 0 filterID -> filter JSON
+	pTyping      = 't' // t room 0 user -> Typing
+	pTypingRoom  = 'T' // T room -> Stamp (last typing change)
+	pReceipt     = 'r' // r room 0 user 0 receiptType 0 thread -> Receipt
+	pPresence    = 'p' // p user -> Presence
+	sep          = 0
+)
+
+// Record is one account data event.
+type Record struct {
+	Type    string          `json:"type"`
+	RoomID  string          `json:"room_id,omitempty"`
+	Content json.RawMessage `json:"content"`
+	Offset  uint64          `json:"offset"`
+}
+
+// Typing is one user typing in a room until ExpiresAt (Unix ms).
+type Typing struct {
+	UserID    string `json:"user_id"`
+	ExpiresAt int64  `json:"expires_at"`
+}
+
+// Stamp records the offset of the last change.
+type Stamp struct {
+	Offset uint64 `json:"offset"`
+}
+
+// Receipt is one user's receipt of one type in a room.
+type Receipt struct {
+	UserID      string `json:"user_id"`
+	EventID     string `json:"event_id"`
+	ReceiptType string `json:"receipt_type"`
+	ThreadID    string `json:"thread_id,omitempty"`
+	TS          int64  `json:"ts"`
+	Offset      uint64 `json:"offset"`
+}
+
+// Presence is a user's last presence.
+type Presence struct {
+	Presence     string  `json:"presence"`
+	StatusMsg    *string `json:"status_msg,omitempty"`
+	LastActiveTS int64   `json:"last_active_ts"`
+	Offset       uint64  `json:"offset"`
+}
+
+// Projection is the userdata read model.
+type Projection struct{ onCommit func(uint64) }
+
+// New returns the projection; onCommit (may be nil) is called after each
+// committed batch with its last offset.
+func New(onCommit func(uint64)) *Projection { return &Projection{onCommit: onCommit} }
+
+func (*Projection) Name() string { return "userdata" }
+func (*Projection) Version() int { return 1 }
+
+// AfterCommit wakes waiters.
+func (p *Projection) AfterCommit(entries []englog.Entry) {
+	if p.onCommit != nil && len(entries) > 0 {
+		p.onCommit(entries[len(entries)-1].Offset)
+	}
+}
+
+func key(prefix byte, parts ...string) []byte {
+	k := []byte{prefix}
+	for i, p := range parts {
+		if i > 0 {
+			k = append(k, sep)
+		}
+		k = append(k, p...)
+	}
+	return k
+}
+
+func prefixEnd(p []byte) []byte {
+	e := append([]byte(nil), p...)
+	for i := len(e) - 1; i >= 0; i-- {
+		if e[i] < 0xff {
+			e[i]++
+			return e[:i+1]
+		}
+	}
+	return nil
+}
+
+func put(w projections.Writer, k []byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return w.Set(k, b)
+}
+
+// Apply folds a batch.
+func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
+	for _, e := range entries {
+		if err := p.apply(w, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
+	switch e.Kind {
+	case englog.KindAccountDataSet:
+		var f facts.AccountDataSet
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return put(w, key(pAccountData, f.UserID, f.RoomID, f.Type), Record{Type: f.Type, RoomID: f.RoomID, Content: f.Content, Offset: e.Offset})
+	case englog.KindFilterStored:
+		var f facts.FilterStored
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return w.Set(key(pFilter, f.UserID, strconv.FormatUint(e.Offset, 10)), f.Filter)
+	case englog.KindEDU:
+		var f facts.EDU
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		switch f.Type {
+		case facts.EDUTyping:
+			var c facts.TypingContent
+			if json.Unmarshal(f.Content, &c) != nil {
+				return nil
+			}
+			return p.applyTyping(w, e, c)
+		case facts.EDUReceipt:
+			var c facts.ReceiptContent
+			if json.Unmarshal(f.Content, &c) != nil {
+				return nil
+			}
+			return put(w, key(pReceipt, c.RoomID, c.UserID, c.ReceiptType, c.ThreadID), Receipt{
+				UserID: c.UserID, EventID: c.EventID, ReceiptType: c.ReceiptType, ThreadID: c.ThreadID, TS: c.TS, Offset: e.Offset})
+		case facts.EDUPresence:
+			var c facts.PresenceContent
+			if json.Unmarshal(f.Content, &c) != nil {
+				return nil
+			}
+			return put(w, key(pPresence, c.UserID), Presence{Presence: c.Presence, StatusMsg: c.StatusMsg, LastActiveTS: e.Time, Offset: e.Offset})
+		}
+	}
+	return nil
+}
+
+// applyTyping sets or clears one user's typing state and drops entries
+// that expired by this entry's time (never the clock).
+func (p *Projection) applyTyping(w projections.Writer, e englog.Entry, c facts.TypingContent) error {
+	lower := append(key(pTyping, c.RoomID), sep)
+	it := w.Iter(lower, prefixEnd(lower))
+	var expired [][]byte
+	for ok := it.First(); ok; ok = it.Next() {
+		var t Typing
+		if json.Unmarshal(it.Value(), &t) == nil && t.ExpiresAt <= e.Time {
+			expired = append(expired, append([]byte(nil), it.Key()...))
+		}
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, k := range expired {
+		if err := w.Delete(k); err != nil {
+			return err
+		}
+	}
+	k := key(pTyping, c.RoomID, c.UserID)
+	if c.Typing && c.ExpiresAt > e.Time {
+		if err := put(w, k, Typing{UserID: c.UserID, ExpiresAt: c.ExpiresAt}); err != nil {
+			return err
+		}
+	} else if err := w.Delete(k); err != nil {
+		return err
+	}
+	return put(w, key(pTypingRoom, c.RoomID), Stamp{Offset: e.Offset})
+}
+
+// View answers queries.
+type View struct{ r projections.Reader }
+
+// NewView wraps a reader of this projection's keyspace.
+func NewView(r projections.Reader) View { return View{r} }
+
+// AccountData returns one account data event, or nil.
+func (v View) AccountData(userID, roomID, typ string) (*Record, error) {
+	b, ok, err := v.r.Get(key(pAccountData, userID, roomID, typ))
+	if err != nil || !ok {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("userdata: corrupt account data: %w", err)
+	}
+	return &r, nil
+}
+
+// AccountDataOf lists a user's account data of one room ("" for global)
+// changed after offset since.
+func (v View) AccountDataOf(userID, roomID string, since uint64) ([]Record, error) {
+	lower := append(key(pAccountData, userID, roomID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []Record
+	for ok := it.First(); ok; ok = it.Next() {
+		var r Record
+		if err := json.Unmarshal(it.Value(), &r); err != nil {
+			it.Close()
+			return nil, err
+		}
+		if r.Offset > since {
+			out = append(out, r)
+		}
+	}
+	return out, it.Close()
+}
+
+// Filter returns a stored filter, or nil.
+func (v View) Filter(userID, filterID string) (json.RawMessage, error) {
+	b, ok, err := v.r.Get(key(pFilter, userID, filterID))
+	if err != nil || !ok {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Typing returns the users typing in a room at time nowMS and the offset
+// of the room's last typing change.
+func (v View) Typing(roomID string, nowMS int64) ([]string, uint64, error) {
+	var stamp Stamp
+	if b, ok, err := v.r.Get(key(pTypingRoom, roomID)); err != nil {
+		return nil, 0, err
+	} else if ok {
+		_ = json.Unmarshal(b, &stamp)
+	}
+	lower := append(key(pTyping, roomID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	users := []string{}
+	for ok := it.First(); ok; ok = it.Next() {
+		var t Typing
+		if json.Unmarshal(it.Value(), &t) == nil && t.ExpiresAt > nowMS {
+			users = append(users, t.UserID)
+		}
+	}
+	return users, stamp.Offset, it.Close()
+}
+
+// Receipts lists a room's receipts changed after offset since.
+func (v View) Receipts(roomID string, since uint64) ([]Receipt, error) {
+	lower := append(key(pReceipt, roomID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []Receipt
+	for ok := it.First(); ok; ok = it.Next() {
+		var r Receipt
+		if err := json.Unmarshal(it.Value(), &r); err != nil {
+			it.Close()
+			return nil, err
+		}
+		if r.Offset > since {
+			out = append(out, r)
+		}
+	}
+	return out, it.Close()
+}
+
+// Presence returns a user's presence, or nil.
+func (v View) Presence(userID string) (*Presence, error) {
+	b, ok, err := v.r.Get(key(pPresence, userID))
+	if err != nil || !ok {
+		return nil, err
+	}
+	var p Presence
+	if err := json.Unmarshal(b, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
