@@ -70,7 +70,7 @@ func TestSpecEventSigningVectors(t *testing.T) {
 type memState map[StateKeyTuple]PDU
 
 func (s memState) StateEvent(typ, key string) PDU { return s[StateKeyTuple{typ, key}] }
-func (s memState) add(ev *Event)               { s[StateKeyTuple{ev.Type(), *ev.StateKey()}] = ev }
+func (s memState) add(ev *Event)                  { s[StateKeyTuple{ev.Type(), *ev.StateKey()}] = ev }
 
 func ptr(s string) *string { return &s }
 
@@ -182,7 +182,7 @@ func TestRestrictedJoinSigners(t *testing.T) {
 		state, last := buildRoom(t, v, key)
 		join, err := BuildEvent(v, &ProtoEvent{Type: MRoomMember, StateKey: ptr("@bob:remote.test"), Sender: "@bob:remote.test",
 			Content: json.RawMessage(`{"membership":"join","join_authorised_via_users_server":"@alice:origin.test"}`),
-			RoomID: last.RoomID(), OriginServerTS: 3000}, state, []PDU{last}, "remote.test", "ed25519:r", key)
+			RoomID:  last.RoomID(), OriginServerTS: 3000}, state, []PDU{last}, "remote.test", "ed25519:r", key)
 		if err != nil {
 			t.Fatal(err)
 		}
