@@ -27,8 +27,12 @@ func (w zerologWriter) Write(p []byte) (int, error) {
 		msg = string(bytes.TrimSpace(p[i+2:]))
 	}
 	ev := w.l.Warn()
-	if bytes.Contains(p, []byte("[ERROR]")) {
+	switch {
+	case bytes.Contains(p, []byte("[ERROR]")):
 		ev = w.l.Error()
+	case bytes.Contains(p, []byte("heartbeat timeout reached")):
+		// Every start of a node, and of any single node, begins this way.
+		ev = w.l.Info()
 	}
 	ev.Msg(msg)
 	return len(p), nil
