@@ -41,6 +41,10 @@ type Config struct {
 	RateLimitPerSecond  float64 // rc_message.per_second
 	RateLimitBurst      int     // rc_message.burst_count
 
+	// BcryptCost is the bcrypt work factor of password hashes
+	// (bcrypt_rounds); 0 means 12, as Synapse. Tests lower it.
+	BcryptCost int // bcrypt_rounds
+
 	// Signing key of this server, used to sign the events it creates.
 	SigningKeyID string // "ed25519:<id>"
 	SigningKey   ed25519.PrivateKey

@@ -398,10 +398,14 @@ type View struct{ r projections.Reader }
 func NewView(r projections.Reader) View { return View{r} }
 
 // Account returns the account, or nil when the user does not exist.
-func (v View) Account(userID string) (*Account, error) { return get[Account](v.r, key(pAccount, userID)) }
+func (v View) Account(userID string) (*Account, error) {
+	return get[Account](v.r, key(pAccount, userID))
+}
 
 // Session returns the session of an access token hash, or nil.
-func (v View) Session(tokenHash string) (*Session, error) { return get[Session](v.r, key(pToken, tokenHash)) }
+func (v View) Session(tokenHash string) (*Session, error) {
+	return get[Session](v.r, key(pToken, tokenHash))
+}
 
 // RefreshSession returns the session of a refresh token hash, or nil.
 func (v View) RefreshSession(hash string) (*Session, error) {

@@ -45,13 +45,13 @@ type Event struct {
 	JSON json.RawMessage `json:"json"`
 	// Rejected/SoftFailed events are stored (for auth chains and
 	// federation) but never in a timeline or in current state.
-	Rejected   string         `json:"rejected,omitempty"`
-	SoftFailed bool           `json:"soft_failed,omitempty"`
-	Outlier    bool           `json:"outlier,omitempty"`
-	Txn        *facts.TxnRef  `json:"txn,omitempty"`
-	RedactedBy string         `json:"redacted_by,omitempty"`
-	Replaces   string         `json:"replaces,omitempty"` // the state event this one replaced
-	Version    string         `json:"room_version"`
+	Rejected   string        `json:"rejected,omitempty"`
+	SoftFailed bool          `json:"soft_failed,omitempty"`
+	Outlier    bool          `json:"outlier,omitempty"`
+	Txn        *facts.TxnRef `json:"txn,omitempty"`
+	RedactedBy string        `json:"redacted_by,omitempty"`
+	Replaces   string        `json:"replaces,omitempty"` // the state event this one replaced
+	Version    string        `json:"room_version"`
 }
 
 // Room is what the projection knows about a room as a whole.

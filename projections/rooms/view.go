@@ -151,7 +151,9 @@ func (v View) Timeline(roomID string, from uint64, forward bool, limit int, boun
 }
 
 // Alias returns the room an alias points at, or nil.
-func (v View) Alias(alias string) (*AliasRecord, error) { return get[AliasRecord](v.r, key(pAlias, alias)) }
+func (v View) Alias(alias string) (*AliasRecord, error) {
+	return get[AliasRecord](v.r, key(pAlias, alias))
+}
 
 // Aliases lists a room's local aliases.
 func (v View) Aliases(roomID string) ([]string, error) {

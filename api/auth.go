@@ -1,0 +1,134 @@
+package api
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/engram-hs/engram/projections/accounts"
+)
+
+// session is the caller behind a valid access token.
+type session struct {
+	UserID    string
+	DeviceID  string
+	TokenHash string
+	Admin     bool
+	Guest     bool
+}
+
+// bearerToken takes the token from "Authorization: Bearer", or else from
+// the deprecated access_token query parameter.
+func bearerToken(r *http.Request) string {
+	if h := r.Header.Get("Authorization"); h != "" {
+		if t, ok := strings.CutPrefix(h, "Bearer "); ok {
+			return strings.TrimSpace(t)
+		}
+		return ""
+	}
+	return r.URL.Query().Get("access_token")
+}
+
+func hashToken(tok string) string {
+	sum := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(sum[:])
+}
+
+// lookupToken returns the live session of a token, or nil.
+func (s *Server) lookupToken(tok string) (*accounts.Session, error) {
+	return s.accountsView().Session(hashToken(tok))
+}
+
+func (s *Server) authenticate(r *http.Request) (*session, error) {
+	tok := bearerToken(r)
+	if tok == "" {
+		return nil, merr(http.StatusUnauthorized, "M_MISSING_TOKEN", "Missing access token")
+	}
+	if r.Header.Get("Authorization") == "" {
+		logDeprecatedQueryToken(r)
+	}
+	h := hashToken(tok)
+	v := s.accountsView()
+	st, err := v.Session(h)
+	if err != nil {
+		return nil, err
+	}
+	if st == nil {
+		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unrecognised access token").with("soft_logout", false)
+	}
+	if st.ExpiresAt != 0 && st.ExpiresAt <= nowMS() {
+		// Spec (refreshing access tokens): an expired token is a soft logout.
+		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Access token has expired").with("soft_logout", true)
+	}
+	acc, err := v.Account(st.UserID)
+	if err != nil {
+		return nil, err
+	}
+	if acc == nil || acc.Deactivated {
+		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unrecognised access token").with("soft_logout", false)
+	}
+	if ri := reqInfoFrom(r); ri != nil {
+		ri.user = st.UserID
+	}
+	return &session{UserID: st.UserID, DeviceID: st.DeviceID, TokenHash: h, Admin: acc.Admin, Guest: acc.Guest}, nil
+}
+
+// randomString returns n random bytes in URL-safe base64.
+func randomString(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func newAccessToken() string  { return "mat_" + randomString(24) }
+func newRefreshToken() string { return "mar_" + randomString(24) }
+
+// newDeviceID is ten upper-case letters, like the IDs clients are used to.
+func newDeviceID() string {
+	const letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	b := make([]byte, 10)
+	_, _ = rand.Read(b)
+	for i := range b {
+		b[i] = letters[int(b[i])%len(letters)]
+	}
+	return string(b)
+}
+
+// nonceStore keeps the shared-secret registration nonces. Nonces are
+// ephemeral: not facts, so they live in memory with an expiry.
+type nonceStore struct {
+	mu     sync.Mutex
+	nonces map[string]time.Time
+}
+
+func newNonceStore() *nonceStore { return &nonceStore{nonces: map[string]time.Time{}} }
+
+const nonceLifetime = 60 * time.Second
+
+func (n *nonceStore) issue() string {
+	nonce := hex.EncodeToString([]byte(randomString(16)))
+	now := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for k, exp := range n.nonces {
+		if now.After(exp) {
+			delete(n.nonces, k)
+		}
+	}
+	n.nonces[nonce] = now.Add(nonceLifetime)
+	return nonce
+}
+
+// consume reports whether the nonce was issued, unexpired and unused.
+func (n *nonceStore) consume(nonce string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	exp, ok := n.nonces[nonce]
+	delete(n.nonces, nonce)
+	return ok && time.Now().Before(exp)
+}

@@ -1,0 +1,91 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/rs/zerolog"
+)
+
+// matrixError is an error response of the client-server API: an errcode,
+// a human-readable message, the HTTP status, and extra fields some codes
+// carry (retry_after_ms, soft_logout, ...).
+type matrixError struct {
+	Status int
+	Code   string
+	Msg    string
+	Extra  map[string]any
+}
+
+func (e *matrixError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Msg) }
+
+func merr(status int, code, format string, args ...any) *matrixError {
+	return &matrixError{Status: status, Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+func (e *matrixError) with(k string, v any) *matrixError {
+	if e.Extra == nil {
+		e.Extra = map[string]any{}
+	}
+	e.Extra[k] = v
+	return e
+}
+
+// Constructors for the errcodes the spec ties to a status.
+func errForbidden(format string, a ...any) *matrixError {
+	return merr(http.StatusForbidden, "M_FORBIDDEN", format, a...)
+}
+func errNotFound(format string, a ...any) *matrixError {
+	return merr(http.StatusNotFound, "M_NOT_FOUND", format, a...)
+}
+func errBadJSON(format string, a ...any) *matrixError {
+	return merr(http.StatusBadRequest, "M_BAD_JSON", format, a...)
+}
+func errInvalidParam(format string, a ...any) *matrixError {
+	return merr(http.StatusBadRequest, "M_INVALID_PARAM", format, a...)
+}
+func errMissingParam(format string, a ...any) *matrixError {
+	return merr(http.StatusBadRequest, "M_MISSING_PARAM", format, a...)
+}
+func errUnknown(format string, a ...any) *matrixError {
+	return merr(http.StatusInternalServerError, "M_UNKNOWN", format, a...)
+}
+func errUnrecognized(status int) *matrixError {
+	return merr(status, "M_UNRECOGNIZED", "Unrecognized request")
+}
+
+// writeJSON writes a JSON response. Every response carries the CORS
+// headers (set by the middleware before the handler runs).
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"errcode":"M_UNKNOWN","error":"response could not be encoded"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// writeError answers with err: a *matrixError as is, anything else as a
+// 500 M_UNKNOWN whose details go to the log, not the client.
+func writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var me *matrixError
+	if !errors.As(err, &me) {
+		zerolog.Ctx(r.Context()).Error().Err(err).Msg("internal error answering request")
+		me = errUnknown("Internal server error")
+	}
+	body := map[string]any{}
+	if me.Code != "" { // a UIA challenge carries no errcode until a stage fails
+		body["errcode"], body["error"] = me.Code, me.Msg
+	}
+	for k, v := range me.Extra {
+		body[k] = v
+	}
+	if ri := reqInfoFrom(r); ri != nil {
+		ri.errcode = me.Code
+	}
+	writeJSON(w, me.Status, body)
+}

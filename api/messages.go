@@ -1,0 +1,369 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/auth"
+)
+
+// hasPower reports whether user has the power for what: "redact", "kick",
+// "ban", "invite", or "state:<type>" / "event:<type>".
+func (s *Server) hasPower(roomID, userID, what string) (bool, error) {
+	room, err := s.roomsView().Room(roomID)
+	if err != nil || room == nil {
+		return false, err
+	}
+	version, ok := stateres.Version(room.Version)
+	if !ok {
+		return false, nil
+	}
+	look := s.roomsView().Lookup(roomID)
+	pl := auth.ParsePowerLevels(version, look(stateres.MRoomCreate, ""), look(stateres.MRoomPowerLevels, ""))
+	var need auth.Level
+	switch {
+	case what == "redact":
+		need = pl.Redact()
+	case what == "kick":
+		need = pl.Kick()
+	case what == "ban":
+		need = pl.Ban()
+	case what == "invite":
+		need = pl.Invite()
+	case strings.HasPrefix(what, "state:"):
+		need = pl.EventLevel(what[6:], true)
+	case strings.HasPrefix(what, "event:"):
+		need = pl.EventLevel(what[6:], false)
+	}
+	return pl.UserLevel(userID).AtLeast(need), nil
+}
+
+// Stream tokens are log offsets: token P stands between offsets <= P and
+// offsets > P. Sync tokens are "s<P>", pagination tokens "t<P>"; either
+// is accepted wherever a token is.
+func streamToken(p uint64) string { return "s" + strconv.FormatUint(p, 10) }
+func pageToken(p uint64) string   { return "t" + strconv.FormatUint(p, 10) }
+
+func parseToken(tok string) (uint64, error) {
+	t := strings.TrimLeft(tok, "st")
+	if i := strings.IndexByte(t, '_'); i >= 0 {
+		t = t[:i]
+	}
+	p, err := strconv.ParseUint(t, 10, 64)
+	if err != nil || t == "" {
+		return 0, errInvalidParam("Invalid pagination token %q", tok)
+	}
+	return p, nil
+}
+
+// roomEventFilter is the subset of the spec's RoomEventFilter applied to
+// timelines.
+type roomEventFilter struct {
+	Limit                   *int     `json:"limit,omitempty"`
+	Types                   []string `json:"types,omitempty"`
+	NotTypes                []string `json:"not_types,omitempty"`
+	Senders                 []string `json:"senders,omitempty"`
+	NotSenders              []string `json:"not_senders,omitempty"`
+	Rooms                   []string `json:"rooms,omitempty"`
+	NotRooms                []string `json:"not_rooms,omitempty"`
+	LazyLoadMembers         bool     `json:"lazy_load_members,omitempty"`
+	IncludeRedundantMembers bool     `json:"include_redundant_members,omitempty"`
+	ContainsURL             *bool    `json:"contains_url,omitempty"`
+}
+
+// typeMatches implements the filter's type patterns ('*' wildcards).
+func typeMatches(pattern, typ string) bool {
+	if !strings.Contains(pattern, "*") {
+		return pattern == typ
+	}
+	parts := strings.Split(pattern, "*")
+	if !strings.HasPrefix(typ, parts[0]) {
+		return false
+	}
+	typ = typ[len(parts[0]):]
+	for _, p := range parts[1 : len(parts)-1] {
+		i := strings.Index(typ, p)
+		if i < 0 {
+			return false
+		}
+		typ = typ[i+len(p):]
+	}
+	return strings.HasSuffix(typ, parts[len(parts)-1])
+}
+
+func (f *roomEventFilter) allowsRoom(roomID string) bool {
+	if f == nil {
+		return true
+	}
+	if slices.Contains(f.NotRooms, roomID) {
+		return false
+	}
+	return f.Rooms == nil || slices.Contains(f.Rooms, roomID)
+}
+
+func (f *roomEventFilter) allows(typ, sender string, content json.RawMessage) bool {
+	if f == nil {
+		return true
+	}
+	for _, p := range f.NotTypes {
+		if typeMatches(p, typ) {
+			return false
+		}
+	}
+	if f.Types != nil && !slices.ContainsFunc(f.Types, func(p string) bool { return typeMatches(p, typ) }) {
+		return false
+	}
+	if slices.Contains(f.NotSenders, sender) {
+		return false
+	}
+	if f.Senders != nil && !slices.Contains(f.Senders, sender) {
+		return false
+	}
+	if f.ContainsURL != nil {
+		var c struct {
+			URL *string `json:"url"`
+		}
+		_ = json.Unmarshal(content, &c)
+		if (c.URL != nil) != *f.ContainsURL {
+			return false
+		}
+	}
+	return true
+}
+
+// eventHead is the part of a stored event filters look at.
+type eventHead struct {
+	Type     string          `json:"type"`
+	Sender   string          `json:"sender"`
+	StateKey *string         `json:"state_key"`
+	Content  json.RawMessage `json:"content"`
+}
+
+func headOf(e *rooms.Event) eventHead {
+	var h eventHead
+	_ = json.Unmarshal(e.JSON, &h)
+	return h
+}
+
+// page walks a room's timeline from token position pos in one direction,
+// collecting up to limit events the filter allows, never past bound
+// (exclusive lower bound when walking backwards; inclusive upper bound
+// when forwards, 0 = none). It returns the events in walking order and the
+// position to continue from, or done when the timeline is exhausted.
+func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, limit int, bound uint64, f *roomEventFilter) (evs []*rooms.Event, next uint64, done bool, err error) {
+	const batch = 100
+	scanned := 0
+	for len(evs) < limit {
+		var tl []rooms.TimelineEntry
+		if forward {
+			tl, err = v.Timeline(roomID, pos, true, batch, bound)
+		} else {
+			tl, err = v.Timeline(roomID, pos+1, false, batch, bound)
+		}
+		if err != nil {
+			return nil, 0, false, err
+		}
+		if len(tl) == 0 {
+			return evs, pos, true, nil
+		}
+		for _, te := range tl {
+			if forward {
+				pos = te.Offset
+			} else {
+				pos = te.Offset - 1
+			}
+			e, err := v.Event(te.EventID)
+			if err != nil {
+				return nil, 0, false, err
+			}
+			if e == nil {
+				continue
+			}
+			h := headOf(e)
+			if f.allows(h.Type, h.Sender, h.Content) {
+				evs = append(evs, e)
+				if len(evs) == limit {
+					return evs, pos, false, nil
+				}
+			}
+		}
+		scanned += len(tl)
+		if scanned > 100*limit+1000 {
+			// A very selective filter: hand back a token and let the client
+			// page on rather than scanning the whole history in one request.
+			return evs, pos, false, nil
+		}
+	}
+	return evs, pos, false, nil
+}
+
+func parseFilterParam(raw string) (*roomEventFilter, error) {
+	if raw == "" {
+		return nil, nil
+	}
+	var f roomEventFilter
+	if err := json.Unmarshal([]byte(raw), &f); err != nil {
+		return nil, errInvalidParam("filter is not a valid RoomEventFilter: %v", err)
+	}
+	return &f, nil
+}
+
+func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	membership, memberOffset, err := s.requireMember(roomID, sess.UserID, true)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	dir := q.Get("dir")
+	if dir != "b" && dir != "f" {
+		return errInvalidParam("dir must be 'b' or 'f'")
+	}
+	forward := dir == "f"
+	limit := 10
+	if l := q.Get("limit"); l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 0 {
+			return errInvalidParam("limit must be a non-negative integer")
+		}
+	}
+	limit = min(limit, 1000)
+	f, err := parseFilterParam(q.Get("filter"))
+	if err != nil {
+		return err
+	}
+	if f != nil && f.Limit != nil && *f.Limit < limit {
+		limit = *f.Limit
+	}
+	// A user who left sees history up to their leave event only.
+	upper := s.log.LastOffset()
+	if membership != "join" {
+		upper = memberOffset
+	}
+	var from uint64
+	if t := q.Get("from"); t != "" {
+		if from, err = parseToken(t); err != nil {
+			return err
+		}
+	} else if forward {
+		from = 0
+	} else {
+		from = upper
+	}
+	var bound uint64 // backward: stop at the 'to' token; forward: at 'to' or upper
+	if forward {
+		bound = upper
+	}
+	if t := q.Get("to"); t != "" {
+		to, err := parseToken(t)
+		if err != nil {
+			return err
+		}
+		if forward {
+			bound = min(bound, to)
+		} else {
+			bound = to
+		}
+	}
+	if !forward && from > upper {
+		from = upper
+	}
+	v := s.roomsView()
+	var evs []*rooms.Event
+	next, done := from, true
+	if limit > 0 {
+		evs, next, done, err = s.page(v, roomID, from, forward, limit, bound, f)
+		if err != nil {
+			return err
+		}
+	}
+	chunk := make([]map[string]any, 0, len(evs))
+	senders := map[string]bool{}
+	for _, e := range evs {
+		chunk = append(chunk, s.clientEvent(v, e, sess, true))
+		senders[headOf(e).Sender] = true
+	}
+	resp := map[string]any{"start": pageToken(from), "chunk": chunk}
+	if !done {
+		resp["end"] = pageToken(next)
+	}
+	if f != nil && f.LazyLoadMembers {
+		state := []map[string]any{}
+		for u := range senders {
+			if m, err := v.StateEvent(roomID, stateres.MRoomMember, u); err == nil && m != nil {
+				state = append(state, s.clientEvent(v, m, sess, true))
+			}
+		}
+		resp["state"] = state
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return nil
+}
+
+func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	membership, memberOffset, err := s.requireMember(roomID, sess.UserID, true)
+	if err != nil {
+		return err
+	}
+	v := s.roomsView()
+	e, err := v.Event(r.PathValue("eventId"))
+	if err != nil {
+		return err
+	}
+	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier || e.SoftFailed {
+		return errNotFound("Event not found")
+	}
+	upper := s.log.LastOffset()
+	if membership != "join" {
+		upper = memberOffset
+		if e.Offset > upper {
+			return errNotFound("Event not found")
+		}
+	}
+	limit := 10
+	if l := r.URL.Query().Get("limit"); l != "" {
+		if limit, err = strconv.Atoi(l); err != nil || limit < 0 {
+			return errInvalidParam("limit must be a non-negative integer")
+		}
+	}
+	limit = min(limit, 1000)
+	f, err := parseFilterParam(r.URL.Query().Get("filter"))
+	if err != nil {
+		return err
+	}
+	before, startPos, _, err := s.page(v, roomID, e.Offset-1, false, limit/2, 0, f)
+	if err != nil {
+		return err
+	}
+	after, endPos, _, err := s.page(v, roomID, e.Offset, true, limit-limit/2, upper, f)
+	if err != nil {
+		return err
+	}
+	conv := func(evs []*rooms.Event) []map[string]any {
+		out := make([]map[string]any, 0, len(evs))
+		for _, x := range evs {
+			out = append(out, s.clientEvent(v, x, sess, true))
+		}
+		return out
+	}
+	stateEvs, err := v.State(roomID, "")
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"event": s.clientEvent(v, e, sess, true), "events_before": conv(before), "events_after": conv(after),
+		"start": pageToken(startPos), "end": pageToken(endPos), "state": conv(stateEvs),
+	})
+	return nil
+}

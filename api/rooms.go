@@ -1,0 +1,842 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"net/http"
+	"strings"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres"
+)
+
+func (s *Server) roomRoutes() {
+	s.client("POST", "/createRoom", s.authed(s.createRoom))
+	s.client("POST", "/join/{roomIdOrAlias}", s.authed(s.joinByIDOrAlias))
+	s.client("POST", "/rooms/{roomId}/join", s.authed(s.joinRoom))
+	s.client("POST", "/rooms/{roomId}/invite", s.authed(s.invite))
+	s.client("POST", "/rooms/{roomId}/leave", s.authed(s.leave))
+	s.client("POST", "/rooms/{roomId}/kick", s.authed(s.kick))
+	s.client("POST", "/rooms/{roomId}/ban", s.authed(s.ban))
+	s.client("POST", "/rooms/{roomId}/unban", s.authed(s.unban))
+	s.client("POST", "/rooms/{roomId}/forget", s.authed(s.forget))
+	s.client("GET", "/joined_rooms", s.authed(s.joinedRooms))
+	s.client("GET", "/rooms/{roomId}/members", s.authed(s.members))
+	s.client("GET", "/rooms/{roomId}/joined_members", s.authed(s.joinedMembers))
+	s.client("GET", "/rooms/{roomId}/state", s.authed(s.getState))
+	s.client("GET", "/rooms/{roomId}/state/{eventType}", s.authed(s.getStateEvent))
+	s.client("GET", "/rooms/{roomId}/state/{eventType}/{stateKey...}", s.authed(s.getStateEvent))
+	s.client("PUT", "/rooms/{roomId}/state/{eventType}", s.authed(s.putState))
+	s.client("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey...}", s.authed(s.putState))
+	s.client("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", s.authed(s.send))
+	s.client("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", s.authed(s.redactEvent))
+	s.client("GET", "/rooms/{roomId}/event/{eventId}", s.authed(s.getEvent))
+	s.client("GET", "/rooms/{roomId}/messages", s.authed(s.messages))
+	s.client("GET", "/rooms/{roomId}/context/{eventId}", s.authed(s.eventContext))
+	s.client("GET", "/directory/room/{roomAlias}", s.getAlias)
+	s.client("PUT", "/directory/room/{roomAlias}", s.authed(s.putAlias))
+	s.client("DELETE", "/directory/room/{roomAlias}", s.authed(s.deleteAlias))
+	s.client("GET", "/rooms/{roomId}/aliases", s.authed(s.roomAliases))
+}
+
+func strptr(s string) *string { return &s }
+
+func mustJSON(v any) json.RawMessage {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// roomIDParam validates the {roomId} path parameter.
+func roomIDParam(r *http.Request) (string, error) {
+	id := r.PathValue("roomId")
+	if !strings.HasPrefix(id, "!") {
+		return "", errInvalidParam("room ID must start with '!'")
+	}
+	setRoom(r, id)
+	return id, nil
+}
+
+type createRoomReq struct {
+	Visibility                string            `json:"visibility"`
+	RoomAliasName             string            `json:"room_alias_name"`
+	Name                      *string           `json:"name"`
+	Topic                     *string           `json:"topic"`
+	Invite                    []string          `json:"invite"`
+	RoomVersion               string            `json:"room_version"`
+	CreationContent           map[string]any    `json:"creation_content"`
+	InitialState              []initialStateEvt `json:"initial_state"`
+	Preset                    string            `json:"preset"`
+	IsDirect                  bool              `json:"is_direct"`
+	PowerLevelContentOverride map[string]any    `json:"power_level_content_override"`
+}
+
+type initialStateEvt struct {
+	Type     string          `json:"type"`
+	StateKey string          `json:"state_key"`
+	Content  json.RawMessage `json:"content"`
+}
+
+func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *session) error {
+	var req createRoomReq
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	verID := req.RoomVersion
+	if verID == "" {
+		verID = s.cfg.DefaultRoomVersion
+	}
+	version, ok := stateres.Version(verID)
+	if !ok {
+		return merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %q is not supported", verID)
+	}
+	preset := req.Preset
+	if preset == "" {
+		preset = "private_chat"
+		if req.Visibility == "public" {
+			preset = "public_chat"
+		}
+	}
+	switch preset {
+	case "private_chat", "public_chat", "trusted_private_chat":
+	default:
+		return errInvalidParam("Unknown preset %q", preset)
+	}
+	if req.Visibility != "" && req.Visibility != "public" && req.Visibility != "private" {
+		return errInvalidParam("visibility must be public or private")
+	}
+	for _, u := range req.Invite {
+		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
+			return errInvalidParam("Invalid user ID %q in invite", u)
+		}
+	}
+	alias := ""
+	if req.RoomAliasName != "" {
+		if strings.ContainsAny(req.RoomAliasName, ":# ") {
+			return errInvalidParam("room_alias_name must be a localpart without ':' or '#'")
+		}
+		alias = "#" + req.RoomAliasName + ":" + s.cfg.ServerName
+	}
+	profile, err := s.accountsView().Profile(sess.UserID)
+	if err != nil {
+		return err
+	}
+
+	// The room ID: from v12 it is derived from the create event; before,
+	// we choose it.
+	roomID := ""
+	if !version.RoomIDFromCreate {
+		roomID = "!" + randomString(12) + ":" + s.cfg.ServerName
+	}
+	createContent := map[string]any{}
+	maps.Copy(createContent, req.CreationContent)
+	createContent["room_version"] = version.ID
+	if !version.V11Semantics {
+		createContent["creator"] = sess.UserID
+	}
+	b := &roomBuilder{s: s, version: version, roomID: roomID, state: &stateOverlay{}, now: nowMS()}
+	if alias != "" {
+		defer s.roomLock.Lock("alias:" + alias)()
+		if a, err := s.roomsView().Alias(alias); err != nil {
+			return err
+		} else if a != nil {
+			return merr(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias %s is already taken", alias)
+		}
+	}
+	createProto := stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(createContent), RoomID: roomID}
+	createEv, err := b.add(createProto)
+	if err != nil {
+		return err
+	}
+	if roomID == "" {
+		roomID = createEv.RoomID()
+		b.roomID = roomID
+	}
+	setRoom(r, roomID)
+	defer s.roomLock.Lock(roomID)()
+
+	member := map[string]any{"membership": "join"}
+	if profile.DisplayName != nil {
+		member["displayname"] = *profile.DisplayName
+	}
+	if profile.AvatarURL != nil {
+		member["avatar_url"] = *profile.AvatarURL
+	}
+	if _, err := b.add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: mustJSON(member)}); err != nil {
+		return err
+	}
+
+	users := map[string]any{}
+	if !version.PrivilegedCreators {
+		users[sess.UserID] = 100
+	}
+	if preset == "trusted_private_chat" {
+		for _, u := range req.Invite {
+			if !(version.PrivilegedCreators && u == sess.UserID) {
+				users[u] = 100
+			}
+		}
+	}
+	invitePL := 0
+	if preset == "public_chat" {
+		invitePL = 50
+	}
+	pl := map[string]any{
+		"users": users, "users_default": 0,
+		"events": map[string]any{
+			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.server_acl": 100, "m.room.encryption": 100,
+		},
+		"events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
+		"invite": invitePL, "notifications": map[string]any{"room": 50},
+	}
+	maps.Copy(pl, req.PowerLevelContentOverride)
+	if _, err := b.add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
+		return err
+	}
+	if alias != "" {
+		if _, err := b.add(stateres.ProtoEvent{Type: "m.room.canonical_alias", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]any{"alias": alias})}); err != nil {
+			return err
+		}
+	}
+	joinRule, guest := "invite", "can_join"
+	if preset == "public_chat" {
+		joinRule, guest = "public", "forbidden"
+	}
+	presetEvents := []stateres.ProtoEvent{
+		{Type: stateres.MRoomJoinRules, Content: mustJSON(map[string]string{"join_rule": joinRule})},
+		{Type: stateres.MRoomHistoryVisibility, Content: mustJSON(map[string]string{"history_visibility": "shared"})},
+	}
+	if guest == "can_join" {
+		presetEvents = append(presetEvents, stateres.ProtoEvent{Type: "m.room.guest_access", Content: mustJSON(map[string]string{"guest_access": "can_join"})})
+	}
+	// initial_state overrides the preset's events of the same key.
+	overridden := map[stateres.StateKeyTuple]bool{}
+	for _, is := range req.InitialState {
+		overridden[stateres.StateKeyTuple{Type: is.Type, StateKey: is.StateKey}] = true
+	}
+	for _, p := range presetEvents {
+		if overridden[stateres.StateKeyTuple{Type: p.Type}] {
+			continue
+		}
+		p.StateKey, p.Sender = strptr(""), sess.UserID
+		if _, err := b.add(p); err != nil {
+			return err
+		}
+	}
+	for _, is := range req.InitialState {
+		if is.Type == "" {
+			return errBadJSON("initial_state events need a type")
+		}
+		if is.Type == stateres.MRoomCreate || is.Type == stateres.MRoomMember || is.Type == stateres.MRoomPowerLevels {
+			continue // these come from the dedicated parameters
+		}
+		if _, err := b.add(stateres.ProtoEvent{Type: is.Type, StateKey: strptr(is.StateKey), Sender: sess.UserID, Content: is.Content}); err != nil {
+			return err
+		}
+	}
+	if req.Name != nil {
+		if _, err := b.add(stateres.ProtoEvent{Type: "m.room.name", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"name": *req.Name})}); err != nil {
+			return err
+		}
+	}
+	if req.Topic != nil {
+		if _, err := b.add(stateres.ProtoEvent{Type: "m.room.topic", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"topic": *req.Topic})}); err != nil {
+			return err
+		}
+	}
+	for _, u := range req.Invite {
+		c := map[string]any{"membership": "invite"}
+		if req.IsDirect {
+			c["is_direct"] = true
+		}
+		if _, err := b.add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: sess.UserID, Content: mustJSON(c)}); err != nil {
+			return err
+		}
+	}
+	props := b.proposals(nil)
+	if alias != "" {
+		props = append(props, facts.MustEncode(englog.KindAliasSet, facts.AliasSet{Alias: alias, RoomID: roomID, Creator: sess.UserID}))
+	}
+	if req.Visibility == "public" {
+		props = append(props, facts.MustEncode(englog.KindRoomVisibilitySet, facts.RoomVisibilitySet{RoomID: roomID, Visibility: "public"}))
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, props...); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return nil
+}
+
+// resolveRoom turns a room ID or alias into a room ID.
+func (s *Server) resolveRoom(idOrAlias string) (string, error) {
+	if strings.HasPrefix(idOrAlias, "!") {
+		return idOrAlias, nil
+	}
+	if !strings.HasPrefix(idOrAlias, "#") {
+		return "", errInvalidParam("%q is neither a room ID nor a room alias", idOrAlias)
+	}
+	a, err := s.roomsView().Alias(idOrAlias)
+	if err != nil {
+		return "", err
+	}
+	if a == nil {
+		return "", errNotFound("Room alias %s not found", idOrAlias)
+	}
+	return a.RoomID, nil
+}
+
+func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := s.resolveRoom(r.PathValue("roomIdOrAlias"))
+	if err != nil {
+		return err
+	}
+	return s.doJoin(w, r, sess, roomID)
+}
+
+func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	return s.doJoin(w, r, sess, roomID)
+}
+
+func (s *Server) memberContent(userID, membership, reason string) (json.RawMessage, error) {
+	c := map[string]any{"membership": membership}
+	if reason != "" {
+		c["reason"] = reason
+	}
+	if membership == "join" || membership == "invite" {
+		p, err := s.accountsView().Profile(userID)
+		if err != nil {
+			return nil, err
+		}
+		if p.DisplayName != nil {
+			c["displayname"] = *p.DisplayName
+		}
+		if p.AvatarURL != nil {
+			c["avatar_url"] = *p.AvatarURL
+		}
+	}
+	return mustJSON(c), nil
+}
+
+func (s *Server) doJoin(w http.ResponseWriter, r *http.Request, sess *session, roomID string) error {
+	setRoom(r, roomID)
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	room, err := s.roomsView().Room(roomID)
+	if err != nil {
+		return err
+	}
+	if room == nil {
+		return errNotFound("Room %s is not known to this server (joining over federation is not available yet)", roomID)
+	}
+	m, err := s.roomsView().Membership(sess.UserID, roomID)
+	if err != nil {
+		return err
+	}
+	if m == nil || m.Membership != "join" {
+		content, err := s.memberContent(sess.UserID, "join", req.Reason)
+		if err != nil {
+			return err
+		}
+		if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return nil
+}
+
+// membershipChange sends an m.room.member event about target.
+func (s *Server) membershipChange(w http.ResponseWriter, r *http.Request, sess *session, membership string, targetFromBody bool) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		UserID string `json:"user_id"`
+		Reason string `json:"reason"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	target := sess.UserID
+	if targetFromBody {
+		if req.UserID == "" {
+			return errMissingParam("user_id is required")
+		}
+		target = req.UserID
+	}
+	if membership == "invite" {
+		if !strings.HasSuffix(target, ":"+s.cfg.ServerName) {
+			return errForbidden("Inviting users of other servers is not available yet")
+		}
+		acc, err := s.accountsView().Account(target)
+		if err != nil {
+			return err
+		}
+		if acc == nil {
+			return errNotFound("Unknown user %s", target)
+		}
+	}
+	content, err := s.memberContent(target, membership, req.Reason)
+	if err != nil {
+		return err
+	}
+	if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(target), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) invite(w http.ResponseWriter, r *http.Request, sess *session) error {
+	return s.membershipChange(w, r, sess, "invite", true)
+}
+func (s *Server) leave(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if m, err := s.roomsView().Membership(sess.UserID, roomID); err != nil {
+		return err
+	} else if m == nil {
+		return errForbidden("You are not in room %s", roomID)
+	} else if m.Membership == "leave" || m.Membership == "ban" {
+		writeJSON(w, http.StatusOK, struct{}{}) // already out: leaving again changes nothing
+		return nil
+	}
+	return s.membershipChange(w, r, sess, "leave", false)
+}
+func (s *Server) kick(w http.ResponseWriter, r *http.Request, sess *session) error {
+	return s.membershipChange(w, r, sess, "leave", true)
+}
+func (s *Server) ban(w http.ResponseWriter, r *http.Request, sess *session) error {
+	return s.membershipChange(w, r, sess, "ban", true)
+}
+func (s *Server) unban(w http.ResponseWriter, r *http.Request, sess *session) error {
+	return s.membershipChange(w, r, sess, "leave", true)
+}
+
+func (s *Server) forget(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	m, err := s.roomsView().Membership(sess.UserID, roomID)
+	if err != nil {
+		return err
+	}
+	if m == nil {
+		return errNotFound("You have never been in room %s", roomID)
+	}
+	if m.Membership == "join" || m.Membership == "invite" || m.Membership == "knock" {
+		return merr(http.StatusBadRequest, "M_UNKNOWN", "Leave room %s before forgetting it", roomID)
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, facts.MustEncode(englog.KindRoomForgotten, facts.RoomForgotten{UserID: sess.UserID, RoomID: roomID})); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) joinedRooms(w http.ResponseWriter, r *http.Request, sess *session) error {
+	ms, err := s.roomsView().Memberships(sess.UserID)
+	if err != nil {
+		return err
+	}
+	ids := []string{}
+	for _, m := range ms {
+		if m.Membership == "join" {
+			ids = append(ids, m.RoomID)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"joined_rooms": ids})
+	return nil
+}
+
+// requireMember checks the caller may read the room: joined now, or
+// (when allowLeft) ever a member. It returns the membership.
+func (s *Server) requireMember(roomID, userID string, allowLeft bool) (string, uint64, error) {
+	m, err := s.roomsView().Membership(userID, roomID)
+	if err != nil {
+		return "", 0, err
+	}
+	if m == nil || (m.Membership != "join" && !(allowLeft && (m.Membership == "leave" || m.Membership == "ban"))) {
+		return "", 0, errForbidden("You are not a member of room %s", roomID)
+	}
+	return m.Membership, m.Offset, nil
+}
+
+func (s *Server) members(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	v := s.roomsView()
+	evs, err := v.State(roomID, stateres.MRoomMember)
+	if err != nil {
+		return err
+	}
+	chunk := []map[string]any{}
+	for _, e := range evs {
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		var pdu struct {
+			Content json.RawMessage `json:"content"`
+		}
+		_ = json.Unmarshal(e.JSON, &pdu)
+		_ = json.Unmarshal(pdu.Content, &c)
+		if m := q.Get("membership"); m != "" && c.Membership != m {
+			continue
+		}
+		if nm := q.Get("not_membership"); nm != "" && c.Membership == nm {
+			continue
+		}
+		chunk = append(chunk, s.clientEvent(v, e, sess, true))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"chunk": chunk})
+	return nil
+}
+
+func (s *Server) joinedMembers(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
+		return err
+	}
+	evs, err := s.roomsView().State(roomID, stateres.MRoomMember)
+	if err != nil {
+		return err
+	}
+	joined := map[string]any{}
+	for _, e := range evs {
+		var pdu struct {
+			StateKey string `json:"state_key"`
+			Content  struct {
+				Membership  string  `json:"membership"`
+				DisplayName *string `json:"displayname"`
+				AvatarURL   *string `json:"avatar_url"`
+			} `json:"content"`
+		}
+		_ = json.Unmarshal(e.JSON, &pdu)
+		if pdu.Content.Membership == "join" {
+			m := map[string]any{}
+			if pdu.Content.DisplayName != nil {
+				m["display_name"] = *pdu.Content.DisplayName
+			}
+			if pdu.Content.AvatarURL != nil {
+				m["avatar_url"] = *pdu.Content.AvatarURL
+			}
+			joined[pdu.StateKey] = m
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"joined": joined})
+	return nil
+}
+
+func (s *Server) getState(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+		return err
+	}
+	v := s.roomsView()
+	evs, err := v.State(roomID, "")
+	if err != nil {
+		return err
+	}
+	out := make([]map[string]any, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, s.clientEvent(v, e, sess, true))
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) getStateEvent(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+		return err
+	}
+	v := s.roomsView()
+	e, err := v.StateEvent(roomID, r.PathValue("eventType"), r.PathValue("stateKey"))
+	if err != nil {
+		return err
+	}
+	if e == nil {
+		return errNotFound("Event not found")
+	}
+	if r.URL.Query().Get("format") == "event" {
+		writeJSON(w, http.StatusOK, s.clientEvent(v, e, sess, true))
+		return nil
+	}
+	var pdu struct {
+		Content json.RawMessage `json:"content"`
+	}
+	_ = json.Unmarshal(e.JSON, &pdu)
+	writeJSON(w, http.StatusOK, pdu.Content)
+	return nil
+}
+
+func readContent(r *http.Request) (json.RawMessage, error) {
+	var obj map[string]json.RawMessage
+	if err := readJSON(r, &obj); err != nil {
+		return nil, err
+	}
+	return mustJSON(obj), nil
+}
+
+func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	content, err := readContent(r)
+	if err != nil {
+		return err
+	}
+	typ := r.PathValue("eventType")
+	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: typ, StateKey: strptr(r.PathValue("stateKey")), Sender: sess.UserID, Content: content, RoomID: roomID}, nil)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"event_id": id})
+	return nil
+}
+
+func (s *Server) send(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	content, err := readContent(r)
+	if err != nil {
+		return err
+	}
+	typ := r.PathValue("eventType")
+	if typ == stateres.MRoomRedaction {
+		return errInvalidParam("Use the /redact endpoint to redact events")
+	}
+	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: r.PathValue("txnId")}
+	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID}, txn)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"event_id": id})
+	return nil
+}
+
+func (s *Server) redactEvent(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	targetID := r.PathValue("eventId")
+	target, err := s.roomsView().Event(targetID)
+	if err != nil {
+		return err
+	}
+	if target == nil || target.RoomID != roomID {
+		return errNotFound("Event not found")
+	}
+	tp, err := target.PDU()
+	if err != nil {
+		return err
+	}
+	// From room v3 on the auth rules accept any redaction; the server
+	// applies one only from the original sender or a user with the redact
+	// level, so it refuses the others here (spec: m.room.redaction).
+	if tp.Sender() != sess.UserID {
+		if ok, err := s.hasPower(roomID, sess.UserID, "redact"); err != nil {
+			return err
+		} else if !ok {
+			return errForbidden("You may only redact your own events without the redact power level")
+		}
+	}
+	content := map[string]any{}
+	if req.Reason != "" {
+		content["reason"] = req.Reason
+	}
+	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: "redact:" + r.PathValue("txnId")}
+	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomRedaction, Sender: sess.UserID, Content: mustJSON(content), Redacts: targetID, RoomID: roomID}, txn)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"event_id": id})
+	return nil
+}
+
+func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+		return err
+	}
+	v := s.roomsView()
+	e, err := v.Event(r.PathValue("eventId"))
+	if err != nil {
+		return err
+	}
+	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier {
+		return errNotFound("Event not found")
+	}
+	writeJSON(w, http.StatusOK, s.clientEvent(v, e, sess, true))
+	return nil
+}
+
+func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
+	alias := r.PathValue("roomAlias")
+	a, err := s.roomsView().Alias(alias)
+	if err != nil {
+		return err
+	}
+	if a == nil {
+		return errNotFound("Room alias %s not found", alias)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"room_id": a.RoomID, "servers": []string{s.cfg.ServerName}})
+	return nil
+}
+
+func (s *Server) putAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
+	alias := r.PathValue("roomAlias")
+	if !strings.HasPrefix(alias, "#") || !strings.HasSuffix(alias, ":"+s.cfg.ServerName) {
+		return errInvalidParam("Alias must be #localpart:%s", s.cfg.ServerName)
+	}
+	var req struct {
+		RoomID string `json:"room_id"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if room, err := s.roomsView().Room(req.RoomID); err != nil {
+		return err
+	} else if room == nil {
+		return errNotFound("Unknown room %s", req.RoomID)
+	}
+	defer s.roomLock.Lock("alias:" + alias)()
+	if a, err := s.roomsView().Alias(alias); err != nil {
+		return err
+	} else if a != nil {
+		return merr(http.StatusConflict, "M_UNKNOWN", "Room alias %s already exists", alias)
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, facts.MustEncode(englog.KindAliasSet, facts.AliasSet{Alias: alias, RoomID: req.RoomID, Creator: sess.UserID})); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) deleteAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
+	alias := r.PathValue("roomAlias")
+	a, err := s.roomsView().Alias(alias)
+	if err != nil {
+		return err
+	}
+	if a == nil {
+		return errNotFound("Room alias %s not found", alias)
+	}
+	if a.Creator != sess.UserID && !sess.Admin {
+		if ok, err := s.hasPower(a.RoomID, sess.UserID, "state:m.room.canonical_alias"); err != nil {
+			return err
+		} else if !ok {
+			return errForbidden("You may not remove this alias")
+		}
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, facts.MustEncode(englog.KindAliasRemoved, facts.AliasRemoved{Alias: alias})); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) roomAliases(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
+		return err
+	}
+	as, err := s.roomsView().Aliases(roomID)
+	if err != nil {
+		return err
+	}
+	if as == nil {
+		as = []string{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"aliases": as})
+	return nil
+}
+
+// leaveAllRooms makes a deactivated user leave (or decline) every room.
+func (s *Server) leaveAllRooms(ctx context.Context, userID string) error {
+	ms, err := s.roomsView().Memberships(userID)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Membership != "join" && m.Membership != "invite" && m.Membership != "knock" {
+			continue
+		}
+		if _, err := s.sendEvent(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(userID), Sender: userID, Content: mustJSON(map[string]string{"membership": "leave"}), RoomID: m.RoomID}, nil); err != nil {
+			s.logger.Warn().Err(err).Str("room", m.RoomID).Str("user", userID).Msg("could not leave room while deactivating")
+		}
+	}
+	return nil
+}
+
+// propagateProfile sends a fresh join event with the new profile to every
+// joined room, as the spec asks of profile changes.
+func (s *Server) propagateProfile(ctx context.Context, userID string) error {
+	ms, err := s.roomsView().Memberships(userID)
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if m.Membership != "join" {
+			continue
+		}
+		content, err := s.memberContent(userID, "join", "")
+		if err != nil {
+			return err
+		}
+		if _, err := s.sendEvent(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(userID), Sender: userID, Content: content, RoomID: m.RoomID}, nil); err != nil {
+			s.logger.Warn().Err(err).Str("room", m.RoomID).Msg("could not update member event after a profile change")
+		}
+	}
+	return nil
+}

@@ -1,0 +1,17 @@
+package api
+
+import "github.com/engram-hs/engram/projections"
+
+// routes mounts every endpoint group.
+func (s *Server) routes() {
+	s.discoveryRoutes()
+	s.accountRoutes()
+	s.roomRoutes()
+	s.userdataRoutes()
+	s.syncRoutes()
+}
+
+// syncHandles are the projections /sync reads from.
+func (s *Server) syncHandles() []*projections.Handle {
+	return []*projections.Handle{s.roomsH, s.userdataH, s.accountsH}
+}

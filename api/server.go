@@ -1,0 +1,271 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/accounts"
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/projections/userdata"
+	"github.com/engram-hs/engram/stateres"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+)
+
+// Deps are the running pieces the API is wired to by the binary.
+type Deps struct {
+	Log     englog.Log
+	Engine  *projections.Engine
+	Logger  zerolog.Logger
+	Metrics prometheus.Registerer
+}
+
+// Server is the client-server API.
+type Server struct {
+	cfg    Config
+	log    englog.Log
+	logger zerolog.Logger
+
+	accountsH *projections.Handle
+	roomsH    *projections.Handle
+	userdataH *projections.Handle
+	notifier  *notifier
+
+	mux      *http.ServeMux // method+path patterns
+	pathMux  *http.ServeMux // the same paths without methods: tells 405 from 404
+	handler  http.Handler
+	limiter  *rateLimiter
+	latency  *prometheus.HistogramVec
+	roomLock keyedMutex
+	nonces   *nonceStore
+	uia      *uiaStore
+	reqSeq   atomic.Uint64
+	reqBase  string
+
+	closeOnce sync.Once
+	closed    chan struct{}
+}
+
+// New builds the API and registers its projections on deps.Engine; call it
+// before the engine starts.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if cfg.ServerName == "" {
+		return nil, errors.New("api: server_name is empty; set server_name in the config")
+	}
+	if deps.Log == nil || deps.Engine == nil {
+		return nil, errors.New("api: Deps.Log and Deps.Engine are required")
+	}
+	if cfg.DefaultRoomVersion == "" {
+		cfg.DefaultRoomVersion = stateres.DefaultRoomVersion
+	}
+	if _, ok := stateres.Version(cfg.DefaultRoomVersion); !ok {
+		return nil, fmt.Errorf("api: default_room_version %q is not a known room version; use one of %v", cfg.DefaultRoomVersion, stateres.KnownVersions())
+	}
+	ensureSigningKey(&cfg)
+	if cfg.MaxRequestBodySize <= 0 {
+		cfg.MaxRequestBodySize = 10 << 20
+	}
+	if cfg.RateLimitPerSecond <= 0 {
+		cfg.RateLimitPerSecond = 10
+	}
+	if cfg.RateLimitBurst <= 0 {
+		cfg.RateLimitBurst = 50
+	}
+	var rb [4]byte
+	_, _ = rand.Read(rb[:])
+	s := &Server{
+		cfg:     cfg,
+		log:     deps.Log,
+		logger:  deps.Logger.With().Str("component", "api").Logger(),
+		mux:     http.NewServeMux(),
+		pathMux: http.NewServeMux(),
+		nonces:  newNonceStore(),
+		uia:     newUIAStore(),
+		reqBase: hex.EncodeToString(rb[:]),
+		closed:  make(chan struct{}),
+	}
+	if cfg.RateLimitingEnabled {
+		s.limiter = newRateLimiter(cfg.RateLimitPerSecond, float64(cfg.RateLimitBurst))
+	}
+	s.notifier = newNotifier()
+	s.accountsH = deps.Engine.Register(accounts.New())
+	s.roomsH = deps.Engine.Register(rooms.New(s.notifier.wake))
+	s.userdataH = deps.Engine.Register(userdata.New(s.notifier.wake))
+
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "engram", Subsystem: "client_api", Name: "request_duration_seconds",
+		Help:    "Latency of client-server API requests by route, method and status.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	}, []string{"route", "method", "status"})
+	if deps.Metrics != nil {
+		if err := deps.Metrics.Register(s.latency); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return nil, fmt.Errorf("api: register metrics: %w", err)
+			}
+			s.latency = are.ExistingCollector.(*prometheus.HistogramVec)
+		}
+	}
+	s.routes()
+	s.handler = s.middleware(http.HandlerFunc(s.dispatch))
+	return s, nil
+}
+
+// Handler serves every client-server endpoint.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Close releases long-polls; it does not close the log or the engine.
+func (s *Server) Close() {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		s.notifier.wake(0)
+	})
+}
+
+// dispatch routes to the method+path mux, and tells an unknown path (404)
+// from a known path with a wrong method (405), both M_UNRECOGNIZED.
+func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern != "" {
+		if ri := reqInfoFrom(r); ri != nil {
+			ri.route = pattern
+		}
+		h.ServeHTTP(w, r)
+		return
+	}
+	if _, p := s.pathMux.Handler(r); p != "" && p != "/" {
+		writeError(w, r, errUnrecognized(http.StatusMethodNotAllowed))
+		return
+	}
+	writeError(w, r, errUnrecognized(http.StatusNotFound))
+}
+
+// handlerFunc is a handler that reports failure by returning an error,
+// written by writeError.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+// authedFunc is a handler that needs a valid access token.
+type authedFunc func(w http.ResponseWriter, r *http.Request, sess *session) error
+
+func (s *Server) handle(method, path string, h handlerFunc) {
+	s.mux.HandleFunc(method+" "+path, func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			writeError(w, r, err)
+		}
+	})
+	// Several methods share a path; register the method-less one once.
+	func() {
+		defer func() { _ = recover() }()
+		s.pathMux.HandleFunc(path, func(http.ResponseWriter, *http.Request) {})
+	}()
+}
+
+// client registers a client-server endpoint under /_matrix/client/v3 and
+// its r0 alias.
+func (s *Server) client(method, path string, h handlerFunc) {
+	s.handle(method, "/_matrix/client/v3"+path, h)
+	s.handle(method, "/_matrix/client/r0"+path, h)
+}
+
+func (s *Server) authed(h authedFunc) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		sess, err := s.authenticate(r)
+		if err != nil {
+			return err
+		}
+		return h(w, r, sess)
+	}
+}
+
+// commit appends proposals and waits until the given projections applied
+// them, so the handler can answer from them (read-your-writes).
+func (s *Server) commit(ctx context.Context, wait []*projections.Handle, props ...englog.Proposal) ([]uint64, error) {
+	offs, err := s.log.Append(ctx, props...)
+	if err != nil {
+		if errors.Is(err, englog.ErrNotLeader) {
+			return nil, merr(http.StatusServiceUnavailable, "M_UNKNOWN", "This server cannot accept writes right now (no cluster leader); retry shortly")
+		}
+		return nil, fmt.Errorf("append to log: %w", err)
+	}
+	last := offs[len(offs)-1]
+	for _, h := range wait {
+		if err := h.WaitApplied(ctx, last); err != nil {
+			return nil, fmt.Errorf("wait for projection %s to apply offset %d: %w", h.Name(), last, err)
+		}
+	}
+	return offs, nil
+}
+
+func (s *Server) accountsView() accounts.View { return accounts.NewView(s.accountsH.Reader()) }
+func (s *Server) roomsView() rooms.View       { return rooms.NewView(s.roomsH.Reader()) }
+func (s *Server) userdataView() userdata.View { return userdata.NewView(s.userdataH.Reader()) }
+
+// keyedMutex serialises work per key (per room: read state, build, append,
+// wait) while different keys proceed in parallel.
+type keyedMutex struct {
+	mu    sync.Mutex
+	locks map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) Lock(key string) func() {
+	k.mu.Lock()
+	if k.locks == nil {
+		k.locks = map[string]*keyedEntry{}
+	}
+	e := k.locks[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.locks[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.refs--
+		if e.refs == 0 {
+			delete(k.locks, key)
+		}
+		k.mu.Unlock()
+	}
+}
+
+// notifier wakes /sync long-polls when a projection committed a batch.
+// Waiters take the current channel and block on it; wake closes it and
+// installs a fresh one.
+type notifier struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newNotifier() *notifier { return &notifier{ch: make(chan struct{})} }
+
+func (n *notifier) wake(uint64) {
+	n.mu.Lock()
+	close(n.ch)
+	n.ch = make(chan struct{})
+	n.mu.Unlock()
+}
+
+func (n *notifier) wait() <-chan struct{} {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ch
+}
+
+func nowMS() int64 { return time.Now().UnixMilli() }

@@ -1,0 +1,407 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// syncFilter is the spec's Filter, as far as /sync applies it.
+type syncFilter struct {
+	AccountData *roomEventFilter `json:"account_data,omitempty"`
+	Presence    *roomEventFilter `json:"presence,omitempty"`
+	Room        struct {
+		Rooms        []string         `json:"rooms,omitempty"`
+		NotRooms     []string         `json:"not_rooms,omitempty"`
+		IncludeLeave bool             `json:"include_leave,omitempty"`
+		Timeline     *roomEventFilter `json:"timeline,omitempty"`
+		State        *roomEventFilter `json:"state,omitempty"`
+		Ephemeral    *roomEventFilter `json:"ephemeral,omitempty"`
+		AccountData  *roomEventFilter `json:"account_data,omitempty"`
+	} `json:"room"`
+}
+
+const maxSyncTimeout = 5 * time.Minute
+
+func (s *Server) syncRoutes() {
+	s.client("GET", "/sync", s.authed(s.sync))
+}
+
+func (s *Server) loadSyncFilter(userID, param string) (*syncFilter, error) {
+	f := &syncFilter{}
+	if param == "" {
+		return f, nil
+	}
+	raw := json.RawMessage(param)
+	if !strings.HasPrefix(strings.TrimSpace(param), "{") {
+		stored, err := s.userdataView().Filter(userID, param)
+		if err != nil {
+			return nil, err
+		}
+		if stored == nil {
+			return nil, errNotFound("Filter %s not found", param)
+		}
+		raw = stored
+	}
+	if err := json.Unmarshal(raw, f); err != nil {
+		return nil, errInvalidParam("filter is not a valid Filter: %v", err)
+	}
+	return f, nil
+}
+
+func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) error {
+	q := r.URL.Query()
+	var since uint64
+	if t := q.Get("since"); t != "" {
+		var err error
+		if since, err = parseToken(t); err != nil {
+			return err
+		}
+	}
+	timeout := time.Duration(0)
+	if t := q.Get("timeout"); t != "" {
+		ms, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || ms < 0 {
+			return errInvalidParam("timeout must be a non-negative integer")
+		}
+		timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
+	}
+	fullState := q.Get("full_state") == "true"
+	filter, err := s.loadSyncFilter(sess.UserID, q.Get("filter"))
+	if err != nil {
+		return err
+	}
+	if sp := q.Get("set_presence"); sp == "online" || sp == "unavailable" {
+		if p, err := s.userdataView().Presence(sess.UserID); err == nil && (p == nil || p.Presence != sp) {
+			_ = s.putPresenceFact(r.Context(), sess.UserID, sp)
+		}
+	}
+	ctx := r.Context()
+	deadline := time.Now().Add(timeout)
+	for {
+		// Take the wake channel before reading the position, so a commit
+		// between the two still wakes us.
+		woken := s.notifier.wait()
+		pos := s.log.LastOffset()
+		if since > pos {
+			since = pos // a token from the future (e.g. after a restore) restarts from now
+		}
+		for _, h := range s.syncHandles() {
+			if err := h.WaitApplied(ctx, pos); err != nil {
+				return err
+			}
+		}
+		resp, empty, err := s.buildSync(sess, filter, since, pos, fullState)
+		if err != nil {
+			return err
+		}
+		remaining := time.Until(deadline)
+		if !empty || since == 0 || fullState || remaining <= 0 {
+			writeJSON(w, http.StatusOK, resp)
+			return nil
+		}
+		t := time.NewTimer(remaining)
+		select {
+		case <-woken:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-s.closed:
+			t.Stop()
+			writeJSON(w, http.StatusOK, resp)
+			return nil
+		}
+		t.Stop()
+	}
+}
+
+// buildSync computes the sync response for (since, pos]. empty reports
+// that nothing changed for this user.
+func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool) (map[string]any, bool, error) {
+	rv := s.roomsView()
+	uv := s.userdataView()
+	now := nowMS()
+	empty := true
+	join, invite, leave := map[string]any{}, map[string]any{}, map[string]any{}
+	ms, err := rv.Memberships(sess.UserID)
+	if err != nil {
+		return nil, false, err
+	}
+	roomFilter := &roomEventFilter{Rooms: f.Room.Rooms, NotRooms: f.Room.NotRooms}
+	for _, m := range ms {
+		if !roomFilter.allowsRoom(m.RoomID) || m.Offset > pos {
+			continue
+		}
+		if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
+			return nil, false, err
+		} else if forgotten {
+			continue
+		}
+		switch m.Membership {
+		case "join":
+			// A room joined after since is new to the client: send it whole.
+			roomSince := since
+			if m.Offset > since {
+				roomSince = 0
+			}
+			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now)
+			if err != nil {
+				return nil, false, err
+			}
+			if changed || fullState || since == 0 {
+				join[m.RoomID] = jr
+				empty = empty && !changed
+			}
+		case "invite":
+			if m.Offset > since || since == 0 {
+				ir, err := s.inviteState(rv, m)
+				if err != nil {
+					return nil, false, err
+				}
+				invite[m.RoomID] = ir
+				empty = false
+			}
+		case "leave", "ban":
+			if (since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState)) {
+				roomSince := since
+				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now)
+				if err != nil {
+					return nil, false, err
+				}
+				delete(lr, "ephemeral")
+				delete(lr, "unread_notifications")
+				delete(lr, "summary")
+				leave[m.RoomID] = lr
+				empty = false
+			}
+		}
+	}
+	global, err := uv.AccountDataOf(sess.UserID, "", since)
+	if err != nil {
+		return nil, false, err
+	}
+	ad := []map[string]any{}
+	for _, rec := range global {
+		if rec.Offset <= pos && f.AccountData.allows(rec.Type, sess.UserID, nil) {
+			ad = append(ad, map[string]any{"type": rec.Type, "content": rec.Content})
+		}
+	}
+	if len(ad) > 0 {
+		empty = false
+	}
+	resp := map[string]any{
+		"next_batch":                 streamToken(pos),
+		"rooms":                      map[string]any{"join": join, "invite": invite, "leave": leave, "knock": map[string]any{}},
+		"account_data":               map[string]any{"events": ad},
+		"presence":                   map[string]any{"events": []any{}},
+		"to_device":                  map[string]any{"events": []any{}},
+		"device_lists":               map[string]any{"changed": []string{}, "left": []string{}},
+		"device_one_time_keys_count": map[string]int{},
+	}
+	return resp, empty, nil
+}
+
+// syncJoinedRoom builds one room's section with the timeline in
+// (roomSince, upper], state at the timeline's start, ephemeral events and
+// room account data changed since since. changed reports that anything
+// is new.
+func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, roomID string, roomSince, since, upper, pos uint64, fullState bool, now int64) (map[string]any, bool, error) {
+	tf := f.Room.Timeline
+	limit := 10
+	if tf != nil && tf.Limit != nil {
+		limit = max(*tf.Limit, 0)
+	}
+	// One more than the limit tells whether the timeline was cut.
+	evs, _, _, err := s.page(v, roomID, upper, false, limit+1, roomSince, tf)
+	if err != nil {
+		return nil, false, err
+	}
+	limited := len(evs) > limit
+	if limited {
+		evs = evs[:limit]
+	}
+	slices.Reverse(evs)
+	timelineStart := upper + 1
+	if len(evs) > 0 {
+		timelineStart = evs[0].Offset
+	}
+	prevBatch := pageToken(timelineStart - 1)
+	timeline := make([]map[string]any, 0, len(evs))
+	senders := map[string]bool{sess.UserID: true}
+	inTimeline := map[string]bool{}
+	for _, e := range evs {
+		timeline = append(timeline, s.clientEvent(v, e, sess, false))
+		senders[headOf(e).Sender] = true
+		inTimeline[e.EventID] = true
+	}
+	changed := len(evs) > 0
+
+	// State at the start of the timeline: for each current state key, the
+	// newest version older than the timeline, when the client lacks it.
+	state := []map[string]any{}
+	if roomSince == 0 || fullState || limited {
+		cur, err := v.State(roomID, "")
+		if err != nil {
+			return nil, false, err
+		}
+		sf := f.Room.State
+		lazy := (sf != nil && sf.LazyLoadMembers)
+		for _, e := range cur {
+			for e != nil && e.Offset >= timelineStart {
+				if e.Replaces == "" {
+					e = nil
+					break
+				}
+				if e, err = v.Event(e.Replaces); err != nil {
+					return nil, false, err
+				}
+			}
+			if e == nil || inTimeline[e.EventID] {
+				continue
+			}
+			if !(roomSince == 0 || fullState) && e.Offset <= since {
+				continue // the client has it
+			}
+			h := headOf(e)
+			if !sf.allows(h.Type, h.Sender, h.Content) {
+				continue
+			}
+			if lazy && h.Type == stateres.MRoomMember && h.StateKey != nil && !senders[*h.StateKey] {
+				continue
+			}
+			state = append(state, s.clientEvent(v, e, sess, false))
+		}
+	}
+
+	ephemeral := []map[string]any{}
+	typingUsers, typingStamp, err := s.userdataView().Typing(roomID, now)
+	if err != nil {
+		return nil, false, err
+	}
+	if (typingStamp > since && typingStamp <= pos) || (since == 0 && len(typingUsers) > 0) {
+		ephemeral = append(ephemeral, map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": typingUsers}})
+	}
+	receipts, err := s.userdataView().Receipts(roomID, since)
+	if err != nil {
+		return nil, false, err
+	}
+	rc := map[string]map[string]map[string]any{}
+	for _, rr := range receipts {
+		if rr.Offset > pos || (rr.ReceiptType == "m.read.private" && rr.UserID != sess.UserID) {
+			continue
+		}
+		if rc[rr.EventID] == nil {
+			rc[rr.EventID] = map[string]map[string]any{}
+		}
+		if rc[rr.EventID][rr.ReceiptType] == nil {
+			rc[rr.EventID][rr.ReceiptType] = map[string]any{}
+		}
+		info := map[string]any{"ts": rr.TS}
+		if rr.ThreadID != "" {
+			info["thread_id"] = rr.ThreadID
+		}
+		rc[rr.EventID][rr.ReceiptType][rr.UserID] = info
+	}
+	if len(rc) > 0 {
+		ephemeral = append(ephemeral, map[string]any{"type": "m.receipt", "content": rc})
+	}
+	ad := []map[string]any{}
+	recs, err := s.userdataView().AccountDataOf(sess.UserID, roomID, since)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, rec := range recs {
+		if rec.Offset <= pos {
+			ad = append(ad, map[string]any{"type": rec.Type, "content": rec.Content})
+		}
+	}
+	changed = changed || len(ephemeral) > 0 || len(ad) > 0 || (len(state) > 0 && roomSince == 0)
+
+	summary, err := s.roomSummary(v, roomID, sess.UserID)
+	if err != nil {
+		return nil, false, err
+	}
+	return map[string]any{
+		"timeline":             map[string]any{"events": timeline, "limited": limited, "prev_batch": prevBatch},
+		"state":                map[string]any{"events": state},
+		"ephemeral":            map[string]any{"events": ephemeral},
+		"account_data":         map[string]any{"events": ad},
+		"unread_notifications": map[string]int{"highlight_count": 0, "notification_count": 0},
+		"summary":              summary,
+	}, changed, nil
+}
+
+// roomSummary gives member counts and up to five heroes (spec: room
+// summary), for clients to name unnamed rooms.
+func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any, error) {
+	members, err := v.State(roomID, stateres.MRoomMember)
+	if err != nil {
+		return nil, err
+	}
+	joined, invited := 0, 0
+	heroes := []string{}
+	for _, e := range members {
+		h := headOf(e)
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		_ = json.Unmarshal(h.Content, &c)
+		switch c.Membership {
+		case "join":
+			joined++
+		case "invite":
+			invited++
+		default:
+			continue
+		}
+		if h.StateKey != nil && *h.StateKey != self && len(heroes) < 5 {
+			heroes = append(heroes, *h.StateKey)
+		}
+	}
+	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}, nil
+}
+
+// inviteState is the stripped state an invitee sees (spec: "stripped
+// state"), including the create event and the invite itself.
+func (s *Server) inviteState(v rooms.View, m rooms.Membership) (map[string]any, error) {
+	evs := []map[string]any{}
+	for _, typ := range []string{stateres.MRoomCreate, stateres.MRoomJoinRules, "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"} {
+		e, err := v.StateEvent(m.RoomID, typ, "")
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			evs = append(evs, stripped(e))
+		}
+	}
+	inv, err := v.Event(m.EventID)
+	if err != nil {
+		return nil, err
+	}
+	if inv != nil {
+		evs = append(evs, stripped(inv))
+	}
+	return map[string]any{"invite_state": map[string]any{"events": evs}}, nil
+}
+
+func stripped(e *rooms.Event) map[string]any {
+	h := headOf(e)
+	out := map[string]any{"type": h.Type, "sender": h.Sender, "content": h.Content}
+	if h.StateKey != nil {
+		out["state_key"] = *h.StateKey
+	}
+	return out
+}
+
+func (s *Server) putPresenceFact(ctx context.Context, userID, presence string) error {
+	_, err := s.log.Append(ctx, s.presenceProposal(userID, presence))
+	return err
+}

@@ -1,0 +1,255 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"strings"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+)
+
+// Typing notifications last at most this long, whatever the client asks.
+const maxTypingTimeoutMS = 120_000
+
+func (s *Server) userdataRoutes() {
+	s.client("GET", "/user/{userId}/account_data/{type}", s.authed(s.getAccountData))
+	s.client("PUT", "/user/{userId}/account_data/{type}", s.authed(s.putAccountData))
+	s.client("GET", "/user/{userId}/rooms/{roomId}/account_data/{type}", s.authed(s.getAccountData))
+	s.client("PUT", "/user/{userId}/rooms/{roomId}/account_data/{type}", s.authed(s.putAccountData))
+	s.client("POST", "/user/{userId}/filter", s.authed(s.postFilter))
+	s.client("GET", "/user/{userId}/filter/{filterId}", s.authed(s.getFilter))
+	s.client("PUT", "/rooms/{roomId}/typing/{userId}", s.authed(s.typing))
+	s.client("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}", s.authed(s.receipt))
+	s.client("POST", "/rooms/{roomId}/read_markers", s.authed(s.readMarkers))
+	s.client("GET", "/presence/{userId}/status", s.authed(s.getPresence))
+	s.client("PUT", "/presence/{userId}/status", s.authed(s.putPresence))
+}
+
+func ownUser(r *http.Request, sess *session) error {
+	if r.PathValue("userId") != sess.UserID {
+		return errForbidden("You may only access your own data")
+	}
+	return nil
+}
+
+func (s *Server) getAccountData(w http.ResponseWriter, r *http.Request, sess *session) error {
+	if err := ownUser(r, sess); err != nil {
+		return err
+	}
+	rec, err := s.userdataView().AccountData(sess.UserID, r.PathValue("roomId"), r.PathValue("type"))
+	if err != nil {
+		return err
+	}
+	if rec == nil {
+		return errNotFound("Account data not found")
+	}
+	writeJSON(w, http.StatusOK, rec.Content)
+	return nil
+}
+
+func (s *Server) putAccountData(w http.ResponseWriter, r *http.Request, sess *session) error {
+	if err := ownUser(r, sess); err != nil {
+		return err
+	}
+	roomID := r.PathValue("roomId")
+	if roomID != "" && !strings.HasPrefix(roomID, "!") {
+		return errInvalidParam("room ID must start with '!'")
+	}
+	typ := r.PathValue("type")
+	if typ == "m.fully_read" || typ == "m.push_rules" {
+		return merr(http.StatusBadRequest, "M_BAD_JSON", "%s cannot be set through account data", typ)
+	}
+	content, err := readContent(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindAccountDataSet, facts.AccountDataSet{UserID: sess.UserID, RoomID: roomID, Type: typ, Content: content})); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) postFilter(w http.ResponseWriter, r *http.Request, sess *session) error {
+	if err := ownUser(r, sess); err != nil {
+		return err
+	}
+	var f syncFilter
+	raw, err := readContent(r)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw, &f); err != nil {
+		return errBadJSON("Invalid filter: %v", err)
+	}
+	offs, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindFilterStored, facts.FilterStored{UserID: sess.UserID, Filter: raw}))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"filter_id": strconv.FormatUint(offs[0], 10)})
+	return nil
+}
+
+func (s *Server) getFilter(w http.ResponseWriter, r *http.Request, sess *session) error {
+	if err := ownUser(r, sess); err != nil {
+		return err
+	}
+	f, err := s.userdataView().Filter(sess.UserID, r.PathValue("filterId"))
+	if err != nil {
+		return err
+	}
+	if f == nil {
+		return errNotFound("Filter not found")
+	}
+	writeJSON(w, http.StatusOK, f)
+	return nil
+}
+
+func (s *Server) typing(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	if err := ownUser(r, sess); err != nil {
+		return err
+	}
+	var req struct {
+		Typing  *bool `json:"typing"`
+		Timeout int64 `json:"timeout"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Typing == nil {
+		return errMissingParam("typing is required")
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
+		return err
+	}
+	timeout := min(max(req.Timeout, 0), maxTypingTimeoutMS)
+	if timeout == 0 {
+		timeout = 30_000
+	}
+	c := facts.TypingContent{RoomID: roomID, UserID: sess.UserID, Typing: *req.Typing}
+	if c.Typing {
+		c.ExpiresAt = nowMS() + timeout
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUTyping, Origin: s.cfg.ServerName, Content: mustJSON(c)})); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) receiptProposal(roomID, userID, eventID, typ, thread string) englog.Proposal {
+	if typ == "m.fully_read" {
+		return facts.MustEncode(englog.KindAccountDataSet, facts.AccountDataSet{UserID: userID, RoomID: roomID, Type: "m.fully_read", Content: mustJSON(map[string]string{"event_id": eventID})})
+	}
+	return facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUReceipt, Origin: s.cfg.ServerName, Content: mustJSON(facts.ReceiptContent{
+		RoomID: roomID, UserID: userID, EventID: eventID, ReceiptType: typ, ThreadID: thread, TS: nowMS()})})
+}
+
+func (s *Server) receipt(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	typ := r.PathValue("receiptType")
+	if typ != "m.read" && typ != "m.read.private" && typ != "m.fully_read" {
+		return errInvalidParam("Unknown receipt type %q", typ)
+	}
+	var req struct {
+		ThreadID string `json:"thread_id"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
+		return err
+	}
+	eventID := r.PathValue("eventId")
+	if e, err := s.roomsView().Event(eventID); err != nil {
+		return err
+	} else if e == nil || e.RoomID != roomID {
+		return errNotFound("Event not found")
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, s.receiptProposal(roomID, sess.UserID, eventID, typ, req.ThreadID)); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) readMarkers(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return err
+	}
+	var req map[string]string
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
+		return err
+	}
+	var props []englog.Proposal
+	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
+		if id := req[typ]; id != "" {
+			props = append(props, s.receiptProposal(roomID, sess.UserID, id, typ, ""))
+		}
+	}
+	if len(props) > 0 {
+		if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, props...); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) getPresence(w http.ResponseWriter, r *http.Request, sess *session) error {
+	p, err := s.userdataView().Presence(r.PathValue("userId"))
+	if err != nil {
+		return err
+	}
+	if p == nil {
+		writeJSON(w, http.StatusOK, map[string]any{"presence": "offline"})
+		return nil
+	}
+	out := map[string]any{"presence": p.Presence, "last_active_ago": max(nowMS()-p.LastActiveTS, 0), "currently_active": p.Presence == "online"}
+	if p.StatusMsg != nil {
+		out["status_msg"] = *p.StatusMsg
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (s *Server) putPresence(w http.ResponseWriter, r *http.Request, sess *session) error {
+	if err := ownUser(r, sess); err != nil {
+		return err
+	}
+	var req struct {
+		Presence  string  `json:"presence"`
+		StatusMsg *string `json:"status_msg"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	switch req.Presence {
+	case "online", "offline", "unavailable":
+	default:
+		return errInvalidParam("presence must be online, offline or unavailable")
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: s.cfg.ServerName, Content: mustJSON(facts.PresenceContent{UserID: sess.UserID, Presence: req.Presence, StatusMsg: req.StatusMsg})})); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) presenceProposal(userID, presence string) englog.Proposal {
+	return facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: s.cfg.ServerName, Content: mustJSON(facts.PresenceContent{UserID: userID, Presence: presence})})
+}
