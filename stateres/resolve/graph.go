@@ -32,8 +32,8 @@ type node struct {
 }
 
 type memberContent struct {
-	Membership        string `json:"membership"`
-	ThirdPartyInvite  *struct {
+	Membership       string `json:"membership"`
+	ThirdPartyInvite *struct {
 		Signed struct {
 			Token string `json:"token"`
 		} `json:"signed"`

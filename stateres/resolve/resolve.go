@@ -46,6 +46,10 @@ func Resolve(version *stateres.RoomVersion, stateSets []map[stateres.StateKeyTup
 
 // ResolveWith is Resolve with an explicit authorisation check.
 func ResolveWith(version *stateres.RoomVersion, stateSets []map[stateres.StateKeyTuple]string, events EventLookup, check AuthCheck) (map[stateres.StateKeyTuple]string, error) {
+	return resolveTraced(version, stateSets, events, check, nil)
+}
+
+func resolveTraced(version *stateres.RoomVersion, stateSets []map[stateres.StateKeyTuple]string, events EventLookup, check AuthCheck, trace func(string, ...any)) (map[stateres.StateKeyTuple]string, error) {
 	if version == nil {
 		return nil, fmt.Errorf("resolve: no room version given; look the room's version up with stateres.Version before resolving")
 	}
@@ -68,6 +72,7 @@ func ResolveWith(version *stateres.RoomVersion, stateSets []map[stateres.StateKe
 	if err != nil {
 		return nil, err
 	}
+	r.trace = trace
 	var state stateMap
 	switch version.StateRes {
 	case stateres.StateResV1:

@@ -32,6 +32,14 @@ type resolver struct {
 	powerLevels map[nodeID]*powerLevels
 	creators    map[nodeID][]string
 	authBuf     []stateres.PDU
+	// trace, when set by a test, receives a line per decision.
+	trace func(format string, args ...any)
+}
+
+func (r *resolver) tracef(format string, args ...any) {
+	if r.trace != nil {
+		r.trace(format, args...)
+	}
 }
 
 var (
@@ -135,6 +143,9 @@ func (r *resolver) allowed(n nodeID, state stateMap, fromAuthEvents bool) bool {
 		}
 		if fromAuthEvents {
 			if a := r.g.authEventOfType(n, k); a >= 0 && !r.g.isRejected(a) {
+				if r.trace != nil {
+					r.tracef("fallback %s: %v from auth_events", r.g.nodes[n].id, k)
+				}
 				buf = append(buf, r.g.nodes[a].pdu)
 				continue
 			}
@@ -144,7 +155,15 @@ func (r *resolver) allowed(n nodeID, state stateMap, fromAuthEvents bool) bool {
 		}
 	}
 	r.authBuf = buf
-	return r.check(r.g.nodes[n].pdu, buf) == nil
+	err := r.check(r.g.nodes[n].pdu, buf)
+	if r.trace != nil {
+		ids := make([]string, len(buf))
+		for i, a := range buf {
+			ids[i] = a.EventID()
+		}
+		r.tracef("auth %s against %v: %v", r.g.nodes[n].id, ids, err)
+	}
+	return err == nil
 }
 
 func dup(keys []stateres.StateKeyTuple, k stateres.StateKeyTuple) bool {

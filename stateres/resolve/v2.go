@@ -28,6 +28,9 @@ func (r *resolver) resolveV2(v21 bool) (stateMap, error) {
 	if !v21 {
 		partial = unconflicted.clone()
 	}
+	r.tracef("sets: %d conflicted, %d in the full conflicted set", len(conflicted), len(full))
+	r.tracef("conflicted %v, full conflicted set %v", r.ids(conflicted), r.ids(full))
+	r.tracef("step 1: %v", r.ids(sortedPower))
 	r.iterativeAuthChecks(partial, sortedPower)
 	// Step 3.
 	inPowerSet := make(map[nodeID]bool, len(powerSet))
@@ -45,6 +48,7 @@ func (r *resolver) resolveV2(v21 bool) (stateMap, error) {
 		pl = -1
 	}
 	r.mainlineOrdering(rest, pl)
+	r.tracef("step 3: %v", r.ids(rest))
 	// Step 4.
 	r.iterativeAuthChecks(partial, rest)
 	// Step 5.
@@ -303,7 +307,7 @@ func (r *resolver) reverseTopologicalPowerOrdering(events []nodeID) ([]nodeID, e
 		pos[n] = i
 	}
 	keyed := make([]powerKeyed, len(events))
-	waiting := make([]int, len(events))     // unemitted ancestors in the set
+	waiting := make([]int, len(events))      // unemitted ancestors in the set
 	dependents := make([][]int, len(events)) // events waiting on this one
 	mark := make(map[nodeID]int, len(events))
 	var stack []nodeID
@@ -435,4 +439,15 @@ func (r *resolver) iterativeAuthChecks(state stateMap, events []nodeID) {
 			state[nd.key] = n
 		}
 	}
+}
+
+func (r *resolver) ids(ns []nodeID) []string {
+	if r.trace == nil {
+		return nil
+	}
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = r.g.nodes[n].id
+	}
+	return out
 }

@@ -1,0 +1,306 @@
+package resolve
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/engram-hs/engram/stateres"
+	"github.com/matrix-org/gomatrixserverlib"
+)
+
+// oracleResolve resolves with gomatrixserverlib, the test-only oracle.
+func oracleResolve(t *testing.T, r *testRoom, sets []map[stateres.StateKeyTuple]string) (map[stateres.StateKeyTuple]string, error) {
+	t.Helper()
+	stateSets := make([][]gomatrixserverlib.PDU, len(sets))
+	seen := map[string]bool{}
+	var all []gomatrixserverlib.PDU
+	var walk func(id string)
+	walk = func(id string) {
+		if seen[id] {
+			return
+		}
+		seen[id] = true
+		e := r.events[id]
+		all = append(all, e.g)
+		for _, a := range e.AuthEventIDs() {
+			walk(a)
+		}
+	}
+	distinct := map[stateres.StateKeyTuple]map[string]bool{}
+	for i, set := range sets {
+		for k, id := range set {
+			stateSets[i] = append(stateSets[i], r.events[id].g)
+			walk(id)
+			if distinct[k] == nil {
+				distinct[k] = map[string]bool{}
+			}
+			distinct[k][id] = true
+		}
+	}
+	authEvents := all
+	if r.version.StateRes == stateres.StateResV1 {
+		// gomatrixserverlib's v1 starts R from the auth events it is
+		// given; the spec starts it from the unconflicted state.
+		authEvents = nil
+		for _, ids := range distinct {
+			if len(ids) == 1 {
+				for id := range ids {
+					authEvents = append(authEvents, r.events[id].g)
+				}
+			}
+		}
+	}
+	// The oracle prints debugging lines for v2.1; keep test output clean.
+	stdout := os.Stdout
+	if devnull, err := os.Open(os.DevNull); err == nil {
+		os.Stdout = devnull
+		defer func() { os.Stdout = stdout; devnull.Close() }()
+	}
+	var out []gomatrixserverlib.PDU
+	var err error
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				err = fmt.Errorf("oracle panicked: %v", p)
+			}
+		}()
+		out, err = gomatrixserverlib.ResolveConflictsNew(gomatrixserverlib.RoomVersion(r.version.ID), stateSets, authEvents, userIDForSender, r.Rejected)
+	}()
+	if err != nil {
+		return nil, err
+	}
+	res := make(map[stateres.StateKeyTuple]string, len(out))
+	for _, e := range out {
+		res[stateres.StateKeyTuple{Type: e.Type(), StateKey: *e.StateKey()}] = e.EventID()
+	}
+	return res, nil
+}
+
+var randomUsers = []string{alice, bob, charlie, mod, "@dave:example.org", "@eve:example.org", "@frank:example.org", "@grace:example.org"}
+
+// randomFork builds a room, lets it diverge into several branches that each
+// do random membership, power, join rule and topic changes (including events
+// the auth rules reject, some of which a misbehaving branch accepts anyway),
+// and returns the room and the state sets of the branch tips.
+func randomFork(t *testing.T, rng *rand.Rand, version string) (*testRoom, []map[stateres.StateKeyTuple]string) {
+	r, b := createRoom(t, version, alice, map[string]int{mod: 50, bob: 100}, 1000)
+	ts := int64(1100)
+	for _, u := range randomUsers[1:] {
+		if rng.IntN(4) > 0 {
+			ts += 10
+			b.send("", u, stateres.MRoomMember, sk(u), member("join"), ts)
+		}
+	}
+	branches := []*branch{b}
+	for round := 0; round < 3; round++ {
+		// Fork some branches, then let every branch act.
+		for _, br := range append([]*branch(nil), branches...) {
+			if len(branches) < 4 && rng.IntN(2) == 0 {
+				branches = append(branches, br.fork())
+			}
+		}
+		for _, br := range branches {
+			for n := rng.IntN(6); n >= 0; n-- {
+				randomAction(rng, r, br, ts)
+			}
+		}
+		ts += 1000
+	}
+	if len(branches) == 1 {
+		branches = append(branches, b.fork())
+		randomAction(rng, r, branches[1], ts)
+	}
+	// Resolve two or more of the branches.
+	rng.Shuffle(len(branches), func(i, j int) { branches[i], branches[j] = branches[j], branches[i] })
+	k := 2 + rng.IntN(len(branches)-1)
+	sets := make([]map[stateres.StateKeyTuple]string, k)
+	for i := range sets {
+		sets[i] = branches[i].stateSet()
+	}
+	return r, sets
+}
+
+func randomAction(rng *rand.Rand, r *testRoom, b *branch, base int64) {
+	// Coarse timestamps make ties, so that event IDs break them.
+	ts := base + int64(rng.IntN(20))*10
+	user := randomUsers[rng.IntN(len(randomUsers))]
+	target := randomUsers[rng.IntN(len(randomUsers))]
+	force := rng.IntN(12) == 0
+	switch rng.IntN(10) {
+	case 0:
+		b.sendForce("", user, stateres.MRoomMember, sk(user), member("join"), ts, force)
+	case 1:
+		b.sendForce("", user, stateres.MRoomMember, sk(user), member("leave"), ts, force)
+	case 2:
+		b.sendForce("", user, stateres.MRoomMember, sk(target), member("leave"), ts, force)
+	case 3:
+		b.sendForce("", user, stateres.MRoomMember, sk(target), member("ban"), ts, force)
+	case 4:
+		b.sendForce("", user, stateres.MRoomMember, sk(target), member("invite"), ts, force)
+	case 5, 6:
+		levels := map[string]any{}
+		if !r.version.PrivilegedCreators {
+			levels[alice] = 100
+		}
+		for _, u := range randomUsers[1:] {
+			if rng.IntN(2) == 0 {
+				levels[u] = []int{0, 50, 75, 100}[rng.IntN(4)]
+			}
+		}
+		b.sendForce("", user, stateres.MRoomPowerLevels, sk(""), powerContent(levels), ts, force)
+	case 7:
+		rule := []string{"public", "invite"}[rng.IntN(2)]
+		b.sendForce("", user, stateres.MRoomJoinRules, sk(""), map[string]any{"join_rule": rule}, ts, force)
+	case 8:
+		b.sendForce("", user, "m.room.topic", sk(""), map[string]any{"topic": fmt.Sprint(ts)}, ts, force)
+	case 9:
+		b.sendForce("", user, "m.room.message", nil, map[string]any{"body": "hi"}, ts, force)
+	}
+}
+
+// TestDifferentialAgainstGomatrixserverlib resolves random forked rooms in
+// every room version with this package and with gomatrixserverlib, and
+// requires the same resolved state.
+//
+// gomatrixserverlib departs from the spec in ways that change results, and
+// this package follows the spec. The cases where a departure can matter are
+// recognised from this package's trace and not compared (they are counted):
+//
+//   - Iterative auth checks, fallback to auth_events: when a key the rules
+//     need is missing from the partial state, the spec takes the event from
+//     the checked event's own auth_events; gomatrixserverlib's
+//     addFromAuthEventsIfNotRejected adds the checked event itself instead,
+//     so the needed state stays missing. Cases where this package used the
+//     fallback are skipped.
+//   - Full conflicted set: gomatrixserverlib drops events of the unconflicted
+//     state map from it and enlarges step 1 only with auth-chain events from
+//     the conflicted state set, not from the auth difference. Cases whose
+//     full conflicted set is larger than the conflicted state set are skipped.
+//   - Room version 12 (v2.1): gomatrixserverlib panics ("missing resolved
+//     create event") whenever step 1 has events, because it looks the
+//     creators up in the partial state, which v2.1 starts empty. In practice
+//     no random v12 case with a conflict survives the oracle, so v2.1 is
+//     covered by the hand-built tests (TestV21*) and by the v12 runs of the
+//     scenario tests; the differential run only checks that resolution
+//     succeeds and agrees on conflict-free cases.
+//
+// Its other departures (reverse topological ordering built from the latest
+// events backwards; mainline position 0 instead of ∞ for events without a
+// power levels ancestor on the mainline, plus a step-count tie-break) did not
+// change any compared result; a mismatch caused by them would fail the test
+// and must then be documented here.
+func TestDifferentialAgainstGomatrixserverlib(t *testing.T) {
+	rounds := 100
+	if testing.Short() {
+		rounds = 25
+	}
+	for _, v := range stateres.KnownVersions() {
+		t.Run("v"+v, func(t *testing.T) {
+			compared, skipped, oraclePanics := 0, 0, 0
+			for seed := 0; seed < rounds; seed++ {
+				rng := rand.New(rand.NewPCG(uint64(seed), 42))
+				r, sets := randomFork(t, rng, v)
+				var usedFallback, beyondConflicted bool
+				conflicts := 0
+				got, err := resolveTraced(r.version, sets, r, testAuthCheck, func(format string, args ...any) {
+					switch {
+					case strings.HasPrefix(format, "fallback"):
+						usedFallback = true
+					case strings.HasPrefix(format, "sets:"):
+						beyondConflicted = args[0] != args[1]
+						conflicts = args[0].(int)
+					}
+				})
+				if err != nil {
+					t.Fatalf("seed %d: %v", seed, err)
+				}
+				want, err := oracleResolve(t, r, sets)
+				if err != nil {
+					if r.version.StateRes == stateres.StateResV21 && strings.Contains(err.Error(), "missing resolved create event") {
+						oraclePanics++
+						continue
+					}
+					t.Fatalf("seed %d: oracle failed: %v", seed, err)
+				}
+				if usedFallback || beyondConflicted {
+					skipped++
+					continue
+				}
+				if conflicts > 0 || r.version.StateRes == stateres.StateResV1 {
+					compared++
+				}
+				if diff := diffStates(r, got, want); diff != "" {
+					t.Errorf("seed %d: differs from gomatrixserverlib (trace it with RESOLVE_TRACE='%s %d'):\n%s", seed, v, seed, diff)
+				}
+			}
+			t.Logf("compared %d with conflicts, skipped for known oracle departures %d, oracle panics %d", compared, skipped, oraclePanics)
+			// Guard against the comparison silently becoming vacuous.
+			if version, _ := stateres.Version(v); compared < rounds/20 && version.StateRes != stateres.StateResV21 {
+				t.Errorf("only %d of %d random cases were comparable; adjust the generator", compared, rounds)
+			}
+		})
+	}
+}
+
+func diffStates(r *testRoom, got, want map[stateres.StateKeyTuple]string) string {
+	out := ""
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			out += fmt.Sprintf("  %s/%s: got %s want %s\n", k.Type, k.StateKey, g, w)
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			out += fmt.Sprintf("  %s/%s: got %s want absent\n", k.Type, k.StateKey, g)
+		}
+	}
+	return out
+}
+
+// TestDifferentialTrace prints one random case in detail:
+// RESOLVE_TRACE='version seed' go test -run DifferentialTrace -v
+func TestDifferentialTrace(t *testing.T) {
+	spec := os.Getenv("RESOLVE_TRACE")
+	if spec == "" {
+		t.Skip("set RESOLVE_TRACE='version seed' to trace one random case")
+	}
+	var v string
+	var seed uint64
+	if _, err := fmt.Sscanf(spec, "%s %d", &v, &seed); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(seed, 42))
+	r, sets := randomFork(t, rng, v)
+	short := func(id string) string {
+		if len(id) > 6 {
+			return id[:6]
+		}
+		return id
+	}
+	for id, e := range r.events {
+		sk := "-"
+		if e.StateKey() != nil {
+			sk = *e.StateKey()
+		}
+		auth := []string{}
+		for _, a := range e.AuthEventIDs() {
+			auth = append(auth, short(a))
+		}
+		t.Logf("event %s %s/%s sender=%s ts=%d rejected=%v auth=%v content=%s", short(id), e.Type(), sk, e.Sender(), e.OriginServerTS(), r.rejected[id], auth, e.Content())
+	}
+	for i, s := range sets {
+		for k, id := range s {
+			t.Logf("set %d: %s/%s = %s", i, k.Type, k.StateKey, short(id))
+		}
+	}
+	got, err := resolveTraced(r.version, sets, r, testAuthCheck, func(f string, a ...any) { t.Logf(f, a...) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := oracleResolve(t, r, sets)
+	t.Logf("oracle error: %v", err)
+	t.Logf("diff:\n%s", diffStates(r, got, want))
+}
