@@ -134,12 +134,11 @@ func (s *Server) Close() {
 // dispatch routes to the method+path mux, and tells an unknown path (404)
 // from a known path with a wrong method (405), both M_UNRECOGNIZED.
 func (s *Server) dispatch(w http.ResponseWriter, r *http.Request) {
-	h, pattern := s.mux.Handler(r)
-	if pattern != "" {
+	if _, pattern := s.mux.Handler(r); pattern != "" {
 		if ri := reqInfoFrom(r); ri != nil {
 			ri.route = pattern
 		}
-		h.ServeHTTP(w, r)
+		s.mux.ServeHTTP(w, r) // ServeHTTP, not the returned handler: it sets PathValue
 		return
 	}
 	if _, p := s.pathMux.Handler(r); p != "" && p != "/" {
