@@ -7,8 +7,10 @@ import (
 	"github.com/engram-hs/engram/stateres"
 )
 
-// testAuthCheck is the authorisation check the tests resolve with.
-var testAuthCheck AuthCheck = gmslAuthCheck
+// testAuthCheck is the authorisation check the tests resolve with: the real
+// one (package auth). Set it to gmslAuthCheck to isolate this package from
+// the auth rules when comparing with gomatrixserverlib.
+var testAuthCheck AuthCheck = defaultAuthCheck
 
 const (
 	alice   = "@alice:example.org"
@@ -69,8 +71,8 @@ func TestResolveMissingEventIsAnError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "$missing") {
 		t.Fatalf("got error %v, want one naming $missing", err)
 	}
-	if _, err := Resolve(r.version, []map[stateres.StateKeyTuple]string{b.stateSet(), b.stateSet()}, r); defaultAuthCheck == nil && err == nil {
-		t.Fatal("Resolve without a wired auth check succeeded")
+	if _, err := ResolveWith(r.version, []map[stateres.StateKeyTuple]string{b.stateSet(), b.stateSet()}, r, nil); err == nil {
+		t.Fatal("resolving without an auth check succeeded")
 	}
 }
 
