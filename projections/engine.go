@@ -286,71 +286,125 @@ func (e *Engine) run(ctx context.Context, h *Handle) {
 }
 
 func (e *Engine) follow(ctx context.Context, h *Handle) error {
-	lastLog := time.Now()
+	if h.meta.ShadowGen != 0 {
+		if err := e.replayShadow(ctx, h, nil); err != nil {
+			return err
+		}
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if h.meta.ShadowGen != 0 {
-			n, err := e.applyNext(h, true)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				if err := e.switchToShadow(h); err != nil {
-					return err
-				}
-			} else if time.Since(lastLog) >= rebuildLogEvery {
-				lastLog = time.Now()
-				e.logger.Info().Str("projection", h.name).Uint64("applied", h.meta.ShadowApplied).
-					Uint64("log_end", e.log.LastOffset()).Msg("rebuilding projection")
-			}
-			continue
-		}
-		n, err := e.applyNext(h, false)
+		entries, err := e.readBatch(h, h.meta.Applied+1)
 		if err != nil {
 			return err
 		}
-		if n == 0 {
+		if len(entries) == 0 {
 			if err := e.log.Wait(ctx, h.meta.Applied); err != nil {
 				return err
 			}
+			continue
+		}
+		if err := e.applyBatch(h, false, entries); err != nil {
+			return err
 		}
 	}
 }
 
-// applyNext folds the next batch of entries into the serving generation,
-// or into the shadow one. It returns 0 when the log has nothing newer.
-func (e *Engine) applyNext(h *Handle, shadow bool) (int, error) {
+// replayShadow fills h's shadow generation up to the end of the log, then
+// switches to it. progress, when set, is called after each batch.
+func (e *Engine) replayShadow(ctx context.Context, h *Handle, progress func(applied uint64)) error {
+	// Reading (and decompressing) the log ahead on another goroutine
+	// overlaps it with Apply: a replay is otherwise CPU-bound on one core.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	batches := make(chan readResult, 2)
+	go func() {
+		defer close(batches)
+		from := h.meta.ShadowApplied + 1
+		for {
+			entries, err := e.readBatch(h, from)
+			select {
+			case batches <- readResult{entries, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil || len(entries) == 0 {
+				return
+			}
+			from = entries[len(entries)-1].Offset + 1
+		}
+	}()
+	lastLog := time.Now()
+	for {
+		var r readResult
+		select {
+		case r = <-batches:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if r.err != nil {
+			return r.err
+		}
+		if len(r.entries) == 0 {
+			return e.switchToShadow(h)
+		}
+		if err := e.applyBatch(h, true, r.entries); err != nil {
+			return err
+		}
+		if progress != nil {
+			progress(h.meta.ShadowApplied)
+		}
+		if time.Since(lastLog) >= rebuildLogEvery {
+			lastLog = time.Now()
+			e.logger.Info().Str("projection", h.name).Uint64("applied", h.meta.ShadowApplied).
+				Uint64("log_end", e.log.LastOffset()).Msg("rebuilding projection")
+		}
+	}
+}
+
+type readResult struct {
+	entries []englog.Entry
+	err     error
+}
+
+// readBatch reads the next batch for h from offset from: empty when the
+// log has nothing newer.
+func (e *Engine) readBatch(h *Handle, from uint64) ([]englog.Entry, error) {
+	entries, err := e.log.Read(from, e.batchEntries)
+	if err != nil {
+		return nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", from, h.name, err)
+	}
+	size := 0
+	for i, en := range entries {
+		if en.Offset != from+uint64(i) {
+			return nil, fmt.Errorf("projections: the log returned offset %d where %d was expected for %q: %w", en.Offset, from+uint64(i), h.name, englog.ErrCorrupt)
+		}
+		size += len(en.Payload)
+		if i > 0 && size > e.batchBytes {
+			return entries[:i], nil
+		}
+	}
+	return entries, nil
+}
+
+// applyBatch folds entries (which follow the checkpoint) into the serving
+// generation, or into the shadow one, and commits them with the new
+// checkpoint.
+func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) error {
 	m := h.meta
 	gen, from := m.Gen, m.Applied+1
 	if shadow {
 		gen, from = m.ShadowGen, m.ShadowApplied+1
 	}
-	entries, err := e.log.Read(from, e.batchEntries)
-	if err != nil {
-		return 0, fmt.Errorf("projections: reading the log from offset %d for %q: %w", from, h.name, err)
+	if entries[0].Offset != from {
+		return fmt.Errorf("projections: internal error: batch for %q starts at %d, checkpoint wants %d", h.name, entries[0].Offset, from)
 	}
-	if len(entries) == 0 {
-		return 0, nil
-	}
-	size := 0
-	for i, en := range entries {
-		if en.Offset != from+uint64(i) {
-			return 0, fmt.Errorf("projections: the log returned offset %d where %d was expected for %q: %w", en.Offset, from+uint64(i), h.name, englog.ErrCorrupt)
-		}
-		size += len(en.Payload)
-		if i > 0 && size > e.batchBytes {
-			entries = entries[:i]
-			break
-		}
-	}
-
 	start := time.Now()
 	b := e.db.NewIndexedBatch()
 	defer b.Close()
 	if err := h.p.Apply(newBatchWriter(b, dataPrefix(h.name, gen)), entries); err != nil {
-		return 0, fmt.Errorf("projections: %q failed to apply offsets %d..%d: %w", h.name, from, entries[len(entries)-1].Offset, err)
+		return fmt.Errorf("projections: %q failed to apply offsets %d..%d: %w", h.name, from, entries[len(entries)-1].Offset, err)
 	}
 	last := entries[len(entries)-1].Offset
 	if shadow {
@@ -362,13 +416,15 @@ func (e *Engine) applyNext(h *Handle, shadow bool) (int, error) {
 	// never disagree. NoSync: the log is the durable truth and has already
 	// synced these entries; if the machine crashes, Pebble's WAL loses at
 	// most a suffix of our batches, checkpoint included, and we re-apply
-	// that suffix from the log on restart. Syncing here would double the
-	// fsyncs for nothing.
+	// that suffix from the log on restart. (When the DB is the log node's
+	// own, the WAL is shared and ordered, so a surviving projection batch
+	// implies the log entries it folded survived too.) Syncing here would
+	// double the fsyncs for nothing.
 	if err := b.Set(metaKey(h.name), m.encode(), nil); err != nil {
-		return 0, err
+		return err
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {
-		return 0, fmt.Errorf("projections: committing %q at offset %d: %w", h.name, last, err)
+		return fmt.Errorf("projections: committing %q at offset %d: %w", h.name, last, err)
 	}
 	h.meta = m
 	e.metrics.applyDuration.WithLabelValues(h.name).Observe(time.Since(start).Seconds())
@@ -378,7 +434,7 @@ func (e *Engine) applyNext(h *Handle, shadow bool) (int, error) {
 		}
 		h.advance(last)
 	}
-	return len(entries), nil
+	return nil
 }
 
 // switchToShadow makes the fully caught-up shadow generation the serving
@@ -473,22 +529,12 @@ func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 		}
 		h.meta = m
 		target := e.log.LastOffset()
-		for {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			n, err := e.applyNext(h, true)
-			if err != nil {
-				return err
-			}
-			if progress != nil {
-				progress(h.name, h.meta.ShadowApplied, max(target, h.meta.ShadowApplied))
-			}
-			if n == 0 {
-				break
-			}
+		var report func(uint64)
+		if progress != nil {
+			report = func(applied uint64) { progress(h.name, applied, max(target, applied)) }
+			report(0)
 		}
-		if err := e.switchToShadow(h); err != nil {
+		if err := e.replayShadow(ctx, h, report); err != nil {
 			return err
 		}
 	}

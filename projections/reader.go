@@ -80,16 +80,16 @@ func (i *scopedIter) Close() error           { return i.it.Close() }
 // caller that checks Close.
 type errIterator struct{ err error }
 
-func (errIterator) First() bool         { return false }
-func (errIterator) Last() bool          { return false }
-func (errIterator) Next() bool          { return false }
-func (errIterator) Prev() bool          { return false }
-func (errIterator) SeekGE([]byte) bool  { return false }
-func (errIterator) SeekLT([]byte) bool  { return false }
-func (errIterator) Valid() bool         { return false }
-func (errIterator) Key() []byte         { return nil }
-func (errIterator) Value() []byte       { return nil }
-func (e errIterator) Close() error      { return e.err }
+func (errIterator) First() bool        { return false }
+func (errIterator) Last() bool         { return false }
+func (errIterator) Next() bool         { return false }
+func (errIterator) Prev() bool         { return false }
+func (errIterator) SeekGE([]byte) bool { return false }
+func (errIterator) SeekLT([]byte) bool { return false }
+func (errIterator) Valid() bool        { return false }
+func (errIterator) Key() []byte        { return nil }
+func (errIterator) Value() []byte      { return nil }
+func (e errIterator) Close() error     { return e.err }
 
 // batchWriter is the Writer handed to Apply: an indexed batch scoped to
 // the generation being written, so Apply reads its own pending writes.
