@@ -12,7 +12,9 @@ import (
 	"maunium.net/go/mautrix/id"
 )
 
-func text(i int) map[string]any { return map[string]any{"msgtype": "m.text", "body": fmt.Sprintf("msg %d", i)} }
+func text(i int) map[string]any {
+	return map[string]any{"msgtype": "m.text", "body": fmt.Sprintf("msg %d", i)}
+}
 
 func TestRoomLifecycleAndSync(t *testing.T) {
 	ts := startServer(t)
