@@ -27,9 +27,14 @@ const serverName = "test.local"
 // testServer is a real Engram client API: the real log on a temporary
 // Pebble directory, the real projection engine, served on 127.0.0.1.
 type testServer struct {
-	t   *testing.T
-	URL string
-	api *api.Server
+	t    *testing.T
+	URL  string
+	api  *api.Server
+	dir  string
+	cfg  api.Config
+	node *englog.Node
+	eng  *projections.Engine
+	hs   *httptest.Server
 }
 
 func startServer(t *testing.T, mutate ...func(*api.Config)) *testServer {
@@ -38,7 +43,8 @@ func startServer(t *testing.T, mutate ...func(*api.Config)) *testServer {
 	if testing.Verbose() {
 		logger = zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	}
-	node, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: logger})
+	dir := t.TempDir()
+	node, err := englog.Open(englog.Config{Dir: dir, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,13 +76,21 @@ func startServer(t *testing.T, mutate ...func(*api.Config)) *testServer {
 	hs := httptest.NewUnstartedServer(srv.Handler())
 	hs.Listener = ln
 	hs.Start()
-	t.Cleanup(func() {
-		srv.Close()
-		hs.Close()
-		_ = eng.Close()
-		_ = node.Close()
-	})
-	return &testServer{t: t, URL: hs.URL, api: srv}
+	ts := &testServer{t: t, URL: hs.URL, api: srv, dir: dir, cfg: cfg, node: node, eng: eng, hs: hs}
+	t.Cleanup(ts.stop)
+	return ts
+}
+
+// stop shuts the server down; it is safe to call twice.
+func (ts *testServer) stop() {
+	if ts.hs == nil {
+		return
+	}
+	ts.api.Close()
+	ts.hs.Close()
+	_ = ts.eng.Close()
+	_ = ts.node.Close()
+	ts.hs = nil
 }
 
 // register creates a user with m.login.dummy and returns a logged-in client.
