@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/engram-hs/engram/stateres"
 )
@@ -66,6 +67,20 @@ type PowerLevels struct {
 // not parse under the version's rules counts as absent. Use
 // ValidatePowerLevels to judge new content. create may be nil (no creators).
 func ParsePowerLevels(version *stateres.RoomVersion, create, powerLevels stateres.PDU) *PowerLevels {
+	key, cacheable := cacheKey(version, create, powerLevels)
+	if cacheable {
+		if pl := parsedCache.get(key); pl != nil {
+			return pl
+		}
+	}
+	pl := parsePowerLevelsOf(version, create, powerLevels)
+	if cacheable {
+		parsedCache.put(key, pl)
+	}
+	return pl
+}
+
+func parsePowerLevelsOf(version *stateres.RoomVersion, create, powerLevels stateres.PDU) *PowerLevels {
 	var content []byte
 	if powerLevels != nil {
 		content = powerLevels.Content()
@@ -339,4 +354,45 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// Parsing a power levels event with many users costs far more than the
+// rest of a check, and state resolution and busy rooms check thousands of
+// events against the same power levels event. Parsed values are immutable,
+// so they are shared through a small cache keyed by the IDs of the events
+// they come from. Only versions whose event IDs are content hashes (v3+)
+// are cached: there an ID cannot name two different events.
+type plCacheKey struct {
+	version, room, create, powerLevels string
+}
+
+func cacheKey(v *stateres.RoomVersion, create, powerLevels stateres.PDU) (plCacheKey, bool) {
+	if v.EventIDFormat == stateres.EventIDServerAssigned || create == nil || powerLevels == nil {
+		return plCacheKey{}, false
+	}
+	return plCacheKey{v.ID, powerLevels.RoomID(), create.EventID(), powerLevels.EventID()}, true
+}
+
+const plCacheSize = 4096
+
+type plCache struct {
+	mu sync.Mutex
+	m  map[plCacheKey]*PowerLevels
+}
+
+var parsedCache = &plCache{m: make(map[plCacheKey]*PowerLevels)}
+
+func (c *plCache) get(k plCacheKey) *PowerLevels {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[k]
+}
+
+func (c *plCache) put(k plCacheKey, pl *PowerLevels) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.m) >= plCacheSize {
+		clear(c.m) // crude but bounded; refills within one room's checks
+	}
+	c.m[k] = pl
 }
