@@ -292,3 +292,36 @@ func TestProfile(t *testing.T) {
 	_ = strings.ToLower
 	_ = http.StatusOK
 }
+
+func TestRegistrationTokenFlow(t *testing.T) {
+	ts := startServer(t, func(c *api.Config) { c.RegistrationRequiresToken = true })
+	// An admin made by shared-secret registration creates a one-use token.
+	mac := hmac.New(sha1.New, []byte("s3cret"))
+	_, n := ts.do("GET", "/_synapse/admin/v1/register", "", nil)
+	nonce := n["nonce"].(string)
+	mac.Write([]byte(nonce + "\x00admin\x00pw\x00admin"))
+	_, adm := ts.do("POST", "/_synapse/admin/v1/register", "", map[string]any{"nonce": nonce, "username": "admin", "password": "pw", "admin": true, "mac": hex.EncodeToString(mac.Sum(nil))})
+	st, body := ts.do("POST", "/_synapse/admin/v1/registration_tokens/new", adm["access_token"].(string), map[string]any{"token": "letmein", "uses_allowed": 1})
+	if st != 200 || body["token"] != "letmein" {
+		t.Fatalf("create token: %d %v", st, body)
+	}
+	st, body = ts.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "u1", "password": "p", "auth": map[string]any{"type": "m.login.dummy"}})
+	if st != 400 && st != 401 {
+		t.Fatalf("dummy accepted although a token is required: %d %v", st, body)
+	}
+	st, body = ts.do("GET", "/_matrix/client/v1/register/m.login.registration_token/validity?token=letmein", "", nil)
+	if st != 200 || body["valid"] != true {
+		t.Fatalf("validity: %d %v", st, body)
+	}
+	st, body = ts.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "u1", "password": "p", "auth": map[string]any{"type": "m.login.registration_token", "token": "letmein"}})
+	if st != 200 {
+		t.Fatalf("register with token: %d %v", st, body)
+	}
+	st, body = ts.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "u2", "password": "p", "auth": map[string]any{"type": "m.login.registration_token", "token": "letmein"}})
+	if st != 401 || body["errcode"] != "M_FORBIDDEN" {
+		t.Fatalf("used-up token accepted: %d %v", st, body)
+	}
+	if st, body := ts.do("GET", "/_matrix/client/v1/register/m.login.registration_token/validity?token=letmein", "", nil); body["valid"] != false {
+		t.Fatalf("used-up token still valid: %d %v", st, body)
+	}
+}

@@ -270,3 +270,36 @@ func TestEveryRoomVersion(t *testing.T) {
 		t.Fatalf("unknown version: %d %v", st, body)
 	}
 }
+
+func TestPublicRoomDirectory(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice := ts.register("alice")
+	pub, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Visibility: "public", Name: "Lobby", RoomAliasName: "lobby"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Name: "Secret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, body := ts.do("GET", "/_matrix/client/v3/publicRooms", alice.AccessToken, nil)
+	chunk, _ := body["chunk"].([]any)
+	if st != 200 || len(chunk) != 1 || chunk[0].(map[string]any)["room_id"] != string(pub.RoomID) || chunk[0].(map[string]any)["canonical_alias"] != "#lobby:"+serverName {
+		t.Fatalf("publicRooms: %d %v", st, body)
+	}
+	if st, _ := ts.do("GET", "/_matrix/client/v3/publicRooms", "", nil); st != 401 {
+		t.Fatalf("publicRooms without auth: %d", st)
+	}
+	if st, _ := ts.do("PUT", "/_matrix/client/v3/directory/list/room/"+string(priv.RoomID), alice.AccessToken, map[string]any{"visibility": "public"}); st != 200 {
+		t.Fatalf("publish: %d", st)
+	}
+	st, body = ts.do("GET", "/_matrix/client/v3/directory/list/room/"+string(priv.RoomID), "", nil)
+	if st != 200 || body["visibility"] != "public" {
+		t.Fatalf("visibility: %d %v", st, body)
+	}
+	st, body = ts.do("GET", "/_matrix/client/v3/directory/room/%23lobby:"+serverName, "", nil)
+	if st != 200 || body["room_id"] != string(pub.RoomID) {
+		t.Fatalf("alias lookup: %d %v", st, body)
+	}
+}

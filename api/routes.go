@@ -9,6 +9,7 @@ func (s *Server) routes() {
 	s.roomRoutes()
 	s.userdataRoutes()
 	s.syncRoutes()
+	s.directoryRoutes()
 }
 
 // syncHandles are the projections /sync reads from.

@@ -1,0 +1,474 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"slices"
+	"strings"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+)
+
+// Push rules (spec: modules/push.md, pushrules.yaml).
+//
+// A user's rules are stored as global account data "m.push_rules" whose
+// content is the whole ruleset ({"global": {...}}), the same content the
+// spec says /sync delivers; so /sync shows changes without knowing about
+// push rules. Server-default rules are not trusted from storage: every read
+// rebuilds them from this build's defaults and only keeps the user's
+// enabled/actions choices for them, so a server upgrade that adds or
+// changes a default reaches every user.
+
+// pushRuleKinds in the order the spec evaluates them.
+var pushRuleKinds = []string{"override", "content", "room", "sender", "underride"}
+
+// pushRule is one rule as the API shows it. Conditions is kept raw so a
+// rule with no conditions shows "conditions": [] (override/underride) and
+// other kinds show none.
+type pushRule struct {
+	RuleID     string            `json:"rule_id"`
+	Default    bool              `json:"default"`
+	Enabled    bool              `json:"enabled"`
+	Actions    []json.RawMessage `json:"actions"`
+	Conditions json.RawMessage   `json:"conditions,omitempty"`
+	Pattern    *string           `json:"pattern,omitempty"`
+}
+
+// pushRuleset is one ruleset ("global").
+type pushRuleset struct {
+	Override  []pushRule `json:"override"`
+	Content   []pushRule `json:"content"`
+	Room      []pushRule `json:"room"`
+	Sender    []pushRule `json:"sender"`
+	Underride []pushRule `json:"underride"`
+}
+
+func (rs *pushRuleset) kind(k string) *[]pushRule {
+	switch k {
+	case "override":
+		return &rs.Override
+	case "content":
+		return &rs.Content
+	case "room":
+		return &rs.Room
+	case "sender":
+		return &rs.Sender
+	case "underride":
+		return &rs.Underride
+	}
+	return nil
+}
+
+type pushRulesContent struct {
+	Global pushRuleset `json:"global"`
+}
+
+func defaultRule(id string, enabled bool, conditions string, actions ...string) pushRule {
+	acts := make([]json.RawMessage, len(actions))
+	for i, a := range actions {
+		acts[i] = json.RawMessage(a)
+	}
+	return pushRule{RuleID: id, Default: true, Enabled: enabled, Actions: acts, Conditions: json.RawMessage(conditions)}
+}
+
+const (
+	actNotify       = `"notify"`
+	actSoundDefault = `{"set_tweak":"sound","value":"default"}`
+	actSoundRing    = `{"set_tweak":"sound","value":"ring"}`
+	actHighlight    = `{"set_tweak":"highlight"}`
+)
+
+// defaultPushRules is the spec's predefined rule set for userID (spec
+// v1.17+: the legacy body-matching content rules are gone), in the spec's
+// order. The master rule is first in override; the other server-default
+// override rules come after the user's own.
+func defaultPushRules(userID string) (master pushRule, override, content, underride []pushRule) {
+	uid := string(mustJSON(userID))
+	master = defaultRule(".m.rule.master", false, `[]`)
+	override = []pushRule{
+		defaultRule(".m.rule.suppress_notices", true, `[{"kind":"event_match","key":"content.msgtype","pattern":"m.notice"}]`),
+		defaultRule(".m.rule.invite_for_me", true, `[{"key":"type","kind":"event_match","pattern":"m.room.member"},{"key":"content.membership","kind":"event_match","pattern":"invite"},{"key":"state_key","kind":"event_match","pattern":`+uid+`}]`, actNotify, actSoundDefault),
+		defaultRule(".m.rule.member_event", true, `[{"key":"type","kind":"event_match","pattern":"m.room.member"}]`),
+		defaultRule(".m.rule.is_user_mention", true, `[{"kind":"event_property_contains","key":"content.m\\.mentions.user_ids","value":`+uid+`}]`, actNotify, actSoundDefault, actHighlight),
+		defaultRule(".m.rule.is_room_mention", true, `[{"kind":"event_property_is","key":"content.m\\.mentions.room","value":true},{"kind":"sender_notification_permission","key":"room"}]`, actNotify, actHighlight),
+		defaultRule(".m.rule.tombstone", true, `[{"kind":"event_match","key":"type","pattern":"m.room.tombstone"},{"kind":"event_match","key":"state_key","pattern":""}]`, actNotify, actHighlight),
+		defaultRule(".m.rule.reaction", true, `[{"kind":"event_match","key":"type","pattern":"m.reaction"}]`),
+		defaultRule(".m.rule.room.server_acl", true, `[{"kind":"event_match","key":"type","pattern":"m.room.server_acl"},{"kind":"event_match","key":"state_key","pattern":""}]`),
+		defaultRule(".m.rule.suppress_edits", true, `[{"kind":"event_property_is","key":"content.m\\.relates_to.rel_type","value":"m.replace"}]`),
+	}
+	underride = []pushRule{
+		defaultRule(".m.rule.call", true, `[{"key":"type","kind":"event_match","pattern":"m.call.invite"}]`, actNotify, actSoundRing),
+		defaultRule(".m.rule.encrypted_room_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}]`, actNotify, actSoundDefault),
+		defaultRule(".m.rule.room_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.message"}]`, actNotify, actSoundDefault),
+		defaultRule(".m.rule.message", true, `[{"kind":"event_match","key":"type","pattern":"m.room.message"}]`, actNotify),
+		defaultRule(".m.rule.encrypted", true, `[{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}]`, actNotify),
+	}
+	return master, override, []pushRule{}, underride
+}
+
+// buildPushRules merges the stored ruleset (nil: none yet) with this
+// build's defaults: user rules keep their order, defaults keep only the
+// user's enabled/actions choices.
+func buildPushRules(userID string, stored *pushRuleset) pushRuleset {
+	master, defOverride, defContent, defUnderride := defaultPushRules(userID)
+	type choice struct {
+		enabled bool
+		actions []json.RawMessage
+	}
+	chosen := map[string]choice{}
+	user := map[string][]pushRule{}
+	if stored != nil {
+		for _, k := range pushRuleKinds {
+			for _, r := range *stored.kind(k) {
+				if r.Default {
+					chosen[k+"\x00"+r.RuleID] = choice{r.Enabled, r.Actions}
+				} else {
+					user[k] = append(user[k], r)
+				}
+			}
+		}
+	}
+	apply := func(k string, rules ...pushRule) []pushRule {
+		out := make([]pushRule, 0, len(rules))
+		for _, r := range rules {
+			if c, ok := chosen[k+"\x00"+r.RuleID]; ok {
+				r.Enabled, r.Actions = c.enabled, c.actions
+			}
+			out = append(out, r)
+		}
+		return out
+	}
+	rs := pushRuleset{
+		Override:  append(append(apply("override", master), user["override"]...), apply("override", defOverride...)...),
+		Content:   append(append([]pushRule{}, user["content"]...), apply("content", defContent...)...),
+		Room:      append([]pushRule{}, user["room"]...),
+		Sender:    append([]pushRule{}, user["sender"]...),
+		Underride: append(append([]pushRule{}, user["underride"]...), apply("underride", defUnderride...)...),
+	}
+	return rs
+}
+
+// pushRules returns a user's current ruleset.
+func (s *Server) pushRules(userID string) (pushRuleset, error) {
+	rec, err := s.userdataView().AccountData(userID, "", "m.push_rules")
+	if err != nil {
+		return pushRuleset{}, err
+	}
+	if rec == nil {
+		return buildPushRules(userID, nil), nil
+	}
+	var c pushRulesContent
+	if err := json.Unmarshal(rec.Content, &c); err != nil {
+		// Written only by this file; unreadable content is replaced by
+		// the defaults rather than locking the user out of push rules.
+		s.logger.Warn().Err(err).Str("user", userID).Msg("stored m.push_rules is unreadable; serving the default push rules")
+		return buildPushRules(userID, nil), nil
+	}
+	return buildPushRules(userID, &c.Global), nil
+}
+
+// PushRulesContent is the content of the m.push_rules account data event
+// of a user, defaults included, for /sync to show a user who never changed
+// their rules.
+func (s *Server) PushRulesContent(userID string) (json.RawMessage, error) {
+	rs, err := s.pushRules(userID)
+	if err != nil {
+		return nil, err
+	}
+	return mustJSON(pushRulesContent{Global: rs}), nil
+}
+
+func (s *Server) pushRuleRoutes() {
+	s.client("GET", "/pushrules/{$}", s.authed(s.getAllPushRules))
+	s.client("GET", "/pushrules/global/{$}", s.authed(s.getGlobalPushRules))
+	s.client("GET", "/pushrules/global/{kind}/{ruleId}", s.authed(s.getPushRule))
+	s.client("PUT", "/pushrules/global/{kind}/{ruleId}", s.authed(s.putPushRule))
+	s.client("DELETE", "/pushrules/global/{kind}/{ruleId}", s.authed(s.deletePushRule))
+	s.client("GET", "/pushrules/global/{kind}/{ruleId}/enabled", s.authed(s.getPushRuleEnabled))
+	s.client("PUT", "/pushrules/global/{kind}/{ruleId}/enabled", s.authed(s.putPushRuleEnabled))
+	s.client("GET", "/pushrules/global/{kind}/{ruleId}/actions", s.authed(s.getPushRuleActions))
+	s.client("PUT", "/pushrules/global/{kind}/{ruleId}/actions", s.authed(s.putPushRuleActions))
+}
+
+func (s *Server) getAllPushRules(w http.ResponseWriter, r *http.Request, sess *session) error {
+	rs, err := s.pushRules(sess.UserID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, pushRulesContent{Global: rs})
+	return nil
+}
+
+func (s *Server) getGlobalPushRules(w http.ResponseWriter, r *http.Request, sess *session) error {
+	rs, err := s.pushRules(sess.UserID)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, rs)
+	return nil
+}
+
+func pushKindParam(r *http.Request) (string, error) {
+	k := r.PathValue("kind")
+	if !slices.Contains(pushRuleKinds, k) {
+		return "", errInvalidParam("Unknown push rule kind %q; use one of %s", k, strings.Join(pushRuleKinds, ", "))
+	}
+	return k, nil
+}
+
+func errRuleNotFound() error { return errNotFound("The push rule was not found.") }
+
+// findRule locates a rule of the given kind in the user's ruleset.
+func (s *Server) findRule(r *http.Request, sess *session) (rs pushRuleset, kind string, idx int, err error) {
+	kind, err = pushKindParam(r)
+	if err != nil {
+		return rs, "", -1, err
+	}
+	rs, err = s.pushRules(sess.UserID)
+	if err != nil {
+		return rs, "", -1, err
+	}
+	id := r.PathValue("ruleId")
+	idx = slices.IndexFunc(*rs.kind(kind), func(p pushRule) bool { return p.RuleID == id })
+	if idx < 0 {
+		return rs, "", -1, errRuleNotFound()
+	}
+	return rs, kind, idx, nil
+}
+
+func (s *Server) getPushRule(w http.ResponseWriter, r *http.Request, sess *session) error {
+	rs, kind, idx, err := s.findRule(r, sess)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, (*rs.kind(kind))[idx])
+	return nil
+}
+
+func (s *Server) getPushRuleEnabled(w http.ResponseWriter, r *http.Request, sess *session) error {
+	rs, kind, idx, err := s.findRule(r, sess)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"enabled": (*rs.kind(kind))[idx].Enabled})
+	return nil
+}
+
+func (s *Server) getPushRuleActions(w http.ResponseWriter, r *http.Request, sess *session) error {
+	rs, kind, idx, err := s.findRule(r, sess)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"actions": (*rs.kind(kind))[idx].Actions})
+	return nil
+}
+
+// editPushRules runs a read-modify-write of the caller's ruleset under a
+// per-user lock, so two concurrent edits cannot lose one another, and
+// records the result as the m.push_rules account data fact.
+func (s *Server) editPushRules(r *http.Request, sess *session, edit func(rs *pushRuleset) error) error {
+	defer s.roomLock.Lock("pushrules:" + sess.UserID)()
+	rs, err := s.pushRules(sess.UserID)
+	if err != nil {
+		return err
+	}
+	if err := edit(&rs); err != nil {
+		return err
+	}
+	content := mustJSON(pushRulesContent{Global: rs})
+	_, err = s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindAccountDataSet, facts.AccountDataSet{UserID: sess.UserID, Type: "m.push_rules", Content: content}))
+	return err
+}
+
+// validActions accepts what the spec allows in an actions list: strings
+// and objects (set_tweak); the deprecated "dont_notify" and "coalesce" are
+// accepted and kept, as clients still send them.
+func validActions(actions []json.RawMessage) error {
+	for _, a := range actions {
+		t := strings.TrimSpace(string(a))
+		if t == "" || (t[0] != '"' && t[0] != '{') {
+			return errInvalidParam("Each push rule action must be a string or an object")
+		}
+		if t[0] == '{' {
+			var tw struct {
+				SetTweak *string `json:"set_tweak"`
+			}
+			if json.Unmarshal(a, &tw) != nil || tw.SetTweak == nil {
+				return errInvalidParam("An object push rule action needs a set_tweak string")
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) putPushRule(w http.ResponseWriter, r *http.Request, sess *session) error {
+	kind, err := pushKindParam(r)
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("ruleId")
+	if id == "" || strings.HasPrefix(id, ".") || strings.ContainsAny(id, `/\`) {
+		return errInvalidParam("A push rule ID must not be empty, start with '.' (reserved for server-default rules) or contain '/' or '\\'")
+	}
+	var req struct {
+		Actions    *[]json.RawMessage `json:"actions"`
+		Conditions *[]json.RawMessage `json:"conditions"`
+		Pattern    *string            `json:"pattern"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Actions == nil {
+		return errMissingParam("actions is required")
+	}
+	if err := validActions(*req.Actions); err != nil {
+		return err
+	}
+	rule := pushRule{RuleID: id, Enabled: true, Actions: *req.Actions}
+	switch kind {
+	case "content":
+		if req.Pattern == nil {
+			return errMissingParam("content rules need a pattern")
+		}
+		rule.Pattern = req.Pattern
+	case "override", "underride":
+		conds := []json.RawMessage{}
+		if req.Conditions != nil {
+			conds = *req.Conditions
+		}
+		for _, c := range conds {
+			var cond struct {
+				Kind string `json:"kind"`
+			}
+			if json.Unmarshal(c, &cond) != nil || cond.Kind == "" {
+				return errInvalidParam("Each push rule condition must be an object with a kind")
+			}
+		}
+		rule.Conditions = mustJSON(conds)
+	}
+	before, after := r.URL.Query().Get("before"), r.URL.Query().Get("after")
+	err = s.editPushRules(r, sess, func(rs *pushRuleset) error {
+		list := rs.kind(kind)
+		// An update keeps the rule's place unless before/after move it.
+		pos := slices.IndexFunc(*list, func(p pushRule) bool { return p.RuleID == id })
+		if pos >= 0 {
+			rule.Enabled = (*list)[pos].Enabled
+			*list = slices.Delete(*list, pos, pos+1)
+		}
+		// Relative placement names a user-defined rule of the same kind.
+		anchor := func(ref string) (int, error) {
+			i := slices.IndexFunc(*list, func(p pushRule) bool { return p.RuleID == ref && !p.Default })
+			if i < 0 {
+				return 0, merr(http.StatusBadRequest, "M_UNKNOWN", "before/after rule not found: %s", ref)
+			}
+			return i, nil
+		}
+		switch {
+		case before != "":
+			i, err := anchor(before)
+			if err != nil {
+				return err
+			}
+			pos = i
+		case after != "":
+			i, err := anchor(after)
+			if err != nil {
+				return err
+			}
+			pos = i + 1
+		case pos < 0:
+			// New rules are the most important user-defined rule: first
+			// after the master rule, ahead of the other defaults.
+			pos = 0
+			if kind == "override" {
+				pos = 1
+			}
+		}
+		*list = slices.Insert(*list, pos, rule)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) deletePushRule(w http.ResponseWriter, r *http.Request, sess *session) error {
+	kind, err := pushKindParam(r)
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("ruleId")
+	err = s.editPushRules(r, sess, func(rs *pushRuleset) error {
+		list := rs.kind(kind)
+		i := slices.IndexFunc(*list, func(p pushRule) bool { return p.RuleID == id })
+		if i < 0 {
+			return errRuleNotFound()
+		}
+		if (*list)[i].Default {
+			return merr(http.StatusBadRequest, "M_UNKNOWN", "Server-default push rules cannot be deleted; disable it instead")
+		}
+		*list = slices.Delete(*list, i, i+1)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+// setRuleField edits one existing rule (enabled or actions).
+func (s *Server) setRuleField(w http.ResponseWriter, r *http.Request, sess *session, set func(*pushRule)) error {
+	kind, err := pushKindParam(r)
+	if err != nil {
+		return err
+	}
+	id := r.PathValue("ruleId")
+	err = s.editPushRules(r, sess, func(rs *pushRuleset) error {
+		list := *rs.kind(kind)
+		i := slices.IndexFunc(list, func(p pushRule) bool { return p.RuleID == id })
+		if i < 0 {
+			return errRuleNotFound()
+		}
+		set(&list[i])
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+func (s *Server) putPushRuleEnabled(w http.ResponseWriter, r *http.Request, sess *session) error {
+	var req struct {
+		Enabled *bool `json:"enabled"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Enabled == nil {
+		return errMissingParam("enabled is required")
+	}
+	return s.setRuleField(w, r, sess, func(p *pushRule) { p.Enabled = *req.Enabled })
+}
+
+func (s *Server) putPushRuleActions(w http.ResponseWriter, r *http.Request, sess *session) error {
+	var req struct {
+		Actions *[]json.RawMessage `json:"actions"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	if req.Actions == nil {
+		return errMissingParam("actions is required")
+	}
+	if err := validActions(*req.Actions); err != nil {
+		return err
+	}
+	return s.setRuleField(w, r, sess, func(p *pushRule) { p.Actions = *req.Actions })
+}
