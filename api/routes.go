@@ -10,6 +10,8 @@ func (s *Server) routes() {
 	s.userdataRoutes()
 	s.syncRoutes()
 	s.directoryRoutes()
+	s.pushRuleRoutes()
+	s.tagRoutes()
 }
 
 // syncHandles are the projections /sync reads from.
