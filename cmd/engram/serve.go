@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+
+	"github.com/engram-hs/engram/api"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres/signing"
+)
+
+// shutdownBudget bounds a graceful stop: draining requests gets most of
+// it, closing the engine and the log the rest.
+const shutdownBudget = 10 * time.Second
+
+func serveCmd(args []string) int {
+	cf := newConfigFlags("serve", true)
+	if err := cf.fs.Parse(args); err != nil {
+		return 2
+	}
+	l, err := cf.load(true)
+	if err != nil {
+		return fail(2, "%v", err)
+	}
+	logger := newLogger(l.cfg.LogLevel)
+	for _, w := range l.warnings {
+		logger.Warn().Msg(w)
+	}
+	if len(l.cfg.AppServiceConfigFiles) > 0 {
+		logger.Warn().Strs("app_service_config_files", l.cfg.AppServiceConfigFiles).Msg("application services are not supported yet; app_service_config_files is ignored")
+	}
+	key, createdKey, err := loadOrCreateSigningKey(l.cfg.SigningKeyPath)
+	if err != nil {
+		return fail(1, "%v", err)
+	}
+	if createdKey {
+		logger.Info().Str("path", l.cfg.SigningKeyPath).Str("key_id", key.ID).Msg("created a new signing key")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := run(ctx, l, key, logger); err != nil {
+		logger.Error().Err(err).Msg("engram stopped")
+		return 1
+	}
+	return 0
+}
+
+// openLog opens this node's log in <data_dir>/db.
+func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer) (*englog.Node, error) {
+	return englog.Open(englog.Config{
+		Dir:      filepath.Join(cfg.DataDir, "db"),
+		NodeID:   cfg.ClusterNodeID,
+		RaftAddr: cfg.ClusterRaftListen,
+		Peers:    cfg.ClusterPeers,
+		Logger:   logger,
+		Metrics:  metrics,
+	})
+}
+
+// run serves until ctx is cancelled (SIGTERM/SIGINT), then shuts down
+// within shutdownBudget.
+func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) error {
+	cfg := l.cfg
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	node, err := openLog(cfg, logger, reg)
+	if err != nil {
+		return err
+	}
+	engine := projections.NewEngine(node, node.DB(), logger, reg)
+	apiSrv, err := api.New(cfg.apiConfig(key), api.Deps{Log: node, Engine: engine, Logger: logger, Metrics: reg})
+	if err != nil {
+		node.Close()
+		return err
+	}
+	// closeAll releases in reverse order of opening; the log goes last so
+	// the engine's final batch lands in an open Pebble.
+	closeAll := func() {
+		apiSrv.Close()
+		if err := engine.Close(); err != nil {
+			logger.Error().Err(err).Msg("closing the projection engine")
+		}
+		if err := node.Close(); err != nil {
+			logger.Error().Err(err).Msg("closing the log")
+		}
+	}
+	started := time.Now()
+	if err := engine.Start(ctx); err != nil {
+		closeAll()
+		if ctx.Err() != nil {
+			return nil // stopped during catch-up
+		}
+		return err
+	}
+	logger.Info().Uint64("log_offset", node.LastOffset()).Dur("catch_up", time.Since(started)).Msg("projections caught up")
+
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	clientMux := http.NewServeMux()
+	if cfg.MetricsListen == "" {
+		clientMux.Handle("GET /_engram/metrics", metricsHandler)
+	}
+	clientMux.Handle("/", apiSrv.Handler())
+
+	type listener struct {
+		name string
+		srv  *http.Server
+		ln   net.Listener
+		tls  bool
+	}
+	var lns []listener
+	closeListeners := func() {
+		for _, x := range lns {
+			x.ln.Close()
+		}
+	}
+	add := func(name, addr string, h http.Handler, tlsOn bool) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listening for %s on %s (port in use? change %s): %w", name, addr, name, err)
+		}
+		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		lns = append(lns, listener{name, srv, ln, tlsOn})
+		return nil
+	}
+	if err := add("listen", cfg.Listen, clientMux, false); err != nil {
+		closeAll()
+		return err
+	}
+	if cfg.MetricsListen != "" {
+		if err := add("metrics_listen", cfg.MetricsListen, metricsHandler, false); err != nil {
+			closeListeners()
+			closeAll()
+			return err
+		}
+	}
+	if cfg.FederationListen != "" {
+		tlsConf, how, err := federationTLS(cfg, time.Now())
+		if err != nil {
+			closeListeners()
+			closeAll()
+			return err
+		}
+		if err := add("federation_listen", cfg.FederationListen, federationHandler(cfg.ServerName, key, time.Now), true); err != nil {
+			closeListeners()
+			closeAll()
+			return err
+		}
+		lns[len(lns)-1].srv.TLSConfig = tlsConf
+		logger.Info().Str("certificate", how).Msg("federation TLS")
+	}
+
+	errs := make(chan error, len(lns))
+	for _, x := range lns {
+		x := x
+		logger.Info().Str("listener", x.name).Str("addr", x.ln.Addr().String()).Bool("tls", x.tls).Msg("serving")
+		go func() {
+			var err error
+			if x.tls {
+				err = x.srv.ServeTLS(x.ln, "", "")
+			} else {
+				err = x.srv.Serve(x.ln)
+			}
+			if !errors.Is(err, http.ErrServerClosed) {
+				errs <- fmt.Errorf("%s: %w", x.name, err)
+			}
+		}()
+	}
+	logger.Info().Str("server_name", cfg.ServerName).Str("config", l.path).Str("version", version).Msg("engram is ready")
+	if l.created {
+		fmt.Fprintf(os.Stdout, `
+Engram created %s (configuration), its signing key and its database.
+Create the first admin user, while the server runs, with:
+
+    engram register-user --config %s --user admin --password <password> --admin
+
+`, l.path, l.path)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info().Msg("stopping: draining requests")
+	case runErr = <-errs:
+		logger.Error().Err(runErr).Msg("a listener failed; stopping")
+	}
+
+	stopping := time.Now()
+	deadline := stopping.Add(shutdownBudget)
+	// Long-polls (/sync) end first so draining does not wait for them.
+	apiSrv.Close()
+	drainCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(-2*time.Second))
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, x := range lns {
+		wg.Add(1)
+		go func(srv *http.Server) {
+			defer wg.Done()
+			if err := srv.Shutdown(drainCtx); err != nil {
+				srv.Close() // the budget is spent: cut what is left
+			}
+		}(x.srv)
+	}
+	wg.Wait()
+	closeAll()
+	logger.Info().Dur("took", time.Since(stopping)).Msg("stopped")
+	return runErr
+}
