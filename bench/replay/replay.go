@@ -1,0 +1,121 @@
+// Package replay measures how fast the projections fold a log: it opens a
+// log, registers every projection the API registers, and rebuilds each one
+// from offset 1, timing them one by one.
+package replay
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/bench/report"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+)
+
+// Options of a replay.
+type Options struct {
+	Dir string // the log's data directory
+	// Projections to rebuild; all of them when empty.
+	Projections []string
+	Logger      zerolog.Logger
+	// Progress is called after each applied batch.
+	Progress func(name string, applied, target uint64)
+}
+
+// Projection is the figure of one projection.
+type Projection struct {
+	Name         string
+	Duration     time.Duration
+	EventsPerSec float64
+	Digest       string // hex SHA-256 of its keyspace after the rebuild
+}
+
+// Result of a replay.
+type Result struct {
+	Entries     uint64 // entries in the log
+	BytesRead   int64  // payload bytes the projections read, over all of them
+	Duration    time.Duration
+	Projections []Projection
+	PeakRSSKB   int64 // VmHWM of this process after the replay
+}
+
+// countingLog counts what the projections read.
+type countingLog struct {
+	englog.Log
+	bytes atomic.Int64
+}
+
+func (c *countingLog) Read(from uint64, max int) ([]englog.Entry, error) {
+	es, err := c.Log.Read(from, max)
+	var n int64
+	for _, e := range es {
+		n += int64(len(e.Payload))
+	}
+	c.bytes.Add(n)
+	return es, err
+}
+
+// Run rebuilds the projections of the log in opts.Dir and records its
+// figures in rec (may be nil).
+func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, error) {
+	node, err := englog.Open(englog.Config{Dir: opts.Dir, Logger: opts.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("replay: open the log in %s: %w", opts.Dir, err)
+	}
+	defer node.Close()
+	counting := &countingLog{Log: node}
+	engine := projections.NewEngine(counting, node.DB(), opts.Logger, nil)
+	defer engine.Close()
+	// The API registers the projections it serves from; registering them
+	// through it keeps the replay in step with the server.
+	if _, err := api.New(api.Config{ServerName: "replay.localhost"}, api.Deps{Log: counting, Engine: engine, Logger: opts.Logger}); err != nil {
+		return nil, err
+	}
+	if opts.Progress != nil {
+		engine.OnProgress(opts.Progress)
+	}
+	names := opts.Projections
+	if len(names) == 0 {
+		for _, h := range engine.Handles() {
+			names = append(names, h.Name())
+		}
+	}
+	res := &Result{Entries: node.LastOffset()}
+	start := time.Now()
+	for _, name := range names {
+		t0 := time.Now()
+		if err := engine.Rebuild(ctx, name); err != nil {
+			return nil, fmt.Errorf("replay: rebuild %s: %w", name, err)
+		}
+		d := time.Since(t0)
+		dig, err := engine.Digest(name)
+		if err != nil {
+			return nil, err
+		}
+		p := Projection{Name: name, Duration: d, EventsPerSec: float64(res.Entries) / d.Seconds(), Digest: hex.EncodeToString(dig)}
+		res.Projections = append(res.Projections, p)
+		if rec != nil {
+			rec.Add("events_per_s."+name, p.EventsPerSec, "events/s", report.HigherIsBetter)
+			rec.Add("seconds."+name, d.Seconds(), "s", report.LowerIsBetter)
+		}
+	}
+	res.Duration = time.Since(start)
+	res.BytesRead = counting.bytes.Load()
+	res.PeakRSSKB, _ = report.ProcStatusKB(0, "VmHWM")
+	if rec != nil {
+		rec.Add("entries", float64(res.Entries), "entries", "")
+		// Overall: how fast the whole read side is rebuilt from the log.
+		rec.Add("events_per_s", float64(res.Entries)/res.Duration.Seconds(), "events/s", report.HigherIsBetter)
+		rec.Add("seconds", res.Duration.Seconds(), "s", report.LowerIsBetter)
+		rec.Add("bytes_read", float64(res.BytesRead), "bytes", "")
+		rec.Add("read_mb_per_s", float64(res.BytesRead)/1e6/res.Duration.Seconds(), "MB/s", report.HigherIsBetter)
+		rec.Add("peak_rss_mb", float64(res.PeakRSSKB)/1024, "MB", report.LowerIsBetter)
+	}
+	return res, nil
+}

@@ -1,0 +1,58 @@
+package report
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ProcStatusKB reads one "Vm..." field (kB) of /proc/<pid>/status; pid 0
+// means this process. VmHWM is the peak resident set, VmRSS the current.
+func ProcStatusKB(pid int, field string) (int64, error) {
+	path := "/proc/self/status"
+	if pid != 0 {
+		path = fmt.Sprintf("/proc/%d/status", pid)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("read %s (RSS figures need Linux /proc): %w", path, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, field+":") {
+			continue
+		}
+		fs := strings.Fields(line[len(field)+1:])
+		if len(fs) == 0 {
+			break
+		}
+		return strconv.ParseInt(fs[0], 10, 64)
+	}
+	return 0, fmt.Errorf("%s has no %s field", path, field)
+}
+
+// Percentile returns the p-th percentile (0..100) of durations, by the
+// nearest-rank method; 0 for an empty set. It sorts ds in place.
+func Percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	rank := int(p/100*float64(len(ds)) + 0.999999)
+	if rank < 1 {
+		rank = 1
+	}
+	if rank > len(ds) {
+		rank = len(ds)
+	}
+	return ds[rank-1]
+}
+
+// MS converts a duration to float milliseconds.
+func MS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
