@@ -1,0 +1,410 @@
+package main
+
+import (
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/engram-hs/engram/stateres/signing"
+)
+
+// binary is the engram command built once for the black-box tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "engram-cmd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "engram")
+	build := exec.Command("go", "build", "-o", binary, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building engram:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer collects a process's output while it runs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type proc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stdout *syncBuffer
+	stderr *syncBuffer
+	done   chan error
+}
+
+// startServer runs `engram serve args...` in dir and waits until the
+// client API at listen answers /_matrix/client/versions.
+func startServer(t *testing.T, dir, listen string, env []string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan error, 1)}
+	p.cmd = exec.Command(binary, append([]string{"serve"}, args...)...)
+	p.cmd.Dir = dir
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + listen + "/_matrix/client/versions")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return p
+			}
+		}
+		select {
+		case err := <-p.done:
+			t.Fatalf("engram serve exited (%v) before serving:\n%s\n%s", err, p.stdout, p.stderr)
+		case <-time.After(25 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("engram serve did not answer within 30s:\n%s", p.stderr)
+		}
+	}
+}
+
+// stop sends SIGTERM and requires a clean exit within 10 seconds.
+func (p *proc) stop() {
+	p.t.Helper()
+	start := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		p.t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			p.t.Fatalf("engram exited with %v after SIGTERM:\n%s", err, p.stderr)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			p.t.Fatalf("engram took %s to stop", took)
+		}
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		p.t.Fatalf("engram did not stop within 10s of SIGTERM:\n%s", p.stderr)
+	}
+}
+
+// runTool runs an engram subcommand to completion.
+func runTool(t *testing.T, dir string, env []string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command(binary, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+var insecureTLS = &http.Client{
+	Timeout:   10 * time.Second,
+	Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}},
+}
+
+func getJSON(t *testing.T, c *http.Client, url string, out any) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s %s", url, resp.Status, body)
+	}
+	if err := json.Unmarshal(body, out); err != nil {
+		t.Fatalf("GET %s: %v in %s", url, err, body)
+	}
+}
+
+// serverKey fetches /_matrix/key/v2/server, checks its signature with the
+// key it publishes, and returns the server name and key ID.
+func serverKey(t *testing.T, fedAddr string) (serverName, keyID string, raw []byte) {
+	t.Helper()
+	var resp struct {
+		ServerName   string `json:"server_name"`
+		ValidUntilTS int64  `json:"valid_until_ts"`
+		VerifyKeys   map[string]struct {
+			Key string `json:"key"`
+		} `json:"verify_keys"`
+	}
+	r, err := insecureTLS.Get("https://" + fedAddr + "/_matrix/key/v2/server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = io.ReadAll(r.Body)
+	r.Body.Close()
+	if err := json.Unmarshal(raw, &resp); err != nil {
+		t.Fatalf("key response %s: %v", raw, err)
+	}
+	if len(resp.VerifyKeys) != 1 || resp.ValidUntilTS <= time.Now().UnixMilli() {
+		t.Fatalf("key response %s", raw)
+	}
+	for id, k := range resp.VerifyKeys {
+		pub, err := signing.DecodeBase64(k.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := signing.VerifyJSON(resp.ServerName, id, pub, raw); err != nil {
+			t.Fatalf("key response signature: %v", err)
+		}
+		keyID = id
+	}
+	return resp.ServerName, keyID, raw
+}
+
+func TestFirstStartWithoutConfig(t *testing.T) {
+	dir := t.TempDir()
+	listen, fed := freeAddr(t), freeAddr(t)
+	p := startServer(t, dir, listen, nil, "--listen", listen, "--federation-listen", fed)
+
+	data := filepath.Join(dir, "engram-data")
+	keyFile, err := os.ReadFile(filepath.Join(data, "signing.key"))
+	if err != nil {
+		t.Fatalf("no signing key in ./engram-data: %v", err)
+	}
+	if !regexp.MustCompile(`^ed25519 a_\w+ [A-Za-z0-9+/]{43}\n$`).Match(keyFile) {
+		t.Fatalf("signing.key is not in the Synapse key-file format: %q", keyFile)
+	}
+	keys, err := signing.DecodeKeyFile(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgFile, err := os.ReadFile(filepath.Join(data, "engram.yaml"))
+	if err != nil {
+		t.Fatalf("no config in ./engram-data: %v", err)
+	}
+	if !bytes.Contains(cfgFile, []byte("# ")) || !bytes.Contains(cfgFile, []byte("registration_shared_secret:")) {
+		t.Fatalf("the default config is not commented or lacks a shared secret:\n%s", cfgFile)
+	}
+	if !strings.Contains(p.stdout.String(), "engram register-user") || !strings.Contains(p.stdout.String(), "--admin") {
+		t.Fatalf("first start does not say how to create the admin user:\n%s", p.stdout)
+	}
+
+	var v struct {
+		Server struct{ Name, Version string } `json:"server"`
+	}
+	getJSON(t, insecureTLS, "https://"+fed+"/_matrix/federation/v1/version", &v)
+	if v.Server.Name != "Engram" || v.Server.Version == "" {
+		t.Fatalf("federation version = %+v", v)
+	}
+	name, keyID, _ := serverKey(t, fed)
+	if name != "localhost" || keyID != keys[0].ID {
+		t.Fatalf("key response for %q with key %q; want localhost and %q", name, keyID, keys[0].ID)
+	}
+	var metrics bytes.Buffer
+	resp, err := http.Get("http://" + listen + "/_engram/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(&metrics, resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(metrics.String(), `engram_projection_lag_entries{projection="accounts"}`) {
+		t.Fatalf("metrics lack projection lag:\n%.2000s", metrics.String())
+	}
+
+	p.stop()
+	// Restart on the same data: the same key, serving again, no new
+	// "first start" message.
+	p = startServer(t, dir, listen, nil, "--listen", listen, "--federation-listen", fed)
+	if _, again, _ := serverKey(t, fed); again != keyID {
+		t.Fatalf("restart changed the signing key %s -> %s", keyID, again)
+	}
+	if strings.Contains(p.stdout.String(), "register-user") {
+		t.Fatal("restart printed the first-start message again")
+	}
+	p.stop()
+}
+
+func writeConfig(t *testing.T, dir, listen, extra string) string {
+	t.Helper()
+	path := filepath.Join(dir, "engram.yaml")
+	cfg := fmt.Sprintf(`server_name: "test.local"
+data_dir: "data"
+listen: %q
+registration_shared_secret: "s3cret"
+bcrypt_rounds: 4
+rate_limiting_enabled: false
+%s`, listen, extra)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func login(t *testing.T, listen, user, password string) int {
+	t.Helper()
+	body, _ := json.Marshal(map[string]any{
+		"type":       "m.login.password",
+		"identifier": map[string]string{"type": "m.id.user", "user": user},
+		"password":   password,
+	})
+	resp, err := http.Post("http://"+listen+"/_matrix/client/v3/login", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestRegisterUserRestartVerifyTools(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfig(t, dir, listen, "some_unknown_key: 1\nrc_message:\n  per_second: 5\n  burst_count: 20\n")
+	p := startServer(t, dir, listen, nil, "--config", cfg)
+	if !strings.Contains(p.stderr.String(), `unknown key \"some_unknown_key\"`) {
+		t.Fatalf("no warning naming the unknown key:\n%s", p.stderr)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "signing.key")); err != nil {
+		t.Fatalf("data_dir is not relative to the config file: %v", err)
+	}
+	out, errOut, code := runTool(t, dir, nil, "register-user", "--config", cfg, "--user", "alice", "--password", "pw1", "--admin")
+	if code != 0 || !strings.Contains(out, "@alice:test.local") {
+		t.Fatalf("register-user: code %d, %s %s", code, out, errOut)
+	}
+	if _, _, code := runTool(t, dir, nil, "register-user", "--config", cfg, "--user", "alice", "--password", "pw1"); code == 0 {
+		t.Fatal("registering the same user twice succeeded")
+	}
+	if st := login(t, listen, "alice", "pw1"); st != http.StatusOK {
+		t.Fatalf("login = %d", st)
+	}
+	p.stop()
+
+	// Offline tools on the stopped server's data.
+	out, errOut, code = runTool(t, dir, nil, "verify", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "all projections match") || !strings.Contains(out, "accounts") {
+		t.Fatalf("verify: code %d\n%s\n%s", code, out, errOut)
+	}
+	out, _, code = runTool(t, dir, nil, "log", "--config", cfg, "show", "1")
+	var e printedEntry
+	if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.Offset != 1 || e.Kind != "account_registered" || !bytes.Contains(e.Payload, []byte("@alice:test.local")) {
+		t.Fatalf("log show 1: code %d, %s", code, out)
+	}
+	out, _, code = runTool(t, dir, nil, "log", "--config", cfg, "tail", "-n", "2")
+	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 {
+		t.Fatalf("log tail -n 2: code %d, %q", code, out)
+	}
+	if _, errOut, code = runTool(t, dir, nil, "rebuild", "--config", cfg, "--projection", "accounts"); code != 0 || !strings.Contains(errOut, "100%") {
+		t.Fatalf("rebuild: code %d\n%s", code, errOut)
+	}
+	if _, errOut, code = runTool(t, dir, nil, "rebuild", "--config", cfg, "--projection", "nope"); code == 0 || !strings.Contains(errOut, "nope") {
+		t.Fatalf("rebuild of an unknown projection: code %d\n%s", code, errOut)
+	}
+
+	// Restart resumes: the user is still there.
+	p = startServer(t, dir, listen, nil, "--config", cfg)
+	if st := login(t, listen, "alice", "pw1"); st != http.StatusOK {
+		t.Fatalf("login after restart and rebuild = %d", st)
+	}
+	// Offline tools refuse to run beside the server, saying why.
+	if _, errOut, code := runTool(t, dir, nil, "verify", "--config", cfg); code == 0 || !strings.Contains(errOut, "another engram") {
+		t.Fatalf("verify beside a running server: code %d\n%s", code, errOut)
+	}
+	p.stop()
+}
+
+func TestBadConfigValueNamesKey(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cases := []struct {
+		extra string
+		env   []string
+		want  []string
+	}{
+		{extra: "max_upload_size: lots\n", want: []string{`"max_upload_size"`, `"50M"`, `"lots"`}},
+		{extra: "enable_registration: perhaps\n", want: []string{`"enable_registration"`, "true or false"}},
+		{extra: "rc_message:\n  per_second: fast\n", want: []string{`"rc_message.per_second"`, "positive number"}},
+		{extra: "turn_user_lifetime: forever\n", want: []string{`"turn_user_lifetime"`, "duration"}},
+		{env: []string{"ENGRAM_LISTEN=nowhere"}, want: []string{"ENGRAM_LISTEN", `"listen"`, "host:port"}},
+		{env: []string{"ENGRAM_RATE_LIMITING_ENABLED=maybe"}, want: []string{"ENGRAM_RATE_LIMITING_ENABLED", "true or false"}},
+	}
+	for _, c := range cases {
+		cfg := writeConfig(t, dir, listen, c.extra)
+		_, errOut, code := runTool(t, dir, c.env, "serve", "--config", cfg)
+		if code != 2 {
+			t.Errorf("%q %v: exit code %d, want 2 (stderr %s)", c.extra, c.env, code, errOut)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(errOut, w) {
+				t.Errorf("%q %v: error %q does not mention %s", c.extra, c.env, strings.TrimSpace(errOut), w)
+			}
+		}
+	}
+}
+
+func TestServerNameFromEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	listen, fed := freeAddr(t), freeAddr(t)
+	cfg := writeConfig(t, dir, listen, fmt.Sprintf("federation_listen: %q\n", fed))
+	// ENGRAM_SERVER_NAME overrides the file; SERVER_NAME overrides both.
+	p := startServer(t, dir, listen, []string{"ENGRAM_SERVER_NAME=engram-env.example", "SERVER_NAME=env.example"}, "--config", cfg)
+	if name, _, _ := serverKey(t, fed); name != "env.example" {
+		t.Fatalf("server name = %q, want env.example from SERVER_NAME", name)
+	}
+	p.stop()
+	p = startServer(t, dir, listen, []string{"ENGRAM_SERVER_NAME=engram-env.example"}, "--config", cfg)
+	if name, _, _ := serverKey(t, fed); name != "engram-env.example" {
+		t.Fatalf("server name = %q, want engram-env.example from ENGRAM_SERVER_NAME", name)
+	}
+	p.stop()
+}
