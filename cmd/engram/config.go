@@ -204,7 +204,7 @@ var options = []option{
 	{"turn_allow_guests", "true or false", boolean(func(c *Config) *bool { return &c.TurnAllowGuests })},
 	{"app_service_config_files", "a list of file paths", list(func(c *Config) *[]string { return &c.AppServiceConfigFiles })},
 	{"allow_public_rooms_without_auth", "true or false", boolean(func(c *Config) *bool { return &c.AllowPublicRoomsWithoutAuth })},
-	{"default_room_version", `a room version ("10")`, str(func(c *Config) *string { return &c.DefaultRoomVersion })},
+	{"default_room_version", `a room version ("12")`, str(func(c *Config) *string { return &c.DefaultRoomVersion })},
 	{"signing_key_path", "a file path", str(func(c *Config) *string { return &c.SigningKeyPath })},
 	{"serve_server_wellknown", "true or false", boolean(func(c *Config) *bool { return &c.ServeServerWellKnown })},
 	{"log_level", "one of debug, info, warn, error", func(c *Config, v value) error {
@@ -635,7 +635,7 @@ registration_requires_token: false
 registration_shared_secret: %q
 allow_guest_access: false
 allow_public_rooms_without_auth: false
-# default_room_version: "10"
+# default_room_version: "12"
 max_upload_size: "50M"
 
 rate_limiting_enabled: true
