@@ -12,6 +12,12 @@ func (s *Server) routes() {
 	s.directoryRoutes()
 	s.pushRuleRoutes()
 	s.tagRoutes()
+	s.publicRoomsRoutes()
+	s.userDirectoryRoutes()
+	s.voipRoutes()
+	s.reportRoutes()
+	s.timestampRoutes()
+	s.upgradeRoutes()
 }
 
 // syncHandles are the projections /sync reads from.

@@ -14,6 +14,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
+	"github.com/engram-hs/engram/projections/reports"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
 	"github.com/engram-hs/engram/stateres"
@@ -38,6 +39,7 @@ type Server struct {
 	accountsH *projections.Handle
 	roomsH    *projections.Handle
 	userdataH *projections.Handle
+	reportsH  *projections.Handle
 	notifier  *notifier
 
 	mux      *http.ServeMux // method+path patterns
@@ -100,6 +102,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.accountsH = deps.Engine.Register(accounts.New())
 	s.roomsH = deps.Engine.Register(rooms.New(s.notifier.wake))
 	s.userdataH = deps.Engine.Register(userdata.New(s.notifier.wake))
+	s.reportsH = deps.Engine.Register(reports.New())
 
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "engram", Subsystem: "client_api", Name: "request_duration_seconds",

@@ -323,6 +323,10 @@ type ReportFiled struct {
 	EventID string `json:"event_id,omitempty"`
 	Reason  string `json:"reason,omitempty"`
 	Score   *int   `json:"score,omitempty"`
+	// TargetUserID is set for a report about a user (POST
+	// /users/{userId}/report); RoomID for a room, RoomID+EventID for an
+	// event.
+	TargetUserID string `json:"target_user_id,omitempty"`
 }
 
 // ServerFact is anything else; Type names its meaning.
