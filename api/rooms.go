@@ -313,7 +313,7 @@ func (s *Server) memberContent(userID, membership, reason string) (json.RawMessa
 	if reason != "" {
 		c["reason"] = reason
 	}
-	if membership == "join" || membership == "invite" {
+	if membership == "join" || membership == "invite" || membership == "knock" {
 		p, err := s.accountsView().Profile(userID)
 		if err != nil {
 			return nil, err
@@ -838,5 +838,41 @@ func (s *Server) propagateProfile(ctx context.Context, userID string) error {
 			s.logger.Warn().Err(err).Str("room", m.RoomID).Msg("could not update member event after a profile change")
 		}
 	}
+	return nil
+}
+
+// knock asks to join a room whose join rule is knock (spec: knocking,
+// room versions 7 and later). The auth rules decide; a refused knock is
+// M_FORBIDDEN.
+func (s *Server) knock(w http.ResponseWriter, r *http.Request, sess *session) error {
+	roomID, err := s.resolveRoom(r.PathValue("roomIdOrAlias"))
+	if err != nil {
+		return err
+	}
+	setRoom(r, roomID)
+	var req struct {
+		Reason string `json:"reason"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	room, err := s.roomsView().Room(roomID)
+	if err != nil {
+		return err
+	}
+	if room == nil {
+		return errNotFound("Room %s is not known to this server (knocking over federation is not available yet)", roomID)
+	}
+	if v, ok := stateres.Version(room.Version); !ok || !v.Knocking {
+		return errForbidden("Room %s has version %s, which does not support knocking (versions 7 and later do)", roomID, room.Version)
+	}
+	content, err := s.memberContent(sess.UserID, "knock", req.Reason)
+	if err != nil {
+		return err
+	}
+	if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
 }

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/projections/userdata"
 	"github.com/engram-hs/engram/stateres"
 )
 
@@ -32,6 +34,8 @@ const maxSyncTimeout = 5 * time.Minute
 
 func (s *Server) syncRoutes() {
 	s.client("GET", "/sync", s.authed(s.sync))
+	s.toDeviceRoutes()
+	s.client("POST", "/knock/{roomIdOrAlias}", s.authed(s.knock))
 }
 
 func (s *Server) loadSyncFilter(userID, param string) (*syncFilter, error) {
@@ -78,11 +82,28 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 	if err != nil {
 		return err
 	}
-	if sp := q.Get("set_presence"); sp == "online" || sp == "unavailable" {
-		if p, err := s.userdataView().Presence(sess.UserID); err == nil && (p == nil || p.Presence != sp) {
-			_ = s.putPresenceFact(r.Context(), sess.UserID, sp)
+	// set_presence (spec): omitted means online; offline means "do not
+	// mark me online". Presence is recorded only when it changes, so a
+	// polling client does not write to the log on every request.
+	sp := q.Get("set_presence")
+	switch sp {
+	case "":
+		sp = "online"
+	case "online", "unavailable", "offline":
+	default:
+		return errInvalidParam("set_presence must be online, offline or unavailable")
+	}
+	if sp != "offline" {
+		if p, err := s.userdataView().Presence(sess.UserID); err != nil {
+			return err
+		} else if p == nil || p.Presence != sp {
+			if err := s.putPresenceFact(r.Context(), sess.UserID, sp); err != nil {
+				s.logger.Warn().Err(err).Str("user", sess.UserID).Msg("could not record presence set by /sync")
+			}
 		}
 	}
+	opts := syncOptions{useStateAfter: q.Get("use_state_after") == "true"}
+	ackedToDevice := false
 	ctx := r.Context()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -98,9 +119,17 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 				return err
 			}
 		}
-		resp, empty, err := s.buildSync(sess, filter, since, pos, fullState)
+		resp, empty, err := s.buildSync(sess, filter, since, pos, fullState, opts)
 		if err != nil {
 			return err
+		}
+		if !ackedToDevice {
+			// Once per request: the since token acknowledges the to-device
+			// messages it covers.
+			ackedToDevice = true
+			if err := s.ackToDevice(ctx, sess, since); err != nil {
+				return err
+			}
 		}
 		remaining := time.Until(deadline)
 		if !empty || since == 0 || fullState || remaining <= 0 {
@@ -123,14 +152,21 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 	}
 }
 
+// syncOptions are the /sync query parameters that shape the response
+// beyond the filter.
+type syncOptions struct {
+	useStateAfter bool // use_state_after: state_after instead of state
+}
+
 // buildSync computes the sync response for (since, pos]. empty reports
 // that nothing changed for this user.
-func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool) (map[string]any, bool, error) {
+func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (map[string]any, bool, error) {
 	rv := s.roomsView()
 	uv := s.userdataView()
 	now := nowMS()
 	empty := true
-	join, invite, leave := map[string]any{}, map[string]any{}, map[string]any{}
+	join, invite, leave, knock := map[string]any{}, map[string]any{}, map[string]any{}, map[string]any{}
+	var joinedRooms []string
 	ms, err := rv.Memberships(sess.UserID)
 	if err != nil {
 		return nil, false, err
@@ -147,6 +183,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		}
 		switch m.Membership {
 		case "join":
+			joinedRooms = append(joinedRooms, m.RoomID)
 			// A room joined after since is new to the client: send it whole.
 			roomSince := since
 			if m.Offset > since {
@@ -162,11 +199,20 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			}
 		case "invite":
 			if m.Offset > since || since == 0 {
-				ir, err := s.inviteState(rv, m)
+				ir, err := s.strippedState(rv, m)
 				if err != nil {
 					return nil, false, err
 				}
-				invite[m.RoomID] = ir
+				invite[m.RoomID] = map[string]any{"invite_state": ir}
+				empty = false
+			}
+		case "knock":
+			if m.Offset > since || since == 0 {
+				kr, err := s.strippedState(rv, m)
+				if err != nil {
+					return nil, false, err
+				}
+				knock[m.RoomID] = map[string]any{"knock_state": kr}
 				empty = false
 			}
 		case "leave", "ban":
@@ -194,17 +240,28 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			ad = append(ad, map[string]any{"type": rec.Type, "content": rec.Content})
 		}
 	}
-	if len(ad) > 0 {
+	presence, err := s.presenceSection(sess, f, rv, joinedRooms, since, pos, now)
+	if err != nil {
+		return nil, false, err
+	}
+	toDevice, err := s.toDeviceSection(sess, since, pos)
+	if err != nil {
+		return nil, false, err
+	}
+	if len(ad) > 0 || len(presence) > 0 || len(toDevice) > 0 {
 		empty = false
 	}
 	resp := map[string]any{
-		"next_batch":                 streamToken(pos),
-		"rooms":                      map[string]any{"join": join, "invite": invite, "leave": leave, "knock": map[string]any{}},
-		"account_data":               map[string]any{"events": ad},
-		"presence":                   map[string]any{"events": []any{}},
-		"to_device":                  map[string]any{"events": []any{}},
-		"device_lists":               map[string]any{"changed": []string{}, "left": []string{}},
-		"device_one_time_keys_count": map[string]int{},
+		"next_batch":   streamToken(pos),
+		"rooms":        map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
+		"account_data": map[string]any{"events": ad},
+		"presence":     map[string]any{"events": presence},
+		"to_device":    map[string]any{"events": toDevice},
+		// End-to-end encryption fills these; until then they are present
+		// and empty, as clients expect.
+		"device_lists":                     map[string]any{"changed": []string{}, "left": []string{}},
+		"device_one_time_keys_count":       map[string]int{},
+		"device_unused_fallback_key_types": []string{},
 	}
 	return resp, empty, nil
 }
@@ -369,9 +426,10 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any,
 	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}, nil
 }
 
-// inviteState is the stripped state an invitee sees (spec: "stripped
-// state"), including the create event and the invite itself.
-func (s *Server) inviteState(v rooms.View, m rooms.Membership) (map[string]any, error) {
+// strippedState is the stripped state an invitee or knocker sees (spec:
+// "stripped state"), including the create event and their own membership
+// event.
+func (s *Server) strippedState(v rooms.View, m rooms.Membership) (map[string]any, error) {
 	evs := []map[string]any{}
 	for _, typ := range []string{stateres.MRoomCreate, stateres.MRoomJoinRules, "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"} {
 		e, err := v.StateEvent(m.RoomID, typ, "")
@@ -389,7 +447,7 @@ func (s *Server) inviteState(v rooms.View, m rooms.Membership) (map[string]any, 
 	if inv != nil {
 		evs = append(evs, stripped(inv))
 	}
-	return map[string]any{"invite_state": map[string]any{"events": evs}}, nil
+	return map[string]any{"events": evs}, nil
 }
 
 func stripped(e *rooms.Event) map[string]any {
@@ -399,6 +457,50 @@ func stripped(e *rooms.Event) map[string]any {
 		out["state_key"] = *h.StateKey
 	}
 	return out
+}
+
+// presenceSection lists the presence of the user and of everyone sharing
+// a joined room with them whose presence changed in (since, pos].
+// last_active_ago is computed now from the stored time of the change.
+func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, joinedRooms []string, since, pos uint64, now int64) ([]map[string]any, error) {
+	users := map[string]bool{sess.UserID: true}
+	for _, roomID := range joinedRooms {
+		members, err := rv.State(roomID, stateres.MRoomMember)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range members {
+			h := headOf(e)
+			var c struct {
+				Membership string `json:"membership"`
+			}
+			_ = json.Unmarshal(h.Content, &c)
+			if c.Membership == "join" && h.StateKey != nil {
+				users[*h.StateKey] = true
+			}
+		}
+	}
+	uv := s.userdataView()
+	out := []map[string]any{}
+	for _, u := range slices.Sorted(maps.Keys(users)) {
+		p, err := uv.Presence(u)
+		if err != nil {
+			return nil, err
+		}
+		if p == nil || p.Offset <= since || p.Offset > pos || !f.Presence.allows("m.presence", u, nil) {
+			continue
+		}
+		out = append(out, map[string]any{"type": "m.presence", "sender": u, "content": presenceContent(p, now)})
+	}
+	return out, nil
+}
+
+func presenceContent(p *userdata.Presence, now int64) map[string]any {
+	c := map[string]any{"presence": p.Presence, "last_active_ago": max(now-p.LastActiveTS, 0), "currently_active": p.Presence == "online"}
+	if p.StatusMsg != nil {
+		c["status_msg"] = *p.StatusMsg
+	}
+	return c
 }
 
 func (s *Server) putPresenceFact(ctx context.Context, userID, presence string) error {

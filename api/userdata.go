@@ -219,11 +219,7 @@ func (s *Server) getPresence(w http.ResponseWriter, r *http.Request, sess *sessi
 		writeJSON(w, http.StatusOK, map[string]any{"presence": "offline"})
 		return nil
 	}
-	out := map[string]any{"presence": p.Presence, "last_active_ago": max(nowMS()-p.LastActiveTS, 0), "currently_active": p.Presence == "online"}
-	if p.StatusMsg != nil {
-		out["status_msg"] = *p.StatusMsg
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, presenceContent(p, nowMS()))
 	return nil
 }
 

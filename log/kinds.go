@@ -25,6 +25,7 @@ const (
 	KindToDeviceSent   Kind = 202
 	KindPushRulesSet   Kind = 203
 	KindRoomForgotten  Kind = 204
+	KindToDeviceAcked  Kind = 205 // a device's sync acknowledged its to-device inbox up to an offset
 
 	// Directory.
 	KindAliasSet          Kind = 300
@@ -58,6 +59,7 @@ var kindNames = map[Kind]string{
 	KindToDeviceSent:       "to_device_sent",
 	KindPushRulesSet:       "push_rules_set",
 	KindRoomForgotten:      "room_forgotten",
+	KindToDeviceAcked:      "to_device_acked",
 	KindAliasSet:           "alias_set",
 	KindAliasRemoved:       "alias_removed",
 	KindRoomVisibilitySet:  "room_visibility_set",

@@ -79,6 +79,8 @@ func New(kind englog.Kind) any {
 		return &PushRulesSet{}
 	case englog.KindRoomForgotten:
 		return &RoomForgotten{}
+	case englog.KindToDeviceAcked:
+		return &ToDeviceAcked{}
 	case englog.KindAliasSet:
 		return &AliasSet{}
 	case englog.KindAliasRemoved:
@@ -166,9 +168,14 @@ type PresenceContent struct {
 
 // ---- Accounts, devices and sessions ----
 
-// AccountRegistered creates a user.
+// AccountRegistered creates a user. Two API nodes may both decide to
+// register the same user ID: the first entry in the log wins, a later one
+// is refused at fold time, and so are the device, token and registration
+// token use that carry the same Registration.
 type AccountRegistered struct {
 	UserID string `json:"user_id"`
+	// Registration is a random ID the writer chose for this attempt.
+	Registration string `json:"registration,omitempty"`
 	// PasswordHash is bcrypt ($2b$), empty for accounts that cannot log in
 	// with a password.
 	PasswordHash string `json:"password_hash,omitempty"`
@@ -207,6 +214,9 @@ type DeviceAdded struct {
 	DeviceID    string `json:"device_id"`
 	DisplayName string `json:"display_name,omitempty"`
 	IP          string `json:"ip,omitempty"`
+	// Registration ties the device to an AccountRegistered of the same
+	// batch: when that registration was refused, so is the device.
+	Registration string `json:"registration,omitempty"`
 }
 
 // DeviceUpdated renames a device.
@@ -235,6 +245,8 @@ type AccessTokenIssued struct {
 	// Replaces is the hash of the refresh token this issue consumed; that
 	// refresh token and the access token issued with it are revoked.
 	Replaces string `json:"replaces,omitempty"`
+	// Registration: see DeviceAdded.Registration.
+	Registration string `json:"registration,omitempty"`
 }
 
 // AccessTokenRevoked deletes one token (logout).
@@ -249,6 +261,8 @@ type RegistrationToken struct {
 	Token       string `json:"token"`
 	UsesAllowed *int   `json:"uses_allowed,omitempty"`
 	ExpiryTime  int64  `json:"expiry_time,omitempty"`
+	// Registration: a "use" counts only when that registration won.
+	Registration string `json:"registration,omitempty"`
 }
 
 // Registration token operations.
@@ -275,12 +289,26 @@ type FilterStored struct {
 }
 
 // ToDeviceSent delivers a to-device message to devices of one user
-// ("*" for all of them).
+// ("*" for all of them). One PUT /sendToDevice becomes one entry per
+// target user; SenderDevice+TxnID make a retried PUT a no-op at fold time
+// (the first entry of a transaction wins), so two racing retries can never
+// deliver twice.
 type ToDeviceSent struct {
-	Sender   string                     `json:"sender"`
-	Type     string                     `json:"type"`
-	UserID   string                     `json:"user_id"`
-	Messages map[string]json.RawMessage `json:"messages"` // device ID or "*" -> content
+	Sender       string                     `json:"sender"`
+	SenderDevice string                     `json:"sender_device,omitempty"`
+	TxnID        string                     `json:"txn_id,omitempty"`
+	Type         string                     `json:"type"`
+	UserID       string                     `json:"user_id"`
+	Messages     map[string]json.RawMessage `json:"messages"` // device ID or "*" -> content
+}
+
+// ToDeviceAcked: a /sync of the device carried a since token >= UpTo, so
+// the device has received every to-device message with offset <= UpTo;
+// they are deleted from its inbox.
+type ToDeviceAcked struct {
+	UserID   string `json:"user_id"`
+	DeviceID string `json:"device_id"`
+	UpTo     uint64 `json:"up_to"`
 }
 
 // PushRulesSet replaces a user's whole push rule set.

@@ -1,12 +1,15 @@
 // Package userdata folds what users say about themselves and rooms
-// outside the room DAG: "account data, filters, typing, receipts and
-// presence", each stamped with the log offset that last changed it so
-// /sync can return what changed since a token.
+// outside the room DAG: "account data, filters, typing, receipts,
+// presence and to-device inboxes", each stamped with the log offset that
+// last changed it so /sync can return what changed since a token.
 package userdata
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 
 	englog "github.com/engram-hs/engram/log"
@@ -21,8 +24,19 @@ const (
 	pTypingRoom  = 'T' // T room -> Stamp (last typing change)
 	pReceipt     = 'r' // r room 0 user 0 receiptType 0 thread -> Receipt
 	pPresence    = 'p' // p user -> Presence
+	pDevice      = 'D' // D user 0 device -> "" (devices that have an inbox)
+	pInbox       = 'i' // i user 0 device 0 offset(8) -> ToDevice
+	pToDevTxn    = 'x' // x sender 0 senderDevice 0 txn 0 target -> offset
 	sep          = 0
 )
+
+// ToDevice is one message waiting in a device's inbox.
+type ToDevice struct {
+	Sender  string          `json:"sender"`
+	Type    string          `json:"type"`
+	Content json.RawMessage `json:"content"`
+	Offset  uint64          `json:"offset"`
+}
 
 // Record is one account data event.
 type Record struct {
@@ -69,7 +83,7 @@ type Projection struct{ onCommit func(uint64) }
 func New(onCommit func(uint64)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "userdata" }
-func (*Projection) Version() int { return 1 }
+func (*Projection) Version() int { return 2 }
 
 // AfterCommit wakes waiters.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -132,6 +146,51 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		return w.Set(key(pFilter, f.UserID, strconv.FormatUint(e.Offset, 10)), f.Filter)
+	case englog.KindDeviceAdded:
+		var f facts.DeviceAdded
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		// Devices are tracked here so that "*" expands deterministically at
+		// fold time. A device of a refused registration (see
+		// projections/accounts) gets an inbox nobody can read: it has no
+		// valid token.
+		return w.Set(key(pDevice, f.UserID, f.DeviceID), nil)
+	case englog.KindDeviceRemoved:
+		var f facts.DeviceRemoved
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		for _, d := range f.DeviceIDs {
+			if err := dropDevice(w, f.UserID, d); err != nil {
+				return err
+			}
+		}
+	case englog.KindPasswordChanged:
+		var f facts.PasswordChanged
+		if err := facts.Decode(e, &f); err != nil || !f.LogoutDevices {
+			return err
+		}
+		return dropDevices(w, f.UserID, f.KeepDeviceID)
+	case englog.KindAccountDeactivated:
+		var f facts.AccountDeactivated
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return dropDevices(w, f.UserID, "")
+	case englog.KindToDeviceSent:
+		var f facts.ToDeviceSent
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return p.applyToDevice(w, e, f)
+	case englog.KindToDeviceAcked:
+		var f facts.ToDeviceAcked
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		lower := append(key(pInbox, f.UserID, f.DeviceID), sep)
+		return w.DeleteRange(lower, binary.BigEndian.AppendUint64(append([]byte(nil), lower...), f.UpTo+1))
 	case englog.KindEDU:
 		var f facts.EDU
 		if err := facts.Decode(e, &f); err != nil {
@@ -157,6 +216,81 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 				return nil
 			}
 			return put(w, key(pPresence, c.UserID), Presence{Presence: c.Presence, StatusMsg: c.StatusMsg, LastActiveTS: e.Time, Offset: e.Offset})
+		}
+	}
+	return nil
+}
+
+// applyToDevice puts a message in the inbox of each addressed device of
+// the target user; "*" means every device the user has at this point of
+// the log. Devices the user does not have are skipped (spec: unknown
+// devices are ignored). A transaction already folded is a no-op.
+func (p *Projection) applyToDevice(w projections.Writer, e englog.Entry, f facts.ToDeviceSent) error {
+	if f.TxnID != "" {
+		tk := key(pToDevTxn, f.Sender, f.SenderDevice, f.TxnID, f.UserID)
+		if _, ok, err := w.Get(tk); err != nil || ok {
+			return err
+		}
+		if err := w.Set(tk, binary.BigEndian.AppendUint64(nil, e.Offset)); err != nil {
+			return err
+		}
+	}
+	known, err := devicesOf(w, f.UserID)
+	if err != nil {
+		return err
+	}
+	targets := map[string]json.RawMessage{}
+	for dev, content := range f.Messages {
+		if dev == "*" {
+			for _, d := range known {
+				if _, explicit := f.Messages[d]; !explicit {
+					targets[d] = content
+				}
+			}
+		} else if slices.Contains(known, dev) {
+			targets[dev] = content
+		}
+	}
+	devs := slices.Sorted(maps.Keys(targets)) // map order must not reach the keyspace
+	for _, d := range devs {
+		k := binary.BigEndian.AppendUint64(append(key(pInbox, f.UserID, d), sep), e.Offset)
+		if err := put(w, k, ToDevice{Sender: f.Sender, Type: f.Type, Content: targets[d], Offset: e.Offset}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func devicesOf(r projections.Reader, userID string) ([]string, error) {
+	lower := append(key(pDevice, userID), sep)
+	it := r.Iter(lower, prefixEnd(lower))
+	var out []string
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, string(it.Key()[len(lower):]))
+	}
+	return out, it.Close()
+}
+
+// dropDevice forgets a device and deletes its inbox.
+func dropDevice(w projections.Writer, userID, deviceID string) error {
+	lower := append(key(pInbox, userID, deviceID), sep)
+	if err := w.DeleteRange(lower, prefixEnd(lower)); err != nil {
+		return err
+	}
+	return w.Delete(key(pDevice, userID, deviceID))
+}
+
+// dropDevices drops every device of a user but keep.
+func dropDevices(w projections.Writer, userID, keep string) error {
+	devs, err := devicesOf(w, userID)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if d != keep {
+			if err := dropDevice(w, userID, d); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
@@ -279,6 +413,35 @@ func (v View) Receipts(roomID string, since uint64) ([]Receipt, error) {
 	return out, it.Close()
 }
 
+// ToDevice returns the messages in a device's inbox with offsets in
+// (after, upTo], oldest first, and whether the inbox holds messages with
+// offsets <= after (which the device has acknowledged but are not deleted
+// yet).
+func (v View) ToDevice(userID, deviceID string, after, upTo uint64) ([]ToDevice, bool, error) {
+	lower := append(key(pInbox, userID, deviceID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []ToDevice
+	acked := false
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		off := binary.BigEndian.Uint64(k[len(lower):])
+		if off <= after {
+			acked = true
+			continue
+		}
+		if off > upTo {
+			break
+		}
+		var m ToDevice
+		if err := json.Unmarshal(it.Value(), &m); err != nil {
+			it.Close()
+			return nil, false, fmt.Errorf("userdata: corrupt to-device message: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, acked, it.Close()
+}
+
 // Presence returns a user's presence, or nil.
 func (v View) Presence(userID string) (*Presence, error) {
 	b, ok, err := v.r.Get(key(pPresence, userID))
@@ -290,4 +453,13 @@ func (v View) Presence(userID string) (*Presence, error) {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// ToDeviceTxn reports whether a sender's device already sent a to-device
+// transaction.
+func (v View) ToDeviceTxn(sender, senderDevice, txnID string) (bool, error) {
+	lower := append(key(pToDevTxn, sender, senderDevice, txnID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	found := it.First()
+	return found, it.Close()
 }
