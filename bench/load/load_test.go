@@ -1,0 +1,50 @@
+package load_test
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/engram-hs/engram/bench/internal/benchserver"
+	"github.com/engram-hs/engram/bench/load"
+	"github.com/engram-hs/engram/bench/report"
+)
+
+func TestLoadAgainstEngram(t *testing.T) {
+	srv := benchserver.Start(t, "", "load.localhost")
+	rec := report.NewRecorder("load", nil, nil)
+	res, err := load.Run(context.Background(), load.Options{
+		URL: srv.URL, Users: 4, Rooms: 2, Duration: 3 * time.Second, Rate: 100, PID: os.Getpid(),
+	}, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Errors) != 0 {
+		t.Fatalf("errors: %v", res.Errors)
+	}
+	if res.Sends < 50 || res.SendsPerSec <= 0 {
+		t.Fatalf("only %d sends (%.1f/s) in 3 s at 100/s", res.Sends, res.SendsPerSec)
+	}
+	if res.Delivered != res.Sends {
+		t.Fatalf("%d of %d messages reached their receiver", res.Delivered, res.Sends)
+	}
+	if res.SendP50 <= 0 || res.SendP99 < res.SendP50 || res.DeliveryP50 <= 0 || res.DeliveryP99 < res.DeliveryP50 {
+		t.Fatalf("implausible latencies: send p50 %v p99 %v, delivery p50 %v p99 %v", res.SendP50, res.SendP99, res.DeliveryP50, res.DeliveryP99)
+	}
+	if res.ServerRSSKB <= 0 {
+		t.Fatalf("server RSS not sampled")
+	}
+	if v, ok := rec.Get("sends_per_s"); !ok || v != res.SendsPerSec {
+		t.Fatalf("recorder has sends_per_s=%v,%v", v, ok)
+	}
+}
+
+func TestLoadReportsErrcodes(t *testing.T) {
+	// Nothing listens on this port: setup fails with a transport error,
+	// which is reported rather than hidden.
+	_, err := load.Run(context.Background(), load.Options{URL: "http://127.0.0.1:1", Users: 1, Rooms: 1, Duration: time.Second}, nil)
+	if err == nil {
+		t.Fatal("load against a closed port succeeded")
+	}
+}
