@@ -105,8 +105,8 @@ type createUnit struct {
 }
 
 type driver struct {
-	opts   Options
-	ctx    context.Context
+	opts Options
+	ctx  context.Context
 
 	users map[string]*userCtx
 	rooms map[string]*roomCtx
@@ -363,7 +363,9 @@ func (d *driver) entry(e englog.Entry, hc *http.Client) *createUnit {
 		d.userLane(f.UserID) <- func() {
 			defer close(u.ready)
 			c := mxclient.New(d.opts.URL, hc)
-			if d.do("register", func(ctx context.Context) error { return c.Register(ctx, d.opts.Prefix+localpart(f.UserID), d.opts.Password) }) {
+			if d.do("register", func(ctx context.Context) error {
+				return c.Register(ctx, d.opts.Prefix+localpart(f.UserID), d.opts.Password)
+			}) {
 				u.client = c
 			}
 		}
