@@ -336,6 +336,7 @@ func (e *Engine) replayShadow(ctx context.Context, h *Handle, progress func(appl
 		}
 	}()
 	lastLog := time.Now()
+	var lastBatch []englog.Entry
 	for {
 		var r readResult
 		select {
@@ -347,11 +348,12 @@ func (e *Engine) replayShadow(ctx context.Context, h *Handle, progress func(appl
 			return r.err
 		}
 		if len(r.entries) == 0 {
-			return e.switchToShadow(h)
+			return e.switchToShadow(h, lastBatch)
 		}
 		if err := e.applyBatch(h, true, r.entries); err != nil {
 			return err
 		}
+		lastBatch = r.entries
 		if progress != nil {
 			progress(h.meta.ShadowApplied)
 		}
@@ -439,8 +441,10 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 
 // switchToShadow makes the fully caught-up shadow generation the serving
 // one and deletes the old generation, in one batch: readers see either the
-// old generation or the new one, never a mix.
-func (e *Engine) switchToShadow(h *Handle) error {
+// old generation or the new one, never a mix. lastBatch, the rebuild's
+// last batch, goes to AfterCommit: everything up to its last offset became
+// visible at once.
+func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 	m := h.meta
 	old := dataPrefix(h.name, m.Gen)
 	next := m
@@ -474,6 +478,9 @@ func (e *Engine) switchToShadow(h *Handle) error {
 		return fmt.Errorf("projections: switching %q to its rebuilt generation: %w", h.name, err)
 	}
 	h.meta = next
+	if h.after != nil && len(lastBatch) > 0 {
+		h.after.AfterCommit(lastBatch)
+	}
 	h.advance(next.Applied)
 	e.logger.Info().Str("projection", h.name).Int("version", next.Version).Uint64("applied", next.Applied).
 		Msg("projection rebuilt; now serving the new generation")

@@ -264,9 +264,15 @@ func TestVersionBumpRebuildsIntoShadowWhileOldServes(t *testing.T) {
 		t.Fatalf("WaitApplied returned (%v) before the rebuild finished", err)
 	case <-time.After(20 * time.Millisecond):
 	}
+	if got := p2.committed.Load(); got != 0 {
+		t.Fatalf("AfterCommit called (offset %d) before the rebuild became visible", got)
+	}
 	close(gate)
 	if err := <-waited; err != nil {
 		t.Fatal(err)
+	}
+	if got := p2.committed.Load(); got < 1005 {
+		t.Fatalf("after the switch AfterCommit saw up to %d, want 1005: long-polls would not wake", got)
 	}
 	if got := roomCount(t, h.Reader(), "!a:x"); got != 1005 {
 		t.Fatalf("after the switch count = %d, want 1005", got)

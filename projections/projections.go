@@ -31,7 +31,9 @@ type Projection interface {
 
 // AfterCommitter is optionally implemented by projections that wake
 // waiters (for example /sync long-polls) once a batch is durable in the
-// projection. It must not change the projection's state.
+// projection. It must not change the projection's state. When a rebuilt
+// generation takes over, it is called once with the rebuild's last batch:
+// everything up to that batch's last offset became visible at once.
 type AfterCommitter interface {
 	AfterCommit(entries []englog.Entry)
 }
