@@ -218,6 +218,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	res.SendP50 = report.Percentile(d.sendLat, 50)
 	res.SendP99 = report.Percentile(d.sendLat, 99)
 	if rec != nil {
+		rec.SetParam("entries", strconv.FormatUint(res.Entries, 10))
 		rec.Add("entries", float64(res.Entries), "entries", "")
 		rec.Add("inputs_per_s", res.InputsPerSec, "requests/s", report.HigherIsBetter)
 		rec.Add("seconds", res.Duration.Seconds(), "s", report.LowerIsBetter)

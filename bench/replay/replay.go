@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,10 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		}
 	}
 	res := &Result{Entries: node.LastOffset()}
+	if rec != nil {
+		// The workload is the log: runs over logs of one size compare.
+		rec.SetParam("entries", strconv.FormatUint(res.Entries, 10))
+	}
 	start := time.Now()
 	for _, name := range names {
 		t0 := time.Now()

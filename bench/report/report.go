@@ -99,14 +99,27 @@ func NewRecorder(bench string, params map[string]string, out io.Writer) *Recorde
 	return &Recorder{Bench: bench, Params: params, out: out}
 }
 
+// SetParam adds a workload parameter known only once the run started
+// (the size of the log replayed); it applies to the figures added after.
+func (r *Recorder) SetParam(key, value string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := make(map[string]string, len(r.Params)+1)
+	for k, v := range r.Params {
+		p[k] = v
+	}
+	p[key] = value
+	r.Params = p
+}
+
 // Add records one figure.
 func (r *Recorder) Add(name string, value float64, unit, better string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	m := Measurement{
 		Bench: r.Bench, Name: name, Value: value, Unit: unit, Better: better,
 		Params: r.Params, Env: CurrentEnv(), Time: time.Now().UTC().Format(time.RFC3339),
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	r.all = append(r.all, m)
 	if r.out != nil {
 		b, _ := json.Marshal(m)

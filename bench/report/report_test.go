@@ -1,0 +1,73 @@
+package report
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestCompareMatchesByBenchNameAndParams(t *testing.T) {
+	var bufA, bufB bytes.Buffer
+	a := NewRecorder("load", map[string]string{"users": "10"}, &bufA)
+	a.Add("sends_per_s", 100, "sends/s", HigherIsBetter)
+	a.Add("send_latency_p99_ms", 20, "ms", LowerIsBetter)
+	a.Add("only_a", 1, "x", "")
+	b := NewRecorder("load", map[string]string{"users": "10"}, &bufB)
+	b.Add("sends_per_s", 150, "sends/s", HigherIsBetter)
+	b.Add("send_latency_p99_ms", 30, "ms", LowerIsBetter)
+	other := NewRecorder("load", map[string]string{"users": "99"}, &bufB)
+	other.Add("sends_per_s", 1, "sends/s", HigherIsBetter)
+
+	ma, err := Read(&bufA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, err := Read(&bufB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ratios, missing := Compare(ma, mb)
+	if len(ratios) != 2 {
+		t.Fatalf("ratios %+v", ratios)
+	}
+	if r := ratios[0]; r.Name != "sends_per_s" || r.Ratio != 1.5 || r.Verdict != "better" {
+		t.Errorf("sends: %+v", r)
+	}
+	if r := ratios[1]; r.Ratio != 1.5 || r.Verdict != "worse" {
+		t.Errorf("latency: %+v", r)
+	}
+	if len(missing) != 2 || !strings.Contains(strings.Join(missing, ";"), "only_a (only in A)") {
+		t.Errorf("missing %v", missing)
+	}
+	var out bytes.Buffer
+	PrintRatios(&out, ratios, missing)
+	if !strings.Contains(out.String(), "1.500") {
+		t.Errorf("table:\n%s", out.String())
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	var ds []time.Duration
+	for i := 100; i >= 1; i-- {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	for p, want := range map[float64]time.Duration{50: 50 * time.Millisecond, 90: 90 * time.Millisecond, 99: 99 * time.Millisecond, 100: 100 * time.Millisecond} {
+		if got := Percentile(ds, p); got != want {
+			t.Errorf("p%v = %v, want %v", p, got, want)
+		}
+	}
+	if Percentile(nil, 50) != 0 {
+		t.Error("empty set")
+	}
+}
+
+func TestProcStatus(t *testing.T) {
+	hwm, err := ProcStatusKB(0, "VmHWM")
+	if err != nil || hwm <= 0 {
+		t.Fatalf("VmHWM %d, %v", hwm, err)
+	}
+	if _, err := ProcStatusKB(0, "NoSuchField"); err == nil {
+		t.Fatal("unknown field read")
+	}
+}
