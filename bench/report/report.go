@@ -55,10 +55,13 @@ type Env struct {
 var (
 	envOnce sync.Once
 	env     Env
+	// buildCommit may be set at link time for binaries built outside a
+	// checkout: -ldflags "-X github.com/engram-hs/engram/bench/report.buildCommit=$(git rev-parse HEAD)".
+	buildCommit string
 )
 
 // CurrentEnv reads the commit from the binary's build info (vcs.revision,
-// set by go build inside a checkout) and falls back to `git rev-parse
+// set by go build inside a checkout) or from buildCommit, and falls back to `git rev-parse
 // HEAD` in the working directory, so that `go run` and tests get one too.
 func CurrentEnv() Env {
 	envOnce.Do(func() {
@@ -72,6 +75,9 @@ func CurrentEnv() Env {
 					env.Dirty = s.Value == "true"
 				}
 			}
+		}
+		if buildCommit != "" {
+			env.Commit = buildCommit
 		}
 		if env.Commit == "unknown" {
 			if out, err := exec.Command("git", "rev-parse", "HEAD").Output(); err == nil {
