@@ -219,3 +219,39 @@ func TestRoomUpgrade(t *testing.T) {
 		t.Fatalf("alias not moved again: %d %v", st, body)
 	}
 }
+
+// Before v10 power levels may be strings; from v10 they must be integers,
+// so an upgrade converts them, and the upgrader, who has only the
+// tombstone level here, gets enough power to copy the state.
+func TestRoomUpgradeStringPowerLevels(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	st, body := ts.do("POST", "/_matrix/client/v3/createRoom", alice.AccessToken, map[string]any{"room_version": "9", "name": "Old"})
+	old, _ := body["room_id"].(string)
+	if st != 200 {
+		t.Fatalf("createRoom v9: %d %v", st, body)
+	}
+	// alice lowers herself to the tombstone level, with string levels.
+	st, body = ts.do("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(old)+"/state/m.room.power_levels/", alice.AccessToken, map[string]any{
+		"users":         map[string]any{string(alice.UserID): "60"},
+		"events":        map[string]any{"m.room.tombstone": "60", "m.room.name": "75", "m.room.power_levels": "60"},
+		"state_default": "70", "events_default": "0",
+	})
+	if st != 200 {
+		t.Fatalf("string power levels: %d %v", st, body)
+	}
+	st, body = ts.do("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(old)+"/upgrade", alice.AccessToken, map[string]any{"new_version": "11"})
+	newRoom, _ := body["replacement_room"].(string)
+	if st != 200 {
+		t.Fatalf("upgrade: %d %v", st, body)
+	}
+	pl := stateOf(t, ts, alice.AccessToken, newRoom, "m.room.power_levels")
+	users, _ := pl["users"].(map[string]any)
+	events, _ := pl["events"].(map[string]any)
+	if users[string(alice.UserID)] != 60.0 || events["m.room.name"] != 75.0 || pl["state_default"] != 70.0 {
+		t.Fatalf("power levels not copied as integers (final copy must equal the old levels): %v", pl)
+	}
+	if c := stateOf(t, ts, alice.AccessToken, newRoom, "m.room.name"); c["name"] != "Old" {
+		t.Fatalf("name not copied (needs a temporary raise): %v", c)
+	}
+}
