@@ -109,6 +109,9 @@ func checkCrashedStore(t *testing.T, dir string, cycle int) uint64 {
 	last := node.LastOffset()
 	for i, h := range e.Handles() {
 		// A rebuild left unfinished by the kill finishes here.
+		if err := h.WaitRebuilt(ctx); err != nil {
+			t.Fatalf("cycle %d: %s: %v", cycle, h.Name(), err)
+		}
 		if err := h.WaitApplied(ctx, last); err != nil {
 			t.Fatalf("cycle %d: %s: %v", cycle, h.Name(), err)
 		}

@@ -117,7 +117,7 @@ func (e *Engine) Register(p Projection) *Handle {
 	h.after, _ = p.(AfterCommitter)
 	ready := make(chan struct{})
 	close(ready)
-	h.ready = ready
+	h.ready, h.rebuilt = ready, ready
 	// Until Start loads the meta, readers see generation 1, which is what
 	// a fresh projection will use; Start corrects it for an existing one.
 	h.servingPrefix = dataPrefix(name, 1)
@@ -216,11 +216,12 @@ func (e *Engine) prepare(h *Handle) (rebuilding bool, err error) {
 		e.logger.Warn().Str("projection", h.name).Int("stored_version", m.Version).Int("version", want).
 			Uint64("resume_from", m.ShadowApplied+1).Bool("old_version_serves", readable).
 			Msg("projection schema changed: rebuilding it from the log in the background")
+		h.rw.Lock()
+		h.rebuilt = make(chan struct{})
 		if !readable {
-			h.rw.Lock()
 			h.ready = make(chan struct{})
-			h.rw.Unlock()
 		}
+		h.rw.Unlock()
 	}
 	h.meta = m
 	h.rw.Lock()
@@ -467,10 +468,12 @@ func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 	err := b.Commit(pebble.NoSync)
 	if err == nil {
 		h.servingPrefix = dataPrefix(h.name, next.Gen)
-		select {
-		case <-h.ready:
-		default:
-			close(h.ready)
+		for _, ch := range []chan struct{}{h.ready, h.rebuilt} {
+			select {
+			case <-ch:
+			default:
+				close(ch)
+			}
 		}
 	}
 	h.rw.Unlock()
@@ -642,6 +645,7 @@ type Handle struct {
 	rw            sync.RWMutex
 	servingPrefix []byte
 	ready         chan struct{} // closed while servingPrefix is readable
+	rebuilt       chan struct{} // closed while servingPrefix has the registered version
 
 	applied atomic.Uint64
 
@@ -697,6 +701,31 @@ func (h *Handle) WaitApplied(ctx context.Context, offset uint64) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
+	}
+}
+
+// WaitRebuilt blocks while a rebuild after a version change is under way,
+// until the rebuilt generation serves. WaitApplied alone does not tell: an
+// old generation that stays readable may already hold the offset waited
+// for. Tools that compare projections (engram verify) need it.
+func (h *Handle) WaitRebuilt(ctx context.Context) error {
+	h.rw.RLock()
+	ch := h.rebuilt
+	h.rw.RUnlock()
+	select {
+	case <-ch:
+		return nil
+	case <-h.stopped:
+		select {
+		case <-ch:
+			return nil
+		default:
+		}
+		h.notifyMu.Lock()
+		defer h.notifyMu.Unlock()
+		return h.err
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -242,6 +242,8 @@ func TestVersionBumpRebuildsIntoShadowWhileOldServes(t *testing.T) {
 	if err := e2.Start(context.Background()); err != nil {
 		t.Fatal(err) // Start must not wait for the rebuild
 	}
+	rebuilt := make(chan error, 1)
+	go func() { rebuilt <- h.WaitRebuilt(context.Background()) }()
 	// Let one batch of the rebuild through; the second send returns once
 	// the worker is back at the gate, so the first batch is committed.
 	gate <- struct{}{}
@@ -267,8 +269,16 @@ func TestVersionBumpRebuildsIntoShadowWhileOldServes(t *testing.T) {
 	if got := p2.committed.Load(); got != 0 {
 		t.Fatalf("AfterCommit called (offset %d) before the rebuild became visible", got)
 	}
+	select {
+	case err := <-rebuilt:
+		t.Fatalf("WaitRebuilt returned (%v) while the rebuild is held", err)
+	default:
+	}
 	close(gate)
 	if err := <-waited; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-rebuilt; err != nil {
 		t.Fatal(err)
 	}
 	if got := p2.committed.Load(); got < 1005 {

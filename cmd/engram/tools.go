@@ -267,7 +267,11 @@ func verifyCmd(args []string) int {
 	last := o.node.LastOffset()
 	liveDigests := map[string][]byte{}
 	for _, h := range live.Handles() {
-		if err := h.WaitApplied(ctx, last); err != nil {
+		err := h.WaitRebuilt(ctx)
+		if err == nil {
+			err = h.WaitApplied(ctx, last)
+		}
+		if err != nil {
 			releaseLive()
 			return fail(1, "catching up %s: %v", h.Name(), err)
 		}
