@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"maps"
 	"net/http"
 	"slices"
 	"strconv"
@@ -73,7 +74,9 @@ type roomEventFilter struct {
 	NotRooms                []string `json:"not_rooms,omitempty"`
 	LazyLoadMembers         bool     `json:"lazy_load_members,omitempty"`
 	IncludeRedundantMembers bool     `json:"include_redundant_members,omitempty"`
-	ContainsURL             *bool    `json:"contains_url,omitempty"`
+	// UnreadThreadNotifications asks /sync for per-thread unread counts.
+	UnreadThreadNotifications bool  `json:"unread_thread_notifications,omitempty"`
+	ContainsURL               *bool `json:"contains_url,omitempty"`
 }
 
 // typeMatches implements the filter's type patterns ('*' wildcards).
@@ -151,11 +154,12 @@ func headOf(e *rooms.Event) eventHead {
 }
 
 // page walks a room's timeline from token position pos in one direction,
-// collecting up to limit events the filter allows, never past bound
+// collecting up to limit events the filter allows and the user may see
+// (vis; nil: no check), never past bound
 // (exclusive lower bound when walking backwards; inclusive upper bound
 // when forwards, 0 = none). It returns the events in walking order and the
 // position to continue from, or done when the timeline is exhausted.
-func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, limit int, bound uint64, f *roomEventFilter) (evs []*rooms.Event, next uint64, done bool, err error) {
+func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, limit int, bound uint64, f *roomEventFilter, vis *visibility) (evs []*rooms.Event, next uint64, done bool, err error) {
 	const batch = 100
 	scanned := 0
 	for len(evs) < limit {
@@ -185,7 +189,7 @@ func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, lim
 				continue
 			}
 			h := headOf(e)
-			if f.allows(h.Type, h.Sender, h.Content) {
+			if f.allows(h.Type, h.Sender, h.Content) && vis.canSee(e) {
 				evs = append(evs, e)
 				if len(evs) == limit {
 					return evs, pos, false, nil
@@ -218,7 +222,7 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	if err != nil {
 		return err
 	}
-	membership, memberOffset, err := s.requireMember(roomID, sess.UserID, true)
+	upper, vis, err := s.readAccess(roomID, sess.UserID)
 	if err != nil {
 		return err
 	}
@@ -241,11 +245,6 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	}
 	if f != nil && f.Limit != nil && *f.Limit < limit {
 		limit = *f.Limit
-	}
-	// A user who left sees history up to their leave event only.
-	upper := s.log.LastOffset()
-	if membership != "join" {
-		upper = memberOffset
 	}
 	var from uint64
 	if t := q.Get("from"); t != "" {
@@ -279,25 +278,32 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	var evs []*rooms.Event
 	next, done := from, true
 	if limit > 0 {
-		evs, next, done, err = s.page(v, roomID, from, forward, limit, bound, f)
+		evs, next, done, err = s.page(v, roomID, from, forward, limit, bound, f, vis)
 		if err != nil {
 			return err
 		}
 	}
 	chunk := make([]map[string]any, 0, len(evs))
-	senders := map[string]bool{}
+	senders := map[string]uint64{} // sender -> offset of their newest event in the chunk
 	for _, e := range evs {
 		chunk = append(chunk, s.clientEvent(v, e, sess, true))
-		senders[headOf(e).Sender] = true
+		if h := headOf(e); e.Offset > senders[h.Sender] {
+			senders[h.Sender] = e.Offset
+		}
 	}
 	resp := map[string]any{"start": pageToken(from), "chunk": chunk}
 	if !done {
 		resp["end"] = pageToken(next)
 	}
 	if f != nil && f.LazyLoadMembers {
+		// Each sender's membership as it was at their event in the chunk.
 		state := []map[string]any{}
-		for u := range senders {
-			if m, err := v.StateEvent(roomID, stateres.MRoomMember, u); err == nil && m != nil {
+		for _, u := range slices.Sorted(maps.Keys(senders)) {
+			id, err := v.StateAt(roomID, stateres.MRoomMember, u, senders[u]+1)
+			if err != nil {
+				return err
+			}
+			if m, err := v.Event(id); err == nil && m != nil {
 				state = append(state, s.clientEvent(v, m, sess, true))
 			}
 		}
@@ -312,7 +318,7 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 	if err != nil {
 		return err
 	}
-	membership, memberOffset, err := s.requireMember(roomID, sess.UserID, true)
+	upper, vis, err := s.readAccess(roomID, sess.UserID)
 	if err != nil {
 		return err
 	}
@@ -321,15 +327,8 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 	if err != nil {
 		return err
 	}
-	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier || e.SoftFailed {
+	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier || e.SoftFailed || e.Offset > upper || !vis.canSee(e) {
 		return errNotFound("Event not found")
-	}
-	upper := s.log.LastOffset()
-	if membership != "join" {
-		upper = memberOffset
-		if e.Offset > upper {
-			return errNotFound("Event not found")
-		}
 	}
 	limit := 10
 	if l := r.URL.Query().Get("limit"); l != "" {
@@ -342,11 +341,11 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 	if err != nil {
 		return err
 	}
-	before, startPos, _, err := s.page(v, roomID, e.Offset-1, false, limit/2, 0, f)
+	before, startPos, _, err := s.page(v, roomID, e.Offset-1, false, limit/2, 0, f, vis)
 	if err != nil {
 		return err
 	}
-	after, endPos, _, err := s.page(v, roomID, e.Offset, true, limit-limit/2, upper, f)
+	after, endPos, _, err := s.page(v, roomID, e.Offset, true, limit-limit/2, upper, f, vis)
 	if err != nil {
 		return err
 	}
@@ -357,9 +356,24 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 		}
 		return out
 	}
-	stateEvs, err := v.State(roomID, "")
+	// Spec: the state of the room at the last event returned.
+	last := e.Offset
+	if len(after) > 0 {
+		last = after[len(after)-1].Offset
+	}
+	stateEvs, err := v.StateBefore(roomID, "", last+1)
 	if err != nil {
 		return err
+	}
+	if f != nil && f.LazyLoadMembers {
+		senders := map[string]bool{headOf(e).Sender: true}
+		for _, x := range append(slices.Clone(before), after...) {
+			senders[headOf(x).Sender] = true
+		}
+		stateEvs = slices.DeleteFunc(stateEvs, func(x *rooms.Event) bool {
+			h := headOf(x)
+			return h.Type == stateres.MRoomMember && h.StateKey != nil && !senders[*h.StateKey]
+		})
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"event": s.clientEvent(v, e, sess, true), "events_before": conv(before), "events_after": conv(after),

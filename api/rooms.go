@@ -703,7 +703,8 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session)
 	if err != nil {
 		return err
 	}
-	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+	upper, vis, err := s.readAccess(roomID, sess.UserID)
+	if err != nil {
 		return err
 	}
 	v := s.roomsView()
@@ -711,7 +712,9 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session)
 	if err != nil {
 		return err
 	}
-	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier {
+	// An event the user may not see is indistinguishable from a missing
+	// one (spec: 404 when the user lacks permission to see it).
+	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier || e.Offset > upper || !vis.canSee(e) {
 		return errNotFound("Event not found")
 	}
 	writeJSON(w, http.StatusOK, s.clientEvent(v, e, sess, true))

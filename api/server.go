@@ -50,6 +50,7 @@ type Server struct {
 	roomLock keyedMutex
 	nonces   *nonceStore
 	uia      *uiaStore
+	lazy     lazyMemberCache // members already sent under lazy_load_members
 	reqSeq   atomic.Uint64
 	reqBase  string
 

@@ -189,7 +189,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			if m.Offset > since {
 				roomSince = 0
 			}
-			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now)
+			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now, opts)
 			if err != nil {
 				return nil, false, err
 			}
@@ -218,12 +218,13 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		case "leave", "ban":
 			if (since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState)) {
 				roomSince := since
-				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now)
+				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now, opts)
 				if err != nil {
 					return nil, false, err
 				}
 				delete(lr, "ephemeral")
 				delete(lr, "unread_notifications")
+				delete(lr, "unread_thread_notifications")
 				delete(lr, "summary")
 				leave[m.RoomID] = lr
 				empty = false
@@ -270,14 +271,18 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 // (roomSince, upper], state at the timeline's start, ephemeral events and
 // room account data changed since since. changed reports that anything
 // is new.
-func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, roomID string, roomSince, since, upper, pos uint64, fullState bool, now int64) (map[string]any, bool, error) {
+func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, roomID string, roomSince, since, upper, pos uint64, fullState bool, now int64, opts syncOptions) (map[string]any, bool, error) {
 	tf := f.Room.Timeline
 	limit := 10
 	if tf != nil && tf.Limit != nil {
 		limit = max(*tf.Limit, 0)
 	}
+	vis, err := s.newVisibility(v, roomID, sess.UserID)
+	if err != nil {
+		return nil, false, err
+	}
 	// One more than the limit tells whether the timeline was cut.
-	evs, _, _, err := s.page(v, roomID, upper, false, limit+1, roomSince, tf)
+	evs, _, _, err := s.page(v, roomID, upper, false, limit+1, roomSince, tf, vis)
 	if err != nil {
 		return nil, false, err
 	}
@@ -301,38 +306,58 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	}
 	changed := len(evs) > 0
 
-	// State at the start of the timeline: for each current state key, the
-	// newest version older than the timeline, when the client lacks it.
+	sf := f.Room.State
+	lazy := sf != nil && sf.LazyLoadMembers
+	redundant := lazy && sf.IncludeRedundantMembers
+	whole := roomSince == 0 || fullState
+	if whole && lazy {
+		s.lazy.forget(sess, roomID) // the client starts over
+	}
+	// The state section is the state at the start of the timeline (or,
+	// with use_state_after, at its end) that the client lacks: all of it
+	// on an initial or full-state sync, else what changed since since.
+	// With lazy_load_members, member events only of the timeline's
+	// senders, and (unless include_redundant_members) only those not sent
+	// to this device already.
+	stateAt := timelineStart
+	if opts.useStateAfter {
+		stateAt = upper + 1
+	}
 	state := []map[string]any{}
-	if roomSince == 0 || fullState || limited {
-		cur, err := v.State(roomID, "")
+	if whole || limited || lazy || opts.useStateAfter {
+		var at []*rooms.Event
+		if whole || limited || opts.useStateAfter {
+			at, err = v.StateBefore(roomID, "", stateAt)
+		} else {
+			at, err = s.membersAt(v, roomID, slices.Sorted(maps.Keys(senders)), stateAt) // lazy only: the senders suffice
+		}
 		if err != nil {
 			return nil, false, err
 		}
-		sf := f.Room.State
-		lazy := (sf != nil && sf.LazyLoadMembers)
-		for _, e := range cur {
-			for e != nil && e.Offset >= timelineStart {
-				if e.Replaces == "" {
-					e = nil
-					break
-				}
-				if e, err = v.Event(e.Replaces); err != nil {
-					return nil, false, err
-				}
-			}
-			if e == nil || inTimeline[e.EventID] {
+		for _, e := range at {
+			if !opts.useStateAfter && inTimeline[e.EventID] {
 				continue
 			}
-			if !(roomSince == 0 || fullState) && e.Offset <= since {
-				continue // the client has it
-			}
 			h := headOf(e)
+			member := h.Type == stateres.MRoomMember && h.StateKey != nil
+			if lazy && member {
+				if !senders[*h.StateKey] || inTimeline[e.EventID] && !opts.useStateAfter {
+					continue
+				}
+				if !redundant && !whole && s.lazy.sent(sess, roomID, e.EventID) {
+					continue
+				}
+			} else {
+				changedHere := e.Offset > since && (limited || opts.useStateAfter)
+				if !whole && !changedHere {
+					continue // the client has it, or the timeline carries it
+				}
+			}
 			if !sf.allows(h.Type, h.Sender, h.Content) {
 				continue
 			}
-			if lazy && h.Type == stateres.MRoomMember && h.StateKey != nil && !senders[*h.StateKey] {
-				continue
+			if lazy && member {
+				s.lazy.remember(sess, roomID, e.EventID)
 			}
 			state = append(state, s.clientEvent(v, e, sess, false))
 		}
@@ -386,14 +411,26 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if err != nil {
 		return nil, false, err
 	}
-	return map[string]any{
-		"timeline":             map[string]any{"events": timeline, "limited": limited, "prev_batch": prevBatch},
-		"state":                map[string]any{"events": state},
-		"ephemeral":            map[string]any{"events": ephemeral},
-		"account_data":         map[string]any{"events": ad},
-		"unread_notifications": map[string]int{"highlight_count": 0, "notification_count": 0},
-		"summary":              summary,
-	}, changed, nil
+	out := map[string]any{
+		"timeline":     map[string]any{"events": timeline, "limited": limited, "prev_batch": prevBatch},
+		"ephemeral":    map[string]any{"events": ephemeral},
+		"account_data": map[string]any{"events": ad},
+		"summary":      summary,
+	}
+	if opts.useStateAfter {
+		out["state_after"] = map[string]any{"events": state}
+	} else {
+		out["state"] = map[string]any{"events": state}
+	}
+	unread, threads, err := s.unreadCounts(v, sess.UserID, roomID, tf != nil && tf.UnreadThreadNotifications)
+	if err != nil {
+		return nil, false, err
+	}
+	out["unread_notifications"] = unread
+	if threads != nil {
+		out["unread_thread_notifications"] = threads
+	}
+	return out, changed, nil
 }
 
 // roomSummary gives member counts and up to five heroes (spec: room

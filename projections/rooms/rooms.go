@@ -32,7 +32,19 @@ const (
 	pAlias      = 'a' // a alias -> AliasRecord
 	pRoomAlias  = 'A' // A room 0 alias -> ""
 	pPublic     = 'P' // P room -> "" (published in the room directory)
+	pStateHist  = 'h' // h room 0 type 0 stateKey 0 offset -> eventID (every state change)
+	pNotif      = 'n' // n room 0 scope 0 offset -> cumulative count (8 bytes) of notifying events
+	pHighlight  = 'g' // g room 0 user 0 scope 0 offset -> cumulative count of events mentioning user
+	pLastNotif  = 'l' // l room 0 sender -> offset of the sender's last notifying event
+	pThread     = 'T' // T room 0 rootID -> "" (threads with notifying events)
 	sep         = 0
+)
+
+// Notification scopes: every notifying event counts in ScopeAll and in
+// either ScopeMain or its thread's root event ID.
+const (
+	ScopeAll  = "*"
+	ScopeMain = "main"
 )
 
 // Event is a stored room event.
@@ -88,7 +100,7 @@ type Projection struct {
 func New(onCommit func(offset uint64)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "rooms" }
-func (*Projection) Version() int { return 1 }
+func (*Projection) Version() int { return 2 }
 
 // AfterCommit wakes waiters.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -250,11 +262,18 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			if err := w.Set(sKey, []byte(id)); err != nil {
 				return err
 			}
+			hKey := binary.BigEndian.AppendUint64(append(key(pStateHist, roomID, ev.Type(), *sk), sep), e.Offset)
+			if err := w.Set(hKey, []byte(id)); err != nil {
+				return err
+			}
 			if ev.Type() == stateres.MRoomMember {
 				if err := p.applyMembership(w, ev, *sk, e.Offset); err != nil {
 					return err
 				}
 			}
+		}
+		if err := countNotification(w, ev, e.Offset); err != nil {
+			return err
 		}
 		if f.Txn != nil {
 			if err := w.Set(key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID), []byte(id)); err != nil {
@@ -345,4 +364,97 @@ func advanceExtremities(ext []string, ev stateres.PDU) []string {
 		}
 	}
 	return append(out, ev.EventID())
+}
+
+// notifyingContent is what countNotification reads of an event.
+type notifyingContent struct {
+	MsgType   string `json:"msgtype"`
+	RelatesTo *struct {
+		RelType string `json:"rel_type"`
+		EventID string `json:"event_id"`
+	} `json:"m.relates_to"`
+	Mentions *struct {
+		UserIDs []string `json:"user_ids"`
+	} `json:"m.mentions"`
+}
+
+// countNotification maintains the cumulative counters behind
+// unread_notifications. An event notifies when the default push rules
+// would make it notify: a message (not a notice, not an edit), an
+// encrypted event, a sticker, a call invite or a poll; it highlights the
+// users its m.mentions names. Push-rule evaluation per user can refine
+// this later; the counters are a pure function of the events.
+func countNotification(w projections.Writer, ev stateres.PDU, off uint64) error {
+	if ev.StateKey() != nil {
+		return nil
+	}
+	var c notifyingContent
+	_ = json.Unmarshal(ev.Content(), &c)
+	switch ev.Type() {
+	case "m.room.message":
+		if c.MsgType == "m.notice" || (c.RelatesTo != nil && c.RelatesTo.RelType == "m.replace") {
+			return nil
+		}
+	case "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start":
+	default:
+		return nil
+	}
+	roomID := ev.RoomID()
+	scope := ScopeMain
+	if c.RelatesTo != nil && c.RelatesTo.RelType == "m.thread" && c.RelatesTo.EventID != "" {
+		scope = c.RelatesTo.EventID
+		if err := w.Set(key(pThread, roomID, scope), nil); err != nil {
+			return err
+		}
+	}
+	for _, sc := range []string{ScopeAll, scope} {
+		if err := bump(w, key(pNotif, roomID, sc), off); err != nil {
+			return err
+		}
+	}
+	if err := w.Set(key(pLastNotif, roomID, ev.Sender()), binary.BigEndian.AppendUint64(nil, off)); err != nil {
+		return err
+	}
+	if c.Mentions != nil {
+		seen := map[string]bool{ev.Sender(): true}
+		for _, u := range c.Mentions.UserIDs {
+			if seen[u] {
+				continue
+			}
+			seen[u] = true
+			for _, sc := range []string{ScopeAll, scope} {
+				if err := bump(w, key(pHighlight, roomID, u, sc), off); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// bump appends the next cumulative count under prefix at offset off.
+func bump(w projections.Writer, prefix []byte, off uint64) error {
+	n, err := cumulative(w, prefix, off)
+	if err != nil {
+		return err
+	}
+	k := binary.BigEndian.AppendUint64(append(prefix, sep), off)
+	return w.Set(k, binary.BigEndian.AppendUint64(nil, n+1))
+}
+
+// cumulative is the count stored under prefix at the newest offset <= off
+// (0 when none).
+func cumulative(r projections.Reader, prefix []byte, off uint64) (uint64, error) {
+	lower := append(append([]byte(nil), prefix...), sep)
+	it := r.Iter(lower, prefixEnd(lower))
+	var n uint64
+	upper := binary.BigEndian.AppendUint64(append([]byte(nil), lower...), off)
+	if off == ^uint64(0) {
+		if it.Last() {
+			n = binary.BigEndian.Uint64(it.Value())
+		}
+	} else if it.SeekLT(append(upper, 0)) {
+		n = binary.BigEndian.Uint64(it.Value())
+	}
+	return n, it.Close()
 }

@@ -203,3 +203,109 @@ func (v View) Lookup(roomID string) func(typ, stateKey string) stateres.PDU {
 func IsLocalServer(userID, server string) bool {
 	return strings.HasSuffix(userID, ":"+server)
 }
+
+// StateAt returns the ID of the state event that held (typ, stateKey) just
+// before the timeline position before (offsets < before), or "". The
+// rooms projection folds state in log order, so this is the state the
+// event at offset before was sent against.
+func (v View) StateAt(roomID, typ, stateKey string, before uint64) (string, error) {
+	lower := append(key(pStateHist, roomID, typ, stateKey), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	id := ""
+	if it.SeekLT(binary.BigEndian.AppendUint64(append([]byte(nil), lower...), before)) {
+		id = string(it.Value())
+	}
+	return id, it.Close()
+}
+
+// StateHistory lists the offsets and event IDs of every change of one
+// state key with offset > after, oldest first.
+func (v View) StateHistory(roomID, typ, stateKey string, after uint64) ([]TimelineEntry, error) {
+	lower := append(key(pStateHist, roomID, typ, stateKey), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []TimelineEntry
+	for ok := it.SeekGE(binary.BigEndian.AppendUint64(append([]byte(nil), lower...), after+1)); ok; ok = it.Next() {
+		k := it.Key()
+		out = append(out, TimelineEntry{Offset: binary.BigEndian.Uint64(k[len(k)-8:]), EventID: string(it.Value())})
+	}
+	return out, it.Close()
+}
+
+// StateBefore returns the room's state just before timeline position
+// before (offsets < before), optionally of one type, ordered by (type,
+// state key).
+func (v View) StateBefore(roomID, typ string, before uint64) ([]*Event, error) {
+	cur, err := v.State(roomID, typ)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*Event, 0, len(cur))
+	for _, e := range cur {
+		if e.Offset < before {
+			out = append(out, e)
+			continue
+		}
+		var h struct {
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+		}
+		_ = json.Unmarshal(e.JSON, &h)
+		id, err := v.StateAt(roomID, h.Type, h.StateKey, before)
+		if err != nil {
+			return nil, err
+		}
+		if id == "" {
+			continue
+		}
+		old, err := v.Event(id)
+		if err != nil {
+			return nil, err
+		}
+		if old != nil {
+			out = append(out, old)
+		}
+	}
+	return out, nil
+}
+
+// NotificationCount is the number of notifying events of a scope
+// (ScopeAll, ScopeMain or a thread root) with offset > after.
+func (v View) NotificationCount(roomID, scope string, after uint64) (uint64, error) {
+	return v.countAfter(key(pNotif, roomID, scope), after)
+}
+
+// HighlightCount is the number of events of a scope mentioning userID
+// with offset > after.
+func (v View) HighlightCount(roomID, userID, scope string, after uint64) (uint64, error) {
+	return v.countAfter(key(pHighlight, roomID, userID, scope), after)
+}
+
+func (v View) countAfter(prefix []byte, after uint64) (uint64, error) {
+	total, err := cumulative(v.r, prefix, ^uint64(0))
+	if err != nil || total == 0 {
+		return 0, err
+	}
+	upTo, err := cumulative(v.r, prefix, after)
+	return total - upTo, err
+}
+
+// LastNotifying is the offset of the sender's last notifying event in the
+// room (0 when none).
+func (v View) LastNotifying(roomID, sender string) (uint64, error) {
+	b, ok, err := v.r.Get(key(pLastNotif, roomID, sender))
+	if err != nil || !ok || len(b) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// Threads lists the root IDs of the room's threads with notifying events.
+func (v View) Threads(roomID string) ([]string, error) {
+	lower := append(key(pThread, roomID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []string
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, string(it.Key()[len(lower):]))
+	}
+	return out, it.Close()
+}

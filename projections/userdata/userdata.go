@@ -463,3 +463,19 @@ func (v View) ToDeviceTxn(sender, senderDevice, txnID string) (bool, error) {
 	found := it.First()
 	return found, it.Close()
 }
+
+// ReceiptsOf lists one user's receipts in a room (every type and thread).
+func (v View) ReceiptsOf(roomID, userID string) ([]Receipt, error) {
+	lower := append(key(pReceipt, roomID, userID), sep)
+	it := v.r.Iter(lower, prefixEnd(lower))
+	var out []Receipt
+	for ok := it.First(); ok; ok = it.Next() {
+		var r Receipt
+		if err := json.Unmarshal(it.Value(), &r); err != nil {
+			it.Close()
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, it.Close()
+}

@@ -1,0 +1,156 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// visibility decides which events of one room one user may see (spec:
+// "Room History Visibility", server behaviour), from the state at each
+// event. It loads the room's history_visibility changes and the user's
+// membership changes once, then answers each event in memory.
+type visibility struct {
+	v       rooms.View
+	userID  string
+	hv      []stateChange // history_visibility changes, oldest first
+	members []stateChange // the user's membership changes, oldest first
+}
+
+type stateChange struct {
+	offset  uint64
+	eventID string
+	value   string
+}
+
+func (s *Server) newVisibility(v rooms.View, roomID, userID string) (*visibility, error) {
+	vis := &visibility{v: v, userID: userID}
+	load := func(typ, stateKey, field string) ([]stateChange, error) {
+		hist, err := v.StateHistory(roomID, typ, stateKey, 0)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]stateChange, 0, len(hist))
+		for _, h := range hist {
+			e, err := v.Event(h.EventID)
+			if err != nil {
+				return nil, err
+			}
+			val := ""
+			if e != nil {
+				var c map[string]any
+				_ = json.Unmarshal(headOf(e).Content, &c)
+				val, _ = c[field].(string)
+			}
+			out = append(out, stateChange{offset: h.Offset, eventID: h.EventID, value: val})
+		}
+		return out, nil
+	}
+	var err error
+	if vis.hv, err = load(stateres.MRoomHistoryVisibility, "", "history_visibility"); err != nil {
+		return nil, err
+	}
+	if vis.members, err = load(stateres.MRoomMember, userID, "membership"); err != nil {
+		return nil, err
+	}
+	return vis, nil
+}
+
+// before returns the value of the newest change with offset < off, or "".
+func before(changes []stateChange, off uint64) string {
+	i := sort.Search(len(changes), func(i int) bool { return changes[i].offset >= off })
+	if i == 0 {
+		return ""
+	}
+	return changes[i-1].value
+}
+
+// allowed applies the spec's five rules to one (visibility, membership)
+// pair at an event at offset off.
+func (vis *visibility) allowed(hv, membership string, off uint64) bool {
+	switch hv {
+	case "world_readable", "shared", "invited", "joined":
+	default:
+		hv = "shared" // absent or not understood
+	}
+	if hv == "world_readable" || membership == "join" {
+		return true
+	}
+	if hv == "shared" {
+		for _, m := range vis.members {
+			if m.offset > off && m.value == "join" {
+				return true
+			}
+		}
+	}
+	return hv == "invited" && membership == "invite"
+}
+
+// canSee reports whether the user may see the event.
+func (vis *visibility) canSee(e *rooms.Event) bool {
+	if vis == nil {
+		return true
+	}
+	hv, mem := before(vis.hv, e.Offset), before(vis.members, e.Offset)
+	if vis.allowed(hv, mem, e.Offset) {
+		return true
+	}
+	h := headOf(e)
+	if h.StateKey == nil {
+		return false
+	}
+	// History visibility and the user's own membership events are visible
+	// when the state before or after them allows it.
+	var c map[string]any
+	_ = json.Unmarshal(h.Content, &c)
+	switch {
+	case h.Type == stateres.MRoomHistoryVisibility && *h.StateKey == "":
+		after, _ := c["history_visibility"].(string)
+		return vis.allowed(after, mem, e.Offset)
+	case h.Type == stateres.MRoomMember && *h.StateKey == vis.userID:
+		after, _ := c["membership"].(string)
+		return vis.allowed(hv, after, e.Offset)
+	}
+	return false
+}
+
+// readAccess checks that the user may read the room's history at all and
+// returns the highest offset they may read up to and the visibility of
+// each event. Members (joined, invited, or once joined) may; so may anyone
+// when the room is world_readable now. A user who left reads up to their
+// leave.
+func (s *Server) readAccess(roomID, userID string) (uint64, *visibility, error) {
+	v := s.roomsView()
+	m, err := v.Membership(userID, roomID)
+	if err != nil {
+		return 0, nil, err
+	}
+	upper := s.log.LastOffset()
+	switch {
+	case m != nil && (m.Membership == "join" || m.Membership == "invite"):
+	case m != nil && (m.Membership == "leave" || m.Membership == "ban"):
+		upper = m.Offset
+	default:
+		hv, err := v.StateEvent(roomID, stateres.MRoomHistoryVisibility, "")
+		if err != nil {
+			return 0, nil, err
+		}
+		var c struct {
+			HistoryVisibility string `json:"history_visibility"`
+		}
+		if hv != nil {
+			_ = json.Unmarshal(headOf(hv).Content, &c)
+		}
+		if c.HistoryVisibility != "world_readable" {
+			return 0, nil, merr(http.StatusForbidden, "M_FORBIDDEN", "You are not a member of room %s and it is not world readable", roomID)
+		}
+	}
+	vis, err := s.newVisibility(v, roomID, userID)
+	if err != nil {
+		return 0, nil, err
+	}
+	return upper, vis, nil
+}
