@@ -667,7 +667,8 @@ func (h *Handle) Applied() uint64 { return h.applied.Load() }
 // calls block until it finishes (or the engine closes).
 func (h *Handle) Reader() Reader { return waitingReader{h} }
 
-// Snapshot is a consistent point-in-time view; call release when done.
+// Snapshot is a consistent point-in-time view; call release (once or
+// more) when done, or Pebble keeps the snapshot's data alive.
 func (h *Handle) Snapshot() (Reader, func()) {
 	var (
 		snap   *pebble.Snapshot
@@ -679,7 +680,8 @@ func (h *Handle) Snapshot() (Reader, func()) {
 	}); err != nil {
 		return errReader{err}, func() {}
 	}
-	return scoped{r: snap, prefix: prefix}, func() { snap.Close() }
+	var once sync.Once
+	return scoped{r: snap, prefix: prefix}, func() { once.Do(func() { snap.Close() }) }
 }
 
 // WaitApplied blocks until the projection has applied offset (so a reader
