@@ -130,13 +130,14 @@ type loginResult struct {
 }
 
 // newSession decides a device and token pair for userID and returns the
-// proposals that record them.
-func (s *Server) newSession(r *http.Request, userID, deviceID, displayName string, refreshable bool) (loginResult, []englog.Proposal) {
+// proposals that record them. registration is set when the session comes
+// with a new account: it is valid only if that registration wins.
+func (s *Server) newSession(r *http.Request, userID, deviceID, displayName string, refreshable bool, registration string) (loginResult, []englog.Proposal) {
 	if deviceID == "" {
 		deviceID = newDeviceID()
 	}
 	res := loginResult{UserID: userID, DeviceID: deviceID, AccessToken: newAccessToken(), HomeServer: s.cfg.ServerName}
-	issued := facts.AccessTokenIssued{UserID: userID, DeviceID: deviceID, TokenSHA256: hashToken(res.AccessToken)}
+	issued := facts.AccessTokenIssued{UserID: userID, DeviceID: deviceID, TokenSHA256: hashToken(res.AccessToken), Registration: registration}
 	if refreshable {
 		res.RefreshToken = newRefreshToken()
 		res.ExpiresInMS = refreshableTokenLifetimeMS
@@ -144,7 +145,7 @@ func (s *Server) newSession(r *http.Request, userID, deviceID, displayName strin
 		issued.ExpiresAt = nowMS() + refreshableTokenLifetimeMS
 	}
 	return res, []englog.Proposal{
-		facts.MustEncode(englog.KindDeviceAdded, facts.DeviceAdded{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: clientIP(r)}),
+		facts.MustEncode(englog.KindDeviceAdded, facts.DeviceAdded{UserID: userID, DeviceID: deviceID, DisplayName: displayName, IP: clientIP(r), Registration: registration}),
 		facts.MustEncode(englog.KindAccessTokenIssued, issued),
 	}
 }
@@ -218,22 +219,41 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	reg := randomString(12)
 	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{
-		UserID: userID, PasswordHash: hash, Guest: guest, DisplayName: localpart,
+		UserID: userID, PasswordHash: hash, Guest: guest, DisplayName: localpart, Registration: reg,
 	})}
 	if usedToken != "" {
-		props = append(props, facts.MustEncode(englog.KindRegistrationToken, facts.RegistrationToken{Op: facts.RegistrationTokenUse, Token: usedToken}))
+		props = append(props, facts.MustEncode(englog.KindRegistrationToken, facts.RegistrationToken{Op: facts.RegistrationTokenUse, Token: usedToken, Registration: reg}))
 	}
 	res := loginResult{UserID: userID, HomeServer: s.cfg.ServerName}
 	if !req.InhibitLogin {
 		var more []englog.Proposal
-		res, more = s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
+		res, more = s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, reg)
 		props = append(props, more...)
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, props...); err != nil {
+	if err := s.commitRegistration(r.Context(), userID, reg, props); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+// commitRegistration appends a registration and reports M_USER_IN_USE
+// when another registration of the same user ID came first in the log
+// (another API node decided it concurrently): the accounts projection then
+// refused ours, with its device and tokens.
+func (s *Server) commitRegistration(ctx context.Context, userID, reg string, props []englog.Proposal) error {
+	if _, err := s.commit(ctx, []*projections.Handle{s.accountsH}, props...); err != nil {
+		return err
+	}
+	acc, err := s.accountsView().Account(userID)
+	if err != nil {
+		return err
+	}
+	if acc == nil || acc.Registration != reg {
+		return merr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+	}
 	return nil
 }
 
@@ -319,9 +339,10 @@ func (s *Server) adminRegister(w http.ResponseWriter, r *http.Request) error {
 	if dn == "" {
 		dn = strings.ToLower(req.Username)
 	}
-	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{UserID: userID, PasswordHash: hash, Admin: req.Admin, DisplayName: dn})}
-	res, more := s.newSession(r, userID, "", "", false)
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, append(props, more...)...); err != nil {
+	reg := randomString(12)
+	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{UserID: userID, PasswordHash: hash, Admin: req.Admin, DisplayName: dn, Registration: reg})}
+	res, more := s.newSession(r, userID, "", "", false, reg)
+	if err := s.commitRegistration(r.Context(), userID, reg, append(props, more...)); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)
@@ -375,7 +396,7 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 		}
 		return errForbidden("Invalid username or password")
 	}
-	res, props := s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
+	res, props := s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, "")
 	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, props...); err != nil {
 		return err
 	}

@@ -15,16 +15,17 @@ import (
 // 0x00-separated parts, so range scans over one user's devices or tokens
 // are a single iterator.
 const (
-	pAccount   = 'u' // u user -> Account
-	pToken     = 't' // t tokenhash -> Session
-	pRefresh   = 'r' // r refreshhash -> Session (of the refresh token)
-	pDevice    = 'd' // d user 0 device -> Device
-	pDevTok    = 'k' // k user 0 device 0 hash -> "t" or "r"
-	pProfile   = 'p' // p user -> Profile
-	pRegToken  = 'g' // g token -> RegToken
-	sep        = 0
-	tokAccess  = "t"
-	tokRefresh = "r"
+	pAccount      = 'u' // u user -> Account
+	pToken        = 't' // t tokenhash -> Session
+	pRefresh      = 'r' // r refreshhash -> Session (of the refresh token)
+	pDevice       = 'd' // d user 0 device -> Device
+	pDevTok       = 'k' // k user 0 device 0 hash -> "t" or "r"
+	pProfile      = 'p' // p user -> Profile
+	pRegToken     = 'g' // g token -> RegToken
+	pRegistration = 'R' // R registrationID -> userID (registrations that won)
+	sep           = 0
+	tokAccess     = "t"
+	tokRefresh    = "r"
 )
 
 // Account is one user.
@@ -35,6 +36,9 @@ type Account struct {
 	Guest        bool   `json:"guest,omitempty"`
 	Deactivated  bool   `json:"deactivated,omitempty"`
 	CreatedTS    int64  `json:"created_ts"`
+	// Registration is the ID of the registration that created the account
+	// (facts.AccountRegistered.Registration): the first in the log.
+	Registration string `json:"registration,omitempty"`
 }
 
 // Session is what a token (access or refresh) stands for.
@@ -76,7 +80,7 @@ type Projection struct{}
 func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "accounts" }
-func (*Projection) Version() int { return 1 }
+func (*Projection) Version() int { return 2 }
 
 func key(prefix byte, parts ...string) []byte {
 	n := 1
@@ -144,10 +148,18 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		if old, err := get[Account](w, key(pAccount, f.UserID)); err != nil || old != nil {
-			return err // the first registration wins; a duplicate is a no-op
-		}
-		if err := put(w, key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time}); err != nil {
+			// The first registration wins; a later one is refused, and so
+			// are the device, tokens and token use of its batch (they
+			// carry its Registration, which the account does not).
 			return err
+		}
+		if err := put(w, key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
+			return err
+		}
+		if f.Registration != "" {
+			if err := w.Set(key(pRegistration, f.Registration), []byte(f.UserID)); err != nil {
+				return err
+			}
 		}
 		if f.DisplayName != "" {
 			dn := f.DisplayName
@@ -229,6 +241,9 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
+		if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
+			return err
+		}
 		d, err := get[Device](w, key(pDevice, f.UserID, f.DeviceID))
 		if err != nil {
 			return err
@@ -266,6 +281,9 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 	case englog.KindAccessTokenIssued:
 		var f facts.AccessTokenIssued
 		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
 			return err
 		}
 		if f.Replaces != "" {
@@ -316,6 +334,12 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		case facts.RegistrationTokenCreate:
 			return put(w, k, RegToken{Token: f.Token, UsesAllowed: f.UsesAllowed, ExpiryTime: f.ExpiryTime})
 		case facts.RegistrationTokenUse:
+			if f.Registration != "" {
+				// Counted only when the registration it was used for won.
+				if _, won, err := w.Get(key(pRegistration, f.Registration)); err != nil || !won {
+					return err
+				}
+			}
 			t, err := get[RegToken](w, k)
 			if err != nil || t == nil {
 				return err
@@ -327,6 +351,19 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		}
 	}
 	return nil
+}
+
+// refusedRegistration reports whether a fact that came with registration
+// reg belongs to a registration that lost to an earlier one.
+func refusedRegistration(r projections.Reader, userID, reg string) (bool, error) {
+	if reg == "" {
+		return false, nil
+	}
+	a, err := get[Account](r, key(pAccount, userID))
+	if err != nil {
+		return false, err
+	}
+	return a == nil || a.Registration != reg, nil
 }
 
 func nilIfEmpty(s string) *string {
