@@ -33,7 +33,7 @@ func commands() []command {
 		{"register-user", "create a user on a running server (shared-secret registration)", registerUserCmd},
 		{"rebuild", "drop projections and replay them from the log (server stopped)", rebuildCmd},
 		{"verify", "compare every projection with a fresh replay of the log (server stopped)", verifyCmd},
-		{"log", "print log entries: tail [-n N] [-f] | show OFFSET (server stopped)", logCmd},
+		{"log", "print log entries: tail [-n N] | show OFFSET (server stopped)", logCmd},
 		{"bench", "benchmarks: generate, replay, load, redrive, compare", benchCmd},
 		{"version", "print the version", func([]string) int { fmt.Println("engram", version); return 0 }},
 	}

@@ -341,8 +341,15 @@ func TestRegisterUserRestartVerifyTools(t *testing.T) {
 		t.Fatalf("log show 1: code %d, %s", code, out)
 	}
 	out, _, code = runTool(t, dir, nil, "log", "--config", cfg, "tail", "-n", "2")
-	if lines := strings.Split(strings.TrimSpace(out), "\n"); code != 0 || len(lines) != 2 {
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if code != 0 || len(lines) != 2 {
 		t.Fatalf("log tail -n 2: code %d, %q", code, out)
+	}
+	var lastEntry printedEntry
+	json.Unmarshal([]byte(lines[1]), &lastEntry)
+	out, _, _ = runTool(t, dir, nil, "log", "--config", cfg, "tail", "-n", "1000")
+	if all := strings.Split(strings.TrimSpace(out), "\n"); uint64(len(all)) != lastEntry.Offset || !strings.HasPrefix(all[0], `{"offset":1,`) {
+		t.Fatalf("log tail -n 1000 printed %d entries, want all %d:\n%s", len(all), lastEntry.Offset, out)
 	}
 	if _, errOut, code = runTool(t, dir, nil, "rebuild", "--config", cfg, "--projection", "accounts"); code != 0 || !strings.Contains(errOut, "100%") {
 		t.Fatalf("rebuild: code %d\n%s", code, errOut)

@@ -339,7 +339,7 @@ func (quietPebble) Fatalf(format string, args ...any) {
 func logCmd(args []string) int {
 	cf := newConfigFlags("log", false)
 	cf.fs.Usage = func() {
-		fmt.Fprintln(os.Stderr, "Usage: engram log [--config FILE] tail [-n N] [-f] | show OFFSET")
+		fmt.Fprintln(os.Stderr, "Usage: engram log [--config FILE] tail [-n N] | show OFFSET")
 		cf.fs.PrintDefaults()
 	}
 	if err := cf.fs.Parse(args); err != nil {
@@ -352,7 +352,6 @@ func logCmd(args []string) int {
 	}
 	var from uint64
 	var count int
-	follow := false
 	switch rest[0] {
 	case "show":
 		if len(rest) != 2 {
@@ -366,11 +365,13 @@ func logCmd(args []string) int {
 	case "tail":
 		fs := flag.NewFlagSet("engram log tail", flag.ContinueOnError)
 		n := fs.Int("n", 20, "number of newest entries to print")
-		f := fs.Bool("f", false, "keep printing new entries")
 		if err := fs.Parse(rest[1:]); err != nil {
 			return 2
 		}
-		count, follow = *n, *f
+		if *n <= 0 {
+			return fail(2, "-n must be positive")
+		}
+		count = *n
 	default:
 		cf.fs.Usage()
 		return 2
@@ -390,33 +391,24 @@ func logCmd(args []string) int {
 			from = last - uint64(count) + 1
 		}
 	}
-	ctx, cancel := signalContext()
-	defer cancel()
 	out := json.NewEncoder(os.Stdout)
-	for {
+	for from <= last && count > 0 {
 		entries, err := o.node.Read(from, min(count, 1000))
 		if err != nil {
 			return fail(1, "reading the log: %v", err)
+		}
+		if len(entries) == 0 {
+			break
 		}
 		for _, e := range entries {
 			if err := out.Encode(entryJSON(e)); err != nil {
 				return 1
 			}
-			from = e.Offset + 1
 		}
-		if rest[0] == "show" {
-			return 0
-		}
-		if len(entries) == 0 || (!follow && from > last) {
-			if !follow {
-				return 0
-			}
-			if err := o.node.Wait(ctx, from-1); err != nil {
-				return 0 // interrupted
-			}
-		}
-		count = 1000
+		from = entries[len(entries)-1].Offset + 1
+		count -= len(entries)
 	}
+	return 0
 }
 
 type printedEntry struct {
