@@ -48,6 +48,33 @@ func TestProjectionsAreAFunctionOfTheLog(t *testing.T) {
 	if _, err := bob.CreateFilter(ctx, &mautrix.Filter{}); err != nil {
 		t.Fatal(err)
 	}
+	// To-device delivery and its acknowledgement, presence set by /sync,
+	// a mention and a thread (notification counters), a knock.
+	if code, _ := ts.do("PUT", "/_matrix/client/v3/sendToDevice/m.x/t1", alice.AccessToken, map[string]any{
+		"messages": map[string]any{bob.UserID.String(): map[string]any{"*": map[string]any{"k": "v"}}}}); code != 200 {
+		t.Fatalf("sendToDevice: %d", code)
+	}
+	s1, err := bob.SyncRequest(ctx, 0, "", "", false, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.SyncRequest(ctx, 0, s1.NextBatch, "", false, "unavailable"); err != nil {
+		t.Fatal(err)
+	}
+	root := say(t, alice, room.RoomID, "root")
+	if _, err := bob.SendMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "hi",
+		"m.mentions":   map[string]any{"user_ids": []string{alice.UserID.String()}},
+		"m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}}); err != nil {
+		t.Fatal(err)
+	}
+	knockRoom, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: "10",
+		InitialState: []*event.Event{{Type: event.StateJoinRules, Content: event.Content{Raw: map[string]any{"join_rule": "knock"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.KnockRoom(ctx, knockRoom.RoomID.String(), &mautrix.ReqKnockRoom{}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := alice.LeaveRoom(ctx, room.RoomID); err != nil {
 		t.Fatal(err)
 	}
