@@ -293,6 +293,11 @@ rate_limiting_enabled: false
 }
 
 func login(t *testing.T, listen, user, password string) int {
+	status, _ := loginToken(t, listen, user, password)
+	return status
+}
+
+func loginToken(t *testing.T, listen, user, password string) (int, string) {
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{
 		"type":       "m.login.password",
@@ -303,8 +308,42 @@ func login(t *testing.T, listen, user, password string) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	return resp.StatusCode
+	defer resp.Body.Close()
+	var out struct {
+		AccessToken string `json:"access_token"`
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out.AccessToken
+}
+
+// longPoll starts a /sync that waits for new events for 60 s and returns
+// a channel that receives when the request ends.
+func longPoll(t *testing.T, listen, token string) <-chan struct{} {
+	t.Helper()
+	get := func(url string) map[string]any {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return out
+	}
+	first := get("http://" + listen + "/_matrix/client/v3/sync")
+	since, _ := first["next_batch"].(string)
+	if since == "" {
+		t.Fatalf("initial /sync has no next_batch: %v", first)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		get("http://" + listen + "/_matrix/client/v3/sync?timeout=60000&since=" + since)
+	}()
+	time.Sleep(100 * time.Millisecond) // let it reach the server and wait there
+	return done
 }
 
 func TestRegisterUserRestartVerifyTools(t *testing.T) {
@@ -325,10 +364,19 @@ func TestRegisterUserRestartVerifyTools(t *testing.T) {
 	if _, _, code := runTool(t, dir, nil, "register-user", "--config", cfg, "--user", "alice", "--password", "pw1"); code == 0 {
 		t.Fatal("registering the same user twice succeeded")
 	}
-	if st := login(t, listen, "alice", "pw1"); st != http.StatusOK {
+	st, token := loginToken(t, listen, "alice", "pw1")
+	if st != http.StatusOK {
 		t.Fatalf("login = %d", st)
 	}
+	// A /sync long-poll in flight does not hold the shutdown up.
+	polling := longPoll(t, listen, token)
+	select {
+	case <-polling:
+		t.Fatal("the long-poll /sync returned at once")
+	default:
+	}
 	p.stop()
+	<-polling
 
 	// Offline tools on the stopped server's data.
 	out, errOut, code = runTool(t, dir, nil, "verify", "--config", cfg)
