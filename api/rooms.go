@@ -10,6 +10,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
 )
 
@@ -468,6 +469,20 @@ func (s *Server) joinedRooms(w http.ResponseWriter, r *http.Request, sess *sessi
 	return nil
 }
 
+// stateBound checks the caller may read the room's state and returns the
+// timeline position it is read before: now for members, the leave for a
+// user who left (spec: the state when they left).
+func (s *Server) stateBound(roomID, userID string) (uint64, error) {
+	membership, offset, err := s.requireMember(roomID, userID, true)
+	if err != nil {
+		return 0, err
+	}
+	if membership != "join" {
+		return offset + 1, nil
+	}
+	return ^uint64(0), nil
+}
+
 // requireMember checks the caller may read the room: joined now, or
 // (when allowLeft) ever a member. It returns the membership.
 func (s *Server) requireMember(roomID, userID string, allowLeft bool) (string, uint64, error) {
@@ -486,12 +501,13 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request, sess *session) 
 	if err != nil {
 		return err
 	}
-	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+	before, err := s.stateBound(roomID, sess.UserID)
+	if err != nil {
 		return err
 	}
 	q := r.URL.Query()
 	v := s.roomsView()
-	evs, err := v.State(roomID, stateres.MRoomMember)
+	evs, err := v.StateBefore(roomID, stateres.MRoomMember, before)
 	if err != nil {
 		return err
 	}
@@ -560,11 +576,12 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request, sess *session)
 	if err != nil {
 		return err
 	}
-	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+	before, err := s.stateBound(roomID, sess.UserID)
+	if err != nil {
 		return err
 	}
 	v := s.roomsView()
-	evs, err := v.State(roomID, "")
+	evs, err := v.StateBefore(roomID, "", before)
 	if err != nil {
 		return err
 	}
@@ -581,13 +598,20 @@ func (s *Server) getStateEvent(w http.ResponseWriter, r *http.Request, sess *ses
 	if err != nil {
 		return err
 	}
-	if _, _, err := s.requireMember(roomID, sess.UserID, true); err != nil {
+	before, err := s.stateBound(roomID, sess.UserID)
+	if err != nil {
 		return err
 	}
 	v := s.roomsView()
-	e, err := v.StateEvent(roomID, r.PathValue("eventType"), r.PathValue("stateKey"))
+	id, err := v.StateAt(roomID, r.PathValue("eventType"), r.PathValue("stateKey"), before)
 	if err != nil {
 		return err
+	}
+	var e *rooms.Event
+	if id != "" {
+		if e, err = v.Event(id); err != nil {
+			return err
+		}
 	}
 	if e == nil {
 		return errNotFound("Event not found")

@@ -132,6 +132,29 @@ func TestHistoryVisibility(t *testing.T) {
 	if _, err := bob.GetEvent(ctx, room.RoomID, after); errcode(err) != "M_NOT_FOUND" {
 		t.Fatalf("left user fetched an event sent after the leave: %v", err)
 	}
+	// State reads stop at the leave too.
+	if _, err := alice.SendStateEvent(ctx, room.RoomID, event.StateRoomName, "", map[string]any{"name": "renamed after bob left"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	var name event.RoomNameEventContent
+	if err := bob.StateEvent(ctx, room.RoomID, event.StateRoomName, "", &name); errcode(err) != "M_NOT_FOUND" {
+		t.Fatalf("left user read a name set after the leave: %+v, %v", name, err)
+	}
+	mem, err := bob.Members(ctx, room.RoomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range mem.Chunk {
+		if e.GetStateKey() == carol.UserID.String() {
+			t.Fatal("left user sees a member who joined after the leave")
+		}
+		if e.GetStateKey() == bob.UserID.String() && e.Content.Raw["membership"] != "leave" {
+			t.Fatalf("left user's own membership: %v", e.Content.Raw)
+		}
+	}
 	// Forward pagination from the start ends at the leave too.
 	code, body := ts.do("GET", fmt.Sprintf("/_matrix/client/v3/rooms/%s/messages?dir=f&limit=50", url.PathEscape(room.RoomID.String())), bob.AccessToken, nil)
 	if code != 200 {
