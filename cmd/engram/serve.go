@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -135,7 +137,14 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		if err != nil {
 			return fmt.Errorf("listening for %s on %s (port in use? change %s): %w", name, addr, name, err)
 		}
-		srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			IdleTimeout:       2 * time.Minute,
+			// net/http reports client mistakes (TLS handshakes with our
+			// self-signed certificate, broken connections) here: debug.
+			ErrorLog: stdlog.New(httpErrorLog{logger.With().Str("listener", name).Logger()}, "", 0),
+		}
 		lns = append(lns, listener{name, srv, ln, tlsOn})
 		return nil
 	}
@@ -221,4 +230,12 @@ Create the first admin user, while the server runs, with:
 	closeAll()
 	logger.Info().Dur("took", time.Since(stopping)).Msg("stopped")
 	return runErr
+}
+
+// httpErrorLog sends net/http's own messages to zerolog at debug level.
+type httpErrorLog struct{ l zerolog.Logger }
+
+func (w httpErrorLog) Write(p []byte) (int, error) {
+	w.l.Debug().Msg(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
