@@ -24,9 +24,13 @@ func openSingle(t testing.TB, dir string) *Node {
 }
 
 func payloadFor(i int) []byte {
-	// Mix compressible and small payloads so both storage paths are used.
+	// Mix tiny, medium (stored raw) and large (zstd per entry) payloads so
+	// every storage path is used.
 	if i%3 == 0 {
 		return []byte(fmt.Sprintf("p%d", i))
+	}
+	if i%5 == 1 {
+		return bytes.Repeat([]byte(fmt.Sprintf("large payload %d;", i)), 200+i%7)
 	}
 	return bytes.Repeat([]byte(fmt.Sprintf("payload %d;", i)), 20+i%7)
 }
@@ -165,5 +169,36 @@ func TestSingleNodeAppendReadWaitRestart(t *testing.T) {
 	}
 	if offs[0] != total+1 {
 		t.Fatalf("first offset after restart = %d, want %d", offs[0], total+1)
+	}
+}
+
+func TestLargePayloadsAreCompressedPerEntry(t *testing.T) {
+	n := openSingle(t, t.TempDir())
+	defer n.Close()
+	big := bytes.Repeat([]byte("compress me please; "), 500)
+	offs, err := n.Append(context.Background(), Proposal{Kind: KindPDU, Payload: big}, Proposal{Kind: KindPDU, Payload: []byte("small")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []struct {
+		flags byte
+		max   int
+	}{{flagZstd, len(big) / 4}, {0, storedHeader + 5}} {
+		v, closer, err := n.DB().Get(entryKey(offs[i]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		se, err := decodeStored(offs[i], v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if se.flags != want.flags || len(v) > want.max {
+			t.Errorf("entry %d stored with flags %d in %d bytes, want flags %d and at most %d bytes", offs[i], se.flags, len(v), want.flags, want.max)
+		}
+		closer.Close()
+	}
+	got, err := n.Read(1, 2)
+	if err != nil || len(got) != 2 || !bytes.Equal(got[0].Payload, big) || string(got[1].Payload) != "small" {
+		t.Fatalf("Read = %d entries, err %v", len(got), err)
 	}
 }

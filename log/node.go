@@ -244,12 +244,12 @@ func raftConfig(single bool) *raft.Config {
 func pebbleOptions(l zerolog.Logger) *pebble.Options {
 	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}}
 	o.EnsureDefaults()
-	// Pebble's zstd block compression is unusable in this module graph
-	// (its cgo path expects DataDog/zstd v1.4 and v1.5 returns "decompressed
-	// into unexpected buffer"), so blocks use Snappy and payloads carry
-	// their own zstd compression.
+	// Entries compress best together: zstd over 32 KiB blocks sees the
+	// JSON structure, room IDs and auth events that neighbouring entries
+	// share, which per-entry compression cannot (measured by
+	// BenchmarkDiskRatio: ~0.40 of canonical JSON size vs ~0.84 per entry).
 	for i := range o.Levels {
-		o.Levels[i].Compression = pebble.SnappyCompression
+		o.Levels[i].Compression = pebble.ZstdCompression
 		o.Levels[i].BlockSize = 32 << 10
 	}
 	return o

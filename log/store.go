@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -113,7 +114,8 @@ func decodeStored(off uint64, v []byte) (storedEntry, error) {
 // Every write is synced: an entry raft believes stored must survive power
 // loss, because it is what lets the (unsynced) event log be rebuilt.
 type raftStore struct {
-	db *pebble.DB
+	db    *pebble.DB
+	syncs atomic.Uint64 // durable raft writes, for benchmarks
 
 	mu          sync.Mutex
 	first, last uint64 // cached bounds of the raft log; 0 when empty
@@ -215,6 +217,7 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 		}
 	}
 	// Sync: raft acknowledges (and counts toward quorum) only what is here.
+	s.syncs.Add(1)
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("log: storing raft entries failed (disk full or failing? free space or replace the disk, then restart): %w", err)
 	}
