@@ -220,5 +220,3 @@ func BenchmarkDiskRatio(b *testing.B) {
 		b.ReportMetric(float64(logBytes)/float64(jsonBytes), "ratio")
 	}
 }
-
-
