@@ -11,24 +11,26 @@ import (
 
 	"github.com/cockroachdb/pebble"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 
 	englog "github.com/engram-hs/engram/log"
 )
 
 type fixture struct {
 	db  *pebble.DB
-	log *pebbleLog
+	log *englog.Node
 }
 
+// newFixture opens a real single-node log; projections share its Pebble,
+// as in the server.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	db := openDB(t, t.TempDir())
-	t.Cleanup(func() { db.Close() })
-	l, err := openPebbleLog(db)
+	node, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: testLogger(t).Level(zerolog.ErrorLevel)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{db: db, log: l}
+	t.Cleanup(func() { node.Close() })
+	return &fixture{db: node.DB(), log: node}
 }
 
 func (f *fixture) engine(t *testing.T, ps ...Projection) (*Engine, []*Handle) {
