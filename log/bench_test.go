@@ -159,64 +159,64 @@ func BenchmarkAppend(b *testing.B) {
 }
 
 // BenchmarkDiskRatio reports bytes on disk per m.room.message entry over
-// its canonical JSON size, after a flush and full compaction.
+// its canonical JSON size, after a flush and full compaction. It measures
+// once per run whatever b.N is (-benchtime does not apply): the result is a
+// size, not a speed.
 func BenchmarkDiskRatio(b *testing.B) {
 	const entries = 20000
-	for i := 0; i < b.N; i++ {
-		dir := b.TempDir()
-		n := quietNode(b, dir)
-		g := newPDUGen(int64(i + 7))
-		var jsonBytes int64
-		var wg sync.WaitGroup
-		ch := make(chan []byte, 64)
-		for a := 0; a < 16; a++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for p := range ch {
-					if _, err := n.Append(context.Background(), Proposal{Kind: KindPDU, Payload: p}); err != nil {
-						b.Error(err)
-						return
-					}
+	dir := b.TempDir()
+	n := quietNode(b, dir)
+	g := newPDUGen(7)
+	var jsonBytes int64
+	var wg sync.WaitGroup
+	ch := make(chan []byte, 64)
+	for a := 0; a < 16; a++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range ch {
+				if _, err := n.Append(context.Background(), Proposal{Kind: KindPDU, Payload: p}); err != nil {
+					b.Error(err)
+					return
 				}
-			}()
-		}
-		for k := 0; k < entries; k++ {
-			p := g.next()
-			jsonBytes += int64(len(p))
-			ch <- p
-		}
-		close(ch)
-		wg.Wait()
-		db := n.DB()
-		if err := db.Flush(); err != nil {
-			b.Fatal(err)
-		}
-		if err := db.Compact([]byte{0}, []byte{0xff}, true); err != nil {
-			b.Fatal(err)
-		}
-		logBytes, err := db.EstimateDiskUsage(prefixEntry, prefixEnd(prefixEntry))
-		if err != nil {
-			b.Fatal(err)
-		}
-		raftBytes, _ := db.EstimateDiskUsage(prefixRaft, prefixEnd(prefixRaft))
-		n.Close()
-		var dirBytes int64
-		filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
-			if err == nil && !fi.IsDir() && strings.HasSuffix(fi.Name(), ".sst") {
-				dirBytes += fi.Size()
 			}
-			return nil
-		})
-		line, _ := json.Marshal(map[string]any{
-			"bench": "disk_ratio", "entries": entries,
-			"avg_json_bytes":               float64(jsonBytes) / entries,
-			"event_log_bytes_per_entry":    float64(logBytes) / entries,
-			"ratio":                        float64(logBytes) / float64(jsonBytes),
-			"raft_log_bytes":               raftBytes,
-			"all_sst_bytes_per_json_bytes": float64(dirBytes) / float64(jsonBytes),
-		})
-		fmt.Println(string(line))
-		b.ReportMetric(float64(logBytes)/float64(jsonBytes), "ratio")
+		}()
 	}
+	for k := 0; k < entries; k++ {
+		p := g.next()
+		jsonBytes += int64(len(p))
+		ch <- p
+	}
+	close(ch)
+	wg.Wait()
+	db := n.DB()
+	if err := db.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	if err := db.Compact([]byte{0}, []byte{0xff}, true); err != nil {
+		b.Fatal(err)
+	}
+	logBytes, err := db.EstimateDiskUsage(prefixEntry, prefixEnd(prefixEntry))
+	if err != nil {
+		b.Fatal(err)
+	}
+	raftBytes, _ := db.EstimateDiskUsage(prefixRaft, prefixEnd(prefixRaft))
+	n.Close()
+	var dirBytes int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && strings.HasSuffix(fi.Name(), ".sst") {
+			dirBytes += fi.Size()
+		}
+		return nil
+	})
+	line, _ := json.Marshal(map[string]any{
+		"bench": "disk_ratio", "entries": entries,
+		"avg_json_bytes":               float64(jsonBytes) / entries,
+		"event_log_bytes_per_entry":    float64(logBytes) / entries,
+		"ratio":                        float64(logBytes) / float64(jsonBytes),
+		"raft_log_bytes":               raftBytes,
+		"all_sst_bytes_per_json_bytes": float64(dirBytes) / float64(jsonBytes),
+	})
+	fmt.Println(string(line))
+	b.ReportMetric(float64(logBytes)/float64(jsonBytes), "ratio")
 }

@@ -248,9 +248,15 @@ func pebbleOptions(l zerolog.Logger) *pebble.Options {
 	// JSON structure, room IDs and auth events that neighbouring entries
 	// share, which per-entry compression cannot (measured by
 	// BenchmarkDiskRatio: ~0.40 of canonical JSON size vs ~0.84 per entry).
+	// zstd costs CPU on every flush and compaction, so only the bottom
+	// levels, where the event log settles for good, use it; the upper
+	// levels (and the short-lived raft log) stay on cheap Snappy.
 	for i := range o.Levels {
-		o.Levels[i].Compression = pebble.ZstdCompression
 		o.Levels[i].BlockSize = 32 << 10
+		o.Levels[i].Compression = pebble.SnappyCompression
+		if i >= len(o.Levels)-2 {
+			o.Levels[i].Compression = pebble.ZstdCompression
+		}
 	}
 	return o
 }
