@@ -73,21 +73,21 @@ type applyResult struct {
 // fsm folds committed raft commands into the event log. Offsets are
 // assigned here, as last+1, so they are identical on every node.
 type fsm struct {
-	db  *pebble.DB
-	dec *zstd.Decoder
+	db    *pebble.DB
+	dec   *zstd.Decoder
+	guard *diskGuard
 
 	lastOffset atomic.Uint64
 	applied    atomic.Uint64 // last raft index folded in; persisted in the same batch
 
-	mu     sync.Mutex
-	wake   chan struct{} // closed and replaced on every append
-	broken error         // a failed write; every later apply fails until restart
+	mu   sync.Mutex
+	wake chan struct{} // closed and replaced on every append
 
 	onApply func(entries int) // metrics hook; may be nil
 }
 
-func newFSM(db *pebble.DB, dec *zstd.Decoder, last, applied uint64) *fsm {
-	f := &fsm{db: db, dec: dec, wake: make(chan struct{})}
+func newFSM(db *pebble.DB, dec *zstd.Decoder, guard *diskGuard, last, applied uint64) *fsm {
+	f := &fsm{db: db, dec: dec, guard: guard, wake: make(chan struct{})}
 	f.lastOffset.Store(last)
 	f.applied.Store(applied)
 	return f
@@ -114,12 +114,11 @@ func (f *fsm) Apply(l *raft.Log) interface{} { return f.ApplyBatch([]*raft.Log{l
 
 func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	resp := make([]interface{}, len(logs))
-	f.mu.Lock()
-	broken := f.broken
-	f.mu.Unlock()
-	if broken != nil {
+	if err := f.guard.failed(); err != nil {
+		// The event log on this node is behind its raft log: applying
+		// more would assign offsets from a wrong base.
 		for i := range resp {
-			resp[i] = applyResult{err: broken}
+			resp[i] = applyResult{err: err}
 		}
 		return resp
 	}
@@ -163,7 +162,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	// holds these entries durably. If a crash loses this batch, the applied
 	// index is lost with it, and Raft re-applies the commands on restart.
 	// Snapshot syncs before raft may compact them away.
-	if err := b.Commit(pebble.NoSync); err != nil {
+	if err := f.guard.do("writing the event log", func() error { return b.Commit(pebble.NoSync) }); err != nil {
 		return f.fail(resp, err)
 	}
 	f.applied.Store(applied)
@@ -176,13 +175,10 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	return resp
 }
 
-// fail marks the FSM broken: the event log on this node is now behind its
-// raft log, so accepting more would assign offsets from a wrong base.
+// fail trips the guard: the event log on this node is now behind its raft
+// log, so accepting more would assign offsets from a wrong base.
 func (f *fsm) fail(resp []interface{}, cause error) []interface{} {
-	err := fmt.Errorf("log: writing the event log failed (disk full or failing? free space, then restart this node; raft re-applies what is missing): %w", cause)
-	f.mu.Lock()
-	f.broken = err
-	f.mu.Unlock()
+	err := f.guard.trip(fmt.Errorf("log: writing the event log failed; free space or replace the disk, then restart this node (raft re-applies what is missing): %w", cause))
 	for i := range resp {
 		resp[i] = applyResult{err: err}
 	}
@@ -195,7 +191,7 @@ func (f *fsm) fail(resp []interface{}, cause error) []interface{} {
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	// Make every applied (NoSync) write durable before raft records this
 	// snapshot and compacts the raft entries that could rebuild them.
-	if err := f.db.LogData(nil, pebble.Sync); err != nil {
+	if err := f.guard.do("syncing before a snapshot", func() error { return f.db.LogData(nil, pebble.Sync) }); err != nil {
 		return nil, err
 	}
 	return &fsmSnapshot{db: f.db, last: f.lastOffset.Load(), applied: f.applied.Load()}, nil
@@ -315,7 +311,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 			return err
 		}
 		if b.Len() > 4<<20 {
-			if err := b.Commit(pebble.NoSync); err != nil {
+			if err := f.guard.do("restoring a snapshot", func() error { return b.Commit(pebble.NoSync) }); err != nil {
 				return err
 			}
 			b.Close()
@@ -331,7 +327,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	// Sync: raft will drop its log up to the snapshot, so nothing could
 	// re-apply these entries after a crash.
-	if err := b.Commit(pebble.Sync); err != nil {
+	if err := f.guard.do("restoring a snapshot", func() error { return b.Commit(pebble.Sync) }); err != nil {
 		return err
 	}
 	f.applied.Store(applied)

@@ -39,7 +39,7 @@ func (w zerologWriter) Write(p []byte) (int, error) {
 }
 
 // pebbleLogger sends Pebble's routine messages (WAL replay, compactions)
-// to debug; Fatalf is a bug or unrecoverable disk state in Pebble.
+// to debug. Fatalf means Pebble cannot go on (see diskGuard).
 type pebbleLogger struct{ l zerolog.Logger }
 
 func (p pebbleLogger) Infof(format string, args ...interface{}) {
@@ -47,5 +47,7 @@ func (p pebbleLogger) Infof(format string, args ...interface{}) {
 }
 
 func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
-	p.l.Fatal().Msg(fmt.Sprintf(format, args...))
+	msg := fmt.Sprintf(format, args...)
+	p.l.Error().Msg(msg)
+	panic(pebbleFatal{msg: msg})
 }

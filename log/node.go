@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/vfs"
 	"github.com/hashicorp/raft"
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,6 +32,8 @@ type Config struct {
 	// tune adjusts the raft config (tests shorten timeouts and snapshot
 	// thresholds).
 	tune func(*raft.Config)
+	// fs replaces Pebble's filesystem (tests inject disk errors).
+	fs vfs.FS
 }
 
 // Peer is a raft voter.
@@ -49,6 +52,7 @@ type Node struct {
 	enc   *zstd.Encoder
 	dec   *zstd.Decoder
 	met   *metrics
+	guard diskGuard
 
 	// Group commit: Append hands requests to the batcher, which packs all
 	// waiting ones into one raft command; the completer answers them in
@@ -98,7 +102,7 @@ func Open(cfg Config) (*Node, error) {
 	}()
 
 	var err error
-	if n.db, err = pebble.Open(cfg.Dir, pebbleOptions(n.log)); err != nil {
+	if n.db, err = pebble.Open(cfg.Dir, pebbleOptions(n.log, cfg.fs)); err != nil {
 		return nil, fmt.Errorf("log: opening Pebble in %s (another engram running on it?): %w", cfg.Dir, err)
 	}
 	if n.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(2)); err != nil {
@@ -107,11 +111,11 @@ func Open(cfg Config) (*Node, error) {
 	if n.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(256<<20)); err != nil {
 		return nil, err
 	}
-	rec, err := recoverLog(n.db, n.log, verifyTail)
+	rec, err := recoverLog(n.db, &n.guard, n.log, verifyTail)
 	if err != nil {
 		return nil, err
 	}
-	n.fsm = newFSM(n.db, n.dec, rec.last, rec.applied)
+	n.fsm = newFSM(n.db, n.dec, &n.guard, rec.last, rec.applied)
 	if cfg.Metrics != nil {
 		if n.met, err = newMetrics(cfg.Metrics); err != nil {
 			return nil, err
@@ -119,7 +123,7 @@ func Open(cfg Config) (*Node, error) {
 		n.met.lastOffset.Set(float64(rec.last))
 		n.fsm.onApply = func(int) { n.met.lastOffset.Set(float64(n.fsm.lastOffset.Load())) }
 	}
-	if n.store, err = newRaftStore(n.db); err != nil {
+	if n.store, err = newRaftStore(n.db, &n.guard); err != nil {
 		return nil, err
 	}
 	hlog := newHCLogger(n.log)
@@ -241,8 +245,8 @@ func raftConfig(single bool) *raft.Config {
 	return c
 }
 
-func pebbleOptions(l zerolog.Logger) *pebble.Options {
-	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}}
+func pebbleOptions(l zerolog.Logger, fs vfs.FS) *pebble.Options {
+	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}, FS: fs}
 	o.EnsureDefaults()
 	// Entries compress best together: zstd over 32 KiB blocks sees the
 	// JSON structure, room IDs and auth events that neighbouring entries
@@ -364,7 +368,23 @@ func (n *Node) shutdown() error {
 	if n.db != nil {
 		// Flush the unsynced event-log writes so a clean restart has
 		// nothing to re-apply.
-		errs = append(errs, n.db.LogData(nil, pebble.Sync), n.db.Close())
+		if n.guard.failed() == nil {
+			errs = append(errs, n.guard.do("syncing at close", func() error { return n.db.LogData(nil, pebble.Sync) }))
+		}
+		errs = append(errs, n.closeDB())
 	}
 	return errors.Join(errs...)
+}
+
+// closeDB closes Pebble. After a fatal disk error Pebble's state is
+// undefined and Close may panic; the node is going away regardless.
+func (n *Node) closeDB() (err error) {
+	if failed := n.guard.failed(); failed != nil {
+		defer func() {
+			if r := recover(); r != nil {
+				err = failed
+			}
+		}()
+	}
+	return n.db.Close()
 }

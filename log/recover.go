@@ -24,7 +24,7 @@ type recovered struct {
 // the bad entry and the applied raft index rewound, so Raft re-applies those
 // commands from its own (synced) log or from a snapshot. A bad entry followed
 // by good entries of later commands is damage in the middle: Open refuses.
-func recoverLog(db *pebble.DB, logger zerolog.Logger, verifyTail uint64) (recovered, error) {
+func recoverLog(db *pebble.DB, guard *diskGuard, logger zerolog.Logger, verifyTail uint64) (recovered, error) {
 	var r recovered
 	var err error
 	if r.applied, err = getU64(db, keyApplied); err != nil {
@@ -121,7 +121,7 @@ func recoverLog(db *pebble.DB, logger zerolog.Logger, verifyTail uint64) (recove
 	if err := b.Set(keyVerified, u64Bytes(r.last), nil); err != nil {
 		return r, err
 	}
-	return r, b.Commit(pebble.Sync)
+	return r, guard.do("recording the verified mark", func() error { return b.Commit(pebble.Sync) })
 }
 
 func readStored(db *pebble.DB, off uint64) (storedEntry, error) {

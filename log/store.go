@@ -115,14 +115,15 @@ func decodeStored(off uint64, v []byte) (storedEntry, error) {
 // loss, because it is what lets the (unsynced) event log be rebuilt.
 type raftStore struct {
 	db    *pebble.DB
+	guard *diskGuard
 	syncs atomic.Uint64 // durable raft writes, for benchmarks
 
 	mu          sync.Mutex
 	first, last uint64 // cached bounds of the raft log; 0 when empty
 }
 
-func newRaftStore(db *pebble.DB) (*raftStore, error) {
-	s := &raftStore{db: db}
+func newRaftStore(db *pebble.DB, guard *diskGuard) (*raftStore, error) {
+	s := &raftStore{db: db, guard: guard}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefixRaft, UpperBound: prefixEnd(prefixRaft)})
 	if err != nil {
 		return nil, err
@@ -218,8 +219,8 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 	}
 	// Sync: raft acknowledges (and counts toward quorum) only what is here.
 	s.syncs.Add(1)
-	if err := b.Commit(pebble.Sync); err != nil {
-		return fmt.Errorf("log: storing raft entries failed (disk full or failing? free space or replace the disk, then restart): %w", err)
+	if err := s.guard.do("storing raft entries", func() error { return b.Commit(pebble.Sync) }); err != nil {
+		return err
 	}
 	s.mu.Lock()
 	for _, l := range logs {
@@ -238,7 +239,9 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 // after a snapshot and to drop a conflicting suffix; it never touches the
 // event log, which is never truncated by compaction.
 func (s *raftStore) DeleteRange(min, max uint64) error {
-	if err := s.db.DeleteRange(raftKey(min), raftKey(max+1), pebble.Sync); err != nil {
+	if err := s.guard.do("compacting the raft log", func() error {
+		return s.db.DeleteRange(raftKey(min), raftKey(max+1), pebble.Sync)
+	}); err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -262,7 +265,7 @@ func (s *raftStore) DeleteRange(min, max uint64) error {
 func stableKey(k []byte) []byte { return append(append([]byte(nil), prefixStable...), k...) }
 
 func (s *raftStore) Set(k, v []byte) error {
-	return s.db.Set(stableKey(k), v, pebble.Sync)
+	return s.guard.do("storing raft state", func() error { return s.db.Set(stableKey(k), v, pebble.Sync) })
 }
 
 func (s *raftStore) Get(k []byte) ([]byte, error) {
