@@ -82,54 +82,6 @@ func New() *Projection { return &Projection{} }
 func (*Projection) Name() string { return "accounts" }
 func (*Projection) Version() int { return 2 }
 
-func key(prefix byte, parts ...string) []byte {
-	n := 1
-	for _, p := range parts {
-		n += len(p) + 1
-	}
-	k := make([]byte, 0, n)
-	k = append(k, prefix)
-	for i, p := range parts {
-		if i > 0 {
-			k = append(k, sep)
-		}
-		k = append(k, p...)
-	}
-	return k
-}
-
-// prefixEnd is the smallest key greater than every key starting with p.
-func prefixEnd(p []byte) []byte {
-	e := append([]byte(nil), p...)
-	for i := len(e) - 1; i >= 0; i-- {
-		if e[i] < 0xff {
-			e[i]++
-			return e[:i+1]
-		}
-	}
-	return nil
-}
-
-func get[T any](r projections.Reader, k []byte) (*T, error) {
-	b, ok, err := r.Get(k)
-	if err != nil || !ok {
-		return nil, err
-	}
-	v := new(T)
-	if err := json.Unmarshal(b, v); err != nil {
-		return nil, fmt.Errorf("accounts: corrupt record %q: %w", k, err)
-	}
-	return v, nil
-}
-
-func put(w projections.Writer, k []byte, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return w.Set(k, b)
-}
-
 // Apply folds a batch of entries.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 	for _, e := range entries {
@@ -147,35 +99,35 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		if old, err := get[Account](w, key(pAccount, f.UserID)); err != nil || old != nil {
+		if old, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID)); err != nil || old != nil {
 			// The first registration wins; a later one is refused, and so
 			// are the device, tokens and token use of its batch (they
 			// carry its Registration, which the account does not).
 			return err
 		}
-		if err := put(w, key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
+		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
 			return err
 		}
 		if f.Registration != "" {
-			if err := w.Set(key(pRegistration, f.Registration), []byte(f.UserID)); err != nil {
+			if err := w.Set(projections.Key(pRegistration, f.Registration), []byte(f.UserID)); err != nil {
 				return err
 			}
 		}
 		if f.DisplayName != "" {
 			dn := f.DisplayName
-			return put(w, key(pProfile, f.UserID), Profile{DisplayName: &dn})
+			return projections.PutJSON(w, projections.Key(pProfile, f.UserID), Profile{DisplayName: &dn})
 		}
 	case englog.KindPasswordChanged:
 		var f facts.PasswordChanged
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		a, err := get[Account](w, key(pAccount, f.UserID))
+		a, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID))
 		if err != nil || a == nil {
 			return err
 		}
 		a.PasswordHash = f.PasswordHash
-		if err := put(w, key(pAccount, f.UserID), a); err != nil {
+		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), a); err != nil {
 			return err
 		}
 		if f.LogoutDevices {
@@ -196,13 +148,13 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		a, err := get[Account](w, key(pAccount, f.UserID))
+		a, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID))
 		if err != nil || a == nil {
 			return err
 		}
 		a.Deactivated = true
 		a.PasswordHash = ""
-		if err := put(w, key(pAccount, f.UserID), a); err != nil {
+		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), a); err != nil {
 			return err
 		}
 		devs, err := listDevices(w, f.UserID)
@@ -215,14 +167,14 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			}
 		}
 		if f.Erase {
-			return w.Delete(key(pProfile, f.UserID))
+			return w.Delete(projections.Key(pProfile, f.UserID))
 		}
 	case englog.KindProfileSet:
 		var f facts.ProfileSet
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		pr, err := get[Profile](w, key(pProfile, f.UserID))
+		pr, err := projections.GetJSON[Profile](w, projections.Key(pProfile, f.UserID))
 		if err != nil {
 			return err
 		}
@@ -235,7 +187,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if f.AvatarURL != nil {
 			pr.AvatarURL = nilIfEmpty(*f.AvatarURL)
 		}
-		return put(w, key(pProfile, f.UserID), pr)
+		return projections.PutJSON(w, projections.Key(pProfile, f.UserID), pr)
 	case englog.KindDeviceAdded:
 		var f facts.DeviceAdded
 		if err := facts.Decode(e, &f); err != nil {
@@ -244,7 +196,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
 			return err
 		}
-		d, err := get[Device](w, key(pDevice, f.UserID, f.DeviceID))
+		d, err := projections.GetJSON[Device](w, projections.Key(pDevice, f.UserID, f.DeviceID))
 		if err != nil {
 			return err
 		}
@@ -254,20 +206,20 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			d.DisplayName = f.DisplayName
 		}
 		d.LastSeenIP, d.LastSeenTS = f.IP, e.Time
-		return put(w, key(pDevice, f.UserID, f.DeviceID), d)
+		return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
 	case englog.KindDeviceUpdated:
 		var f facts.DeviceUpdated
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		d, err := get[Device](w, key(pDevice, f.UserID, f.DeviceID))
+		d, err := projections.GetJSON[Device](w, projections.Key(pDevice, f.UserID, f.DeviceID))
 		if err != nil || d == nil {
 			return err
 		}
 		if f.DisplayName != nil {
 			d.DisplayName = *f.DisplayName
 		}
-		return put(w, key(pDevice, f.UserID, f.DeviceID), d)
+		return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
 	case englog.KindDeviceRemoved:
 		var f facts.DeviceRemoved
 		if err := facts.Decode(e, &f); err != nil {
@@ -287,7 +239,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		if f.Replaces != "" {
-			old, err := get[Session](w, key(pRefresh, f.Replaces))
+			old, err := projections.GetJSON[Session](w, projections.Key(pRefresh, f.Replaces))
 			if err != nil {
 				return err
 			}
@@ -302,24 +254,24 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 				}
 			}
 		}
-		if err := put(w, key(pToken, f.TokenSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, ExpiresAt: f.ExpiresAt, Pair: f.RefreshSHA256}); err != nil {
+		if err := projections.PutJSON(w, projections.Key(pToken, f.TokenSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, ExpiresAt: f.ExpiresAt, Pair: f.RefreshSHA256}); err != nil {
 			return err
 		}
-		if err := w.Set(key(pDevTok, f.UserID, f.DeviceID, f.TokenSHA256), []byte(tokAccess)); err != nil {
+		if err := w.Set(projections.Key(pDevTok, f.UserID, f.DeviceID, f.TokenSHA256), []byte(tokAccess)); err != nil {
 			return err
 		}
 		if f.RefreshSHA256 != "" {
-			if err := put(w, key(pRefresh, f.RefreshSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, Pair: f.TokenSHA256}); err != nil {
+			if err := projections.PutJSON(w, projections.Key(pRefresh, f.RefreshSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, Pair: f.TokenSHA256}); err != nil {
 				return err
 			}
-			return w.Set(key(pDevTok, f.UserID, f.DeviceID, f.RefreshSHA256), []byte(tokRefresh))
+			return w.Set(projections.Key(pDevTok, f.UserID, f.DeviceID, f.RefreshSHA256), []byte(tokRefresh))
 		}
 	case englog.KindAccessTokenRevoked:
 		var f facts.AccessTokenRevoked
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		s, err := get[Session](w, key(pToken, f.TokenSHA256))
+		s, err := projections.GetJSON[Session](w, projections.Key(pToken, f.TokenSHA256))
 		if err != nil || s == nil {
 			return err
 		}
@@ -329,23 +281,23 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		k := key(pRegToken, f.Token)
+		k := projections.Key(pRegToken, f.Token)
 		switch f.Op {
 		case facts.RegistrationTokenCreate:
-			return put(w, k, RegToken{Token: f.Token, UsesAllowed: f.UsesAllowed, ExpiryTime: f.ExpiryTime})
+			return projections.PutJSON(w, k, RegToken{Token: f.Token, UsesAllowed: f.UsesAllowed, ExpiryTime: f.ExpiryTime})
 		case facts.RegistrationTokenUse:
 			if f.Registration != "" {
 				// Counted only when the registration it was used for won.
-				if _, won, err := w.Get(key(pRegistration, f.Registration)); err != nil || !won {
+				if _, won, err := w.Get(projections.Key(pRegistration, f.Registration)); err != nil || !won {
 					return err
 				}
 			}
-			t, err := get[RegToken](w, k)
+			t, err := projections.GetJSON[RegToken](w, k)
 			if err != nil || t == nil {
 				return err
 			}
 			t.Completed++
-			return put(w, k, t)
+			return projections.PutJSON(w, k, t)
 		case facts.RegistrationTokenDelete:
 			return w.Delete(k)
 		}
@@ -359,7 +311,7 @@ func refusedRegistration(r projections.Reader, userID, reg string) (bool, error)
 	if reg == "" {
 		return false, nil
 	}
-	a, err := get[Account](r, key(pAccount, userID))
+	a, err := projections.GetJSON[Account](r, projections.Key(pAccount, userID))
 	if err != nil {
 		return false, err
 	}
@@ -375,16 +327,16 @@ func nilIfEmpty(s string) *string {
 
 // deleteToken removes a token and its device index entry.
 func deleteToken(w projections.Writer, prefix byte, hash string, s *Session) error {
-	if err := w.Delete(key(prefix, hash)); err != nil {
+	if err := w.Delete(projections.Key(prefix, hash)); err != nil {
 		return err
 	}
-	return w.Delete(key(pDevTok, s.UserID, s.DeviceID, hash))
+	return w.Delete(projections.Key(pDevTok, s.UserID, s.DeviceID, hash))
 }
 
 // removeDevice deletes a device and every token issued to it.
 func removeDevice(w projections.Writer, userID, deviceID string) error {
-	lower := append(key(pDevTok, userID, deviceID), sep)
-	it := w.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pDevTok, userID, deviceID), sep)
+	it := w.Iter(lower, projections.PrefixEnd(lower))
 	var toks []struct {
 		hash string
 		kind byte
@@ -403,19 +355,19 @@ func removeDevice(w projections.Writer, userID, deviceID string) error {
 		if t.kind == tokRefresh[0] {
 			prefix = pRefresh
 		}
-		if err := w.Delete(key(prefix, t.hash)); err != nil {
+		if err := w.Delete(projections.Key(prefix, t.hash)); err != nil {
 			return err
 		}
 	}
-	if err := w.DeleteRange(lower, prefixEnd(lower)); err != nil {
+	if err := w.DeleteRange(lower, projections.PrefixEnd(lower)); err != nil {
 		return err
 	}
-	return w.Delete(key(pDevice, userID, deviceID))
+	return w.Delete(projections.Key(pDevice, userID, deviceID))
 }
 
 func listDevices(r projections.Reader, userID string) ([]Device, error) {
-	lower := append(key(pDevice, userID), sep)
-	it := r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pDevice, userID), sep)
+	it := r.Iter(lower, projections.PrefixEnd(lower))
 	var out []Device
 	for ok := it.First(); ok; ok = it.Next() {
 		var d Device
@@ -436,22 +388,22 @@ func NewView(r projections.Reader) View { return View{r} }
 
 // Account returns the account, or nil when the user does not exist.
 func (v View) Account(userID string) (*Account, error) {
-	return get[Account](v.r, key(pAccount, userID))
+	return projections.GetJSON[Account](v.r, projections.Key(pAccount, userID))
 }
 
 // Session returns the session of an access token hash, or nil.
 func (v View) Session(tokenHash string) (*Session, error) {
-	return get[Session](v.r, key(pToken, tokenHash))
+	return projections.GetJSON[Session](v.r, projections.Key(pToken, tokenHash))
 }
 
 // RefreshSession returns the session of a refresh token hash, or nil.
 func (v View) RefreshSession(hash string) (*Session, error) {
-	return get[Session](v.r, key(pRefresh, hash))
+	return projections.GetJSON[Session](v.r, projections.Key(pRefresh, hash))
 }
 
 // Device returns one device, or nil.
 func (v View) Device(userID, deviceID string) (*Device, error) {
-	return get[Device](v.r, key(pDevice, userID, deviceID))
+	return projections.GetJSON[Device](v.r, projections.Key(pDevice, userID, deviceID))
 }
 
 // Devices lists a user's devices ordered by ID.
@@ -459,7 +411,7 @@ func (v View) Devices(userID string) ([]Device, error) { return listDevices(v.r,
 
 // Profile returns a user's profile (empty when never set).
 func (v View) Profile(userID string) (Profile, error) {
-	p, err := get[Profile](v.r, key(pProfile, userID))
+	p, err := projections.GetJSON[Profile](v.r, projections.Key(pProfile, userID))
 	if err != nil || p == nil {
 		return Profile{}, err
 	}
@@ -468,5 +420,5 @@ func (v View) Profile(userID string) (Profile, error) {
 
 // RegistrationToken returns a registration token's state, or nil.
 func (v View) RegistrationToken(token string) (*RegToken, error) {
-	return get[RegToken](v.r, key(pRegToken, token))
+	return projections.GetJSON[RegToken](v.r, projections.Key(pRegToken, token))
 }

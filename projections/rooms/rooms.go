@@ -10,7 +10,6 @@ package rooms
 import (
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
@@ -109,52 +108,10 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 	}
 }
 
-func key(prefix byte, parts ...string) []byte {
-	k := []byte{prefix}
-	for i, p := range parts {
-		if i > 0 {
-			k = append(k, sep)
-		}
-		k = append(k, p...)
-	}
-	return k
-}
-
 func offsetKey(prefix byte, room string, off uint64) []byte {
-	k := key(prefix, room)
+	k := projections.Key(prefix, room)
 	k = append(k, sep)
 	return binary.BigEndian.AppendUint64(k, off)
-}
-
-func prefixEnd(p []byte) []byte {
-	e := append([]byte(nil), p...)
-	for i := len(e) - 1; i >= 0; i-- {
-		if e[i] < 0xff {
-			e[i]++
-			return e[:i+1]
-		}
-	}
-	return nil
-}
-
-func get[T any](r projections.Reader, k []byte) (*T, error) {
-	b, ok, err := r.Get(k)
-	if err != nil || !ok {
-		return nil, err
-	}
-	v := new(T)
-	if err := json.Unmarshal(b, v); err != nil {
-		return nil, fmt.Errorf("rooms: corrupt record %q: %w", k, err)
-	}
-	return v, nil
-}
-
-func put(w projections.Writer, k []byte, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return w.Set(k, b)
 }
 
 // Apply folds a batch.
@@ -167,22 +124,22 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		case englog.KindRoomForgotten:
 			var f facts.RoomForgotten
 			if err = facts.Decode(e, &f); err == nil {
-				err = w.Set(key(pForgotten, f.UserID, f.RoomID), nil)
+				err = w.Set(projections.Key(pForgotten, f.UserID, f.RoomID), nil)
 			}
 		case englog.KindAliasSet:
 			var f facts.AliasSet
 			if err = facts.Decode(e, &f); err == nil {
-				if err = put(w, key(pAlias, f.Alias), AliasRecord{RoomID: f.RoomID, Creator: f.Creator}); err == nil {
-					err = w.Set(key(pRoomAlias, f.RoomID, f.Alias), nil)
+				if err = projections.PutJSON(w, projections.Key(pAlias, f.Alias), AliasRecord{RoomID: f.RoomID, Creator: f.Creator}); err == nil {
+					err = w.Set(projections.Key(pRoomAlias, f.RoomID, f.Alias), nil)
 				}
 			}
 		case englog.KindAliasRemoved:
 			var f facts.AliasRemoved
 			if err = facts.Decode(e, &f); err == nil {
 				var a *AliasRecord
-				if a, err = get[AliasRecord](w, key(pAlias, f.Alias)); err == nil && a != nil {
-					if err = w.Delete(key(pAlias, f.Alias)); err == nil {
-						err = w.Delete(key(pRoomAlias, a.RoomID, f.Alias))
+				if a, err = projections.GetJSON[AliasRecord](w, projections.Key(pAlias, f.Alias)); err == nil && a != nil {
+					if err = w.Delete(projections.Key(pAlias, f.Alias)); err == nil {
+						err = w.Delete(projections.Key(pRoomAlias, a.RoomID, f.Alias))
 					}
 				}
 			}
@@ -190,9 +147,9 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 			var f facts.RoomVisibilitySet
 			if err = facts.Decode(e, &f); err == nil {
 				if f.Visibility == "public" {
-					err = w.Set(key(pPublic, f.RoomID), nil)
+					err = w.Set(projections.Key(pPublic, f.RoomID), nil)
 				} else {
-					err = w.Delete(key(pPublic, f.RoomID))
+					err = w.Delete(projections.Key(pPublic, f.RoomID))
 				}
 			}
 		}
@@ -219,7 +176,7 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 		return nil // malformed PDUs were refused before proposing; never fold them
 	}
 	id := ev.EventID()
-	if old, err := get[Event](w, key(pEvent, id)); err != nil || (old != nil && old.Rejected == "" && !old.Outlier) {
+	if old, err := projections.GetJSON[Event](w, projections.Key(pEvent, id)); err != nil || (old != nil && old.Rejected == "" && !old.Outlier) {
 		return err // already folded: duplicates are no-ops
 	}
 	rec := Event{EventID: id, RoomID: ev.RoomID(), Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
@@ -229,11 +186,11 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 
 	if inDAG {
 		if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
-			if err := put(w, key(pRoom, roomID), Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}); err != nil {
+			if err := projections.PutJSON(w, projections.Key(pRoom, roomID), Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}); err != nil {
 				return err
 			}
 		}
-		room, err := get[Room](w, key(pRoom, roomID))
+		room, err := projections.GetJSON[Room](w, projections.Key(pRoom, roomID))
 		if err != nil {
 			return err
 		}
@@ -243,7 +200,7 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			rec.Outlier, inDAG = true, false
 		} else {
 			room.Extremities = advanceExtremities(room.Extremities, ev)
-			if err := put(w, key(pRoom, roomID), room); err != nil {
+			if err := projections.PutJSON(w, projections.Key(pRoom, roomID), room); err != nil {
 				return err
 			}
 		}
@@ -253,7 +210,7 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		if sk := ev.StateKey(); sk != nil {
-			sKey := key(pState, roomID, ev.Type(), *sk)
+			sKey := projections.Key(pState, roomID, ev.Type(), *sk)
 			if prev, ok, err := w.Get(sKey); err != nil {
 				return err
 			} else if ok {
@@ -262,7 +219,7 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			if err := w.Set(sKey, []byte(id)); err != nil {
 				return err
 			}
-			hKey := binary.BigEndian.AppendUint64(append(key(pStateHist, roomID, ev.Type(), *sk), sep), e.Offset)
+			hKey := binary.BigEndian.AppendUint64(append(projections.Key(pStateHist, roomID, ev.Type(), *sk), sep), e.Offset)
 			if err := w.Set(hKey, []byte(id)); err != nil {
 				return err
 			}
@@ -276,12 +233,12 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		if f.Txn != nil {
-			if err := w.Set(key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID), []byte(id)); err != nil {
+			if err := w.Set(projections.Key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID), []byte(id)); err != nil {
 				return err
 			}
 		}
 	}
-	if err := put(w, key(pEvent, id), rec); err != nil {
+	if err := projections.PutJSON(w, projections.Key(pEvent, id), rec); err != nil {
 		return err
 	}
 	if !inDAG {
@@ -293,8 +250,8 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 		}
 	}
 	// A redaction that arrived before this event applies now.
-	lower := append(key(pPendingRed, id), sep)
-	it := w.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pPendingRed, id), sep)
+	it := w.Iter(lower, projections.PrefixEnd(lower))
 	var pending []string
 	for ok := it.First(); ok; ok = it.Next() {
 		pending = append(pending, string(it.Key()[len(lower):]))
@@ -308,7 +265,7 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 		}
 	}
 	if len(pending) > 0 {
-		return w.DeleteRange(lower, prefixEnd(lower))
+		return w.DeleteRange(lower, projections.PrefixEnd(lower))
 	}
 	return nil
 }
@@ -319,22 +276,22 @@ func (p *Projection) applyMembership(w projections.Writer, ev stateres.PDU, user
 	}
 	_ = json.Unmarshal(ev.Content(), &c)
 	if c.Membership == "join" || c.Membership == "invite" || c.Membership == "knock" {
-		if err := w.Delete(key(pForgotten, userID, ev.RoomID())); err != nil {
+		if err := w.Delete(projections.Key(pForgotten, userID, ev.RoomID())); err != nil {
 			return err
 		}
 	}
-	return put(w, key(pMember, userID, ev.RoomID()), Membership{RoomID: ev.RoomID(), Membership: c.Membership, EventID: ev.EventID(), Offset: off})
+	return projections.PutJSON(w, projections.Key(pMember, userID, ev.RoomID()), Membership{RoomID: ev.RoomID(), Membership: c.Membership, EventID: ev.EventID(), Offset: off})
 }
 
 // redact replaces the target's JSON by its redacted form, if the target is
 // in the same room; a target not seen yet is remembered.
 func redact(w projections.Writer, targetID, redactionID, roomID string) error {
-	t, err := get[Event](w, key(pEvent, targetID))
+	t, err := projections.GetJSON[Event](w, projections.Key(pEvent, targetID))
 	if err != nil {
 		return err
 	}
 	if t == nil {
-		return w.Set(append(append(key(pPendingRed, targetID), sep), redactionID...), nil)
+		return w.Set(append(append(projections.Key(pPendingRed, targetID), sep), redactionID...), nil)
 	}
 	if t.RoomID != roomID || t.RedactedBy != "" {
 		return nil
@@ -348,7 +305,7 @@ func redact(w projections.Writer, targetID, redactionID, roomID string) error {
 		return nil // an unredactable stored event stays as is
 	}
 	t.JSON, t.RedactedBy = red, redactionID
-	return put(w, key(pEvent, targetID), t)
+	return projections.PutJSON(w, projections.Key(pEvent, targetID), t)
 }
 
 // advanceExtremities: the new event replaces the extremities it references.
@@ -403,16 +360,16 @@ func countNotification(w projections.Writer, ev stateres.PDU, off uint64) error 
 	scope := ScopeMain
 	if c.RelatesTo != nil && c.RelatesTo.RelType == "m.thread" && c.RelatesTo.EventID != "" {
 		scope = c.RelatesTo.EventID
-		if err := w.Set(key(pThread, roomID, scope), nil); err != nil {
+		if err := w.Set(projections.Key(pThread, roomID, scope), nil); err != nil {
 			return err
 		}
 	}
 	for _, sc := range []string{ScopeAll, scope} {
-		if err := bump(w, key(pNotif, roomID, sc), off); err != nil {
+		if err := bump(w, projections.Key(pNotif, roomID, sc), off); err != nil {
 			return err
 		}
 	}
-	if err := w.Set(key(pLastNotif, roomID, ev.Sender()), binary.BigEndian.AppendUint64(nil, off)); err != nil {
+	if err := w.Set(projections.Key(pLastNotif, roomID, ev.Sender()), binary.BigEndian.AppendUint64(nil, off)); err != nil {
 		return err
 	}
 	if c.Mentions != nil {
@@ -423,7 +380,7 @@ func countNotification(w projections.Writer, ev stateres.PDU, off uint64) error 
 			}
 			seen[u] = true
 			for _, sc := range []string{ScopeAll, scope} {
-				if err := bump(w, key(pHighlight, roomID, u, sc), off); err != nil {
+				if err := bump(w, projections.Key(pHighlight, roomID, u, sc), off); err != nil {
 					return err
 				}
 			}
@@ -446,7 +403,7 @@ func bump(w projections.Writer, prefix []byte, off uint64) error {
 // (0 when none).
 func cumulative(r projections.Reader, prefix []byte, off uint64) (uint64, error) {
 	lower := append(append([]byte(nil), prefix...), sep)
-	it := r.Iter(lower, prefixEnd(lower))
+	it := r.Iter(lower, projections.PrefixEnd(lower))
 	var n uint64
 	upper := binary.BigEndian.AppendUint64(append([]byte(nil), lower...), off)
 	if off == ^uint64(0) {

@@ -16,10 +16,14 @@ type View struct{ r projections.Reader }
 func NewView(r projections.Reader) View { return View{r} }
 
 // Room returns a room, or nil when unknown.
-func (v View) Room(roomID string) (*Room, error) { return get[Room](v.r, key(pRoom, roomID)) }
+func (v View) Room(roomID string) (*Room, error) {
+	return projections.GetJSON[Room](v.r, projections.Key(pRoom, roomID))
+}
 
 // Event returns a stored event, or nil.
-func (v View) Event(eventID string) (*Event, error) { return get[Event](v.r, key(pEvent, eventID)) }
+func (v View) Event(eventID string) (*Event, error) {
+	return projections.GetJSON[Event](v.r, projections.Key(pEvent, eventID))
+}
 
 // PDU parses a stored event.
 func (e *Event) PDU() (*stateres.Event, error) {
@@ -29,7 +33,7 @@ func (e *Event) PDU() (*stateres.Event, error) {
 
 // StateEventID returns the ID of a current state event, or "".
 func (v View) StateEventID(roomID, typ, stateKey string) (string, error) {
-	b, ok, err := v.r.Get(key(pState, roomID, typ, stateKey))
+	b, ok, err := v.r.Get(projections.Key(pState, roomID, typ, stateKey))
 	if err != nil || !ok {
 		return "", err
 	}
@@ -48,11 +52,11 @@ func (v View) StateEvent(roomID, typ, stateKey string) (*Event, error) {
 // State returns the room's current state, optionally only of one type
 // (typ != ""), ordered by (type, state key).
 func (v View) State(roomID, typ string) ([]*Event, error) {
-	lower := append(key(pState, roomID), sep)
+	lower := append(projections.Key(pState, roomID), sep)
 	if typ != "" {
 		lower = append(append(lower, typ...), sep)
 	}
-	it := v.r.Iter(lower, prefixEnd(lower))
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var ids []string
 	for ok := it.First(); ok; ok = it.Next() {
 		ids = append(ids, string(it.Value()))
@@ -75,13 +79,13 @@ func (v View) State(roomID, typ string) ([]*Event, error) {
 
 // Membership returns a user's membership of a room, or nil.
 func (v View) Membership(userID, roomID string) (*Membership, error) {
-	return get[Membership](v.r, key(pMember, userID, roomID))
+	return projections.GetJSON[Membership](v.r, projections.Key(pMember, userID, roomID))
 }
 
 // Memberships lists every room a user has a membership event in.
 func (v View) Memberships(userID string) ([]Membership, error) {
-	lower := append(key(pMember, userID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pMember, userID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []Membership
 	for ok := it.First(); ok; ok = it.Next() {
 		var m Membership
@@ -97,13 +101,13 @@ func (v View) Memberships(userID string) ([]Membership, error) {
 // Forgotten reports whether the user forgot the room (since they last
 // joined or were invited).
 func (v View) Forgotten(userID, roomID string) (bool, error) {
-	_, ok, err := v.r.Get(key(pForgotten, userID, roomID))
+	_, ok, err := v.r.Get(projections.Key(pForgotten, userID, roomID))
 	return ok, err
 }
 
 // TxnEvent returns the event a client transaction created, or "".
 func (v View) TxnEvent(userID, deviceID, txnID string) (string, error) {
-	b, ok, err := v.r.Get(key(pTxn, userID, deviceID, txnID))
+	b, ok, err := v.r.Get(projections.Key(pTxn, userID, deviceID, txnID))
 	if err != nil || !ok {
 		return "", err
 	}
@@ -120,8 +124,8 @@ type TimelineEntry struct {
 // (after, upTo] when forward, or in [.., before) walking backwards from
 // before when !forward (upTo ignored). Entries are in the walking order.
 func (v View) Timeline(roomID string, from uint64, forward bool, limit int, bound uint64) ([]TimelineEntry, error) {
-	lower := append(key(pTimeline, roomID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pTimeline, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	defer it.Close()
 	var out []TimelineEntry
 	read := func() TimelineEntry {
@@ -152,13 +156,13 @@ func (v View) Timeline(roomID string, from uint64, forward bool, limit int, boun
 
 // Alias returns the room an alias points at, or nil.
 func (v View) Alias(alias string) (*AliasRecord, error) {
-	return get[AliasRecord](v.r, key(pAlias, alias))
+	return projections.GetJSON[AliasRecord](v.r, projections.Key(pAlias, alias))
 }
 
 // Aliases lists a room's local aliases.
 func (v View) Aliases(roomID string) ([]string, error) {
-	lower := append(key(pRoomAlias, roomID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pRoomAlias, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []string
 	for ok := it.First(); ok; ok = it.Next() {
 		out = append(out, string(it.Key()[len(lower):]))
@@ -168,14 +172,14 @@ func (v View) Aliases(roomID string) ([]string, error) {
 
 // Public reports whether the room is published in the room directory.
 func (v View) Public(roomID string) (bool, error) {
-	_, ok, err := v.r.Get(key(pPublic, roomID))
+	_, ok, err := v.r.Get(projections.Key(pPublic, roomID))
 	return ok, err
 }
 
 // PublicRooms lists the published rooms.
 func (v View) PublicRooms() ([]string, error) {
-	lower := key(pPublic)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := projections.Key(pPublic)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []string
 	for ok := it.First(); ok; ok = it.Next() {
 		out = append(out, string(it.Key()[1:]))
@@ -209,8 +213,8 @@ func IsLocalServer(userID, server string) bool {
 // rooms projection folds state in log order, so this is the state the
 // event at offset before was sent against.
 func (v View) StateAt(roomID, typ, stateKey string, before uint64) (string, error) {
-	lower := append(key(pStateHist, roomID, typ, stateKey), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pStateHist, roomID, typ, stateKey), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	id := ""
 	if it.SeekLT(binary.BigEndian.AppendUint64(append([]byte(nil), lower...), before)) {
 		id = string(it.Value())
@@ -221,8 +225,8 @@ func (v View) StateAt(roomID, typ, stateKey string, before uint64) (string, erro
 // StateHistory lists the offsets and event IDs of every change of one
 // state key with offset > after, oldest first.
 func (v View) StateHistory(roomID, typ, stateKey string, after uint64) ([]TimelineEntry, error) {
-	lower := append(key(pStateHist, roomID, typ, stateKey), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pStateHist, roomID, typ, stateKey), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []TimelineEntry
 	for ok := it.SeekGE(binary.BigEndian.AppendUint64(append([]byte(nil), lower...), after+1)); ok; ok = it.Next() {
 		k := it.Key()
@@ -271,13 +275,13 @@ func (v View) StateBefore(roomID, typ string, before uint64) ([]*Event, error) {
 // NotificationCount is the number of notifying events of a scope
 // (ScopeAll, ScopeMain or a thread root) with offset > after.
 func (v View) NotificationCount(roomID, scope string, after uint64) (uint64, error) {
-	return v.countAfter(key(pNotif, roomID, scope), after)
+	return v.countAfter(projections.Key(pNotif, roomID, scope), after)
 }
 
 // HighlightCount is the number of events of a scope mentioning userID
 // with offset > after.
 func (v View) HighlightCount(roomID, userID, scope string, after uint64) (uint64, error) {
-	return v.countAfter(key(pHighlight, roomID, userID, scope), after)
+	return v.countAfter(projections.Key(pHighlight, roomID, userID, scope), after)
 }
 
 func (v View) countAfter(prefix []byte, after uint64) (uint64, error) {
@@ -292,7 +296,7 @@ func (v View) countAfter(prefix []byte, after uint64) (uint64, error) {
 // LastNotifying is the offset of the sender's last notifying event in the
 // room (0 when none).
 func (v View) LastNotifying(roomID, sender string) (uint64, error) {
-	b, ok, err := v.r.Get(key(pLastNotif, roomID, sender))
+	b, ok, err := v.r.Get(projections.Key(pLastNotif, roomID, sender))
 	if err != nil || !ok || len(b) != 8 {
 		return 0, err
 	}
@@ -301,8 +305,8 @@ func (v View) LastNotifying(roomID, sender string) (uint64, error) {
 
 // Threads lists the root IDs of the room's threads with notifying events.
 func (v View) Threads(roomID string) ([]string, error) {
-	lower := append(key(pThread, roomID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pThread, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []string
 	for ok := it.First(); ok; ok = it.Next() {
 		out = append(out, string(it.Key()[len(lower):]))

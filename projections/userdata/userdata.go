@@ -92,36 +92,6 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 	}
 }
 
-func key(prefix byte, parts ...string) []byte {
-	k := []byte{prefix}
-	for i, p := range parts {
-		if i > 0 {
-			k = append(k, sep)
-		}
-		k = append(k, p...)
-	}
-	return k
-}
-
-func prefixEnd(p []byte) []byte {
-	e := append([]byte(nil), p...)
-	for i := len(e) - 1; i >= 0; i-- {
-		if e[i] < 0xff {
-			e[i]++
-			return e[:i+1]
-		}
-	}
-	return nil
-}
-
-func put(w projections.Writer, k []byte, v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return w.Set(k, b)
-}
-
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 	for _, e := range entries {
@@ -139,13 +109,13 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		return put(w, key(pAccountData, f.UserID, f.RoomID, f.Type), Record{Type: f.Type, RoomID: f.RoomID, Content: f.Content, Offset: e.Offset})
+		return projections.PutJSON(w, projections.Key(pAccountData, f.UserID, f.RoomID, f.Type), Record{Type: f.Type, RoomID: f.RoomID, Content: f.Content, Offset: e.Offset})
 	case englog.KindFilterStored:
 		var f facts.FilterStored
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		return w.Set(key(pFilter, f.UserID, strconv.FormatUint(e.Offset, 10)), f.Filter)
+		return w.Set(projections.Key(pFilter, f.UserID, strconv.FormatUint(e.Offset, 10)), f.Filter)
 	case englog.KindDeviceAdded:
 		var f facts.DeviceAdded
 		if err := facts.Decode(e, &f); err != nil {
@@ -155,7 +125,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		// fold time. A device of a refused registration (see
 		// projections/accounts) gets an inbox nobody can read: it has no
 		// valid token.
-		return w.Set(key(pDevice, f.UserID, f.DeviceID), nil)
+		return w.Set(projections.Key(pDevice, f.UserID, f.DeviceID), nil)
 	case englog.KindDeviceRemoved:
 		var f facts.DeviceRemoved
 		if err := facts.Decode(e, &f); err != nil {
@@ -189,7 +159,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		lower := append(key(pInbox, f.UserID, f.DeviceID), sep)
+		lower := append(projections.Key(pInbox, f.UserID, f.DeviceID), sep)
 		return w.DeleteRange(lower, binary.BigEndian.AppendUint64(append([]byte(nil), lower...), f.UpTo+1))
 	case englog.KindEDU:
 		var f facts.EDU
@@ -208,14 +178,14 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			if json.Unmarshal(f.Content, &c) != nil {
 				return nil
 			}
-			return put(w, key(pReceipt, c.RoomID, c.UserID, c.ReceiptType, c.ThreadID), Receipt{
+			return projections.PutJSON(w, projections.Key(pReceipt, c.RoomID, c.UserID, c.ReceiptType, c.ThreadID), Receipt{
 				UserID: c.UserID, EventID: c.EventID, ReceiptType: c.ReceiptType, ThreadID: c.ThreadID, TS: c.TS, Offset: e.Offset})
 		case facts.EDUPresence:
 			var c facts.PresenceContent
 			if json.Unmarshal(f.Content, &c) != nil {
 				return nil
 			}
-			return put(w, key(pPresence, c.UserID), Presence{Presence: c.Presence, StatusMsg: c.StatusMsg, LastActiveTS: e.Time, Offset: e.Offset})
+			return projections.PutJSON(w, projections.Key(pPresence, c.UserID), Presence{Presence: c.Presence, StatusMsg: c.StatusMsg, LastActiveTS: e.Time, Offset: e.Offset})
 		}
 	}
 	return nil
@@ -227,7 +197,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 // devices are ignored). A transaction already folded is a no-op.
 func (p *Projection) applyToDevice(w projections.Writer, e englog.Entry, f facts.ToDeviceSent) error {
 	if f.TxnID != "" {
-		tk := key(pToDevTxn, f.Sender, f.SenderDevice, f.TxnID, f.UserID)
+		tk := projections.Key(pToDevTxn, f.Sender, f.SenderDevice, f.TxnID, f.UserID)
 		if _, ok, err := w.Get(tk); err != nil || ok {
 			return err
 		}
@@ -253,8 +223,8 @@ func (p *Projection) applyToDevice(w projections.Writer, e englog.Entry, f facts
 	}
 	devs := slices.Sorted(maps.Keys(targets)) // map order must not reach the keyspace
 	for _, d := range devs {
-		k := binary.BigEndian.AppendUint64(append(key(pInbox, f.UserID, d), sep), e.Offset)
-		if err := put(w, k, ToDevice{Sender: f.Sender, Type: f.Type, Content: targets[d], Offset: e.Offset}); err != nil {
+		k := binary.BigEndian.AppendUint64(append(projections.Key(pInbox, f.UserID, d), sep), e.Offset)
+		if err := projections.PutJSON(w, k, ToDevice{Sender: f.Sender, Type: f.Type, Content: targets[d], Offset: e.Offset}); err != nil {
 			return err
 		}
 	}
@@ -262,8 +232,8 @@ func (p *Projection) applyToDevice(w projections.Writer, e englog.Entry, f facts
 }
 
 func devicesOf(r projections.Reader, userID string) ([]string, error) {
-	lower := append(key(pDevice, userID), sep)
-	it := r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pDevice, userID), sep)
+	it := r.Iter(lower, projections.PrefixEnd(lower))
 	var out []string
 	for ok := it.First(); ok; ok = it.Next() {
 		out = append(out, string(it.Key()[len(lower):]))
@@ -273,11 +243,11 @@ func devicesOf(r projections.Reader, userID string) ([]string, error) {
 
 // dropDevice forgets a device and deletes its inbox.
 func dropDevice(w projections.Writer, userID, deviceID string) error {
-	lower := append(key(pInbox, userID, deviceID), sep)
-	if err := w.DeleteRange(lower, prefixEnd(lower)); err != nil {
+	lower := append(projections.Key(pInbox, userID, deviceID), sep)
+	if err := w.DeleteRange(lower, projections.PrefixEnd(lower)); err != nil {
 		return err
 	}
-	return w.Delete(key(pDevice, userID, deviceID))
+	return w.Delete(projections.Key(pDevice, userID, deviceID))
 }
 
 // dropDevices drops every device of a user but keep.
@@ -299,8 +269,8 @@ func dropDevices(w projections.Writer, userID, keep string) error {
 // applyTyping sets or clears one user's typing state and drops entries
 // that expired by this entry's time (never the clock).
 func (p *Projection) applyTyping(w projections.Writer, e englog.Entry, c facts.TypingContent) error {
-	lower := append(key(pTyping, c.RoomID), sep)
-	it := w.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pTyping, c.RoomID), sep)
+	it := w.Iter(lower, projections.PrefixEnd(lower))
 	var expired [][]byte
 	for ok := it.First(); ok; ok = it.Next() {
 		var t Typing
@@ -316,15 +286,15 @@ func (p *Projection) applyTyping(w projections.Writer, e englog.Entry, c facts.T
 			return err
 		}
 	}
-	k := key(pTyping, c.RoomID, c.UserID)
+	k := projections.Key(pTyping, c.RoomID, c.UserID)
 	if c.Typing && c.ExpiresAt > e.Time {
-		if err := put(w, k, Typing{UserID: c.UserID, ExpiresAt: c.ExpiresAt}); err != nil {
+		if err := projections.PutJSON(w, k, Typing{UserID: c.UserID, ExpiresAt: c.ExpiresAt}); err != nil {
 			return err
 		}
 	} else if err := w.Delete(k); err != nil {
 		return err
 	}
-	return put(w, key(pTypingRoom, c.RoomID), Stamp{Offset: e.Offset})
+	return projections.PutJSON(w, projections.Key(pTypingRoom, c.RoomID), Stamp{Offset: e.Offset})
 }
 
 // View answers queries.
@@ -335,7 +305,7 @@ func NewView(r projections.Reader) View { return View{r} }
 
 // AccountData returns one account data event, or nil.
 func (v View) AccountData(userID, roomID, typ string) (*Record, error) {
-	b, ok, err := v.r.Get(key(pAccountData, userID, roomID, typ))
+	b, ok, err := v.r.Get(projections.Key(pAccountData, userID, roomID, typ))
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -349,8 +319,8 @@ func (v View) AccountData(userID, roomID, typ string) (*Record, error) {
 // AccountDataOf lists a user's account data of one room ("" for global)
 // changed after offset since.
 func (v View) AccountDataOf(userID, roomID string, since uint64) ([]Record, error) {
-	lower := append(key(pAccountData, userID, roomID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pAccountData, userID, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []Record
 	for ok := it.First(); ok; ok = it.Next() {
 		var r Record
@@ -367,7 +337,7 @@ func (v View) AccountDataOf(userID, roomID string, since uint64) ([]Record, erro
 
 // Filter returns a stored filter, or nil.
 func (v View) Filter(userID, filterID string) (json.RawMessage, error) {
-	b, ok, err := v.r.Get(key(pFilter, userID, filterID))
+	b, ok, err := v.r.Get(projections.Key(pFilter, userID, filterID))
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -378,13 +348,13 @@ func (v View) Filter(userID, filterID string) (json.RawMessage, error) {
 // of the room's last typing change.
 func (v View) Typing(roomID string, nowMS int64) ([]string, uint64, error) {
 	var stamp Stamp
-	if b, ok, err := v.r.Get(key(pTypingRoom, roomID)); err != nil {
+	if b, ok, err := v.r.Get(projections.Key(pTypingRoom, roomID)); err != nil {
 		return nil, 0, err
 	} else if ok {
 		_ = json.Unmarshal(b, &stamp)
 	}
-	lower := append(key(pTyping, roomID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pTyping, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	users := []string{}
 	for ok := it.First(); ok; ok = it.Next() {
 		var t Typing
@@ -397,8 +367,8 @@ func (v View) Typing(roomID string, nowMS int64) ([]string, uint64, error) {
 
 // Receipts lists a room's receipts changed after offset since.
 func (v View) Receipts(roomID string, since uint64) ([]Receipt, error) {
-	lower := append(key(pReceipt, roomID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pReceipt, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []Receipt
 	for ok := it.First(); ok; ok = it.Next() {
 		var r Receipt
@@ -418,8 +388,8 @@ func (v View) Receipts(roomID string, since uint64) ([]Receipt, error) {
 // offsets <= after (which the device has acknowledged but are not deleted
 // yet).
 func (v View) ToDevice(userID, deviceID string, after, upTo uint64) ([]ToDevice, bool, error) {
-	lower := append(key(pInbox, userID, deviceID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pInbox, userID, deviceID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []ToDevice
 	acked := false
 	for ok := it.First(); ok; ok = it.Next() {
@@ -444,7 +414,7 @@ func (v View) ToDevice(userID, deviceID string, after, upTo uint64) ([]ToDevice,
 
 // Presence returns a user's presence, or nil.
 func (v View) Presence(userID string) (*Presence, error) {
-	b, ok, err := v.r.Get(key(pPresence, userID))
+	b, ok, err := v.r.Get(projections.Key(pPresence, userID))
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -458,16 +428,16 @@ func (v View) Presence(userID string) (*Presence, error) {
 // ToDeviceTxn reports whether a sender's device already sent a to-device
 // transaction.
 func (v View) ToDeviceTxn(sender, senderDevice, txnID string) (bool, error) {
-	lower := append(key(pToDevTxn, sender, senderDevice, txnID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pToDevTxn, sender, senderDevice, txnID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	found := it.First()
 	return found, it.Close()
 }
 
 // ReceiptsOf lists one user's receipts in a room (every type and thread).
 func (v View) ReceiptsOf(roomID, userID string) ([]Receipt, error) {
-	lower := append(key(pReceipt, roomID, userID), sep)
-	it := v.r.Iter(lower, prefixEnd(lower))
+	lower := append(projections.Key(pReceipt, roomID, userID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []Receipt
 	for ok := it.First(); ok; ok = it.Next() {
 		var r Receipt
