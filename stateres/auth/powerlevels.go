@@ -3,6 +3,7 @@ package auth
 import (
 	"bytes"
 	"encoding/json"
+	"hash/maphash"
 	"math"
 	"strconv"
 	"strings"
@@ -359,18 +360,28 @@ func contains(list []string, s string) bool {
 // Parsing a power levels event with many users costs far more than the
 // rest of a check, and state resolution and busy rooms check thousands of
 // events against the same power levels event. Parsed values are immutable,
-// so they are shared through a small cache keyed by the IDs of the events
-// they come from. Only versions whose event IDs are content hashes (v3+)
-// are cached: there an ID cannot name two different events.
+// so they are shared through a small cache. The key carries a hash of both
+// contents besides the event IDs: an ID alone is only trustworthy once it
+// was verified against the event's hash, and callers may hand in any PDU.
 type plCacheKey struct {
 	version, room, create, powerLevels string
+	createContent, powerLevelsContent  uint64
 }
 
+var plCacheSeed = maphash.MakeSeed()
+
 func cacheKey(v *stateres.RoomVersion, create, powerLevels stateres.PDU) (plCacheKey, bool) {
-	if v.EventIDFormat == stateres.EventIDServerAssigned || create == nil || powerLevels == nil {
+	if create == nil || powerLevels == nil {
 		return plCacheKey{}, false
 	}
-	return plCacheKey{v.ID, powerLevels.RoomID(), create.EventID(), powerLevels.EventID()}, true
+	return plCacheKey{
+		version:            v.ID,
+		room:               powerLevels.RoomID(),
+		create:             create.EventID(),
+		powerLevels:        powerLevels.EventID(),
+		createContent:      maphash.Bytes(plCacheSeed, create.Content()),
+		powerLevelsContent: maphash.Bytes(plCacheSeed, powerLevels.Content()),
+	}, true
 }
 
 const plCacheSize = 4096
