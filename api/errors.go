@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,9 +72,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 // writeError answers with err: a *matrixError as is, anything else as a
 // 500 M_UNKNOWN whose details go to the log, not the client.
+// statusClientClosedRequest is the non-standard status for a request the
+// client abandoned.
+const statusClientClosedRequest = 499
+
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var me *matrixError
-	if !errors.As(err, &me) {
+	switch {
+	case errors.As(err, &me):
+	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+		// The client hung up; nothing went wrong here and nobody reads the
+		// answer. 499 is the status proxies use for it, so the request
+		// line says what happened. Entries already proposed may still
+		// commit, as the client's retry with the same txnId will see.
+		zerolog.Ctx(r.Context()).Debug().Err(err).Msg("client closed the request")
+		me = &matrixError{Status: statusClientClosedRequest, Code: "M_UNKNOWN", Msg: "Client closed the request"}
+	default:
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("internal error answering request")
 		me = errUnknown("Internal server error")
 	}
