@@ -190,6 +190,11 @@ func TestThreeNodeCluster(t *testing.T) {
 	if first, _ := c.nodes[l3].store.FirstIndex(); first <= 40 {
 		t.Fatalf("leader's raft log still starts at %d; compaction did not happen", first)
 	}
+	// Snapshots are lazy: the leader's holds a header, not the log.
+	metas, err := c.nodes[l3].snaps.List()
+	if err != nil || len(metas) == 0 || metas[0].Size > 64 {
+		t.Fatalf("leader snapshots = %+v (err %v), want one lazy snapshot of a few bytes", metas, err)
+	}
 	c.start(lag)
 	c.converge(want)
 	snaps, _ := os.ReadDir(filepath.Join(c.dirs[lag], "raft-snapshots"))

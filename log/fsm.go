@@ -185,9 +185,9 @@ func (f *fsm) fail(resp []interface{}, cause error) []interface{} {
 	return resp
 }
 
-// Snapshot streams the event log: since it is append-only and identical on
-// every node, a snapshot at offset N is just entries 1..N, and a receiver
-// keeps the prefix it already has.
+// Snapshot captures the offset and raft index reached: since the event log
+// is append-only and identical on every node, a snapshot at offset N is just
+// entries 1..N, and a receiver keeps the prefix it already has.
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	// Make every applied (NoSync) write durable before raft records this
 	// snapshot and compacts the raft entries that could rebuild them.
@@ -202,13 +202,15 @@ type fsmSnapshot struct {
 	last, applied uint64
 }
 
-// Snapshot stream: magic, be64 last offset, be64 applied raft index, then
+// Full snapshot stream, as sent to followers: magic, be64 last offset, be64 applied raft index, then
 // per entry uvarint len + stored value (checksummed, offsets implied), all
 // inside one zstd frame.
 var snapMagic = []byte("ENGLOGS1")
 
+// Persist writes only the lazy header (see snapshot.go).
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.write(sink); err != nil {
+	hdr := append(append([]byte(nil), lazySnapMagic...), u64Bytes(s.last)...)
+	if _, err := sink.Write(append(hdr, u64Bytes(s.applied)...)); err != nil {
 		_ = sink.Cancel()
 		return err
 	}

@@ -46,7 +46,7 @@ type Node struct {
 	db    *pebble.DB
 	fsm   *fsm
 	store *raftStore
-	snaps *raft.FileSnapshotStore
+	snaps *lazySnapshotStore
 	trans raft.Transport
 	raft  *raft.Raft
 	enc   *zstd.Encoder
@@ -111,7 +111,11 @@ func Open(cfg Config) (*Node, error) {
 	if n.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(256<<20)); err != nil {
 		return nil, err
 	}
-	rec, err := recoverLog(n.db, &n.guard, n.log, verifyTail)
+	if n.store, err = newRaftStore(n.db, &n.guard); err != nil {
+		return nil, err
+	}
+	raftFirst, _ := n.store.FirstIndex()
+	rec, err := recoverLog(n.db, &n.guard, n.log, verifyTail, raftFirst)
 	if err != nil {
 		return nil, err
 	}
@@ -123,13 +127,14 @@ func Open(cfg Config) (*Node, error) {
 		n.met.lastOffset.Set(float64(rec.last))
 		n.fsm.onApply = func(int) { n.met.lastOffset.Set(float64(n.fsm.lastOffset.Load())) }
 	}
-	if n.store, err = newRaftStore(n.db, &n.guard); err != nil {
-		return nil, err
-	}
 	hlog := newHCLogger(n.log)
-	if n.snaps, err = raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.Dir, "raft-snapshots"), 2, hlog); err != nil {
+	snapDir := filepath.Join(cfg.Dir, "raft-snapshots")
+	files, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 1, hlog)
+	if err != nil {
 		return nil, fmt.Errorf("log: opening the raft snapshot store: %w", err)
 	}
+	n.snaps = &lazySnapshotStore{FileSnapshotStore: files, dir: snapDir, fsm: n.fsm}
+	n.snaps.removeStale()
 
 	single := cfg.RaftAddr == ""
 	rc := raftConfig(single)
@@ -138,14 +143,16 @@ func Open(cfg Config) (*Node, error) {
 	if cfg.tune != nil {
 		cfg.tune(rc)
 	}
-	// The event log is persistent, so raft need not rebuild it from a
-	// snapshot on start; unless the event log is behind the newest snapshot
-	// (a torn tail was cut below it), in which case the snapshot refills it.
-	snapList, err := n.snaps.List()
-	if err != nil {
-		return nil, err
+	// The event log is persistent: raft need not rebuild it from a snapshot
+	// on start, only re-apply its own log past what the event log holds.
+	rc.NoSnapshotRestoreOnStart = true
+	if first, _ := n.store.FirstIndex(); first > rec.applied+1 {
+		// recoverLog refuses such cuts; this guards against any other way
+		// the event log could end up behind the raft log.
+		return nil, fmt.Errorf("%w: the event log ends at offset %d (raft index %d) but the raft log resumes only at raft index %d, "+
+			"so the entries in between cannot be re-applied: restore the data directory from a backup, or wipe it and let it resync from a peer",
+			ErrCorrupt, rec.last, rec.applied, first)
 	}
-	rc.NoSnapshotRestoreOnStart = len(snapList) == 0 || snapList[0].Index <= rec.applied
 
 	if single {
 		_, n.trans = raft.NewInmemTransport(raft.ServerAddress("inmem:" + cfg.NodeID))

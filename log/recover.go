@@ -24,7 +24,11 @@ type recovered struct {
 // the bad entry and the applied raft index rewound, so Raft re-applies those
 // commands from its own (synced) log or from a snapshot. A bad entry followed
 // by good entries of later commands is damage in the middle: Open refuses.
-func recoverLog(db *pebble.DB, guard *diskGuard, logger zerolog.Logger, verifyTail uint64) (recovered, error) {
+//
+// raftFirst is the first index still in the raft log: a cut that would need
+// raft to re-apply anything older is refused (ErrCorrupt) before touching
+// the disk, since nothing could refill it.
+func recoverLog(db *pebble.DB, guard *diskGuard, logger zerolog.Logger, verifyTail, raftFirst uint64) (recovered, error) {
 	var r recovered
 	var err error
 	if r.applied, err = getU64(db, keyApplied); err != nil {
@@ -106,6 +110,10 @@ func recoverLog(db *pebble.DB, guard *diskGuard, logger zerolog.Logger, verifyTa
 		}
 		if applied > r.applied {
 			applied = r.applied
+		}
+		if raftFirst == 0 || raftFirst > applied+1 {
+			return r, fmt.Errorf("%w at offset %d (%v), and the raft log no longer holds the commands (it resumes at raft index %d, the cut needs %d) to rebuild it: "+
+				"restore the data directory from a backup, or wipe it and let it resync from a peer", ErrCorrupt, badAt, badErr, raftFirst, applied+1)
 		}
 		if err := b.DeleteRange(entryKey(cut), entryKey(r.last+1), nil); err != nil {
 			return r, err
