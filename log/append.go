@@ -58,11 +58,9 @@ func (n *Node) Append(ctx context.Context, props ...Proposal) ([]uint64, error) 
 	if !n.IsLeader() {
 		return n.forward(ctx, props)
 	}
-	// The leader stamps the time before proposing: apply must not read a clock.
-	ms := n.cfg.Now().UnixMilli()
 	size := 0
 	for _, p := range props {
-		size += 12 + len(p.Payload)
+		size += 4 + binary.MaxVarintLen32 + len(p.Payload)
 	}
 	body := make([]byte, 0, size)
 	for _, p := range props {
@@ -72,7 +70,7 @@ func (n *Node) Append(ctx context.Context, props ...Proposal) ([]uint64, error) 
 				flags, payload = flagZstd, c
 			}
 		}
-		body = appendCmdEntry(body, flags, p.Kind, ms, payload)
+		body = appendCmdEntry(body, flags, p.Kind, payload)
 	}
 	req := &appendReq{body: body, n: len(props), resp: make(chan appendResp, 1)}
 
@@ -126,6 +124,7 @@ func (n *Node) batcher() {
 	defer n.done.Done()
 	defer close(n.inflight)
 	sem := n.release
+	var lastStamp int64
 	for {
 		// Take a slot first: while all slots are busy, appends pile up in
 		// n.reqs and leave together in the next command.
@@ -155,8 +154,20 @@ func (n *Node) batcher() {
 				break fill
 			}
 		}
-		cmd := make([]byte, 0, 1+binary.MaxVarintLen64+size)
+		// The leader stamps the time before proposing (apply must not read
+		// a clock), here in the one batcher goroutine so Entry.Time never
+		// goes backwards along the log even if the wall clock does.
+		ms := n.cfg.Now().UnixMilli()
+		if last := n.fsm.lastTime.Load(); ms < last {
+			ms = last
+		}
+		if ms < lastStamp {
+			ms = lastStamp
+		}
+		lastStamp = ms
+		cmd := make([]byte, 0, 9+binary.MaxVarintLen64+size)
 		cmd = append(cmd, cmdVersion)
+		cmd = binary.BigEndian.AppendUint64(cmd, uint64(ms))
 		cmd = binary.AppendUvarint(cmd, uint64(count))
 		for _, r := range batch {
 			cmd = append(cmd, r.body...)

@@ -15,15 +15,15 @@ import (
 )
 
 // A raft command carries one or more entries from one or more Append calls
-// (group commit). Layout: version byte, uvarint count, then per entry:
-// flags byte, be16 kind, be64 time, uvarint len, payload (already
-// compressed by the proposer, so followers only copy bytes).
+// (group commit). Layout: version byte, be64 time (Unix ms, shared by the
+// command's entries), uvarint count, then per entry: flags byte, be16 kind,
+// uvarint len, payload (already compressed by the proposer when large, so
+// followers only copy bytes).
 const cmdVersion = 1
 
-func appendCmdEntry(dst []byte, flags byte, kind Kind, ms int64, payload []byte) []byte {
+func appendCmdEntry(dst []byte, flags byte, kind Kind, payload []byte) []byte {
 	dst = append(dst, flags)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(kind))
-	dst = binary.BigEndian.AppendUint64(dst, uint64(ms))
 	dst = binary.AppendUvarint(dst, uint64(len(payload)))
 	return append(dst, payload...)
 }
@@ -31,37 +31,37 @@ func appendCmdEntry(dst []byte, flags byte, kind Kind, ms int64, payload []byte)
 type cmdEntry struct {
 	flags   byte
 	kind    Kind
-	time    int64
 	payload []byte
 }
 
-func decodeCmd(data []byte) ([]cmdEntry, error) {
-	if len(data) < 1 || data[0] != cmdVersion {
-		return nil, errors.New("log: raft command has an unknown version (a newer engram wrote it? upgrade this node)")
+func decodeCmd(data []byte) (ms int64, entries []cmdEntry, err error) {
+	if len(data) < 9 || data[0] != cmdVersion {
+		return 0, nil, errors.New("log: raft command has an unknown version (a newer engram wrote it? upgrade this node)")
 	}
-	count, w := binary.Uvarint(data[1:])
+	ms = int64(binary.BigEndian.Uint64(data[1:9]))
+	count, w := binary.Uvarint(data[9:])
 	if w <= 0 || count > uint64(len(data)) {
-		return nil, errors.New("log: raft command has a bad entry count")
+		return 0, nil, errors.New("log: raft command has a bad entry count")
 	}
-	entries := make([]cmdEntry, 0, count)
-	rest := data[1+w:]
+	entries = make([]cmdEntry, 0, count)
+	rest := data[9+w:]
 	for i := uint64(0); i < count; i++ {
-		if len(rest) < 11 {
-			return nil, errors.New("log: raft command is truncated")
+		if len(rest) < 3 {
+			return 0, nil, errors.New("log: raft command is truncated")
 		}
-		e := cmdEntry{flags: rest[0], kind: Kind(binary.BigEndian.Uint16(rest[1:3])), time: int64(binary.BigEndian.Uint64(rest[3:11]))}
-		n, w := binary.Uvarint(rest[11:])
-		if w <= 0 || uint64(len(rest)-11-w) < n {
-			return nil, errors.New("log: raft command has a bad payload length")
+		e := cmdEntry{flags: rest[0], kind: Kind(binary.BigEndian.Uint16(rest[1:3]))}
+		n, w := binary.Uvarint(rest[3:])
+		if w <= 0 || uint64(len(rest)-3-w) < n {
+			return 0, nil, errors.New("log: raft command has a bad payload length")
 		}
-		e.payload = rest[11+w : 11+w+int(n)]
-		rest = rest[11+w+int(n):]
+		e.payload = rest[3+w : 3+w+int(n)]
+		rest = rest[3+w+int(n):]
 		entries = append(entries, e)
 	}
 	if len(rest) != 0 {
-		return nil, errors.New("log: raft command has trailing bytes")
+		return 0, nil, errors.New("log: raft command has trailing bytes")
 	}
-	return entries, nil
+	return ms, entries, nil
 }
 
 // applyResult is what ApplyBatch answers for one raft command.
@@ -78,6 +78,7 @@ type fsm struct {
 	guard *diskGuard
 
 	lastOffset atomic.Uint64
+	lastTime   atomic.Int64  // Time of the newest entry, so a new leader never stamps earlier
 	applied    atomic.Uint64 // last raft index folded in; persisted in the same batch
 
 	mu   sync.Mutex
@@ -124,7 +125,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	b := f.db.NewBatch()
 	defer b.Close()
-	off, applied := f.lastOffset.Load(), f.applied.Load()
+	off, applied, lastTime := f.lastOffset.Load(), f.applied.Load(), f.lastTime.Load()
 	startOff, startApplied := off, applied
 	for i, l := range logs {
 		if l.Index <= applied {
@@ -137,7 +138,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 		if l.Type != raft.LogCommand {
 			continue
 		}
-		entries, err := decodeCmd(l.Data)
+		ms, entries, err := decodeCmd(l.Data)
 		if err != nil {
 			// Every node decodes the same bytes the same way, so skipping a
 			// malformed command keeps them identical; the proposer sees why.
@@ -145,9 +146,10 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 			continue
 		}
 		resp[i] = applyResult{first: off + 1}
+		lastTime = ms
 		for _, e := range entries {
 			off++
-			if err := b.Set(entryKey(off), encodeStored(off, e.flags, e.kind, e.time, l.Index, e.payload), nil); err != nil {
+			if err := b.Set(entryKey(off), encodeStored(off, e.flags, e.kind, ms, l.Index, e.payload), nil); err != nil {
 				return f.fail(resp, err)
 			}
 		}
@@ -166,6 +168,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 		return f.fail(resp, err)
 	}
 	f.applied.Store(applied)
+	f.lastTime.Store(lastTime)
 	if off != startOff {
 		f.published(off)
 		if f.onApply != nil {
@@ -283,6 +286,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	last := binary.BigEndian.Uint64(hdr[len(snapMagic):])
 	snapApplied := binary.BigEndian.Uint64(hdr[len(snapMagic)+8:])
 	local := f.lastOffset.Load()
+	var lastTime int64
 	b := f.db.NewBatch()
 	defer func() { b.Close() }()
 	for off := uint64(1); off <= last; off++ {
@@ -294,9 +298,11 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		if _, err := io.ReadFull(r, v); err != nil {
 			return fmt.Errorf("log: snapshot truncated at offset %d: %w", off, err)
 		}
-		if _, err := decodeStored(off, v); err != nil {
+		se, err := decodeStored(off, v)
+		if err != nil {
 			return fmt.Errorf("%w: snapshot entry %d: %v", ErrCorrupt, off, err)
 		}
+		lastTime = se.time
 		if off <= local {
 			mine, closer, err := f.db.Get(entryKey(off))
 			if err != nil {
@@ -334,6 +340,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	}
 	f.applied.Store(applied)
 	if last > local {
+		f.lastTime.Store(lastTime)
 		f.published(last)
 	}
 	return nil

@@ -202,3 +202,47 @@ func TestLargePayloadsAreCompressedPerEntry(t *testing.T) {
 		t.Fatalf("Read = %d entries, err %v", len(got), err)
 	}
 }
+
+func TestEntryTimeNeverGoesBackwards(t *testing.T) {
+	var mu sync.Mutex
+	now := time.UnixMilli(1_800_000_000_000)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(-time.Second) // a wall clock stepping backwards
+		return now
+	}
+	dir := t.TempDir()
+	n, err := Open(Config{Dir: dir, Now: clock, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		if _, err := n.Append(context.Background(), Proposal{Kind: KindPDU, Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n.Close()
+	// A restarted leader, whose clock is even further behind, still stamps
+	// no earlier than the newest entry.
+	n, err = Open(Config{Dir: dir, Now: clock, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if _, err := n.Append(context.Background(), Proposal{Kind: KindPDU, Payload: []byte("y")}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := n.Read(1, 10)
+	if err != nil || len(es) != 6 {
+		t.Fatalf("Read = %d entries, err %v", len(es), err)
+	}
+	if es[0].Time != 1_800_000_000_000-1000 {
+		t.Fatalf("first entry time %d, want the proposer's clock %d", es[0].Time, int64(1_800_000_000_000-1000))
+	}
+	for i := 1; i < len(es); i++ {
+		if es[i].Time < es[i-1].Time {
+			t.Fatalf("entry %d time %d is before entry %d's %d", es[i].Offset, es[i].Time, es[i-1].Offset, es[i-1].Time)
+		}
+	}
+}

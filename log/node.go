@@ -120,6 +120,7 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.fsm = newFSM(n.db, n.dec, &n.guard, rec.last, rec.applied)
+	n.fsm.lastTime.Store(rec.lastTime)
 	if cfg.Metrics != nil {
 		if n.met, err = newMetrics(cfg.Metrics); err != nil {
 			return nil, err

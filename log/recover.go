@@ -11,8 +11,9 @@ import (
 
 // recovered is the event log state found on disk at Open.
 type recovered struct {
-	last    uint64 // last entry offset after any truncation
-	applied uint64 // last raft index folded in
+	last     uint64 // last entry offset after any truncation
+	lastTime int64  // Time of that entry
+	applied  uint64 // last raft index folded in
 }
 
 // recoverLog checks the entries written since the last verified mark
@@ -125,6 +126,13 @@ func recoverLog(db *pebble.DB, guard *diskGuard, logger zerolog.Logger, verifyTa
 			Uint64("truncated_from", cut).Uint64("truncated_to", r.last).Uint64("reapply_after_raft_index", applied).
 			Msg("log: torn tail truncated; raft re-applies the lost commands")
 		r.last, r.applied = cut-1, applied
+	}
+	if r.last > 0 {
+		se, err := readStored(db, r.last)
+		if err != nil {
+			return r, fmt.Errorf("%w at offset %d (%v): restore the data directory from a backup", ErrCorrupt, r.last, err)
+		}
+		r.lastTime = se.time
 	}
 	if err := b.Set(keyVerified, u64Bytes(r.last), nil); err != nil {
 		return r, err
