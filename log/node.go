@@ -320,7 +320,7 @@ func (n *Node) Read(from uint64, max int) ([]Entry, error) {
 		return nil, err
 	}
 	defer it.Close()
-	out := make([]Entry, 0, max)
+	out := make([]Entry, 0, min(max, 1024)) // max may be "everything"
 	want := from
 	for ok := it.First(); ok && len(out) < max; ok = it.Next() {
 		se, err := decodeStored(want, it.Value())
