@@ -298,7 +298,7 @@ func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, sess *s
 	if err != nil {
 		return err
 	}
-	return s.doJoin(w, r, sess, roomID)
+	return s.ownMembership(w, r, sess, roomID, "join")
 }
 
 func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request, sess *session) error {
@@ -306,7 +306,7 @@ func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request, sess *session)
 	if err != nil {
 		return err
 	}
-	return s.doJoin(w, r, sess, roomID)
+	return s.ownMembership(w, r, sess, roomID, "join")
 }
 
 func (s *Server) memberContent(userID, membership, reason string) (json.RawMessage, error) {
@@ -329,7 +329,10 @@ func (s *Server) memberContent(userID, membership, reason string) (json.RawMessa
 	return mustJSON(c), nil
 }
 
-func (s *Server) doJoin(w http.ResponseWriter, r *http.Request, sess *session, roomID string) error {
+// ownMembership sends the requester's own join or knock into a room this
+// server knows, with the reason from the body. Joining is idempotent: an
+// already joined user sends nothing.
+func (s *Server) ownMembership(w http.ResponseWriter, r *http.Request, sess *session, roomID, membership string) error {
 	setRoom(r, roomID)
 	var req struct {
 		Reason string `json:"reason"`
@@ -342,20 +345,29 @@ func (s *Server) doJoin(w http.ResponseWriter, r *http.Request, sess *session, r
 		return err
 	}
 	if room == nil {
-		return errNotFound("Room %s is not known to this server (joining over federation is not available yet)", roomID)
+		return errNotFound("Room %s is not known to this server (%s over federation is not available yet)", roomID, membership)
 	}
-	m, err := s.roomsView().Membership(sess.UserID, roomID)
-	if err != nil {
-		return err
-	}
-	if m == nil || m.Membership != "join" {
-		content, err := s.memberContent(sess.UserID, "join", req.Reason)
+	switch membership {
+	case "knock":
+		if v, ok := stateres.Version(room.Version); !ok || !v.Knocking {
+			return errForbidden("Room %s has version %s, which does not support knocking (versions 7 and later do)", roomID, room.Version)
+		}
+	case "join":
+		m, err := s.roomsView().Membership(sess.UserID, roomID)
 		if err != nil {
 			return err
 		}
-		if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
-			return err
+		if m != nil && m.Membership == "join" {
+			writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+			return nil
 		}
+	}
+	content, err := s.memberContent(sess.UserID, membership, req.Reason)
+	if err != nil {
+		return err
+	}
+	if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
@@ -876,30 +888,5 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request, sess *session) er
 	if err != nil {
 		return err
 	}
-	setRoom(r, roomID)
-	var req struct {
-		Reason string `json:"reason"`
-	}
-	if err := readJSON(r, &req); err != nil {
-		return err
-	}
-	room, err := s.roomsView().Room(roomID)
-	if err != nil {
-		return err
-	}
-	if room == nil {
-		return errNotFound("Room %s is not known to this server (knocking over federation is not available yet)", roomID)
-	}
-	if v, ok := stateres.Version(room.Version); !ok || !v.Knocking {
-		return errForbidden("Room %s has version %s, which does not support knocking (versions 7 and later do)", roomID, room.Version)
-	}
-	content, err := s.memberContent(sess.UserID, "knock", req.Reason)
-	if err != nil {
-		return err
-	}
-	if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
-	return nil
+	return s.ownMembership(w, r, sess, roomID, "knock")
 }
