@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/federation"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -166,7 +167,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 			closeAll()
 			return err
 		}
-		if err := add("federation_listen", cfg.FederationListen, federationHandler(cfg.ServerName, key, time.Now), true); err != nil {
+		if err := add("federation_listen", cfg.FederationListen, federation.Handler(cfg.ServerName, version, key, time.Now), true); err != nil {
 			closeListeners()
 			closeAll()
 			return err
