@@ -10,30 +10,34 @@ package rooms
 import (
 	"encoding/binary"
 	"encoding/json"
+	"slices"
+	"strings"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // Key prefixes; parts are separated by 0x00 and offsets are 8 bytes big
 // endian so that keys sort by stream position.
 const (
-	pEvent      = 'e' // e eventID -> Event
+	pEvent      = 'e' // e eventID -> Event, binary (records.go); or a placeholder holding redactions seen before it
 	pTimeline   = 't' // t room 0 offset -> eventID
 	pState      = 's' // s room 0 type 0 stateKey -> eventID
 	pRoom       = 'R' // R room -> Room
 	pMember     = 'm' // m user 0 room -> Membership
 	pTxn        = 'x' // x user 0 device 0 txn -> eventID
-	pPendingRed = 'p' // p targetID 0 redactionID -> "" (redaction seen before its target)
 	pForgotten  = 'F' // F user 0 room -> ""
 	pAlias      = 'a' // a alias -> AliasRecord
 	pRoomAlias  = 'A' // A room 0 alias -> ""
 	pPublic     = 'P' // P room -> "" (published in the room directory)
 	pStateHist  = 'h' // h room 0 type 0 stateKey 0 offset -> eventID (every state change)
 	pNotif      = 'n' // n room 0 scope 0 offset -> cumulative count (8 bytes) of notifying events
+	pNotifTotal = 'N' // N room 0 scope -> newest cumulative count, offset (8+8 bytes)
 	pHighlight  = 'g' // g room 0 user 0 scope 0 offset -> cumulative count of events mentioning user
+	pHighTotal  = 'G' // G room 0 user 0 scope -> newest cumulative count, offset
 	pLastNotif  = 'l' // l room 0 sender -> offset of the sender's last notifying event
 	pThread     = 'T' // T room 0 rootID -> "" (threads with notifying events)
 	sep         = 0
@@ -99,7 +103,7 @@ type Projection struct {
 func New(onCommit func(offset uint64)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "rooms" }
-func (*Projection) Version() int { return 2 }
+func (*Projection) Version() int { return 3 }
 
 // AfterCommit wakes waiters.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -116,11 +120,12 @@ func offsetKey(prefix byte, room string, off uint64) []byte {
 
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
+	b := newBatch(w)
 	for _, e := range entries {
 		var err error
 		switch e.Kind {
 		case englog.KindPDU:
-			err = p.applyPDU(w, e)
+			err = b.applyPDU(e)
 		case englog.KindRoomForgotten:
 			var f facts.RoomForgotten
 			if err = facts.Decode(e, &f); err == nil {
@@ -157,12 +162,12 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 			return err
 		}
 	}
-	return nil
+	return b.flush()
 }
 
-func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
-	var f facts.PDU
-	if err := facts.Decode(e, &f); err != nil {
+func (b *batch) applyPDU(e englog.Entry) error {
+	f, err := decodePDU(e)
+	if err != nil {
 		return err
 	}
 	version, ok := stateres.Version(f.RoomVersion)
@@ -175,24 +180,30 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 	if err != nil {
 		return nil // malformed PDUs were refused before proposing; never fold them
 	}
+	w := b.w
 	id := ev.EventID()
-	if old, err := projections.GetJSON[Event](w, projections.Key(pEvent, id)); err != nil || (old != nil && old.Rejected == "" && !old.Outlier) {
+	// The one read of the event's key tells both whether it was folded
+	// already and which redactions wait for it.
+	old, err := getEvent(w, id)
+	if err != nil || (old != nil && !old.placeholder && old.Rejected == "" && !old.Outlier) {
 		return err // already folded: duplicates are no-ops
 	}
-	rec := Event{EventID: id, RoomID: ev.RoomID(), Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
-		SoftFailed: f.SoftFailed, Outlier: f.Outlier, Txn: f.Txn, Version: version.ID}
+	rec := &storedEvent{Event: Event{EventID: id, RoomID: ev.RoomID(), Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
+		SoftFailed: f.SoftFailed, Outlier: f.Outlier, Txn: f.Txn, Version: version.ID}}
+	if old != nil {
+		rec.pending = old.pending
+	}
 	inDAG := f.Rejected == "" && !f.SoftFailed && !f.Outlier
 	roomID := ev.RoomID()
 
 	if inDAG {
-		if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
-			if err := projections.PutJSON(w, projections.Key(pRoom, roomID), Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}); err != nil {
-				return err
-			}
-		}
-		room, err := projections.GetJSON[Room](w, projections.Key(pRoom, roomID))
+		room, err := b.room(roomID)
 		if err != nil {
 			return err
+		}
+		if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
+			room = &Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}
+			b.rooms[roomID] = room
 		}
 		if room == nil {
 			// An event of a room whose create event we have not folded:
@@ -200,9 +211,7 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			rec.Outlier, inDAG = true, false
 		} else {
 			room.Extremities = advanceExtremities(room.Extremities, ev)
-			if err := projections.PutJSON(w, projections.Key(pRoom, roomID), room); err != nil {
-				return err
-			}
+			b.dirtyRoom(roomID)
 		}
 	}
 	if inDAG {
@@ -224,12 +233,12 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 				return err
 			}
 			if ev.Type() == stateres.MRoomMember {
-				if err := p.applyMembership(w, ev, *sk, e.Offset); err != nil {
+				if err := applyMembership(w, ev, *sk, e.Offset); err != nil {
 					return err
 				}
 			}
 		}
-		if err := countNotification(w, ev, e.Offset); err != nil {
+		if err := b.countNotification(ev, e.Offset); err != nil {
 			return err
 		}
 		if f.Txn != nil {
@@ -238,74 +247,90 @@ func (p *Projection) applyPDU(w projections.Writer, e englog.Entry) error {
 			}
 		}
 	}
-	if err := projections.PutJSON(w, projections.Key(pEvent, id), rec); err != nil {
-		return err
-	}
 	if !inDAG {
-		return nil
+		// Pending redactions stay with the record until the event is
+		// folded into the DAG.
+		return putEvent(w, rec)
+	}
+	// A redaction that arrived before this event applies now, the
+	// redaction IDs in order, as the first one of the event's room wins.
+	pending := rec.pending
+	rec.pending = nil
+	slices.SortFunc(pending, func(a, b pendingRedaction) int { return strings.Compare(a.redactionID, b.redactionID) })
+	for _, pr := range pending {
+		if pr.roomID == roomID && rec.RedactedBy == "" {
+			redactRecord(rec, pr.redactionID)
+		}
+	}
+	if err := putEvent(w, rec); err != nil {
+		return err
 	}
 	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {
-		if err := redact(w, ev.Redacts(), id, roomID); err != nil {
-			return err
-		}
-	}
-	// A redaction that arrived before this event applies now.
-	lower := append(projections.Key(pPendingRed, id), sep)
-	it := w.Iter(lower, projections.PrefixEnd(lower))
-	var pending []string
-	for ok := it.First(); ok; ok = it.Next() {
-		pending = append(pending, string(it.Key()[len(lower):]))
-	}
-	if err := it.Close(); err != nil {
-		return err
-	}
-	for _, rid := range pending {
-		if err := redact(w, id, rid, roomID); err != nil {
-			return err
-		}
-	}
-	if len(pending) > 0 {
-		return w.DeleteRange(lower, projections.PrefixEnd(lower))
+		return redact(w, ev.Redacts(), id, roomID)
 	}
 	return nil
 }
 
-func (p *Projection) applyMembership(w projections.Writer, ev stateres.PDU, userID string, off uint64) error {
-	var c struct {
-		Membership string `json:"membership"`
+func getEvent(r projections.Reader, id string) (*storedEvent, error) {
+	k := projections.Key(pEvent, id)
+	v, ok, err := r.Get(k)
+	if err != nil || !ok {
+		return nil, err
 	}
-	_ = json.Unmarshal(ev.Content(), &c)
-	if c.Membership == "join" || c.Membership == "invite" || c.Membership == "knock" {
+	return decodeEvent(k, v)
+}
+
+func putEvent(w projections.Writer, e *storedEvent) error {
+	return w.Set(projections.Key(pEvent, e.EventID), encodeEvent(e))
+}
+
+func applyMembership(w projections.Writer, ev stateres.PDU, userID string, off uint64) error {
+	membership := contentString(ev.Content(), "membership")
+	if membership == "join" || membership == "invite" || membership == "knock" {
 		if err := w.Delete(projections.Key(pForgotten, userID, ev.RoomID())); err != nil {
 			return err
 		}
 	}
-	return projections.PutJSON(w, projections.Key(pMember, userID, ev.RoomID()), Membership{RoomID: ev.RoomID(), Membership: c.Membership, EventID: ev.EventID(), Offset: off})
+	return projections.PutJSON(w, projections.Key(pMember, userID, ev.RoomID()), Membership{RoomID: ev.RoomID(), Membership: membership, EventID: ev.EventID(), Offset: off})
 }
 
 // redact replaces the target's JSON by its redacted form, if the target is
-// in the same room; a target not seen yet is remembered.
+// in the same room; a redaction of a target not seen yet waits in a
+// placeholder record under the target's key.
 func redact(w projections.Writer, targetID, redactionID, roomID string) error {
-	t, err := projections.GetJSON[Event](w, projections.Key(pEvent, targetID))
+	t, err := getEvent(w, targetID)
 	if err != nil {
 		return err
 	}
 	if t == nil {
-		return w.Set(append(append(projections.Key(pPendingRed, targetID), sep), redactionID...), nil)
+		t = &storedEvent{Event: Event{EventID: targetID}, placeholder: true}
+	}
+	if t.placeholder {
+		t.pending = append(t.pending, pendingRedaction{redactionID: redactionID, roomID: roomID})
+		return putEvent(w, t)
 	}
 	if t.RoomID != roomID || t.RedactedBy != "" {
 		return nil
 	}
+	if !redactRecord(t, redactionID) {
+		return nil
+	}
+	return putEvent(w, t)
+}
+
+// redactRecord redacts a stored event in place; false when it cannot be
+// (an unknown room version, an unredactable event: it stays as is).
+func redactRecord(t *storedEvent, redactionID string) bool {
 	v, ok := stateres.Version(t.Version)
 	if !ok {
-		return nil
+		return false
 	}
 	red, err := stateres.Redact(v, t.JSON)
 	if err != nil {
-		return nil // an unredactable stored event stays as is
+		return false
 	}
 	t.JSON, t.RedactedBy = red, redactionID
-	return projections.PutJSON(w, projections.Key(pEvent, targetID), t)
+	return true
 }
 
 // advanceExtremities: the new event replaces the extremities it references.
@@ -323,80 +348,68 @@ func advanceExtremities(ext []string, ev stateres.PDU) []string {
 	return append(out, ev.EventID())
 }
 
-// notifyingContent is what countNotification reads of an event.
-type notifyingContent struct {
-	MsgType   string `json:"msgtype"`
-	RelatesTo *struct {
-		RelType string `json:"rel_type"`
-		EventID string `json:"event_id"`
-	} `json:"m.relates_to"`
-	Mentions *struct {
-		UserIDs []string `json:"user_ids"`
-	} `json:"m.mentions"`
-}
-
 // countNotification maintains the cumulative counters behind
 // unread_notifications. An event notifies when the default push rules
 // would make it notify: a message (not a notice, not an edit), an
 // encrypted event, a sticker, a call invite or a poll; it highlights the
 // users its m.mentions names. Push-rule evaluation per user can refine
 // this later; the counters are a pure function of the events.
-func countNotification(w projections.Writer, ev stateres.PDU, off uint64) error {
+func (b *batch) countNotification(ev stateres.PDU, off uint64) error {
 	if ev.StateKey() != nil {
 		return nil
 	}
-	var c notifyingContent
-	_ = json.Unmarshal(ev.Content(), &c)
 	switch ev.Type() {
-	case "m.room.message":
-		if c.MsgType == "m.notice" || (c.RelatesTo != nil && c.RelatesTo.RelType == "m.replace") {
-			return nil
-		}
-	case "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start":
+	case "m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start":
 	default:
 		return nil
 	}
+	content := ev.Content()
+	var relType, relEventID string
+	if rel := canonicaljson.Get(content, "m.relates_to"); isObject(rel) {
+		relType, relEventID = contentString(rel, "rel_type"), contentString(rel, "event_id")
+	}
+	if ev.Type() == "m.room.message" && (contentString(content, "msgtype") == "m.notice" || relType == "m.replace") {
+		return nil
+	}
+	w := b.w
 	roomID := ev.RoomID()
 	scope := ScopeMain
-	if c.RelatesTo != nil && c.RelatesTo.RelType == "m.thread" && c.RelatesTo.EventID != "" {
-		scope = c.RelatesTo.EventID
+	if relType == "m.thread" && relEventID != "" {
+		scope = relEventID
 		if err := w.Set(projections.Key(pThread, roomID, scope), nil); err != nil {
 			return err
 		}
 	}
 	for _, sc := range []string{ScopeAll, scope} {
-		if err := bump(w, projections.Key(pNotif, roomID, sc), off); err != nil {
+		if err := b.bump(projections.Key(pNotif, roomID, sc), off); err != nil {
 			return err
 		}
 	}
 	if err := w.Set(projections.Key(pLastNotif, roomID, ev.Sender()), binary.BigEndian.AppendUint64(nil, off)); err != nil {
 		return err
 	}
-	if c.Mentions != nil {
-		seen := map[string]bool{ev.Sender(): true}
-		for _, u := range c.Mentions.UserIDs {
-			if seen[u] {
-				continue
-			}
-			seen[u] = true
-			for _, sc := range []string{ScopeAll, scope} {
-				if err := bump(w, projections.Key(pHighlight, roomID, u, sc), off); err != nil {
-					return err
-				}
+	mentions := canonicaljson.Get(content, "m.mentions")
+	if !isObject(mentions) {
+		return nil
+	}
+	userIDs := canonicaljson.Get(mentions, "user_ids")
+	if len(userIDs) < 2 || userIDs[0] != '[' {
+		return nil
+	}
+	seen := map[string]bool{ev.Sender(): true}
+	return canonicaljson.ArrayEach(userIDs, func(v []byte) error {
+		u, err := canonicaljson.Unquote(v)
+		if err != nil || seen[u] {
+			return nil // not a user ID string
+		}
+		seen[u] = true
+		for _, sc := range []string{ScopeAll, scope} {
+			if err := b.bump(projections.Key(pHighlight, roomID, u, sc), off); err != nil {
+				return err
 			}
 		}
-	}
-	return nil
-}
-
-// bump appends the next cumulative count under prefix at offset off.
-func bump(w projections.Writer, prefix []byte, off uint64) error {
-	n, err := cumulative(w, prefix, off)
-	if err != nil {
-		return err
-	}
-	k := binary.BigEndian.AppendUint64(append(prefix, sep), off)
-	return w.Set(k, binary.BigEndian.AppendUint64(nil, n+1))
+		return nil
+	})
 }
 
 // cumulative is the count stored under prefix at the newest offset <= off
@@ -406,11 +419,7 @@ func cumulative(r projections.Reader, prefix []byte, off uint64) (uint64, error)
 	it := r.Iter(lower, projections.PrefixEnd(lower))
 	var n uint64
 	upper := binary.BigEndian.AppendUint64(append([]byte(nil), lower...), off)
-	if off == ^uint64(0) {
-		if it.Last() {
-			n = binary.BigEndian.Uint64(it.Value())
-		}
-	} else if it.SeekLT(append(upper, 0)) {
+	if it.SeekLT(append(upper, 0)) {
 		n = binary.BigEndian.Uint64(it.Value())
 	}
 	return n, it.Close()

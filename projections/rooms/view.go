@@ -3,6 +3,7 @@ package rooms
 import (
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"strings"
 
 	"github.com/engram-hs/engram/projections"
@@ -22,7 +23,11 @@ func (v View) Room(roomID string) (*Room, error) {
 
 // Event returns a stored event, or nil.
 func (v View) Event(eventID string) (*Event, error) {
-	return projections.GetJSON[Event](v.r, projections.Key(pEvent, eventID))
+	e, err := getEvent(v.r, eventID)
+	if err != nil || e == nil || e.placeholder {
+		return nil, err
+	}
+	return &e.Event, nil
 }
 
 // PDU parses a stored event.
@@ -285,9 +290,16 @@ func (v View) HighlightCount(roomID, userID, scope string, after uint64) (uint64
 }
 
 func (v View) countAfter(prefix []byte, after uint64) (uint64, error) {
-	total, err := cumulative(v.r, prefix, ^uint64(0))
-	if err != nil || total == 0 {
+	b, ok, err := v.r.Get(totalKeyOf(prefix))
+	if err != nil || !ok {
 		return 0, err
+	}
+	total, last, ok := decodeTotal(b)
+	if !ok {
+		return 0, fmt.Errorf("rooms: corrupt counter %q; rebuild the projection with `engram rebuild --projection rooms`", totalKeyOf(prefix))
+	}
+	if after >= last {
+		return 0, nil // the common case of a sync with nothing new
 	}
 	upTo, err := cumulative(v.r, prefix, after)
 	return total - upTo, err

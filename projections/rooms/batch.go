@@ -1,0 +1,225 @@
+package rooms
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
+)
+
+// batch is what one Apply call remembers between entries: the records it
+// read or changed that many entries of a batch touch (a room's record, its
+// notification counters). Each is read from the store at most once per
+// batch and written once, at the end. It lives only for one Apply, so the
+// fold stays a function of the entries and the stored state; and reads
+// that miss Pebble's block cache (a data block to decompress per level)
+// are what a replay spends its time on.
+type batch struct {
+	w projections.Writer
+
+	rooms      map[string]*Room // nil: the room is unknown
+	dirtyRooms []string         // in the order they were first changed
+	isDirty    map[string]bool
+
+	counters     map[string]*counter // by total key
+	counterOrder []string
+}
+
+// counter is the newest cumulative count of one notification (or
+// highlight) scope and the offset it was reached at.
+type counter struct {
+	count, offset uint64
+}
+
+func newBatch(w projections.Writer) *batch {
+	return &batch{w: w, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}}
+}
+
+// room returns the room's record as of this point of the batch (nil when
+// unknown).
+func (b *batch) room(roomID string) (*Room, error) {
+	if r, ok := b.rooms[roomID]; ok {
+		return r, nil
+	}
+	r, err := projections.GetJSON[Room](b.w, projections.Key(pRoom, roomID))
+	if err != nil {
+		return nil, err
+	}
+	b.rooms[roomID] = r
+	return r, nil
+}
+
+func (b *batch) dirtyRoom(roomID string) {
+	if !b.isDirty[roomID] {
+		b.isDirty[roomID] = true
+		b.dirtyRooms = append(b.dirtyRooms, roomID)
+	}
+}
+
+// bump counts one more event at offset off in the scope whose history
+// keys start with prefix (pNotif or pHighlight) and whose total is kept
+// under the same parts with the total's prefix byte.
+func (b *batch) bump(prefix []byte, off uint64) error {
+	totalKey := string(totalKeyOf(prefix))
+	c, ok := b.counters[totalKey]
+	if !ok {
+		c = &counter{}
+		v, found, err := b.w.Get([]byte(totalKey))
+		if err != nil {
+			return err
+		}
+		if found {
+			if c.count, c.offset, ok = decodeTotal(v); !ok {
+				return fmt.Errorf("rooms: corrupt counter %q; rebuild the projection with `engram rebuild --projection rooms`", totalKey)
+			}
+		}
+		b.counters[totalKey] = c
+		b.counterOrder = append(b.counterOrder, totalKey)
+	}
+	c.count++
+	c.offset = off
+	k := binary.BigEndian.AppendUint64(append(prefix, sep), off)
+	return b.w.Set(k, binary.BigEndian.AppendUint64(nil, c.count))
+}
+
+// totalKeyOf maps a history prefix (pNotif/pHighlight parts) to its total
+// key.
+func totalKeyOf(prefix []byte) []byte {
+	k := append([]byte(nil), prefix...)
+	switch k[0] {
+	case pNotif:
+		k[0] = pNotifTotal
+	case pHighlight:
+		k[0] = pHighTotal
+	}
+	return k
+}
+
+func encodeTotal(count, offset uint64) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), count), offset)
+}
+
+func decodeTotal(v []byte) (count, offset uint64, ok bool) {
+	if len(v) != 16 {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), true
+}
+
+// flush writes what the batch kept in memory.
+func (b *batch) flush() error {
+	for _, id := range b.dirtyRooms {
+		if err := projections.PutJSON(b.w, projections.Key(pRoom, id), b.rooms[id]); err != nil {
+			return err
+		}
+	}
+	for _, k := range b.counterOrder {
+		c := b.counters[k]
+		if err := b.w.Set([]byte(k), encodeTotal(c.count, c.offset)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// decodePDU reads a PDU fact. The payload is what facts encodes
+// (encoding/json of facts.PDU: compact, its own field names), which a
+// slicing reader walks in a fraction of json.Unmarshal's time; anything
+// else (another field, another shape) goes to facts.Decode, so the result
+// is always json.Unmarshal's.
+func decodePDU(e englog.Entry) (facts.PDU, error) {
+	if f, ok := fastDecodePDU(e.Payload); ok {
+		return f, nil
+	}
+	var f facts.PDU
+	err := facts.Decode(e, &f)
+	return f, err
+}
+
+func fastDecodePDU(payload []byte) (f facts.PDU, ok bool) {
+	err := canonicaljson.ObjectEach(payload, func(key, value []byte) error {
+		var err error
+		switch string(key) {
+		case `"room_version"`:
+			f.RoomVersion, err = canonicaljson.Unquote(value)
+		case `"event"`:
+			if !isObject(value) {
+				return errUnexpected
+			}
+			f.Event = value
+		case `"txn"`:
+			if string(value) == "null" {
+				f.Txn = nil
+				return nil
+			}
+			f.Txn, err = fastDecodeTxn(value)
+		case `"rejected"`:
+			f.Rejected, err = canonicaljson.Unquote(value)
+		case `"soft_failed"`:
+			f.SoftFailed, err = jsonBool(value)
+		case `"outlier"`:
+			f.Outlier, err = jsonBool(value)
+		default:
+			return errUnexpected
+		}
+		return err
+	})
+	return f, err == nil
+}
+
+func fastDecodeTxn(v []byte) (*facts.TxnRef, error) {
+	if !isObject(v) {
+		return nil, errUnexpected
+	}
+	t := &facts.TxnRef{}
+	err := canonicaljson.ObjectEach(v, func(key, value []byte) error {
+		var err error
+		switch string(key) {
+		case `"user_id"`:
+			t.UserID, err = canonicaljson.Unquote(value)
+		case `"device_id"`:
+			t.DeviceID, err = canonicaljson.Unquote(value)
+		case `"txn_id"`:
+			t.TxnID, err = canonicaljson.Unquote(value)
+		default:
+			return errUnexpected
+		}
+		return err
+	})
+	return t, err
+}
+
+type unexpectedError struct{}
+
+func (unexpectedError) Error() string { return "unexpected payload shape" }
+
+var errUnexpected error = unexpectedError{}
+
+func jsonBool(v []byte) (bool, error) {
+	switch string(v) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	}
+	return false, errUnexpected
+}
+
+func isObject(v []byte) bool { return len(v) >= 2 && v[0] == '{' && v[len(v)-1] == '}' }
+
+// contentString is the string value of key in a canonical JSON object, or
+// "" when absent or not a string.
+func contentString(obj []byte, key string) string {
+	v := canonicaljson.Get(obj, key)
+	if len(v) == 0 || v[0] != '"' {
+		return ""
+	}
+	s, err := canonicaljson.Unquote(v)
+	if err != nil {
+		return ""
+	}
+	return s
+}
