@@ -80,7 +80,13 @@ type Projection struct{}
 func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "accounts" }
-func (*Projection) Version() int { return 2 }
+
+// Version 3: a login naming an existing device revokes its old tokens.
+func (*Projection) Version() int { return 3 }
+
+// ReadsVersion: version 2 has the same records (it only kept tokens that
+// version 3 revokes), so it serves while version 3 is rebuilt.
+func (*Projection) ReadsVersion(stored int) bool { return stored == 2 }
 
 // Apply folds a batch of entries.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
@@ -202,8 +208,16 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		}
 		if d == nil {
 			d = &Device{DeviceID: f.DeviceID, DisplayName: f.DisplayName}
-		} else if f.DisplayName != "" && d.DisplayName == "" {
-			d.DisplayName = f.DisplayName
+		} else {
+			// A login naming an existing device takes it over: the spec
+			// has the server invalidate the tokens it had, so a token
+			// stolen from the device dies with the fresh login.
+			if err := removeTokens(w, f.UserID, f.DeviceID); err != nil {
+				return err
+			}
+			if f.DisplayName != "" && d.DisplayName == "" {
+				d.DisplayName = f.DisplayName
+			}
 		}
 		d.LastSeenIP, d.LastSeenTS = f.IP, e.Time
 		return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
@@ -335,6 +349,14 @@ func deleteToken(w projections.Writer, prefix byte, hash string, s *Session) err
 
 // removeDevice deletes a device and every token issued to it.
 func removeDevice(w projections.Writer, userID, deviceID string) error {
+	if err := removeTokens(w, userID, deviceID); err != nil {
+		return err
+	}
+	return w.Delete(projections.Key(pDevice, userID, deviceID))
+}
+
+// removeTokens deletes every access and refresh token issued to a device.
+func removeTokens(w projections.Writer, userID, deviceID string) error {
 	lower := append(projections.Key(pDevTok, userID, deviceID), sep)
 	it := w.Iter(lower, projections.PrefixEnd(lower))
 	var toks []struct {
@@ -359,10 +381,7 @@ func removeDevice(w projections.Writer, userID, deviceID string) error {
 			return err
 		}
 	}
-	if err := w.DeleteRange(lower, projections.PrefixEnd(lower)); err != nil {
-		return err
-	}
-	return w.Delete(projections.Key(pDevice, userID, deviceID))
+	return w.DeleteRange(lower, projections.PrefixEnd(lower))
 }
 
 func listDevices(r projections.Reader, userID string) ([]Device, error) {
