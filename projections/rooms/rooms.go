@@ -77,6 +77,16 @@ type Room struct {
 	// Extremities are the forward extremities: the prev_events of the
 	// next local event.
 	Extremities []string `json:"extremities"`
+
+	// Bookkeeping of the fold, so that most events need no read of their
+	// own key (a random key: a block read and decompression per level):
+	// MaxTS is the newest origin_server_ts of the room's stored events. A
+	// duplicate has its original's room and origin_server_ts (both are
+	// hashed into the event ID), so an event newer than MaxTS is new.
+	// PendingRedactions counts the redactions sent in this room whose
+	// target has not been seen yet (placeholders to look for).
+	MaxTS             int64 `json:"max_ts,omitempty"`
+	PendingRedactions int   `json:"pending_redactions,omitempty"`
 }
 
 // Membership is one user's current membership of one room.
@@ -182,19 +192,17 @@ func (b *batch) applyPDU(e englog.Entry) error {
 	}
 	w := b.w
 	id := ev.EventID()
-	// The one read of the event's key tells both whether it was folded
-	// already and which redactions wait for it.
-	old, err := getEvent(w, id)
+	roomID := ev.RoomID()
+	old, err := b.previousRecord(ev)
 	if err != nil || (old != nil && !old.placeholder && old.Rejected == "" && !old.Outlier) {
 		return err // already folded: duplicates are no-ops
 	}
-	rec := &storedEvent{Event: Event{EventID: id, RoomID: ev.RoomID(), Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
+	rec := &storedEvent{Event: Event{EventID: id, RoomID: roomID, Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
 		SoftFailed: f.SoftFailed, Outlier: f.Outlier, Txn: f.Txn, Version: version.ID}}
 	if old != nil {
 		rec.pending = old.pending
 	}
 	inDAG := f.Rejected == "" && !f.SoftFailed && !f.Outlier
-	roomID := ev.RoomID()
 
 	if inDAG {
 		room, err := b.room(roomID)
@@ -202,7 +210,11 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			return err
 		}
 		if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
-			room = &Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}
+			fresh := &Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}
+			if room != nil {
+				fresh.MaxTS, fresh.PendingRedactions = room.MaxTS, room.PendingRedactions
+			}
+			room = fresh
 			b.rooms[roomID] = room
 		}
 		if room == nil {
@@ -247,6 +259,9 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			}
 		}
 	}
+	if err := b.stored(ev); err != nil {
+		return err
+	}
 	if !inDAG {
 		// Pending redactions stay with the record until the event is
 		// folded into the DAG.
@@ -261,13 +276,52 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		if pr.roomID == roomID && rec.RedactedBy == "" {
 			redactRecord(rec, pr.redactionID)
 		}
+		if err := b.addPending(pr.roomID, -1); err != nil {
+			return err
+		}
 	}
 	if err := putEvent(w, rec); err != nil {
 		return err
 	}
 	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {
-		return redact(w, ev.Redacts(), id, roomID)
+		return b.redact(ev.Redacts(), id, roomID)
 	}
+	return nil
+}
+
+// previousRecord is the record already stored under the event's ID: a
+// duplicate, an outlier or rejected copy to fold again, a placeholder
+// holding redactions; nil when there is none.
+func (b *batch) previousRecord(ev stateres.PDU) (*storedEvent, error) {
+	room, err := b.room(ev.RoomID())
+	if err != nil {
+		return nil, err
+	}
+	if room != nil && ev.OriginServerTS() > room.MaxTS && room.PendingRedactions == 0 {
+		return nil, nil // newer than every event of the room, and no placeholder to find
+	}
+	return getEvent(b.w, ev.EventID())
+}
+
+// stored notes that a record of the event is stored, for previousRecord.
+func (b *batch) stored(ev stateres.PDU) error {
+	room, err := b.room(ev.RoomID())
+	if err != nil || room == nil || ev.OriginServerTS() <= room.MaxTS {
+		return err
+	}
+	room.MaxTS = ev.OriginServerTS()
+	b.dirtyRoom(ev.RoomID())
+	return nil
+}
+
+// addPending counts redactions of the room waiting for their targets.
+func (b *batch) addPending(roomID string, n int) error {
+	room, err := b.room(roomID)
+	if err != nil || room == nil {
+		return err
+	}
+	room.PendingRedactions = max(0, room.PendingRedactions+n)
+	b.dirtyRoom(roomID)
 	return nil
 }
 
@@ -297,7 +351,8 @@ func applyMembership(w projections.Writer, ev stateres.PDU, userID string, off u
 // redact replaces the target's JSON by its redacted form, if the target is
 // in the same room; a redaction of a target not seen yet waits in a
 // placeholder record under the target's key.
-func redact(w projections.Writer, targetID, redactionID, roomID string) error {
+func (b *batch) redact(targetID, redactionID, roomID string) error {
+	w := b.w
 	t, err := getEvent(w, targetID)
 	if err != nil {
 		return err
@@ -307,6 +362,9 @@ func redact(w projections.Writer, targetID, redactionID, roomID string) error {
 	}
 	if t.placeholder {
 		t.pending = append(t.pending, pendingRedaction{redactionID: redactionID, roomID: roomID})
+		if err := b.addPending(roomID, 1); err != nil {
+			return err
+		}
 		return putEvent(w, t)
 	}
 	if t.RoomID != roomID || t.RedactedBy != "" {
