@@ -1,7 +1,13 @@
 package api_test
 
 import (
+	"context"
+	"fmt"
+	"net/url"
 	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // Spec (client-server API, "Relationship between access tokens and
@@ -42,5 +48,44 @@ func TestLoginWithExistingDeviceRevokesItsTokens(t *testing.T) {
 	st, body = ts.do("GET", "/_matrix/client/v3/devices", second["access_token"].(string), nil)
 	if devs, _ := body["devices"].([]any); st != 200 || len(devs) != 2 {
 		t.Fatalf("devices: %d %v (want the registration's device and PHONE)", st, body)
+	}
+}
+
+// timestamp_to_event answers only with events the caller may see: with
+// history_visibility "joined", a user who joined later must not learn the
+// ID (and time) of a message sent before they joined. Whatever it returns
+// must be readable with /event.
+func TestTimestampToEventHonoursHistoryVisibility(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	setVisibility(t, alice, room.RoomID, "joined")
+	secret := say(t, alice, room.RoomID, "before bob")
+	ev, err := alice.GetEvent(ctx, room.RoomID, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	path := fmt.Sprintf("/_matrix/client/v1/rooms/%s/timestamp_to_event?dir=b&ts=%d", url.PathEscape(room.RoomID.String()), ev.Timestamp)
+	st, body := ts.do("GET", path, bob.AccessToken, nil)
+	if st == 200 && body["event_id"] == secret.String() {
+		t.Fatalf("bob, who joined after it under history_visibility joined, was given %s", secret)
+	}
+	if st == 200 {
+		got := id.EventID(body["event_id"].(string))
+		if _, err := bob.GetEvent(ctx, room.RoomID, got); err != nil {
+			t.Fatalf("timestamp_to_event returned %s, which /event refuses bob: %v", got, err)
+		}
+	}
+	// Alice, joined throughout, still finds her message.
+	st, body = ts.do("GET", path, alice.AccessToken, nil)
+	if st != 200 || body["event_id"] != secret.String() {
+		t.Fatalf("alice: %d %v, want %s", st, body, secret)
 	}
 }

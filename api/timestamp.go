@@ -37,14 +37,11 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request, sess *
 	if dir != "f" && dir != "b" {
 		return errInvalidParam("dir must be f or b")
 	}
-	membership, memberOffset, err := s.requireMember(roomID, sess.UserID, true)
+	// Only events the caller may read count: up to their leave for a user
+	// who left, and under the room's history visibility, as /event sees it.
+	bound, vis, err := s.readAccess(roomID, sess.UserID)
 	if err != nil {
 		return err
-	}
-	// A user who left sees the timeline up to their leaving.
-	bound := uint64(0)
-	if membership != "join" {
-		bound = memberOffset
 	}
 	v := s.roomsView()
 	const batch = 500
@@ -65,7 +62,7 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request, sess *
 			if err != nil {
 				return err
 			}
-			if e == nil {
+			if e == nil || !vis.canSee(e) {
 				continue
 			}
 			var h struct {
