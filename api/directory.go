@@ -1,7 +1,6 @@
 package api
 
 import (
-	"encoding/json"
 	"net/http"
 
 	englog "github.com/engram-hs/engram/log"
@@ -16,45 +15,23 @@ func (s *Server) directoryRoutes() {
 	s.handle("POST", "/_synapse/admin/v1/registration_tokens/new", s.authed(s.newRegistrationToken))
 }
 
+// publicRooms is GET /publicRooms: the same listing as POST, with limit,
+// since and server from the query string.
 func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request) error {
 	if !s.cfg.AllowPublicRoomsWithoutAuth {
 		if _, err := s.authenticate(r); err != nil {
 			return err
 		}
 	}
-	v := s.roomsView()
-	ids, err := v.PublicRooms()
+	q, err := publicRoomsQueryFromURL(r)
 	if err != nil {
 		return err
 	}
-	chunk := []map[string]any{}
-	for _, id := range ids {
-		entry := map[string]any{"room_id": id, "world_readable": false, "guest_can_join": false}
-		str := func(typ, field, out string) {
-			if e, err := v.StateEvent(id, typ, ""); err == nil && e != nil {
-				var c map[string]any
-				_ = json.Unmarshal(headOf(e).Content, &c)
-				if val, ok := c[field].(string); ok && val != "" {
-					entry[out] = val
-				}
-			}
-		}
-		str("m.room.name", "name", "name")
-		str("m.room.topic", "topic", "topic")
-		str("m.room.canonical_alias", "alias", "canonical_alias")
-		str("m.room.avatar", "url", "avatar_url")
-		str("m.room.join_rules", "join_rule", "join_rule")
-		str("m.room.history_visibility", "history_visibility", "hv")
-		entry["world_readable"] = entry["hv"] == "world_readable"
-		delete(entry, "hv")
-		sum, err := s.roomSummary(v, id, "")
-		if err != nil {
-			return err
-		}
-		entry["num_joined_members"] = sum["m.joined_member_count"]
-		chunk = append(chunk, entry)
+	out, err := s.listPublicRooms(q)
+	if err != nil {
+		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"chunk": chunk, "total_room_count_estimate": len(chunk)})
+	writeJSON(w, http.StatusOK, out)
 	return nil
 }
 

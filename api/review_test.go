@@ -89,3 +89,33 @@ func TestTimestampToEventHonoursHistoryVisibility(t *testing.T) {
 		t.Fatalf("alice: %d %v, want %s", st, body, secret)
 	}
 }
+
+// GET /publicRooms pages like POST (spec: limit and since), with the same
+// entries; it used to be a separate, unpaginated twin.
+func TestGetPublicRoomsPaginates(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice := ts.register("alice")
+	for _, name := range []string{"One", "Two", "Three"} {
+		if _, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Visibility: "public", Name: name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const path = "/_matrix/client/v3/publicRooms"
+	st, body := ts.do("GET", path+"?limit=2", alice.AccessToken, nil)
+	chunk, _ := body["chunk"].([]any)
+	if st != 200 || len(chunk) != 2 || body["next_batch"] == nil || body["total_room_count_estimate"] != 3.0 {
+		t.Fatalf("page 1: %d %v", st, body)
+	}
+	_, post := ts.do("POST", path, alice.AccessToken, map[string]any{"limit": 2})
+	if fmt.Sprint(post["chunk"]) != fmt.Sprint(body["chunk"]) {
+		t.Fatalf("GET and POST disagree:\nGET  %v\nPOST %v", body["chunk"], post["chunk"])
+	}
+	st, body = ts.do("GET", path+"?limit=2&since="+url.QueryEscape(body["next_batch"].(string)), alice.AccessToken, nil)
+	if chunk, _ = body["chunk"].([]any); st != 200 || len(chunk) != 1 || body["next_batch"] != nil || body["prev_batch"] == nil {
+		t.Fatalf("page 2: %d %v", st, body)
+	}
+	if st, body = ts.do("GET", path+"?limit=x", alice.AccessToken, nil); st != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("bad limit: %d %v", st, body)
+	}
+}
