@@ -430,6 +430,13 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, facts.MustEncode(englog.KindAccessTokenIssued, issued)); err != nil {
 		return err
 	}
+	// A concurrent refresh of the same token may have come first in the
+	// log; the projection then refused this pair.
+	if got, err := s.accountsView().Session(issued.TokenSHA256); err != nil {
+		return err
+	} else if got == nil {
+		return merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Refresh token already used").with("soft_logout", false)
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": access, "refresh_token": refresh, "expires_in_ms": refreshableTokenLifetimeMS})
 	return nil
 }

@@ -81,11 +81,12 @@ func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "accounts" }
 
-// Version 3: a login naming an existing device revokes its old tokens.
+// Version 3: a login naming an existing device revokes its old tokens,
+// and a refresh token is spent by its first use in the log.
 func (*Projection) Version() int { return 3 }
 
 // ReadsVersion: version 2 has the same records (it only kept tokens that
-// version 3 revokes), so it serves while version 3 is rebuilt.
+// version 3 refuses), so it serves while version 3 is rebuilt.
 func (*Projection) ReadsVersion(stored int) bool { return stored == 2 }
 
 // Apply folds a batch of entries.
@@ -257,14 +258,17 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			if err != nil {
 				return err
 			}
-			if old != nil {
-				if err := deleteToken(w, pRefresh, f.Replaces, old); err != nil {
+			if old == nil {
+				// The refresh token was spent by an earlier entry (a racing
+				// or replayed refresh) or revoked: this pair is refused.
+				return nil
+			}
+			if err := deleteToken(w, pRefresh, f.Replaces, old); err != nil {
+				return err
+			}
+			if old.Pair != "" {
+				if err := deleteToken(w, pToken, old.Pair, old); err != nil {
 					return err
-				}
-				if old.Pair != "" {
-					if err := deleteToken(w, pToken, old.Pair, old); err != nil {
-						return err
-					}
 				}
 			}
 		}
