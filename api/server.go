@@ -209,7 +209,7 @@ func (s *Server) commit(ctx context.Context, wait []*projections.Handle, props .
 }
 
 func (s *Server) accountsView() accounts.View { return accounts.NewView(s.accountsH.Reader()) }
-func (s *Server) roomsView() rooms.View       { return rooms.NewView(s.roomsH.Reader()) }
+func (s *Server) roomsView() rooms.View       { return rooms.NewView(s.roomsH.Reader(), s.log) }
 func (s *Server) userdataView() userdata.View { return userdata.NewView(s.userdataH.Reader()) }
 
 // keyedMutex serialises work per key (per room: read state, build, append,

@@ -55,8 +55,8 @@ type Event struct {
 	EventID string `json:"event_id"`
 	RoomID  string `json:"room_id"`
 	Offset  uint64 `json:"offset"`
-	// JSON is the PDU as stored, redacted in place once a redaction
-	// applies to it.
+	// JSON is the PDU as stored (canonical), redacted once a redaction
+	// applies to it. View.Event loads it from the log.
 	JSON json.RawMessage `json:"json"`
 	// Rejected/SoftFailed events are stored (for auth chains and
 	// federation) but never in a timeline or in current state.
@@ -67,6 +67,8 @@ type Event struct {
 	RedactedBy string        `json:"redacted_by,omitempty"`
 	Replaces   string        `json:"replaces,omitempty"` // the state event this one replaced
 	Version    string        `json:"room_version"`
+
+	pdu *stateres.Event // JSON parsed, when View.Event parsed it from the log
 }
 
 // Room is what the projection knows about a room as a whole.
@@ -113,7 +115,7 @@ type Projection struct {
 func New(onCommit func(offset uint64)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "rooms" }
-func (*Projection) Version() int { return 3 }
+func (*Projection) Version() int { return 4 }
 
 // AfterCommit wakes waiters.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -197,7 +199,10 @@ func (b *batch) applyPDU(e englog.Entry) error {
 	if err != nil || (old != nil && !old.placeholder && old.Rejected == "" && !old.Outlier) {
 		return err // already folded: duplicates are no-ops
 	}
-	rec := &storedEvent{Event: Event{EventID: id, RoomID: roomID, Offset: e.Offset, JSON: ev.JSON(), Rejected: f.Rejected,
+	// The record holds no JSON: the log holds the event at rec.Offset
+	// (View.Event reads it there), and copying it into every record made
+	// the fold write, and Pebble compact, every event twice.
+	rec := &storedEvent{Event: Event{EventID: id, RoomID: roomID, Offset: e.Offset, Rejected: f.Rejected,
 		SoftFailed: f.SoftFailed, Outlier: f.Outlier, Txn: f.Txn, Version: version.ID}}
 	if old != nil {
 		rec.pending = old.pending
@@ -274,7 +279,7 @@ func (b *batch) applyPDU(e englog.Entry) error {
 	slices.SortFunc(pending, func(a, b pendingRedaction) int { return strings.Compare(a.redactionID, b.redactionID) })
 	for _, pr := range pending {
 		if pr.roomID == roomID && rec.RedactedBy == "" {
-			redactRecord(rec, pr.redactionID)
+			rec.RedactedBy = pr.redactionID
 		}
 		if err := b.addPending(pr.roomID, -1); err != nil {
 			return err
@@ -370,25 +375,10 @@ func (b *batch) redact(targetID, redactionID, roomID string) error {
 	if t.RoomID != roomID || t.RedactedBy != "" {
 		return nil
 	}
-	if !redactRecord(t, redactionID) {
-		return nil
-	}
+	// Readers redact the event's JSON when they load it (View.Event):
+	// stateres.Redact is a function of the event and its room version.
+	t.RedactedBy = redactionID
 	return putEvent(w, t)
-}
-
-// redactRecord redacts a stored event in place; false when it cannot be
-// (an unknown room version, an unredactable event: it stays as is).
-func redactRecord(t *storedEvent, redactionID string) bool {
-	v, ok := stateres.Version(t.Version)
-	if !ok {
-		return false
-	}
-	red, err := stateres.Redact(v, t.JSON)
-	if err != nil {
-		return false
-	}
-	t.JSON, t.RedactedBy = red, redactionID
-	return true
 }
 
 // advanceExtremities: the new event replaces the extremities it references.

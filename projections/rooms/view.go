@@ -6,15 +6,28 @@ import (
 	"fmt"
 	"strings"
 
+	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
 )
 
 // View answers queries over a Reader (live or snapshot).
-type View struct{ r projections.Reader }
+type View struct {
+	r   projections.Reader
+	log EventLog
+}
 
-// NewView wraps a reader of this projection's keyspace.
-func NewView(r projections.Reader) View { return View{r} }
+// EventLog reads the log the projection folds (englog.Log is one): event
+// records point at the entry that carried the event instead of copying
+// its JSON. Entries never change, so a View over a snapshot reads the live
+// log safely.
+type EventLog interface {
+	Read(from uint64, max int) ([]englog.Entry, error)
+}
+
+// NewView wraps a reader of this projection's keyspace and the log it
+// was folded from.
+func NewView(r projections.Reader, log EventLog) View { return View{r: r, log: log} }
 
 // Room returns a room, or nil when unknown.
 func (v View) Room(roomID string) (*Room, error) {
@@ -27,11 +40,56 @@ func (v View) Event(eventID string) (*Event, error) {
 	if err != nil || e == nil || e.placeholder {
 		return nil, err
 	}
+	if len(e.JSON) == 0 {
+		if err := v.loadJSON(&e.Event); err != nil {
+			return nil, err
+		}
+	}
 	return &e.Event, nil
+}
+
+// loadJSON reads the event's JSON from the log entry that carried it,
+// redacted when a redaction applies.
+func (v View) loadJSON(e *Event) error {
+	if v.log == nil {
+		return fmt.Errorf("rooms: reading event %s: this View has no log (pass the log to rooms.NewView)", e.EventID)
+	}
+	mismatch := func(why string) error {
+		return fmt.Errorf("rooms: event %s: log offset %d %s; the rooms projection does not match this log: rebuild it with `engram rebuild --projection rooms`", e.EventID, e.Offset, why)
+	}
+	es, err := v.log.Read(e.Offset, 1)
+	if err != nil {
+		return fmt.Errorf("rooms: reading event %s at log offset %d: %w", e.EventID, e.Offset, err)
+	}
+	if len(es) != 1 || es[0].Offset != e.Offset || es[0].Kind != englog.KindPDU {
+		return mismatch("holds no PDU")
+	}
+	f, err := decodePDU(es[0])
+	if err != nil {
+		return mismatch(err.Error())
+	}
+	ver, ok := stateres.Version(f.RoomVersion)
+	if !ok {
+		return mismatch("has an unknown room version")
+	}
+	ev, err := stateres.ParseEvent(ver, f.Event)
+	if err != nil || ev.EventID() != e.EventID {
+		return mismatch("holds another event")
+	}
+	e.JSON = ev.JSON()
+	if e.RedactedBy == "" {
+		e.pdu = ev
+	} else if red, err := stateres.Redact(ver, e.JSON); err == nil {
+		e.JSON = red
+	}
+	return nil
 }
 
 // PDU parses a stored event.
 func (e *Event) PDU() (*stateres.Event, error) {
+	if e.pdu != nil {
+		return e.pdu, nil
+	}
 	ver, _ := stateres.Version(e.Version)
 	return stateres.ParseEvent(ver, e.JSON)
 }
