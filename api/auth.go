@@ -110,18 +110,42 @@ func newNonceStore() *nonceStore { return &nonceStore{nonces: map[string]time.Ti
 
 const nonceLifetime = 60 * time.Second
 
+// maxEphemeral bounds each store of ephemeral request state (nonces, UIA
+// sessions).
+const maxEphemeral = 10_000
+
 func (n *nonceStore) issue() string {
 	nonce := hex.EncodeToString([]byte(randomString(16)))
 	now := time.Now()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for k, exp := range n.nonces {
-		if now.After(exp) {
-			delete(n.nonces, k)
-		}
-	}
+	makeRoom(n.nonces, now, func(exp time.Time) time.Time { return exp })
 	n.nonces[nonce] = now.Add(nonceLifetime)
 	return nonce
+}
+
+// makeRoom keeps a store of ephemeral request state bounded: when it is
+// full it drops the expired entries and, if it is still full, the one
+// that expires soonest, so one more fits. The store is keyed by what
+// unauthenticated callers ask for, so it must not grow with them.
+func makeRoom[V any](m map[string]V, now time.Time, expires func(V) time.Time) {
+	if len(m) < maxEphemeral {
+		return
+	}
+	soonestKey, soonest := "", time.Time{}
+	for k, v := range m {
+		exp := expires(v)
+		if now.After(exp) {
+			delete(m, k)
+			continue
+		}
+		if soonestKey == "" || exp.Before(soonest) {
+			soonestKey, soonest = k, exp
+		}
+	}
+	if len(m) >= maxEphemeral {
+		delete(m, soonestKey)
+	}
 }
 
 // consume reports whether the nonce was issued, unexpired and unused.

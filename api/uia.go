@@ -53,14 +53,6 @@ type uiaStageCheck func(stage string, a *authDict) error
 // otherwise an error that writes the 401 challenge.
 func (u *uiaStore) check(raw json.RawMessage, flows [][]string, verify uiaStageCheck) error {
 	now := time.Now()
-	u.mu.Lock()
-	for k, s := range u.sessions {
-		if now.After(s.expires) {
-			delete(u.sessions, k)
-		}
-	}
-	u.mu.Unlock()
-
 	var a *authDict
 	if len(raw) > 0 && string(raw) != "null" {
 		a = &authDict{}
@@ -73,6 +65,10 @@ func (u *uiaStore) check(raw json.RawMessage, flows [][]string, verify uiaStageC
 	u.mu.Lock()
 	if a != nil && a.Session != "" {
 		sessID, sess = a.Session, u.sessions[a.Session]
+		if sess != nil && now.After(sess.expires) {
+			delete(u.sessions, sessID)
+			sess = nil
+		}
 		if sess == nil {
 			u.mu.Unlock()
 			return merr(http.StatusBadRequest, "M_UNKNOWN", "Unknown or expired UIA session")
@@ -81,6 +77,7 @@ func (u *uiaStore) check(raw json.RawMessage, flows [][]string, verify uiaStageC
 	if sess == nil {
 		sessID = randomString(18)
 		sess = &uiaSession{expires: now.Add(uiaLifetime)}
+		makeRoom(u.sessions, now, func(s *uiaSession) time.Time { return s.expires })
 		u.sessions[sessID] = sess
 	}
 	u.mu.Unlock()
