@@ -119,3 +119,43 @@ func TestGetPublicRoomsPaginates(t *testing.T) {
 		t.Fatalf("bad limit: %d %v", st, body)
 	}
 }
+
+// Presence is published to the users who share a room with its user
+// (spec: presence, security considerations); GET /presence answers 403 to
+// the others.
+func TestPresenceOnlyForUsersSharingARoom(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob, carol := ts.register("alice"), ts.register("bob"), ts.register("carol")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	if st, body := ts.do("PUT", "/_matrix/client/v3/presence/"+url.PathEscape(bob.UserID.String())+"/status", bob.AccessToken, map[string]any{"presence": "unavailable", "status_msg": "at the dentist"}); st != 200 {
+		t.Fatalf("set presence: %d %v", st, body)
+	}
+	path := "/_matrix/client/v3/presence/" + url.PathEscape(bob.UserID.String()) + "/status"
+	for _, c := range []struct {
+		who    string
+		token  string
+		status int
+	}{
+		{"bob himself", bob.AccessToken, 200},
+		{"alice, in a room with bob", alice.AccessToken, 200},
+		{"carol, in no room with bob", carol.AccessToken, 403},
+	} {
+		st, body := ts.do("GET", path, c.token, nil)
+		if st != c.status {
+			t.Errorf("%s: %d %v, want %d", c.who, st, body, c.status)
+		}
+		if st == 200 && body["status_msg"] != "at the dentist" {
+			t.Errorf("%s: %v", c.who, body)
+		}
+		if st == 403 && body["errcode"] != "M_FORBIDDEN" {
+			t.Errorf("%s: %v", c.who, body)
+		}
+	}
+}

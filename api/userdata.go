@@ -211,7 +211,17 @@ func (s *Server) readMarkers(w http.ResponseWriter, r *http.Request, sess *sessi
 }
 
 func (s *Server) getPresence(w http.ResponseWriter, r *http.Request, sess *session) error {
-	p, err := s.userdataView().Presence(r.PathValue("userId"))
+	target := r.PathValue("userId")
+	if target != sess.UserID {
+		// Presence is published to the users who share a room with its
+		// user (spec: presence, security considerations), as /sync does.
+		if ok, err := s.shareRoom(sess.UserID, target); err != nil {
+			return err
+		} else if !ok {
+			return errForbidden("You are not allowed to see the presence of %s (you share no room)", target)
+		}
+	}
+	p, err := s.userdataView().Presence(target)
 	if err != nil {
 		return err
 	}
@@ -248,4 +258,24 @@ func (s *Server) putPresence(w http.ResponseWriter, r *http.Request, sess *sessi
 
 func (s *Server) presenceProposal(userID, presence string) englog.Proposal {
 	return facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: s.cfg.ServerName, Content: mustJSON(facts.PresenceContent{UserID: userID, Presence: presence})})
+}
+
+// shareRoom reports whether both users are joined to one room.
+func (s *Server) shareRoom(a, b string) (bool, error) {
+	v := s.roomsView()
+	ms, err := v.Memberships(a)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if m.Membership != "join" {
+			continue
+		}
+		if other, err := v.Membership(b, m.RoomID); err != nil {
+			return false, err
+		} else if other != nil && other.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
