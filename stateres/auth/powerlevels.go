@@ -363,9 +363,10 @@ func contains(list []string, s string) bool {
 // so they are shared through a small cache. The key carries a hash of both
 // contents besides the event IDs: an ID alone is only trustworthy once it
 // was verified against the event's hash, and callers may hand in any PDU.
+// The create event's sender is in the key too: from v11 it is the creator.
 type plCacheKey struct {
-	version, room, create, powerLevels string
-	createContent, powerLevelsContent  uint64
+	version, room, create, createSender, powerLevels string
+	createContent, powerLevelsContent                uint64
 }
 
 var plCacheSeed = maphash.MakeSeed()
@@ -378,6 +379,7 @@ func cacheKey(v *stateres.RoomVersion, create, powerLevels stateres.PDU) (plCach
 		version:            v.ID,
 		room:               powerLevels.RoomID(),
 		create:             create.EventID(),
+		createSender:       create.Sender(),
 		powerLevels:        powerLevels.EventID(),
 		createContent:      maphash.Bytes(plCacheSeed, create.Content()),
 		powerLevelsContent: maphash.Bytes(plCacheSeed, powerLevels.Content()),
