@@ -42,7 +42,7 @@ func Handler(serverName, version string, key signing.Key, now func() time.Time) 
 	return mux
 }
 
-// serverKeys is the signed response of GET /_matrix/key/v2/server.
+// ServerKeys is the signed response of GET /_matrix/key/v2/server.
 func ServerKeys(serverName string, key signing.Key, now time.Time) ([]byte, error) {
 	obj, err := json.Marshal(map[string]any{
 		"server_name":     serverName,

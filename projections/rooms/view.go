@@ -79,9 +79,14 @@ func (v View) loadJSON(e *Event) error {
 	e.JSON = ev.JSON()
 	if e.RedactedBy == "" {
 		e.pdu = ev
-	} else if red, err := stateres.Redact(ver, e.JSON); err == nil {
-		e.JSON = red
+		return nil
 	}
+	// A redacted event must never be served whole: fail closed.
+	red, err := stateres.Redact(ver, e.JSON)
+	if err != nil {
+		return mismatch("cannot be redacted: " + err.Error())
+	}
+	e.JSON = red
 	return nil
 }
 
