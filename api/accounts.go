@@ -207,17 +207,20 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
+	// Hash before taking the lock: bcrypt takes ~250 ms and the lock
+	// serialises every registration.
+	hash := ""
+	if req.Password != "" {
+		var err error
+		if hash, err = s.hashPassword(req.Password); err != nil {
+			return err
+		}
+	}
 	unlock := s.roomLock.Lock("register")
 	defer unlock()
 	userID, err := s.checkNewUsername(localpart)
 	if err != nil {
 		return err
-	}
-	hash := ""
-	if req.Password != "" {
-		if hash, err = s.hashPassword(req.Password); err != nil {
-			return err
-		}
 	}
 	reg := randomString(12)
 	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{
@@ -325,13 +328,13 @@ func (s *Server) adminRegister(w http.ResponseWriter, r *http.Request) error {
 	if err != nil || !hmac.Equal(want, got) {
 		return errForbidden("HMAC incorrect")
 	}
-	unlock := s.roomLock.Lock("register")
-	defer unlock()
-	userID, err := s.checkNewUsername(strings.ToLower(req.Username))
+	hash, err := s.hashPassword(req.Password) // before the lock, as in register
 	if err != nil {
 		return err
 	}
-	hash, err := s.hashPassword(req.Password)
+	unlock := s.roomLock.Lock("register")
+	defer unlock()
+	userID, err := s.checkNewUsername(strings.ToLower(req.Username))
 	if err != nil {
 		return err
 	}
