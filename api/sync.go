@@ -189,11 +189,12 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			if m.Offset > since {
 				roomSince = 0
 			}
-			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now, opts)
+			keep := fullState || since == 0
+			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now, opts, keep)
 			if err != nil {
 				return nil, false, err
 			}
-			if changed || fullState || since == 0 {
+			if changed || keep {
 				join[m.RoomID] = jr
 				empty = empty && !changed
 			}
@@ -218,7 +219,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		case "leave", "ban":
 			if (since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState)) {
 				roomSince := since
-				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now, opts)
+				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now, opts, true)
 				if err != nil {
 					return nil, false, err
 				}
@@ -270,8 +271,9 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 // syncJoinedRoom builds one room's section with the timeline in
 // (roomSince, upper], state at the timeline's start, ephemeral events and
 // room account data changed since since. changed reports that anything
-// is new.
-func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, roomID string, roomSince, since, upper, pos uint64, fullState bool, now int64, opts syncOptions) (map[string]any, bool, error) {
+// is new; when nothing is and keepUnchanged is false, the section is nil
+// (the caller leaves the room out).
+func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, roomID string, roomSince, since, upper, pos uint64, fullState bool, now int64, opts syncOptions, keepUnchanged bool) (map[string]any, bool, error) {
 	tf := f.Room.Timeline
 	limit := 10
 	if tf != nil && tf.Limit != nil {
@@ -406,6 +408,11 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		}
 	}
 	changed = changed || len(ephemeral) > 0 || len(ad) > 0 || (len(state) > 0 && roomSince == 0)
+	if !changed && !keepUnchanged {
+		// The caller drops an unchanged room from an incremental sync;
+		// skip the summary and counts, which cost the most reads.
+		return nil, false, nil
+	}
 
 	summary, err := s.roomSummary(v, roomID, sess.UserID)
 	if err != nil {
