@@ -129,6 +129,21 @@ type loginResult struct {
 	RefreshToken string `json:"refresh_token,omitempty"`
 }
 
+// checkDeviceID refuses client-chosen device IDs that could not be stored
+// safely: projections separate key parts with NUL, and logs and clients
+// print them.
+func checkDeviceID(id string) error {
+	if len(id) > 255 {
+		return merr(http.StatusBadRequest, "M_INVALID_PARAM", "device_id is longer than 255 bytes")
+	}
+	for _, c := range id {
+		if c < 0x20 || c == 0x7f {
+			return merr(http.StatusBadRequest, "M_INVALID_PARAM", "device_id contains a control character")
+		}
+	}
+	return nil
+}
+
 // newSession decides a device and token pair for userID and returns the
 // proposals that record them. registration is set when the session comes
 // with a new account: it is valid only if that registration wins.
@@ -231,6 +246,9 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	}
 	res := loginResult{UserID: userID, HomeServer: s.cfg.ServerName}
 	if !req.InhibitLogin {
+		if err := checkDeviceID(req.DeviceID); err != nil {
+			return err
+		}
 		var more []englog.Proposal
 		res, more = s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, reg)
 		props = append(props, more...)
@@ -398,6 +416,9 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 			return merr(http.StatusForbidden, "M_USER_DEACTIVATED", "This account has been deactivated")
 		}
 		return errForbidden("Invalid username or password")
+	}
+	if err := checkDeviceID(req.DeviceID); err != nil {
+		return err
 	}
 	res, props := s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, "")
 	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, props...); err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -35,5 +36,20 @@ func TestWriteErrorClientCancellation(t *testing.T) {
 				t.Fatalf("status %d, want %d (body %s)", w.Code, c.status, w.Body)
 			}
 		})
+	}
+}
+
+func TestCheckDeviceID(t *testing.T) {
+	for id, ok := range map[string]bool{
+		"":                       true,
+		"ABCDEFGH":               true,
+		"phone \u00e9":           true,
+		"a\x00b":                 false,
+		"tab\there":              false,
+		strings.Repeat("a", 256): false,
+	} {
+		if err := checkDeviceID(id); (err == nil) != ok {
+			t.Errorf("checkDeviceID(%q) = %v, want ok=%v", id, err, ok)
+		}
 	}
 }
