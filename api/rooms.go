@@ -680,7 +680,9 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, sess *session) err
 		return errInvalidParam("Use the /redact endpoint to redact events")
 	}
 	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: r.PathValue("txnId")}
-	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID}, txn)
+	// Sending is pro-active: the activity record (at most one a minute)
+	// rides in the same commit.
+	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID}, txn, s.activityFacts(sess.UserID)...)
 	if err != nil {
 		return err
 	}

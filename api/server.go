@@ -41,6 +41,7 @@ type Server struct {
 	userdataH *projections.Handle
 	reportsH  *projections.Handle
 	notifier  *notifier
+	events    *rooms.EventCache // parsed events, shared by every request
 
 	mux      *http.ServeMux // method+path patterns
 	pathMux  *http.ServeMux // the same paths without methods: tells 405 from 404
@@ -101,8 +102,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.notifier = newNotifier()
 	s.accountsH = deps.Engine.Register(accounts.New())
-	s.roomsH = deps.Engine.Register(rooms.New(s.notifier.wake))
-	s.userdataH = deps.Engine.Register(userdata.New(s.notifier.wake))
+	s.events = rooms.NewEventCache(eventCacheSize)
+	s.roomsH = deps.Engine.Register(rooms.New(s.roomsTouched))
+	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
 	s.reportsH = deps.Engine.Register(reports.New())
 
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -131,7 +133,7 @@ func (s *Server) Handler() http.Handler { return s.handler }
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.closed)
-		s.notifier.wake(0)
+		s.notifier.wakeAll()
 	})
 }
 
@@ -209,7 +211,9 @@ func (s *Server) commit(ctx context.Context, wait []*projections.Handle, props .
 }
 
 func (s *Server) accountsView() accounts.View { return accounts.NewView(s.accountsH.Reader()) }
-func (s *Server) roomsView() rooms.View       { return rooms.NewView(s.roomsH.Reader(), s.log) }
+func (s *Server) roomsView() rooms.View {
+	return rooms.NewView(s.roomsH.Reader(), s.log).WithCache(s.events)
+}
 func (s *Server) userdataView() userdata.View { return userdata.NewView(s.userdataH.Reader()) }
 
 // keyedMutex serialises work per key (per room: read state, build, append,
@@ -246,29 +250,6 @@ func (k *keyedMutex) Lock(key string) func() {
 		}
 		k.mu.Unlock()
 	}
-}
-
-// notifier wakes /sync long-polls when a projection committed a batch.
-// Waiters take the current channel and block on it; wake closes it and
-// installs a fresh one.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func newNotifier() *notifier { return &notifier{ch: make(chan struct{})} }
-
-func (n *notifier) wake(uint64) {
-	n.mu.Lock()
-	close(n.ch)
-	n.ch = make(chan struct{})
-	n.mu.Unlock()
-}
-
-func (n *notifier) wait() <-chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.ch
 }
 
 func nowMS() int64 { return time.Now().UnixMilli() }

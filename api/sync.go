@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"maps"
 	"net/http"
@@ -83,8 +82,8 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 		return err
 	}
 	// set_presence (spec): omitted means online; offline means "do not
-	// mark me online". Presence is recorded only when it changes, so a
-	// polling client does not write to the log on every request.
+	// mark me online". Syncing is activity, recorded at most once a
+	// minute (recordSyncPresence).
 	sp := q.Get("set_presence")
 	switch sp {
 	case "":
@@ -94,33 +93,35 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 		return errInvalidParam("set_presence must be online, offline or unavailable")
 	}
 	if sp != "offline" {
-		if p, err := s.userdataView().Presence(sess.UserID); err != nil {
-			return err
-		} else if p == nil || p.Presence != sp {
-			if err := s.putPresenceFact(r.Context(), sess.UserID, sp); err != nil {
-				s.logger.Warn().Err(err).Str("user", sess.UserID).Msg("could not record presence set by /sync")
-			}
-		}
+		s.recordSyncPresence(r.Context(), sess.UserID, sp)
 	}
 	opts := syncOptions{useStateAfter: q.Get("use_state_after") == "true"}
 	ackedToDevice := false
 	ctx := r.Context()
 	deadline := time.Now().Add(timeout)
+	watched, err := s.joinedRoomIDs(sess.UserID)
+	if err != nil {
+		return err
+	}
 	for {
-		// Take the wake channel before reading the position, so a commit
-		// between the two still wakes us.
-		woken := s.notifier.wait()
+		// Register before reading the position, so a commit between the
+		// two still wakes us. We watch our own streams and our joined
+		// rooms; a membership change of ours wakes us too, and then the
+		// build below tells the rooms to watch next.
+		woken := s.notifier.register(sess.UserID, watched)
 		pos := s.log.LastOffset()
 		if since > pos {
 			since = pos // a token from the future (e.g. after a restore) restarts from now
 		}
 		for _, h := range s.syncHandles() {
 			if err := h.WaitApplied(ctx, pos); err != nil {
+				s.notifier.unregister(woken)
 				return err
 			}
 		}
-		resp, empty, err := s.buildSync(sess, filter, since, pos, fullState, opts)
+		resp, empty, joined, err := s.buildSync(sess, filter, since, pos, fullState, opts)
 		if err != nil {
+			s.notifier.unregister(woken)
 			return err
 		}
 		if !ackedToDevice {
@@ -128,28 +129,56 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 			// messages it covers.
 			ackedToDevice = true
 			if err := s.ackToDevice(ctx, sess, since); err != nil {
+				s.notifier.unregister(woken)
 				return err
 			}
 		}
 		remaining := time.Until(deadline)
 		if !empty || since == 0 || fullState || remaining <= 0 {
+			s.notifier.unregister(woken)
 			writeJSON(w, http.StatusOK, resp)
 			return nil
 		}
+		if !slices.Equal(joined, watched) {
+			// Rooms joined or left up to pos: watch the new set and build
+			// again (a commit in a new room after pos would be missed).
+			s.notifier.unregister(woken)
+			watched = joined
+			continue
+		}
 		t := time.NewTimer(remaining)
 		select {
-		case <-woken:
+		case <-woken.ch:
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
+			s.notifier.unregister(woken)
 			return ctx.Err()
 		case <-s.closed:
 			t.Stop()
+			s.notifier.unregister(woken)
 			writeJSON(w, http.StatusOK, resp)
 			return nil
 		}
 		t.Stop()
+		s.notifier.unregister(woken)
 	}
+}
+
+// joinedRoomIDs lists the rooms the user is joined to, in room ID order
+// (as buildSync reports them).
+func (s *Server) joinedRoomIDs(userID string) ([]string, error) {
+	ms, err := s.roomsView().Memberships(userID)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, m := range ms {
+		if m.Membership == "join" {
+			out = append(out, m.RoomID)
+		}
+	}
+	return out, nil
 }
 
 // syncOptions are the /sync query parameters that shape the response
@@ -159,27 +188,37 @@ type syncOptions struct {
 }
 
 // buildSync computes the sync response for (since, pos]. empty reports
-// that nothing changed for this user.
-func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (map[string]any, bool, error) {
+// that nothing changed for this user; joined lists the joined rooms the
+// filter allows.
+func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (resp map[string]any, empty bool, joinedRooms []string, err error) {
 	rv := s.roomsView()
 	uv := s.userdataView()
 	now := nowMS()
-	empty := true
+	empty = true
 	join, invite, leave, knock := map[string]any{}, map[string]any{}, map[string]any{}, map[string]any{}
-	var joinedRooms []string
 	ms, err := rv.Memberships(sess.UserID)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
+	}
+	// The offset of the user's last account data change, read once: below
+	// it, no room's account data needs reading.
+	adChangedAt, err := uv.AccountDataChangedAt(sess.UserID)
+	if err != nil {
+		return nil, false, nil, err
 	}
 	roomFilter := &roomEventFilter{Rooms: f.Room.Rooms, NotRooms: f.Room.NotRooms}
 	for _, m := range ms {
 		if !roomFilter.allowsRoom(m.RoomID) || m.Offset > pos {
 			continue
 		}
-		if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
-			return nil, false, err
-		} else if forgotten {
-			continue
+		if m.Membership == "leave" || m.Membership == "ban" {
+			// Only a left room can be forgotten (joining, knocking or an
+			// invite clears it), so joined rooms skip the read.
+			if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
+				return nil, false, nil, err
+			} else if forgotten {
+				continue
+			}
 		}
 		switch m.Membership {
 		case "join":
@@ -190,9 +229,21 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				roomSince = 0
 			}
 			keep := fullState || since == 0
+			if !keep && roomSince != 0 {
+				// Skip a room nothing happened in since the token before
+				// reading anything else of it: the common case of a user
+				// in many rooms woken by one of them.
+				changed, err := s.roomChangedSince(rv, uv, m.RoomID, since, adChangedAt)
+				if err != nil {
+					return nil, false, nil, err
+				}
+				if !changed {
+					continue
+				}
+			}
 			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now, opts, keep)
 			if err != nil {
-				return nil, false, err
+				return nil, false, nil, err
 			}
 			if changed || keep {
 				join[m.RoomID] = jr
@@ -202,7 +253,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			if m.Offset > since || since == 0 {
 				ir, err := s.strippedState(rv, m)
 				if err != nil {
-					return nil, false, err
+					return nil, false, nil, err
 				}
 				invite[m.RoomID] = map[string]any{"invite_state": ir}
 				empty = false
@@ -211,7 +262,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			if m.Offset > since || since == 0 {
 				kr, err := s.strippedState(rv, m)
 				if err != nil {
-					return nil, false, err
+					return nil, false, nil, err
 				}
 				knock[m.RoomID] = map[string]any{"knock_state": kr}
 				empty = false
@@ -221,7 +272,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				roomSince := since
 				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now, opts, true)
 				if err != nil {
-					return nil, false, err
+					return nil, false, nil, err
 				}
 				delete(lr, "ephemeral")
 				delete(lr, "unread_notifications")
@@ -232,9 +283,12 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			}
 		}
 	}
-	global, err := uv.AccountDataOf(sess.UserID, "", since)
+	var global []userdata.Record
+	if adChangedAt > since {
+		global, err = uv.AccountDataOf(sess.UserID, "", since)
+	}
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	ad := []map[string]any{}
 	for _, rec := range global {
@@ -244,16 +298,16 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	}
 	presence, err := s.presenceSection(sess, f, rv, joinedRooms, since, pos, now)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	toDevice, err := s.toDeviceSection(sess, since, pos)
 	if err != nil {
-		return nil, false, err
+		return nil, false, nil, err
 	}
 	if len(ad) > 0 || len(presence) > 0 || len(toDevice) > 0 {
 		empty = false
 	}
-	resp := map[string]any{
+	resp = map[string]any{
 		"next_batch":   streamToken(pos),
 		"rooms":        map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
 		"account_data": map[string]any{"events": ad},
@@ -265,7 +319,22 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		"device_one_time_keys_count":       map[string]int{},
 		"device_unused_fallback_key_types": []string{},
 	}
-	return resp, empty, nil
+	return resp, empty, joinedRooms, nil
+}
+
+// roomChangedSince reports whether anything of a joined room a sync
+// shows may have changed after since: its timeline (and so its state),
+// its typing or receipts, or the user's account data (adChangedAt, any
+// room). Three offsets, no event read.
+func (s *Server) roomChangedSince(rv rooms.View, uv userdata.View, roomID string, since, adChangedAt uint64) (bool, error) {
+	if adChangedAt > since {
+		return true, nil
+	}
+	if at, err := rv.ChangedAt(roomID); err != nil || at > since {
+		return true, err
+	}
+	at, err := uv.EphemeralChangedAt(roomID)
+	return at > since, err
 }
 
 // syncJoinedRoom builds one room's section with the timeline in
@@ -441,33 +510,27 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 }
 
 // roomSummary gives member counts and up to five heroes (spec: room
-// summary), for clients to name unnamed rooms.
+// summary), for clients to name unnamed rooms. It reads membership
+// records, not member events.
 func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any, error) {
-	members, err := v.State(roomID, stateres.MRoomMember)
+	joined, err := v.MemberIDs(roomID, "join")
 	if err != nil {
 		return nil, err
 	}
-	joined, invited := 0, 0
+	invited, err := v.MemberIDs(roomID, "invite")
+	if err != nil {
+		return nil, err
+	}
+	// Heroes in state key order, joined or invited, as before.
+	all := append(slices.Clone(joined), invited...)
+	slices.Sort(all)
 	heroes := []string{}
-	for _, e := range members {
-		h := headOf(e)
-		var c struct {
-			Membership string `json:"membership"`
-		}
-		_ = json.Unmarshal(h.Content, &c)
-		switch c.Membership {
-		case "join":
-			joined++
-		case "invite":
-			invited++
-		default:
-			continue
-		}
-		if h.StateKey != nil && *h.StateKey != self && len(heroes) < 5 {
-			heroes = append(heroes, *h.StateKey)
+	for _, u := range all {
+		if u != self && len(heroes) < 5 {
+			heroes = append(heroes, u)
 		}
 	}
-	return map[string]any{"m.joined_member_count": joined, "m.invited_member_count": invited, "m.heroes": heroes}, nil
+	return map[string]any{"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}, nil
 }
 
 // strippedState is the stripped state an invitee or knocker sees (spec:
@@ -504,34 +567,50 @@ func stripped(e *rooms.Event) map[string]any {
 }
 
 // presenceSection lists the presence of the user and of everyone sharing
-// a joined room with them whose presence changed in (since, pos].
-// last_active_ago is computed now from the stored time of the change.
+// a joined room with them whose presence changed visibly in (since, pos];
+// on an initial sync, of all of them. The content is derived now
+// (presenceContent), so idle and offline show as such.
 func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, joinedRooms []string, since, pos uint64, now int64) ([]map[string]any, error) {
-	users := map[string]bool{sess.UserID: true}
-	for _, roomID := range joinedRooms {
-		members, err := rv.State(roomID, stateres.MRoomMember)
+	uv := s.userdataView()
+	var candidates []string
+	if since == 0 {
+		users := map[string]bool{sess.UserID: true}
+		for _, roomID := range joinedRooms {
+			members, err := rv.MemberIDs(roomID, "join")
+			if err != nil {
+				return nil, err
+			}
+			for _, u := range members {
+				users[u] = true
+			}
+		}
+		candidates = slices.Sorted(maps.Keys(users))
+	} else {
+		// Incremental: only the users whose presence changed, usually few;
+		// each is checked against the rooms we share.
+		changed, err := uv.PresenceChanges(since, pos)
 		if err != nil {
 			return nil, err
 		}
-		for _, e := range members {
-			h := headOf(e)
-			var c struct {
-				Membership string `json:"membership"`
-			}
-			_ = json.Unmarshal(h.Content, &c)
-			if c.Membership == "join" && h.StateKey != nil {
-				users[*h.StateKey] = true
+		for _, u := range changed {
+			if ok, err := s.sharesJoinedRoom(rv, sess.UserID, u, joinedRooms); err != nil {
+				return nil, err
+			} else if ok {
+				candidates = append(candidates, u)
 			}
 		}
+		slices.Sort(candidates)
 	}
-	uv := s.userdataView()
 	out := []map[string]any{}
-	for _, u := range slices.Sorted(maps.Keys(users)) {
+	for _, u := range candidates {
+		if !f.Presence.allows("m.presence", u, nil) {
+			continue
+		}
 		p, err := uv.Presence(u)
 		if err != nil {
 			return nil, err
 		}
-		if p == nil || p.Offset <= since || p.Offset > pos || !f.Presence.allows("m.presence", u, nil) {
+		if p == nil || p.Offset <= since || p.Offset > pos {
 			continue
 		}
 		out = append(out, map[string]any{"type": "m.presence", "sender": u, "content": presenceContent(p, now)})
@@ -539,15 +618,20 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, jo
 	return out, nil
 }
 
-func presenceContent(p *userdata.Presence, now int64) map[string]any {
-	c := map[string]any{"presence": p.Presence, "last_active_ago": max(now-p.LastActiveTS, 0), "currently_active": p.Presence == "online"}
-	if p.StatusMsg != nil {
-		c["status_msg"] = *p.StatusMsg
+// sharesJoinedRoom reports whether other is self or joined to one of
+// self's joined rooms (sorted).
+func (s *Server) sharesJoinedRoom(rv rooms.View, self, other string, joinedRooms []string) (bool, error) {
+	if other == self {
+		return true, nil
 	}
-	return c
-}
-
-func (s *Server) putPresenceFact(ctx context.Context, userID, presence string) error {
-	_, err := s.log.Append(ctx, s.presenceProposal(userID, presence))
-	return err
+	ms, err := rv.Memberships(other)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
 }

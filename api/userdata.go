@@ -225,10 +225,6 @@ func (s *Server) getPresence(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err != nil {
 		return err
 	}
-	if p == nil {
-		writeJSON(w, http.StatusOK, map[string]any{"presence": "offline"})
-		return nil
-	}
 	writeJSON(w, http.StatusOK, presenceContent(p, nowMS()))
 	return nil
 }
@@ -249,15 +245,11 @@ func (s *Server) putPresence(w http.ResponseWriter, r *http.Request, sess *sessi
 	default:
 		return errInvalidParam("presence must be online, offline or unavailable")
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: s.cfg.ServerName, Content: mustJSON(facts.PresenceContent{UserID: sess.UserID, Presence: req.Presence, StatusMsg: req.StatusMsg})})); err != nil {
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, s.presenceFact(facts.PresenceContent{UserID: sess.UserID, Presence: req.Presence, StatusMsg: req.StatusMsg})); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil
-}
-
-func (s *Server) presenceProposal(userID, presence string) englog.Proposal {
-	return facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: s.cfg.ServerName, Content: mustJSON(facts.PresenceContent{UserID: userID, Presence: presence})})
 }
 
 // shareRoom reports whether both users are joined to one room.

@@ -164,7 +164,21 @@ type PresenceContent struct {
 	UserID    string  `json:"user_id"`
 	Presence  string  `json:"presence"`
 	StatusMsg *string `json:"status_msg,omitempty"`
+	// Activity, when set, makes this a record of activity rather than a
+	// presence the user set: PresenceSynced (the user's client synced) or
+	// PresenceActive (the user acted: sent an event). StatusMsg is then
+	// ignored (kept as it was).
+	Activity string `json:"activity,omitempty"`
+	// Quiet: the writer saw that others' view of the user does not change
+	// (only the timestamps move), so readers do not report it as a change.
+	Quiet bool `json:"quiet,omitempty"`
 }
+
+// PresenceContent.Activity values.
+const (
+	PresenceSynced = "synced"
+	PresenceActive = "active"
+)
 
 // ---- Accounts, devices and sessions ----
 

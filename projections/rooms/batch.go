@@ -26,6 +26,9 @@ type batch struct {
 
 	counters     map[string]*counter // by total key
 	counterOrder []string
+
+	lastChanged  map[string]uint64 // room -> newest timeline offset of this batch
+	changedOrder []string
 }
 
 // counter is the newest cumulative count of one notification (or
@@ -35,7 +38,17 @@ type counter struct {
 }
 
 func newBatch(w projections.Writer) *batch {
-	return &batch{w: w, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}}
+	return &batch{w: w, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}, lastChanged: map[string]uint64{}}
+}
+
+// changed notes that the room's timeline grew at offset off; flush
+// writes the newest such offset once per room, for /sync to skip rooms
+// that did not change since a token without reading them.
+func (b *batch) changed(roomID string, off uint64) {
+	if _, ok := b.lastChanged[roomID]; !ok {
+		b.changedOrder = append(b.changedOrder, roomID)
+	}
+	b.lastChanged[roomID] = off
 }
 
 // room returns the room's record as of this point of the batch (nil when
@@ -113,6 +126,11 @@ func decodeTotal(v []byte) (count, offset uint64, ok bool) {
 func (b *batch) flush() error {
 	for _, id := range b.dirtyRooms {
 		if err := projections.PutJSON(b.w, projections.Key(pRoom, id), b.rooms[id]); err != nil {
+			return err
+		}
+	}
+	for _, id := range b.changedOrder {
+		if err := b.w.Set(projections.Key(pChanged, id), binary.BigEndian.AppendUint64(nil, b.lastChanged[id])); err != nil {
 			return err
 		}
 	}

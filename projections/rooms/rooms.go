@@ -40,6 +40,7 @@ const (
 	pHighTotal  = 'G' // G room 0 user 0 scope -> newest cumulative count, offset
 	pLastNotif  = 'l' // l room 0 sender -> offset of the sender's last notifying event
 	pThread     = 'T' // T room 0 rootID -> "" (threads with notifying events)
+	pChanged    = 'C' // C room -> offset (8 bytes) of the room's newest timeline event
 	sep         = 0
 )
 
@@ -107,21 +108,55 @@ type AliasRecord struct {
 
 // Projection is the rooms read model.
 type Projection struct {
-	onCommit func(offset uint64)
+	onCommit func(Touched)
+}
+
+// Touched is what a committed batch may have changed, so that only the
+// long-polls it concerns wake: the rooms that received events and the
+// users whose membership changed (an invite or a join of a room they are
+// not polling yet).
+type Touched struct {
+	Last  uint64 // the batch's last offset
+	Rooms []string
+	Users []string
 }
 
 // New returns the projection; onCommit (may be nil) is called after each
-// committed batch with its last offset, to wake long-polls.
-func New(onCommit func(offset uint64)) *Projection { return &Projection{onCommit: onCommit} }
+// committed batch with what it touched, to wake long-polls.
+func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "rooms" }
-func (*Projection) Version() int { return 4 }
+func (*Projection) Version() int { return 5 }
 
-// AfterCommit wakes waiters.
+// AfterCommit tells onCommit what the batch touched. It decodes only the
+// few fields it needs, so the fold pays nothing for it.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
-	if p.onCommit != nil && len(entries) > 0 {
-		p.onCommit(entries[len(entries)-1].Offset)
+	if p.onCommit == nil || len(entries) == 0 {
+		return
 	}
+	t := Touched{Last: entries[len(entries)-1].Offset}
+	seenRoom, seenUser := map[string]bool{}, map[string]bool{}
+	for _, e := range entries {
+		if e.Kind != englog.KindPDU {
+			continue
+		}
+		f, err := decodePDU(e)
+		if err != nil {
+			continue
+		}
+		room := contentString(f.Event, "room_id")
+		if room != "" && !seenRoom[room] {
+			seenRoom[room] = true
+			t.Rooms = append(t.Rooms, room)
+		}
+		if contentString(f.Event, "type") == stateres.MRoomMember {
+			if u := contentString(f.Event, "state_key"); u != "" && !seenUser[u] {
+				seenUser[u] = true
+				t.Users = append(t.Users, u)
+			}
+		}
+	}
+	p.onCommit(t)
 }
 
 func offsetKey(prefix byte, room string, off uint64) []byte {
@@ -235,6 +270,7 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		if err := w.Set(offsetKey(pTimeline, roomID, e.Offset), []byte(id)); err != nil {
 			return err
 		}
+		b.changed(roomID, e.Offset)
 		if sk := ev.StateKey(); sk != nil {
 			sKey := projections.Key(pState, roomID, ev.Type(), *sk)
 			if prev, ok, err := w.Get(sKey); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	englog "github.com/engram-hs/engram/log"
@@ -13,8 +14,9 @@ import (
 
 // View answers queries over a Reader (live or snapshot).
 type View struct {
-	r   projections.Reader
-	log EventLog
+	r     projections.Reader
+	log   EventLog
+	cache *EventCache
 }
 
 // EventLog reads the log the projection folds (englog.Log is one): event
@@ -29,6 +31,50 @@ type EventLog interface {
 // was folded from.
 func NewView(r projections.Reader, log EventLog) View { return View{r: r, log: log} }
 
+// WithCache returns the view reading events through c: an event parsed
+// once is served from memory while its record (offset, redaction) is
+// unchanged.
+func (v View) WithCache(c *EventCache) View {
+	v.cache = c
+	return v
+}
+
+// ChangedAt is the offset of the room's newest timeline event (0 when it
+// has none): a sync token at or after it has seen the whole timeline.
+func (v View) ChangedAt(roomID string) (uint64, error) {
+	b, ok, err := v.r.Get(projections.Key(pChanged, roomID))
+	if err != nil || !ok || len(b) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
+
+// MemberIDs lists the users whose current membership of the room is one
+// of the given memberships ("join", "invite", ...), in user ID order. It
+// reads the membership records, not the member events.
+func (v View) MemberIDs(roomID string, memberships ...string) ([]string, error) {
+	lower := append(projections.Key(pState, roomID, stateres.MRoomMember), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
+	var users []string
+	for ok := it.First(); ok; ok = it.Next() {
+		users = append(users, string(it.Key()[len(lower):]))
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	out := users[:0]
+	for _, u := range users {
+		m, err := v.Membership(u, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil && slices.Contains(memberships, m.Membership) {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
 // Room returns a room, or nil when unknown.
 func (v View) Room(roomID string) (*Room, error) {
 	return projections.GetJSON[Room](v.r, projections.Key(pRoom, roomID))
@@ -41,9 +87,13 @@ func (v View) Event(eventID string) (*Event, error) {
 		return nil, err
 	}
 	if len(e.JSON) == 0 {
+		if hit := v.cache.get(&e.Event); hit != nil {
+			return hit, nil
+		}
 		if err := v.loadJSON(&e.Event); err != nil {
 			return nil, err
 		}
+		v.cache.put(&e.Event)
 	}
 	return &e.Event, nil
 }

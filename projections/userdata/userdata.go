@@ -27,6 +27,9 @@ const (
 	pDevice      = 'D' // D user 0 device -> "" (devices that have an inbox)
 	pInbox       = 'i' // i user 0 device 0 offset(8) -> ToDevice
 	pToDevTxn    = 'x' // x sender 0 senderDevice 0 txn 0 target -> offset
+	pEphemeral   = 'E' // E room -> offset (8 bytes) of the room's last typing or receipt change
+	pUserData    = 'U' // U user -> offset (8 bytes) of the user's last account data change (any room)
+	pPresenceAt  = 'q' // q offset(8) -> user: each user once, at their last visible presence change
 	sep          = 0
 )
 
@@ -67,29 +70,102 @@ type Receipt struct {
 	Offset      uint64 `json:"offset"`
 }
 
-// Presence is a user's last presence.
+// Presence is a user's presence as last set, and when they were last
+// active and last synced (Unix ms, from entry times). Readers derive idle
+// and offline from these and their clock; the fold never does.
 type Presence struct {
 	Presence     string  `json:"presence"`
 	StatusMsg    *string `json:"status_msg,omitempty"`
 	LastActiveTS int64   `json:"last_active_ts"`
-	Offset       uint64  `json:"offset"`
+	LastSyncTS   int64   `json:"last_sync_ts,omitempty"`
+	// Offset is the last change others see (quiet activity records keep
+	// it).
+	Offset uint64 `json:"offset"`
 }
 
 // Projection is the userdata read model.
-type Projection struct{ onCommit func(uint64) }
+type Projection struct{ onCommit func(Touched) }
+
+// Touched is what a committed batch may have changed, so that only the
+// long-polls it concerns wake.
+type Touched struct {
+	Last     uint64   // the batch's last offset
+	Rooms    []string // typing or receipts changed
+	Users    []string // account data, to-device inbox or own presence changed
+	Presence []string // users whose presence changed visibly (their co-members care)
+}
 
 // New returns the projection; onCommit (may be nil) is called after each
-// committed batch with its last offset.
-func New(onCommit func(uint64)) *Projection { return &Projection{onCommit: onCommit} }
+// committed batch with what it touched.
+func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "userdata" }
-func (*Projection) Version() int { return 2 }
+func (*Projection) Version() int { return 3 }
 
-// AfterCommit wakes waiters.
+// AfterCommit tells onCommit what the batch touched, decoding the
+// entries again (Apply keeps no state between calls).
 func (p *Projection) AfterCommit(entries []englog.Entry) {
-	if p.onCommit != nil && len(entries) > 0 {
-		p.onCommit(entries[len(entries)-1].Offset)
+	if p.onCommit == nil || len(entries) == 0 {
+		return
 	}
+	t := Touched{Last: entries[len(entries)-1].Offset}
+	seen := map[string]bool{}
+	add := func(list *[]string, kind byte, id string) {
+		if k := string(kind) + id; id != "" && !seen[k] {
+			seen[k] = true
+			*list = append(*list, id)
+		}
+	}
+	for _, e := range entries {
+		switch e.Kind {
+		case englog.KindAccountDataSet:
+			var f facts.AccountDataSet
+			if facts.Decode(e, &f) == nil {
+				add(&t.Users, 'u', f.UserID)
+			}
+		case englog.KindToDeviceSent:
+			var f facts.ToDeviceSent
+			if facts.Decode(e, &f) == nil {
+				add(&t.Users, 'u', f.UserID)
+			}
+		case englog.KindEDU:
+			var f facts.EDU
+			if facts.Decode(e, &f) != nil {
+				continue
+			}
+			switch f.Type {
+			case facts.EDUTyping:
+				var c facts.TypingContent
+				if json.Unmarshal(f.Content, &c) == nil {
+					add(&t.Rooms, 'r', c.RoomID)
+				}
+			case facts.EDUReceipt:
+				var c facts.ReceiptContent
+				if json.Unmarshal(f.Content, &c) == nil {
+					add(&t.Rooms, 'r', c.RoomID)
+				}
+			case facts.EDUPresence:
+				var c facts.PresenceContent
+				if json.Unmarshal(f.Content, &c) == nil && !c.Quiet {
+					add(&t.Users, 'u', c.UserID)
+					add(&t.Presence, 'p', c.UserID)
+				}
+			}
+		}
+	}
+	p.onCommit(t)
+}
+
+func putOffset(w projections.Writer, key []byte, off uint64) error {
+	return w.Set(key, binary.BigEndian.AppendUint64(nil, off))
+}
+
+func getOffset(r projections.Reader, key []byte) (uint64, error) {
+	b, ok, err := r.Get(key)
+	if err != nil || !ok || len(b) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
 }
 
 // Apply folds a batch.
@@ -107,6 +183,9 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 	case englog.KindAccountDataSet:
 		var f facts.AccountDataSet
 		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		if err := putOffset(w, projections.Key(pUserData, f.UserID), e.Offset); err != nil {
 			return err
 		}
 		return projections.PutJSON(w, projections.Key(pAccountData, f.UserID, f.RoomID, f.Type), Record{Type: f.Type, RoomID: f.RoomID, Content: f.Content, Offset: e.Offset})
@@ -178,6 +257,9 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			if json.Unmarshal(f.Content, &c) != nil {
 				return nil
 			}
+			if err := putOffset(w, projections.Key(pEphemeral, c.RoomID), e.Offset); err != nil {
+				return err
+			}
 			return projections.PutJSON(w, projections.Key(pReceipt, c.RoomID, c.UserID, c.ReceiptType, c.ThreadID), Receipt{
 				UserID: c.UserID, EventID: c.EventID, ReceiptType: c.ReceiptType, ThreadID: c.ThreadID, TS: c.TS, Offset: e.Offset})
 		case facts.EDUPresence:
@@ -185,7 +267,7 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			if json.Unmarshal(f.Content, &c) != nil {
 				return nil
 			}
-			return projections.PutJSON(w, projections.Key(pPresence, c.UserID), Presence{Presence: c.Presence, StatusMsg: c.StatusMsg, LastActiveTS: e.Time, Offset: e.Offset})
+			return applyPresence(w, e, c)
 		}
 	}
 	return nil
@@ -294,7 +376,53 @@ func (p *Projection) applyTyping(w projections.Writer, e englog.Entry, c facts.T
 	} else if err := w.Delete(k); err != nil {
 		return err
 	}
+	if err := putOffset(w, projections.Key(pEphemeral, c.RoomID), e.Offset); err != nil {
+		return err
+	}
 	return projections.PutJSON(w, projections.Key(pTypingRoom, c.RoomID), Stamp{Offset: e.Offset})
+}
+
+// applyPresence folds a presence set or an activity record. A set
+// replaces the presence and status and counts as activity (spec: changing
+// presence is pro-active); a sync record moves the last sync time, and
+// also the last active time unless quiet (the user came back); an action
+// moves the last active time. A change that is not quiet is indexed at
+// its offset, for /sync to find the changes after a token.
+func applyPresence(w projections.Writer, e englog.Entry, c facts.PresenceContent) error {
+	k := projections.Key(pPresence, c.UserID)
+	prev, err := projections.GetJSON[Presence](w, k)
+	if err != nil {
+		return err
+	}
+	next := Presence{}
+	if prev != nil {
+		next = *prev
+	}
+	next.Presence = c.Presence
+	switch c.Activity {
+	case "":
+		next.StatusMsg = c.StatusMsg
+		next.LastActiveTS = e.Time
+	case facts.PresenceSynced:
+		next.LastSyncTS = e.Time
+		if !c.Quiet {
+			next.LastActiveTS = e.Time
+		}
+	default:
+		next.LastActiveTS = e.Time
+	}
+	if !c.Quiet || prev == nil {
+		if prev != nil && prev.Offset != 0 {
+			if err := w.Delete(binary.BigEndian.AppendUint64([]byte{pPresenceAt}, prev.Offset)); err != nil {
+				return err
+			}
+		}
+		next.Offset = e.Offset
+		if err := w.Set(binary.BigEndian.AppendUint64([]byte{pPresenceAt}, e.Offset), []byte(c.UserID)); err != nil {
+			return err
+		}
+	}
+	return projections.PutJSON(w, k, next)
 }
 
 // View answers queries.
@@ -423,6 +551,33 @@ func (v View) Presence(userID string) (*Presence, error) {
 		return nil, err
 	}
 	return &p, nil
+}
+
+// PresenceChanges lists the users whose presence changed visibly with
+// offsets in (after, upTo], each once, oldest change first.
+func (v View) PresenceChanges(after, upTo uint64) ([]string, error) {
+	lower := []byte{pPresenceAt}
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
+	var out []string
+	for ok := it.SeekGE(binary.BigEndian.AppendUint64([]byte{pPresenceAt}, after+1)); ok; ok = it.Next() {
+		if binary.BigEndian.Uint64(it.Key()[1:]) > upTo {
+			break
+		}
+		out = append(out, string(it.Value()))
+	}
+	return out, it.Close()
+}
+
+// EphemeralChangedAt is the offset of the room's last typing or receipt
+// change (0: none).
+func (v View) EphemeralChangedAt(roomID string) (uint64, error) {
+	return getOffset(v.r, projections.Key(pEphemeral, roomID))
+}
+
+// AccountDataChangedAt is the offset of the user's last account data
+// change in any room or globally (0: none).
+func (v View) AccountDataChangedAt(userID string) (uint64, error) {
+	return getOffset(v.r, projections.Key(pUserData, userID))
 }
 
 // ToDeviceTxn reports whether a sender's device already sent a to-device
