@@ -1,0 +1,217 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/engram-hs/engram/api"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// benchServer is the real API on 127.0.0.1 over a real log in b's
+// temporary directory.
+type benchServer struct {
+	url string
+	api *api.Server
+}
+
+func startBenchServer(b *testing.B) *benchServer {
+	b.Helper()
+	logger := zerolog.Nop()
+	node, err := englog.Open(englog.Config{Dir: b.TempDir(), Logger: logger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	eng := projections.NewEngine(node, node.DB(), logger, nil)
+	srv, err := api.New(api.Config{ServerName: serverName, EnableRegistration: true, EnableRegistrationWithoutVerification: true, BcryptCost: bcrypt.MinCost}, api.Deps{Log: node, Engine: eng, Logger: logger})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := eng.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	hs.Listener = ln
+	hs.Start()
+	b.Cleanup(func() {
+		srv.Close()
+		hs.Close()
+		_ = eng.Close()
+		_ = node.Close()
+	})
+	return &benchServer{url: hs.URL, api: srv}
+}
+
+// call sends a request and decodes the answer into out (may be nil).
+func (s *benchServer) call(b *testing.B, method, path, token string, body, out any) {
+	var rd io.Reader
+	if body != nil {
+		raw, _ := json.Marshal(body)
+		rd = bytes.NewReader(raw)
+	}
+	req, _ := http.NewRequest(method, s.url+path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Error(err)
+		return
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		b.Errorf("%s %s: %d %s", method, path, resp.StatusCode, raw)
+		return
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			b.Error(err)
+		}
+	}
+}
+
+func (s *benchServer) register(b *testing.B, name string) string {
+	var r struct {
+		AccessToken string `json:"access_token"`
+	}
+	s.call(b, "POST", "/_matrix/client/v3/register", "", map[string]any{"username": name, "password": "pw-" + name, "auth": map[string]string{"type": "m.login.dummy"}}, &r)
+	return r.AccessToken
+}
+
+func (s *benchServer) createRoom(b *testing.B, token string) string {
+	var r struct {
+		RoomID string `json:"room_id"`
+	}
+	s.call(b, "POST", "/_matrix/client/v3/createRoom", token, map[string]any{"preset": "public_chat"}, &r)
+	return r.RoomID
+}
+
+func (s *benchServer) send(b *testing.B, token, roomID string, n int) {
+	s.call(b, "PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/t%d", url.PathEscape(roomID), n), token, map[string]any{"msgtype": "m.text", "body": fmt.Sprintf("message %d", n)}, nil)
+}
+
+type syncAnswer struct {
+	NextBatch string `json:"next_batch"`
+	Rooms     struct {
+		Join map[string]json.RawMessage `json:"join"`
+	} `json:"rooms"`
+}
+
+func (s *benchServer) sync(b *testing.B, token, since string, timeout time.Duration) syncAnswer {
+	var r syncAnswer
+	s.call(b, "GET", fmt.Sprintf("/_matrix/client/v3/sync?since=%s&timeout=%d", url.QueryEscape(since), timeout.Milliseconds()), token, nil, &r)
+	return r
+}
+
+func emitJSON(kv map[string]any) {
+	raw, _ := json.Marshal(kv)
+	fmt.Println(string(raw))
+}
+
+func pct(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	i := min(int(p/100*float64(len(ds))), len(ds)-1)
+	return float64(ds[i].Microseconds()) / 1000
+}
+
+// BenchmarkIncrementalSync200Rooms: a user joined to 200 rooms syncs
+// incrementally (timeout 0) after one message was sent, into a room they
+// are not in ("unrelated") or into one of their 200 ("joined"). The
+// figure is the /sync latency; with per-room change offsets the 199 or
+// 200 unchanged rooms cost a few point reads each.
+func BenchmarkIncrementalSync200Rooms(b *testing.B) {
+	srv := startBenchServer(b)
+	alice := srv.register(b, "alice")
+	bob := srv.register(b, "bob")
+	rooms := make([]string, 200)
+	for i := range rooms {
+		rooms[i] = srv.createRoom(b, alice)
+	}
+	other := srv.createRoom(b, bob)
+	for _, tc := range []struct {
+		name, token, room string
+	}{{"unrelated", bob, other}, {"joined", alice, rooms[0]}} {
+		b.Run(tc.name, func(b *testing.B) {
+			since := srv.sync(b, alice, "", 0).NextBatch
+			lats := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				b.StopTimer()
+				srv.send(b, tc.token, tc.room, i)
+				b.StartTimer()
+				t0 := time.Now()
+				r := srv.sync(b, alice, since, 0)
+				lats = append(lats, time.Since(t0))
+				since = r.NextBatch
+			}
+			b.StopTimer()
+			emitJSON(map[string]any{"bench": "incremental_sync", "rooms": 200, "changed": tc.name, "syncs": len(lats), "p50_ms": pct(lats, 50), "p99_ms": pct(lats, 99)})
+		})
+	}
+}
+
+// BenchmarkSyncWakeupsPerCommit: 20 users long-poll /sync, each in a
+// room of their own; another user sends messages into a room none of
+// them is in. Each commit should wake no long-poll (before the per-user
+// notifier, every commit woke all 20).
+func BenchmarkSyncWakeupsPerCommit(b *testing.B) {
+	const pollers = 20
+	srv := startBenchServer(b)
+	sender := srv.register(b, "sender")
+	room := srv.createRoom(b, sender)
+	tokens := make([]string, pollers)
+	for i := range tokens {
+		tokens[i] = srv.register(b, fmt.Sprintf("poller%d", i))
+		srv.createRoom(b, tokens[i])
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, tok := range tokens {
+		since := srv.sync(b, tok, "", 0).NextBatch
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, "GET", srv.url+"/_matrix/client/v3/sync?timeout=300000&since="+url.QueryEscape(since), nil)
+			req.Header.Set("Authorization", "Bearer "+tok)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // let the long-polls register
+	before := srv.api.SyncWakeups()
+	b.ResetTimer()
+	for i := range b.N {
+		srv.send(b, sender, room, i)
+	}
+	b.StopTimer()
+	woken := srv.api.SyncWakeups() - before
+	cancel()
+	wg.Wait()
+	emitJSON(map[string]any{"bench": "sync_wakeups_per_commit", "long_polls": pollers, "commits": b.N, "wakeups": woken, "wakeups_per_commit": float64(woken) / float64(b.N)})
+}
