@@ -132,7 +132,7 @@ func (b *roomBuilder) add(proto stateres.ProtoEvent) (*stateres.Event, error) {
 func (b *roomBuilder) proposals(txn *facts.TxnRef) []englog.Proposal {
 	props := make([]englog.Proposal, len(b.built))
 	for i, ev := range b.built {
-		f := facts.PDU{RoomVersion: b.version.ID, Event: ev.JSON()}
+		f := facts.PDU{RoomVersion: b.version.ID, Event: ev.JSON(), EventID: ev.EventID()}
 		if i == len(b.built)-1 {
 			f.Txn = txn
 		}

@@ -158,6 +158,12 @@ type topLevel struct {
 }
 
 func parseCanonical(version *RoomVersion, canon []byte) (*Event, error) {
+	return parseCanonicalWithID(version, canon, "")
+}
+
+// parseCanonicalWithID is parseCanonical that, given the event ID a trusted
+// writer derived (ParseTrustedEvent), adopts it instead of hashing again.
+func parseCanonicalWithID(version *RoomVersion, canon []byte, knownID string) (*Event, error) {
 	if len(canon) == 0 || canon[0] != '{' {
 		return nil, invalid("event is not a JSON object")
 	}
@@ -202,7 +208,7 @@ func parseCanonical(version *RoomVersion, canon []byte) (*Event, error) {
 	}
 	if version.EventFormat != FormatV1 && f.eventID != nil {
 		canon = withoutKey(canon, "event_id")
-		return parseCanonical(version, canon)
+		return parseCanonicalWithID(version, canon, knownID)
 	}
 	if len(canon) > MaxPDUBytes {
 		return nil, invalid("event of %d bytes exceeds the %d byte limit", len(canon), MaxPDUBytes)
@@ -294,6 +300,15 @@ func parseCanonical(version *RoomVersion, canon []byte) (*Event, error) {
 		}
 	}
 
+	if knownID != "" && version.EventIDFormat != EventIDServerAssigned {
+		if err := e.adoptEventID(knownID); err != nil {
+			return nil, err
+		}
+		if version.RoomIDFromCreate && isCreate {
+			e.roomID = "!" + e.eventID[1:]
+		}
+		return e, nil
+	}
 	if e.referenceHash, err = referenceHash(version, canon); err != nil {
 		return nil, err
 	}

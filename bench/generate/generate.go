@@ -434,7 +434,7 @@ func (g *gen) build(r *room, proto stateres.ProtoEvent, txn *facts.TxnRef) (*sta
 	}
 	r.prev = ev
 	g.res.PDUsByType[ev.Type()]++
-	g.emitFact(englog.KindPDU, facts.PDU{RoomVersion: g.version.ID, Event: ev.JSON(), Txn: txn})
+	g.emitFact(englog.KindPDU, facts.PDU{RoomVersion: g.version.ID, Event: ev.JSON(), EventID: ev.EventID(), Txn: txn})
 	return ev, nil
 }
 

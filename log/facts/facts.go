@@ -102,6 +102,11 @@ type PDU struct {
 	RoomVersion string `json:"room_version"`
 	// Event is the full PDU JSON as stored and sent over federation.
 	Event json.RawMessage `json:"event"`
+	// EventID is the event's ID as the writer derived it when it parsed
+	// and checked the event before appending it; projections adopt it
+	// instead of hashing the event again (stateres.ParseTrustedEvent).
+	// Empty in entries written before it was recorded.
+	EventID string `json:"event_id,omitempty"`
 	// Txn is set for events a local client sent with a transaction ID, so
 	// that a retried PUT /send returns the same event (spec: transaction
 	// identifiers are scoped to the device).

@@ -168,6 +168,8 @@ func fastDecodePDU(payload []byte) (f facts.PDU, ok bool) {
 				return errUnexpected
 			}
 			f.Event = value
+		case `"event_id"`:
+			f.EventID, err = canonicaljson.Unquote(value)
 		case `"txn"`:
 			if string(value) == "null" {
 				f.Txn = nil

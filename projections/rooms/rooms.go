@@ -223,7 +223,7 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		// fact about this build, not the log; skip rather than stop.
 		return nil
 	}
-	ev, err := stateres.ParseEvent(version, f.Event)
+	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
 	if err != nil {
 		return nil // malformed PDUs were refused before proposing; never fold them
 	}
