@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -175,6 +176,17 @@ func percentileMS(ds []time.Duration, p float64) float64 {
 	return round2(float64(ds[rank-1]) / float64(time.Millisecond))
 }
 
+// cpuTime is the CPU time (user + system) this process has used: server
+// and clients together. Per operation it is steadier than throughput on
+// a shared machine, where other processes take cores away.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
 
 // measureFor is how long a throughput run lasts: ENGRAM_BENCH_SECONDS, or
@@ -248,6 +260,7 @@ func benchSend(b *testing.B, clients, rooms int) {
 	var errCount atomic.Int64
 	var firstErr atomic.Value
 	b.ResetTimer()
+	cpu0 := cpuTime()
 	start := time.Now()
 	deadline := start.Add(duration)
 	var wg sync.WaitGroup
@@ -268,6 +281,7 @@ func benchSend(b *testing.B, clients, rooms int) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := cpuTime() - cpu0
 	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lats {
@@ -282,6 +296,7 @@ func benchSend(b *testing.B, clients, rooms int) {
 	b.ReportMetric(p99, "p99_ms")
 	emit("bench", "send", "clients", clients, "rooms", rooms, "seconds", round2(elapsed.Seconds()),
 		"sends", len(all), "errors", errCount.Load(), "sends_per_s", round2(perSec), "p50_ms", p50, "p99_ms", p99,
+		"cpu_ms_per_send", round2(float64(cpu)/float64(time.Millisecond)/float64(max(len(all), 1))),
 		"target_sends_per_s", 5000)
 }
 
@@ -489,13 +504,16 @@ func BenchmarkInitialSync500Rooms(b *testing.B) {
 	// The first /sync records the user's presence; time the ones after.
 	_, size := get()
 	var lats []time.Duration
+	cpu0 := cpuTime()
 	for b.Loop() { // b.Loop runs this function once: the setup is not repeated
 		took, n := get()
 		lats = append(lats, took)
 		size = n
 	}
+	cpu := cpuTime() - cpu0
 	b.StopTimer()
 	b.ReportMetric(float64(size), "bytes")
 	emit("bench", "initial_sync", "rooms", fix.rooms, "members_per_room", 2, "messages_per_room", 4, "filter", "none",
-		"syncs", len(lats), "p50_ms", percentileMS(lats, 50), "max_ms", percentileMS(lats, 100), "bytes", size)
+		"syncs", len(lats), "p50_ms", percentileMS(lats, 50), "max_ms", percentileMS(lats, 100),
+		"cpu_ms_per_sync", round2(float64(cpu)/float64(time.Millisecond)/float64(max(len(lats), 1))), "bytes", size)
 }
