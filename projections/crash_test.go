@@ -138,6 +138,7 @@ func crashChild(dir string, cycle int) {
 	}
 	e := NewEngine(node, node.DB(), logger, nil)
 	e.batchEntries = 64 // many commits, so kills land between them
+	e.rebuildBatchEntries = 64
 	for _, p := range crashProjections(cycle) {
 		e.Register(p)
 	}

@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,16 @@ const (
 	defaultBatchEntries = 1000
 	defaultBatchBytes   = 8 << 20
 
+	// A rebuild has no reader waiting for its batches (nobody reads a
+	// shadow generation), so it uses bigger ones: fewer commits, and the
+	// per-batch caches of a projection (rooms' room records and counters)
+	// are reloaded less often.
+	defaultRebuildBatchEntries = 10000
+	defaultRebuildBatchBytes   = 32 << 20
+	// rebuildReadAhead bounds how many batches the log reader of a rebuild
+	// runs ahead of the slowest projection.
+	rebuildReadAhead = 2
+
 	rebuildLogEvery = 5 * time.Second
 )
 
@@ -51,6 +63,9 @@ type Engine struct {
 
 	batchEntries int
 	batchBytes   int
+
+	rebuildBatchEntries int
+	rebuildBatchBytes   int
 
 	mu       sync.Mutex
 	handles  []*Handle
@@ -73,7 +88,10 @@ func NewEngine(l englog.Log, db *pebble.DB, logger zerolog.Logger, metrics prome
 		logger:       logger.With().Str("component", "projections").Logger(),
 		batchEntries: defaultBatchEntries,
 		batchBytes:   defaultBatchBytes,
-		byName:       map[string]*Handle{},
+
+		rebuildBatchEntries: defaultRebuildBatchEntries,
+		rebuildBatchBytes:   defaultRebuildBatchBytes,
+		byName:              map[string]*Handle{},
 	}
 	e.metrics = newEngineMetrics(e)
 	if metrics != nil {
@@ -288,7 +306,7 @@ func (e *Engine) run(ctx context.Context, h *Handle) {
 
 func (e *Engine) follow(ctx context.Context, h *Handle) error {
 	if h.meta.ShadowGen != 0 {
-		if err := e.replayShadow(ctx, h, nil); err != nil {
+		if err := e.replayShadows(ctx, []*Handle{h}, nil); err != nil {
 			return err
 		}
 	}
@@ -296,7 +314,7 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		entries, err := e.readBatch(h, h.meta.Applied+1)
+		entries, err := e.readBatch(h.name, h.meta.Applied+1, e.batchEntries, e.batchBytes)
 		if err != nil {
 			return err
 		}
@@ -312,23 +330,47 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 	}
 }
 
-// replayShadow fills h's shadow generation up to the end of the log, then
-// switches to it. progress, when set, is called after each batch.
-func (e *Engine) replayShadow(ctx context.Context, h *Handle, progress func(applied uint64)) error {
-	// Reading (and decompressing) the log ahead on another goroutine
-	// overlaps it with Apply: a replay is otherwise CPU-bound on one core.
+// replayShadows fills the shadow generations of hs, which must all resume
+// from the same offset, up to the end of the log, then switches each to
+// its own. The log is read (and decompressed) once, on its own goroutine,
+// and every batch is handed to all of hs, each applying on its own
+// goroutine: a rebuild is otherwise CPU-bound on one core, and reading the
+// log once per projection cost as much as folding the cheap ones. The
+// slowest projection sets the pace; the others wait at most
+// rebuildReadAhead batches ahead of it, so memory stays bounded. progress,
+// when set, is called (never concurrently) after each batch.
+func (e *Engine) replayShadows(ctx context.Context, hs []*Handle, progress func(name string, applied uint64)) error {
+	from := hs[0].meta.ShadowApplied + 1
+	for _, h := range hs {
+		if h.meta.ShadowApplied+1 != from {
+			return fmt.Errorf("projections: internal error: replaying %q from %d with %q from %d", h.name, h.meta.ShadowApplied+1, hs[0].name, from)
+		}
+	}
+	names := make([]string, len(hs))
+	for i, h := range hs {
+		names[i] = h.name
+	}
+	label := strings.Join(names, ", ")
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	batches := make(chan readResult, 2)
+	feeds := make([]chan readResult, len(hs))
+	for i := range feeds {
+		feeds[i] = make(chan readResult, rebuildReadAhead)
+	}
 	go func() {
-		defer close(batches)
-		from := h.meta.ShadowApplied + 1
+		defer func() {
+			for _, f := range feeds {
+				close(f)
+			}
+		}()
 		for {
-			entries, err := e.readBatch(h, from)
-			select {
-			case batches <- readResult{entries, err}:
-			case <-ctx.Done():
-				return
+			entries, err := e.readBatch(label, from, e.rebuildBatchEntries, e.rebuildBatchBytes)
+			for _, f := range feeds {
+				select {
+				case f <- readResult{entries, err}:
+				case <-ctx.Done():
+					return
+				}
 			}
 			if err != nil || len(entries) == 0 {
 				return
@@ -336,14 +378,56 @@ func (e *Engine) replayShadow(ctx context.Context, h *Handle, progress func(appl
 			from = entries[len(entries)-1].Offset + 1
 		}
 	}()
+
+	var progressMu sync.Mutex
+	errs := make([]error, len(hs))
+	var wg sync.WaitGroup
+	for i, h := range hs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var report func(uint64)
+			if progress != nil {
+				report = func(applied uint64) {
+					progressMu.Lock()
+					defer progressMu.Unlock()
+					progress(h.name, applied)
+				}
+			}
+			if errs[i] = e.foldShadow(ctx, h, feeds[i], report); errs[i] != nil {
+				cancel() // the others cannot finish without the reader
+			}
+		}()
+	}
+	wg.Wait()
+	// The first projection to fail cancels the others: report its error,
+	// not theirs.
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// foldShadow applies the batches of feed to h's shadow generation and
+// switches to it when the feed reaches the end of the log.
+func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResult, progress func(applied uint64)) error {
 	lastLog := time.Now()
 	var lastBatch []englog.Entry
 	for {
-		var r readResult
+		var (
+			r  readResult
+			ok bool
+		)
 		select {
-		case r = <-batches:
+		case r, ok = <-feed:
 		case <-ctx.Done():
 			return ctx.Err()
+		}
+		if !ok {
+			// The reader stopped without reaching the end: cancelled.
+			return context.Cause(ctx)
 		}
 		if r.err != nil {
 			return r.err
@@ -371,20 +455,21 @@ type readResult struct {
 	err     error
 }
 
-// readBatch reads the next batch for h from offset from: empty when the
-// log has nothing newer.
-func (e *Engine) readBatch(h *Handle, from uint64) ([]englog.Entry, error) {
-	entries, err := e.log.Read(from, e.batchEntries)
+// readBatch reads the next batch of at most max entries and (beyond the
+// first) maxBytes of payload, for the projections named name, from offset
+// from: empty when the log has nothing newer.
+func (e *Engine) readBatch(name string, from uint64, max, maxBytes int) ([]englog.Entry, error) {
+	entries, err := e.log.Read(from, max)
 	if err != nil {
-		return nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", from, h.name, err)
+		return nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", from, name, err)
 	}
 	size := 0
 	for i, en := range entries {
 		if en.Offset != from+uint64(i) {
-			return nil, fmt.Errorf("projections: the log returned offset %d where %d was expected for %q: %w", en.Offset, from+uint64(i), h.name, englog.ErrCorrupt)
+			return nil, fmt.Errorf("projections: the log returned offset %d where %d was expected for %q: %w", en.Offset, from+uint64(i), name, englog.ErrCorrupt)
 		}
 		size += len(en.Payload)
-		if i > 0 && size > e.batchBytes {
+		if i > 0 && size > maxBytes {
 			return entries[:i], nil
 		}
 	}
@@ -491,8 +576,9 @@ func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 }
 
 // Rebuild drops the named projections (all when none is named) and
-// replays them from offset 1 to the end of the log, reporting progress
-// through OnProgress. It is for offline use (engram rebuild, engram
+// replays them from offset 1 to the end of the log, all of them together
+// in one pass over the log, reporting progress through OnProgress (called
+// from several goroutines, never concurrently). It is for offline use (engram rebuild, engram
 // verify): call it before Start or without Start at all.
 func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 	e.mu.Lock()
@@ -504,11 +590,14 @@ func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 	if len(names) == 0 {
 		hs = append(hs, e.handles...)
 	}
-	for _, n := range names {
+	for i, n := range names {
 		h, ok := e.byName[n]
 		if !ok {
 			e.mu.Unlock()
 			return fmt.Errorf("projections: no projection named %q (known: %v)", n, e.namesLocked())
+		}
+		if slices.Contains(names[:i], n) {
+			continue
 		}
 		hs = append(hs, h)
 	}
@@ -538,17 +627,20 @@ func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 			return err
 		}
 		h.meta = m
+	}
+	if len(hs) == 0 {
+		return nil
+	}
+	var report func(string, uint64)
+	if progress != nil {
 		target := e.log.LastOffset()
-		var report func(uint64)
-		if progress != nil {
-			report = func(applied uint64) { progress(h.name, applied, max(target, applied)) }
-			report(0)
-		}
-		if err := e.replayShadow(ctx, h, report); err != nil {
-			return err
+		report = func(name string, applied uint64) { progress(name, applied, max(target, applied)) }
+		for _, h := range hs {
+			report(h.name, 0)
 		}
 	}
-	return nil
+	// All of them start from offset 1: one pass over the log feeds them all.
+	return e.replayShadows(ctx, hs, report)
 }
 
 // dropAll deletes every key of a projection, meta included.

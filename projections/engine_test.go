@@ -37,6 +37,7 @@ func (f *fixture) engine(t *testing.T, ps ...Projection) (*Engine, []*Handle) {
 	t.Helper()
 	e := NewEngine(f.log, f.db, testLogger(t), nil)
 	e.batchEntries = 100 // many batches, to cross batch boundaries
+	e.rebuildBatchEntries = 100
 	var hs []*Handle
 	for _, p := range ps {
 		hs = append(hs, e.Register(p))

@@ -20,6 +20,8 @@ import (
 // w together with the checkpoint, so a batch is applied entirely or not at
 // all. An error stops the projection (it is a bug or corruption, not bad
 // input: bad input is recorded as such, not refused at apply time).
+// Apply must not modify the entries: a rebuild hands the same batch to
+// every projection it rebuilds, concurrently.
 type Projection interface {
 	// Name is stable and unique; it names the keyspace ("accounts").
 	Name() string

@@ -1,0 +1,139 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	englog "github.com/engram-hs/engram/log"
+)
+
+// readCounter counts the log reads and payload bytes read through it.
+type readCounter struct {
+	englog.Log
+	mu           sync.Mutex
+	reads, bytes int
+}
+
+func (c *readCounter) Read(from uint64, max int) ([]englog.Entry, error) {
+	es, err := c.Log.Read(from, max)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.reads++
+	for _, e := range es {
+		c.bytes += len(e.Payload)
+	}
+	return es, err
+}
+
+// TestRebuildAllReadsTheLogOnce: rebuilding several projections reads the
+// log once for all of them (not once each), and each ends with the digest
+// of a live fold of the same log.
+func TestRebuildAllReadsTheLogOnce(t *testing.T) {
+	f := newFixture(t)
+	appendMessages(t, f.log, 1234, "!a:x")
+	appendMessages(t, f.log, 66, "!b:x")
+	var payload int
+	es, err := f.log.Read(1, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		payload += len(e.Payload)
+	}
+	live, _ := f.engine(t, &timeline{name: "a", version: 1}, &timeline{name: "b", version: 2}, &timeline{name: "c", version: 1})
+	if err := live.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{}
+	for _, n := range []string{"a", "b", "c"} {
+		want[n], _ = live.Digest(n)
+	}
+	live.Close()
+
+	counter := &readCounter{Log: f.log}
+	e := NewEngine(counter, f.db, testLogger(t), nil)
+	e.rebuildBatchEntries = 100
+	t.Cleanup(func() { e.Close() })
+	ps := []*timeline{{name: "a", version: 1}, {name: "b", version: 2}, {name: "c", version: 1}}
+	for _, p := range ps {
+		e.Register(p)
+	}
+	last := map[string]uint64{}
+	e.OnProgress(func(name string, applied, target uint64) { last[name] = applied }) // not concurrently: no lock
+	if err := e.Rebuild(context.Background(), "a", "b", "c", "a"); err != nil {
+		t.Fatal(err)
+	}
+	if counter.bytes != payload {
+		t.Errorf("the rebuild of 3 projections read %d payload bytes, the log holds %d: want one pass", counter.bytes, payload)
+	}
+	if counter.reads != 14 { // 13 batches of 100, then the empty read at the end
+		t.Errorf("%d log reads, want 14", counter.reads)
+	}
+	for _, p := range ps {
+		got, _ := e.Digest(p.name)
+		if !bytes.Equal(got, want[p.name]) {
+			t.Errorf("%s: rebuilt digest %x, live %x", p.name, got, want[p.name])
+		}
+		if last[p.name] != 1300 {
+			t.Errorf("%s: last progress %d, want 1300", p.name, last[p.name])
+		}
+		if starts := p.applyStarts(); len(starts) != 13 {
+			t.Errorf("%s: applied %d batches, want 13 (the duplicate name rebuilt it twice?)", p.name, len(starts))
+		}
+	}
+	if bytes.Equal(want["a"], want["b"]) || !bytes.Equal(want["a"], want["c"]) {
+		t.Error("the digests do not tell the projections' data apart")
+	}
+}
+
+// TestRebuildStopsOnTheFirstApplyError: one projection failing mid-way
+// stops the whole rebuild with its error (no hang of the others, which
+// wait for batches the reader no longer sends), and the projections keep
+// serving their old generation.
+func TestRebuildStopsOnTheFirstApplyError(t *testing.T) {
+	f := newFixture(t)
+	appendMessages(t, f.log, 500, "!a:x")
+	bad, _ := json.Marshal(message{Room: "!a:x", Fail: true})
+	if _, err := f.log.Append(context.Background(), englog.Proposal{Kind: englog.KindPDU, Payload: bad}); err != nil {
+		t.Fatal(err)
+	}
+	appendMessages(t, f.log, 500, "!a:x")
+	e, hs := f.engine(t, &timeline{name: "fails", version: 1}, &entryCounter{})
+	done := make(chan error, 1)
+	go func() { done <- e.Rebuild(context.Background()) }()
+	select {
+	case err := <-done:
+		if err == nil || errors.Is(err, context.Canceled) || !bytes.Contains([]byte(err.Error()), []byte(`"fails"`)) {
+			t.Fatalf("Rebuild = %v, want the failing projection's apply error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Rebuild hangs after a projection failed")
+	}
+	for _, h := range hs {
+		if h.Applied() != 0 {
+			t.Errorf("%s: Applied %d after a failed rebuild, want 0 (nothing switched)", h.name, h.Applied())
+		}
+	}
+}
+
+// entryCounter counts entries of every kind and content: it never fails.
+type entryCounter struct{}
+
+func (entryCounter) Name() string { return "counter" }
+func (entryCounter) Version() int { return 1 }
+
+func (entryCounter) Apply(w Writer, entries []englog.Entry) error {
+	n := uint64(0)
+	if v, ok, err := w.Get([]byte("n")); err != nil {
+		return err
+	} else if ok {
+		n = binary.BigEndian.Uint64(v)
+	}
+	return w.Set([]byte("n"), binary.BigEndian.AppendUint64(nil, n+uint64(len(entries))))
+}
