@@ -11,6 +11,12 @@
 //
 //	go test -run '^$' -bench . -benchtime 1x -timeout 30m ./api/apibench/
 //
+// Knobs (environment): ENGRAM_BENCH_SECONDS, how long each throughput
+// run lasts (default 10); ENGRAM_BENCH_EVENTS, the size of the generated
+// log of the RSS benchmark (default 1,000,000); ENGRAM_BENCH_BUDGET, how
+// long that benchmark may take before it skips, saying how far it got
+// (default 10m).
+//
 // They serve the real API (real log in Pebble, one-voter Raft, real
 // projections) on 127.0.0.1; the RSS figures run the real binary.
 package apibench
