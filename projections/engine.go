@@ -42,9 +42,11 @@ const (
 	// A rebuild has no reader waiting for its batches (nobody reads a
 	// shadow generation), so it uses bigger ones: fewer commits, and the
 	// per-batch caches of a projection (rooms' room records and counters)
-	// are reloaded less often.
-	defaultRebuildBatchEntries = 10000
-	defaultRebuildBatchBytes   = 32 << 20
+	// are reloaded less often. Measured on a 200k-entry generated log, all
+	// projections: 1,000 -> 3,000 entries cut CPU ~10%; 10,000 gained
+	// little more and raised peak RSS by ~75 MB.
+	defaultRebuildBatchEntries = 5000
+	defaultRebuildBatchBytes   = 16 << 20
 	// rebuildReadAhead bounds how many batches the log reader of a rebuild
 	// runs ahead of the slowest projection.
 	rebuildReadAhead = 2
