@@ -513,7 +513,12 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 	if err := b.Set(metaKey(h.name), m.encode(), nil); err != nil {
 		return err
 	}
-	if err := b.Commit(pebble.NoSync); err != nil {
+	commit := b
+	if sorted := sortedForCommit(e.db, b); sorted != nil {
+		defer sorted.Close()
+		commit = sorted
+	}
+	if err := commit.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("projections: committing %q at offset %d: %w", h.name, last, err)
 	}
 	h.meta = m
