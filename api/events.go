@@ -60,38 +60,16 @@ type roomBuilder struct {
 }
 
 func (s *Server) newRoomBuilder(roomID string) (*roomBuilder, error) {
-	v := s.roomsView()
-	room, err := v.Room(roomID)
+	rs, err := loadRoomState(s.roomsView(), roomID)
 	if err != nil {
 		return nil, err
 	}
-	if room == nil {
-		return nil, errNotFound("Unknown room %s", roomID)
-	}
-	version, ok := stateres.Version(room.Version)
-	if !ok {
-		return nil, merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %s is not supported", room.Version)
-	}
-	ext := room.Extremities
-	if len(ext) > maxPrevEvents {
-		ext = ext[len(ext)-maxPrevEvents:]
-	}
-	b := &roomBuilder{s: s, version: version, roomID: roomID, state: &stateOverlay{base: v.Lookup(roomID)}, now: nowMS()}
-	for _, id := range ext {
-		rec, err := v.Event(id)
-		if err != nil {
-			return nil, err
-		}
-		if rec == nil {
-			continue
-		}
-		p, err := rec.PDU()
-		if err != nil {
-			return nil, err
-		}
-		b.prev = append(b.prev, p)
-	}
-	return b, nil
+	return s.builderOn(rs), nil
+}
+
+// builderOn starts a chain of events on a room's state; rs is only read.
+func (s *Server) builderOn(rs *roomState) *roomBuilder {
+	return &roomBuilder{s: s, version: rs.version, roomID: rs.roomID, state: &stateOverlay{base: rs.StateEvent}, prev: rs.prevEvents(), now: nowMS()}
 }
 
 // add builds, signs and authorises one event; an unauthorised event is
@@ -143,7 +121,9 @@ func (b *roomBuilder) proposals(txn *facts.TxnRef) []englog.Proposal {
 
 // sendEvent builds one event in a room under the room lock, authorises it,
 // appends it and waits until the rooms projection has it. With a txn it is
-// idempotent: a retried transaction returns the first event's ID.
+// idempotent: a retried transaction returns the first event's ID. The
+// room's state comes from s.roomStates (see roomState for why that is
+// never stale).
 func (s *Server) sendEvent(ctx context.Context, proto stateres.ProtoEvent, txn *facts.TxnRef, extra ...englog.Proposal) (string, error) {
 	unlock := s.roomLock.Lock(proto.RoomID)
 	defer unlock()
@@ -153,17 +133,22 @@ func (s *Server) sendEvent(ctx context.Context, proto stateres.ProtoEvent, txn *
 			return id, err
 		}
 	}
-	b, err := s.newRoomBuilder(proto.RoomID)
+	rs, err := s.roomStates.get(s.roomsView(), proto.RoomID)
 	if err != nil {
 		return "", err
 	}
+	b := s.builderOn(rs)
 	ev, err := b.add(proto)
 	if err != nil {
 		return "", err
 	}
-	if _, err := s.commit(ctx, []*projections.Handle{s.roomsH}, append(b.proposals(txn), extra...)...); err != nil {
+	offs, err := s.commit(ctx, []*projections.Handle{s.roomsH}, append(b.proposals(txn), extra...)...)
+	if err != nil {
+		// Appended or not, the room may have moved: read it afresh.
+		s.roomStates.drop(proto.RoomID)
 		return "", err
 	}
+	s.roomStates.committed(rs, b.built, offs)
 	return ev.EventID(), nil
 }
 

@@ -55,6 +55,9 @@ type Server struct {
 	reqSeq   atomic.Uint64
 	reqBase  string
 
+	// roomStates holds, per room, the state sends build on (statecache.go).
+	roomStates roomStateCache
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }

@@ -243,8 +243,9 @@ type TimelineEntry struct {
 // before when !forward (upTo ignored). Entries are in the walking order.
 func (v View) Timeline(roomID string, from uint64, forward bool, limit int, bound uint64) ([]TimelineEntry, error) {
 	lower := append(projections.Key(pTimeline, roomID), sep)
+	// Closed once, at the end: a second Close hands Pebble's pooled
+	// iterator back twice, and two later readers then share it.
 	it := v.r.Iter(lower, projections.PrefixEnd(lower))
-	defer it.Close()
 	var out []TimelineEntry
 	read := func() TimelineEntry {
 		k := it.Key()
