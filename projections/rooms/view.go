@@ -122,7 +122,9 @@ func (v View) loadJSON(e *Event) error {
 	if !ok {
 		return mismatch("has an unknown room version")
 	}
-	ev, err := stateres.ParseEvent(ver, f.Event)
+	// The entry's recorded event ID (absent from older entries, which are
+	// hashed instead) must be the one this record names.
+	ev, err := stateres.ParseTrustedEvent(ver, f.Event, f.EventID)
 	if err != nil || ev.EventID() != e.EventID {
 		return mismatch("holds another event")
 	}
@@ -146,7 +148,9 @@ func (e *Event) PDU() (*stateres.Event, error) {
 		return e.pdu, nil
 	}
 	ver, _ := stateres.Version(e.Version)
-	return stateres.ParseEvent(ver, e.JSON)
+	// e.JSON came from the log (loadJSON), whole or redacted; redaction
+	// keeps the reference hash, so the recorded ID is still the event's.
+	return stateres.ParseTrustedEvent(ver, e.JSON, e.EventID)
 }
 
 // StateEventID returns the ID of a current state event, or "".
