@@ -327,7 +327,7 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 	if err != nil {
 		return err
 	}
-	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier || e.SoftFailed || e.Offset > upper || !vis.canSee(e) {
+	if !visibleIn(e, roomID, upper, vis) {
 		return errNotFound("Event not found")
 	}
 	limit := 10

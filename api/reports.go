@@ -65,7 +65,11 @@ func (s *Server) reportEvent(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err != nil {
 		return err
 	}
-	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier {
+	upper, vis, err := s.readAccess(roomID, sess.UserID)
+	if err != nil {
+		return err
+	}
+	if !visibleIn(e, roomID, upper, vis) {
 		return notFound
 	}
 	return s.fileReport(w, r, facts.ReportFiled{UserID: sess.UserID, RoomID: roomID, EventID: eventID, Reason: req.Reason, Score: req.Score})

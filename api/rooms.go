@@ -752,7 +752,7 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session)
 	}
 	// An event the user may not see is indistinguishable from a missing
 	// one (spec: 404 when the user lacks permission to see it).
-	if e == nil || e.RoomID != roomID || e.Rejected != "" || e.Outlier || e.Offset > upper || !vis.canSee(e) {
+	if !visibleIn(e, roomID, upper, vis) {
 		return errNotFound("Event not found")
 	}
 	writeJSON(w, http.StatusOK, s.clientEvent(v, e, sess, true))

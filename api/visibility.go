@@ -154,3 +154,14 @@ func (s *Server) readAccess(roomID, userID string) (uint64, *visibility, error) 
 	}
 	return upper, vis, nil
 }
+
+// visibleIn says whether e is an event of roomID that the reader whose
+// access readAccess gave (upper, vis) may be shown: accepted into the
+// room's timeline (not rejected, soft-failed or an outlier), within the
+// reader's bound, and allowed by history visibility. /event and /context
+// answer 404 otherwise, as for a missing event (spec: not found when the
+// user may not see it).
+func visibleIn(e *rooms.Event, roomID string, upper uint64, vis *visibility) bool {
+	return e != nil && e.RoomID == roomID && e.Rejected == "" && !e.Outlier && !e.SoftFailed &&
+		e.Offset <= upper && vis.canSee(e)
+}
