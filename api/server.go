@@ -190,6 +190,9 @@ func (s *Server) authed(h authedFunc) handlerFunc {
 		if err != nil {
 			return err
 		}
+		if sess.Guest && !guestAllowed(r) {
+			return errGuestForbidden()
+		}
 		return h(w, r, sess)
 	}
 }
