@@ -231,3 +231,23 @@ func FuzzCanonicalize(f *testing.F) {
 		}
 	})
 }
+
+// Unquote decodes every escape the canonicaliser accepts, surrogate pairs
+// included, and refuses what it refuses.
+func TestUnquoteEscapes(t *testing.T) {
+	for in, want := range map[string]string{
+		`"plain"`:           "plain",
+		`"\ud83d\ude00"`:    "\U0001F600",
+		`"\u003c\/\t"`:      "</\t",
+		`"caf\u00e9 \"q\""`: "café \"q\"",
+	} {
+		if got, err := Unquote([]byte(in)); err != nil || got != want {
+			t.Errorf("Unquote(%s) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{`"\ud83d"`, `"\x"`, `"a"b"`, `"\u12"`, `"abc`} {
+		if got, err := Unquote([]byte(in)); err == nil {
+			t.Errorf("Unquote(%s) = %q, want an error", in, got)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package canonicaljson
 import (
 	"errors"
 	"strconv"
-	"unicode/utf8"
 )
 
 // The readers below walk JSON that is already canonical (the output of
@@ -148,7 +147,7 @@ func Unquote(s []byte) (string, error) {
 	body := s[1 : len(s)-1]
 	simple := true
 	for _, c := range body {
-		if c == '\\' {
+		if c == '\\' || c == '"' {
 			simple = false
 			break
 		}
@@ -156,40 +155,12 @@ func Unquote(s []byte) (string, error) {
 	if simple {
 		return string(body), nil
 	}
-	out := make([]byte, 0, len(body))
-	for i := 0; i < len(body); i++ {
-		c := body[i]
-		if c != '\\' {
-			out = append(out, c)
-			continue
-		}
-		if i+1 >= len(body) {
-			return "", errMalformed
-		}
-		i++
-		switch body[i] {
-		case '"', '\\', '/':
-			out = append(out, body[i])
-		case 'b':
-			out = append(out, '\b')
-		case 'f':
-			out = append(out, '\f')
-		case 'n':
-			out = append(out, '\n')
-		case 'r':
-			out = append(out, '\r')
-		case 't':
-			out = append(out, '\t')
-		case 'u':
-			r, ok := hex4(body, i+1)
-			if !ok {
-				return "", errMalformed
-			}
-			out = utf8.AppendRune(out, r)
-			i += 4
-		default:
-			return "", errMalformed
-		}
+	// Escapes are rare here (canonical form writes UTF-8 directly); decode
+	// them with the canonicaliser's own string decoder.
+	e := encoder{in: s}
+	out, err := e.decodeString(nil)
+	if err != nil || e.pos != len(s) {
+		return "", errMalformed
 	}
 	return string(out), nil
 }
