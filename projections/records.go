@@ -52,3 +52,21 @@ func PutJSON(w Writer, k []byte, v any) error {
 	}
 	return w.Set(k, b)
 }
+
+// ListJSON decodes every JSON record whose key starts with prefix, in key
+// order, keeping those keep accepts (all when keep is nil).
+func ListJSON[T any](r Reader, prefix []byte, keep func(*T) bool) ([]T, error) {
+	it := r.Iter(prefix, PrefixEnd(prefix))
+	var out []T
+	for ok := it.First(); ok; ok = it.Next() {
+		var v T
+		if err := json.Unmarshal(it.Value(), &v); err != nil {
+			it.Close()
+			return nil, fmt.Errorf("projections: corrupt record %q: %w", it.Key(), err)
+		}
+		if keep == nil || keep(&v) {
+			out = append(out, v)
+		}
+	}
+	return out, it.Close()
+}

@@ -3,9 +3,6 @@
 package accounts
 
 import (
-	"encoding/json"
-	"fmt"
-
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
@@ -389,18 +386,7 @@ func removeTokens(w projections.Writer, userID, deviceID string) error {
 }
 
 func listDevices(r projections.Reader, userID string) ([]Device, error) {
-	lower := append(projections.Key(pDevice, userID), sep)
-	it := r.Iter(lower, projections.PrefixEnd(lower))
-	var out []Device
-	for ok := it.First(); ok; ok = it.Next() {
-		var d Device
-		if err := json.Unmarshal(it.Value(), &d); err != nil {
-			it.Close()
-			return nil, fmt.Errorf("accounts: corrupt device record: %w", err)
-		}
-		out = append(out, d)
-	}
-	return out, it.Close()
+	return projections.ListJSON[Device](r, append(projections.Key(pDevice, userID), sep), nil)
 }
 
 // View answers queries over a Reader (live or snapshot).

@@ -206,18 +206,7 @@ func (v View) Membership(userID, roomID string) (*Membership, error) {
 
 // Memberships lists every room a user has a membership event in.
 func (v View) Memberships(userID string) ([]Membership, error) {
-	lower := append(projections.Key(pMember, userID), sep)
-	it := v.r.Iter(lower, projections.PrefixEnd(lower))
-	var out []Membership
-	for ok := it.First(); ok; ok = it.Next() {
-		var m Membership
-		if err := json.Unmarshal(it.Value(), &m); err != nil {
-			it.Close()
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	return out, it.Close()
+	return projections.ListJSON[Membership](v.r, append(projections.Key(pMember, userID), sep), nil)
 }
 
 // Forgotten reports whether the user forgot the room (since they last

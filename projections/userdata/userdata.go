@@ -447,20 +447,8 @@ func (v View) AccountData(userID, roomID, typ string) (*Record, error) {
 // AccountDataOf lists a user's account data of one room ("" for global)
 // changed after offset since.
 func (v View) AccountDataOf(userID, roomID string, since uint64) ([]Record, error) {
-	lower := append(projections.Key(pAccountData, userID, roomID), sep)
-	it := v.r.Iter(lower, projections.PrefixEnd(lower))
-	var out []Record
-	for ok := it.First(); ok; ok = it.Next() {
-		var r Record
-		if err := json.Unmarshal(it.Value(), &r); err != nil {
-			it.Close()
-			return nil, err
-		}
-		if r.Offset > since {
-			out = append(out, r)
-		}
-	}
-	return out, it.Close()
+	return projections.ListJSON(v.r, append(projections.Key(pAccountData, userID, roomID), sep),
+		func(r *Record) bool { return r.Offset > since })
 }
 
 // Filter returns a stored filter, or nil.
@@ -495,20 +483,8 @@ func (v View) Typing(roomID string, nowMS int64) ([]string, uint64, error) {
 
 // Receipts lists a room's receipts changed after offset since.
 func (v View) Receipts(roomID string, since uint64) ([]Receipt, error) {
-	lower := append(projections.Key(pReceipt, roomID), sep)
-	it := v.r.Iter(lower, projections.PrefixEnd(lower))
-	var out []Receipt
-	for ok := it.First(); ok; ok = it.Next() {
-		var r Receipt
-		if err := json.Unmarshal(it.Value(), &r); err != nil {
-			it.Close()
-			return nil, err
-		}
-		if r.Offset > since {
-			out = append(out, r)
-		}
-	}
-	return out, it.Close()
+	return projections.ListJSON(v.r, append(projections.Key(pReceipt, roomID), sep),
+		func(r *Receipt) bool { return r.Offset > since })
 }
 
 // ToDevice returns the messages in a device's inbox with offsets in
@@ -591,16 +567,5 @@ func (v View) ToDeviceTxn(sender, senderDevice, txnID string) (bool, error) {
 
 // ReceiptsOf lists one user's receipts in a room (every type and thread).
 func (v View) ReceiptsOf(roomID, userID string) ([]Receipt, error) {
-	lower := append(projections.Key(pReceipt, roomID, userID), sep)
-	it := v.r.Iter(lower, projections.PrefixEnd(lower))
-	var out []Receipt
-	for ok := it.First(); ok; ok = it.Next() {
-		var r Receipt
-		if err := json.Unmarshal(it.Value(), &r); err != nil {
-			it.Close()
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, it.Close()
+	return projections.ListJSON[Receipt](v.r, append(projections.Key(pReceipt, roomID, userID), sep), nil)
 }
