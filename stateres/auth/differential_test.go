@@ -191,6 +191,14 @@ func (d *diffRoom) randomEvent() *stateres.Event {
 			target = d.user()
 		}
 		membership := d.pick("join", "join", "invite", "leave", "ban", "knock", "wave")
+		if (membership == "leave" || membership == "ban") && r.Intn(2) == 0 {
+			// Kicks and bans of a peer at the sender's own level: the
+			// "target level below the sender's" boundary is otherwise
+			// rarely reached (most users sit at users_default).
+			if peer := d.peerAtLevel(sender); peer != "" {
+				target = peer
+			}
+		}
 		content := map[string]any{"membership": membership}
 		if membership == "join" && r.Intn(3) == 0 {
 			via := d.user()
@@ -250,6 +258,21 @@ func (d *diffRoom) randomEvent() *stateres.Event {
 		return d.build(proto, prev)
 	}
 	return d.build(proto, d.prev(), signers...)
+}
+
+// peerAtLevel picks another user whose power level equals sender's, or "".
+func (d *diffRoom) peerAtLevel(sender string) string {
+	pl := ParsePowerLevels(d.v, d.create, d.StateEvent(stateres.MRoomPowerLevels, ""))
+	var peers []string
+	for _, u := range d.users {
+		if u != sender && pl.UserLevel(u) == pl.UserLevel(sender) {
+			peers = append(peers, u)
+		}
+	}
+	if len(peers) == 0 {
+		return ""
+	}
+	return peers[d.rnd.Intn(len(peers))]
 }
 
 // thirdPartyInvite signs {mxid, token} with server 0's key (the one the
@@ -395,9 +418,49 @@ func TestDifferentialAgainstGomatrixserverlib(t *testing.T) {
 		t.Fatalf("%d undocumented disagreements with the oracle", mismatches)
 	}
 	t.Logf("%d events judged, %d allowed; documented oracle departures: %v", total, allowed, departures)
+	// Each excuse may cover only as many cases as the seeded rooms produce
+	// today (counts per 9,600 judged events, with headroom): a regression
+	// that hides behind an excuse then shows up as its count jumping.
+	for why, n := range departures {
+		limit, known := departureLimitPer10k[why]
+		if !known {
+			t.Errorf("departure %q has no bound in departureLimitPer10k", why)
+			continue
+		}
+		max := limit * total / 10000
+		if max < 10 {
+			max = 10 // a shorter run does not make a handful of cases suspicious
+		}
+		if n > max {
+			t.Errorf("departure %q covered %d of %d events, more than its bound %d: a disagreement hides behind this excuse", why, n, total, max)
+		}
+	}
 	if allowed < total/5 || allowed > total*4/5 {
 		t.Fatalf("the generator is lopsided: %d of %d allowed", allowed, total)
 	}
+}
+
+// departureLimitPer10k bounds how often each documented departure may
+// occur, per 10,000 judged events. The full run judges 9,600 events; the
+// figures are what it produced when the bounds were set, about doubled
+// (at least 10), so small generator changes do not trip them.
+var departureLimitPer10k = map[string]int{
+	"no join rules: oracle assumes invite":                                     10,
+	"leave -> leave: oracle NOTSPEC":                                           250,
+	"leave from knock before v7":                                               20,
+	"unban above the sender's level: oracle checks the ban level only":         10,
+	"invited/joined user joins under any join rule":                            140,
+	"power levels: new users entry judged by users_default":                    10,
+	"aliases rule kept after v5":                                               280,
+	"public join from a membership other than leave":                           90,
+	"3pid: oracle ignores public_key":                                          10,
+	"3pid: oracle skips the banned / same sender checks":                       20,
+	"power levels: oracle ignores users_default changes":                       10,
+	"power levels: added property judged by its default":                       10,
+	"power levels: float values":                                               10,
+	"power levels: notifications judged with defaults / without creator power": 10,
+	"knock_restricted before v10":                                              10,
+	"create: oracle skips room_version check in v11":                           10,
 }
 
 // oracleDeparture recognises the cases where gomatrixserverlib does not
@@ -424,6 +487,13 @@ func oracleDeparture(d *diffRoom, ev *stateres.Event, ours, theirs error) (strin
 	// incorrectly accepting this event"). Expected: rejected.
 	case clause == "member.leave.self" && theirs == nil && (senderMem == "" || senderMem == membershipLeave):
 		return "leave -> leave: oracle NOTSPEC", true
+	// Unbanning: the spec passes an unban by someone at the ban level on to
+	// the kick rule (the target's level must be below the sender's); the
+	// oracle allows it on the ban level alone ("You can unban someone with
+	// higher power_level than you"). Synapse follows the spec. Expected:
+	// rejected.
+	case clause == "member.leave.kick" && theirs == nil && ev.StateKey() != nil && membershipOf(set.Member(*ev.StateKey())) == membershipBan:
+		return "unban above the sender's level: oracle checks the ban level only", true
 	// Knock memberships exist from v7; a knock state in an older room can
 	// only come from a forced (unchecked) state here. The spec's v1-v6
 	// self-leave rule does not list knock; the oracle does not look at the
@@ -447,7 +517,13 @@ func oracleDeparture(d *diffRoom, ev *stateres.Event, ours, theirs error) (strin
 	// From v6 m.room.aliases has no rule of its own and is an ordinary state
 	// event (sender joined, state_default...). The oracle keeps the v1-v5
 	// aliases rule in every version. Expected: the ordinary rules.
-	case ev.Type() == stateres.MRoomAliases && !d.v.SpecialCaseAliases && (ours == nil) != (theirs == nil):
+	// The oracle allows exactly when the state_key is the sender's server,
+	// so the excuse holds only where that alone explains the difference:
+	// the oracle allows a sender's own server's entry that the ordinary
+	// rules refuse (not joined, level too low), or refuses another
+	// server's entry that the ordinary rules allow.
+	case ev.Type() == stateres.MRoomAliases && !d.v.SpecialCaseAliases && aliasesKeyIsSenderServer(ev) == (theirs == nil) &&
+		(theirs != nil || clause == "sender.not_joined" || clause == "event.level"):
 		return "aliases rule kept after v5", true
 	// A join into a public room from knock (or, through forced unchecked
 	// state here, a membership the spec does not name) is allowed by the
@@ -479,7 +555,7 @@ func oracleDeparture(d *diffRoom, ev *stateres.Event, ours, theirs error) (strin
 	// Floats in power levels (v1-v5) are truncated towards zero
 	// (v1-floaty-power-levels.md) and then compared; the oracle reads them
 	// differently. Expected: the truncated value decides.
-	case ev.Type() == stateres.MRoomPowerLevels && !d.v.StrictCanonicalJSON && strings.Contains(string(ev.Content()), "."):
+	case ev.Type() == stateres.MRoomPowerLevels && !d.v.StrictCanonicalJSON && (hasFloatLevel(ev.Content()) || hasFloatLevel(contentOf(set.PowerLevels()))):
 		return "power levels: float values", true
 	// Power levels: adding a notifications entry is judged by the new value
 	// (rule 9.5 in v6-v9); the oracle compares the defaulted old value (room:
@@ -499,6 +575,52 @@ func oracleDeparture(d *diffRoom, ev *stateres.Event, ours, theirs error) (strin
 		return "create: oracle skips room_version check in v11", true
 	}
 	return "", false
+}
+
+// aliasesKeyIsSenderServer reports whether an m.room.aliases event's
+// state_key is its sender's server: the oracle's only test from v6 on.
+func aliasesKeyIsSenderServer(ev stateres.PDU) bool {
+	sk := ev.StateKey()
+	return sk != nil && *sk == domainOf(ev.Sender())
+}
+
+// hasFloatLevel reports whether power levels content holds a level written
+// as a non-integer JSON number (the generator writes "N.5"), at the top
+// level or inside events, users or notifications. User IDs and event types
+// contain dots too, so only numbers count.
+func hasFloatLevel(content []byte) bool {
+	var pl map[string]json.RawMessage
+	if json.Unmarshal(content, &pl) != nil {
+		return false
+	}
+	isFloat := func(raw json.RawMessage) bool {
+		var n json.Number
+		return json.Unmarshal(raw, &n) == nil && strings.ContainsAny(n.String(), ".eE")
+	}
+	for k, raw := range pl {
+		switch k {
+		case "events", "users", "notifications":
+			var m map[string]json.RawMessage
+			_ = json.Unmarshal(raw, &m)
+			for _, v := range m {
+				if isFloat(v) {
+					return true
+				}
+			}
+		default:
+			if isFloat(raw) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func contentOf(ev stateres.PDU) []byte {
+	if ev == nil {
+		return nil
+	}
+	return ev.Content()
 }
 
 // addsUserAtOrAboveSender reports whether ev adds a users entry for a user
