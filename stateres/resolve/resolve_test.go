@@ -181,3 +181,38 @@ func TestJoinRulesChange(t *testing.T) {
 		})
 	}
 }
+
+// TestMainlineBeatsTimestamps: two concurrent topics, where the one with
+// the earlier timestamp was sent under the newer power levels. Worked from
+// the v2 algorithm (the same in v2.1 here):
+//
+//   - Conflicted state set: power levels {pl0 (set Y), p1 (set X)} and
+//     topic {topic-x, topic-y}.
+//   - Step 1: the power events pl0 and p1, in auth order: pl0, p1. Step 2:
+//     both are allowed; the partial state's power levels are p1.
+//   - Step 3: mainline of p1 is [p1, pl0]. topic-x cites p1: position 0;
+//     topic-y cites pl0: position 1. A greater position sorts first:
+//     topic-y, then topic-x, whatever their timestamps (topic-x 2000 is
+//     earlier than topic-y 2500).
+//   - Step 4: both are allowed in that order, so topic-x is applied last.
+//
+// Resolved: topic = topic-x. Ordering by timestamp alone would give topic-y.
+func TestMainlineBeatsTimestamps(t *testing.T) {
+	for _, v := range []string{"2", "6", "10", "11", "12"} {
+		t.Run("v"+v, func(t *testing.T) {
+			r, b := createRoom(t, v, alice, map[string]int{bob: 50}, 1000)
+			b.must("bob-join", bob, stateres.MRoomMember, sk(bob), member("join"), 1010)
+			x, y := b, b.fork()
+			levels := map[string]any{bob: 50, charlie: 10}
+			if !r.version.PrivilegedCreators {
+				levels[alice] = 100
+			}
+			x.must("p1", alice, stateres.MRoomPowerLevels, sk(""), powerContent(levels), 1500)
+			x.must("topic-x", bob, "m.room.topic", sk(""), map[string]any{"topic": "x"}, 2000)
+			y.must("topic-y", bob, "m.room.topic", sk(""), map[string]any{"topic": "y"}, 2500)
+			got := resolveOrFail(t, r, x.stateSet(), y.stateSet())
+			expectKey(t, r, got, powerLevelsKey, "p1")
+			expectKey(t, r, got, stateres.StateKeyTuple{Type: "m.room.topic"}, "topic-x")
+		})
+	}
+}
