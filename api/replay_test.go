@@ -41,10 +41,23 @@ func TestProjectionsAreAFunctionOfTheLog(t *testing.T) {
 	if _, err := alice.RedactEvent(ctx, room.RoomID, last); err != nil {
 		t.Fatal(err)
 	}
-	_ = bob.SetDisplayName(ctx, "Bob B.")
-	_ = bob.SetAccountData(ctx, "x.y", map[string]any{"a": 1})
-	_, _ = bob.UserTyping(ctx, room.RoomID, true, time.Second)
-	_ = bob.SendReceipt(ctx, room.RoomID, last, event.ReceiptTypeRead, nil)
+	if err := bob.SetDisplayName(ctx, "Bob B."); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SetAccountData(ctx, "x.y", map[string]any{"a": 1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.UserTyping(ctx, room.RoomID, true, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.SendReceipt(ctx, room.RoomID, last, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	reported := say(t, alice, room.RoomID, "reported")
+	if code, body := ts.do("POST", "/_matrix/client/v3/rooms/"+room.RoomID.String()+"/report/"+reported.String(), bob.AccessToken,
+		map[string]any{"reason": "spam", "score": -100}); code != 200 {
+		t.Fatalf("report: %d %s", code, body)
+	}
 	if _, err := bob.CreateFilter(ctx, &mautrix.Filter{}); err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +95,15 @@ func TestProjectionsAreAFunctionOfTheLog(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	names := []string{"accounts", "rooms", "userdata"}
+	// Every projection the server registered, so that a new one is
+	// compared without anyone remembering to list it here.
+	var names []string
+	for _, h := range ts.eng.Handles() {
+		names = append(names, h.Name())
+	}
+	if len(names) < 4 {
+		t.Fatalf("only %d projections registered: %v", len(names), names)
+	}
 	ts.api.Close()
 	ts.hs.Close()
 	if err := ts.eng.Close(); err != nil {

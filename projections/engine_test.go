@@ -305,7 +305,7 @@ func TestVersionBumpRebuildsIntoShadowWhileOldServes(t *testing.T) {
 	if err := h.WaitApplied(context.Background(), offs[0]); err != nil {
 		t.Fatal(err)
 	}
-	d, _ := e2.Digest("timeline")
+	d := mustDigest(t, e2, "timeline")
 	if want := freshDigest(t, f.log, &timeline{name: "timeline", version: 2}); !bytes.Equal(d, want) {
 		t.Fatal("digest after the version switch differs from a fresh replay")
 	}
@@ -377,7 +377,7 @@ func TestRebuildResumesShadowAfterRestart(t *testing.T) {
 	if starts := p3.applyStarts(); starts[0] != m.ShadowApplied+1 {
 		t.Fatalf("resumed rebuild started at %d, want %d", starts[0], m.ShadowApplied+1)
 	}
-	d, _ := e3.Digest("timeline")
+	d := mustDigest(t, e3, "timeline")
 	if want := freshDigest(t, f.log, &timeline{name: "timeline", version: 2}); !bytes.Equal(d, want) {
 		t.Fatal("digest after a resumed rebuild differs from a fresh replay")
 	}
@@ -395,7 +395,7 @@ func TestDigestEqualAfterRebuild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, _ := e.Digest("other")
+	other := mustDigest(t, e, "other")
 	e.Close()
 
 	p := &timeline{name: "timeline", version: 1}
@@ -416,11 +416,11 @@ func TestDigestEqualAfterRebuild(t *testing.T) {
 	if starts := p.applyStarts(); starts[0] != 1 {
 		t.Fatalf("rebuild started at offset %d, want 1", starts[0])
 	}
-	after, _ := e2.Digest("timeline")
+	after := mustDigest(t, e2, "timeline")
 	if !bytes.Equal(before, after) {
 		t.Fatalf("digest changed by Rebuild: %x -> %x", before, after)
 	}
-	if o, _ := e2.Digest("other"); !bytes.Equal(o, other) {
+	if o := mustDigest(t, e2, "other"); !bytes.Equal(o, other) {
 		t.Fatal("rebuilding one projection changed another")
 	}
 	if bytes.Equal(before, other) {

@@ -146,3 +146,14 @@ func roomCount(t testing.TB, r Reader, room string) uint64 {
 	}
 	return binary.BigEndian.Uint64(v)
 }
+
+// mustDigest is e.Digest(name), failing the test on an error (a nil digest
+// from two failed calls would compare equal).
+func mustDigest(t testing.TB, e *Engine, name string) []byte {
+	t.Helper()
+	d, err := e.Digest(name)
+	if err != nil {
+		t.Fatalf("digest of %s: %v", name, err)
+	}
+	return d
+}

@@ -52,7 +52,7 @@ func TestRebuildAllReadsTheLogOnce(t *testing.T) {
 	}
 	want := map[string][]byte{}
 	for _, n := range []string{"a", "b", "c"} {
-		want[n], _ = live.Digest(n)
+		want[n] = mustDigest(t, live, n)
 	}
 	live.Close()
 
@@ -76,7 +76,7 @@ func TestRebuildAllReadsTheLogOnce(t *testing.T) {
 		t.Errorf("%d log reads, want 14", counter.reads)
 	}
 	for _, p := range ps {
-		got, _ := e.Digest(p.name)
+		got := mustDigest(t, e, p.name)
 		if !bytes.Equal(got, want[p.name]) {
 			t.Errorf("%s: rebuilt digest %x, live %x", p.name, got, want[p.name])
 		}

@@ -2,7 +2,13 @@ package load_test
 
 import (
 	"context"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,7 +46,43 @@ func TestLoadAgainstEngram(t *testing.T) {
 	}
 }
 
+// A server that refuses some sends: the run counts each refusal under its
+// errcode, exactly as often as it happened.
 func TestLoadReportsErrcodes(t *testing.T) {
+	srv := benchserver.Start(t, "", "load.localhost")
+	target, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen, refused atomic.Int64
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.Contains(r.URL.Path, "/send/") && seen.Add(1)%3 == 0 {
+			refused.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusForbidden)
+			_, _ = w.Write([]byte(`{"errcode":"M_FORBIDDEN","error":"refused by the test"}`))
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	res, err := load.Run(context.Background(), load.Options{URL: front.URL, Users: 2, Rooms: 1, Duration: 2 * time.Second, Rate: 50}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if refused.Load() == 0 {
+		t.Fatal("no send was refused: the test proved nothing")
+	}
+	if got := res.Errors["M_FORBIDDEN"]; got != refused.Load() {
+		t.Fatalf("reported %d M_FORBIDDEN, the server refused %d (errors %v)", got, refused.Load(), res.Errors)
+	}
+	if len(res.Errors) != 1 {
+		t.Fatalf("errors %v, want only M_FORBIDDEN", res.Errors)
+	}
+}
+
+func TestLoadReportsTransportErrors(t *testing.T) {
 	// Nothing listens on this port: setup fails with a transport error,
 	// which is reported rather than hidden.
 	_, err := load.Run(context.Background(), load.Options{URL: "http://127.0.0.1:1", Users: 1, Rooms: 1, Duration: time.Second}, nil)
