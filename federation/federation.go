@@ -1,14 +1,21 @@
-// Package federation serves the server-server API. Today it answers the
-// server version and the signed key response; the federation wave (see
-// ROADMAP) adds transactions, joins, backfill and the rest behind the same
-// handler.
+// Package federation serves the server-server API: the handler root where
+// every federation route is registered. Its sub-packages do the work that
+// is not HTTP: transport (outbound client, discovery, TLS, IP deny list),
+// xmatrix (request signatures), keys (the keyring) and queue (outbound
+// delivery).
 package federation
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"time"
 
+	"github.com/rs/zerolog"
+
+	"github.com/engram-hs/engram/federation/keys"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
@@ -16,30 +23,95 @@ import (
 // (valid_until_ts); short, so a key rotation spreads within a day.
 const keyValidity = 24 * time.Hour
 
-// Handler serves the federation listener: the server version and the signed key
-// response (server-server API, "Retrieving server keys").
-func Handler(serverName, version string, key signing.Key, now func() time.Time) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /_matrix/federation/v1/version", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "Engram", "version": version}})
+// Config is what the federation listener needs to know.
+type Config struct {
+	ServerName string
+	Version    string
+	Key        signing.Key
+	// MaxRequestBody bounds an inbound request body (default 32 MiB).
+	MaxRequestBody int64
+	Now            func() time.Time
+}
+
+// Deps are the running pieces the handlers use.
+type Deps struct {
+	Log    englog.Log
+	Keys   *keys.Keyring
+	Logger zerolog.Logger
+	// Accounts, Rooms are the projections the query endpoints read (as
+	// registered by api); nil disables those endpoints.
+	Accounts, Rooms *projections.Handle
+	// Contacted is called with the origin of every authenticated inbound
+	// request (the delivery queue marks a down destination up again).
+	Contacted func(origin string)
+}
+
+// Server is the federation handler root.
+type Server struct {
+	cfg     Config
+	deps    Deps
+	logger  zerolog.Logger
+	mux     *http.ServeMux
+	pathMux *http.ServeMux
+	// acl is the m.room.server_acl check (see SetServerACL).
+	acl func(r *http.Request, roomID, origin string) (bool, error)
+}
+
+// New builds the handler root and registers every route.
+func New(cfg Config, deps Deps) (*Server, error) {
+	if cfg.ServerName == "" || cfg.Key.Private == nil {
+		return nil, errors.New("federation: ServerName and Key are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxRequestBody <= 0 {
+		cfg.MaxRequestBody = 32 << 20
+	}
+	s := &Server{cfg: cfg, deps: deps, logger: deps.Logger.With().Str("component", "federation").Logger(),
+		mux: http.NewServeMux(), pathMux: http.NewServeMux()}
+	s.Handle("GET /_matrix/federation/v1/version", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"server": map[string]string{"name": "Engram", "version": cfg.Version}})
 	})
-	keys := func(w http.ResponseWriter, r *http.Request) {
-		body, err := ServerKeys(serverName, key, now())
-		if err != nil {
-			writeJSONResponse(w, http.StatusInternalServerError, map[string]string{"errcode": "M_UNKNOWN", "error": "signing the key response failed"})
+	s.keyRoutes()
+	s.queryRoutes()
+	return s, nil
+}
+
+// Handler serves every federation endpoint; unknown paths are 404 and
+// known paths with another method 405, both M_UNRECOGNIZED (spec,
+// "Unsupported endpoints").
+func (s *Server) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := s.mux.Handler(r); pattern != "" {
+			s.mux.ServeHTTP(w, r)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(body)
-	}
-	mux.HandleFunc("GET /_matrix/key/v2/server", keys)
-	// Deprecated form with a key ID; the response is the same.
-	mux.HandleFunc("GET /_matrix/key/v2/server/{keyID}", keys)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeJSONResponse(w, http.StatusNotFound, map[string]string{"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"})
+		if _, p := s.pathMux.Handler(r); p != "" {
+			writeError(w, errUnrecognized(http.StatusMethodNotAllowed))
+			return
+		}
+		writeError(w, errUnrecognized(http.StatusNotFound))
 	})
-	return mux
+}
+
+// Handle registers "METHOD /path" (no authentication).
+func (s *Server) Handle(pattern string, h http.HandlerFunc) {
+	s.mux.HandleFunc(pattern, h)
+	_, path, _ := cutMethod(pattern)
+	func() {
+		defer func() { _ = recover() }() // several methods share a path
+		s.pathMux.HandleFunc(path, func(http.ResponseWriter, *http.Request) {})
+	}()
+}
+
+func cutMethod(pattern string) (string, string, bool) {
+	for i := 0; i < len(pattern); i++ {
+		if pattern[i] == ' ' {
+			return pattern[:i], pattern[i+1:], true
+		}
+	}
+	return "", pattern, false
 }
 
 // ServerKeys is the signed response of GET /_matrix/key/v2/server.
@@ -56,8 +128,12 @@ func ServerKeys(serverName string, key signing.Key, now time.Time) ([]byte, erro
 	return signing.SignJSON(serverName, key.ID, key.Private, obj)
 }
 
-func writeJSONResponse(w http.ResponseWriter, status int, v any) {
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"errcode":"M_UNKNOWN","error":"the response could not be encoded"}`)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(b)
 }

@@ -37,36 +37,47 @@ const (
 	KindMediaUploaded Kind = 400
 	KindKeysUploaded  Kind = 410
 
+	// Federation infrastructure: keys fetched from other servers and the
+	// outbound delivery queue.
+	KindServerKeysFetched        Kind = 500 // a remote server's key response, fetched and verified
+	KindFederationOutbound       Kind = 510 // log entries (PDUs/EDUs) to deliver to destinations
+	KindFederationDelivered      Kind = 511 // a destination acknowledged a transaction
+	KindFederationDestinationSet Kind = 512 // a destination marked down (given up) or up again
+
 	// Server administration.
 	KindServerFact Kind = 900 // anything else; the payload names its type
 )
 
 var kindNames = map[Kind]string{
-	KindPDU:                "pdu",
-	KindEDU:                "edu",
-	KindAccountRegistered:  "account_registered",
-	KindPasswordChanged:    "password_changed",
-	KindAccountDeactivated: "account_deactivated",
-	KindProfileSet:         "profile_set",
-	KindDeviceAdded:        "device_added",
-	KindDeviceUpdated:      "device_updated",
-	KindDeviceRemoved:      "device_removed",
-	KindAccessTokenIssued:  "access_token_issued",
-	KindAccessTokenRevoked: "access_token_revoked",
-	KindRegistrationToken:  "registration_token",
-	KindAccountDataSet:     "account_data_set",
-	KindFilterStored:       "filter_stored",
-	KindToDeviceSent:       "to_device_sent",
-	KindPushRulesSet:       "push_rules_set",
-	KindRoomForgotten:      "room_forgotten",
-	KindToDeviceAcked:      "to_device_acked",
-	KindAliasSet:           "alias_set",
-	KindAliasRemoved:       "alias_removed",
-	KindRoomVisibilitySet:  "room_visibility_set",
-	KindReportFiled:        "report_filed",
-	KindMediaUploaded:      "media_uploaded",
-	KindKeysUploaded:       "keys_uploaded",
-	KindServerFact:         "server_fact",
+	KindPDU:                      "pdu",
+	KindEDU:                      "edu",
+	KindAccountRegistered:        "account_registered",
+	KindPasswordChanged:          "password_changed",
+	KindAccountDeactivated:       "account_deactivated",
+	KindProfileSet:               "profile_set",
+	KindDeviceAdded:              "device_added",
+	KindDeviceUpdated:            "device_updated",
+	KindDeviceRemoved:            "device_removed",
+	KindAccessTokenIssued:        "access_token_issued",
+	KindAccessTokenRevoked:       "access_token_revoked",
+	KindRegistrationToken:        "registration_token",
+	KindAccountDataSet:           "account_data_set",
+	KindFilterStored:             "filter_stored",
+	KindToDeviceSent:             "to_device_sent",
+	KindPushRulesSet:             "push_rules_set",
+	KindRoomForgotten:            "room_forgotten",
+	KindToDeviceAcked:            "to_device_acked",
+	KindAliasSet:                 "alias_set",
+	KindAliasRemoved:             "alias_removed",
+	KindRoomVisibilitySet:        "room_visibility_set",
+	KindReportFiled:              "report_filed",
+	KindMediaUploaded:            "media_uploaded",
+	KindKeysUploaded:             "keys_uploaded",
+	KindServerKeysFetched:        "server_keys_fetched",
+	KindFederationOutbound:       "federation_outbound",
+	KindFederationDelivered:      "federation_delivered",
+	KindFederationDestinationSet: "federation_destination_set",
+	KindServerFact:               "server_fact",
 }
 
 // String names the kind for operators (engram log show).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -54,6 +55,19 @@ type Config struct {
 	FederationTLSCACert string
 	FederationTLSCAKey  string
 
+	// Outbound federation (federation_outbound.go).
+	FederationCustomCAList           []string
+	FederationVerifyCertificates     bool
+	IPRangeBlacklist                 []string
+	IPRangeBlacklistSet              bool
+	IPRangeWhitelist                 []string
+	TrustedKeyServers                []trustedKeyServer
+	FederationClientTimeout          time.Duration
+	FederationMinRetryInterval       time.Duration
+	FederationRetryMultiplier        float64
+	FederationMaxRetryInterval       time.Duration
+	FederationDestinationGiveUpAfter time.Duration
+
 	RateLimitingEnabled bool
 	RCMessagePerSecond  float64
 	RCMessageBurstCount int
@@ -76,6 +90,13 @@ func defaultConfig() Config {
 		RateLimitingEnabled: true,
 		RCMessagePerSecond:  0.2, // Synapse's defaults
 		RCMessageBurstCount: 10,
+
+		FederationVerifyCertificates:     true,
+		FederationClientTimeout:          60 * time.Second,
+		FederationMinRetryInterval:       30 * time.Second,
+		FederationRetryMultiplier:        2,
+		FederationMaxRetryInterval:       time.Hour,
+		FederationDestinationGiveUpAfter: 24 * time.Hour,
 	}
 }
 
@@ -230,6 +251,25 @@ var options = []option{
 	{"federation_tls_key", "a PEM private key file path", str(func(c *Config) *string { return &c.FederationTLSKey })},
 	{"federation_tls_ca_cert", "a PEM CA certificate file path", str(func(c *Config) *string { return &c.FederationTLSCACert })},
 	{"federation_tls_ca_key", "a PEM CA private key file path", str(func(c *Config) *string { return &c.FederationTLSCAKey })},
+	// Outbound federation: trust, IP ranges, key servers, retries.
+	{"federation_custom_ca_list", "a list of PEM CA certificate file paths", list(func(c *Config) *[]string { return &c.FederationCustomCAList })},
+	{"federation_verify_certificates", "true or false (false is for tests only)", boolean(func(c *Config) *bool { return &c.FederationVerifyCertificates })},
+	{"ip_range_blacklist", `a list of IP ranges ("10.0.0.0/8")`, ipRanges(func(c *Config) *[]string { return &c.IPRangeBlacklist }, true)},
+	{"federation_ip_range_blacklist", `a list of IP ranges ("10.0.0.0/8"); the older name of ip_range_blacklist`, ipRanges(func(c *Config) *[]string { return &c.IPRangeBlacklist }, true)},
+	{"ip_range_whitelist", `a list of IP ranges ("127.0.0.0/8")`, ipRanges(func(c *Config) *[]string { return &c.IPRangeWhitelist }, false)},
+	{"trusted_key_servers", `a list of {server_name, verify_keys: {"ed25519:id": "<base64 key>"}}`, parseTrustedKeyServers},
+	{"federation.client_timeout", `a duration ("60s")`, duration(func(c *Config) *time.Duration { return &c.FederationClientTimeout })},
+	{"federation.destination_min_retry_interval", `a duration ("30s")`, duration(func(c *Config) *time.Duration { return &c.FederationMinRetryInterval })},
+	{"federation.destination_retry_multiplier", "a number of at least 1", func(c *Config, v value) error {
+		f, err := strconv.ParseFloat(v.scalar, 64)
+		if v.isList || err != nil || f < 1 {
+			return errForm
+		}
+		c.FederationRetryMultiplier = f
+		return nil
+	}},
+	{"federation.destination_max_retry_interval", `a duration ("1h")`, duration(func(c *Config) *time.Duration { return &c.FederationMaxRetryInterval })},
+	{"federation.destination_give_up_after", `a duration ("24h")`, duration(func(c *Config) *time.Duration { return &c.FederationDestinationGiveUpAfter })},
 	{"rate_limiting_enabled", "true or false", boolean(func(c *Config) *bool { return &c.RateLimitingEnabled })},
 	{"rc_message.per_second", "a positive number", func(c *Config, v value) error {
 		f, err := strconv.ParseFloat(v.scalar, 64)
@@ -324,6 +364,11 @@ func loadConfig(path string, env func(string) (string, bool), flags map[string]s
 		} {
 			if set[key] && *p != "" && !filepath.IsAbs(*p) {
 				*p = filepath.Join(base, *p)
+			}
+		}
+		for i, p := range c.FederationCustomCAList {
+			if set["federation_custom_ca_list"] && p != "" && !filepath.IsAbs(p) {
+				c.FederationCustomCAList[i] = filepath.Join(base, p)
 			}
 		}
 	}
@@ -444,6 +489,19 @@ func yamlValue(n *yaml.Node) (value, error) {
 				}
 				if err := item.Decode(&p); err != nil {
 					return value{}, err
+				}
+				if p.ID == "" && p.Address == "" {
+					// Another mapping (trusted_key_servers): its option reads it as JSON.
+					var m map[string]any
+					if err := item.Decode(&m); err != nil {
+						return value{}, err
+					}
+					b, err := json.Marshal(m)
+					if err != nil {
+						return value{}, err
+					}
+					v.list = append(v.list, string(b))
+					continue
 				}
 				v.list = append(v.list, p.ID+"="+p.Address)
 			default:
@@ -627,6 +685,26 @@ federation_listen: ""
 # federation_tls_ca_cert: ""
 # federation_tls_ca_key: ""
 serve_server_wellknown: false
+# Outbound federation. Other servers' certificates are checked against the
+# system roots, these CAs and federation_tls_ca_cert.
+# federation_custom_ca_list: ["/etc/engram/peer-ca.pem"]
+federation_verify_certificates: true
+# Ranges outbound federation may not reach (default: loopback, private,
+# link-local, CGNAT, documentation, multicast); the whitelist wins.
+# ip_range_blacklist: ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+# ip_range_whitelist: []
+# Notaries for keys of servers that cannot be reached (none by default).
+# trusted_key_servers:
+#   - server_name: "matrix.org"
+#     verify_keys: {"ed25519:auto": "Noi6WqcDj0QmPxCNQqgezwTlBKrfqehY1u2FyWP9uYw"}
+federation:
+  client_timeout: "60s"
+  # Backoff of deliveries to an unreachable server, and when to give up
+  # (until it contacts us or a local user acts towards it).
+  destination_min_retry_interval: "30s"
+  destination_retry_multiplier: 2
+  destination_max_retry_interval: "1h"
+  destination_give_up_after: "24h"
 
 enable_registration: false
 enable_registration_without_verification: false

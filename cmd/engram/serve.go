@@ -21,7 +21,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/api"
-	"github.com/engram-hs/engram/federation"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -93,10 +92,16 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		node.Close()
 		return err
 	}
+	fed, err := newFederation(cfg, key, node, engine, logger)
+	if err != nil {
+		node.Close()
+		return err
+	}
 	// closeAll releases in reverse order of opening; the log goes last so
 	// the engine's final batch lands in an open Pebble.
 	closeAll := func() {
 		apiSrv.Close()
+		fed.close()
 		if err := engine.Close(); err != nil {
 			logger.Error().Err(err).Msg("closing the projection engine")
 		}
@@ -167,7 +172,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 			closeAll()
 			return err
 		}
-		if err := add("federation_listen", cfg.FederationListen, federation.Handler(cfg.ServerName, version, key, time.Now), true); err != nil {
+		if err := add("federation_listen", cfg.FederationListen, fed.server.Handler(), true); err != nil {
 			closeListeners()
 			closeAll()
 			return err

@@ -149,6 +149,7 @@ func (o *offline) engine(db *pebble.DB) (*projections.Engine, func(), error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	registerFederationProjections(e)
 	return e, func() { srv.Close(); e.Close() }, nil
 }
 

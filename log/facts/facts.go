@@ -89,6 +89,14 @@ func New(kind englog.Kind) any {
 		return &RoomVisibilitySet{}
 	case englog.KindReportFiled:
 		return &ReportFiled{}
+	case englog.KindServerKeysFetched:
+		return &ServerKeysFetched{}
+	case englog.KindFederationOutbound:
+		return &FederationOutbound{}
+	case englog.KindFederationDelivered:
+		return &FederationDelivered{}
+	case englog.KindFederationDestinationSet:
+		return &FederationDestinationSet{}
 	case englog.KindServerFact:
 		return &ServerFact{}
 	}

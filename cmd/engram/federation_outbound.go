@@ -1,0 +1,217 @@
+package main
+
+import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/engram-hs/engram/federation"
+	"github.com/engram-hs/engram/federation/keys"
+	"github.com/engram-hs/engram/federation/transport"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/serverkeys"
+	"github.com/engram-hs/engram/stateres/signing"
+)
+
+// trustedKeyServer is one entry of trusted_key_servers (Synapse's shape:
+// server_name and verify_keys).
+type trustedKeyServer struct {
+	ServerName string            `json:"server_name"`
+	VerifyKeys map[string]string `json:"verify_keys"`
+}
+
+func duration(p func(*Config) *time.Duration) func(*Config, value) error {
+	return func(c *Config, v value) error {
+		d, err := parseDuration(v.scalar)
+		if v.isList || err != nil {
+			return errForm
+		}
+		*p(c) = d
+		return nil
+	}
+}
+
+// ipRanges reads a list of CIDR ranges (checked here so a typo stops the
+// start, not the first federation request).
+func ipRanges(p func(*Config) *[]string, blacklist bool) func(*Config, value) error {
+	return func(c *Config, v value) error {
+		if err := list(p)(c, v); err != nil {
+			return err
+		}
+		if _, err := transport.NewIPFilter(*p(c), nil); err != nil {
+			return errForm
+		}
+		if blacklist {
+			c.IPRangeBlacklistSet = true
+		}
+		return nil
+	}
+}
+
+func parseTrustedKeyServers(c *Config, v value) error {
+	items := v.list
+	if !v.isList {
+		// The environment and flags give a JSON list.
+		if strings.TrimSpace(v.scalar) == "" {
+			c.TrustedKeyServers = nil
+			return nil
+		}
+		var raw []json.RawMessage
+		if err := json.Unmarshal([]byte(v.scalar), &raw); err != nil {
+			return errForm
+		}
+		items = nil
+		for _, r := range raw {
+			items = append(items, string(r))
+		}
+	}
+	c.TrustedKeyServers = nil
+	for _, it := range items {
+		var t trustedKeyServer
+		if err := json.Unmarshal([]byte(it), &t); err != nil || t.ServerName == "" || len(t.VerifyKeys) == 0 {
+			return errForm
+		}
+		for id, k := range t.VerifyKeys {
+			if b, err := signing.DecodeBase64(k); err != nil || len(b) != ed25519.PublicKeySize || !strings.HasPrefix(id, "ed25519:") {
+				return errForm
+			}
+		}
+		c.TrustedKeyServers = append(c.TrustedKeyServers, t)
+	}
+	return nil
+}
+
+// transportConfig is the outbound federation client's configuration.
+// Besides the system roots and federation_custom_ca_list, the CA this
+// server issues its own certificate from (federation_tls_ca_cert) is
+// trusted: a private federation shares one CA.
+func (c Config) transportConfig(key signing.Key, logger zerolog.Logger) (transport.Config, error) {
+	tc := transport.Config{
+		ServerName:         c.ServerName,
+		Key:                key,
+		InsecureSkipVerify: !c.FederationVerifyCertificates,
+		Timeout:            c.FederationClientTimeout,
+		Logger:             logger,
+	}
+	cas := append([]string(nil), c.FederationCustomCAList...)
+	if c.FederationTLSCACert != "" {
+		cas = append(cas, c.FederationTLSCACert)
+	}
+	for _, path := range cas {
+		certs, err := readCertificates(path)
+		if err != nil {
+			return tc, err
+		}
+		tc.RootCAs = append(tc.RootCAs, certs...)
+	}
+	deny := transport.DefaultIPRangeBlacklist
+	if c.IPRangeBlacklistSet {
+		deny = c.IPRangeBlacklist
+	}
+	f, err := transport.NewIPFilter(deny, c.IPRangeWhitelist)
+	if err != nil {
+		return tc, fmt.Errorf("ip_range_blacklist/ip_range_whitelist: %w", err)
+	}
+	tc.IPFilter = f
+	return tc, nil
+}
+
+func readCertificates(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("federation_custom_ca_list: %w", err)
+	}
+	var out []*x509.Certificate
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("federation_custom_ca_list: %s: %w", path, err)
+		}
+		out = append(out, cert)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("federation_custom_ca_list: %s holds no PEM certificate", path)
+	}
+	return out, nil
+}
+
+// trustedKeyServers converts the configuration to the keyring's form.
+func (c Config) trustedKeyServers() []keys.TrustedKeyServer {
+	var out []keys.TrustedKeyServer
+	for _, t := range c.TrustedKeyServers {
+		k := keys.TrustedKeyServer{ServerName: t.ServerName, VerifyKeys: map[string]ed25519.PublicKey{}}
+		for id, b64 := range t.VerifyKeys {
+			b, _ := signing.DecodeBase64(b64)
+			k.VerifyKeys[id] = ed25519.PublicKey(b)
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+// federationProjections are the projections federation folds.
+type federationProjections struct {
+	keys *projections.Handle
+}
+
+// registerFederationProjections registers them; serve and the offline
+// tools (rebuild, verify) both call it.
+func registerFederationProjections(e *projections.Engine) federationProjections {
+	return federationProjections{keys: e.Register(serverkeys.New())}
+}
+
+// federationParts are the running federation pieces serve wires.
+type federationParts struct {
+	client  *transport.Client
+	keyring *keys.Keyring
+	server  *federation.Server
+}
+
+// newFederation builds the outbound client, the keyring and the handler
+// root, registering their projections; call it before the engine starts
+// and after api.New (whose projections the query endpoints read).
+func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, logger zerolog.Logger) (*federationParts, error) {
+	tc, err := cfg.transportConfig(key, logger.With().Str("component", "federation_client").Logger())
+	if err != nil {
+		return nil, err
+	}
+	client, err := transport.New(tc)
+	if err != nil {
+		return nil, err
+	}
+	fp := registerFederationProjections(engine)
+	keysH := fp.keys
+	keyring, err := keys.New(keys.Config{ServerName: cfg.ServerName, Key: key, Log: node, Keys: keysH, Fetcher: client,
+		Trusted: cfg.trustedKeyServers(), Logger: logger.With().Str("component", "keyring").Logger()})
+	if err != nil {
+		return nil, err
+	}
+	byName := map[string]*projections.Handle{}
+	for _, h := range engine.Handles() {
+		byName[h.Name()] = h
+	}
+	srv, err := federation.New(federation.Config{ServerName: cfg.ServerName, Version: version, Key: key},
+		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: byName["rooms"]})
+	if err != nil {
+		return nil, err
+	}
+	return &federationParts{client: client, keyring: keyring, server: srv}, nil
+}
+
+func (f *federationParts) close() { f.client.Close() }

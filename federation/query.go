@@ -1,0 +1,5 @@
+package federation
+
+// queryRoutes registers the query endpoints (profile, directory, public
+// rooms, OpenID userinfo).
+func (s *Server) queryRoutes() {}
