@@ -35,11 +35,11 @@ func TestParseRejects(t *testing.T) {
 		``,
 		`Bearer abc`,
 		`X-Matrix`,
-		`X-Matrix origin="a",key="ed25519:k"`,           // no sig
-		`X-Matrix key="ed25519:k",sig="x"`,              // no origin
-		`X-Matrix origin="a,key="ed25519:k",sig="x"`,    // unterminated
-		`X-Matrix origin="a" key="ed25519:k",sig="x"`,   // no comma
-		`X-Matrix origin=,key="ed25519:k",sig="x"`,      // empty value
+		`X-Matrix origin="a",key="ed25519:k"`, // no sig
+		`X-Matrix key="ed25519:k",sig="x"`,    // no origin
+		`X-Matrix origin="a,key="ed25519:k",sig="x"`,     // unterminated
+		`X-Matrix origin="a" key="ed25519:k",sig="x"`,    // no comma
+		`X-Matrix origin=,key="ed25519:k",sig="x"`,       // empty value
 		`X-Matrix origin="a",origin="b",key="k",sig="x"`, // duplicate
 		`X-Matrix ="a",key="k",sig="x"`,
 		`X-Matrix origin="a\`,
