@@ -106,7 +106,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.notifier = newNotifier()
 	s.accountsH = deps.Engine.Register(accounts.New())
 	s.events = rooms.NewEventCache(eventCacheSize)
-	s.roomsH = deps.Engine.Register(rooms.New(s.roomsTouched))
+	s.roomsH = deps.Engine.Register(rooms.New(deps.Log, s.roomsTouched))
 	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
 	s.reportsH = deps.Engine.Register(reports.New())
 

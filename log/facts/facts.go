@@ -127,6 +127,13 @@ type PDU struct {
 	SoftFailed bool `json:"soft_failed,omitempty"`
 	// Outlier: stored for auth chains only, not part of the room's DAG view.
 	Outlier bool `json:"outlier,omitempty"`
+	// StateBefore, when set, is the state before the event as the
+	// receiver established it (from a remote server's /state_ids or
+	// send_join response, checked before appending) because some of its
+	// prev_events are unknown: [type, state_key, event_id] triples. The
+	// fold uses it instead of resolving the prev_events' states, so it
+	// never needs the network.
+	StateBefore [][3]string `json:"state_before,omitempty"`
 }
 
 // TxnRef names the client transaction that created an event.

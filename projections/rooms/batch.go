@@ -7,6 +7,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres"
 	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
@@ -18,7 +19,14 @@ import (
 // that miss Pebble's block cache (a data block to decompress per level)
 // are what a replay spends its time on.
 type batch struct {
-	w projections.Writer
+	w   projections.Writer
+	log EventLog // where the events' JSON is, for state resolution
+
+	groups       *groups              // state group records read or written
+	states       map[groupID]StateMap // states materialised (shared, read-only)
+	stateEntries int                  // entries held in states
+	resolved     map[string]groupID   // sorted group IDs -> their resolution
+	folding      stateres.PDU         // the event being folded (its record is not written yet)
 
 	rooms      map[string]*Room // nil: the room is unknown
 	dirtyRooms []string         // in the order they were first changed
@@ -37,8 +45,8 @@ type counter struct {
 	count, offset uint64
 }
 
-func newBatch(w projections.Writer) *batch {
-	return &batch{w: w, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}, lastChanged: map[string]uint64{}}
+func newBatch(w projections.Writer, log EventLog) *batch {
+	return &batch{w: w, log: log, groups: newGroups(w), states: map[groupID]StateMap{}, resolved: map[string]groupID{}, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}, lastChanged: map[string]uint64{}}
 }
 
 // changed notes that the room's timeline grew at offset off; flush

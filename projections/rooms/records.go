@@ -18,6 +18,8 @@ import (
 //	strings  event ID, room ID, room version, rejected, redacted by, replaces
 //	strings  txn user, device, txn ID          (flagTxn only)
 //	uvarint  n, then n pairs of strings        (pending redactions: redaction ID, its room)
+//	16 bytes state group before the event      (flagHasState only)
+//	16 bytes state group after the event       (flagHasState and flagStateChanges only)
 //	bytes    the event JSON, to the end        (absent for a placeholder)
 //
 // where a string is a uvarint length followed by its bytes.
@@ -27,13 +29,15 @@ import (
 // the key the event will use, so that the one read that checks an
 // incoming event for duplicates also finds its pending redactions. Readers
 // never see placeholders.
-const eventFormat = 1
+const eventFormat = 2
 
 const (
 	flagSoftFailed = 1 << iota
 	flagOutlier
 	flagTxn
 	flagPlaceholder
+	flagHasState     // the event is in the DAG: it has a state before and after it
+	flagStateChanges // a state event: the state after it is another group
 )
 
 // pendingRedaction is a redaction seen before its target.
@@ -47,6 +51,10 @@ type storedEvent struct {
 	Event
 	placeholder bool
 	pending     []pendingRedaction
+	// hasState: before and after are the state groups around the event
+	// (stategroups.go); outliers and rejected events have none.
+	hasState      bool
+	before, after groupID
 }
 
 func appendString(b []byte, s string) []byte {
@@ -55,7 +63,7 @@ func appendString(b []byte, s string) []byte {
 }
 
 func encodeEvent(e *storedEvent) []byte {
-	n := 32 + len(e.EventID) + len(e.RoomID) + len(e.Version) + len(e.Rejected) + len(e.RedactedBy) + len(e.Replaces) + len(e.JSON)
+	n := 64 + len(e.EventID) + len(e.RoomID) + len(e.Version) + len(e.Rejected) + len(e.RedactedBy) + len(e.Replaces) + len(e.JSON)
 	if e.Txn != nil {
 		n += 3 + len(e.Txn.UserID) + len(e.Txn.DeviceID) + len(e.Txn.TxnID)
 	}
@@ -76,6 +84,12 @@ func encodeEvent(e *storedEvent) []byte {
 	if e.placeholder {
 		flags |= flagPlaceholder
 	}
+	if e.hasState {
+		flags |= flagHasState
+		if e.after != e.before {
+			flags |= flagStateChanges
+		}
+	}
 	b = append(b, eventFormat, flags)
 	b = binary.AppendUvarint(b, e.Offset)
 	for _, s := range [...]string{e.EventID, e.RoomID, e.Version, e.Rejected, e.RedactedBy, e.Replaces} {
@@ -87,6 +101,12 @@ func encodeEvent(e *storedEvent) []byte {
 	b = binary.AppendUvarint(b, uint64(len(e.pending)))
 	for _, p := range e.pending {
 		b = appendString(appendString(b, p.redactionID), p.roomID)
+	}
+	if e.hasState {
+		b = append(b, e.before[:]...)
+		if e.after != e.before {
+			b = append(b, e.after[:]...)
+		}
 	}
 	return append(b, e.JSON...)
 }
@@ -127,6 +147,18 @@ func (r *recordReader) string() string {
 	return s
 }
 
+func (r *recordReader) group(g *groupID) {
+	if r.err != nil {
+		return
+	}
+	if len(r.b) < len(g) {
+		r.err = errCorruptEvent
+		return
+	}
+	copy(g[:], r.b)
+	r.b = r.b[len(g):]
+}
+
 // decodeEvent decodes a record. The JSON aliases b (Reader.Get returns a
 // copy the caller owns).
 func decodeEvent(key, b []byte) (*storedEvent, error) {
@@ -152,6 +184,14 @@ func decodeEvent(key, b []byte) (*storedEvent, error) {
 			for range n {
 				e.pending = append(e.pending, pendingRedaction{redactionID: r.string(), roomID: r.string()})
 			}
+		}
+	}
+	if r.err == nil && flags&flagHasState != 0 {
+		e.hasState = true
+		r.group(&e.before)
+		e.after = e.before
+		if flags&flagStateChanges != 0 {
+			r.group(&e.after)
 		}
 	}
 	if r.err != nil {

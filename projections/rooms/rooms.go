@@ -78,8 +78,12 @@ type Room struct {
 	Version string `json:"room_version"`
 	Creator string `json:"creator"`
 	// Extremities are the forward extremities: the prev_events of the
-	// next local event.
-	Extremities []string `json:"extremities"`
+	// next local event. ExtremityGroups are the state groups after each
+	// (stategroups.go), and StateGroup is the current state: the
+	// resolution of theirs.
+	Extremities     []string `json:"extremities"`
+	ExtremityGroups []string `json:"extremity_groups,omitempty"`
+	StateGroup      string   `json:"state_group,omitempty"`
 
 	// Bookkeeping of the fold, so that most events need no read of their
 	// own key (a random key: a block read and decompression per level):
@@ -108,6 +112,7 @@ type AliasRecord struct {
 
 // Projection is the rooms read model.
 type Projection struct {
+	log      EventLog
 	onCommit func(Touched)
 }
 
@@ -121,12 +126,18 @@ type Touched struct {
 	Users []string
 }
 
-// New returns the projection; onCommit (may be nil) is called after each
-// committed batch with what it touched, to wake long-polls.
-func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCommit} }
+// New returns the projection of the given log (the fold reads events
+// back from it to resolve state); onCommit (may be nil) is called after
+// each committed batch with what it touched, to wake long-polls.
+func New(log EventLog, onCommit func(Touched)) *Projection {
+	return &Projection{log: log, onCommit: onCommit}
+}
 
 func (*Projection) Name() string { return "rooms" }
-func (*Projection) Version() int { return 5 }
+
+// Version 6: state at every event (state groups, stategroups.go) and
+// current state as the resolution over the forward extremities.
+func (*Projection) Version() int { return 6 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -167,7 +178,7 @@ func offsetKey(prefix byte, room string, off uint64) []byte {
 
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
-	b := newBatch(w)
+	b := newBatch(w, p.log)
 	for _, e := range entries {
 		var err error
 		switch e.Kind {
@@ -243,13 +254,16 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		rec.pending = old.pending
 	}
 	inDAG := f.Rejected == "" && !f.SoftFailed && !f.Outlier
+	// Soft-failed events have a state (a later event may cite them as a
+	// prev event) but do not advance the room's current state.
+	hasState := f.Rejected == "" && !f.Outlier
 
-	if inDAG {
+	if hasState {
 		room, err := b.room(roomID)
 		if err != nil {
 			return err
 		}
-		if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
+		if inDAG && ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
 			fresh := &Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}
 			if room != nil {
 				fresh.MaxTS, fresh.PendingRedactions = room.MaxTS, room.PendingRedactions
@@ -260,9 +274,23 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		if room == nil {
 			// An event of a room whose create event we have not folded:
 			// keep it as an outlier until federation backfills.
-			rec.Outlier, inDAG = true, false
+			rec.Outlier, inDAG, hasState = true, false, false
 		} else {
-			room.Extremities = advanceExtremities(room.Extremities, ev)
+			b.folding = ev
+			before, after, replaces, err := b.stateOf(room, ev, f)
+			if err != nil {
+				return err
+			}
+			rec.hasState, rec.before, rec.after, rec.Replaces = true, before, after, replaces
+			if inDAG {
+				changes, err := b.advanceCurrent(room, ev, before, after)
+				if err != nil {
+					return err
+				}
+				if err := b.applyCurrentChanges(roomID, ev, changes, e.Offset); err != nil {
+					return err
+				}
+			}
 			b.dirtyRoom(roomID)
 		}
 	}
@@ -271,26 +299,6 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			return err
 		}
 		b.changed(roomID, e.Offset)
-		if sk := ev.StateKey(); sk != nil {
-			sKey := projections.Key(pState, roomID, ev.Type(), *sk)
-			if prev, ok, err := w.Get(sKey); err != nil {
-				return err
-			} else if ok {
-				rec.Replaces = string(prev)
-			}
-			if err := w.Set(sKey, []byte(id)); err != nil {
-				return err
-			}
-			hKey := binary.BigEndian.AppendUint64(append(projections.Key(pStateHist, roomID, ev.Type(), *sk), sep), e.Offset)
-			if err := w.Set(hKey, []byte(id)); err != nil {
-				return err
-			}
-			if ev.Type() == stateres.MRoomMember {
-				if err := applyMembership(w, ev, *sk, e.Offset); err != nil {
-					return err
-				}
-			}
-		}
 		if err := b.countNotification(ev, e.Offset); err != nil {
 			return err
 		}
@@ -417,19 +425,48 @@ func (b *batch) redact(targetID, redactionID, roomID string) error {
 	return putEvent(w, t)
 }
 
-// advanceExtremities: the new event replaces the extremities it references.
-func advanceExtremities(ext []string, ev stateres.PDU) []string {
-	prev := map[string]bool{}
-	for _, p := range ev.PrevEventIDs() {
-		prev[p] = true
-	}
-	out := ext[:0:0]
-	for _, x := range ext {
-		if !prev[x] {
-			out = append(out, x)
+// applyCurrentChanges writes changes to the room's current state (made
+// at offset off, while folding ev): the state entries, their history and
+// the memberships they set. A change is usually ev itself; state
+// resolution may also bring back an older event or remove a key.
+func (b *batch) applyCurrentChanges(roomID string, ev stateres.PDU, changes []stateEntry, off uint64) error {
+	w := b.w
+	for _, c := range changes {
+		sKey := projections.Key(pState, roomID, c.Key.Type, c.Key.StateKey)
+		var err error
+		if c.EventID == "" {
+			err = w.Delete(sKey)
+		} else {
+			err = w.Set(sKey, []byte(c.EventID))
+		}
+		if err != nil {
+			return err
+		}
+		// "" in the history: the key left the state at off.
+		hKey := binary.BigEndian.AppendUint64(append(projections.Key(pStateHist, roomID, c.Key.Type, c.Key.StateKey), sep), off)
+		if err := w.Set(hKey, []byte(c.EventID)); err != nil {
+			return err
+		}
+		if c.Key.Type != stateres.MRoomMember {
+			continue
+		}
+		switch c.EventID {
+		case ev.EventID():
+			err = applyMembership(w, ev, c.Key.StateKey, off)
+		case "":
+			err = w.Delete(projections.Key(pMember, c.Key.StateKey, roomID))
+		default:
+			var rec *Event
+			var pdu stateres.PDU
+			if rec, pdu, err = b.storedEventAt(c.EventID); err == nil && pdu != nil {
+				err = applyMembership(w, pdu, c.Key.StateKey, rec.Offset)
+			}
+		}
+		if err != nil {
+			return err
 		}
 	}
-	return append(out, ev.EventID())
+	return nil
 }
 
 // countNotification maintains the cumulative counters behind

@@ -103,7 +103,7 @@ func TestFoldOfAReorderedLog(t *testing.T) {
 	}
 	engine := projections.NewEngine(node, node.DB(), zerolog.Nop(), nil)
 	defer engine.Close()
-	h := engine.Register(rooms.New(nil))
+	h := engine.Register(rooms.New(node, nil))
 	if err := engine.Rebuild(ctx, "rooms"); err != nil {
 		t.Fatal(err)
 	}
