@@ -20,6 +20,9 @@ type session struct {
 	TokenHash string
 	Admin     bool
 	Guest     bool
+	// Set by server admins (api/admin); see moderation.go.
+	Suspended    bool
+	ShadowBanned bool
 }
 
 // bearerToken takes the token from "Authorization: Bearer", or else from
@@ -75,7 +78,11 @@ func (s *Server) authenticate(r *http.Request) (*session, error) {
 	if ri := reqInfoFrom(r); ri != nil {
 		ri.user = st.UserID
 	}
-	return &session{UserID: st.UserID, DeviceID: st.DeviceID, TokenHash: h, Admin: acc.Admin, Guest: acc.Guest}, nil
+	if acc.Locked && !lockedAllowed(r) {
+		return nil, errUserLocked()
+	}
+	return &session{UserID: st.UserID, DeviceID: st.DeviceID, TokenHash: h, Admin: acc.Admin, Guest: acc.Guest,
+		Suspended: acc.Suspended, ShadowBanned: acc.ShadowBanned}, nil
 }
 
 // randomString returns n random bytes in URL-safe base64.

@@ -8,6 +8,8 @@ package api
 import (
 	"crypto/ed25519"
 	"time"
+
+	"github.com/engram-hs/engram/api/admin"
 )
 
 // Config is what the API needs to know of the server's configuration. The
@@ -44,6 +46,11 @@ type Config struct {
 	// BcryptCost is the bcrypt work factor of password hashes
 	// (bcrypt_rounds); 0 means 12, as Synapse. Tests lower it.
 	BcryptCost int // bcrypt_rounds
+
+	// ServerVersion is what the admin API's server_version answers.
+	ServerVersion string
+	// ServerNotices is Synapse's server_notices section.
+	ServerNotices admin.ServerNotices // server_notices.*
 
 	// Signing key of this server, used to sign the events it creates.
 	SigningKeyID string // "ed25519:<id>"

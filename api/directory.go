@@ -12,7 +12,6 @@ func (s *Server) directoryRoutes() {
 	s.client("GET", "/publicRooms", s.publicRooms)
 	s.client("GET", "/directory/list/room/{roomId}", s.getRoomVisibility)
 	s.client("PUT", "/directory/list/room/{roomId}", s.authed(s.putRoomVisibility))
-	s.handle("POST", "/_synapse/admin/v1/registration_tokens/new", s.authed(s.newRegistrationToken))
 }
 
 // publicRooms is GET /publicRooms: the same listing as POST, with limit,
@@ -87,43 +86,5 @@ func (s *Server) putRoomVisibility(w http.ResponseWriter, r *http.Request, sess 
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
-	return nil
-}
-
-// newRegistrationToken is Synapse's admin API for registration tokens.
-func (s *Server) newRegistrationToken(w http.ResponseWriter, r *http.Request, sess *session) error {
-	if !sess.Admin {
-		return errForbidden("You are not a server admin")
-	}
-	var req struct {
-		Token       string `json:"token"`
-		UsesAllowed *int   `json:"uses_allowed"`
-		ExpiryTime  int64  `json:"expiry_time"`
-		Length      int    `json:"length"`
-	}
-	if err := readJSON(r, &req); err != nil {
-		return err
-	}
-	if req.Token == "" {
-		n := req.Length
-		if n <= 0 || n > 64 {
-			n = 16
-		}
-		req.Token = randomString(n)[:n]
-	}
-	if t, err := s.accountsView().RegistrationToken(req.Token); err != nil {
-		return err
-	} else if t != nil {
-		return errInvalidParam("Registration token %s already exists", req.Token)
-	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, facts.MustEncode(englog.KindRegistrationToken, facts.RegistrationToken{
-		Op: facts.RegistrationTokenCreate, Token: req.Token, UsesAllowed: req.UsesAllowed, ExpiryTime: req.ExpiryTime})); err != nil {
-		return err
-	}
-	out := map[string]any{"token": req.Token, "uses_allowed": req.UsesAllowed, "pending": 0, "completed": 0, "expiry_time": nil}
-	if req.ExpiryTime != 0 {
-		out["expiry_time"] = req.ExpiryTime
-	}
-	writeJSON(w, http.StatusOK, out)
 	return nil
 }

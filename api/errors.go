@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/engram-hs/engram/api/matrixerr"
 	"github.com/rs/zerolog"
 )
 
@@ -78,8 +79,11 @@ const statusClientClosedRequest = 499
 
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var me *matrixError
+	var sub *matrixerr.Error // from a sub-package (admin, media, ...)
 	switch {
 	case errors.As(err, &me):
+	case errors.As(err, &sub):
+		me = (*matrixError)(sub)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client hung up; nothing went wrong here and nobody reads the
 		// answer. 499 is the status proxies use for it, so the request

@@ -162,6 +162,12 @@ func headOf(e *rooms.Event) eventHead {
 func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, limit int, bound uint64, f *roomEventFilter, vis *visibility) (evs []*rooms.Event, next uint64, done bool, err error) {
 	const batch = 100
 	scanned := 0
+	// An admin's history purge (api/admin) hides the non-state events up
+	// to an offset.
+	purged, err := s.adminState().PurgedUpTo(roomID)
+	if err != nil {
+		return nil, 0, false, err
+	}
 	for len(evs) < limit {
 		var tl []rooms.TimelineEntry
 		if forward {
@@ -189,6 +195,9 @@ func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, lim
 				continue
 			}
 			h := headOf(e)
+			if te.Offset <= purged && h.StateKey == nil {
+				continue
+			}
 			if f.allows(h.Type, h.Sender, h.Content) && vis.canSee(e) {
 				evs = append(evs, e)
 				if len(evs) == limit {

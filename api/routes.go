@@ -18,6 +18,7 @@ func (s *Server) routes() {
 	s.reportRoutes()
 	s.timestampRoutes()
 	s.upgradeRoutes()
+	s.adminRoutes()
 }
 
 // syncHandles are the projections /sync reads from.

@@ -11,9 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/engram-hs/engram/api/admin"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
+	"github.com/engram-hs/engram/projections/adminstate"
 	"github.com/engram-hs/engram/projections/reports"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
@@ -40,6 +42,8 @@ type Server struct {
 	roomsH    *projections.Handle
 	userdataH *projections.Handle
 	reportsH  *projections.Handle
+	adminH    *projections.Handle // adminstate: what admins decided about rooms and the server
+	admin     *admin.API
 	notifier  *notifier
 	events    *rooms.EventCache // parsed events, shared by every request
 
@@ -109,6 +113,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.roomsH = deps.Engine.Register(rooms.New(deps.Log, s.roomsTouched))
 	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
 	s.reportsH = deps.Engine.Register(reports.New())
+	s.adminH = deps.Engine.Register(adminstate.New())
 
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "engram", Subsystem: "client_api", Name: "request_duration_seconds",
@@ -192,6 +197,9 @@ func (s *Server) authed(h authedFunc) handlerFunc {
 		}
 		if sess.Guest && !guestAllowed(r) {
 			return errGuestForbidden()
+		}
+		if answered, err := s.moderate(w, r, sess); answered || err != nil {
+			return err
 		}
 		return h(w, r, sess)
 	}

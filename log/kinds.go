@@ -19,6 +19,19 @@ const (
 	KindAccessTokenRevoked Kind = 121
 	KindRegistrationToken  Kind = 122 // a registration token created, used or deleted
 
+	// Server administration (the Synapse admin API): 130-199.
+	KindAdminAction        Kind = 130 // the audit record of an admin action: who did what to whom
+	KindUserAdminSet       Kind = 131 // a user made or revoked a server admin
+	KindUserModerated      Kind = 132 // a user locked, suspended or shadow-banned (or freed)
+	KindAccountReactivated Kind = 133 // a deactivated user active again
+	KindRatelimitOverride  Kind = 134 // a user's own rate limits set or removed
+	KindRoomBlocked        Kind = 140 // a room blocked (or unblocked) for local users
+	KindRoomDeleted        Kind = 141 // an admin's room deletion: its outcome
+	KindHistoryPurged      Kind = 142 // a room's history purged up to an event
+	KindReportDeleted      Kind = 143 // an event report deleted
+	KindServerNoticeRoom   Kind = 144 // the server notices room of a user
+	KindServerNameSet      Kind = 150 // the server name the data was created under
+
 	// Per-user data.
 	KindAccountDataSet Kind = 200
 	KindFilterStored   Kind = 201
@@ -61,6 +74,17 @@ var kindNames = map[Kind]string{
 	KindAccessTokenIssued:        "access_token_issued",
 	KindAccessTokenRevoked:       "access_token_revoked",
 	KindRegistrationToken:        "registration_token",
+	KindAdminAction:              "admin_action",
+	KindUserAdminSet:             "user_admin_set",
+	KindUserModerated:            "user_moderated",
+	KindAccountReactivated:       "account_reactivated",
+	KindRatelimitOverride:        "ratelimit_override",
+	KindRoomBlocked:              "room_blocked",
+	KindRoomDeleted:              "room_deleted",
+	KindHistoryPurged:            "history_purged",
+	KindReportDeleted:            "report_deleted",
+	KindServerNoticeRoom:         "server_notice_room",
+	KindServerNameSet:            "server_name_set",
 	KindAccountDataSet:           "account_data_set",
 	KindFilterStored:             "filter_stored",
 	KindToDeviceSent:             "to_device_sent",

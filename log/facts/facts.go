@@ -69,6 +69,28 @@ func New(kind englog.Kind) any {
 		return &AccessTokenRevoked{}
 	case englog.KindRegistrationToken:
 		return &RegistrationToken{}
+	case englog.KindAdminAction:
+		return &AdminAction{}
+	case englog.KindUserAdminSet:
+		return &UserAdminSet{}
+	case englog.KindUserModerated:
+		return &UserModerated{}
+	case englog.KindAccountReactivated:
+		return &AccountReactivated{}
+	case englog.KindRatelimitOverride:
+		return &RatelimitOverride{}
+	case englog.KindRoomBlocked:
+		return &RoomBlocked{}
+	case englog.KindRoomDeleted:
+		return &RoomDeleted{}
+	case englog.KindHistoryPurged:
+		return &HistoryPurged{}
+	case englog.KindReportDeleted:
+		return &ReportDeleted{}
+	case englog.KindServerNoticeRoom:
+		return &ServerNoticeRoom{}
+	case englog.KindServerNameSet:
+		return &ServerNameSet{}
 	case englog.KindAccountDataSet:
 		return &AccountDataSet{}
 	case englog.KindFilterStored:
@@ -297,6 +319,11 @@ type RegistrationToken struct {
 	ExpiryTime  int64  `json:"expiry_time,omitempty"`
 	// Registration: a "use" counts only when that registration won.
 	Registration string `json:"registration,omitempty"`
+	// An "update" changes the fields it names: uses_allowed (nil: no
+	// limit) when SetUsesAllowed, expiry_time (0: never) when
+	// SetExpiryTime.
+	SetUsesAllowed bool `json:"set_uses_allowed,omitempty"`
+	SetExpiryTime  bool `json:"set_expiry_time,omitempty"`
 }
 
 // Registration token operations.
@@ -304,7 +331,107 @@ const (
 	RegistrationTokenCreate = "create"
 	RegistrationTokenUse    = "use"
 	RegistrationTokenDelete = "delete"
+	RegistrationTokenUpdate = "update"
 )
+
+// ---- Server administration ----
+
+// AdminAction is the audit record of one admin API call that changed
+// something: it is appended in the same batch as the entries that make
+// the change, so the trail and the change commit together. Changes says
+// what changed, never a secret (a new password is "changed", not the
+// password or its hash).
+type AdminAction struct {
+	Admin   string          `json:"admin"`  // the admin's user ID
+	Action  string          `json:"action"` // the endpoint's name: "reset_password", "delete_room", ...
+	Target  string          `json:"target,omitempty"`
+	Changes json.RawMessage `json:"changes,omitempty"`
+}
+
+// UserAdminSet makes a user a server admin, or not.
+type UserAdminSet struct {
+	UserID string `json:"user_id"`
+	Admin  bool   `json:"admin"`
+}
+
+// UserModerated sets the moderation flags of a user; nil ones stay as
+// they are. Locked: no request with the user's tokens is served (spec
+// v1.18 M_USER_LOCKED). Suspended: the user can read but not send
+// (M_USER_SUSPENDED). ShadowBanned: the user's sends are answered as if
+// they succeeded but reach nobody (Synapse's shadow ban).
+type UserModerated struct {
+	UserID       string `json:"user_id"`
+	Locked       *bool  `json:"locked,omitempty"`
+	Suspended    *bool  `json:"suspended,omitempty"`
+	ShadowBanned *bool  `json:"shadow_banned,omitempty"`
+}
+
+// AccountReactivated makes a deactivated user active again, with a new
+// password hash (Synapse requires one for a local user).
+type AccountReactivated struct {
+	UserID       string `json:"user_id"`
+	PasswordHash string `json:"password_hash,omitempty"`
+}
+
+// RatelimitOverride sets a user's own message rate limit (Synapse's
+// override_ratelimit: 0 and 0 mean not limited); Delete removes it.
+type RatelimitOverride struct {
+	UserID            string  `json:"user_id"`
+	MessagesPerSecond float64 `json:"messages_per_second,omitempty"`
+	BurstCount        int     `json:"burst_count,omitempty"`
+	Delete            bool    `json:"delete,omitempty"`
+}
+
+// RoomBlocked blocks a room: local users may not join it, and it is
+// left out of the room directory.
+type RoomBlocked struct {
+	RoomID  string `json:"room_id"`
+	Blocked bool   `json:"blocked"`
+	By      string `json:"by,omitempty"`
+}
+
+// RoomDeleted records the outcome of an admin's room deletion (the
+// members' leave events were committed before it). Purge marks the room
+// gone: it is no longer listed, and local users cannot join it again.
+type RoomDeleted struct {
+	RoomID       string   `json:"room_id"`
+	DeleteID     string   `json:"delete_id"`
+	Status       string   `json:"status"` // "complete" or "failed"
+	Error        string   `json:"error,omitempty"`
+	Purge        bool     `json:"purge,omitempty"`
+	KickedUsers  []string `json:"kicked_users,omitempty"`
+	FailedToKick []string `json:"failed_to_kick_users,omitempty"`
+	LocalAliases []string `json:"local_aliases,omitempty"`
+	NewRoomID    string   `json:"new_room_id,omitempty"`
+	StartedAt    int64    `json:"started_at,omitempty"`
+}
+
+// HistoryPurged hides a room's events up to and including the entry at
+// UpTo (a log offset) from clients: /messages no longer serves its
+// non-state events. The log keeps them.
+type HistoryPurged struct {
+	RoomID  string `json:"room_id"`
+	PurgeID string `json:"purge_id"`
+	UpTo    uint64 `json:"up_to"`
+}
+
+// ReportDeleted deletes an event report (its ID is the offset that filed it).
+type ReportDeleted struct {
+	ReportID uint64 `json:"report_id"`
+}
+
+// ServerNoticeRoom records the room server notices go to for a user.
+type ServerNoticeRoom struct {
+	UserID string `json:"user_id"`
+	RoomID string `json:"room_id"`
+}
+
+// ServerNameSet records the server name the data was created under; a
+// later start under another name is refused, since every user ID, alias
+// and signature in the log carries the first one.
+type ServerNameSet struct {
+	ServerName string `json:"server_name"`
+}
 
 // ---- Per-user data ----
 

@@ -20,6 +20,7 @@ const (
 	pProfile      = 'p' // p user -> Profile
 	pRegToken     = 'g' // g token -> RegToken
 	pRegistration = 'R' // R registrationID -> userID (registrations that won)
+	pRateLimit    = 'o' // o user -> RateLimit (an admin's override_ratelimit)
 	sep           = 0
 	tokAccess     = "t"
 	tokRefresh    = "r"
@@ -32,7 +33,11 @@ type Account struct {
 	Admin        bool   `json:"admin,omitempty"`
 	Guest        bool   `json:"guest,omitempty"`
 	Deactivated  bool   `json:"deactivated,omitempty"`
-	CreatedTS    int64  `json:"created_ts"`
+	// Moderation by a server admin (facts.UserModerated).
+	Locked       bool  `json:"locked,omitempty"`
+	Suspended    bool  `json:"suspended,omitempty"`
+	ShadowBanned bool  `json:"shadow_banned,omitempty"`
+	CreatedTS    int64 `json:"created_ts"`
 	// Registration is the ID of the registration that created the account
 	// (facts.AccountRegistered.Registration): the first in the log.
 	Registration string `json:"registration,omitempty"`
@@ -68,6 +73,13 @@ type RegToken struct {
 	UsesAllowed *int   `json:"uses_allowed"`
 	Completed   int    `json:"completed"`
 	ExpiryTime  int64  `json:"expiry_time,omitempty"`
+}
+
+// RateLimit is a user's own message rate limit, set by an admin; zero
+// and zero mean not limited.
+type RateLimit struct {
+	MessagesPerSecond float64 `json:"messages_per_second"`
+	BurstCount        int     `json:"burst_count"`
 }
 
 // Projection is the accounts read model.
@@ -173,6 +185,43 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if f.Erase {
 			return w.Delete(projections.Key(pProfile, f.UserID))
 		}
+	case englog.KindUserAdminSet:
+		var f facts.UserAdminSet
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return updateAccount(w, f.UserID, func(a *Account) { a.Admin = f.Admin })
+	case englog.KindUserModerated:
+		var f facts.UserModerated
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return updateAccount(w, f.UserID, func(a *Account) {
+			if f.Locked != nil {
+				a.Locked = *f.Locked
+			}
+			if f.Suspended != nil {
+				a.Suspended = *f.Suspended
+			}
+			if f.ShadowBanned != nil {
+				a.ShadowBanned = *f.ShadowBanned
+			}
+		})
+	case englog.KindAccountReactivated:
+		var f facts.AccountReactivated
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return updateAccount(w, f.UserID, func(a *Account) { a.Deactivated, a.PasswordHash = false, f.PasswordHash })
+	case englog.KindRatelimitOverride:
+		var f facts.RatelimitOverride
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		if f.Delete {
+			return w.Delete(projections.Key(pRateLimit, f.UserID))
+		}
+		return projections.PutJSON(w, projections.Key(pRateLimit, f.UserID), RateLimit{MessagesPerSecond: f.MessagesPerSecond, BurstCount: f.BurstCount})
 	case englog.KindProfileSet:
 		var f facts.ProfileSet
 		if err := facts.Decode(e, &f); err != nil {
@@ -315,9 +364,32 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			return projections.PutJSON(w, k, t)
 		case facts.RegistrationTokenDelete:
 			return w.Delete(k)
+		case facts.RegistrationTokenUpdate:
+			t, err := projections.GetJSON[RegToken](w, k)
+			if err != nil || t == nil {
+				return err
+			}
+			if f.SetUsesAllowed {
+				t.UsesAllowed = f.UsesAllowed
+			}
+			if f.SetExpiryTime {
+				t.ExpiryTime = f.ExpiryTime
+			}
+			return projections.PutJSON(w, k, t)
 		}
 	}
 	return nil
+}
+
+// updateAccount changes an existing account; facts about unknown users
+// change nothing.
+func updateAccount(w projections.Writer, userID string, change func(*Account)) error {
+	a, err := projections.GetJSON[Account](w, projections.Key(pAccount, userID))
+	if err != nil || a == nil {
+		return err
+	}
+	change(a)
+	return projections.PutJSON(w, projections.Key(pAccount, userID), a)
 }
 
 // refusedRegistration reports whether a fact that came with registration
@@ -430,4 +502,19 @@ func (v View) Profile(userID string) (Profile, error) {
 // RegistrationToken returns a registration token's state, or nil.
 func (v View) RegistrationToken(token string) (*RegToken, error) {
 	return projections.GetJSON[RegToken](v.r, projections.Key(pRegToken, token))
+}
+
+// Accounts lists every account in user ID order.
+func (v View) Accounts() ([]Account, error) {
+	return projections.ListJSON[Account](v.r, []byte{pAccount}, nil)
+}
+
+// RateLimit returns the user's own rate limit, or nil when none is set.
+func (v View) RateLimit(userID string) (*RateLimit, error) {
+	return projections.GetJSON[RateLimit](v.r, projections.Key(pRateLimit, userID))
+}
+
+// RegistrationTokens lists every registration token in token order.
+func (v View) RegistrationTokens() ([]RegToken, error) {
+	return projections.ListJSON[RegToken](v.r, []byte{pRegToken}, nil)
 }

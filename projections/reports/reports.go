@@ -46,8 +46,23 @@ func reportKey(id uint64) []byte { return binary.BigEndian.AppendUint64([]byte{p
 
 // Apply folds a batch.
 func (*Projection) Apply(w projections.Writer, entries []englog.Entry) error {
-	added := uint64(0)
+	added, deleted := uint64(0), uint64(0)
 	for _, e := range entries {
+		if e.Kind == englog.KindReportDeleted {
+			var f facts.ReportDeleted
+			if err := facts.Decode(e, &f); err != nil {
+				return err
+			}
+			if _, ok, err := w.Get(reportKey(f.ReportID)); err != nil {
+				return err
+			} else if ok {
+				if err := w.Delete(reportKey(f.ReportID)); err != nil {
+					return err
+				}
+				deleted++
+			}
+			continue
+		}
 		if e.Kind != englog.KindReportFiled {
 			continue
 		}
@@ -65,14 +80,14 @@ func (*Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		}
 		added++
 	}
-	if added == 0 {
+	if added == 0 && deleted == 0 {
 		return nil
 	}
 	n, err := count(w)
 	if err != nil {
 		return err
 	}
-	return w.Set([]byte{pCount}, binary.BigEndian.AppendUint64(nil, n+added))
+	return w.Set([]byte{pCount}, binary.BigEndian.AppendUint64(nil, n+added-deleted))
 }
 
 func count(r projections.Reader) (uint64, error) {

@@ -432,3 +432,14 @@ func (v View) Threads(roomID string) ([]string, error) {
 	}
 	return out, it.Close()
 }
+
+// RoomIDs lists every room the server knows, in room ID order (for the
+// admin API's room list).
+func (v View) RoomIDs() ([]string, error) {
+	it := v.r.Iter([]byte{pRoom}, []byte{pRoom + 1})
+	var ids []string
+	for ok := it.First(); ok; ok = it.Next() {
+		ids = append(ids, string(it.Key()[1:]))
+	}
+	return ids, it.Close()
+}

@@ -1,0 +1,104 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+
+	"github.com/engram-hs/engram/api/admin"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/accounts"
+	"github.com/engram-hs/engram/projections/adminstate"
+	"github.com/engram-hs/engram/projections/reports"
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// adminRoutes mounts the admin API (api/admin) on this server.
+func (s *Server) adminRoutes() {
+	s.admin = admin.New(admin.Config{ServerName: s.cfg.ServerName, Version: s.cfg.ServerVersion, ServerNotices: s.cfg.ServerNotices}, adminHost{s})
+	s.admin.Register(func(method, path string, h admin.Handler) { s.handle(method, path, handlerFunc(h)) })
+}
+
+// AdminEndpoints lists the admin API's endpoints ("METHOD /path").
+func (s *Server) AdminEndpoints() []string { return s.admin.Endpoints() }
+
+func (s *Server) adminState() adminstate.View { return adminstate.NewView(s.adminH.Reader()) }
+
+// adminHost is what the admin API gets of the server.
+type adminHost struct{ s *Server }
+
+func (h adminHost) Authenticate(r *http.Request) (admin.Caller, error) {
+	sess, err := h.s.authenticate(r)
+	if err != nil {
+		return admin.Caller{}, err
+	}
+	return admin.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID, Admin: sess.Admin}, nil
+}
+
+func (h adminHost) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64, error) {
+	s := h.s
+	return s.commit(ctx, []*projections.Handle{s.accountsH, s.roomsH, s.userdataH, s.reportsH, s.adminH}, props...)
+}
+
+func (h adminHost) Accounts() accounts.View                { return h.s.accountsView() }
+func (h adminHost) Rooms() rooms.View                      { return h.s.roomsView() }
+func (h adminHost) Reports() reports.View                  { return h.s.Reports() }
+func (h adminHost) State() adminstate.View                 { return h.s.adminState() }
+func (h adminHost) HashPassword(pw string) (string, error) { return h.s.hashPassword(pw) }
+
+func (h adminHost) SendEvent(ctx context.Context, proto stateres.ProtoEvent) (string, error) {
+	return h.s.sendEvent(ctx, proto, nil)
+}
+
+func (h adminHost) LeaveAllRooms(ctx context.Context, userID string) error {
+	return h.s.leaveAllRooms(ctx, userID)
+}
+
+func (h adminHost) PropagateProfile(ctx context.Context, userID string) error {
+	return h.s.propagateProfile(ctx, userID)
+}
+
+// CreateRoom creates a room as the client API's createRoom does, with
+// the same code: the request is handed to it in-process.
+func (h adminHost) CreateRoom(ctx context.Context, req admin.CreateRoom) (string, error) {
+	body := map[string]any{"preset": req.Preset}
+	if req.Name != "" {
+		body["name"] = req.Name
+	}
+	if req.Topic != "" {
+		body["topic"] = req.Topic
+	}
+	if len(req.Invite) > 0 {
+		body["invite"] = req.Invite
+	}
+	pl := map[string]any{}
+	if req.PowerLevelUsers != nil {
+		pl["users"] = req.PowerLevelUsers
+	}
+	if req.EventsDefault != nil {
+		pl["events_default"] = *req.EventsDefault
+	}
+	if len(pl) > 0 {
+		body["power_level_content_override"] = pl
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return "", err
+	}
+	r := httptest.NewRequest(http.MethodPost, "/_matrix/client/v3/createRoom", bytes.NewReader(b)).WithContext(ctx)
+	rec := httptest.NewRecorder()
+	if err := h.s.createRoom(rec, r, &session{UserID: req.Creator}); err != nil {
+		return "", err
+	}
+	var out struct {
+		RoomID string `json:"room_id"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+		return "", err
+	}
+	return out.RoomID, nil
+}
