@@ -14,9 +14,11 @@ import (
 
 	"github.com/engram-hs/engram/federation"
 	"github.com/engram-hs/engram/federation/keys"
+	"github.com/engram-hs/engram/federation/queue"
 	"github.com/engram-hs/engram/federation/transport"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/fedqueue"
 	"github.com/engram-hs/engram/projections/serverkeys"
 	"github.com/engram-hs/engram/stateres/signing"
 )
@@ -167,19 +169,22 @@ func (c Config) trustedKeyServers() []keys.TrustedKeyServer {
 
 // federationProjections are the projections federation folds.
 type federationProjections struct {
-	keys *projections.Handle
+	keys, queue *projections.Handle
+	queueProj   *fedqueue.Projection
 }
 
 // registerFederationProjections registers them; serve and the offline
 // tools (rebuild, verify) both call it.
 func registerFederationProjections(e *projections.Engine) federationProjections {
-	return federationProjections{keys: e.Register(serverkeys.New())}
+	qp := fedqueue.New(nil)
+	return federationProjections{keys: e.Register(serverkeys.New()), queue: e.Register(qp), queueProj: qp}
 }
 
 // federationParts are the running federation pieces serve wires.
 type federationParts struct {
 	client  *transport.Client
 	keyring *keys.Keyring
+	queue   *queue.Queue
 	server  *federation.Server
 }
 
@@ -202,16 +207,29 @@ func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *proje
 	if err != nil {
 		return nil, err
 	}
+	q, err := queue.New(queue.Config{ServerName: cfg.ServerName, Log: node, Projection: fp.queueProj, Queue: fp.queue, Sender: client,
+		Leader: node.IsLeader, MinRetry: cfg.FederationMinRetryInterval, Multiplier: cfg.FederationRetryMultiplier,
+		MaxRetry: cfg.FederationMaxRetryInterval, GiveUpAfter: cfg.FederationDestinationGiveUpAfter,
+		Logger: logger.With().Str("component", "federation_queue").Logger()})
+	if err != nil {
+		return nil, err
+	}
 	byName := map[string]*projections.Handle{}
 	for _, h := range engine.Handles() {
 		byName[h.Name()] = h
 	}
 	srv, err := federation.New(federation.Config{ServerName: cfg.ServerName, Version: version, Key: key},
-		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: byName["rooms"]})
+		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: byName["rooms"], Contacted: q.MarkUp})
 	if err != nil {
 		return nil, err
 	}
-	return &federationParts{client: client, keyring: keyring, server: srv}, nil
+	return &federationParts{client: client, keyring: keyring, queue: q, server: srv}, nil
 }
 
-func (f *federationParts) close() { f.client.Close() }
+// start runs the delivery queue (after the engine caught up).
+func (f *federationParts) start() { f.queue.Start() }
+
+func (f *federationParts) close() {
+	f.queue.Close()
+	f.client.Close()
+}

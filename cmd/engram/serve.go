@@ -118,6 +118,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	logger.Info().Uint64("log_offset", node.LastOffset()).Dur("catch_up", time.Since(started)).Msg("projections caught up")
+	fed.start()
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	clientMux := http.NewServeMux()

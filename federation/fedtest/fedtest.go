@@ -20,10 +20,12 @@ import (
 
 	"github.com/engram-hs/engram/federation"
 	"github.com/engram-hs/engram/federation/keys"
+	"github.com/engram-hs/engram/federation/queue"
 	"github.com/engram-hs/engram/federation/transport"
 	"github.com/engram-hs/engram/internal/testca"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/fedqueue"
 	"github.com/engram-hs/engram/projections/serverkeys"
 	"github.com/engram-hs/engram/stateres/signing"
 )
@@ -38,7 +40,9 @@ type Peer struct {
 	Client  *transport.Client
 	Keyring *keys.Keyring
 	Server  *federation.Server
-	Dir     string
+	// Queue is the outbound queue, when Options.Queue asked for one.
+	Queue *queue.Queue
+	Dir   string
 
 	ln      net.Listener
 	httpSrv *http.Server
@@ -60,6 +64,12 @@ type Options struct {
 	Key *signing.Key
 	// Deps adjusts the federation server's dependencies.
 	Deps func(p *Peer, d *federation.Deps)
+	// Queue, when set, runs an outbound queue with these retry settings
+	// (ServerName, Log, Queue, Sender are filled in); inbound requests
+	// mark their origin up.
+	Queue *queue.Config
+	// Wrap wraps the listener's handler (to intercept paths).
+	Wrap func(p *Peer, h http.Handler) http.Handler
 }
 
 // Logger is quiet unless a test fails.
@@ -111,10 +121,23 @@ func Start(t testing.TB, ca *testca.CA, opts Options) *Peer {
 		opts.Register(p, p.Engine)
 	}
 	p.Client = ClientFor(t, ca, p.Name, p.Key)
+	if opts.Queue != nil {
+		qc := *opts.Queue
+		qc.ServerName, qc.Log, qc.Sender = p.Name, p.Log, p.Client
+		qc.Projection = fedqueue.New(nil)
+		qc.Queue = p.Engine.Register(qc.Projection)
+		qc.Logger = logger
+		if p.Queue, err = queue.New(qc); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if p.Keyring, err = keys.New(keys.Config{ServerName: p.Name, Key: p.Key, Log: p.Log, Keys: p.KeysH, Fetcher: p.Client, Logger: logger}); err != nil {
 		t.Fatal(err)
 	}
 	deps := federation.Deps{Log: p.Log, Keys: p.Keyring, Logger: logger}
+	if p.Queue != nil {
+		deps.Contacted = p.Queue.MarkUp
+	}
 	if opts.Deps != nil {
 		opts.Deps(p, &deps)
 	}
@@ -124,11 +147,18 @@ func Start(t testing.TB, ca *testca.CA, opts Options) *Peer {
 	if err := p.Engine.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	if p.Queue != nil {
+		p.Queue.Start()
+	}
 	if opts.Setup != nil {
 		opts.Setup(p)
 	}
 	host, _, _ := net.SplitHostPort(p.Name)
-	p.httpSrv = &http.Server{Handler: p.Server.Handler(), TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, host, "localhost")}}}
+	var h http.Handler = p.Server.Handler()
+	if opts.Wrap != nil {
+		h = opts.Wrap(p, h)
+	}
+	p.httpSrv = &http.Server{Handler: h, TLSConfig: &tls.Config{Certificates: []tls.Certificate{ca.Issue(t, host, "localhost")}}}
 	go func() {
 		if err := p.httpSrv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			t.Logf("peer %s: %v", p.Name, err)
@@ -146,6 +176,9 @@ func (p *Peer) Stop() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	_ = p.httpSrv.Shutdown(ctx)
+	if p.Queue != nil {
+		p.Queue.Close()
+	}
 	p.Client.Close()
 	_ = p.Engine.Close()
 	_ = p.Log.Close()

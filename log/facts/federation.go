@@ -30,9 +30,9 @@ type OldVerifyKey struct {
 	ExpiredTS int64  `json:"expired_ts"`
 }
 
-// FederationOutbound queues log entries for delivery to destinations.
-// Each item is an earlier entry of kind PDU or EDU, by offset, or an EDU
-// carried inline (federation-only EDUs that have no local entry).
+// FederationOutbound queues PDUs and EDUs for delivery to destinations.
+// A PDU is named by its entry (Offset, or Back within the same batch); an
+// EDU is carried inline in its federation form.
 type FederationOutbound struct {
 	Destinations []string       `json:"destinations"`
 	Items        []OutboundItem `json:"items"`
@@ -40,8 +40,12 @@ type FederationOutbound struct {
 
 // OutboundItem is one PDU or EDU to send.
 type OutboundItem struct {
-	// Offset of a KindPDU or KindEDU entry whose payload is sent.
+	// Offset of the KindPDU entry whose event is sent.
 	Offset uint64 `json:"offset,omitempty"`
+	// Back names the entry this many places before this one, when Offset
+	// is 0: a writer appending an event and its delivery in one batch
+	// (whose offsets are consecutive) does not know the event's offset.
+	Back uint64 `json:"back,omitempty"`
 	// EDU is an inline EDU (edu_type and content), when Offset is 0.
 	EDU *OutboundEDU `json:"edu,omitempty"`
 }
