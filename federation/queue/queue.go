@@ -46,7 +46,7 @@ type Config struct {
 	// call New before the engine starts.
 	Projection *fedqueue.Projection
 	Queue      *projections.Handle
-	Sender Sender
+	Sender     Sender
 	// Leader says whether this node may send; nil means always (a single
 	// node).
 	Leader func() bool
