@@ -9,6 +9,8 @@ import (
 
 	"github.com/engram-hs/engram/api/matrixerr"
 	"github.com/rs/zerolog"
+
+	englog "github.com/engram-hs/engram/log"
 )
 
 // matrixError is an error response of the client-server API: an errcode,
@@ -54,6 +56,12 @@ func errMissingParam(format string, a ...any) *matrixError {
 func errUnknown(format string, a ...any) *matrixError {
 	return merr(http.StatusInternalServerError, "M_UNKNOWN", format, a...)
 }
+
+// errDiskFull answers writes while the server's disk is below its reserve
+// (see README "Full disks"): reads keep working.
+func errDiskFull() *matrixError {
+	return merr(http.StatusInsufficientStorage, "M_UNKNOWN", "The server is out of disk space: writes are paused until its administrator frees space; reads still work")
+}
 func errUnrecognized(status int) *matrixError {
 	return merr(status, "M_UNRECOGNIZED", "Unrecognized request")
 }
@@ -91,6 +99,12 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// commit, as the client's retry with the same txnId will see.
 		zerolog.Ctx(r.Context()).Debug().Err(err).Msg("client closed the request")
 		me = &matrixError{Status: statusClientClosedRequest, Code: "M_UNKNOWN", Msg: "Client closed the request"}
+	case errors.Is(err, englog.ErrDiskFull):
+		// The log said what to free, once; each refused write is a debug
+		// line. 507 tells clients and proxies the server, not the request,
+		// is at fault, and that a retry later may work.
+		zerolog.Ctx(r.Context()).Debug().Err(err).Msg("write refused: disk full")
+		me = errDiskFull()
 	default:
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("internal error answering request")
 		me = errUnknown("Internal server error")

@@ -58,6 +58,9 @@ func (n *Node) Append(ctx context.Context, props ...Proposal) ([]uint64, error) 
 	if !n.IsLeader() {
 		return n.forward(ctx, props)
 	}
+	if err := n.space.writable(false); err != nil {
+		return nil, err
+	}
 	size := 0
 	for _, p := range props {
 		size += 4 + binary.MaxVarintLen32 + len(p.Payload)
@@ -116,6 +119,11 @@ func (n *Node) forward(_ context.Context, _ []Proposal) ([]uint64, error) {
 	if closed {
 		return nil, ErrClosed
 	}
+	if err := n.space.writable(false); err != nil {
+		// A leader whose disk is at the floor steps down (its raft log
+		// store refuses commands); the disk is the news, not the election.
+		return nil, err
+	}
 	return nil, ErrNotLeader
 }
 
@@ -165,6 +173,13 @@ func (n *Node) batcher() {
 			ms = lastStamp
 		}
 		lastStamp = ms
+		if err := n.space.writable(true); err != nil {
+			for _, r := range batch {
+				r.resp <- appendResp{err: err}
+			}
+			<-sem
+			continue
+		}
 		cmd := make([]byte, 0, 9+binary.MaxVarintLen64+size)
 		cmd = append(cmd, cmdVersion)
 		cmd = binary.BigEndian.AppendUint64(cmd, uint64(ms))
@@ -190,9 +205,11 @@ func (n *Node) failQueued() {
 	}
 }
 
-// completer answers appends in commit order.
+// completer collects raft's verdicts in commit order and hands them to
+// the acker.
 func (n *Node) completer() {
 	defer n.done.Done()
+	defer close(n.acks)
 	for c := range n.inflight {
 		err := c.f.Error()
 		var res applyResult
@@ -205,14 +222,106 @@ func (n *Node) completer() {
 			}
 		}
 		<-n.release
-		err = mapRaftErr(err)
-		off := res.first
-		for _, r := range c.reqs {
-			r.resp <- appendResp{first: off, err: err}
-			off += uint64(r.n)
+		n.acks <- ackBatch{reqs: c.reqs, first: res.first, err: mapRaftErr(err)}
+	}
+}
+
+// ackBatch is one committed (or failed) raft command's appends.
+type ackBatch struct {
+	reqs  []*appendReq
+	first uint64
+	err   error
+}
+
+// acker records the newest acknowledged offset in the state file, synced,
+// before answering the appends: it is what start compares the log with
+// to find acknowledged entries that a damaged WAL lost. Every command that
+// committed meanwhile shares one sync.
+func (n *Node) acker() {
+	defer n.done.Done()
+	for b := range n.acks {
+		batch := []ackBatch{b}
+	drain:
+		for {
+			select {
+			case more, ok := <-n.acks:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, more)
+			default:
+				break drain
+			}
+		}
+		var last uint64
+		for _, b := range batch {
+			if b.err == nil {
+				for _, r := range b.reqs {
+					last = max(last, b.first+uint64(r.n)-1)
+				}
+			}
+		}
+		var recErr error
+		if last > 0 {
+			if err := n.state.set(keyAcked, u64Bytes(last)); err != nil {
+				recErr = fmt.Errorf("log: the entries committed, but recording them as acknowledged failed, so they are not acknowledged (a retry may add them twice): %w", err)
+			}
+		}
+		for _, b := range batch {
+			err := b.err
+			if err == nil {
+				err = recErr
+			}
+			off := b.first
+			for _, r := range b.reqs {
+				r.resp <- appendResp{first: off, err: err}
+				off += uint64(r.n)
+			}
 		}
 	}
 }
+
+// checkAcknowledged compares the log with the offset this node last
+// acknowledged. Fewer entries than that means a damaged or truncated WAL
+// lost acknowledged writes (Pebble drops a damaged WAL tail silently). A
+// single node refuses to start unless the operator accepts the loss; a
+// cluster node gets the entries back from its peers.
+func (n *Node) checkAcknowledged(single bool) error {
+	acked, last := n.state.getU64(keyAcked), n.LastOffset()
+	if acked <= last {
+		return nil
+	}
+	if !single {
+		n.log.Warn().Uint64("acknowledged", acked).Uint64("last_offset", last).
+			Uint64("missing_from", last+1).Uint64("missing_to", acked).
+			Msg("log: this node had acknowledged entries its log no longer holds (damaged write-ahead log?); they are refilled from the cluster's peers")
+		return nil
+	}
+	if !n.cfg.AcceptDataLoss {
+		return &LostError{From: last + 1, To: acked, Dir: n.cfg.Dir}
+	}
+	n.log.Error().Uint64("missing_from", last+1).Uint64("missing_to", acked).
+		Msg("log: acknowledged entries are missing and the operator accepted their loss; later entries take their offsets")
+	return n.state.set(keyAcked, u64Bytes(last))
+}
+
+// ErrLostAcknowledged: entries this node acknowledged are missing from its
+// log. Errors carrying it are *LostError.
+var ErrLostAcknowledged = errors.New("log: acknowledged entries are missing")
+
+// LostError names the missing acknowledged offsets.
+type LostError struct {
+	From, To uint64
+	Dir      string
+}
+
+func (e *LostError) Error() string {
+	return fmt.Sprintf("log: entries %d..%d (%d entries) were acknowledged to clients but are missing from the log in %s: its write-ahead log was damaged or truncated. "+
+		"Restore the data directory from a backup, or start with --accept-data-loss to serve without them (later writes then reuse their offsets)",
+		e.From, e.To, e.To-e.From+1, e.Dir)
+}
+
+func (e *LostError) Unwrap() error { return ErrLostAcknowledged }
 
 func mapRaftErr(err error) error {
 	switch {

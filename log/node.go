@@ -8,7 +8,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/cockroachdb/pebble"
@@ -30,11 +32,24 @@ type Config struct {
 	Metrics  prometheus.Registerer // may be nil
 	Now      func() time.Time      // clock for proposal timestamps; nil = time.Now
 
+	// DiskReserve is the free space below which writes are refused
+	// (ErrDiskFull); 0 = the larger of 1% of the filesystem and 256 MiB.
+	DiskReserve uint64
+	// BallastSize is the emergency ballast kept in Dir (see space.go);
+	// BallastAuto = half the reserve, at most 128 MiB; 0 = no ballast.
+	BallastSize int64
+	// AcceptDataLoss lets a single node start although entries it had
+	// acknowledged are missing (ErrLostAcknowledged): the operator accepts
+	// their loss instead of restoring from a backup.
+	AcceptDataLoss bool
+
 	// tune adjusts the raft config (tests shorten timeouts and snapshot
 	// thresholds).
 	tune func(*raft.Config)
 	// fs replaces Pebble's filesystem (tests inject disk errors).
 	fs vfs.FS
+	// statfs replaces the free-space probe (tests simulate a full disk).
+	statfs statfsFunc
 }
 
 // Peer is a raft voter.
@@ -54,12 +69,15 @@ type Node struct {
 	dec   *zstd.Decoder
 	met   *metrics
 	guard diskGuard
+	space *diskSpace
+	state *stateFile
 
 	// Group commit: Append hands requests to the batcher, which packs all
 	// waiting ones into one raft command; the completer answers them in
 	// commit order.
 	reqs     chan *appendReq
 	inflight chan inflightCmd
+	acks     chan ackBatch // completer -> acker: committed, to record then answer
 	release  chan struct{} // batcher's in-flight command slots
 	stop     chan struct{}
 	done     sync.WaitGroup
@@ -93,6 +111,7 @@ func Open(cfg Config) (*Node, error) {
 		log:      cfg.Logger.With().Str("component", "log").Str("node", cfg.NodeID).Logger(),
 		reqs:     make(chan *appendReq, 4096),
 		inflight: make(chan inflightCmd, 256),
+		acks:     make(chan ackBatch, 256),
 		stop:     make(chan struct{}),
 	}
 	ok := false
@@ -103,12 +122,35 @@ func Open(cfg Config) (*Node, error) {
 	}()
 
 	var err error
+	if n.space, err = newDiskSpace(cfg.Dir, cfg.statfs, cfg.DiskReserve, n.log); err != nil {
+		return nil, err
+	}
 	opts := pebbleOptions(n.log, cfg.fs)
+	// Take Pebble's lock once first: the ballast must not be touched under
+	// another engram running on this directory.
+	lock, err := opts.FS.Lock(filepath.Join(cfg.Dir, "LOCK"))
+	if err != nil {
+		opts.Cache.Unref()
+		return nil, n.openError(err)
+	}
+	ballast := cfg.BallastSize
+	if ballast == BallastAuto {
+		ballast = int64(min(n.space.reserve/2, ballastMax))
+	}
+	n.space.prepareBallast(uint64(max(ballast, 0)))
+	if err := lock.Close(); err != nil {
+		opts.Cache.Unref()
+		return nil, err
+	}
 	n.db, err = pebble.Open(cfg.Dir, opts)
 	// The DB holds its own reference to the cache; drop ours either way.
 	opts.Cache.Unref()
 	if err != nil {
-		return nil, fmt.Errorf("log: opening Pebble in %s (another engram running on it?): %w", cfg.Dir, err)
+		return nil, n.openError(err)
+	}
+	var stateCreated bool
+	if n.state, stateCreated, err = openStateFile(cfg.Dir); err != nil {
+		return nil, err
 	}
 	if n.enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(2)); err != nil {
 		return nil, err
@@ -116,7 +158,7 @@ func Open(cfg Config) (*Node, error) {
 	if n.dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(256<<20)); err != nil {
 		return nil, err
 	}
-	if n.store, err = newRaftStore(n.db, &n.guard); err != nil {
+	if n.store, err = newRaftStore(n.db, &n.guard, n.space, n.state, stateCreated); err != nil {
 		return nil, err
 	}
 	raftFirst, _ := n.store.FirstIndex()
@@ -194,18 +236,41 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("log: starting raft: %w", err)
 	}
 	n.release = make(chan struct{}, maxInflightCmds)
-	n.done.Add(2)
+	n.done.Add(3)
 	go n.batcher()
 	go n.completer()
+	go n.acker()
 
 	if single {
 		if err := n.awaitReady(30 * time.Second); err != nil {
 			return nil, err
 		}
 	}
+	if err := n.checkAcknowledged(single); err != nil {
+		return nil, err
+	}
 	ok = true
 	n.log.Info().Uint64("last_offset", n.LastOffset()).Bool("single", single).Msg("log: open")
 	return n, nil
+}
+
+// openError says why Pebble would not open, with what to do about it.
+func (n *Node) openError(err error) error {
+	dir := n.cfg.Dir
+	switch {
+	case errors.Is(err, syscall.ENOSPC):
+		free, _, _ := n.space.statfs(dir)
+		return fmt.Errorf("log: the disk holding %s is full (%s free): Pebble needs room to replay its write-ahead log; free space on that filesystem and start again: %w", dir, humanBytes(free), err)
+	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EACCES), strings.Contains(err.Error(), "lock held by current process"):
+		return fmt.Errorf("log: %s is locked by another process (another engram running on it?): %w", dir, err)
+	case errors.Is(err, pebble.ErrCorruption):
+		return fmt.Errorf("%w: Pebble found damaged files in %s (a write-ahead log or table failed its checksum; the error names the file): "+
+			"restore the data directory from a backup, or on a cluster wipe it and let the node resync from a peer: %v", ErrCorrupt, dir, err)
+	}
+	if free, _, serr := n.space.statfs(dir); serr == nil && free < n.space.reserve {
+		return fmt.Errorf("log: opening Pebble in %s failed with only %s free on its disk (likely the cause: free space and start again): %w", dir, humanBytes(free), err)
+	}
+	return fmt.Errorf("log: opening Pebble in %s: %w", dir, err)
 }
 
 // verifyTail is how many newest entries Open always checks, beyond those
@@ -415,6 +480,9 @@ func (n *Node) shutdown() error {
 			errs = append(errs, n.guard.do("syncing at close", func() error { return n.db.LogData(nil, pebble.Sync) }))
 		}
 		errs = append(errs, n.closeDB())
+	}
+	if n.state != nil {
+		errs = append(errs, n.state.close())
 	}
 	return errors.Join(errs...)
 }

@@ -18,7 +18,7 @@ import (
 //
 //	'L' 'e' be64(offset)   event log entry (storedEntry encoding)
 //	'L' 'r' be64(index)    raft log record
-//	'L' 's' name           raft stable store
+//	'L' 's' name           raft stable store of old versions (moved to the state file, stable.go)
 //	'L' 'm' name           log meta (applied raft index, verified mark)
 var (
 	prefixEntry  = []byte{'L', 'e'}
@@ -116,14 +116,21 @@ func decodeStored(off uint64, v []byte) (storedEntry, error) {
 type raftStore struct {
 	db    *pebble.DB
 	guard *diskGuard
+	space *diskSpace
+	state *stateFile    // raft's stable store
 	syncs atomic.Uint64 // durable raft writes, for benchmarks
 
 	mu          sync.Mutex
 	first, last uint64 // cached bounds of the raft log; 0 when empty
 }
 
-func newRaftStore(db *pebble.DB, guard *diskGuard) (*raftStore, error) {
-	s := &raftStore{db: db, guard: guard}
+func newRaftStore(db *pebble.DB, guard *diskGuard, space *diskSpace, state *stateFile, stateCreated bool) (*raftStore, error) {
+	s := &raftStore{db: db, guard: guard, space: space, state: state}
+	if stateCreated {
+		if err := s.migrateStable(); err != nil {
+			return nil, err
+		}
+	}
 	it, err := db.NewIter(&pebble.IterOptions{LowerBound: prefixRaft, UpperBound: prefixEnd(prefixRaft)})
 	if err != nil {
 		return nil, err
@@ -210,6 +217,16 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 	if len(logs) == 0 {
 		return nil
 	}
+	for _, l := range logs {
+		if l.Type == raft.LogCommand {
+			// Only commands carry entries; raft's own records are tiny and
+			// keep elections going on a nearly full disk.
+			if err := s.space.aboveFloor(); err != nil {
+				return err
+			}
+			break
+		}
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	for _, l := range logs {
@@ -262,22 +279,38 @@ func (s *raftStore) DeleteRange(min, max uint64) error {
 	return it.Error()
 }
 
-func stableKey(k []byte) []byte { return append(append([]byte(nil), prefixStable...), k...) }
-
-func (s *raftStore) Set(k, v []byte) error {
-	return s.guard.do("storing raft state", func() error { return s.db.Set(stableKey(k), v, pebble.Sync) })
+// migrateStable moves raft's term and vote from Pebble (where versions
+// before the state file kept them) into the new state file.
+func (s *raftStore) migrateStable() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefixStable, UpperBound: prefixEnd(prefixStable)})
+	if err != nil {
+		return err
+	}
+	var kvs [][]byte
+	for it.First(); it.Valid(); it.Next() {
+		kvs = append(kvs, append([]byte(nil), it.Key()[len(prefixStable):]...), append([]byte(nil), it.Value()...))
+	}
+	if err := errors.Join(it.Error(), it.Close()); err != nil {
+		return err
+	}
+	if len(kvs) == 0 {
+		return nil
+	}
+	if err := s.state.set(kvs...); err != nil {
+		return err
+	}
+	return s.guard.do("moving raft state to the state file", func() error {
+		return s.db.DeleteRange(prefixStable, prefixEnd(prefixStable), pebble.Sync)
+	})
 }
 
+func (s *raftStore) Set(k, v []byte) error { return s.state.set(k, v) }
+
 func (s *raftStore) Get(k []byte) ([]byte, error) {
-	v, closer, err := s.db.Get(stableKey(k))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return []byte{}, nil
+	if v := s.state.get(k); v != nil {
+		return v, nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer closer.Close()
-	return append([]byte(nil), v...), nil
+	return []byte{}, nil
 }
 
 func (s *raftStore) SetUint64(k []byte, v uint64) error {

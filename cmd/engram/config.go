@@ -75,6 +75,9 @@ type Config struct {
 	ClusterNodeID     string
 	ClusterRaftListen string
 	ClusterPeers      []englog.Peer
+
+	DiskReserve int64 // 0 = the larger of 1% of the disk and 256 MiB
+	DiskBallast int64 // englog.BallastAuto = half the reserve, at most 128 MiB; 0 = none
 }
 
 // defaultConfig holds every default, in one place.
@@ -97,6 +100,8 @@ func defaultConfig() Config {
 		FederationRetryMultiplier:        2,
 		FederationMaxRetryInterval:       time.Hour,
 		FederationDestinationGiveUpAfter: 24 * time.Hour,
+
+		DiskBallast: englog.BallastAuto,
 	}
 }
 
@@ -283,6 +288,36 @@ var options = []option{
 		if err := integer(func(c *Config) *int { return &c.RCMessageBurstCount })(c, v); err != nil || c.RCMessageBurstCount == 0 {
 			return errForm
 		}
+		return nil
+	}},
+	{"disk_reserve", `free space below which writes are refused: a size ("256M", "2G"), or empty for the larger of 1% of the disk and 256M`, func(c *Config, v value) error {
+		if v.isList {
+			return errForm
+		}
+		if v.scalar == "" {
+			c.DiskReserve = 0
+			return nil
+		}
+		n, err := parseSize(v.scalar)
+		if err != nil || n <= 0 {
+			return errForm
+		}
+		c.DiskReserve = n
+		return nil
+	}},
+	{"disk_ballast", `a size ("128M") held back in the data directory for restarts on a full disk, 0 for none, or empty for half the reserve (at most 128M)`, func(c *Config, v value) error {
+		if v.isList {
+			return errForm
+		}
+		if v.scalar == "" {
+			c.DiskBallast = englog.BallastAuto
+			return nil
+		}
+		n, err := parseSize(v.scalar)
+		if err != nil || n < 0 {
+			return errForm
+		}
+		c.DiskBallast = n
 		return nil
 	}},
 	{"cluster.node_id", "a string naming this node (unique in the cluster)", str(func(c *Config) *string { return &c.ClusterNodeID })},

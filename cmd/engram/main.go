@@ -111,6 +111,8 @@ type loaded struct {
 	path     string
 	warnings []string
 	created  bool // the config file was written by this run
+
+	acceptDataLoss bool // serve --accept-data-loss
 }
 
 // load finds and reads the configuration. Without --config it uses

@@ -32,6 +32,7 @@ const shutdownBudget = 10 * time.Second
 
 func serveCmd(args []string) int {
 	cf := newConfigFlags("serve", true)
+	acceptLoss := cf.fs.Bool("accept-data-loss", false, "start although acknowledged log entries are missing (after a damaged write-ahead log), instead of restoring a backup")
 	if err := cf.fs.Parse(args); err != nil {
 		return 2
 	}
@@ -56,6 +57,7 @@ func serveCmd(args []string) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	l.acceptDataLoss = *acceptLoss
 	if err := run(ctx, l, key, logger); err != nil {
 		logger.Error().Err(err).Msg("engram stopped")
 		return 1
@@ -64,14 +66,17 @@ func serveCmd(args []string) int {
 }
 
 // openLog opens this node's log in <data_dir>/db.
-func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer) (*englog.Node, error) {
+func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, acceptDataLoss bool) (*englog.Node, error) {
 	return englog.Open(englog.Config{
-		Dir:      filepath.Join(cfg.DataDir, "db"),
-		NodeID:   cfg.ClusterNodeID,
-		RaftAddr: cfg.ClusterRaftListen,
-		Peers:    cfg.ClusterPeers,
-		Logger:   logger,
-		Metrics:  metrics,
+		Dir:            filepath.Join(cfg.DataDir, "db"),
+		NodeID:         cfg.ClusterNodeID,
+		RaftAddr:       cfg.ClusterRaftListen,
+		Peers:          cfg.ClusterPeers,
+		Logger:         logger,
+		Metrics:        metrics,
+		DiskReserve:    uint64(cfg.DiskReserve),
+		BallastSize:    cfg.DiskBallast,
+		AcceptDataLoss: acceptDataLoss,
 	})
 }
 
@@ -82,7 +87,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	node, err := openLog(cfg, logger, reg)
+	node, err := openLog(cfg, logger, reg, l.acceptDataLoss)
 	if err != nil {
 		return err
 	}

@@ -130,7 +130,7 @@ func openOffline(cf *configFlags) (*offline, error) {
 	if lvl, _ := zerologLevel(l.cfg.LogLevel); lvl > zerolog.WarnLevel {
 		logger = logger.Level(lvl)
 	}
-	node, err := openLog(l.cfg, logger, nil)
+	node, err := openLog(l.cfg, logger, nil, false)
 	if err != nil {
 		return nil, err
 	}
