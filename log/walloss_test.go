@@ -67,9 +67,12 @@ func TestTruncatedWALIsReportedAndRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		cut  func(size int64) int64
+		// A 100-byte cut may only hit the last event-log batch, which raft
+		// re-applies from its own record before it: nothing is lost then.
+		mayKeepAll bool
 	}{
-		{"by 100 bytes", func(size int64) int64 { return size - 100 }},
-		{"to half", func(size int64) int64 { return size / 2 }},
+		{"by 100 bytes", func(size int64) int64 { return size - 100 }, true},
+		{"to half", func(size int64) int64 { return size / 2 }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -87,7 +90,13 @@ func TestTruncatedWALIsReportedAndRefused(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			_, err = Open(Config{Dir: img, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+			n, err = Open(Config{Dir: img, Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+			if err == nil && tc.mayKeepAll {
+				defer n.Close()
+				checkEntries(t, n, want)
+				t.Log("the cut hit only what raft re-applies: nothing lost")
+				return
+			}
 			var lost *LostError
 			if !errors.As(err, &lost) || !errors.Is(err, ErrLostAcknowledged) {
 				t.Fatalf("Open after truncating the newest WAL: %v, want a LostError", err)
