@@ -9,11 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/federation/keys"
+	"github.com/engram-hs/engram/federation/receive"
+	"github.com/engram-hs/engram/federation/transport"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -44,6 +47,9 @@ type Deps struct {
 	// Contacted is called with the origin of every authenticated inbound
 	// request (the delivery queue marks a down destination up again).
 	Contacted func(origin string)
+	// Client makes the requests received PDUs need (get_missing_events,
+	// state_ids, event); nil: gaps are not filled.
+	Client *transport.Client
 }
 
 // Server is the federation handler root.
@@ -55,6 +61,11 @@ type Server struct {
 	pathMux *http.ServeMux
 	// acl is the m.room.server_acl check (see SetServerACL).
 	acl func(r *http.Request, roomID, origin string) (bool, error)
+
+	// The room endpoints' state (rooms.go).
+	recvOnce sync.Once
+	recv     *receive.Receiver
+	txns     txnCache
 }
 
 // New builds the handler root and registers every route.
@@ -75,6 +86,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	})
 	s.keyRoutes()
 	s.queryRoutes()
+	s.roomRoutes()
 	return s, nil
 }
 

@@ -1,0 +1,311 @@
+package federation_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/engram-hs/engram/federation"
+	"github.com/engram-hs/engram/federation/fedtest"
+	"github.com/engram-hs/engram/federation/transport"
+	"github.com/engram-hs/engram/internal/testca"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// roomPeer is a federation peer with the rooms projection, the way
+// engram serve runs it.
+type roomPeer struct {
+	*fedtest.Peer
+	rooms *projections.Handle
+}
+
+func startRoomPeer(t *testing.T, ca *testca.CA) *roomPeer {
+	rp := &roomPeer{}
+	rp.Peer = fedtest.Start(t, ca, fedtest.Options{
+		Register: func(p *fedtest.Peer, e *projections.Engine) { rp.rooms = e.Register(rooms.New(p.Log, nil)) },
+		Deps: func(p *fedtest.Peer, d *federation.Deps) {
+			d.Rooms = rp.rooms
+			d.Client = p.Client
+		},
+	})
+	return rp
+}
+
+func (p *roomPeer) view() rooms.View { return rooms.NewView(p.rooms.Reader(), p.Log) }
+
+// local builds, signs and appends an event of this server on the room's
+// current state and extremities, as the client API's write path does.
+func (p *roomPeer) local(t *testing.T, roomID, typ, sender string, stateKey *string, content string) *stateres.Event {
+	t.Helper()
+	v := p.view()
+	version := mustVersion("11")
+	var prevs []stateres.PDU
+	cur := rooms.StateMap{}
+	if roomID != "" {
+		room, err := v.Room(roomID)
+		if err != nil || room == nil {
+			t.Fatalf("room %s: %v", roomID, err)
+		}
+		version, _ = stateres.Version(room.Version)
+		for _, id := range room.Extremities {
+			e, _ := v.Event(id)
+			pdu, _ := e.PDU()
+			prevs = append(prevs, pdu)
+		}
+		if cur, err = v.CurrentStateIDs(roomID); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		roomID = "!fed" + fmt.Sprint(time.Now().UnixNano()) + ":" + p.Name
+	}
+	lookup := v.LookupIn(cur)
+	ev, err := stateres.BuildEvent(version, &stateres.ProtoEvent{Type: typ, StateKey: stateKey, Sender: sender, Content: json.RawMessage(content), RoomID: roomID, OriginServerTS: time.Now().UnixMilli()},
+		stateFunc(lookup), prevs, p.Name, p.Key.ID, p.Key.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prop, err := facts.Encode(englog.KindPDU, facts.PDU{RoomVersion: version.ID, Event: ev.JSON(), EventID: ev.EventID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	offs, err := p.Log.Append(context.Background(), prop)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.rooms.WaitApplied(context.Background(), offs[0]); err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+type stateFunc func(typ, sk string) stateres.PDU
+
+func (f stateFunc) StateEvent(typ, sk string) stateres.PDU { return f(typ, sk) }
+
+func sk(s string) *string { return &s }
+
+func (p *roomPeer) do(t *testing.T, dest, method, path string, body, out any) error {
+	t.Helper()
+	return p.Client.DoJSON(context.Background(), transport.Request{Destination: dest, Method: method, Path: path, Body: body}, out)
+}
+
+// TestRoomOverFederation: server B joins a room on server A through
+// make_join/send_join over real TLS, sends messages in transactions
+// (one forged, one over the PDU limit), reads A's state, events, auth
+// chains and history, leaves through make_leave/send_leave, and is then
+// shut out by a server ACL. A's rooms projection ends as a rebuild from
+// its log gives it.
+func TestRoomOverFederation(t *testing.T) {
+	ca := testca.New(t)
+	a := startRoomPeer(t, ca)
+	b := startRoomPeer(t, ca)
+	alice, bob := "@alice:"+a.Name, "@bob:"+b.Name
+
+	create := a.local(t, "", stateres.MRoomCreate, alice, sk(""), `{"room_version":"11"}`)
+	roomID := create.RoomID()
+	a.local(t, roomID, stateres.MRoomMember, alice, sk(alice), `{"membership":"join"}`)
+	a.local(t, roomID, stateres.MRoomPowerLevels, alice, sk(""), `{"users":{"`+alice+`":100},"state_default":50,"events_default":0,"ban":50,"kick":50,"redact":50,"invite":0,"users_default":0}`)
+	a.local(t, roomID, stateres.MRoomJoinRules, alice, sk(""), `{"join_rule":"public"}`)
+	hello := a.local(t, roomID, "m.room.message", alice, nil, `{"msgtype":"m.text","body":"hello"}`)
+
+	// A room version B does not claim is refused with the room's version.
+	var he *transport.HTTPError
+	err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/make_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(bob)+"?ver=10", nil, nil)
+	if !errors.As(err, &he) || he.Errcode != "M_INCOMPATIBLE_ROOM_VERSION" {
+		t.Fatalf("make_join with ver=10: %v", err)
+	}
+	// A user of another server cannot be joined by B.
+	err = b.do(t, a.Name, "GET", "/_matrix/federation/v1/make_join/"+url.PathEscape(roomID)+"/"+url.PathEscape("@mallory:elsewhere.test")+"?ver=11", nil, nil)
+	if !errors.As(err, &he) || he.Status != http.StatusForbidden {
+		t.Fatalf("make_join for another server's user: %v", err)
+	}
+
+	join := b.handshake(t, a, "join", roomID, bob)
+	var sj struct {
+		State     []json.RawMessage `json:"state"`
+		AuthChain []json.RawMessage `json:"auth_chain"`
+		Servers   []string          `json:"servers_in_room"`
+	}
+	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v2/send_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(join.EventID()), json.RawMessage(join.JSON()), &sj); err != nil {
+		t.Fatalf("send_join: %v", err)
+	}
+	if len(sj.State) != 4 || len(sj.AuthChain) < 3 || !slices.Contains(sj.Servers, a.Name) || !slices.Contains(sj.Servers, b.Name) {
+		t.Fatalf("send_join answered %d state events, %d auth events, servers %v", len(sj.State), len(sj.AuthChain), sj.Servers)
+	}
+	if m, _ := a.view().Membership(bob, roomID); m == nil || m.Membership != "join" {
+		t.Fatalf("bob's membership on A after send_join: %+v", m)
+	}
+
+	// Messages in a transaction: one good, one with a forged signature.
+	v11 := mustVersion("11")
+	state, _ := a.view().CurrentStateIDs(roomID)
+	authFor := func(typ string) stateFunc {
+		return stateFunc(func(t, k string) stateres.PDU {
+			id := state[stateres.StateKeyTuple{Type: t, StateKey: k}]
+			if id == "" {
+				return nil
+			}
+			e, _ := a.view().Event(id)
+			p, _ := e.PDU()
+			return p
+		})
+	}
+	msg, err := stateres.BuildEvent(v11, &stateres.ProtoEvent{Type: "m.room.message", Sender: bob, Content: json.RawMessage(`{"msgtype":"m.text","body":"hi from B"}`), RoomID: roomID, OriginServerTS: time.Now().UnixMilli()},
+		authFor("m.room.message"), []stateres.PDU{join}, b.Name, b.Key.ID, b.Key.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgedKey := fedtest.Start(t, ca, fedtest.Options{}).Key // another server's key, under B's name
+	forged, err := stateres.BuildEvent(v11, &stateres.ProtoEvent{Type: "m.room.message", Sender: bob, Content: json.RawMessage(`{"msgtype":"m.text","body":"forged"}`), RoomID: roomID, OriginServerTS: time.Now().UnixMilli()},
+		authFor("m.room.message"), []stateres.PDU{msg}, b.Name, b.Key.ID, forgedKey.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		PDUs map[string]map[string]string `json:"pdus"`
+	}
+	txn := map[string]any{"origin": b.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{msg.JSON(), forged.JSON()}, "edus": []any{
+		map[string]any{"edu_type": "m.typing", "content": map[string]any{"room_id": roomID, "user_id": bob, "typing": true}},
+	}}
+	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v1/send/txn1", txn, &res); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if r, ok := res.PDUs[msg.EventID()]; !ok || r["error"] != "" {
+		t.Fatalf("result for the good PDU: %v (all: %v)", r, res.PDUs)
+	}
+	if r := res.PDUs[forged.EventID()]; r["error"] == "" {
+		t.Fatalf("the forged PDU was not refused: %v", res.PDUs)
+	}
+	if e, _ := a.view().Event(forged.EventID()); e == nil || e.Rejected == "" {
+		t.Fatalf("the forged PDU is not recorded as rejected: %+v", e)
+	}
+	tl, _ := a.view().Timeline(roomID, 0, true, 100, 0)
+	var ids []string
+	for _, te := range tl {
+		ids = append(ids, te.EventID)
+	}
+	if !slices.Contains(ids, msg.EventID()) || slices.Contains(ids, forged.EventID()) {
+		t.Fatalf("A's timeline %v: want the message, not the forged one", ids)
+	}
+	// The typing EDU was recorded.
+	entries, _ := a.Log.Read(1, int(a.Log.LastOffset()))
+	typing := false
+	for _, e := range entries {
+		if e.Kind == englog.KindEDU {
+			var f facts.EDU
+			if facts.Decode(e, &f) == nil && f.Type == facts.EDUTyping && f.Origin == b.Name {
+				typing = true
+			}
+		}
+	}
+	if !typing {
+		t.Fatal("the typing EDU was not recorded")
+	}
+
+	// More than 50 PDUs in a transaction: refused whole.
+	many := make([]json.RawMessage, 51)
+	for i := range many {
+		many[i] = msg.JSON()
+	}
+	err = b.do(t, a.Name, "PUT", "/_matrix/federation/v1/send/txn2", map[string]any{"origin": b.Name, "origin_server_ts": 1, "pdus": many}, nil)
+	if !errors.As(err, &he) || he.Status != http.StatusBadRequest {
+		t.Fatalf("51 PDUs: %v", err)
+	}
+
+	// Reads: state_ids, state, event, event_auth, backfill, get_missing_events.
+	var sids struct {
+		PDUIDs  []string `json:"pdu_ids"`
+		ChainID []string `json:"auth_chain_ids"`
+	}
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/state_ids/"+url.PathEscape(roomID)+"?event_id="+url.QueryEscape(msg.EventID()), nil, &sids); err != nil {
+		t.Fatal(err)
+	}
+	if len(sids.PDUIDs) != 5 || !slices.Contains(sids.PDUIDs, join.EventID()) || !slices.Contains(sids.ChainID, create.EventID()) {
+		t.Fatalf("state_ids at the message: %+v", sids)
+	}
+	var evResp struct {
+		PDUs []json.RawMessage `json:"pdus"`
+	}
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/event/"+url.PathEscape(hello.EventID()), nil, &evResp); err != nil || len(evResp.PDUs) != 1 {
+		t.Fatalf("/event: %v %d", err, len(evResp.PDUs))
+	}
+	var ea struct {
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/event_auth/"+url.PathEscape(roomID)+"/"+url.PathEscape(msg.EventID()), nil, &ea); err != nil || len(ea.AuthChain) < 4 {
+		t.Fatalf("/event_auth: %v, %d events", err, len(ea.AuthChain))
+	}
+	var bf struct {
+		PDUs []json.RawMessage `json:"pdus"`
+	}
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/backfill/"+url.PathEscape(roomID)+"?v="+url.QueryEscape(msg.EventID())+"&limit=3", nil, &bf); err != nil || len(bf.PDUs) != 3 {
+		t.Fatalf("/backfill: %v, %d events", err, len(bf.PDUs))
+	}
+	var gme struct {
+		Events []json.RawMessage `json:"events"`
+	}
+	if err := b.do(t, a.Name, "POST", "/_matrix/federation/v1/get_missing_events/"+url.PathEscape(roomID),
+		map[string]any{"earliest_events": []string{hello.EventID()}, "latest_events": []string{msg.EventID()}, "limit": 10}, &gme); err != nil || len(gme.Events) != 1 {
+		t.Fatalf("/get_missing_events: %v, %d events (want the join only)", err, len(gme.Events))
+	}
+
+	// Leave through make_leave/send_leave.
+	leave := b.handshake(t, a, "leave", roomID, bob)
+	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v2/send_leave/"+url.PathEscape(roomID)+"/"+url.PathEscape(leave.EventID()), json.RawMessage(leave.JSON()), nil); err != nil {
+		t.Fatalf("send_leave: %v", err)
+	}
+	if m, _ := a.view().Membership(bob, roomID); m == nil || m.Membership != "leave" {
+		t.Fatalf("bob's membership on A after send_leave: %+v", m)
+	}
+	// B has left: it may not read the room any more.
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/event/"+url.PathEscape(hello.EventID()), nil, nil); !errors.As(err, &he) || he.Status != http.StatusForbidden {
+		t.Fatalf("/event after leaving: %v", err)
+	}
+
+	// A server ACL denying B: make_join is refused.
+	a.local(t, roomID, stateres.MRoomServerACL, alice, sk(""), `{"allow":["*"],"deny":["127.0.0.1"],"allow_ip_literals":true}`)
+	err = b.do(t, a.Name, "GET", "/_matrix/federation/v1/make_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(bob)+"?ver=11", nil, nil)
+	if !errors.As(err, &he) || he.Status != http.StatusForbidden {
+		t.Fatalf("make_join under a server ACL denying B: %v", err)
+	}
+}
+
+// handshake runs make_<membership> against the resident server and
+// completes the template as this server.
+func (p *roomPeer) handshake(t *testing.T, resident *roomPeer, membership, roomID, userID string) *stateres.Event {
+	t.Helper()
+	var mj struct {
+		Event       json.RawMessage `json:"event"`
+		RoomVersion string          `json:"room_version"`
+	}
+	if err := p.do(t, resident.Name, "GET", "/_matrix/federation/v1/make_"+membership+"/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+"?ver=11", nil, &mj); err != nil {
+		t.Fatalf("make_%s: %v", membership, err)
+	}
+	version, ok := stateres.Version(mj.RoomVersion)
+	if !ok {
+		t.Fatalf("make_%s: room version %q", membership, mj.RoomVersion)
+	}
+	ev, err := stateres.BuildFromTemplate(version, mj.Event, time.Now().UnixMilli(), p.Name, p.Key.ID, p.Key.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func mustVersion(id string) *stateres.RoomVersion {
+	v, ok := stateres.Version(id)
+	if !ok {
+		panic("unknown room version " + id)
+	}
+	return v
+}
