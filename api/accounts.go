@@ -702,6 +702,14 @@ func (s *Server) profileOf(userID string) (accounts.Profile, error) {
 }
 
 func (s *Server) getProfile(w http.ResponseWriter, r *http.Request) error {
+	if userID := r.PathValue("userId"); domainOf(userID) != s.cfg.ServerName {
+		p, err := s.remoteProfile(r.Context(), userID, "")
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, p)
+		return nil
+	}
 	p, err := s.profileOf(r.PathValue("userId"))
 	if err != nil {
 		return err
@@ -715,11 +723,20 @@ func (s *Server) getProfileField(w http.ResponseWriter, r *http.Request) error {
 	if field != "displayname" && field != "avatar_url" {
 		return errNotFound("Unknown profile field")
 	}
-	p, err := s.profileOf(r.PathValue("userId"))
-	if err != nil {
-		return err
+	var m map[string]any
+	if userID := r.PathValue("userId"); domainOf(userID) != s.cfg.ServerName {
+		rm, err := s.remoteProfile(r.Context(), userID, field)
+		if err != nil {
+			return err
+		}
+		m = rm
+	} else {
+		p, err := s.profileOf(userID)
+		if err != nil {
+			return err
+		}
+		m = profileJSON(p)
 	}
-	m := profileJSON(p)
 	if _, ok := m[field]; !ok {
 		return errNotFound("Profile field not set")
 	}

@@ -26,7 +26,7 @@ func (s *Server) publicRooms(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	out, err := s.listPublicRooms(q)
+	out, err := s.listPublicRooms(r.Context(), q)
 	if err != nil {
 		return err
 	}

@@ -761,6 +761,14 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session)
 
 func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 	alias := r.PathValue("roomAlias")
+	if domainOf(alias) != s.cfg.ServerName {
+		out, err := s.remoteAlias(r.Context(), alias)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
 	a, err := s.roomsView().Alias(alias)
 	if err != nil {
 		return err
@@ -803,6 +811,14 @@ func (s *Server) putAlias(w http.ResponseWriter, r *http.Request, sess *session)
 
 func (s *Server) deleteAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
 	alias := r.PathValue("roomAlias")
+	if domainOf(alias) != s.cfg.ServerName {
+		out, err := s.remoteAlias(r.Context(), alias)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, out)
+		return nil
+	}
 	a, err := s.roomsView().Alias(alias)
 	if err != nil {
 		return err

@@ -30,6 +30,8 @@ type Deps struct {
 	Engine  *projections.Engine
 	Logger  zerolog.Logger
 	Metrics prometheus.Registerer
+	// Remote asks other servers (federation); nil: no federation.
+	Remote Remote
 }
 
 // Server is the client-server API.
@@ -37,6 +39,7 @@ type Server struct {
 	cfg    Config
 	log    englog.Log
 	logger zerolog.Logger
+	remote Remote
 
 	accountsH *projections.Handle
 	roomsH    *projections.Handle
@@ -96,6 +99,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s := &Server{
 		cfg:     cfg,
 		log:     deps.Log,
+		remote:  deps.Remote,
 		logger:  deps.Logger.With().Str("component", "api").Logger(),
 		mux:     http.NewServeMux(),
 		pathMux: http.NewServeMux(),

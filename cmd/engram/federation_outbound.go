@@ -180,6 +180,15 @@ func registerFederationProjections(e *projections.Engine) federationProjections 
 	return federationProjections{keys: e.Register(serverkeys.New()), queue: e.Register(qp), queueProj: qp}
 }
 
+// newFederationClient is the outbound federation client.
+func newFederationClient(cfg Config, key signing.Key, logger zerolog.Logger) (*transport.Client, error) {
+	tc, err := cfg.transportConfig(key, logger.With().Str("component", "federation_client").Logger())
+	if err != nil {
+		return nil, err
+	}
+	return transport.New(tc)
+}
+
 // federationParts are the running federation pieces serve wires.
 type federationParts struct {
 	client  *transport.Client
@@ -191,15 +200,7 @@ type federationParts struct {
 // newFederation builds the outbound client, the keyring and the handler
 // root, registering their projections; call it before the engine starts
 // and after api.New (whose projections the query endpoints read).
-func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, logger zerolog.Logger) (*federationParts, error) {
-	tc, err := cfg.transportConfig(key, logger.With().Str("component", "federation_client").Logger())
-	if err != nil {
-		return nil, err
-	}
-	client, err := transport.New(tc)
-	if err != nil {
-		return nil, err
-	}
+func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, client *transport.Client, logger zerolog.Logger) (*federationParts, error) {
 	fp := registerFederationProjections(engine)
 	keysH := fp.keys
 	keyring, err := keys.New(keys.Config{ServerName: cfg.ServerName, Key: key, Log: node, Keys: keysH, Fetcher: client,

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/federation"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -92,16 +93,23 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	engine := projections.NewEngine(node, node.DB(), logger, reg)
-	apiSrv, err := api.New(cfg.apiConfig(key), api.Deps{Log: node, Engine: engine, Logger: logger, Metrics: reg})
+	fedClient, err := newFederationClient(cfg, key, logger)
 	if err != nil {
 		node.Close()
 		return err
 	}
-	fed, err := newFederation(cfg, key, node, engine, logger)
+	remote := &federation.Remote{Client: fedClient}
+	apiSrv, err := api.New(cfg.apiConfig(key), api.Deps{Log: node, Engine: engine, Logger: logger, Metrics: reg, Remote: remote})
 	if err != nil {
 		node.Close()
 		return err
 	}
+	fed, err := newFederation(cfg, key, node, engine, fedClient, logger)
+	if err != nil {
+		node.Close()
+		return err
+	}
+	remote.Acted = fed.queue.MarkUp
 	// closeAll releases in reverse order of opening; the log goes last so
 	// the engine's final batch lands in an open Pebble.
 	closeAll := func() {
