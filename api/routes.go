@@ -19,9 +19,10 @@ func (s *Server) routes() {
 	s.timestampRoutes()
 	s.upgradeRoutes()
 	s.adminRoutes()
+	s.keyRoutes()
 }
 
 // syncHandles are the projections /sync reads from.
 func (s *Server) syncHandles() []*projections.Handle {
-	return []*projections.Handle{s.roomsH, s.userdataH, s.accountsH}
+	return []*projections.Handle{s.roomsH, s.userdataH, s.accountsH, s.keys.Handle()}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/api/admin"
+	"github.com/engram-hs/engram/api/keys"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -47,6 +48,8 @@ type Server struct {
 	reportsH  *projections.Handle
 	adminH    *projections.Handle // adminstate: what admins decided about rooms and the server
 	admin     *admin.API
+	keys      *keys.Service // end-to-end encryption (api/keys)
+	engine    *projections.Engine
 	notifier  *notifier
 	events    *rooms.EventCache // parsed events, shared by every request
 
@@ -118,6 +121,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
 	s.reportsH = deps.Engine.Register(reports.New())
 	s.adminH = deps.Engine.Register(adminstate.New())
+	s.engine = deps.Engine
+	s.keys = s.newKeys()
 
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "engram", Subsystem: "client_api", Name: "request_duration_seconds",

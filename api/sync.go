@@ -304,7 +304,11 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	if err != nil {
 		return nil, false, nil, err
 	}
-	if len(ad) > 0 || len(presence) > 0 || len(toDevice) > 0 {
+	e2ee, listsChanged, err := s.e2eeSyncSection(sess, since, pos)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	if len(ad) > 0 || len(presence) > 0 || len(toDevice) > 0 || listsChanged {
 		empty = false
 	}
 	resp = map[string]any{
@@ -313,12 +317,8 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		"account_data": map[string]any{"events": ad},
 		"presence":     map[string]any{"events": presence},
 		"to_device":    map[string]any{"events": toDevice},
-		// End-to-end encryption fills these; until then they are present
-		// and empty, as clients expect.
-		"device_lists":                     map[string]any{"changed": []string{}, "left": []string{}},
-		"device_one_time_keys_count":       map[string]int{},
-		"device_unused_fallback_key_types": []string{},
 	}
+	maps.Copy(resp, e2ee) // device_lists, device_one_time_keys_count, device_unused_fallback_key_types
 	return resp, empty, joinedRooms, nil
 }
 

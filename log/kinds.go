@@ -50,6 +50,14 @@ const (
 	KindMediaUploaded Kind = 400
 	KindKeysUploaded  Kind = 410
 
+	// End-to-end encryption (410-449; facts in log/facts/e2ee.go).
+	KindKeysClaimed              Kind = 411
+	KindCrossSigningKeysUploaded Kind = 412
+	KindKeySignaturesUploaded    Kind = 413
+	KindBackupVersionChanged     Kind = 414
+	KindRoomKeysBackedUp         Kind = 415
+	KindRoomKeysDeleted          Kind = 416
+
 	// Federation infrastructure: keys fetched from other servers and the
 	// outbound delivery queue.
 	KindServerKeysFetched        Kind = 500 // a remote server's key response, fetched and verified
@@ -97,6 +105,12 @@ var kindNames = map[Kind]string{
 	KindReportFiled:              "report_filed",
 	KindMediaUploaded:            "media_uploaded",
 	KindKeysUploaded:             "keys_uploaded",
+	KindKeysClaimed:              "keys_claimed",
+	KindCrossSigningKeysUploaded: "cross_signing_keys_uploaded",
+	KindKeySignaturesUploaded:    "key_signatures_uploaded",
+	KindBackupVersionChanged:     "backup_version_changed",
+	KindRoomKeysBackedUp:         "room_keys_backed_up",
+	KindRoomKeysDeleted:          "room_keys_deleted",
 	KindServerKeysFetched:        "server_keys_fetched",
 	KindFederationOutbound:       "federation_outbound",
 	KindFederationDelivered:      "federation_delivered",

@@ -111,6 +111,20 @@ func New(kind englog.Kind) any {
 		return &RoomVisibilitySet{}
 	case englog.KindReportFiled:
 		return &ReportFiled{}
+	case englog.KindKeysUploaded:
+		return &KeysUploaded{}
+	case englog.KindKeysClaimed:
+		return &KeysClaimed{}
+	case englog.KindCrossSigningKeysUploaded:
+		return &CrossSigningKeysUploaded{}
+	case englog.KindKeySignaturesUploaded:
+		return &KeySignaturesUploaded{}
+	case englog.KindBackupVersionChanged:
+		return &BackupVersionChanged{}
+	case englog.KindRoomKeysBackedUp:
+		return &RoomKeysBackedUp{}
+	case englog.KindRoomKeysDeleted:
+		return &RoomKeysDeleted{}
 	case englog.KindServerKeysFetched:
 		return &ServerKeysFetched{}
 	case englog.KindFederationOutbound:

@@ -1,0 +1,74 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"github.com/engram-hs/engram/api/keys"
+	"github.com/engram-hs/engram/projections/e2ee"
+)
+
+// The end-to-end encryption endpoints live in api/keys; this file mounts
+// them and lends them the API's authentication, body reading, UIA and
+// long-poll wake-ups.
+
+func (s *Server) newKeys() *keys.Service {
+	return keys.New(keys.Deps{
+		ServerName: s.cfg.ServerName,
+		Engine:     s.engine,
+		Logger:     s.logger,
+		Commit:     s.commit,
+		ReadJSON:   readJSON,
+		ParseToken: parseToken,
+		Accounts:   s.accountsView,
+		Rooms:      s.roomsView,
+		PasswordUIA: func(auth json.RawMessage, c keys.Caller) error {
+			return s.passwordUIA(auth, &session{UserID: c.UserID, DeviceID: c.DeviceID})
+		},
+		Touched: s.keysTouched,
+	})
+}
+
+func (s *Server) keyRoutes() {
+	for _, rt := range s.keys.Routes() {
+		h := rt.Handler
+		s.client(rt.Method, rt.Path, s.authed(func(w http.ResponseWriter, r *http.Request, sess *session) error {
+			return keysError(h(w, r, keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID}))
+		}))
+	}
+}
+
+// keysError turns the package's errors into the API's.
+func keysError(err error) error {
+	var ke *keys.Error
+	if errors.As(err, &ke) {
+		return &matrixError{Status: ke.Status, Code: ke.Code, Msg: ke.Msg, Extra: ke.Extra}
+	}
+	return err
+}
+
+// keysTouched wakes the long-polls of the users whose device lists
+// changed and of everyone sharing a joined room with them.
+func (s *Server) keysTouched(t e2ee.Touched) {
+	v := s.roomsView()
+	var rs []string
+	for _, u := range t.Users {
+		ms, err := v.Memberships(u)
+		if err != nil {
+			s.logger.Warn().Err(err).Str("user", u).Msg("could not read memberships to wake co-members after a device list change")
+			continue
+		}
+		for _, m := range ms {
+			if m.Membership == "join" {
+				rs = append(rs, m.RoomID)
+			}
+		}
+	}
+	s.notifier.wake(t.Users, rs)
+}
+
+// e2eeSyncSection is the E2EE part of /sync.
+func (s *Server) e2eeSyncSection(sess *session, since, pos uint64) (map[string]any, bool, error) {
+	return s.keys.SyncSection(keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID}, since, pos)
+}

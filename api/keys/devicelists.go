@@ -1,0 +1,195 @@
+package keys
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+
+	"github.com/engram-hs/engram/projections/rooms"
+)
+
+// maxMemberScan is how many timeline events of a room DeviceLists reads
+// to find the members that joined or left since a token; beyond it, it
+// reads the room's membership records instead.
+const maxMemberScan = 200
+
+// DeviceLists computes /sync's device_lists (and /keys/changes) for
+// (since, upTo]: changed are the users sharing a joined room with user
+// whose device list changed, and those who newly share one (they joined
+// one of user's rooms, or user joined one of theirs); left are those who
+// shared a room with user and share none any more.
+func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []string, err error) {
+	rv := s.d.Rooms()
+	ms, err := rv.Memberships(user)
+	if err != nil {
+		return nil, nil, err
+	}
+	var joined []string
+	for _, m := range ms {
+		if m.Membership == "join" {
+			joined = append(joined, m.RoomID)
+		}
+	}
+	slices.Sort(joined)
+	ch, gone := map[string]bool{}, map[string]bool{}
+	keyChanges, err := s.view().ChangedUsers(since, upTo)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, u := range keyChanges {
+		if ok, err := shares(rv, user, u, joined); err != nil {
+			return nil, nil, err
+		} else if ok {
+			ch[u] = true
+		}
+	}
+	for _, m := range ms {
+		if m.Offset <= since {
+			if m.Membership == "join" {
+				if err := membersChangedSince(rv, m.RoomID, since, upTo, ch, gone); err != nil {
+					return nil, nil, err
+				}
+			}
+			continue
+		}
+		if m.Offset > upTo {
+			continue
+		}
+		members, err := rv.MemberIDs(m.RoomID, "join")
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, u := range members {
+			if m.Membership == "join" {
+				ch[u] = true // we joined: everyone there is new to us
+			} else if m.Membership == "leave" || m.Membership == "ban" {
+				gone[u] = true
+			}
+		}
+	}
+	for _, u := range slices.Sorted(maps.Keys(gone)) {
+		if u == user {
+			continue
+		}
+		ok, err := shares(rv, user, u, joined)
+		if err != nil {
+			return nil, nil, err
+		}
+		if !ok {
+			left = append(left, u)
+			delete(ch, u)
+		}
+	}
+	if !slices.Contains(keyChanges, user) {
+		delete(ch, user) // only our own key changes concern us
+	}
+	changed = slices.Sorted(maps.Keys(ch))
+	if changed == nil {
+		changed = []string{}
+	}
+	if left == nil {
+		left = []string{}
+	}
+	return changed, left, nil
+}
+
+// membersChangedSince adds to joinedNow the members that joined roomID in
+// (since, upTo] and to leftNow those that left it.
+func membersChangedSince(rv rooms.View, roomID string, since, upTo uint64, joinedNow, leftNow map[string]bool) error {
+	at, err := rv.ChangedAt(roomID)
+	if err != nil || at <= since {
+		return err
+	}
+	tl, err := rv.Timeline(roomID, since, true, maxMemberScan+1, upTo)
+	if err != nil {
+		return err
+	}
+	var users []string
+	if len(tl) > maxMemberScan {
+		users, err = rv.MemberIDs(roomID, "join", "leave", "ban")
+		if err != nil {
+			return err
+		}
+	} else {
+		for _, te := range tl {
+			e, err := rv.Event(te.EventID)
+			if err != nil {
+				return err
+			}
+			if e == nil {
+				continue
+			}
+			var h struct {
+				Type     string  `json:"type"`
+				StateKey *string `json:"state_key"`
+			}
+			if json.Unmarshal(e.JSON, &h) == nil && h.Type == "m.room.member" && h.StateKey != nil {
+				users = append(users, *h.StateKey)
+			}
+		}
+	}
+	for _, u := range users {
+		m, err := rv.Membership(u, roomID)
+		if err != nil {
+			return err
+		}
+		if m == nil || m.Offset <= since {
+			continue
+		}
+		switch m.Membership {
+		case "join":
+			joinedNow[u] = true
+		case "leave", "ban":
+			leftNow[u] = true
+		}
+	}
+	return nil
+}
+
+// shares reports whether other is self or joined to one of self's joined
+// rooms (sorted).
+func shares(rv rooms.View, self, other string, joined []string) (bool, error) {
+	if other == self {
+		return true, nil
+	}
+	ms, err := rv.Memberships(other)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if _, found := slices.BinarySearch(joined, m.RoomID); found && m.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// SyncSection is the E2EE part of a /sync response for (since, pos]:
+// device_lists (incremental syncs only), device_one_time_keys_count and
+// device_unused_fallback_key_types. changed reports that device lists
+// have news (the sync is not empty).
+func (s *Service) SyncSection(c Caller, since, pos uint64) (section map[string]any, changed bool, err error) {
+	v := s.view()
+	counts, err := v.OneTimeKeyCounts(c.UserID, c.DeviceID)
+	if err != nil {
+		return nil, false, err
+	}
+	fallback, err := v.UnusedFallbackKeyTypes(c.UserID, c.DeviceID)
+	if err != nil {
+		return nil, false, err
+	}
+	lists := map[string]any{"changed": []string{}, "left": []string{}}
+	if since > 0 {
+		ch, left, err := s.DeviceLists(c.UserID, since, pos)
+		if err != nil {
+			return nil, false, err
+		}
+		lists = map[string]any{"changed": ch, "left": left}
+		changed = len(ch) > 0 || len(left) > 0
+	}
+	return map[string]any{
+		"device_lists":                     lists,
+		"device_one_time_keys_count":       counts,
+		"device_unused_fallback_key_types": fallback,
+	}, changed, nil
+}

@@ -1,0 +1,400 @@
+package api_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"sort"
+	"sync"
+	"testing"
+
+	"github.com/engram-hs/engram/stateres/signing"
+	"maunium.net/go/mautrix"
+)
+
+// e2eeDevice is a device's signing key, as a client holds it.
+type e2eeDevice struct {
+	user, device string
+	priv         ed25519.PrivateKey
+	pub          string
+}
+
+func newE2EEDevice(t *testing.T, c *mautrix.Client) *e2eeDevice {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &e2eeDevice{user: c.UserID.String(), device: c.DeviceID.String(), priv: priv, pub: signing.EncodeBase64(pub)}
+}
+
+// sign signs obj as the device (user ID as the entity, ed25519:DEVICE).
+func (d *e2eeDevice) sign(t *testing.T, obj map[string]any) map[string]any {
+	t.Helper()
+	return signWith(t, d.user, "ed25519:"+d.device, d.priv, obj)
+}
+
+func signWith(t *testing.T, entity, keyID string, priv ed25519.PrivateKey, obj map[string]any) map[string]any {
+	t.Helper()
+	raw, _ := json.Marshal(obj)
+	signed, err := signing.SignJSON(entity, keyID, priv, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	if err := json.Unmarshal(signed, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (d *e2eeDevice) deviceKeys(t *testing.T) map[string]any {
+	return d.sign(t, map[string]any{
+		"user_id": d.user, "device_id": d.device,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + d.device: d.pub, "curve25519:" + d.device: "curve-" + d.device},
+	})
+}
+
+// otks returns n signed one-time keys with IDs prefix0..prefix(n-1).
+func (d *e2eeDevice) otks(t *testing.T, prefix string, n int) map[string]any {
+	out := map[string]any{}
+	for i := range n {
+		out[fmt.Sprintf("signed_curve25519:%s%d", prefix, i)] = d.sign(t, map[string]any{"key": fmt.Sprintf("otk-%s-%s%d", d.device, prefix, i)})
+	}
+	return out
+}
+
+func claimBody(user, device string) map[string]any {
+	return map[string]any{"one_time_keys": map[string]any{user: map[string]any{device: "signed_curve25519"}}}
+}
+
+// claimedIDs returns the key IDs a claim response handed out for a device.
+func claimedIDs(body map[string]any, user, device string) []string {
+	otk, _ := body["one_time_keys"].(map[string]any)
+	u, _ := otk[user].(map[string]any)
+	d, _ := u[device].(map[string]any)
+	var ids []string
+	for id := range d {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// TestKeysUploadQueryClaim: upload is idempotent, a different key under a
+// taken ID is refused, the device's signature is checked, claims hand out
+// the oldest upload first and each key once (also when racing), and the
+// fallback key is served, not consumed, once they run out.
+func TestKeysUploadQueryClaim(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	ad := newE2EEDevice(t, alice)
+	path := "/_matrix/client/v3/keys/"
+
+	// Bad input first: nothing of it may be stored.
+	code, body := ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": map[string]any{"user_id": ad.user, "device_id": ad.device}})
+	if code != 400 || body["errcode"] != "M_BAD_JSON" {
+		t.Fatalf("device keys without keys: %d %v", code, body)
+	}
+	unsigned := ad.deviceKeys(t)
+	delete(unsigned, "signatures")
+	unsigned["signatures"] = map[string]any{}
+	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": unsigned}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("unsigned device keys: %d %v", code, body)
+	}
+	forged := ad.deviceKeys(t)
+	forged["algorithms"] = []string{"m.olm.v1.curve25519-aes-sha2"} // changed after signing
+	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": forged}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("tampered device keys: %d %v", code, body)
+	}
+	if code, body = ts.do("POST", path+"upload", bob.AccessToken, map[string]any{"device_keys": ad.deviceKeys(t)}); code != 400 {
+		t.Fatalf("bob uploading alice's device keys: %d %v", code, body)
+	}
+	badOTK := map[string]any{"signed_curve25519:X": map[string]any{"key": "k", "signatures": map[string]any{ad.user: map[string]any{"ed25519:" + ad.device: "AAAA"}}}}
+	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": ad.deviceKeys(t), "one_time_keys": badOTK}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("badly signed one-time key: %d %v", code, body)
+	}
+	code, body = ts.do("POST", path+"query", bob.AccessToken, map[string]any{"device_keys": map[string]any{ad.user: []string{}}})
+	if code != 200 || len(body["device_keys"].(map[string]any)[ad.user].(map[string]any)) != 0 {
+		t.Fatalf("refused uploads stored keys: %d %v", code, body)
+	}
+	if code, body = ts.do("POST", path+"query", bob.AccessToken, map[string]any{"device_keys": map[string]any{ad.user: map[string]any{"x": 1}}}); code != 400 || body["errcode"] != "M_BAD_JSON" {
+		t.Fatalf("device IDs as an object: %d %v", code, body)
+	}
+
+	// Upload, twice: idempotent.
+	first := ad.otks(t, "a", 3)
+	for range 2 {
+		code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": ad.deviceKeys(t), "one_time_keys": first})
+		if code != 200 || body["one_time_key_counts"].(map[string]any)["signed_curve25519"] != 3.0 {
+			t.Fatalf("upload: %d %v", code, body)
+		}
+	}
+	clash := map[string]any{"signed_curve25519:a0": ad.sign(t, map[string]any{"key": "another"})}
+	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"one_time_keys": clash}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("different key under a taken ID: %d %v", code, body)
+	}
+	// A later upload goes after the first one, whatever its IDs.
+	code, _ = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{
+		"one_time_keys": ad.otks(t, "0", 2),
+		"fallback_keys": map[string]any{"signed_curve25519:fb": ad.sign(t, map[string]any{"key": "fallback", "fallback": true})},
+	})
+	if code != 200 {
+		t.Fatalf("second upload: %d", code)
+	}
+	code, body = ts.do("POST", path+"query", bob.AccessToken, map[string]any{"device_keys": map[string]any{ad.user: []string{}}})
+	dev := body["device_keys"].(map[string]any)[ad.user].(map[string]any)[ad.device].(map[string]any)
+	if code != 200 || dev["keys"].(map[string]any)["ed25519:"+ad.device] != ad.pub {
+		t.Fatalf("query: %d %v", code, body)
+	}
+
+	// Three claims get the first upload's keys; then two racing claims
+	// split the second upload's keys between them.
+	got := map[string]int{}
+	for range 3 {
+		_, body = ts.do("POST", path+"claim", bob.AccessToken, claimBody(ad.user, ad.device))
+		ids := claimedIDs(body, ad.user, ad.device)
+		if len(ids) != 1 || ids[0][:len("signed_curve25519:a")] != "signed_curve25519:a" {
+			t.Fatalf("claim from the first upload: %v", body)
+		}
+		got[ids[0]]++
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, body := ts.do("POST", path+"claim", bob.AccessToken, claimBody(ad.user, ad.device))
+			mu.Lock()
+			defer mu.Unlock()
+			for _, id := range claimedIDs(body, ad.user, ad.device) {
+				got[id]++
+			}
+		}()
+	}
+	wg.Wait()
+	for _, id := range []string{"signed_curve25519:a0", "signed_curve25519:a1", "signed_curve25519:a2", "signed_curve25519:00", "signed_curve25519:01"} {
+		if got[id] != 1 {
+			t.Fatalf("key %s handed out %d times (all: %v)", id, got[id], got)
+		}
+	}
+	// Two of the four racing claims found no one-time key left: they got
+	// the fallback key, which stays.
+	if got["signed_curve25519:fb"] != 2 {
+		t.Fatalf("fallback key handed out %d times, want 2: %v", got["signed_curve25519:fb"], got)
+	}
+	// Re-uploading a handed-out key does not make it claimable again.
+	ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"one_time_keys": first})
+	_, body = ts.do("POST", path+"claim", bob.AccessToken, claimBody(ad.user, ad.device))
+	if ids := claimedIDs(body, ad.user, ad.device); len(ids) != 1 || ids[0] != "signed_curve25519:fb" {
+		t.Fatalf("after re-uploading claimed keys: %v", body)
+	}
+	sync := ts.rawSync(alice, nil)
+	if n := sync["device_one_time_keys_count"].(map[string]any)["signed_curve25519"]; n != nil && n != 0.0 {
+		t.Fatalf("one-time key count in sync: %v", sync["device_one_time_keys_count"])
+	}
+	if fb := sync["device_unused_fallback_key_types"].([]any); len(fb) != 0 {
+		t.Fatalf("used fallback key still listed as unused: %v", fb)
+	}
+
+	// Bounded claims.
+	huge := map[string]any{}
+	for i := range 10_000 {
+		huge[fmt.Sprintf("DEV%05d", i)] = "signed_curve25519"
+	}
+	if code, body = ts.do("POST", path+"claim", bob.AccessToken, map[string]any{"one_time_keys": map[string]any{ad.user: huge}}); code != 413 || body["errcode"] != "M_TOO_LARGE" {
+		t.Fatalf("10,000-key claim: %d %v", code, body)
+	}
+}
+
+// TestDeviceListsInSync: a co-member's new device keys show in
+// device_lists.changed and /keys/changes; a user who leaves the only
+// shared room shows in left.
+func TestDeviceListsInSync(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	s0 := ts.rawSync(alice, nil)["next_batch"].(string)
+	bob2 := ts.login("bob")
+	bd := newE2EEDevice(t, bob2)
+	if code, _ := ts.do("POST", "/_matrix/client/v3/keys/upload", bob2.AccessToken, map[string]any{"device_keys": bd.deviceKeys(t)}); code != 200 {
+		t.Fatal("upload failed")
+	}
+	s1body := ts.rawSync(alice, url.Values{"since": {s0}, "timeout": {"5000"}})
+	changed := s1body["device_lists"].(map[string]any)["changed"].([]any)
+	if len(changed) != 1 || changed[0] != bob.UserID.String() {
+		t.Fatalf("device_lists after bob's new device: %v", s1body["device_lists"])
+	}
+	s1 := s1body["next_batch"].(string)
+	code, body := ts.do("GET", "/_matrix/client/v3/keys/changes?from="+s0+"&to="+s1, alice.AccessToken, nil)
+	if code != 200 || len(body["changed"].([]any)) != 1 || body["changed"].([]any)[0] != bob.UserID.String() {
+		t.Fatalf("/keys/changes: %d %v", code, body)
+	}
+	if _, err := bob.LeaveRoom(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	s2body := ts.rawSync(alice, url.Values{"since": {s1}, "timeout": {"5000"}})
+	left := s2body["device_lists"].(map[string]any)["left"].([]any)
+	if len(left) != 1 || left[0] != bob.UserID.String() {
+		t.Fatalf("device_lists after bob left: %v", s2body["device_lists"])
+	}
+	// Bob's later key changes no longer concern alice.
+	s2 := s2body["next_batch"].(string)
+	ts.do("POST", "/_matrix/client/v3/keys/upload", bob2.AccessToken, map[string]any{"device_keys": map[string]any{}})
+	bd2 := newE2EEDevice(t, bob)
+	ts.do("POST", "/_matrix/client/v3/keys/upload", bob.AccessToken, map[string]any{"device_keys": bd2.deviceKeys(t)})
+	s3body := ts.rawSync(alice, url.Values{"since": {s2}})
+	if ch := s3body["device_lists"].(map[string]any)["changed"].([]any); len(ch) != 0 {
+		t.Fatalf("changes of a user sharing no room: %v", ch)
+	}
+}
+
+// TestKeyBackup: versions (newest is current), the replacement rules,
+// etag and count, and uploads to a version that is not current.
+func TestKeyBackup(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	tok := alice.AccessToken
+	base := "/_matrix/client/v3/room_keys/"
+	create := map[string]any{"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": map[string]any{"public_key": "pk"}}
+	if code, body := ts.do("GET", base+"version", tok, nil); code != 404 || body["errcode"] != "M_NOT_FOUND" {
+		t.Fatalf("no backup yet: %d %v", code, body)
+	}
+	_, v1 := ts.do("POST", base+"version", tok, create)
+	_, v2 := ts.do("POST", base+"version", tok, create)
+	if v1["version"] != "1" || v2["version"] != "2" {
+		t.Fatalf("versions %v %v", v1, v2)
+	}
+	key := func(verified bool, first, fwd int) map[string]any {
+		return map[string]any{"first_message_index": first, "forwarded_count": fwd, "is_verified": verified, "session_data": map[string]any{"ciphertext": fmt.Sprint(verified, first, fwd)}}
+	}
+	code, body := ts.do("PUT", base+"keys/!r:x/s1?version=1", tok, key(false, 0, 0))
+	if code != 403 || body["errcode"] != "M_WRONG_ROOM_KEYS_VERSION" || body["current_version"] != "2" {
+		t.Fatalf("upload to an old version: %d %v", code, body)
+	}
+	put := func(k map[string]any) map[string]any {
+		code, body := ts.do("PUT", base+"keys/!r:x/s1?version=2", tok, k)
+		if code != 200 {
+			t.Fatalf("put: %d %v", code, body)
+		}
+		return body
+	}
+	stored := func() map[string]any {
+		_, body := ts.do("GET", base+"keys/!r:x/s1?version=2", tok, nil)
+		return body
+	}
+	b := put(key(false, 5, 2))
+	if b["count"] != 1.0 {
+		t.Fatalf("count after one key: %v", b)
+	}
+	etag := b["etag"]
+	put(key(false, 6, 0)) // worse first_message_index: kept the old one
+	if s := stored(); s["first_message_index"] != 5.0 {
+		t.Fatalf("a worse key replaced the stored one: %v", s)
+	}
+	put(key(false, 5, 1)) // same index, fewer forwards: replaces
+	if s := stored(); s["forwarded_count"] != 1.0 {
+		t.Fatalf("fewer forwards did not replace: %v", s)
+	}
+	put(key(true, 9, 9)) // verified beats everything
+	if s := stored(); s["is_verified"] != true {
+		t.Fatalf("verified did not replace: %v", s)
+	}
+	b = put(key(false, 0, 0)) // unverified never replaces verified
+	if s := stored(); s["is_verified"] != true || b["etag"] == etag || b["count"] != 1.0 {
+		t.Fatalf("unverified replaced verified, or etag/count wrong: %v %v", s, b)
+	}
+	_, info := ts.do("GET", base+"version", tok, nil)
+	if info["version"] != "2" || info["count"] != 1.0 {
+		t.Fatalf("current version info: %v", info)
+	}
+	if code, _ := ts.do("DELETE", base+"version/2", tok, nil); code != 200 {
+		t.Fatal("delete version")
+	}
+	if _, info = ts.do("GET", base+"version", tok, nil); info["version"] != "1" {
+		t.Fatalf("after deleting the newest version, current is %v", info)
+	}
+	if code, _ := ts.do("GET", base+"keys/!r:x/s1?version=2", tok, nil); code != 404 {
+		t.Fatalf("keys of a deleted version: %d", code)
+	}
+}
+
+// TestCrossSigning: the first upload needs no UIA; replacing keys does;
+// signatures are checked one by one and failures reported per key.
+func TestCrossSigning(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	ad := newE2EEDevice(t, alice)
+	ts.do("POST", "/_matrix/client/v3/keys/upload", alice.AccessToken, map[string]any{"device_keys": ad.deviceKeys(t)})
+	type csKey struct {
+		priv ed25519.PrivateKey
+		pub  string
+	}
+	gen := func() csKey {
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		return csKey{priv, signing.EncodeBase64(pub)}
+	}
+	master, ssk, usk := gen(), gen(), gen()
+	obj := func(k csKey, usage string) map[string]any {
+		return map[string]any{"user_id": ad.user, "usage": []string{usage}, "keys": map[string]any{"ed25519:" + k.pub: k.pub}}
+	}
+	body := map[string]any{
+		"master_key":       obj(master, "master"),
+		"self_signing_key": signWith(t, ad.user, "ed25519:"+master.pub, master.priv, obj(ssk, "self_signing")),
+		"user_signing_key": signWith(t, ad.user, "ed25519:"+master.pub, master.priv, obj(usk, "user_signing")),
+	}
+	if code, b := ts.do("POST", "/_matrix/client/v3/keys/device_signing/upload", alice.AccessToken, body); code != 200 {
+		t.Fatalf("first cross-signing upload: %d %v", code, b)
+	}
+	if code, b := ts.do("POST", "/_matrix/client/v3/keys/device_signing/upload", alice.AccessToken, body); code != 200 {
+		t.Fatalf("identical re-upload needs no UIA: %d %v", code, b)
+	}
+	master2 := gen()
+	code, b := ts.do("POST", "/_matrix/client/v3/keys/device_signing/upload", alice.AccessToken, map[string]any{"master_key": obj(master2, "master")})
+	if code != 401 || b["flows"] == nil {
+		t.Fatalf("replacing the master key without UIA: %d %v", code, b)
+	}
+	badSSK := signWith(t, ad.user, "ed25519:"+master2.pub, master2.priv, obj(gen(), "self_signing"))
+	if code, b = ts.do("POST", "/_matrix/client/v3/keys/device_signing/upload", alice.AccessToken, map[string]any{"self_signing_key": badSSK}); code != 400 {
+		t.Fatalf("self-signing key not signed by the master key: %d %v", code, b)
+	}
+
+	// Sign alice's device with the self-signing key: accepted. A forged
+	// signature and an unknown device fail, each under its own key.
+	dk := ad.deviceKeys(t)
+	delete(dk, "signatures")
+	good := signWith(t, ad.user, "ed25519:"+ssk.pub, ssk.priv, dk)
+	forged := signWith(t, ad.user, "ed25519:"+ssk.pub, gen().priv, dk)
+	code, b = ts.do("POST", "/_matrix/client/v3/keys/signatures/upload", alice.AccessToken, map[string]any{ad.user: map[string]any{ad.device: good}})
+	if code != 200 || len(b["failures"].(map[string]any)) != 0 {
+		t.Fatalf("good signature: %d %v", code, b)
+	}
+	code, b = ts.do("POST", "/_matrix/client/v3/keys/signatures/upload", alice.AccessToken, map[string]any{ad.user: map[string]any{ad.device: forged, "NOSUCHDEV": good}})
+	f := b["failures"].(map[string]any)[ad.user].(map[string]any)
+	if code != 200 || f[ad.device].(map[string]any)["errcode"] != "M_INVALID_SIGNATURE" || f["NOSUCHDEV"].(map[string]any)["errcode"] != "M_NOT_FOUND" {
+		t.Fatalf("bad signatures: %d %v", code, b)
+	}
+	_, q := ts.do("POST", "/_matrix/client/v3/keys/query", bob.AccessToken, map[string]any{"device_keys": map[string]any{ad.user: []string{}}})
+	sigs := q["device_keys"].(map[string]any)[ad.user].(map[string]any)[ad.device].(map[string]any)["signatures"].(map[string]any)[ad.user].(map[string]any)
+	if sigs["ed25519:"+ssk.pub] == nil || sigs["ed25519:"+ad.device] == nil {
+		t.Fatalf("device signatures in query: %v", sigs)
+	}
+	if q["master_keys"].(map[string]any)[ad.user] == nil || q["self_signing_keys"].(map[string]any)[ad.user] == nil {
+		t.Fatalf("cross-signing keys in query: %v", q)
+	}
+	if len(q["user_signing_keys"].(map[string]any)) != 0 {
+		t.Fatalf("alice's user-signing key shown to bob: %v", q["user_signing_keys"])
+	}
+}
