@@ -849,7 +849,7 @@ func (s *Server) sendJoin(w http.ResponseWriter, r *http.Request, origin string)
 	}
 	sort.Strings(list)
 	writeJSON(w, http.StatusOK, map[string]any{
-		"origin": s.cfg.ServerName, "state": state, "auth_chain": chain, "event": ev.JSON(),
+		"origin": s.cfg.ServerName, "state": state, "auth_chain": chain, "event": json.RawMessage(ev.JSON()),
 		"members_omitted": false, "servers_in_room": list,
 	})
 	return nil

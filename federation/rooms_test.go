@@ -309,3 +309,58 @@ func mustVersion(id string) *stateres.RoomVersion {
 	}
 	return v
 }
+
+// TestJoinRoomThroughAResidentServer: B's user joins A's room with
+// JoinRoom (make_join, sign, send_join, check and record); B's rooms
+// projection then holds the room with A's state, and A's next message,
+// sent to B in a transaction, is accepted on top of the join. A rebuild
+// of B's projection gives the same bytes.
+func TestJoinRoomThroughAResidentServer(t *testing.T) {
+	ca := testca.New(t)
+	a := startRoomPeer(t, ca)
+	b := startRoomPeer(t, ca)
+	alice, bob := "@alice:"+a.Name, "@bob:"+b.Name
+	ctx := context.Background()
+
+	create := a.local(t, "", stateres.MRoomCreate, alice, sk(""), `{"room_version":"11"}`)
+	roomID := create.RoomID()
+	a.local(t, roomID, stateres.MRoomMember, alice, sk(alice), `{"membership":"join"}`)
+	a.local(t, roomID, stateres.MRoomPowerLevels, alice, sk(""), `{"users":{"`+alice+`":100},"state_default":50,"events_default":0,"ban":50,"kick":50,"redact":50,"invite":0,"users_default":0}`)
+	a.local(t, roomID, stateres.MRoomJoinRules, alice, sk(""), `{"join_rule":"public"}`)
+	a.local(t, roomID, "m.room.name", alice, sk(""), `{"name":"over the wire"}`)
+
+	if err := b.Server.JoinRoom(ctx, roomID, []string{"unreachable.invalid", a.Name}, bob, map[string]any{"displayname": "Bob"}); err != nil {
+		t.Fatalf("JoinRoom: %v", err)
+	}
+	bv := b.view()
+	if m, _ := bv.Membership(bob, roomID); m == nil || m.Membership != "join" {
+		t.Fatalf("bob's membership on B: %+v", m)
+	}
+	if name, _ := bv.StateEvent(roomID, "m.room.name", ""); name == nil {
+		t.Fatal("B has no m.room.name after the join")
+	}
+	if m, _ := bv.Membership(alice, roomID); m == nil || m.Membership != "join" {
+		t.Fatalf("alice's membership as B sees it: %+v", m)
+	}
+	if m, _ := a.view().Membership(bob, roomID); m == nil || m.Membership != "join" {
+		t.Fatalf("bob's membership on A: %+v", m)
+	}
+
+	// A's next message reaches B in a transaction.
+	msg := a.local(t, roomID, "m.room.message", alice, nil, `{"msgtype":"m.text","body":"welcome"}`)
+	var res struct {
+		PDUs map[string]map[string]string `json:"pdus"`
+	}
+	if err := a.do(t, b.Name, "PUT", "/_matrix/federation/v1/send/t1", map[string]any{"origin": a.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{msg.JSON()}}, &res); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := res.PDUs[msg.EventID()]; !ok || r["error"] != "" {
+		t.Fatalf("B's result for A's message: %v", res.PDUs)
+	}
+	if e, _ := bv.Event(msg.EventID()); e == nil || e.Rejected != "" || e.SoftFailed || e.Outlier {
+		t.Fatalf("A's message on B: %+v", e)
+	}
+	if ext, _ := bv.ForwardExtremities(roomID); len(ext) != 1 || ext[0] != msg.EventID() {
+		t.Fatalf("B's extremities %v, want A's message", ext)
+	}
+}

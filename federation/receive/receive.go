@@ -138,6 +138,12 @@ type decider struct {
 	// state after them as the origin described it (state_ids plus the
 	// event itself), filled in by the driver.
 	fetchedState map[string]rooms.StateMap
+	// given holds states before events that a resident server sent with
+	// them (send_join), recorded as they are.
+	given map[string]rooms.StateMap
+	// fresh: the room is not known here yet (a join in progress); its
+	// current state is the state before the join.
+	fresh bool
 }
 
 func newDecider(view rooms.View, version *stateres.RoomVersion, roomID string) (*decider, error) {
@@ -145,8 +151,12 @@ func newDecider(view rooms.View, version *stateres.RoomVersion, roomID string) (
 	if err != nil {
 		return nil, err
 	}
+	room, err := view.Room(roomID)
+	if err != nil {
+		return nil, err
+	}
 	return &decider{view: view, version: version, roomID: roomID, events: map[string]*decided{},
-		extremities: slices.Clone(ext), fetchedState: map[string]rooms.StateMap{}}, nil
+		extremities: slices.Clone(ext), fetchedState: map[string]rooms.StateMap{}, fresh: room == nil}, nil
 }
 
 // event finds an event decided in this run or stored locally.
@@ -236,6 +246,9 @@ func mapsEqual(a, b rooms.StateMap) bool {
 func (d *decider) stateBefore(ev stateres.PDU) (state rooms.StateMap, recorded bool, err error) {
 	if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
 		return rooms.StateMap{}, false, nil
+	}
+	if s, ok := d.given[ev.EventID()]; ok {
+		return s, true, nil
 	}
 	var sets []rooms.StateMap
 	counted := 0
@@ -388,6 +401,9 @@ func (d *decider) decide(c *candidate) Verdict {
 	cur, err := d.currentState()
 	if err != nil {
 		return record(Rejected, "current state: "+err.Error(), nil, nil)
+	}
+	if d.fresh && len(d.extremities) == 0 {
+		cur = before // the first event of a room joined here
 	}
 	if err := auth.CheckSoftFail(ev, d.lookupIn(cur)); err != nil {
 		return record(SoftFailed, err.Error(), after, recordedState)

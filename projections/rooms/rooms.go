@@ -271,6 +271,12 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			room = fresh
 			b.rooms[roomID] = room
 		}
+		if room == nil && inDAG && f.StateBefore != nil {
+			// A room joined over federation: its first event here is the
+			// join, with the state the resident server sent.
+			room = &Room{RoomID: roomID, Version: version.ID, Creator: b.creatorIn(f.StateBefore)}
+			b.rooms[roomID] = room
+		}
 		if room == nil {
 			// An event of a room whose create event we have not folded:
 			// keep it as an outlier until federation backfills.

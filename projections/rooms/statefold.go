@@ -335,3 +335,16 @@ func (b *batch) storedEventAt(id string) (*Event, stateres.PDU, error) {
 	p, err := e.PDU()
 	return e, p, err
 }
+
+// creatorIn is the sender of the create event a recorded state names
+// ("" when it is not stored).
+func (b *batch) creatorIn(state [][3]string) string {
+	for _, t := range state {
+		if t[0] == stateres.MRoomCreate && t[1] == "" {
+			if p, err := b.eventPDU(t[2]); err == nil && p != nil {
+				return p.Sender()
+			}
+		}
+	}
+	return ""
+}
