@@ -231,7 +231,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 	}
-	unlock := s.roomLock.Lock("register")
+	unlock := s.locks.Lock("register")
 	defer unlock()
 	userID, err := s.checkNewUsername(localpart)
 	if err != nil {
@@ -350,7 +350,7 @@ func (s *Server) adminRegister(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	unlock := s.roomLock.Lock("register")
+	unlock := s.locks.Lock("register")
 	defer unlock()
 	userID, err := s.checkNewUsername(strings.ToLower(req.Username))
 	if err != nil {
@@ -444,7 +444,7 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if sess == nil {
-		return merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown refresh token").with("soft_logout", false)
+		return merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unknown refresh token").With("soft_logout", false)
 	}
 	access, refresh := newAccessToken(), newRefreshToken()
 	issued := facts.AccessTokenIssued{
@@ -459,7 +459,7 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) error {
 	if got, err := s.accountsView().Session(issued.TokenSHA256); err != nil {
 		return err
 	} else if got == nil {
-		return merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Refresh token already used").with("soft_logout", false)
+		return merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Refresh token already used").With("soft_logout", false)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"access_token": access, "refresh_token": refresh, "expires_in_ms": refreshableTokenLifetimeMS})
 	return nil

@@ -51,7 +51,7 @@ func (h adminHost) State() adminstate.View                 { return h.s.adminSta
 func (h adminHost) HashPassword(pw string) (string, error) { return h.s.hashPassword(pw) }
 
 func (h adminHost) SendEvent(ctx context.Context, proto stateres.ProtoEvent) (string, error) {
-	return h.s.sendEvent(ctx, proto, nil)
+	return h.s.roomWrite.Send(ctx, proto, nil)
 }
 
 func (h adminHost) LeaveAllRooms(ctx context.Context, userID string) error {

@@ -62,18 +62,18 @@ func (s *Server) authenticate(r *http.Request) (*session, error) {
 		return nil, err
 	}
 	if st == nil {
-		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unrecognised access token").with("soft_logout", false)
+		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unrecognised access token").With("soft_logout", false)
 	}
 	if st.ExpiresAt != 0 && st.ExpiresAt <= nowMS() {
 		// Spec (refreshing access tokens): an expired token is a soft logout.
-		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Access token has expired").with("soft_logout", true)
+		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Access token has expired").With("soft_logout", true)
 	}
 	acc, err := v.Account(st.UserID)
 	if err != nil {
 		return nil, err
 	}
 	if acc == nil || acc.Deactivated {
-		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unrecognised access token").with("soft_logout", false)
+		return nil, merr(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Unrecognised access token").With("soft_logout", false)
 	}
 	if ri := reqInfoFrom(r); ri != nil {
 		ri.user = st.UserID

@@ -6,7 +6,6 @@
 package api
 
 import (
-	"crypto/ed25519"
 	"time"
 
 	"github.com/engram-hs/engram/api/admin"
@@ -51,8 +50,4 @@ type Config struct {
 	ServerVersion string
 	// ServerNotices is Synapse's server_notices section.
 	ServerNotices admin.ServerNotices // server_notices.*
-
-	// Signing key of this server, used to sign the events it creates.
-	SigningKeyID string // "ed25519:<id>"
-	SigningKey   ed25519.PrivateKey
 }

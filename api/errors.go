@@ -4,10 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	"github.com/rs/zerolog"
 
 	englog "github.com/engram-hs/engram/log"
@@ -15,55 +14,26 @@ import (
 
 // matrixError is an error response of the client-server API: an errcode,
 // a human-readable message, the HTTP status, and extra fields some codes
-// carry (retry_after_ms, soft_logout, ...).
-type matrixError struct {
-	Status int
-	Code   string
-	Msg    string
-	Extra  map[string]any
-}
+// carry (retry_after_ms, soft_logout, ...). It is the type the room write
+// path and federation answer with too (internal/mxerr).
+type matrixError = mxerr.Error
 
-func (e *matrixError) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Msg) }
-
-func merr(status int, code, format string, args ...any) *matrixError {
-	return &matrixError{Status: status, Code: code, Msg: fmt.Sprintf(format, args...)}
-}
-
-func (e *matrixError) with(k string, v any) *matrixError {
-	if e.Extra == nil {
-		e.Extra = map[string]any{}
-	}
-	e.Extra[k] = v
-	return e
-}
-
-// Constructors for the errcodes the spec ties to a status.
-func errForbidden(format string, a ...any) *matrixError {
-	return merr(http.StatusForbidden, "M_FORBIDDEN", format, a...)
-}
-func errNotFound(format string, a ...any) *matrixError {
-	return merr(http.StatusNotFound, "M_NOT_FOUND", format, a...)
-}
-func errBadJSON(format string, a ...any) *matrixError {
-	return merr(http.StatusBadRequest, "M_BAD_JSON", format, a...)
-}
-func errInvalidParam(format string, a ...any) *matrixError {
-	return merr(http.StatusBadRequest, "M_INVALID_PARAM", format, a...)
-}
-func errMissingParam(format string, a ...any) *matrixError {
-	return merr(http.StatusBadRequest, "M_MISSING_PARAM", format, a...)
-}
-func errUnknown(format string, a ...any) *matrixError {
-	return merr(http.StatusInternalServerError, "M_UNKNOWN", format, a...)
-}
+// Short names for the constructors handlers use most.
+var (
+	merr            = mxerr.New
+	errForbidden    = mxerr.Forbidden
+	errNotFound     = mxerr.NotFound
+	errBadJSON      = mxerr.BadJSON
+	errInvalidParam = mxerr.InvalidParam
+	errMissingParam = mxerr.MissingParam
+	errUnknown      = mxerr.Unknown
+	errUnrecognized = mxerr.Unrecognized
+)
 
 // errDiskFull answers writes while the server's disk is below its reserve
 // (see README "Full disks"): reads keep working.
 func errDiskFull() *matrixError {
 	return merr(http.StatusInsufficientStorage, "M_UNKNOWN", "The server is out of disk space: writes are paused until its administrator frees space; reads still work")
-}
-func errUnrecognized(status int) *matrixError {
-	return merr(status, "M_UNRECOGNIZED", "Unrecognized request")
 }
 
 // writeJSON writes a JSON response. Every response carries the CORS
@@ -86,12 +56,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 const statusClientClosedRequest = 499
 
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
-	var me *matrixError
-	var sub *matrixerr.Error // from a sub-package (admin, media, ...)
+	var me *matrixError // api's, its sub-packages' (admin, media, ...) and roomwrite's
 	switch {
 	case errors.As(err, &me):
-	case errors.As(err, &sub):
-		me = (*matrixError)(sub)
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
 		// The client hung up; nothing went wrong here and nobody reads the
 		// answer. 499 is the status proxies use for it, so the request

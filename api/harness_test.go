@@ -15,6 +15,7 @@ import (
 	"github.com/engram-hs/engram/api"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
@@ -60,7 +61,11 @@ func startServer(t *testing.T, mutate ...func(*api.Config)) *testServer {
 	for _, m := range mutate {
 		m(&cfg)
 	}
-	srv, err := api.New(cfg, api.Deps{Log: node, Engine: eng, Logger: logger, Metrics: reg})
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: cfg.ServerName, Logger: logger}, node, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := api.New(cfg, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger, Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -130,7 +130,7 @@ func (s *Server) rateLimit(r *http.Request) error {
 	}
 	if wait := s.limiter.take(key, time.Now()); wait > 0 {
 		ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
-		return merr(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "Too many requests; retry later").with("retry_after_ms", ms)
+		return merr(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "Too many requests; retry later").With("retry_after_ms", ms)
 	}
 	return nil
 }

@@ -35,7 +35,7 @@ func lockedAllowed(r *http.Request) bool {
 }
 
 func errUserLocked() *matrixError {
-	return merr(http.StatusUnauthorized, "M_USER_LOCKED", "This account has been locked by a server administrator").with("soft_logout", true)
+	return merr(http.StatusUnauthorized, "M_USER_LOCKED", "This account has been locked by a server administrator").With("soft_logout", true)
 }
 
 // suspendedRefused: what a suspended account may not do (the spec leaves

@@ -8,10 +8,6 @@ import (
 	"github.com/engram-hs/engram/projections/userdata"
 )
 
-// eventCacheSize bounds the parsed events kept in memory for every
-// request (rooms.EventCache): a few KiB each, so tens of MiB at most.
-const eventCacheSize = 16_384
-
 // notifier wakes /sync long-polls whose streams a committed batch
 // touched. A waiter registers under its user and the rooms it is joined
 // to; the projections say which users and rooms each batch touched, so a
@@ -126,7 +122,7 @@ func (n *notifier) wakeAll() {
 func (s *Server) SyncWakeups() uint64 { return s.notifier.wakeups.Load() }
 
 // EventCacheStats are the hits and misses of the parsed-event cache.
-func (s *Server) EventCacheStats() (hits, misses uint64) { return s.events.Stats() }
+func (s *Server) EventCacheStats() (hits, misses uint64) { return s.roomWrite.EventCacheStats() }
 
 // roomsTouched wakes the long-polls of the rooms that got events and of
 // the users whose membership changed.

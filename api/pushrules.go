@@ -269,7 +269,7 @@ func (s *Server) getPushRuleActions(w http.ResponseWriter, r *http.Request, sess
 // per-user lock, so two concurrent edits cannot lose one another, and
 // records the result as the m.push_rules account data fact.
 func (s *Server) editPushRules(r *http.Request, sess *session, edit func(rs *pushRuleset) error) error {
-	defer s.roomLock.Lock("pushrules:" + sess.UserID)()
+	defer s.locks.Lock("pushrules:" + sess.UserID)()
 	rs, err := s.pushRules(sess.UserID)
 	if err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"github.com/engram-hs/engram/api"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/rs/zerolog"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -124,7 +125,11 @@ func TestProjectionsAreAFunctionOfTheLog(t *testing.T) {
 	}
 	defer node.Close()
 	eng := projections.NewEngine(node, node.DB(), zerolog.New(io.Discard), nil)
-	srv, err := api.New(ts.cfg, api.Deps{Log: node, Engine: eng, Logger: zerolog.New(io.Discard)})
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: ts.cfg.ServerName}, node, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := api.New(ts.cfg, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: zerolog.New(io.Discard)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,9 +140,12 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	if !version.V11Semantics {
 		createContent["creator"] = sess.UserID
 	}
-	b := &roomBuilder{s: s, version: version, roomID: roomID, state: &stateOverlay{}, now: nowMS()}
+	b, err := s.roomWrite.NewRoom(version, roomID)
+	if err != nil {
+		return err
+	}
 	if alias != "" {
-		defer s.roomLock.Lock("alias:" + alias)()
+		defer s.locks.Lock("alias:" + alias)()
 		if a, err := s.roomsView().Alias(alias); err != nil {
 			return err
 		} else if a != nil {
@@ -150,16 +153,12 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		}
 	}
 	createProto := stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(createContent), RoomID: roomID}
-	createEv, err := b.add(createProto)
+	createEv, err := b.Add(createProto)
 	if err != nil {
 		return err
 	}
-	if roomID == "" {
-		roomID = createEv.RoomID()
-		b.roomID = roomID
-	}
+	roomID = createEv.RoomID()
 	setRoom(r, roomID)
-	defer s.roomLock.Lock(roomID)()
 
 	member := map[string]any{"membership": "join"}
 	if profile.DisplayName != nil {
@@ -168,7 +167,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	if profile.AvatarURL != nil {
 		member["avatar_url"] = *profile.AvatarURL
 	}
-	if _, err := b.add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: mustJSON(member)}); err != nil {
+	if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: mustJSON(member)}); err != nil {
 		return err
 	}
 
@@ -198,11 +197,11 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		"invite": invitePL, "notifications": map[string]any{"room": 50},
 	}
 	maps.Copy(pl, req.PowerLevelContentOverride)
-	if _, err := b.add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
+	if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
 		return err
 	}
 	if alias != "" {
-		if _, err := b.add(stateres.ProtoEvent{Type: "m.room.canonical_alias", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]any{"alias": alias})}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.canonical_alias", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]any{"alias": alias})}); err != nil {
 			return err
 		}
 	}
@@ -227,7 +226,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			continue
 		}
 		p.StateKey, p.Sender = strptr(""), sess.UserID
-		if _, err := b.add(p); err != nil {
+		if _, err := b.Add(p); err != nil {
 			return err
 		}
 	}
@@ -238,17 +237,17 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		if is.Type == stateres.MRoomCreate || is.Type == stateres.MRoomMember || is.Type == stateres.MRoomPowerLevels {
 			continue // these come from the dedicated parameters
 		}
-		if _, err := b.add(stateres.ProtoEvent{Type: is.Type, StateKey: strptr(is.StateKey), Sender: sess.UserID, Content: is.Content}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: is.Type, StateKey: strptr(is.StateKey), Sender: sess.UserID, Content: is.Content}); err != nil {
 			return err
 		}
 	}
 	if req.Name != nil {
-		if _, err := b.add(stateres.ProtoEvent{Type: "m.room.name", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"name": *req.Name})}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.name", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"name": *req.Name})}); err != nil {
 			return err
 		}
 	}
 	if req.Topic != nil {
-		if _, err := b.add(stateres.ProtoEvent{Type: "m.room.topic", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"topic": *req.Topic})}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.topic", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"topic": *req.Topic})}); err != nil {
 			return err
 		}
 	}
@@ -257,18 +256,18 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		if req.IsDirect {
 			c["is_direct"] = true
 		}
-		if _, err := b.add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: sess.UserID, Content: mustJSON(c)}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: sess.UserID, Content: mustJSON(c)}); err != nil {
 			return err
 		}
 	}
-	props := b.proposals(nil)
+	props := b.Proposals(nil)
 	if alias != "" {
 		props = append(props, facts.MustEncode(englog.KindAliasSet, facts.AliasSet{Alias: alias, RoomID: roomID, Creator: sess.UserID}))
 	}
 	if req.Visibility == "public" {
 		props = append(props, facts.MustEncode(englog.KindRoomVisibilitySet, facts.RoomVisibilitySet{RoomID: roomID, Visibility: "public"}))
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, props...); err != nil {
+	if _, err := s.roomWrite.Commit(r.Context(), props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
@@ -366,7 +365,7 @@ func (s *Server) ownMembership(w http.ResponseWriter, r *http.Request, sess *ses
 	if err != nil {
 		return err
 	}
-	if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+	if _, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
@@ -409,7 +408,7 @@ func (s *Server) membershipChange(w http.ResponseWriter, r *http.Request, sess *
 	if err != nil {
 		return err
 	}
-	if _, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(target), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+	if _, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(target), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
@@ -658,7 +657,7 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 		return err
 	}
 	typ := r.PathValue("eventType")
-	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: typ, StateKey: strptr(r.PathValue("stateKey")), Sender: sess.UserID, Content: content, RoomID: roomID}, nil)
+	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: typ, StateKey: strptr(r.PathValue("stateKey")), Sender: sess.UserID, Content: content, RoomID: roomID}, nil)
 	if err != nil {
 		return err
 	}
@@ -682,7 +681,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, sess *session) err
 	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: r.PathValue("txnId")}
 	// Sending is pro-active: the activity record (at most one a minute)
 	// rides in the same commit.
-	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID}, txn, s.activityFacts(sess.UserID)...)
+	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID}, txn, s.activityFacts(sess.UserID)...)
 	if err != nil {
 		return err
 	}
@@ -728,7 +727,7 @@ func (s *Server) redactEvent(w http.ResponseWriter, r *http.Request, sess *sessi
 		content["reason"] = req.Reason
 	}
 	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: "redact:" + r.PathValue("txnId")}
-	id, err := s.sendEvent(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomRedaction, Sender: sess.UserID, Content: mustJSON(content), Redacts: targetID, RoomID: roomID}, txn)
+	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomRedaction, Sender: sess.UserID, Content: mustJSON(content), Redacts: targetID, RoomID: roomID}, txn)
 	if err != nil {
 		return err
 	}
@@ -796,7 +795,7 @@ func (s *Server) putAlias(w http.ResponseWriter, r *http.Request, sess *session)
 	} else if room == nil {
 		return errNotFound("Unknown room %s", req.RoomID)
 	}
-	defer s.roomLock.Lock("alias:" + alias)()
+	defer s.locks.Lock("alias:" + alias)()
 	if a, err := s.roomsView().Alias(alias); err != nil {
 		return err
 	} else if a != nil {
@@ -869,7 +868,7 @@ func (s *Server) leaveAllRooms(ctx context.Context, userID string) error {
 		if m.Membership != "join" && m.Membership != "invite" && m.Membership != "knock" {
 			continue
 		}
-		if _, err := s.sendEvent(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(userID), Sender: userID, Content: mustJSON(map[string]string{"membership": "leave"}), RoomID: m.RoomID}, nil); err != nil {
+		if _, err := s.roomWrite.Send(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(userID), Sender: userID, Content: mustJSON(map[string]string{"membership": "leave"}), RoomID: m.RoomID}, nil); err != nil {
 			s.logger.Warn().Err(err).Str("room", m.RoomID).Str("user", userID).Msg("could not leave room while deactivating")
 		}
 	}
@@ -891,7 +890,7 @@ func (s *Server) propagateProfile(ctx context.Context, userID string) error {
 		if err != nil {
 			return err
 		}
-		if _, err := s.sendEvent(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(userID), Sender: userID, Content: content, RoomID: m.RoomID}, nil); err != nil {
+		if _, err := s.roomWrite.Send(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(userID), Sender: userID, Content: content, RoomID: m.RoomID}, nil); err != nil {
 			s.logger.Warn().Err(err).Str("room", m.RoomID).Msg("could not update member event after a profile change")
 		}
 	}

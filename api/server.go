@@ -13,6 +13,8 @@ import (
 
 	"github.com/engram-hs/engram/api/admin"
 	"github.com/engram-hs/engram/api/keys"
+	"github.com/engram-hs/engram/internal/keyedmutex"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -20,6 +22,7 @@ import (
 	"github.com/engram-hs/engram/projections/reports"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -27,8 +30,11 @@ import (
 
 // Deps are the running pieces the API is wired to by the binary.
 type Deps struct {
-	Log     englog.Log
-	Engine  *projections.Engine
+	Log    englog.Log
+	Engine *projections.Engine
+	// Rooms is the room write path (it registered the rooms projection);
+	// its server name must be the config's.
+	Rooms   *roomwrite.Writer
 	Logger  zerolog.Logger
 	Metrics prometheus.Registerer
 	// Remote asks other servers (federation); nil: no federation.
@@ -43,7 +49,7 @@ type Server struct {
 	remote Remote
 
 	accountsH *projections.Handle
-	roomsH    *projections.Handle
+	roomsH    *projections.Handle // roomWrite's
 	userdataH *projections.Handle
 	reportsH  *projections.Handle
 	adminH    *projections.Handle // adminstate: what admins decided about rooms and the server
@@ -51,22 +57,21 @@ type Server struct {
 	keys      *keys.Service // end-to-end encryption (api/keys)
 	engine    *projections.Engine
 	notifier  *notifier
-	events    *rooms.EventCache // parsed events, shared by every request
+	roomWrite *roomwrite.Writer // builds, authorises and appends room events
 
-	mux      *http.ServeMux // method+path patterns
-	pathMux  *http.ServeMux // the same paths without methods: tells 405 from 404
-	handler  http.Handler
-	limiter  *rateLimiter
-	latency  *prometheus.HistogramVec
-	roomLock keyedMutex
-	nonces   *nonceStore
-	uia      *uiaStore
-	lazy     lazyMemberCache // members already sent under lazy_load_members
-	reqSeq   atomic.Uint64
-	reqBase  string
-
-	// roomStates holds, per room, the state sends build on (statecache.go).
-	roomStates roomStateCache
+	mux     *http.ServeMux // method+path patterns
+	pathMux *http.ServeMux // the same paths without methods: tells 405 from 404
+	handler http.Handler
+	limiter *rateLimiter
+	latency *prometheus.HistogramVec
+	// locks serialises checks and appends of non-room keys (an alias, a
+	// user's registration, push rules); room events use roomWrite's lock.
+	locks   keyedmutex.Mutex
+	nonces  *nonceStore
+	uia     *uiaStore
+	lazy    lazyMemberCache // members already sent under lazy_load_members
+	reqSeq  atomic.Uint64
+	reqBase string
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -78,8 +83,11 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if cfg.ServerName == "" {
 		return nil, errors.New("api: server_name is empty; set server_name in the config")
 	}
-	if deps.Log == nil || deps.Engine == nil {
-		return nil, errors.New("api: Deps.Log and Deps.Engine are required")
+	if deps.Log == nil || deps.Engine == nil || deps.Rooms == nil {
+		return nil, errors.New("api: Deps.Log, Deps.Engine and Deps.Rooms are required")
+	}
+	if deps.Rooms.ServerName() != cfg.ServerName {
+		return nil, fmt.Errorf("api: the room writer builds events for %q, not for server_name %q", deps.Rooms.ServerName(), cfg.ServerName)
 	}
 	if cfg.DefaultRoomVersion == "" {
 		cfg.DefaultRoomVersion = stateres.DefaultRoomVersion
@@ -87,7 +95,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if _, ok := stateres.Version(cfg.DefaultRoomVersion); !ok {
 		return nil, fmt.Errorf("api: default_room_version %q is not a known room version; use one of %v", cfg.DefaultRoomVersion, stateres.KnownVersions())
 	}
-	ensureSigningKey(&cfg)
 	if cfg.MaxRequestBodySize <= 0 {
 		cfg.MaxRequestBodySize = 10 << 20
 	}
@@ -116,8 +123,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	}
 	s.notifier = newNotifier()
 	s.accountsH = deps.Engine.Register(accounts.New())
-	s.events = rooms.NewEventCache(eventCacheSize)
-	s.roomsH = deps.Engine.Register(rooms.New(deps.Log, s.roomsTouched))
+	s.roomWrite = deps.Rooms
+	s.roomsH = deps.Rooms.Handle()
+	deps.Rooms.OnTouched(s.roomsTouched)
 	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
 	s.reportsH = deps.Engine.Register(reports.New())
 	s.adminH = deps.Engine.Register(adminstate.New())
@@ -215,12 +223,13 @@ func (s *Server) authed(h authedFunc) handlerFunc {
 }
 
 // commit appends proposals and waits until the given projections applied
-// them, so the handler can answer from them (read-your-writes).
+// them, so the handler can answer from them (read-your-writes). Room
+// events go through s.roomWrite instead.
 func (s *Server) commit(ctx context.Context, wait []*projections.Handle, props ...englog.Proposal) ([]uint64, error) {
 	offs, err := s.log.Append(ctx, props...)
 	if err != nil {
 		if errors.Is(err, englog.ErrNotLeader) {
-			return nil, merr(http.StatusServiceUnavailable, "M_UNKNOWN", "This server cannot accept writes right now (no cluster leader); retry shortly")
+			return nil, mxerr.NotLeader()
 		}
 		return nil, fmt.Errorf("append to log: %w", err)
 	}
@@ -234,45 +243,7 @@ func (s *Server) commit(ctx context.Context, wait []*projections.Handle, props .
 }
 
 func (s *Server) accountsView() accounts.View { return accounts.NewView(s.accountsH.Reader()) }
-func (s *Server) roomsView() rooms.View {
-	return rooms.NewView(s.roomsH.Reader(), s.log).WithCache(s.events)
-}
+func (s *Server) roomsView() rooms.View       { return s.roomWrite.View() }
 func (s *Server) userdataView() userdata.View { return userdata.NewView(s.userdataH.Reader()) }
-
-// keyedMutex serialises work per key (per room: read state, build, append,
-// wait) while different keys proceed in parallel.
-type keyedMutex struct {
-	mu    sync.Mutex
-	locks map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) Lock(key string) func() {
-	k.mu.Lock()
-	if k.locks == nil {
-		k.locks = map[string]*keyedEntry{}
-	}
-	e := k.locks[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.locks[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.locks, key)
-		}
-		k.mu.Unlock()
-	}
-}
 
 func nowMS() int64 { return time.Now().UnixMilli() }

@@ -18,6 +18,7 @@ import (
 	"github.com/engram-hs/engram/api"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
 )
@@ -37,7 +38,11 @@ func startBenchServer(b *testing.B) *benchServer {
 		b.Fatal(err)
 	}
 	eng := projections.NewEngine(node, node.DB(), logger, nil)
-	srv, err := api.New(api.Config{ServerName: serverName, EnableRegistration: true, EnableRegistrationWithoutVerification: true, BcryptCost: bcrypt.MinCost}, api.Deps{Log: node, Engine: eng, Logger: logger})
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: serverName, Logger: logger}, node, eng)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv, err := api.New(api.Config{ServerName: serverName, EnableRegistration: true, EnableRegistrationWithoutVerification: true, BcryptCost: bcrypt.MinCost}, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
 	if err != nil {
 		b.Fatal(err)
 	}

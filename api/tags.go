@@ -68,7 +68,7 @@ func (s *Server) editTags(r *http.Request, sess *session, edit func(tags map[str
 	if len(r.PathValue("tag")) > maxTagBytes {
 		return errInvalidParam("A tag name must not exceed %d bytes", maxTagBytes)
 	}
-	defer s.roomLock.Lock("tags:" + sess.UserID + "\x00" + roomID)()
+	defer s.locks.Lock("tags:" + sess.UserID + "\x00" + roomID)()
 	tags, err := s.roomTags(sess.UserID, roomID)
 	if err != nil {
 		return err

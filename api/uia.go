@@ -131,9 +131,9 @@ func (u *uiaStore) check(raw json.RawMessage, flows [][]string, verify uiaStageC
 			return stageErr
 		}
 	}
-	e.with("flows", fl).with("params", map[string]any{}).with("session", sessID)
+	e.With("flows", fl).With("params", map[string]any{}).With("session", sessID)
 	if len(completed) > 0 {
-		e.with("completed", completed)
+		e.With("completed", completed)
 	}
 	return e
 }

@@ -9,13 +9,12 @@ import (
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
-	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
 )
 
 // Room upgrades (spec: modules/room_upgrades.md, room_upgrades.yaml).
 //
-// The replacement room is built with the same roomBuilder createRoom uses,
+// The replacement room is built with the same roomwrite.Builder createRoom uses,
 // and everything (the new room's events, the old room's tombstone and
 // restricted power levels, moved aliases, directory listing) is appended
 // in one log append: an upgrade happens entirely or not at all.
@@ -66,8 +65,8 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		return errForbidden("You need the power to send m.room.tombstone to upgrade this room")
 	}
 
-	defer s.roomLock.Lock(oldRoomID)()
-	old, err := s.newRoomBuilder(oldRoomID)
+	defer s.roomWrite.Lock(oldRoomID)()
+	old, err := s.roomWrite.Extend(oldRoomID)
 	if err != nil {
 		return err
 	}
@@ -87,7 +86,7 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		newRoomID = "!" + randomString(12) + ":" + s.cfg.ServerName
 	}
 	tombstone := func() (*stateres.Event, error) {
-		return old.add(stateres.ProtoEvent{Type: "m.room.tombstone", StateKey: strptr(""), Sender: sess.UserID,
+		return old.Add(stateres.ProtoEvent{Type: "m.room.tombstone", StateKey: strptr(""), Sender: sess.UserID,
 			Content: mustJSON(map[string]string{"body": "This room has been replaced", "replacement_room": newRoomID})})
 	}
 	predecessor := map[string]any{"room_id": oldRoomID}
@@ -121,26 +120,28 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 			}
 		}
 	}
-	nb := &roomBuilder{s: s, version: version, roomID: newRoomID, state: &stateOverlay{}, now: old.now}
-	createEv, err := nb.add(stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(createContent)})
+	nb, err := s.roomWrite.NewRoom(version, newRoomID)
+	if err != nil {
+		return err
+	}
+	nb.SetNow(old.Now())
+	createEv, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(createContent)})
 	if err != nil {
 		return err
 	}
 	if newRoomID == "" {
 		newRoomID = createEv.RoomID()
-		nb.roomID = newRoomID
 		if _, err := tombstone(); err != nil {
 			return err
 		}
 	}
 	setRoom(r, newRoomID)
-	defer s.roomLock.Lock(newRoomID)()
 
 	member, err := s.memberContent(sess.UserID, "join", "")
 	if err != nil {
 		return err
 	}
-	if _, err := nb.add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: member}); err != nil {
+	if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: member}); err != nil {
 		return err
 	}
 
@@ -169,14 +170,14 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 			raisedUsers := cloneJSONMap(users)
 			raisedUsers[sess.UserID] = need
 			raised["users"] = raisedUsers
-			if _, err := nb.add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(raised)}); err != nil {
+			if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(raised)}); err != nil {
 				return err
 			}
 			restore = true
 		}
 	}
 	if !restore {
-		if _, err := nb.add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
+		if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
 			return err
 		}
 	}
@@ -188,12 +189,12 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		if e == nil {
 			continue
 		}
-		if _, err := nb.add(stateres.ProtoEvent{Type: typ, StateKey: strptr(""), Sender: sess.UserID, Content: headOf(e).Content}); err != nil {
+		if _, err := nb.Add(stateres.ProtoEvent{Type: typ, StateKey: strptr(""), Sender: sess.UserID, Content: headOf(e).Content}); err != nil {
 			return err
 		}
 	}
 	if restore {
-		if _, err := nb.add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
+		if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
 			return err
 		}
 	}
@@ -205,13 +206,13 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		restricted := max(50, usersDefault+1)
 		if cur, _ := oldPL["events_default"].(int64); cur < restricted || oldPL["invite"] == nil || oldPL["invite"].(int64) < restricted {
 			oldPL["events_default"], oldPL["invite"] = max(cur, restricted), restricted
-			if _, err := old.add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(oldPL)}); err != nil {
+			if _, err := old.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(oldPL)}); err != nil {
 				s.logger.Info().Err(err).Str("room", oldRoomID).Msg("upgrade: could not restrict the old room's power levels")
 			}
 		}
 	}
 
-	props := append(nb.proposals(nil), old.proposals(nil)...)
+	props := append(nb.Proposals(nil), old.Proposals(nil)...)
 	aliases, err := v.Aliases(oldRoomID)
 	if err != nil {
 		return err
@@ -236,7 +237,7 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 			facts.MustEncode(englog.KindRoomVisibilitySet, facts.RoomVisibilitySet{RoomID: oldRoomID, Visibility: "private"}),
 			facts.MustEncode(englog.KindRoomVisibilitySet, facts.RoomVisibilitySet{RoomID: newRoomID, Visibility: "public"}))
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, props...); err != nil {
+	if _, err := s.roomWrite.Commit(r.Context(), props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"replacement_room": newRoomID})

@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -107,7 +107,7 @@ type API struct {
 }
 
 // Handler is a handler that reports failure by returning an error (a
-// *matrixerr.Error is answered as is).
+// *mxerr.Error is answered as is).
 type Handler func(w http.ResponseWriter, r *http.Request) error
 
 // New builds the admin API; Register mounts it.
@@ -176,7 +176,7 @@ func (a *API) adminsOnly(h adminHandler) Handler {
 			return err
 		}
 		if !c.Admin {
-			return matrixerr.Forbidden("You are not a server admin")
+			return mxerr.Forbidden("You are not a server admin")
 		}
 		return h(w, r, c)
 	}
@@ -222,22 +222,22 @@ func readJSON(r *http.Request, v any) error {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return matrixerr.New(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body is larger than %d bytes", mbe.Limit)
+			return mxerr.New(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body is larger than %d bytes", mbe.Limit)
 		}
-		return matrixerr.New(http.StatusBadRequest, "M_UNKNOWN", "Could not read the request body: %v", err)
+		return mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "Could not read the request body: %v", err)
 	}
 	if len(strings.TrimSpace(string(body))) == 0 {
 		body = []byte("{}")
 	}
 	if !json.Valid(body) {
-		return matrixerr.New(http.StatusBadRequest, "M_NOT_JSON", "Request body is not valid JSON")
+		return mxerr.New(http.StatusBadRequest, "M_NOT_JSON", "Request body is not valid JSON")
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(body, &obj); err != nil {
-		return matrixerr.BadJSON("Request body must be a JSON object")
+		return mxerr.BadJSON("Request body must be a JSON object")
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		return matrixerr.BadJSON("Request body has a field of the wrong type: %v", err)
+		return mxerr.BadJSON("Request body has a field of the wrong type: %v", err)
 	}
 	return nil
 }
@@ -250,7 +250,7 @@ func queryInt(r *http.Request, name string, def int) (int, error) {
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return 0, matrixerr.InvalidParam("Query parameter %s must be a non-negative integer", name)
+		return 0, mxerr.InvalidParam("Query parameter %s must be a non-negative integer", name)
 	}
 	return n, nil
 }
@@ -268,7 +268,7 @@ func queryBool(r *http.Request, name string) (*bool, error) {
 		f := false
 		return &f, nil
 	}
-	return nil, matrixerr.InvalidParam("Query parameter %s must be true or false", name)
+	return nil, mxerr.InvalidParam("Query parameter %s must be true or false", name)
 }
 
 func boolPtr(b bool) *bool { return &b }
@@ -282,14 +282,14 @@ func (a *API) isLocal(userID string) bool {
 // localUser checks that userID is a local user that exists.
 func (a *API) localUser(userID string) (*accounts.Account, error) {
 	if !a.isLocal(userID) {
-		return nil, matrixerr.InvalidParam("Can only look up local users")
+		return nil, mxerr.InvalidParam("Can only look up local users")
 	}
 	acc, err := a.host.Accounts().Account(userID)
 	if err != nil {
 		return nil, err
 	}
 	if acc == nil {
-		return nil, matrixerr.NotFound("User not found")
+		return nil, mxerr.NotFound("User not found")
 	}
 	return acc, nil
 }

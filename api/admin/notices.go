@@ -4,7 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/stateres"
@@ -27,7 +27,7 @@ func (a *API) systemUser() string {
 
 func (a *API) sendServerNotice(w http.ResponseWriter, r *http.Request, c Caller) error {
 	if a.cfg.ServerNotices.SystemMXIDLocalpart == "" {
-		return matrixerr.New(http.StatusBadRequest, "M_UNKNOWN", "Server notices are not enabled on this server; set server_notices.system_mxid_localpart in the config")
+		return mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "Server notices are not enabled on this server; set server_notices.system_mxid_localpart in the config")
 	}
 	var req struct {
 		UserID   string          `json:"user_id"`
@@ -39,17 +39,17 @@ func (a *API) sendServerNotice(w http.ResponseWriter, r *http.Request, c Caller)
 		return err
 	}
 	if req.UserID == "" || len(req.Content) == 0 {
-		return matrixerr.MissingParam("user_id and content are required")
+		return mxerr.MissingParam("user_id and content are required")
 	}
 	if !a.isLocal(req.UserID) {
-		return matrixerr.InvalidParam("Server notices can only be sent to local users")
+		return mxerr.InvalidParam("Server notices can only be sent to local users")
 	}
 	acc, err := a.host.Accounts().Account(req.UserID)
 	if err != nil {
 		return err
 	}
 	if acc == nil || acc.Deactivated {
-		return matrixerr.NotFound("User not found")
+		return mxerr.NotFound("User not found")
 	}
 	if req.Type == "" {
 		req.Type = "m.room.message"

@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -63,7 +63,7 @@ func (a *API) regToken(r *http.Request) (*accounts.RegToken, error) {
 		return nil, err
 	}
 	if t == nil {
-		return nil, matrixerr.NotFound("No such registration token: %s", r.PathValue("token"))
+		return nil, mxerr.NotFound("No such registration token: %s", r.PathValue("token"))
 	}
 	return t, nil
 }
@@ -105,14 +105,14 @@ func (a *API) newRegToken(w http.ResponseWriter, r *http.Request, c Caller) erro
 	tok := ""
 	if req.Token != nil {
 		if !validToken(*req.Token) {
-			return matrixerr.InvalidParam("token must consist only of characters matched by the regex [A-Za-z0-9._~-] and be at most 64 characters long")
+			return mxerr.InvalidParam("token must consist only of characters matched by the regex [A-Za-z0-9._~-] and be at most 64 characters long")
 		}
 		tok = *req.Token
 	} else {
 		n := 16
 		if req.Length != nil {
 			if *req.Length <= 0 || *req.Length > 64 {
-				return matrixerr.InvalidParam("length must be an integer between 1 and 64")
+				return mxerr.InvalidParam("length must be an integer between 1 and 64")
 			}
 			n = *req.Length
 		}
@@ -124,19 +124,19 @@ func (a *API) newRegToken(w http.ResponseWriter, r *http.Request, c Caller) erro
 		tok = string(b)
 	}
 	if req.UsesAllowed != nil && *req.UsesAllowed < 0 {
-		return matrixerr.InvalidParam("uses_allowed must be a non-negative integer or null")
+		return mxerr.InvalidParam("uses_allowed must be a non-negative integer or null")
 	}
 	var expiry int64
 	if req.ExpiryTime != nil {
 		if *req.ExpiryTime < a.now().UnixMilli() {
-			return matrixerr.InvalidParam("expiry_time must not be in the past")
+			return mxerr.InvalidParam("expiry_time must not be in the past")
 		}
 		expiry = *req.ExpiryTime
 	}
 	if t, err := a.host.Accounts().RegistrationToken(tok); err != nil {
 		return err
 	} else if t != nil {
-		return matrixerr.InvalidParam("Token already exists")
+		return mxerr.InvalidParam("Token already exists")
 	}
 	f := facts.RegistrationToken{Op: facts.RegistrationTokenCreate, Token: tok, UsesAllowed: req.UsesAllowed, ExpiryTime: expiry}
 	if err := a.commit(r.Context(), c, "new_registration_token", tok, map[string]any{"uses_allowed": req.UsesAllowed, "expiry_time": req.ExpiryTime},
@@ -166,7 +166,7 @@ func (a *API) updateRegToken(w http.ResponseWriter, r *http.Request, c Caller) e
 		if string(raw) != "null" {
 			var n int
 			if err := json.Unmarshal(raw, &n); err != nil || n < 0 {
-				return matrixerr.InvalidParam("uses_allowed must be a non-negative integer or null")
+				return mxerr.InvalidParam("uses_allowed must be a non-negative integer or null")
 			}
 			f.UsesAllowed = &n
 		}
@@ -176,7 +176,7 @@ func (a *API) updateRegToken(w http.ResponseWriter, r *http.Request, c Caller) e
 		f.SetExpiryTime = true
 		if string(raw) != "null" {
 			if err := json.Unmarshal(raw, &f.ExpiryTime); err != nil || f.ExpiryTime < a.now().UnixMilli() {
-				return matrixerr.InvalidParam("expiry_time must be an integer not in the past, or null")
+				return mxerr.InvalidParam("expiry_time must be an integer not in the past, or null")
 			}
 		}
 		changes["expiry_time"] = f.ExpiryTime

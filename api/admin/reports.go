@@ -5,7 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/reports"
@@ -80,7 +80,7 @@ func (a *API) listReports(w http.ResponseWriter, r *http.Request, c Caller) erro
 		dir = "b"
 	}
 	if dir != "f" && dir != "b" {
-		return matrixerr.InvalidParam("Unknown direction: %q (use f or b)", dir)
+		return mxerr.InvalidParam("Unknown direction: %q (use f or b)", dir)
 	}
 	all, err := a.host.Reports().List(0, 1<<30, false)
 	if err != nil {
@@ -124,14 +124,14 @@ func (a *API) listReports(w http.ResponseWriter, r *http.Request, c Caller) erro
 func (a *API) report(r *http.Request) (*reports.Report, error) {
 	id, err := strconv.ParseUint(r.PathValue("reportId"), 10, 64)
 	if err != nil {
-		return nil, matrixerr.InvalidParam("The report_id parameter must be a string representing a positive integer.")
+		return nil, mxerr.InvalidParam("The report_id parameter must be a string representing a positive integer.")
 	}
 	rep, err := a.host.Reports().Report(id)
 	if err != nil {
 		return nil, err
 	}
 	if rep == nil || rep.EventID == "" {
-		return nil, matrixerr.NotFound("Event report not found")
+		return nil, mxerr.NotFound("Event report not found")
 	}
 	return rep, nil
 }

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/adminstate"
@@ -180,14 +180,14 @@ func (a *API) roomJSON(rv rooms.View, room *rooms.Room, details bool) (map[strin
 func (a *API) room(r *http.Request) (*rooms.Room, error) {
 	id := r.PathValue("roomId")
 	if !strings.HasPrefix(id, "!") {
-		return nil, matrixerr.InvalidParam("%s is not a room ID", id)
+		return nil, mxerr.InvalidParam("%s is not a room ID", id)
 	}
 	room, err := a.host.Rooms().Room(id)
 	if err != nil {
 		return nil, err
 	}
 	if room == nil {
-		return nil, matrixerr.NotFound("Room not found")
+		return nil, mxerr.NotFound("Room not found")
 	}
 	return room, nil
 }
@@ -218,11 +218,11 @@ func (a *API) listRooms(w http.ResponseWriter, r *http.Request, c Caller) error 
 	}
 	field, ok := roomOrders[orderBy]
 	if !ok {
-		return matrixerr.InvalidParam("Unknown value for order_by: %s", orderBy)
+		return mxerr.InvalidParam("Unknown value for order_by: %s", orderBy)
 	}
 	dir := q.Get("dir")
 	if dir != "" && dir != "f" && dir != "b" {
-		return matrixerr.InvalidParam("Unknown direction: %s", dir)
+		return mxerr.InvalidParam("Unknown direction: %s", dir)
 	}
 	publicOnly, err := queryBool(r, "public_rooms")
 	if err != nil {
@@ -431,7 +431,7 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 			return nil, err
 		}
 		if acc.Deactivated {
-			return nil, matrixerr.InvalidParam("new_room_user_id %s is deactivated", req.NewRoomUserID)
+			return nil, mxerr.InvalidParam("new_room_user_id %s is deactivated", req.NewRoomUserID)
 		}
 		name := req.RoomName
 		if name == "" {
@@ -524,7 +524,7 @@ func (a *API) deleteStatuses(w http.ResponseWriter, r *http.Request, c Caller) e
 	case r.PathValue("what") == "delete_status":
 		return a.roomDeleteStatus(w, r.PathValue("roomId"))
 	}
-	return matrixerr.New(http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
+	return mxerr.New(http.StatusNotFound, "M_UNRECOGNIZED", "Unrecognized request")
 }
 
 func (a *API) roomDeleteStatus(w http.ResponseWriter, roomID string) error {
@@ -533,7 +533,7 @@ func (a *API) roomDeleteStatus(w http.ResponseWriter, roomID string) error {
 		return err
 	}
 	if len(ds) == 0 {
-		return matrixerr.NotFound("No delete task for room_id '%s' found", roomID)
+		return mxerr.NotFound("No delete task for room_id '%s' found", roomID)
 	}
 	results := []map[string]any{}
 	for i := range ds {
@@ -549,7 +549,7 @@ func (a *API) deleteStatus(w http.ResponseWriter, deleteID string) error {
 		return err
 	}
 	if d == nil {
-		return matrixerr.NotFound("delete id '%s' not found", deleteID)
+		return mxerr.NotFound("delete id '%s' not found", deleteID)
 	}
 	out := statusJSON(d)
 	delete(out, "delete_id")
@@ -586,7 +586,7 @@ func (a *API) purgeHistory(w http.ResponseWriter, r *http.Request, c Caller) err
 			return err
 		}
 		if ev == nil || ev.RoomID != room.RoomID {
-			return matrixerr.NotFound("Event %s not found in room %s", eventID, room.RoomID)
+			return mxerr.NotFound("Event %s not found in room %s", eventID, room.RoomID)
 		}
 		upTo = ev.Offset - 1 // the event itself stays
 	case req.PurgeUpToTS != nil:
@@ -594,7 +594,7 @@ func (a *API) purgeHistory(w http.ResponseWriter, r *http.Request, c Caller) err
 			return err
 		}
 	default:
-		return matrixerr.MissingParam("must specify purge_up_to_event_id or purge_up_to_ts")
+		return mxerr.MissingParam("must specify purge_up_to_event_id or purge_up_to_ts")
 	}
 	f := facts.HistoryPurged{RoomID: room.RoomID, PurgeID: randomID(12), UpTo: upTo}
 	if err := a.commit(r.Context(), c, "purge_history", room.RoomID, map[string]any{"up_to_offset": upTo, "event_id": eventID, "purge_up_to_ts": req.PurgeUpToTS},
@@ -645,7 +645,7 @@ func (a *API) purgeStatus(w http.ResponseWriter, r *http.Request, c Caller) erro
 		return err
 	}
 	if p == nil {
-		return matrixerr.NotFound("purge id '%s' not found", r.PathValue("purgeId"))
+		return mxerr.NotFound("purge id '%s' not found", r.PathValue("purgeId"))
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": adminstate.StatusComplete})
 	return nil
@@ -668,7 +668,7 @@ func (a *API) getBlock(w http.ResponseWriter, r *http.Request, c Caller) error {
 func (a *API) putBlock(w http.ResponseWriter, r *http.Request, c Caller) error {
 	id := r.PathValue("roomId")
 	if !strings.HasPrefix(id, "!") {
-		return matrixerr.InvalidParam("%s is not a room ID", id)
+		return mxerr.InvalidParam("%s is not a room ID", id)
 	}
 	var req struct {
 		Block *bool `json:"block"`
@@ -677,7 +677,7 @@ func (a *API) putBlock(w http.ResponseWriter, r *http.Request, c Caller) error {
 		return err
 	}
 	if req.Block == nil {
-		return matrixerr.MissingParam("Missing 'block' key in body")
+		return mxerr.MissingParam("Missing 'block' key in body")
 	}
 	// Like Synapse, a room this server does not know can be blocked too.
 	if err := a.commit(r.Context(), c, "block_room", id, map[string]any{"block": *req.Block},
@@ -708,12 +708,12 @@ func (a *API) makeRoomAdmin(w http.ResponseWriter, r *http.Request, c Caller) er
 		target = c.UserID
 	}
 	if !a.isLocal(target) {
-		return matrixerr.InvalidParam("This endpoint can only be used with local users")
+		return mxerr.InvalidParam("This endpoint can only be used with local users")
 	}
 	if acc, err := a.host.Accounts().Account(target); err != nil {
 		return err
 	} else if acc == nil {
-		return matrixerr.NotFound("User not found")
+		return mxerr.NotFound("User not found")
 	}
 	rv := a.host.Rooms()
 	ver, _ := stateres.Version(room.Version)
@@ -765,7 +765,7 @@ func (a *API) makeRoomAdmin(w http.ResponseWriter, r *http.Request, c Caller) er
 		}
 	}
 	if actor == "" {
-		return matrixerr.InvalidParam("No local admin user in room")
+		return mxerr.InvalidParam("No local admin user in room")
 	}
 	level := best
 	if actorIsCreator {

@@ -5,7 +5,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 )
 
 // MediaUsage is what the media store reports per user for the media
@@ -51,11 +51,11 @@ func (a *API) userMediaStats(w http.ResponseWriter, r *http.Request, c Caller) e
 	switch orderBy {
 	case "user_id", "displayname", "media_length", "media_count":
 	default:
-		return matrixerr.InvalidParam("Unknown value for order_by: %s", orderBy)
+		return mxerr.InvalidParam("Unknown value for order_by: %s", orderBy)
 	}
 	dir := q.Get("dir")
 	if dir != "" && dir != "f" && dir != "b" {
-		return matrixerr.InvalidParam("Unknown direction: %s", dir)
+		return mxerr.InvalidParam("Unknown direction: %s", dir)
 	}
 	search := strings.ToLower(q.Get("search_term"))
 	accs, err := a.host.Accounts().Accounts()

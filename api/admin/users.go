@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -114,11 +114,11 @@ func (a *API) listUsers(w http.ResponseWriter, r *http.Request, c Caller) error 
 	switch orderBy {
 	case "name", "is_guest", "admin", "user_type", "deactivated", "shadow_banned", "displayname", "avatar_url", "creation_ts", "last_seen_ts", "locked":
 	default:
-		return matrixerr.New(http.StatusBadRequest, "M_INVALID_PARAM", "Unknown value for order_by: %q", orderBy)
+		return mxerr.New(http.StatusBadRequest, "M_INVALID_PARAM", "Unknown value for order_by: %q", orderBy)
 	}
 	dir := q.Get("dir")
 	if dir != "" && dir != "f" && dir != "b" {
-		return matrixerr.InvalidParam("Unknown direction: %q (use f or b)", dir)
+		return mxerr.InvalidParam("Unknown direction: %q (use f or b)", dir)
 	}
 	all, err := a.host.Accounts().Accounts()
 	if err != nil {
@@ -215,7 +215,7 @@ func (a *API) getUser(w http.ResponseWriter, r *http.Request, c Caller) error {
 func (a *API) putUser(w http.ResponseWriter, r *http.Request, c Caller) error {
 	userID := r.PathValue("userId")
 	if !a.isLocal(userID) {
-		return matrixerr.InvalidParam("This endpoint can only be used with local users")
+		return mxerr.InvalidParam("This endpoint can only be used with local users")
 	}
 	var req struct {
 		Password      *string `json:"password"`
@@ -231,12 +231,12 @@ func (a *API) putUser(w http.ResponseWriter, r *http.Request, c Caller) error {
 		return err
 	}
 	if req.UserType != nil && *req.UserType != "" {
-		return matrixerr.InvalidParam("Invalid user type: Engram has no special user types")
+		return mxerr.InvalidParam("Invalid user type: Engram has no special user types")
 	}
 	hash := ""
 	if req.Password != nil {
 		if *req.Password == "" || len(*req.Password) > 512 {
-			return matrixerr.InvalidParam("Invalid password")
+			return mxerr.InvalidParam("Invalid password")
 		}
 		var err error
 		if hash, err = a.host.HashPassword(*req.Password); err != nil {
@@ -255,14 +255,14 @@ func (a *API) putUser(w http.ResponseWriter, r *http.Request, c Caller) error {
 		}
 		status = http.StatusCreated
 		if acc, err = a.host.Accounts().Account(userID); err != nil || acc == nil {
-			return matrixerr.New(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+			return mxerr.New(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
 		}
 		req.Password, req.Admin, req.DisplayName = nil, nil, nil // done by the creation
 	}
 	var props []englog.Proposal
 	if req.Deactivated != nil && !*req.Deactivated && acc.Deactivated {
 		if hash == "" {
-			return matrixerr.MissingParam("Must provide a password to re-activate an account.")
+			return mxerr.MissingParam("Must provide a password to re-activate an account.")
 		}
 		props = append(props, facts.MustEncode(englog.KindAccountReactivated, facts.AccountReactivated{UserID: userID, PasswordHash: hash}))
 		changes["deactivated"], changes["password"] = false, "changed"
@@ -275,7 +275,7 @@ func (a *API) putUser(w http.ResponseWriter, r *http.Request, c Caller) error {
 	}
 	if req.Admin != nil && *req.Admin != acc.Admin {
 		if !*req.Admin && userID == c.UserID {
-			return matrixerr.New(http.StatusBadRequest, "M_UNKNOWN", "You may not demote yourself.")
+			return mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "You may not demote yourself.")
 		}
 		props = append(props, facts.MustEncode(englog.KindUserAdminSet, facts.UserAdminSet{UserID: userID, Admin: *req.Admin}))
 		changes["admin"] = *req.Admin
@@ -329,11 +329,11 @@ func (a *API) createUser(r *http.Request, c Caller, userID, hash string, admin b
 	local := strings.TrimPrefix(userID[:strings.IndexByte(userID, ':')], "@")
 	for _, ch := range local {
 		if !(ch >= 'a' && ch <= 'z' || ch >= '0' && ch <= '9' || strings.ContainsRune("._=-/+", ch)) {
-			return matrixerr.New(http.StatusBadRequest, "M_INVALID_USERNAME", "User ID may contain only a-z, 0-9, and ._=-/+")
+			return mxerr.New(http.StatusBadRequest, "M_INVALID_USERNAME", "User ID may contain only a-z, 0-9, and ._=-/+")
 		}
 	}
 	if local == "" || len(userID) > 255 {
-		return matrixerr.New(http.StatusBadRequest, "M_INVALID_USERNAME", "Invalid user ID")
+		return mxerr.New(http.StatusBadRequest, "M_INVALID_USERNAME", "Invalid user ID")
 	}
 	dn := local
 	if displayName != nil {
@@ -354,7 +354,7 @@ func (a *API) createUser(r *http.Request, c Caller, userID, hash string, admin b
 		return err
 	}
 	if acc == nil || acc.Registration != reg {
-		return matrixerr.New(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
+		return mxerr.New(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
 	}
 	return nil
 }
@@ -368,7 +368,7 @@ func randomID(n int) string {
 func (a *API) whois(w http.ResponseWriter, r *http.Request, c Caller) error {
 	userID := r.PathValue("userId")
 	if !a.isLocal(userID) {
-		return matrixerr.InvalidParam("Can only whois a local user")
+		return mxerr.InvalidParam("Can only whois a local user")
 	}
 	devs, err := a.host.Accounts().Devices(userID)
 	if err != nil {
@@ -394,14 +394,14 @@ func (a *API) resetPassword(w http.ResponseWriter, r *http.Request, c Caller) er
 		return err
 	}
 	if req.NewPassword == "" {
-		return matrixerr.MissingParam("new_password is required")
+		return mxerr.MissingParam("new_password is required")
 	}
 	acc, err := a.localUser(userID)
 	if err != nil {
 		return err
 	}
 	if acc.Deactivated {
-		return matrixerr.New(http.StatusBadRequest, "M_UNKNOWN", "The user is deactivated; reactivate it with PUT /_synapse/admin/v2/users/%s and a password", userID)
+		return mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "The user is deactivated; reactivate it with PUT /_synapse/admin/v2/users/%s and a password", userID)
 	}
 	hash, err := a.host.HashPassword(req.NewPassword)
 	if err != nil {
@@ -517,7 +517,7 @@ func (a *API) device(r *http.Request) (string, *accounts.Device, error) {
 		return "", nil, err
 	}
 	if d == nil {
-		return "", nil, matrixerr.NotFound("Device not found")
+		return "", nil, mxerr.NotFound("Device not found")
 	}
 	return userID, d, nil
 }
@@ -576,7 +576,7 @@ func (a *API) deleteDevices(w http.ResponseWriter, r *http.Request, c Caller) er
 		return err
 	}
 	if req.Devices == nil {
-		return matrixerr.MissingParam("devices is required")
+		return mxerr.MissingParam("devices is required")
 	}
 	if _, err := a.localUser(userID); err != nil {
 		return err
@@ -621,13 +621,13 @@ func (a *API) setRatelimit(w http.ResponseWriter, r *http.Request, c Caller) err
 	f := facts.RatelimitOverride{UserID: userID}
 	if req.MessagesPerSecond != nil {
 		if *req.MessagesPerSecond < 0 {
-			return matrixerr.InvalidParam("messages_per_second must be a positive number")
+			return mxerr.InvalidParam("messages_per_second must be a positive number")
 		}
 		f.MessagesPerSecond = *req.MessagesPerSecond
 	}
 	if req.BurstCount != nil {
 		if *req.BurstCount < 0 {
-			return matrixerr.InvalidParam("burst_count must be a positive integer")
+			return mxerr.InvalidParam("burst_count must be a positive integer")
 		}
 		f.BurstCount = *req.BurstCount
 	}
@@ -672,13 +672,13 @@ func (a *API) putAdmin(w http.ResponseWriter, r *http.Request, c Caller) error {
 		return err
 	}
 	if req.Admin == nil {
-		return matrixerr.MissingParam("Missing 'admin' key in body")
+		return mxerr.MissingParam("Missing 'admin' key in body")
 	}
 	if _, err := a.localUser(userID); err != nil {
 		return err
 	}
 	if !*req.Admin && userID == c.UserID {
-		return matrixerr.New(http.StatusBadRequest, "M_UNKNOWN", "You may not demote yourself.")
+		return mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "You may not demote yourself.")
 	}
 	if err := a.commit(r.Context(), c, "set_admin", userID, map[string]any{"admin": *req.Admin},
 		facts.MustEncode(englog.KindUserAdminSet, facts.UserAdminSet{UserID: userID, Admin: *req.Admin})); err != nil {
@@ -693,17 +693,17 @@ func (a *API) putAdmin(w http.ResponseWriter, r *http.Request, c Caller) error {
 func (a *API) moderationTarget(r *http.Request, c Caller, changing bool) (*accounts.Account, error) {
 	userID := r.PathValue("userId")
 	if !a.isLocal(userID) {
-		return nil, matrixerr.InvalidParam("User does not belong to the local server.")
+		return nil, mxerr.InvalidParam("User does not belong to the local server.")
 	}
 	acc, err := a.host.Accounts().Account(userID)
 	if err != nil {
 		return nil, err
 	}
 	if acc == nil || acc.Deactivated {
-		return nil, matrixerr.NotFound("User not found.")
+		return nil, mxerr.NotFound("User not found.")
 	}
 	if changing && (acc.Admin || userID == c.UserID) {
-		return nil, matrixerr.Forbidden("Server administrators cannot be locked or suspended.")
+		return nil, mxerr.Forbidden("Server administrators cannot be locked or suspended.")
 	}
 	return acc, nil
 }
@@ -731,7 +731,7 @@ func (a *API) putFlag(flag string) adminHandler {
 		}
 		v := req[flag]
 		if v == nil {
-			return matrixerr.MissingParam("%s (a boolean) is required", flag)
+			return mxerr.MissingParam("%s (a boolean) is required", flag)
 		}
 		acc, err := a.moderationTarget(r, c, true)
 		if err != nil {
@@ -765,7 +765,7 @@ func (a *API) synapseSuspend(w http.ResponseWriter, r *http.Request, c Caller) e
 		return err
 	}
 	if req.Suspend == nil {
-		return matrixerr.MissingParam("suspend (a boolean) is required")
+		return mxerr.MissingParam("suspend (a boolean) is required")
 	}
 	acc, err := a.moderationTarget(r, c, true)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/engram-hs/engram/bench/mxclient"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 )
 
 const serverName = "bench.local"
@@ -48,12 +49,17 @@ func startServer(dir string) (*server, error) {
 		return nil, err
 	}
 	eng := projections.NewEngine(node, node.DB(), logger, nil)
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: serverName, Logger: logger}, node, eng)
+	if err != nil {
+		node.Close()
+		return nil, err
+	}
 	srv, err := api.New(api.Config{
 		ServerName:                            serverName,
 		EnableRegistration:                    true,
 		EnableRegistrationWithoutVerification: true,
 		BcryptCost:                            bcrypt.MinCost,
-	}, api.Deps{Log: node, Engine: eng, Logger: logger})
+	}, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
 	if err != nil {
 		node.Close()
 		return nil, err

@@ -13,6 +13,7 @@ import (
 	"github.com/engram-hs/engram/bench/replay"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 )
 
 var small = generate.Options{Seed: 7, Users: 40, Rooms: 12, Events: 3000}
@@ -83,7 +84,11 @@ func TestReplayMatchesLiveProjections(t *testing.T) {
 		t.Fatal(err)
 	}
 	engine := projections.NewEngine(target.Node, target.Node.DB(), zerolog.Nop(), nil)
-	if _, err := api.New(api.Config{ServerName: "live.localhost"}, api.Deps{Log: target.Node, Engine: engine, Logger: zerolog.Nop()}); err != nil {
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: "live.localhost"}, target.Node, engine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.New(api.Config{ServerName: "live.localhost"}, api.Deps{Log: target.Node, Engine: engine, Rooms: rw, Logger: zerolog.Nop()}); err != nil {
 		t.Fatal(err)
 	}
 	if err := engine.Start(ctx); err != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/engram-hs/engram/bench/report"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 )
 
 // Options of a replay.
@@ -78,7 +79,11 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	defer engine.Close()
 	// The API registers the projections it serves from; registering them
 	// through it keeps the replay in step with the server.
-	if _, err := api.New(api.Config{ServerName: "replay.localhost"}, api.Deps{Log: counting, Engine: engine, Logger: opts.Logger}); err != nil {
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: "replay.localhost", Logger: opts.Logger}, counting, engine)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := api.New(api.Config{ServerName: "replay.localhost"}, api.Deps{Log: counting, Engine: engine, Rooms: rw, Logger: opts.Logger}); err != nil {
 		return nil, err
 	}
 	// A full rebuild folds every projection in one pass over the log (the

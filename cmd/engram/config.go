@@ -596,7 +596,7 @@ func parseDuration(s string) (time.Duration, error) {
 }
 
 // apiConfig is what the client-server API needs.
-func (c Config) apiConfig(key signing.Key) api.Config {
+func (c Config) apiConfig() api.Config {
 	ac := api.Config{
 		ServerName:                            c.ServerName,
 		PublicBaseURL:                         c.PublicBaseURL,
@@ -616,8 +616,6 @@ func (c Config) apiConfig(key signing.Key) api.Config {
 		RateLimitPerSecond:                    c.RCMessagePerSecond,
 		RateLimitBurst:                        c.RCMessageBurstCount,
 		BcryptCost:                            c.BcryptRounds,
-		SigningKeyID:                          key.ID,
-		SigningKey:                            key.Private,
 	}
 	if c.ServeServerWellKnown {
 		port := "8448"

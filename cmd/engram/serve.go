@@ -24,6 +24,7 @@ import (
 	"github.com/engram-hs/engram/federation"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
@@ -99,7 +100,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	remote := &federation.Remote{Client: fedClient}
-	apiSrv, err := api.New(cfg.apiConfig(key), api.Deps{Log: node, Engine: engine, Logger: logger, Metrics: reg, Remote: remote})
+	apiSrv, _, err := newAPI(cfg, key, node, engine, remote, logger, reg)
 	if err != nil {
 		node.Close()
 		return err
@@ -258,4 +259,17 @@ type httpErrorLog struct{ l zerolog.Logger }
 func (w httpErrorLog) Write(p []byte) (int, error) {
 	w.l.Debug().Msg(strings.TrimSpace(string(p)))
 	return len(p), nil
+}
+
+// newAPI registers the room write path and the client API on engine,
+// before it starts. The room writer is returned for federation, which
+// writes room events through the same one. remote may be nil (no
+// federation).
+func newAPI(cfg Config, key signing.Key, node englog.Log, engine *projections.Engine, remote api.Remote, logger zerolog.Logger, reg prometheus.Registerer) (*api.Server, *roomwrite.Writer, error) {
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: cfg.ServerName, SigningKeyID: key.ID, SigningKey: key.Private, Logger: logger}, node, engine)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err := api.New(cfg.apiConfig(), api.Deps{Log: node, Engine: engine, Rooms: rw, Logger: logger, Metrics: reg, Remote: remote})
+	return srv, rw, err
 }

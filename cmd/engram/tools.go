@@ -22,7 +22,6 @@ import (
 	"github.com/cockroachdb/pebble"
 	"github.com/rs/zerolog"
 
-	"github.com/engram-hs/engram/api"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 )
@@ -145,7 +144,7 @@ func (o *offline) engine(db *pebble.DB) (*projections.Engine, func(), error) {
 		return nil, nil, err
 	}
 	e := projections.NewEngine(o.node, db, o.logger, nil)
-	srv, err := api.New(o.l.cfg.apiConfig(key), api.Deps{Log: o.node, Engine: e, Logger: o.logger})
+	srv, _, err := newAPI(o.l.cfg, key, o.node, e, nil, o.logger, nil)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/engram-hs/engram/api"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
 )
 
 // Server is a running in-process Engram.
@@ -41,12 +42,16 @@ func Start(t testing.TB, dir, serverName string) *Server {
 		t.Fatal(err)
 	}
 	eng := projections.NewEngine(node, node.DB(), logger, nil)
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: serverName, Logger: logger}, node, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, err := api.New(api.Config{
 		ServerName:                            serverName,
 		EnableRegistration:                    true,
 		EnableRegistrationWithoutVerification: true,
 		BcryptCost:                            bcrypt.MinCost,
-	}, api.Deps{Log: node, Engine: eng, Logger: logger})
+	}, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,18 @@
-package api
+package roomwrite
 
 import (
 	"container/list"
-	"net/http"
+	"fmt"
 	"sync"
 
+	"github.com/engram-hs/engram/internal/mxerr"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
 )
+
+// maxPrevEvents bounds the forward extremities a new event references
+// (stateres.MaxPrevEvents is what an event may carry at most).
+const maxPrevEvents = 10
 
 // Sizes of the room state cache: rooms kept, and parsed state events kept
 // per room before its map starts over (a big room's members come and go).
@@ -18,7 +23,8 @@ const (
 
 // roomState is what events of one room are built on: its version, forward
 // extremities and the state events looked up so far (nil: known absent),
-// all as of the rooms projection at changedAt.
+// all as of the rooms projection at changedAt. A failed read is never
+// remembered as absent: it is returned, and marks the entry stale.
 //
 // Why it is safe to reuse under the room lock: the projection changes a
 // room's current state, extremities or redactions only when it folds an
@@ -56,18 +62,18 @@ func loadRoomState(v rooms.View, roomID string) (*roomState, error) {
 		return nil, err
 	}
 	if room == nil {
-		return nil, errNotFound("Unknown room %s", roomID)
+		return nil, mxerr.NotFound("Unknown room %s", roomID)
 	}
 	version, ok := stateres.Version(room.Version)
 	if !ok {
-		return nil, merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %s is not supported", room.Version)
+		return nil, mxerr.UnsupportedRoomVersion("Room version %s is not supported", room.Version)
 	}
 	rs := &roomState{roomID: roomID, changedAt: changed, version: version, ext: room.Extremities,
 		extPDU: map[string]stateres.PDU{}, state: map[stateres.StateKeyTuple]stateres.PDU{}, view: v}
 	for _, id := range rs.prevIDs() {
 		rec, err := v.Event(id)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("rooms projection: forward extremity %s of %s: %w", id, roomID, err)
 		}
 		if rec == nil {
 			rs.extPDU[id] = nil
@@ -75,7 +81,7 @@ func loadRoomState(v rooms.View, roomID string) (*roomState, error) {
 		}
 		p, err := rec.PDU()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("rooms projection: forward extremity %s of %s: %w", id, roomID, err)
 		}
 		rs.extPDU[id] = p
 	}
@@ -100,13 +106,13 @@ func (rs *roomState) prevEvents() []stateres.PDU {
 	return out
 }
 
-// StateEvent returns the current state event, read through the
-// projection on a miss. A failed read answers nil, as the projection's
-// Lookup does, and is not remembered.
-func (rs *roomState) StateEvent(typ, stateKey string) stateres.PDU {
+// lookup returns the current state event (nil: the room has none), read
+// through the projection on a miss. A failed read or decode is returned,
+// naming the key, and marks rs stale so the entry is not kept.
+func (rs *roomState) lookup(typ, stateKey string) (stateres.PDU, error) {
 	k := stateres.StateKeyTuple{Type: typ, StateKey: stateKey}
 	if p, ok := rs.state[k]; ok {
-		return p
+		return p, nil
 	}
 	var p stateres.PDU
 	e, err := rs.view.StateEvent(rs.roomID, typ, stateKey)
@@ -118,18 +124,18 @@ func (rs *roomState) StateEvent(typ, stateKey string) stateres.PDU {
 	}
 	if err != nil {
 		rs.stale = true
-		return nil
+		return nil, fmt.Errorf("rooms projection: state (%s, %q) of %s: %w", typ, stateKey, rs.roomID, err)
 	}
 	if len(rs.state) >= roomStateCacheEvents {
 		clear(rs.state)
 	}
 	rs.state[k] = p
-	return p
+	return p, nil
 }
 
-// roomStateCache keeps the roomState of recently written rooms (LRU). An
+// stateCache keeps the roomState of recently written rooms (LRU). An
 // entry is used and changed only by the holder of its room's lock.
-type roomStateCache struct {
+type stateCache struct {
 	mu      sync.Mutex
 	entries map[string]*list.Element
 	lru     list.List // of *roomState, most recent first
@@ -137,7 +143,7 @@ type roomStateCache struct {
 
 // get returns the room's state as of now: the cached one when the room
 // has not changed since, else a fresh one. The caller holds the room lock.
-func (c *roomStateCache) get(v rooms.View, roomID string) (*roomState, error) {
+func (c *stateCache) get(v rooms.View, roomID string) (*roomState, error) {
 	changed, err := v.ChangedAt(roomID)
 	if err != nil {
 		return nil, err
@@ -163,7 +169,7 @@ func (c *roomStateCache) get(v rooms.View, roomID string) (*roomState, error) {
 	return rs, nil
 }
 
-func (c *roomStateCache) put(rs *roomState) {
+func (c *stateCache) put(rs *roomState) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.entries == nil {
@@ -182,7 +188,7 @@ func (c *roomStateCache) put(rs *roomState) {
 	}
 }
 
-func (c *roomStateCache) drop(roomID string) {
+func (c *stateCache) drop(roomID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el := c.entries[roomID]; el != nil {
@@ -195,7 +201,7 @@ func (c *roomStateCache) drop(roomID string) {
 // at offs, once the projection has folded them; when anything else
 // reached the room's timeline since rs was read, or a built event
 // redacts, it drops the entry instead (the next send reloads).
-func (c *roomStateCache) committed(rs *roomState, built []*stateres.Event, offs []uint64) {
+func (c *stateCache) committed(rs *roomState, built []*stateres.Event, offs []uint64) {
 	// With more extremities than an event references, the ones left out
 	// were never read: simpler to reload than to track them.
 	if rs.stale || len(built) == 0 || len(offs) < len(built) || len(rs.ext) > maxPrevEvents {
@@ -219,7 +225,10 @@ func (c *roomStateCache) committed(rs *roomState, built []*stateres.Event, offs 
 		if sk := ev.StateKey(); sk != nil {
 			// Take the state event back from the projection, as folded.
 			delete(rs.state, stateres.StateKeyTuple{Type: ev.Type(), StateKey: *sk})
-			rs.StateEvent(ev.Type(), *sk)
+			if _, err := rs.lookup(ev.Type(), *sk); err != nil {
+				c.drop(rs.roomID)
+				return
+			}
 		}
 	}
 	rs.changedAt = offs[len(built)-1]
