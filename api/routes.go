@@ -20,6 +20,7 @@ func (s *Server) routes() {
 	s.upgradeRoutes()
 	s.adminRoutes()
 	s.keyRoutes()
+	s.searchRoutes()
 }
 
 // syncHandles are the projections /sync reads from.

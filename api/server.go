@@ -21,6 +21,7 @@ import (
 	"github.com/engram-hs/engram/projections/adminstate"
 	"github.com/engram-hs/engram/projections/reports"
 	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/projections/search"
 	"github.com/engram-hs/engram/projections/userdata"
 	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
@@ -56,6 +57,8 @@ type Server struct {
 	admin     *admin.API
 	keys      *keys.Service // end-to-end encryption (api/keys)
 	engine    *projections.Engine
+	searchH   *projections.Handle
+	searcher  *search.Searcher
 	notifier  *notifier
 	roomWrite *roomwrite.Writer // builds, authorises and appends room events
 
@@ -131,6 +134,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.adminH = deps.Engine.Register(adminstate.New())
 	s.engine = deps.Engine
 	s.keys = s.newKeys()
+	searchP := search.New()
+	s.searchH = deps.Engine.Register(searchP)
+	s.searcher = searchP.Searcher(s.searchH)
 
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "engram", Subsystem: "client_api", Name: "request_duration_seconds",

@@ -1,0 +1,145 @@
+package search_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+	"github.com/rs/zerolog"
+
+	"github.com/engram-hs/engram/bench/generate"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/search"
+)
+
+// BenchmarkSearch folds a generated log into the search projection alone
+// (indexing rate), then times searches for single words of the
+// generator's vocabulary and for two-word conjunctions over the rooms of
+// one user (20 rooms drawn from the log's rooms), in both orders, and
+// prints JSON lines: entries/s of the fold and p50/p99 of the searches.
+//
+//	ENGRAM_BENCH_LOG=DIR   a log written by `engram bench generate` (default:
+//	                       a 20,000-entry log generated into a temp dir)
+//	ENGRAM_BENCH_QUERIES=N searches to time (default 2000)
+//
+// go test -run '^$' -bench BenchmarkSearch -benchtime 1x ./projections/search/
+func BenchmarkSearch(b *testing.B) {
+	ctx := context.Background()
+	dir := os.Getenv("ENGRAM_BENCH_LOG")
+	if dir == "" {
+		dir = b.TempDir()
+		if _, err := generate.Run(ctx, dir, generate.Options{Seed: 1, Users: 500, Rooms: 50, Events: 20000, Logger: zerolog.Nop()}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	queries := 2000
+	if n := os.Getenv("ENGRAM_BENCH_QUERIES"); n != "" {
+		fmt.Sscan(n, &queries)
+	}
+	l, err := englog.Open(englog.Config{Dir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	db, err := pebble.Open(b.TempDir(), &pebble.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	e := projections.NewEngine(l, db, zerolog.Nop(), nil)
+	p := search.New()
+	s := p.Searcher(e.Register(p))
+	defer e.Close()
+
+	rooms := roomsOf(b, l)
+	entries := l.LastOffset()
+	for i := 0; i < b.N; i++ {
+		start := time.Now()
+		cpu0 := cpuSeconds()
+		if err := e.Rebuild(ctx); err != nil {
+			b.Fatal(err)
+		}
+		secs := time.Since(start).Seconds()
+		params := map[string]string{"entries": fmt.Sprint(entries)}
+		emit("index_entries_per_s", float64(entries)/secs, "entries/s", "higher", params)
+		emit("index_entries_per_cpu_s", float64(entries)/(cpuSeconds()-cpu0), "entries/cpu-s", "higher", params)
+	}
+	if err := e.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	words := strings.Fields("the coffee matrix release meeting sound picture mother water deploy")
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, order := range []string{"rank", "recent"} {
+		var lat []time.Duration
+		for q := 0; q < queries; q++ {
+			term := words[rng.IntN(len(words))]
+			if q%2 == 1 {
+				term += " " + words[rng.IntN(len(words))]
+			}
+			mine := make([]string, 0, 20)
+			for _, k := range rng.Perm(len(rooms))[:min(20, len(rooms))] {
+				mine = append(mine, rooms[k])
+			}
+			t0 := time.Now()
+			if _, err := s.Search(ctx, search.Query{Term: term, Rooms: mine, Recent: order == "recent", Limit: 10}); err != nil {
+				b.Fatal(err)
+			}
+			lat = append(lat, time.Since(t0))
+		}
+		slices.Sort(lat)
+		params := map[string]string{"entries": fmt.Sprint(entries), "order": order, "rooms": "20", "queries": fmt.Sprint(queries)}
+		emit("search_p50_ms", ms(lat[len(lat)/2]), "ms", "lower", params)
+		emit("search_p99_ms", ms(lat[len(lat)*99/100]), "ms", "lower", params)
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func emit(name string, v float64, unit, better string, params map[string]string) {
+	b, _ := json.Marshal(map[string]any{"bench": "search", "name": name, "value": v, "unit": unit, "better": better,
+		"params": params, "cores": runtime.NumCPU(), "go": runtime.Version()})
+	fmt.Println(string(b))
+}
+
+func cpuSeconds() float64 {
+	var ru syscallRusage
+	return ru.self()
+}
+
+// roomsOf lists the rooms of the log's PDUs.
+func roomsOf(b *testing.B, l englog.Log) []string {
+	var rooms []string
+	seen := map[string]bool{}
+	for from := uint64(1); from <= l.LastOffset(); {
+		es, err := l.Read(from, 10000)
+		if err != nil || len(es) == 0 {
+			break
+		}
+		for _, e := range es {
+			if e.Kind != englog.KindPDU {
+				continue
+			}
+			var f struct {
+				Event struct {
+					RoomID string `json:"room_id"`
+				} `json:"event"`
+			}
+			_ = json.Unmarshal(e.Payload, &f)
+			if r := f.Event.RoomID; r != "" && !seen[r] {
+				seen[r] = true
+				rooms = append(rooms, r)
+			}
+		}
+		from = es[len(es)-1].Offset + 1
+	}
+	return rooms
+}

@@ -1,0 +1,354 @@
+// Package search is the full-text index of room events behind POST
+// /search: a projection that folds searchable events (m.room.message
+// bodies, room names and topics) into a bleve index stored in its own
+// keyspace (store.go), and removes an event's text when it is redacted.
+//
+// Text is analysed for Chinese, Japanese and Korean as well as for
+// space-separated languages: runs of CJK characters are indexed as
+// overlapping bigrams and single characters, so a word is found inside a
+// sentence written without spaces.
+package search
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strconv"
+	"sync"
+
+	"github.com/blevesearch/bleve/v2"
+	"github.com/blevesearch/bleve/v2/analysis"
+	"github.com/blevesearch/bleve/v2/analysis/lang/cjk"
+	"github.com/blevesearch/bleve/v2/analysis/token/lowercase"
+	"github.com/blevesearch/bleve/v2/analysis/tokenizer/single"
+	"github.com/blevesearch/bleve/v2/analysis/tokenizer/unicode"
+	"github.com/blevesearch/bleve/v2/document"
+	"github.com/blevesearch/bleve/v2/index/upsidedown"
+	index "github.com/blevesearch/bleve_index_api"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// Keyspace.
+const (
+	pIndex   = 'B' // B <bleve key> -> bleve's row (store.go)
+	pDoc     = 'D' // D eventID -> docID 0x00 roomID, for each indexed event
+	pPending = 'R' // R eventID -> roomID: a redaction seen before its target
+	pApplied = 'A' // A -> last offset folded (uint64 BE), for opening the index for reads
+)
+
+// Fields of an indexed document. The text fields are named as the spec's
+// search keys.
+const (
+	FieldBody  = "content.body"
+	FieldName  = "content.name"
+	FieldTopic = "content.topic"
+
+	fieldRoom    = "room_id"
+	fieldSender  = "sender"
+	fieldType    = "type"
+	fieldEventID = "event_id"
+)
+
+// TextFields are the searchable keys, in the spec's order.
+var TextFields = []string{FieldBody, FieldName, FieldTopic}
+
+// allFields in the order their bleve field numbers are assigned when the
+// index is created (seedSchema): fixed, so every node and every rebuild
+// numbers them alike.
+var allFields = []string{FieldBody, FieldName, FieldTopic, fieldRoom, fieldSender, fieldType, fieldEventID}
+
+// Analyzers. Indexing emits CJK bigrams and the single characters too, so
+// a one-character query matches; queries use bigrams only (a run of one
+// character still yields that character), so a two-character word must
+// appear as such, not as two characters anywhere.
+var (
+	indexAnalyzer = &analysis.DefaultAnalyzer{
+		Tokenizer:    unicode.NewUnicodeTokenizer(),
+		TokenFilters: []analysis.TokenFilter{cjk.NewCJKWidthFilter(), lowercase.NewLowerCaseFilter(), hangulFilter{}, cjk.NewCJKBigramFilter(true)},
+	}
+	queryAnalyzer = &analysis.DefaultAnalyzer{
+		Tokenizer:    unicode.NewUnicodeTokenizer(),
+		TokenFilters: []analysis.TokenFilter{cjk.NewCJKWidthFilter(), lowercase.NewLowerCaseFilter(), hangulFilter{}, cjk.NewCJKBigramFilter(false)},
+	}
+	keywordAnalyzer = &analysis.DefaultAnalyzer{Tokenizer: single.NewSingleTokenTokenizer()}
+)
+
+// Projection is the search index.
+type Projection struct {
+	// mu is held by Apply while the index writes into its batch, and by
+	// readers while they query: the store serves one or the other.
+	mu      sync.RWMutex
+	store   *kvStore
+	idx     bleve.Index
+	applied uint64 // the last offset folded into idx's state, 0 unknown
+}
+
+// New returns the projection. Wire it to its handle with Searcher.
+func New() *Projection { return &Projection{store: &kvStore{}} }
+
+func (p *Projection) Name() string { return "search" }
+
+// Version 1: bleve upside_down index of m.room.message bodies, names and
+// topics; Han, Kana and Hangul as bigrams and single characters.
+func (p *Projection) Version() int { return 1 }
+
+// open opens bleve over the store as it is now (the pending batch during
+// Apply): an existing index loads its field numbers and document count,
+// an empty one is created.
+func (p *Projection) open() error {
+	if p.idx != nil {
+		_ = p.idx.Close()
+		p.idx = nil
+	}
+	m := bleve.NewIndexMapping()
+	idx, err := bleve.NewUsing("", m, upsidedown.Name, storeName, map[string]interface{}{configKey: p.store})
+	if err != nil {
+		return fmt.Errorf("search: opening the index: %w", err)
+	}
+	p.idx = idx
+	return nil
+}
+
+// Apply folds a batch.
+func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.store.mu.Lock()
+	p.store.w = w
+	p.store.mu.Unlock()
+	defer func() {
+		p.store.mu.Lock()
+		p.store.w = nil
+		p.store.mu.Unlock()
+	}()
+
+	// The index keeps a document count and field numbers in memory: they
+	// are valid while batches follow each other. Anything else (the first
+	// batch, a rebuild starting again from offset 1 into a new generation)
+	// reopens it over what the keyspace holds.
+	if p.idx == nil || entries[0].Offset != p.applied+1 {
+		p.applied = 0
+		if err := p.open(); err != nil {
+			return err
+		}
+		if _, ok, err := w.Get([]byte{pApplied}); err != nil {
+			return err
+		} else if !ok {
+			if err := p.seedSchema(); err != nil {
+				return err
+			}
+		}
+	}
+	b := &batch{idx: p.idx, b: p.idx.NewBatch(), docs: map[string]bool{}}
+	for _, e := range entries {
+		if e.Kind != englog.KindPDU {
+			continue
+		}
+		if err := p.applyPDU(w, b, e); err != nil {
+			return err
+		}
+	}
+	if err := b.flush(); err != nil {
+		return err
+	}
+	last := entries[len(entries)-1].Offset
+	if err := w.Set([]byte{pApplied}, binary.BigEndian.AppendUint64(nil, last)); err != nil {
+		return err
+	}
+	p.applied = last
+	return nil
+}
+
+// batch collects the index operations of an Apply.
+type batch struct {
+	idx  bleve.Index
+	b    *bleve.Batch
+	docs map[string]bool // documents b indexes
+}
+
+func (b *batch) flush() error {
+	if b.b.Size() == 0 {
+		return nil
+	}
+	if err := b.idx.Batch(b.b); err != nil {
+		return fmt.Errorf("search: indexing: %w", err)
+	}
+	// A new batch, not Reset: bleve's upside_down may still be reading
+	// the old one's map on a goroutine of its own when Batch returns.
+	b.b = b.idx.NewBatch()
+	clear(b.docs)
+	return nil
+}
+
+func (b *batch) index(doc *document.Document) error {
+	b.docs[doc.ID()] = true
+	return b.b.IndexAdvanced(doc)
+}
+
+// delete removes a document. One that this batch indexes is indexed
+// first: a bleve batch keeps one operation per document, and an index
+// then a delete collapsing into nothing would leave the term dictionary
+// without the counts (now zero) that folding them in separate batches
+// leaves: the keyspace must not depend on where batches begin.
+func (b *batch) delete(id string) error {
+	if b.docs[id] {
+		if err := b.flush(); err != nil {
+			return err
+		}
+	}
+	b.b.Delete(id)
+	return nil
+}
+
+// seedSchema creates every field of a fresh index in a fixed order. bleve
+// numbers a field when it first analyses one, and analyses the documents
+// of a batch concurrently: without this, two nodes could number "name" and
+// "body" differently.
+func (p *Projection) seedSchema() error {
+	const seedID = "~seed"
+	doc := document.NewDocument(seedID)
+	for _, f := range allFields {
+		doc.AddField(document.NewTextFieldCustom(f, nil, nil, index.IndexField, keywordAnalyzer))
+	}
+	b := p.idx.NewBatch()
+	if err := b.IndexAdvanced(doc); err != nil {
+		return err
+	}
+	if err := p.idx.Batch(b); err != nil {
+		return err
+	}
+	b = p.idx.NewBatch()
+	b.Delete(seedID)
+	return p.idx.Batch(b)
+}
+
+// docID orders documents by log offset, so sorting by ID is sorting by
+// recency.
+func docID(offset uint64) string { return fmt.Sprintf("%016x", offset) }
+
+// OffsetOf is the log offset of a document ID.
+func OffsetOf(id string) uint64 {
+	n, _ := strconv.ParseUint(id, 16, 64)
+	return n
+}
+
+func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) error {
+	var f facts.PDU
+	if err := facts.Decode(e, &f); err != nil {
+		return err
+	}
+	if f.Rejected != "" || f.SoftFailed || f.Outlier {
+		return nil
+	}
+	version, ok := stateres.Version(f.RoomVersion)
+	if !ok {
+		return nil
+	}
+	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
+	if err != nil {
+		return nil // malformed PDUs were refused before proposing
+	}
+	id, roomID := ev.EventID(), ev.RoomID()
+	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {
+		return p.redact(w, b, ev.Redacts(), roomID)
+	}
+	text := searchableText(ev)
+	if text == nil {
+		return nil
+	}
+	dk := projections.Key(pDoc, id)
+	if _, ok, err := w.Get(dk); err != nil || ok {
+		return err // indexed already (a duplicate)
+	}
+	pk := projections.Key(pPending, id)
+	if r, ok, err := w.Get(pk); err != nil {
+		return err
+	} else if ok {
+		if err := w.Delete(pk); err != nil {
+			return err
+		}
+		if string(r) == roomID {
+			return nil // redacted before it arrived
+		}
+	}
+	did := docID(e.Offset)
+	doc := document.NewDocument(did)
+	for _, fl := range TextFields {
+		if t, ok := text[fl]; ok {
+			doc.AddField(document.NewTextFieldCustom(fl, nil, []byte(t), index.IndexField, indexAnalyzer))
+		}
+	}
+	doc.AddField(document.NewTextFieldCustom(fieldRoom, nil, []byte(roomID), index.IndexField|index.StoreField, keywordAnalyzer))
+	doc.AddField(document.NewTextFieldCustom(fieldSender, nil, []byte(ev.Sender()), index.IndexField, keywordAnalyzer))
+	doc.AddField(document.NewTextFieldCustom(fieldType, nil, []byte(ev.Type()), index.IndexField, keywordAnalyzer))
+	doc.AddField(document.NewTextFieldCustom(fieldEventID, nil, []byte(id), index.StoreField, keywordAnalyzer))
+	if err := b.index(doc); err != nil {
+		return err
+	}
+	return w.Set(dk, append(append([]byte(did), 0), roomID...))
+}
+
+// redact removes the target's text from the index, when the target is an
+// event of the same room; a redaction of an event not seen yet is kept
+// until it arrives.
+func (p *Projection) redact(w projections.Writer, b *batch, targetID, roomID string) error {
+	dk := projections.Key(pDoc, targetID)
+	v, ok, err := w.Get(dk)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return w.Set(projections.Key(pPending, targetID), []byte(roomID))
+	}
+	did, room, _ := cut(v)
+	if room != roomID {
+		return nil
+	}
+	if err := b.delete(did); err != nil {
+		return err
+	}
+	return w.Delete(dk)
+}
+
+func cut(v []byte) (string, string, bool) {
+	for i, c := range v {
+		if c == 0 {
+			return string(v[:i]), string(v[i+1:]), true
+		}
+	}
+	return string(v), "", false
+}
+
+// searchableText returns the text fields of an event the index keeps, or
+// nil: the body of an m.room.message, the name of m.room.name, the topic
+// of m.room.topic (spec: search keys content.body, content.name,
+// content.topic).
+func searchableText(ev stateres.PDU) map[string]string {
+	var field, key string
+	switch ev.Type() {
+	case "m.room.message":
+		field, key = FieldBody, "body"
+	case "m.room.name":
+		field, key = FieldName, "name"
+	case "m.room.topic":
+		field, key = FieldTopic, "topic"
+	default:
+		return nil
+	}
+	var c map[string]json.RawMessage
+	if json.Unmarshal(ev.Content(), &c) != nil {
+		return nil
+	}
+	var s string
+	if json.Unmarshal(c[key], &s) != nil || s == "" {
+		return nil
+	}
+	return map[string]string{field: s}
+}
+
+func sortStrings(s []string) { sort.Strings(s) }
