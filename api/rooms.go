@@ -293,11 +293,21 @@ func (s *Server) resolveRoom(idOrAlias string) (string, error) {
 }
 
 func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
-	roomID, err := s.resolveRoom(r.PathValue("roomIdOrAlias"))
+	idOrAlias := r.PathValue("roomIdOrAlias")
+	roomID, err := s.resolveRoom(idOrAlias)
+	var servers []string
+	if err != nil && strings.HasPrefix(idOrAlias, "#") && domainOf(idOrAlias) != s.cfg.ServerName && s.remote != nil {
+		// A remote alias: its server says which room and where to join.
+		server := domainOf(idOrAlias)
+		if roomID, servers, err = s.remote.QueryDirectory(r.Context(), server, idOrAlias); err != nil {
+			return remoteErr(server, err)
+		}
+	}
 	if err != nil {
 		return err
 	}
-	return s.ownMembership(w, r, sess, roomID, "join")
+	setRoom(r, roomID)
+	return s.ownMembershipVia(w, r, sess, roomID, "join", servers)
 }
 
 func (s *Server) joinRoom(w http.ResponseWriter, r *http.Request, sess *session) error {
@@ -332,6 +342,12 @@ func (s *Server) memberContent(userID, membership, reason string) (json.RawMessa
 // server knows, with the reason from the body. Joining is idempotent: an
 // already joined user sends nothing.
 func (s *Server) ownMembership(w http.ResponseWriter, r *http.Request, sess *session, roomID, membership string) error {
+	return s.ownMembershipVia(w, r, sess, roomID, membership, nil)
+}
+
+// ownMembershipVia is ownMembership with the servers a remote alias named
+// to join through.
+func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *session, roomID, membership string, servers []string) error {
 	setRoom(r, roomID)
 	var req struct {
 		Reason string `json:"reason"`
@@ -342,6 +358,19 @@ func (s *Server) ownMembership(w http.ResponseWriter, r *http.Request, sess *ses
 	room, err := s.roomsView().Room(roomID)
 	if err != nil {
 		return err
+	}
+	if room == nil && membership == "join" {
+		content, err := s.memberContent(sess.UserID, membership, req.Reason)
+		if err != nil {
+			return err
+		}
+		var extra map[string]any
+		_ = json.Unmarshal(content, &extra)
+		if err := s.joinRemote(r, sess, roomID, servers, extra); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+		return nil
 	}
 	if room == nil {
 		return errNotFound("Room %s is not known to this server (%s over federation is not available yet)", roomID, membership)

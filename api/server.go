@@ -48,6 +48,8 @@ type Server struct {
 	log    englog.Log
 	logger zerolog.Logger
 	remote Remote
+	// roomFed takes room actions to other servers (SetRoomFederation).
+	roomFed RoomFederation
 
 	accountsH *projections.Handle
 	roomsH    *projections.Handle // roomWrite's

@@ -111,6 +111,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	remote.Acted = fed.queue.MarkUp
+	apiSrv.SetRoomFederation(fed.server)
 	// closeAll releases in reverse order of opening; the log goes last so
 	// the engine's final batch lands in an open Pebble.
 	closeAll := func() {
