@@ -36,9 +36,25 @@ type Receiver struct {
 	// checked against them.
 	Append func(ctx context.Context, entries []facts.PDU) error
 
-	mu    sync.Mutex
-	rooms map[string]*sync.Mutex
+	mu     sync.Mutex
+	rooms  map[string]*sync.Mutex
+	events *rooms.EventCache // events read back, parsed, across transactions
 }
+
+// view is the local view, reading events through the receiver's cache.
+func (r *Receiver) view() rooms.View {
+	r.mu.Lock()
+	if r.events == nil {
+		r.events = rooms.NewEventCache(eventCacheSize)
+	}
+	c := r.events
+	r.mu.Unlock()
+	return r.Local.View().WithCache(c)
+}
+
+// eventCacheSize bounds the parsed events the receiver keeps (auth and
+// state events are read for every PDU).
+const eventCacheSize = 8192
 
 // roomLock serialises the receipt of a room's PDUs: each is checked
 // against the state the previous ones left.
@@ -99,7 +115,7 @@ func (r *Receiver) Room(ctx context.Context, origin, roomID string, pdus []json.
 	lock := r.roomLock(roomID)
 	lock.Lock()
 	defer lock.Unlock()
-	view := r.Local.View()
+	view := r.view()
 	room, err := view.Room(roomID)
 	if err != nil {
 		return nil, err
@@ -123,19 +139,16 @@ func (r *Receiver) Room(ctx context.Context, origin, roomID string, pdus []json.
 		return nil, err
 	}
 	run := &run{r: r, d: d, origin: origin, fetched: map[string]*candidate{}}
-	cands := make([]*candidate, len(pdus))
-	for i, raw := range pdus {
-		c, err := parse(version, roomID, raw)
-		if err != nil {
-			verdicts[i] = run.recordMalformed(raw, err)
-			continue
+	cands, errs := parseAndVerifyEach(ctx, r.Verify, version, roomID, pdus)
+	for i, err := range errs {
+		switch {
+		case err == nil:
+		case errors.Is(err, errFormat):
+			verdicts[i] = run.recordMalformed(pdus[i], err)
+		default:
+			verdicts[i] = Verdict{EventID: cands[i].ev.EventID(), Dropped: true, Reason: err.Error()}
+			cands[i] = nil
 		}
-		if err := verify(ctx, r.Verify, c); err != nil {
-			verdicts[i] = Verdict{EventID: c.ev.EventID(), Dropped: true, Reason: err.Error()}
-			continue
-		}
-		checkHash(c)
-		cands[i] = c
 	}
 	// Within a transaction, an event's prev events come first (the spec
 	// lets senders order PDUs any way).

@@ -3,6 +3,7 @@ package receive
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"sync"
@@ -34,7 +35,7 @@ func (r *Receiver) Join(ctx context.Context, origin string, version *stateres.Ro
 	lock := r.roomLock(roomID)
 	lock.Lock()
 	defer lock.Unlock()
-	view := r.Local.View()
+	view := r.view()
 	d, err := newDecider(view, version, roomID)
 	if err != nil {
 		return Verdict{}, err
@@ -101,9 +102,44 @@ func (r *Receiver) Join(ctx context.Context, origin string, version *stateres.Ro
 // every core: a big room's join carries tens of thousands. Events that do
 // not parse are left nil; keys that cannot be obtained fail the whole.
 func parseAndVerify(ctx context.Context, v Verifier, version *stateres.RoomVersion, roomID string, raws []json.RawMessage) ([]*candidate, error) {
+	out, errs := parseAndVerifyEach(ctx, v, version, roomID, raws)
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, errFormat) {
+			return nil, err
+		}
+		if err != nil {
+			out[i] = nil
+		}
+	}
+	return out, nil
+}
+
+// parseAndVerifyEach runs steps 1-3 on each event, in parallel; errs[i]
+// wraps errFormat when raws[i] failed step 1 (out[i] nil), or says that
+// its keys could not be obtained (out[i] set).
+func parseAndVerifyEach(ctx context.Context, v Verifier, version *stateres.RoomVersion, roomID string, raws []json.RawMessage) ([]*candidate, []error) {
 	out := make([]*candidate, len(raws))
 	errs := make([]error, len(raws))
-	workers := runtime.GOMAXPROCS(0)
+	work := func(i int) {
+		c, err := parse(version, roomID, raws[i])
+		if err != nil {
+			errs[i] = err
+			return
+		}
+		out[i] = c
+		if err := verify(ctx, v, c); err != nil {
+			errs[i] = err
+			return
+		}
+		checkHash(c)
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(raws))
+	if workers <= 1 {
+		for i := range raws {
+			work(i)
+		}
+		return out, errs
+	}
 	var wg sync.WaitGroup
 	next := make(chan int)
 	for range workers {
@@ -111,16 +147,7 @@ func parseAndVerify(ctx context.Context, v Verifier, version *stateres.RoomVersi
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				c, err := parse(version, roomID, raws[i])
-				if err != nil {
-					continue
-				}
-				if err := verify(ctx, v, c); err != nil {
-					errs[i] = err
-					continue
-				}
-				checkHash(c)
-				out[i] = c
+				work(i)
 			}
 		}()
 	}
@@ -129,10 +156,5 @@ func parseAndVerify(ctx context.Context, v Verifier, version *stateres.RoomVersi
 	}
 	close(next)
 	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return out, errs
 }

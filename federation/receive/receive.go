@@ -129,6 +129,7 @@ type decider struct {
 	roomID  string
 
 	events  map[string]*decided
+	stored  map[string]stateres.PDU // stored events read so far
 	entries []facts.PDU
 	// extremities are the room's forward extremities as the fold will see
 	// them after the entries decided so far.
@@ -155,7 +156,7 @@ func newDecider(view rooms.View, version *stateres.RoomVersion, roomID string) (
 	if err != nil {
 		return nil, err
 	}
-	return &decider{view: view, version: version, roomID: roomID, events: map[string]*decided{},
+	return &decider{view: view, version: version, roomID: roomID, events: map[string]*decided{}, stored: map[string]stateres.PDU{},
 		extremities: slices.Clone(ext), fetchedState: map[string]rooms.StateMap{}, fresh: room == nil}, nil
 }
 
@@ -164,15 +165,19 @@ func (d *decider) event(id string) (stateres.PDU, bool) {
 	if e, ok := d.events[id]; ok {
 		return e.ev, true
 	}
-	e, err := d.view.Event(id)
-	if err != nil || e == nil {
-		return nil, false
+	if p, ok := d.stored[id]; ok {
+		return p, p != nil
 	}
-	p, err := e.PDU()
-	if err != nil {
-		return nil, false
+	var p stateres.PDU
+	if e, err := d.view.Event(id); err == nil && e != nil {
+		if pdu, err := e.PDU(); err == nil {
+			p = pdu
+		}
 	}
-	return p, true
+	if p != nil {
+		d.stored[id] = p // stored events never change (redaction aside, which keeps what auth reads)
+	}
+	return p, p != nil
 }
 
 // Event and Rejected make the decider a resolve.EventLookup.

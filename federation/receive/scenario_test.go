@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/cockroachdb/datadriven"
@@ -59,7 +60,7 @@ func TestScenarios(t *testing.T) {
 }
 
 type harness struct {
-	t       *testing.T
+	t       testing.TB
 	version *stateres.RoomVersion
 	roomID  string
 	ts      int64
@@ -87,9 +88,21 @@ func (h *harness) close() {
 	}
 }
 
+var (
+	serverKeysMu sync.Mutex
+	serverKeys   = map[string]ed25519.PrivateKey{}
+)
+
 func serverKey(server string) ed25519.PrivateKey {
+	serverKeysMu.Lock()
+	defer serverKeysMu.Unlock()
+	if k, ok := serverKeys[server]; ok {
+		return k
+	}
 	seed := sha256.Sum256([]byte("key of " + server))
-	return ed25519.NewKeyFromSeed(seed[:])
+	k := ed25519.NewKeyFromSeed(seed[:])
+	serverKeys[server] = k
+	return k
 }
 
 func domain(id string) string { _, d, _ := strings.Cut(id, ":"); return d }
@@ -224,7 +237,7 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 	return ""
 }
 
-func (h *harness) reset(t *testing.T, version string) {
+func (h *harness) reset(t testing.TB, version string) {
 	v, ok := stateres.Version(version)
 	if !ok {
 		t.Fatalf("unknown room version %s", version)
@@ -254,22 +267,22 @@ func (h *harness) reset(t *testing.T, version string) {
 }
 
 func (h *harness) append(ctx context.Context, entries []facts.PDU) error {
-	var last uint64
+	props := make([]englog.Proposal, 0, len(entries))
 	for _, e := range entries {
 		p, err := facts.Encode(englog.KindPDU, e)
 		if err != nil {
 			return err
 		}
-		offs, err := h.node.Append(ctx, p)
-		if err != nil {
-			return err
-		}
-		last = offs[len(offs)-1]
+		props = append(props, p)
 	}
-	return h.h.WaitApplied(ctx, last)
+	offs, err := h.node.Append(ctx, props...)
+	if err != nil {
+		return err
+	}
+	return h.h.WaitApplied(ctx, offs[len(offs)-1])
 }
 
-func (h *harness) appendLocal(t *testing.T, ev *stateres.Event) {
+func (h *harness) appendLocal(t testing.TB, ev *stateres.Event) {
 	if err := h.append(context.Background(), []facts.PDU{{RoomVersion: h.version.ID, Event: ev.JSON(), EventID: ev.EventID()}}); err != nil {
 		t.Fatal(err)
 	}
@@ -378,7 +391,7 @@ func (p *fakePeer) StateIDs(_ context.Context, _, _, eventID string) ([]string, 
 	return ids, authIDs, nil
 }
 
-func (h *harness) id(t *testing.T, name string) string {
+func (h *harness) id(t testing.TB, name string) string {
 	id, ok := h.ids[name]
 	if !ok {
 		t.Fatalf("no event named %q", name)
@@ -406,7 +419,7 @@ func (r resolverEvents) Event(id string) (stateres.PDU, bool) {
 }
 
 // define builds, signs and names one event.
-func (h *harness) define(t *testing.T, line string) (string, *stateres.Event) {
+func (h *harness) define(t testing.TB, line string) (string, *stateres.Event) {
 	f := strings.Fields(line)
 	if len(f) < 5 {
 		t.Fatalf("event line %q: want name type sender state_key content", line)
