@@ -21,6 +21,7 @@ func (s *Server) routes() {
 	s.adminRoutes()
 	s.keyRoutes()
 	s.searchRoutes()
+	s.openIDRoutes()
 }
 
 // syncHandles are the projections /sync reads from.

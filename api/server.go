@@ -19,6 +19,7 @@ import (
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/projections/adminstate"
+	"github.com/engram-hs/engram/projections/openid"
 	"github.com/engram-hs/engram/projections/reports"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/search"
@@ -55,6 +56,7 @@ type Server struct {
 	roomsH    *projections.Handle // roomWrite's
 	userdataH *projections.Handle
 	reportsH  *projections.Handle
+	openidH   *projections.Handle
 	adminH    *projections.Handle // adminstate: what admins decided about rooms and the server
 	admin     *admin.API
 	keys      *keys.Service // end-to-end encryption (api/keys)
@@ -133,6 +135,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	deps.Rooms.OnTouched(s.roomsTouched)
 	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
 	s.reportsH = deps.Engine.Register(reports.New())
+	s.openidH = deps.Engine.Register(openid.New())
 	s.adminH = deps.Engine.Register(adminstate.New())
 	s.engine = deps.Engine
 	s.keys = s.newKeys()

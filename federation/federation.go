@@ -44,6 +44,9 @@ type Deps struct {
 	// Accounts, Rooms are the projections the query endpoints read (as
 	// registered by api); nil disables those endpoints.
 	Accounts, Rooms *projections.Handle
+	// OpenID is the openid projection (api's request_token), read by
+	// openid/userinfo.
+	OpenID *projections.Handle
 	// Contacted is called with the origin of every authenticated inbound
 	// request (the delivery queue marks a down destination up again).
 	Contacted func(origin string)

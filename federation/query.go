@@ -1,6 +1,8 @@
 package federation
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -8,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/engram-hs/engram/projections/accounts"
+	"github.com/engram-hs/engram/projections/openid"
 	"github.com/engram-hs/engram/projections/rooms"
 )
 
@@ -19,6 +22,34 @@ func (s *Server) queryRoutes() {
 	s.HandleAuthed("GET /_matrix/federation/v1/query/directory", s.queryDirectory)
 	s.HandleAuthed("GET /_matrix/federation/v1/publicRooms", s.getPublicRooms)
 	s.HandleAuthed("POST /_matrix/federation/v1/publicRooms", s.postPublicRooms)
+	// Called by third parties (integration managers), not servers: no
+	// X-Matrix.
+	s.Handle("GET /_matrix/federation/v1/openid/userinfo", s.openIDUserInfo)
+}
+
+// openIDUserInfo exchanges an OpenID token for the user it was issued to
+// (server-server API, "OpenID").
+func (s *Server) openIDUserInfo(w http.ResponseWriter, r *http.Request) {
+	tok := r.URL.Query().Get("access_token")
+	if tok == "" {
+		writeError(w, Errorf(http.StatusUnauthorized, "M_MISSING_TOKEN", "access_token is required"))
+		return
+	}
+	if s.deps.OpenID == nil {
+		writeError(w, Errorf(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Access token unknown or expired"))
+		return
+	}
+	sum := sha256.Sum256([]byte(tok))
+	t, err := openid.NewView(s.deps.OpenID.Reader()).Token(hex.EncodeToString(sum[:]))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if t == nil || t.ExpiresAt <= s.cfg.Now().UnixMilli() {
+		writeError(w, Errorf(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "Access token unknown or expired"))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"sub": t.UserID})
 }
 
 func errNotFound(format string, args ...any) *Error {

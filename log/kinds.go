@@ -64,6 +64,7 @@ const (
 	KindFederationOutbound       Kind = 510 // log entries (PDUs/EDUs) to deliver to destinations
 	KindFederationDelivered      Kind = 511 // a destination acknowledged a transaction
 	KindFederationDestinationSet Kind = 512 // a destination marked down (given up) or up again
+	KindOpenIDTokenIssued        Kind = 520 // an OpenID token for a third party to check a user's identity
 
 	// Server administration.
 	KindServerFact Kind = 900 // anything else; the payload names its type
@@ -115,6 +116,7 @@ var kindNames = map[Kind]string{
 	KindFederationOutbound:       "federation_outbound",
 	KindFederationDelivered:      "federation_delivered",
 	KindFederationDestinationSet: "federation_destination_set",
+	KindOpenIDTokenIssued:        "openid_token_issued",
 	KindServerFact:               "server_fact",
 }
 

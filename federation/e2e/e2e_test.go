@@ -5,6 +5,9 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -14,9 +17,20 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/engram-hs/engram/federation/fedtest"
+	"github.com/engram-hs/engram/federation/transport"
 	"github.com/engram-hs/engram/internal/testca"
 	"github.com/engram-hs/engram/internal/testserver"
+	"github.com/engram-hs/engram/stateres/signing"
 )
+
+func testKey(t *testing.T) signing.Key {
+	k, err := signing.GenerateKey(rand.Reader, "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
 
 type server struct {
 	*testserver.Server
@@ -136,6 +150,31 @@ func TestRemoteQueriesBetweenTwoServers(t *testing.T) {
 	pub.Chunk = nil
 	if st := call(t, b, "POST", "/_matrix/client/v3/publicRooms?server="+url.QueryEscape(a.name), bob, map[string]any{"filter": map[string]string{"generic_search_term": "nothing-matches"}}, &pub); st != 200 || len(pub.Chunk) != 0 {
 		t.Fatalf("remote publicRooms no match: %d %+v", st, pub)
+	}
+
+	// OpenID: a token alice asked A for is exchanged at A's federation
+	// listener for her user ID, by a third party (no X-Matrix).
+	var tok struct {
+		AccessToken string `json:"access_token"`
+		ServerName  string `json:"matrix_server_name"`
+		ExpiresIn   int    `json:"expires_in"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/user/"+url.PathEscape(aliceID)+"/openid/request_token", alice, map[string]any{}, &tok); st != 200 || tok.ServerName != a.name || tok.ExpiresIn <= 0 {
+		t.Fatalf("request_token: %d %+v", st, tok)
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/user/"+url.PathEscape("@bob:"+b.name)+"/openid/request_token", alice, map[string]any{}, &e); st != 403 {
+		t.Fatalf("request_token for another user: %d", st)
+	}
+	third := fedtest.ClientFor(t, ca, "third.test", testKey(t))
+	var info struct {
+		Sub string `json:"sub"`
+	}
+	if err := third.DoJSON(context.Background(), transport.Request{Destination: a.name, Method: "GET", Path: "/_matrix/federation/v1/openid/userinfo?access_token=" + url.QueryEscape(tok.AccessToken), Unsigned: true}, &info); err != nil || info.Sub != aliceID {
+		t.Fatalf("userinfo: %v %+v", err, info)
+	}
+	var he *transport.HTTPError
+	if err := third.DoJSON(context.Background(), transport.Request{Destination: a.name, Method: "GET", Path: "/_matrix/federation/v1/openid/userinfo?access_token=forged", Unsigned: true}, &info); !errors.As(err, &he) || he.Status != 401 || he.Errcode != "M_UNKNOWN_TOKEN" {
+		t.Fatalf("userinfo with a forged token: %v", err)
 	}
 
 	// The asking server's log replays to the same projections.

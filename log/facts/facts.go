@@ -133,6 +133,8 @@ func New(kind englog.Kind) any {
 		return &FederationDelivered{}
 	case englog.KindFederationDestinationSet:
 		return &FederationDestinationSet{}
+	case englog.KindOpenIDTokenIssued:
+		return &OpenIDTokenIssued{}
 	case englog.KindServerFact:
 		return &ServerFact{}
 	}

@@ -73,3 +73,13 @@ type FederationDestinationSet struct {
 	Down        bool   `json:"down"`
 	Reason      string `json:"reason,omitempty"`
 }
+
+// OpenIDTokenIssued records an OpenID token (client-server API
+// request_token) that third parties check with federation's
+// openid/userinfo. Only the token's SHA-256 (hex) reaches the log.
+type OpenIDTokenIssued struct {
+	UserID      string `json:"user_id"`
+	TokenSHA256 string `json:"token_sha256"`
+	// ExpiresAt is Unix ms, decided by the writer.
+	ExpiresAt int64 `json:"expires_at"`
+}
