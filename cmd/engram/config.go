@@ -62,6 +62,7 @@ type Config struct {
 	IPRangeBlacklistSet              bool
 	IPRangeWhitelist                 []string
 	TrustedKeyServers                []trustedKeyServer
+	FederationHosts                  map[string]string
 	FederationClientTimeout          time.Duration
 	FederationMinRetryInterval       time.Duration
 	FederationRetryMultiplier        float64
@@ -262,6 +263,7 @@ var options = []option{
 	{"ip_range_blacklist", `a list of IP ranges ("10.0.0.0/8")`, ipRanges(func(c *Config) *[]string { return &c.IPRangeBlacklist }, true)},
 	{"federation_ip_range_blacklist", `a list of IP ranges ("10.0.0.0/8"); the older name of ip_range_blacklist`, ipRanges(func(c *Config) *[]string { return &c.IPRangeBlacklist }, true)},
 	{"ip_range_whitelist", `a list of IP ranges ("127.0.0.0/8")`, ipRanges(func(c *Config) *[]string { return &c.IPRangeWhitelist }, false)},
+	{"federation_hosts", `a list of "server_name=host:port" (connect there, skipping discovery)`, parseFederationHosts},
 	{"trusted_key_servers", `a list of {server_name, verify_keys: {"ed25519:id": "<base64 key>"}}`, parseTrustedKeyServers},
 	{"federation.client_timeout", `a duration ("60s")`, duration(func(c *Config) *time.Duration { return &c.FederationClientTimeout })},
 	{"federation.destination_min_retry_interval", `a duration ("30s")`, duration(func(c *Config) *time.Duration { return &c.FederationMinRetryInterval })},

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -58,6 +59,30 @@ func ipRanges(p func(*Config) *[]string, blacklist bool) func(*Config, value) er
 	}
 }
 
+// parseFederationHosts reads federation_hosts: server names mapped to
+// the address to connect to, as /etc/hosts does for names (and ports).
+func parseFederationHosts(c *Config, v value) error {
+	items := v.list
+	if !v.isList {
+		items = strings.Split(v.scalar, ",")
+	}
+	c.FederationHosts = map[string]string{}
+	for _, it := range items {
+		if it = strings.TrimSpace(it); it == "" {
+			continue
+		}
+		name, addr, ok := strings.Cut(it, "=")
+		if _, _, _, err := transport.SplitServerName(name); !ok || err != nil {
+			return errForm
+		}
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			return errForm
+		}
+		c.FederationHosts[name] = addr
+	}
+	return nil
+}
+
 func parseTrustedKeyServers(c *Config, v value) error {
 	items := v.list
 	if !v.isList {
@@ -101,6 +126,7 @@ func (c Config) transportConfig(key signing.Key, logger zerolog.Logger) (transpo
 		Key:                key,
 		InsecureSkipVerify: !c.FederationVerifyCertificates,
 		Timeout:            c.FederationClientTimeout,
+		StaticHosts:        c.FederationHosts,
 		Logger:             logger,
 	}
 	cas := append([]string(nil), c.FederationCustomCAList...)

@@ -17,6 +17,7 @@ server_name: "a.test"
 federation_ip_range_blacklist: ["10.0.0.0/8"]
 ip_range_whitelist: ["10.1.0.0/16"]
 federation_verify_certificates: false
+federation_hosts: ["hs1=127.0.0.1:9001", "[::1]:80=127.0.0.1:9002"]
 trusted_key_servers:
   - server_name: "notary.test"
     verify_keys:
@@ -44,6 +45,9 @@ federation:
 	if err != nil {
 		t.Fatal(err)
 	}
+	if tc.StaticHosts["hs1"] != "127.0.0.1:9001" || tc.StaticHosts["[::1]:80"] != "127.0.0.1:9002" {
+		t.Fatalf("federation_hosts: %v", tc.StaticHosts)
+	}
 	if !tc.InsecureSkipVerify {
 		t.Fatal("federation_verify_certificates: false ignored")
 	}
@@ -63,7 +67,7 @@ federation:
 	if tc.IPFilter.Allowed(netip.MustParseAddr("127.0.0.1")) || tc.InsecureSkipVerify || len(d.TrustedKeyServers) != 0 {
 		t.Fatal("defaults")
 	}
-	for _, bad := range []string{"ip_range_whitelist: [\"nonsense\"]", "trusted_key_servers: [{server_name: x, verify_keys: {\"ed25519:a\": \"short\"}}]", "federation: {destination_retry_multiplier: 0.5}"} {
+	for _, bad := range []string{"ip_range_whitelist: [\"nonsense\"]", "trusted_key_servers: [{server_name: x, verify_keys: {\"ed25519:a\": \"short\"}}]", "federation: {destination_retry_multiplier: 0.5}", "federation_hosts: [\"hs1\"]"} {
 		os.WriteFile(path, []byte(bad+"\n"), 0o600)
 		if _, _, err := loadConfig(path, func(string) (string, bool) { return "", false }, nil); err == nil || !strings.Contains(err.Error(), "expected") {
 			t.Fatalf("%s: %v", bad, err)

@@ -39,6 +39,11 @@ type Config struct {
 	IPFilter *IPFilter
 	// Resolver looks up SRV, A and AAAA records; nil is the system's.
 	Resolver *net.Resolver
+	// StaticHosts maps server names to the host:port to connect to,
+	// skipping discovery (federation_hosts: test rigs and private
+	// networks without DNS). The certificate must still be valid for the
+	// server name's host.
+	StaticHosts map[string]string
 	// Timeout bounds a request that has no deadline of its own (default
 	// 60 s, Synapse's federation client_timeout).
 	Timeout time.Duration
@@ -101,8 +106,9 @@ func New(cfg Config) (*Client, error) {
 			}
 			return nil
 		}},
-		now:   cfg.Now,
-		cache: map[string]*wellKnownEntry{},
+		now:    cfg.Now,
+		cache:  map[string]*wellKnownEntry{},
+		static: cfg.StaticHosts,
 	}
 	return c, nil
 }

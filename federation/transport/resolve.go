@@ -113,6 +113,8 @@ type resolver struct {
 	// wellKnownPort is 443 except in tests, which cannot bind it.
 	wellKnownPort string
 
+	static map[string]string
+
 	mu    sync.Mutex
 	cache map[string]*wellKnownEntry
 }
@@ -122,6 +124,9 @@ func (r *resolver) resolve(ctx context.Context, serverName string) ([]Target, er
 	host, port, isIP, err := SplitServerName(serverName)
 	if err != nil {
 		return nil, err
+	}
+	if addr, ok := r.static[serverName]; ok {
+		return []Target{{Addr: addr, CertName: host, Host: serverName}}, nil
 	}
 	// Step 1: an IP literal.
 	if isIP {

@@ -103,6 +103,25 @@ func TestIPLiteralAndExplicitPortOverTLS(t *testing.T) {
 	}
 }
 
+// federation_hosts: a server name mapped to an address skips discovery;
+// the certificate must still be valid for the name.
+func TestStaticHosts(t *testing.T) {
+	ca := testca.New(t)
+	var key signing.Key
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { echo(key, nil).ServeHTTP(w, r) })
+	_, port := tlsServer(t, ca, h, "hs1")
+	c, k := newClient(t, ca, func(cfg *Config) { cfg.StaticHosts = map[string]string{"hs1": "127.0.0.1:" + port, "hs2": "127.0.0.1:" + port} })
+	key = k
+	var got echoed
+	if err := c.DoJSON(context.Background(), Request{Destination: "hs1", Method: "GET", Path: "/x"}, &got); err != nil || got.Host != "hs1" || got.Auth != "ok hs1" {
+		t.Fatalf("hs1: %+v %v", got, err)
+	}
+	var hne x509.HostnameError
+	if err := c.DoJSON(context.Background(), Request{Destination: "hs2", Method: "GET", Path: "/x"}, nil); !errors.As(err, &hne) {
+		t.Fatalf("hs2 (certificate for hs1): %v", err)
+	}
+}
+
 func TestDenyListRefusesLoopbackByDefault(t *testing.T) {
 	ca := testca.New(t)
 	_, port := tlsServer(t, ca, echo(signing.Key{}, nil), "127.0.0.1")
