@@ -110,7 +110,9 @@ func TestStaticHosts(t *testing.T) {
 	var key signing.Key
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { echo(key, nil).ServeHTTP(w, r) })
 	_, port := tlsServer(t, ca, h, "hs1")
-	c, k := newClient(t, ca, func(cfg *Config) { cfg.StaticHosts = map[string]string{"hs1": "127.0.0.1:" + port, "hs2": "127.0.0.1:" + port} })
+	c, k := newClient(t, ca, func(cfg *Config) {
+		cfg.StaticHosts = map[string]string{"hs1": "127.0.0.1:" + port, "hs2": "127.0.0.1:" + port}
+	})
 	key = k
 	var got echoed
 	if err := c.DoJSON(context.Background(), Request{Destination: "hs1", Method: "GET", Path: "/x"}, &got); err != nil || got.Host != "hs1" || got.Auth != "ok hs1" {
