@@ -165,7 +165,12 @@ func (s *Server) newSession(r *http.Request, userID, deviceID, displayName strin
 	}
 }
 
+// clientIP is the client's address: through a trusted proxy, the one it
+// forwarded (ratelimits.go).
 func clientIP(r *http.Request) string {
+	if ri := reqInfoFrom(r); ri != nil && ri.ip != "" {
+		return ri.ip
+	}
 	host := r.RemoteAddr
 	if i := strings.LastIndexByte(host, ':'); i >= 0 {
 		host = host[:i]

@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 
 	"github.com/engram-hs/engram/api/admin"
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/projections/adminstate"
@@ -101,4 +104,37 @@ func (h adminHost) CreateRoom(ctx context.Context, req admin.CreateRoom) (string
 		return "", err
 	}
 	return out.RoomID, nil
+}
+
+// CheckServerName records the server name in the data on the first
+// start, and refuses a later start under another name: every user ID,
+// room alias and signature in the log carries the first one, so serving
+// the data under a new name would break every login. Data written before
+// the name was recorded is checked against its accounts.
+func (s *Server) CheckServerName(ctx context.Context) error {
+	name := s.cfg.ServerName
+	recorded, err := s.adminState().ServerName()
+	if err != nil {
+		return err
+	}
+	refuse := func(was string) error {
+		return fmt.Errorf("this data was created with server_name %q, but the configuration says server_name %q; a server name cannot change once users exist (their IDs end in :%s). Set server_name back to %q, or start with an empty data_dir for a new server", was, name, was, was)
+	}
+	if recorded != "" {
+		if recorded != name {
+			return refuse(recorded)
+		}
+		return nil
+	}
+	accs, err := s.accountsView().Accounts()
+	if err != nil {
+		return err
+	}
+	for _, a := range accs {
+		if _, server, ok := strings.Cut(a.UserID, ":"); ok && server != name {
+			return refuse(server)
+		}
+	}
+	_, err = s.commit(ctx, []*projections.Handle{s.adminH}, facts.MustEncode(englog.KindServerNameSet, facts.ServerNameSet{ServerName: name}))
+	return err
 }

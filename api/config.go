@@ -6,9 +6,11 @@
 package api
 
 import (
+	"net/netip"
 	"time"
 
 	"github.com/engram-hs/engram/api/admin"
+	"github.com/engram-hs/engram/api/ratelimit"
 )
 
 // Config is what the API needs to know of the server's configuration. The
@@ -38,9 +40,13 @@ type Config struct {
 	TurnUserLifetime time.Duration // turn_user_lifetime
 	TurnAllowGuests  bool          // turn_allow_guests
 
-	RateLimitingEnabled bool    // rate_limiting_enabled
-	RateLimitPerSecond  float64 // rc_message.per_second
-	RateLimitBurst      int     // rc_message.burst_count
+	RateLimitingEnabled bool             // rate_limiting_enabled
+	RateLimits          ratelimit.Config // rc_message, rc_login, ... (zero rules do not limit)
+	// Client addresses: X-Forwarded-For is believed from every peer when
+	// XForwarded (Synapse's listener option x_forwarded), else only from
+	// peers in TrustedProxies (trusted_proxies).
+	XForwarded     bool
+	TrustedProxies []netip.Prefix
 
 	// BcryptCost is the bcrypt work factor of password hashes
 	// (bcrypt_rounds); 0 means 12, as Synapse. Tests lower it.

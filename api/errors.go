@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 
 	"github.com/engram-hs/engram/internal/mxerr"
 	"github.com/rs/zerolog"
@@ -85,6 +86,10 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	if ri := reqInfoFrom(r); ri != nil {
 		ri.errcode = me.Code
+	}
+	if ms, ok := me.Extra["retry_after_ms"].(int64); ok && me.Status == http.StatusTooManyRequests {
+		// RFC 9110: whole seconds, rounded up so a client never comes back early.
+		w.Header().Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))
 	}
 	writeJSON(w, me.Status, body)
 }

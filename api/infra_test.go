@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"github.com/engram-hs/engram/api/ratelimit"
 	"io"
 	"net/http"
 	"strings"
@@ -103,7 +104,9 @@ func TestDiscovery(t *testing.T) {
 
 func TestRateLimiting(t *testing.T) {
 	ts := startServer(t, func(c *api.Config) {
-		c.RateLimitingEnabled, c.RateLimitPerSecond, c.RateLimitBurst = true, 0.5, 3
+		c.RateLimitingEnabled = true
+		c.RateLimits = ratelimit.Defaults()
+		c.RateLimits.Message = ratelimit.Rule{PerSecond: 0.5, BurstCount: 3}
 	})
 	alice := ts.register("alice") // spends one token of the IP bucket
 	limited := false

@@ -2,7 +2,6 @@ package api
 
 import (
 	"testing"
-	"time"
 )
 
 func TestTypeMatches(t *testing.T) {
@@ -40,26 +39,6 @@ func TestParseToken(t *testing.T) {
 		if (err == nil) != c.ok || got != c.want {
 			t.Errorf("parseToken(%q) = %d, %v; want %d ok=%v", c.tok, got, err, c.want, c.ok)
 		}
-	}
-}
-
-func TestRateLimiterBucket(t *testing.T) {
-	l := newRateLimiter(2, 3) // 2 tokens/s, burst 3
-	now := time.Unix(1000, 0)
-	for i := 0; i < 3; i++ {
-		if w := l.take("k", now); w != 0 {
-			t.Fatalf("burst request %d limited (%v)", i, w)
-		}
-	}
-	w := l.take("k", now)
-	if w <= 0 || w > 500*time.Millisecond {
-		t.Fatalf("4th request: wait %v, want (0, 500ms]", w)
-	}
-	if w := l.take("other", now); w != 0 {
-		t.Fatal("buckets are not per key")
-	}
-	if w := l.take("k", now.Add(600*time.Millisecond)); w != 0 {
-		t.Fatalf("refilled bucket still limited: %v", w)
 	}
 }
 

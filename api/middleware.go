@@ -5,11 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"math"
-	"net"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -23,6 +20,7 @@ type reqInfo struct {
 	user    string
 	room    string
 	errcode string
+	ip      string // the client's address (through trusted proxies: ratelimits.go)
 }
 
 type reqInfoKey struct{}
@@ -79,14 +77,22 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		ctx = logger.WithContext(ctx)
 		r = r.WithContext(ctx)
 		sw := &statusWriter{ResponseWriter: w}
+		ri.ip = s.clientAddr(r)
+		if _, pattern := s.mux.Handler(r); pattern != "" {
+			ri.route = pattern
+		}
 		if r.Method == http.MethodOptions {
 			sw.WriteHeader(http.StatusOK)
 		} else {
 			r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxRequestBodySize)
-			if err := s.rateLimit(r); err != nil {
+			after, err := s.rateLimit(r)
+			if err != nil {
 				writeError(sw, r, err)
 			} else {
 				next.ServeHTTP(sw, r)
+				if after != nil {
+					after(sw.status, ri.errcode)
+				}
 			}
 		}
 		if sw.status == 0 {
@@ -102,86 +108,15 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		if sw.status >= 500 {
 			ev = logger.Error()
 		}
-		ev.Str("method", r.Method).Str("path", r.URL.Path).Int("status", sw.status).
-			Str("user", ri.user).Str("room", ri.room).Str("errcode", ri.errcode).
-			Dur("latency", lat).Msg("request")
+		ev = ev.Str("method", r.Method).Str("path", r.URL.Path).Int("status", sw.status)
+		// Fields a request does not have are left out, not logged empty.
+		for _, f := range [...][2]string{{"user", ri.user}, {"room", ri.room}, {"errcode", ri.errcode}} {
+			if f[1] != "" {
+				ev = ev.Str(f[0], f[1])
+			}
+		}
+		ev.Float64("latency_ms", float64(lat.Microseconds())/1000).Msg("request")
 	})
-}
-
-// rateLimit applies a token bucket per user for authenticated writes and
-// per client IP otherwise. Reads (GET) are not limited: a client's sync
-// loop must never be throttled into missing events.
-func (s *Server) rateLimit(r *http.Request) error {
-	if s.limiter == nil || r.Method == http.MethodGet {
-		return nil
-	}
-	key := ""
-	if tok := bearerToken(r); tok != "" {
-		if sess, err := s.lookupToken(tok); err == nil && sess != nil {
-			key = "u:" + sess.UserID
-		}
-	}
-	if key == "" {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			host = r.RemoteAddr
-		}
-		key = "ip:" + host
-	}
-	if wait := s.limiter.take(key, time.Now()); wait > 0 {
-		ms := int64(math.Ceil(float64(wait) / float64(time.Millisecond)))
-		return merr(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "Too many requests; retry later").With("retry_after_ms", ms)
-	}
-	return nil
-}
-
-// rateLimiter is a set of token buckets keyed by user or IP.
-type rateLimiter struct {
-	mu      sync.Mutex
-	rate    float64 // tokens per second
-	burst   float64
-	buckets map[string]*bucket
-}
-
-type bucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newRateLimiter(rate, burst float64) *rateLimiter {
-	return &rateLimiter{rate: rate, burst: burst, buckets: map[string]*bucket{}}
-}
-
-// take spends one token; it returns 0 when allowed, else how long until a
-// token is available.
-func (l *rateLimiter) take(key string, now time.Time) time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	b := l.buckets[key]
-	if b == nil {
-		if len(l.buckets) > 100_000 {
-			l.evictFull(now)
-		}
-		b = &bucket{tokens: l.burst, last: now}
-		l.buckets[key] = b
-	}
-	b.tokens = math.Min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-	b.last = now
-	if b.tokens >= 1 {
-		b.tokens--
-		return 0
-	}
-	return time.Duration((1 - b.tokens) / l.rate * float64(time.Second))
-}
-
-// evictFull drops buckets that have refilled: forgetting them changes
-// nothing, so the map stays bounded by the number of active clients.
-func (l *rateLimiter) evictFull(now time.Time) {
-	for k, b := range l.buckets {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.buckets, k)
-		}
-	}
 }
 
 // readJSON decodes the request body into v: M_TOO_LARGE when over the body

@@ -13,6 +13,7 @@ import (
 
 	"github.com/engram-hs/engram/api/admin"
 	"github.com/engram-hs/engram/api/keys"
+	"github.com/engram-hs/engram/api/ratelimit"
 	"github.com/engram-hs/engram/internal/keyedmutex"
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
@@ -69,7 +70,7 @@ type Server struct {
 	mux     *http.ServeMux // method+path patterns
 	pathMux *http.ServeMux // the same paths without methods: tells 405 from 404
 	handler http.Handler
-	limiter *rateLimiter
+	limiter *ratelimit.Limiter // nil when rate limiting is off
 	latency *prometheus.HistogramVec
 	// locks serialises checks and appends of non-room keys (an alias, a
 	// user's registration, push rules); room events use roomWrite's lock.
@@ -105,12 +106,6 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if cfg.MaxRequestBodySize <= 0 {
 		cfg.MaxRequestBodySize = 10 << 20
 	}
-	if cfg.RateLimitPerSecond <= 0 {
-		cfg.RateLimitPerSecond = 10
-	}
-	if cfg.RateLimitBurst <= 0 {
-		cfg.RateLimitBurst = 50
-	}
 	var rb [4]byte
 	_, _ = rand.Read(rb[:])
 	s := &Server{
@@ -126,7 +121,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		closed:  make(chan struct{}),
 	}
 	if cfg.RateLimitingEnabled {
-		s.limiter = newRateLimiter(cfg.RateLimitPerSecond, float64(cfg.RateLimitBurst))
+		s.limiter = ratelimit.New()
 	}
 	s.notifier = newNotifier()
 	s.accountsH = deps.Engine.Register(accounts.New())

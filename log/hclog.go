@@ -9,16 +9,20 @@ import (
 )
 
 // newHCLogger routes raft's hclog output to zerolog at warn and above:
-// raft is chatty at info about routine elections and snapshots.
-func newHCLogger(l zerolog.Logger) hclog.Logger {
+// raft is chatty at info about routine elections and snapshots. A single
+// node's election, on every start, is routine: debug.
+func newHCLogger(l zerolog.Logger, single bool) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
 		Name:   "raft",
 		Level:  hclog.Warn,
-		Output: zerologWriter{l.With().Str("subsystem", "raft").Logger()},
+		Output: zerologWriter{l.With().Str("subsystem", "raft").Logger(), single},
 	})
 }
 
-type zerologWriter struct{ l zerolog.Logger }
+type zerologWriter struct {
+	l      zerolog.Logger
+	single bool
+}
 
 func (w zerologWriter) Write(p []byte) (int, error) {
 	msg := string(bytes.TrimSpace(p))
@@ -30,8 +34,10 @@ func (w zerologWriter) Write(p []byte) (int, error) {
 	switch {
 	case bytes.Contains(p, []byte("[ERROR]")):
 		ev = w.l.Error()
+	case w.single:
+		ev = w.l.Debug() // a one-voter cluster electing itself
 	case bytes.Contains(p, []byte("heartbeat timeout reached")):
-		// Every start of a node, and of any single node, begins this way.
+		// Every start of a node begins this way.
 		ev = w.l.Info()
 	}
 	ev.Msg(msg)

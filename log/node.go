@@ -175,7 +175,7 @@ func Open(cfg Config) (*Node, error) {
 		n.met.lastOffset.Set(float64(rec.last))
 		n.fsm.onApply = func(int) { n.met.lastOffset.Set(float64(n.fsm.lastOffset.Load())) }
 	}
-	hlog := newHCLogger(n.log)
+	hlog := newHCLogger(n.log, cfg.RaftAddr == "")
 	snapDir := filepath.Join(cfg.Dir, "raft-snapshots")
 	files, err := raft.NewFileSnapshotStoreWithLogger(snapDir, 1, hlog)
 	if err != nil {

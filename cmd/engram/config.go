@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +19,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/api/admin"
+	"github.com/engram-hs/engram/api/ratelimit"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/stateres/signing"
 )
@@ -70,8 +73,10 @@ type Config struct {
 	FederationDestinationGiveUpAfter time.Duration
 
 	RateLimitingEnabled bool
-	RCMessagePerSecond  float64
-	RCMessageBurstCount int
+	RC                  ratelimit.Config // rc_* (config_operator.go)
+	XForwarded          bool             // x_forwarded
+	TrustedProxies      []netip.Prefix   // trusted_proxies
+	ServerNotices       admin.ServerNotices
 
 	ClusterNodeID     string
 	ClusterRaftListen string
@@ -92,8 +97,7 @@ func defaultConfig() Config {
 		DataDir:             "engram-data",
 		Listen:              "127.0.0.1:8008",
 		RateLimitingEnabled: true,
-		RCMessagePerSecond:  0.2, // Synapse's defaults
-		RCMessageBurstCount: 10,
+		RC:                  ratelimit.Defaults(), // Synapse's
 
 		FederationVerifyCertificates:     true,
 		FederationClientTimeout:          60 * time.Second,
@@ -278,20 +282,6 @@ var options = []option{
 	{"federation.destination_max_retry_interval", `a duration ("1h")`, duration(func(c *Config) *time.Duration { return &c.FederationMaxRetryInterval })},
 	{"federation.destination_give_up_after", `a duration ("24h")`, duration(func(c *Config) *time.Duration { return &c.FederationDestinationGiveUpAfter })},
 	{"rate_limiting_enabled", "true or false", boolean(func(c *Config) *bool { return &c.RateLimitingEnabled })},
-	{"rc_message.per_second", "a positive number", func(c *Config, v value) error {
-		f, err := strconv.ParseFloat(v.scalar, 64)
-		if v.isList || err != nil || f <= 0 {
-			return errForm
-		}
-		c.RCMessagePerSecond = f
-		return nil
-	}},
-	{"rc_message.burst_count", "a positive integer", func(c *Config, v value) error {
-		if err := integer(func(c *Config) *int { return &c.RCMessageBurstCount })(c, v); err != nil || c.RCMessageBurstCount == 0 {
-			return errForm
-		}
-		return nil
-	}},
 	{"disk_reserve", `free space below which writes are refused: a size ("256M", "2G"), or empty for the larger of 1% of the disk and 256M`, func(c *Config, v value) error {
 		if v.isList {
 			return errForm
@@ -615,8 +605,11 @@ func (c Config) apiConfig() api.Config {
 		TurnUserLifetime:                      c.TurnUserLifetime,
 		TurnAllowGuests:                       c.TurnAllowGuests,
 		RateLimitingEnabled:                   c.RateLimitingEnabled,
-		RateLimitPerSecond:                    c.RCMessagePerSecond,
-		RateLimitBurst:                        c.RCMessageBurstCount,
+		RateLimits:                            c.RC,
+		XForwarded:                            c.XForwarded,
+		TrustedProxies:                        c.TrustedProxies,
+		ServerNotices:                         c.ServerNotices,
+		ServerVersion:                         "engram " + version,
 		BcryptCost:                            c.BcryptRounds,
 	}
 	if c.ServeServerWellKnown {

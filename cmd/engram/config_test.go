@@ -81,7 +81,7 @@ rc_unknown:
 	if len(warnings) != 2 || !strings.Contains(warnings[0], `"unknown_thing"`) || !strings.Contains(warnings[1], `"rc_unknown"`) {
 		t.Fatalf("warnings = %q", warnings)
 	}
-	if c.ServerName != "file.example" || c.MaxUploadSize != 10<<20 || c.RCMessagePerSecond != 3 || c.RCMessageBurstCount != 9 || c.Listen != "127.0.0.1:9999" {
+	if c.ServerName != "file.example" || c.MaxUploadSize != 10<<20 || c.RC.Message.PerSecond != 3 || c.RC.Message.BurstCount != 9 || c.Listen != "127.0.0.1:9999" {
 		t.Fatalf("config = %+v", c)
 	}
 	if !reflect.DeepEqual(c.TurnURIs, []string{"turn:c.example", "turn:d.example"}) {

@@ -44,6 +44,10 @@ func main() {
 }
 
 func dispatch(args []string) int {
+	if len(args) > 0 && (args[0] == "--version" || args[0] == "-version" || args[0] == "-v") {
+		fmt.Println("engram", version)
+		return 0
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(os.Stderr)
 		if len(args) == 0 {
@@ -138,7 +142,7 @@ func (cf *configFlags) load(create bool) (loaded, error) {
 			if err := os.MkdirAll(dir, 0o750); err != nil {
 				return loaded{}, fmt.Errorf("creating the data directory: %w", err)
 			}
-			if err := writeFileAtomic(path, defaultConfigFile(randomSecret()), 0o600); err != nil {
+			if err := writeFileAtomic(path, withFirstRunValues(defaultConfigFile(randomSecret()), flags), 0o600); err != nil {
 				return loaded{}, fmt.Errorf("writing the default configuration: %w", err)
 			}
 			created = true
@@ -151,6 +155,7 @@ func (cf *configFlags) load(create bool) (loaded, error) {
 	if err != nil {
 		return loaded{}, err
 	}
+	warnings = append(warnings, unknownEnv(os.Environ())...)
 	return loaded{cfg: cfg, path: path, warnings: warnings, created: created}, nil
 }
 
@@ -165,6 +170,9 @@ func newLogger(level string) zerolog.Logger {
 	if fi, err := os.Stderr.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
 		w = zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: "15:04:05.000"}
 	}
+	// Millisecond timestamps: requests take milliseconds, and lines of one
+	// second must keep their order when read back.
+	zerolog.TimeFieldFormat = "2006-01-02T15:04:05.000Z07:00"
 	return zerolog.New(w).Level(lvl).With().Timestamp().Logger()
 }
 
@@ -180,6 +188,19 @@ func zerologLevel(s string) (zerolog.Level, error) {
 		return zerolog.ErrorLevel, nil
 	}
 	return zerolog.NoLevel, errForm
+}
+
+// parseFlags parses a command's flags; when it returns false the command
+// exits with the code: 0 after -h (the usage was asked for), 2 for a
+// wrong flag.
+func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, false
+		}
+		return 2, false
+	}
+	return 0, true
 }
 
 // fail prints an error for the operator and returns the exit code.

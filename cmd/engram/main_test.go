@@ -383,10 +383,15 @@ func TestRegisterUserRestartVerifyTools(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "all projections match") || !strings.Contains(out, "accounts") {
 		t.Fatalf("verify: code %d\n%s\n%s", code, out, errOut)
 	}
-	out, _, code = runTool(t, dir, nil, "log", "--config", cfg, "show", "1")
+	// Entry 1 records the server name; 2 is alice's registration, whose
+	// password hash is not printed.
+	out, _, code = runTool(t, dir, nil, "log", "--config", cfg, "show", "2")
 	var e printedEntry
-	if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.Offset != 1 || e.Kind != "account_registered" || !bytes.Contains(e.Payload, []byte("@alice:test.local")) {
-		t.Fatalf("log show 1: code %d, %s", code, out)
+	if code != 0 || json.Unmarshal([]byte(out), &e) != nil || e.Offset != 2 || e.Kind != "account_registered" || !bytes.Contains(e.Payload, []byte("@alice:test.local")) {
+		t.Fatalf("log show 2: code %d, %s", code, out)
+	}
+	if bytes.Contains(e.Payload, []byte("$2")) || !bytes.Contains(e.Payload, []byte(`"password_hash":"[redacted]"`)) {
+		t.Fatalf("log show prints the password hash: %s", e.Payload)
 	}
 	out, _, code = runTool(t, dir, nil, "log", "--config", cfg, "tail", "-n", "2")
 	lines := strings.Split(strings.TrimSpace(out), "\n")
@@ -457,6 +462,9 @@ func TestServerNameFromEnvironment(t *testing.T) {
 		t.Fatalf("server name = %q, want env.example from SERVER_NAME", name)
 	}
 	p.stop()
+	// A new data directory: the first one is recorded as env.example's.
+	dir = t.TempDir()
+	cfg = writeConfig(t, dir, listen, fmt.Sprintf("federation_listen: %q\n", fed))
 	p = startServer(t, dir, listen, []string{"ENGRAM_SERVER_NAME=engram-env.example"}, "--config", cfg)
 	if name, _, _ := serverKey(t, fed); name != "engram-env.example" {
 		t.Fatalf("server name = %q, want engram-env.example from ENGRAM_SERVER_NAME", name)

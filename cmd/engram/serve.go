@@ -35,11 +35,14 @@ const shutdownBudget = 10 * time.Second
 func serveCmd(args []string) int {
 	cf := newConfigFlags("serve", true)
 	acceptLoss := cf.fs.Bool("accept-data-loss", false, "start although acknowledged log entries are missing (after a damaged write-ahead log), instead of restoring a backup")
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
 	l, err := cf.load(true)
 	if err != nil {
+		return fail(2, "%v", err)
+	}
+	if err := checkRegistration(l.cfg); err != nil {
 		return fail(2, "%v", err)
 	}
 	logger := newLogger(l.cfg.LogLevel)
@@ -132,7 +135,11 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		}
 		return err
 	}
-	logger.Info().Uint64("log_offset", node.LastOffset()).Dur("catch_up", time.Since(started)).Msg("projections caught up")
+	logger.Info().Uint64("log_offset", node.LastOffset()).Int64("catch_up_ms", time.Since(started).Milliseconds()).Msg("projections caught up")
+	if err := apiSrv.CheckServerName(ctx); err != nil {
+		closeAll()
+		return err
+	}
 	fed.start()
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
@@ -250,7 +257,7 @@ Create the first admin user, while the server runs, with:
 	}
 	wg.Wait()
 	closeAll()
-	logger.Info().Dur("took", time.Since(stopping)).Msg("stopped")
+	logger.Info().Int64("took_ms", time.Since(stopping).Milliseconds()).Msg("stopped")
 	return runErr
 }
 

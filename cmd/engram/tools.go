@@ -32,13 +32,23 @@ func registerUserCmd(args []string) int {
 	cf := newConfigFlags("register-user", false)
 	url := cf.fs.String("url", "", "server URL (default: http://<listen>)")
 	user := cf.fs.String("user", "", "localpart of the new user (required)")
-	password := cf.fs.String("password", "", "password of the new user (required)")
+	password := cf.fs.String("password", "", "password of the new user (default: prompt, or the first line of standard input)")
 	admin := cf.fs.Bool("admin", false, "make the user a server admin")
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
-	if *user == "" || *password == "" {
-		return fail(2, "register-user needs --user and --password")
+	if *user == "" {
+		return fail(2, "register-user needs --user")
+	}
+	if *password == "" {
+		pw, err := readPassword("Password for " + *user)
+		if err != nil {
+			return fail(2, "%v", err)
+		}
+		if pw == "" {
+			return fail(2, "the password is empty")
+		}
+		*password = pw
 	}
 	l, err := cf.load(false)
 	if err != nil {
@@ -165,8 +175,8 @@ func rebuildCmd(args []string) int {
 	cf := newConfigFlags("rebuild", false)
 	var names multiFlag
 	cf.fs.Var(&names, "projection", "projection to rebuild (repeatable; default: all)")
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
 	o, err := openOffline(cf)
 	if err != nil {
@@ -245,8 +255,8 @@ func (p *progressBar) done() {
 // damaged (run engram rebuild).
 func verifyCmd(args []string) int {
 	cf := newConfigFlags("verify", false)
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
 	o, err := openOffline(cf)
 	if err != nil {
@@ -342,8 +352,8 @@ func logCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "Usage: engram log [--config FILE] tail [-n N] | show OFFSET")
 		cf.fs.PrintDefaults()
 	}
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
 	rest := cf.fs.Args()
 	if len(rest) == 0 {
@@ -365,8 +375,8 @@ func logCmd(args []string) int {
 	case "tail":
 		fs := flag.NewFlagSet("engram log tail", flag.ContinueOnError)
 		n := fs.Int("n", 20, "number of newest entries to print")
-		if err := fs.Parse(rest[1:]); err != nil {
-			return 2
+		if code, ok := parseFlags(fs, rest[1:]); !ok {
+			return code
 		}
 		if *n <= 0 {
 			return fail(2, "-n must be positive")
@@ -425,10 +435,57 @@ func entryJSON(e englog.Entry) printedEntry {
 		b, _ := json.Marshal(e.Payload)
 		p = b
 	}
+	p = redactSecrets(p)
 	return printedEntry{
 		Offset:  e.Offset,
 		Kind:    e.Kind.String(),
 		Time:    time.UnixMilli(e.Time).UTC().Format(time.RFC3339Nano),
 		Payload: p,
 	}
+}
+
+// secretFields are payload fields that engram log never prints: password
+// hashes (crackable offline), hashes of access and refresh tokens,
+// registration tokens and shared secrets.
+var secretFields = map[string]bool{
+	"password_hash": true, "password": true, "new_password": true, "token_sha256": true,
+	"refresh_sha256": true, "replaces": true, "token": true, "mac": true,
+	"registration_shared_secret": true, "access_token": true, "refresh_token": true,
+}
+
+// redactSecrets replaces the values of secretFields, at any depth, with
+// "[redacted]"; the rest of the payload is printed as recorded.
+func redactSecrets(p json.RawMessage) json.RawMessage {
+	var v any
+	if err := json.Unmarshal(p, &v); err != nil {
+		return p
+	}
+	changed := false
+	var walk func(any)
+	walk = func(x any) {
+		switch t := x.(type) {
+		case map[string]any:
+			for k, val := range t {
+				if s, ok := val.(string); ok && secretFields[k] && s != "" {
+					t[k] = "[redacted]"
+					changed = true
+					continue
+				}
+				walk(val)
+			}
+		case []any:
+			for _, val := range t {
+				walk(val)
+			}
+		}
+	}
+	walk(v)
+	if !changed {
+		return p
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return p
+	}
+	return b
 }

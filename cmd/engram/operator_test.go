@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestFirstRunFlagsAndServerName: the flags of the first run are in the
+// generated file; a start without them serves the same name; a start
+// under another server_name is refused naming both; the printed
+// register-user command works as printed (password on stdin).
+func TestFirstRunFlagsAndServerName(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	p := startServer(t, dir, listen, nil, "--data-dir", "d2", "--listen", listen, "--server-name", "test.example")
+	p.stop()
+	file, err := os.ReadFile(filepath.Join(dir, "d2", "engram.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`server_name: "test.example"`, `listen: "` + listen + `"`} {
+		if !bytes.Contains(file, []byte("\n"+want+"\n")) {
+			t.Fatalf("generated config lacks %s:\n%s", want, file)
+		}
+	}
+	// The banner's command, as printed, against a start without flags.
+	p = startServer(t, dir, listen, nil, "--config", "d2/engram.yaml")
+	cmd := exec.Command(binary, "register-user", "--config", "d2/engram.yaml", "--user", "admin", "--admin")
+	cmd.Dir = dir
+	cmd.Stdin = strings.NewReader("pw-from-stdin\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("register-user with the password on stdin: %v\n%s", err, out)
+	}
+	if st := login(t, listen, "@admin:test.example", "pw-from-stdin"); st != 200 {
+		t.Fatalf("login as the registered admin: %d", st)
+	}
+	p.stop()
+	// Another server name on this data is refused, naming both.
+	_, stderr, code := runTool(t, dir, nil, "serve", "--config", "d2/engram.yaml", "--server-name", "other.example")
+	if code == 0 || !strings.Contains(stderr, `test.example`) || !strings.Contains(stderr, `other.example`) || !strings.Contains(stderr, "cannot change") {
+		t.Fatalf("serve under another server_name: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestOpenRegistrationRefused: enable_registration without a token or
+// enable_registration_without_verification stops serve with a message
+// naming the way out; with it, the server starts.
+func TestOpenRegistrationRefused(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfig(t, dir, listen, "enable_registration: true\n")
+	_, stderr, code := runTool(t, dir, nil, "serve", "--config", cfg)
+	if code != 2 || !strings.Contains(stderr, "enable_registration_without_verification") {
+		t.Fatalf("open registration: exit %d\n%s", code, stderr)
+	}
+	cfg = writeConfig(t, dir, listen, "enable_registration: true\nregistration_requires_token: true\n")
+	startServer(t, dir, listen, nil, "--config", cfg).stop()
+	cfg = writeConfig(t, dir, listen, "enable_registration: true\nenable_registration_without_verification: true\n")
+	p := startServer(t, dir, listen, []string{"ENGRAM_SERVERNAME=typo.example"}, "--config", cfg)
+	p.stop()
+	if !strings.Contains(p.stderr.String(), "ENGRAM_SERVERNAME") {
+		t.Fatalf("an unknown ENGRAM_ variable was not warned about:\n%s", p.stderr)
+	}
+}
+
+// TestHelpAndVersionExitZero: --version and -h on every command exit 0.
+func TestHelpAndVersionExitZero(t *testing.T) {
+	dir := t.TempDir()
+	if out, _, code := runTool(t, dir, nil, "--version"); code != 0 || !strings.Contains(out, version) {
+		t.Fatalf("--version: exit %d %q", code, out)
+	}
+	for _, c := range commands() {
+		if c.name == "version" {
+			continue
+		}
+		if _, stderr, code := runTool(t, dir, nil, c.name, "-h"); code != 0 {
+			t.Errorf("engram %s -h: exit %d\n%s", c.name, code, stderr)
+		}
+	}
+}
