@@ -33,6 +33,7 @@ package roomwrite
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -77,7 +78,20 @@ type Writer struct {
 
 	subMu sync.RWMutex
 	subs  []func(rooms.Touched)
+
+	outbound Outbound
 }
+
+// Outbound, when set (SetOutbound), turns the local events of a Commit
+// into the entries that deliver them to the rooms' other servers
+// (federation/queue), given the rooms projection as it was before them:
+// events[i] is entry at[i] of the append, and the returned entries go
+// after the append's others, the first at index total.
+type Outbound func(view rooms.View, events []facts.PDU, at []int, total int) ([]englog.Proposal, error)
+
+// SetOutbound installs the delivery of local events to other servers;
+// call it before the server serves.
+func (w *Writer) SetOutbound(o Outbound) { w.outbound = o }
 
 // New registers the rooms projection on eng; call it before eng starts.
 func New(cfg Config, log englog.Log, eng *projections.Engine) (*Writer, error) {
@@ -192,6 +206,31 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 // projection) as one unit and waits until the rooms projection has folded
 // them, so the caller can answer from it.
 func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64, error) {
+	n := len(props)
+	if w.outbound != nil {
+		// The delivery goes in the same append as the events: queued
+		// exactly when they are recorded, whatever crashes after.
+		var pdus []facts.PDU
+		var at []int
+		for i, p := range props {
+			if p.Kind != englog.KindPDU {
+				continue
+			}
+			var f facts.PDU
+			if err := json.Unmarshal(p.Payload, &f); err != nil {
+				return nil, fmt.Errorf("roomwrite: a PDU proposal does not decode: %w", err)
+			}
+			pdus = append(pdus, f)
+			at = append(at, i)
+		}
+		if len(pdus) > 0 {
+			outs, err := w.outbound(w.View(), pdus, at, n)
+			if err != nil {
+				return nil, err
+			}
+			props = append(props[:n:n], outs...)
+		}
+	}
 	offs, err := w.log.Append(ctx, props...)
 	if err != nil {
 		if errors.Is(err, englog.ErrNotLeader) {
@@ -203,5 +242,5 @@ func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64
 	if err := w.roomsH.WaitApplied(ctx, last); err != nil {
 		return nil, fmt.Errorf("wait for projection %s to apply offset %d: %w", w.roomsH.Name(), last, err)
 	}
-	return offs, nil
+	return offs[:n], nil
 }

@@ -103,7 +103,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	remote := &federation.Remote{Client: fedClient}
-	apiSrv, _, err := newAPI(cfg, key, node, engine, remote, logger, reg)
+	apiSrv, roomWriter, err := newAPI(cfg, key, node, engine, remote, logger, reg)
 	if err != nil {
 		node.Close()
 		return err
@@ -115,6 +115,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	}
 	remote.Acted = fed.queue.MarkUp
 	apiSrv.SetRoomFederation(fed.server)
+	roomWriter.SetOutbound(federation.RoomDelivery(fed.queue))
 	// closeAll releases in reverse order of opening; the log goes last so
 	// the engine's final batch lands in an open Pebble.
 	closeAll := func() {

@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"fmt"
 	"net/url"
 	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/engram-hs/engram/internal/testca"
 	"github.com/engram-hs/engram/internal/testserver"
@@ -69,5 +71,131 @@ func TestJoinByAliasBetweenTwoServers(t *testing.T) {
 	b.Stop()
 	if o, err := exec.Command(testserver.Binary(t), "verify", "--config", b.Config).CombinedOutput(); err != nil {
 		t.Fatalf("engram verify on B after the join: %v\n%s", err, o)
+	}
+}
+
+// eventually retries check for up to 15 s (delivery is asynchronous).
+func eventually(t *testing.T, what string, check func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !check() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// hasMessage reports whether the room's latest messages on s, as token's
+// user reads them, include body.
+func hasMessage(t *testing.T, s server, token, roomID, body string) bool {
+	t.Helper()
+	var out struct {
+		Chunk []struct {
+			Type    string         `json:"type"`
+			Content map[string]any `json:"content"`
+		} `json:"chunk"`
+	}
+	if st := call(t, s, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/messages?dir=b&limit=50", token, nil, &out); st != 200 {
+		return false
+	}
+	for _, e := range out.Chunk {
+		if e.Type == "m.room.message" && e.Content["body"] == body {
+			return true
+		}
+	}
+	return false
+}
+
+func membership(t *testing.T, s server, token, roomID, userID string) string {
+	t.Helper()
+	var m struct {
+		Membership string `json:"membership"`
+	}
+	call(t, s, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/state/m.room.member/"+url.PathEscape(userID), token, nil, &m)
+	return m.Membership
+}
+
+// Two servers in one room through their client APIs: messages both
+// ways, a power level change, a kick, a rejoin by room ID with via, and
+// a ban of the remote user, each seen on both servers; `engram verify`
+// passes on both afterwards.
+func TestRoomTrafficBetweenTwoServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID, bobID := "@alice:"+a.name, "@bob:"+b.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"room_alias_name": "yard", "preset": "public_chat", "room_version": "11"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	rid := url.PathEscape(room.RoomID)
+	var out map[string]any
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#yard:"+a.name), bob, map[string]any{}, &out); st != 200 {
+		t.Fatalf("join: %d %v", st, out)
+	}
+	send := func(s server, token, body string, n int) {
+		t.Helper()
+		if st := call(t, s, "PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/t%d", rid, n), token, map[string]string{"msgtype": "m.text", "body": body}, &out); st != 200 {
+			t.Fatalf("send %q: %d %v", body, st, out)
+		}
+	}
+	send(a, alice, "hello from A", 1)
+	eventually(t, "A's message on B", func() bool { return hasMessage(t, b, bob, room.RoomID, "hello from A") })
+	send(b, bob, "hello from B", 2)
+	eventually(t, "B's message on A", func() bool { return hasMessage(t, a, alice, room.RoomID, "hello from B") })
+
+	// Power levels: alice gives bob 50; B sees it, and bob may then set
+	// the topic, which A accepts.
+	var pl map[string]any
+	call(t, a, "GET", "/_matrix/client/v3/rooms/"+rid+"/state/m.room.power_levels/", alice, nil, &pl)
+	users := pl["users"].(map[string]any)
+	users[bobID] = 50
+	if st := call(t, a, "PUT", "/_matrix/client/v3/rooms/"+rid+"/state/m.room.power_levels/", alice, pl, &out); st != 200 {
+		t.Fatalf("power levels: %d %v", st, out)
+	}
+	eventually(t, "the power levels on B", func() bool {
+		var got struct {
+			Users map[string]float64 `json:"users"`
+		}
+		call(t, b, "GET", "/_matrix/client/v3/rooms/"+rid+"/state/m.room.power_levels/", bob, nil, &got)
+		return got.Users[bobID] == 50
+	})
+	if st := call(t, b, "PUT", "/_matrix/client/v3/rooms/"+rid+"/state/m.room.topic/", bob, map[string]string{"topic": "set on B"}, &out); st != 200 {
+		t.Fatalf("bob's topic: %d %v", st, out)
+	}
+	eventually(t, "bob's topic on A", func() bool {
+		var got struct {
+			Topic string `json:"topic"`
+		}
+		call(t, a, "GET", "/_matrix/client/v3/rooms/"+rid+"/state/m.room.topic/", alice, nil, &got)
+		return got.Topic == "set on B"
+	})
+
+	// A kick of the remote user reaches B.
+	if st := call(t, a, "POST", "/_matrix/client/v3/rooms/"+rid+"/kick", alice, map[string]string{"user_id": bobID, "reason": "test"}, &out); st != 200 {
+		t.Fatalf("kick: %d %v", st, out)
+	}
+	eventually(t, "the kick on B", func() bool { return membership(t, b, bob, room.RoomID, bobID) == "leave" })
+
+	// Bob rejoins by room ID through A, then is banned.
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+rid+"?via="+url.QueryEscape(a.name), bob, map[string]any{}, &out); st != 200 {
+		t.Fatalf("rejoin: %d %v", st, out)
+	}
+	eventually(t, "the rejoin on A", func() bool { return membership(t, a, alice, room.RoomID, bobID) == "join" })
+	if st := call(t, a, "POST", "/_matrix/client/v3/rooms/"+rid+"/ban", alice, map[string]string{"user_id": bobID}, &out); st != 200 {
+		t.Fatalf("ban: %d %v", st, out)
+	}
+	eventually(t, "the ban on B", func() bool { return membership(t, b, bob, room.RoomID, bobID) == "ban" })
+	_ = aliceID
+
+	for _, s := range []server{a, b} {
+		s.Stop()
+		if o, err := exec.Command(testserver.Binary(t), "verify", "--config", s.Config).CombinedOutput(); err != nil {
+			t.Fatalf("engram verify on %s: %v\n%s", s.name, err, o)
+		}
 	}
 }
