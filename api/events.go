@@ -10,6 +10,12 @@ import (
 // clientEvent formats a stored event for clients (spec: ClientEvent). When
 // forDevice is the sending device, unsigned.transaction_id is included.
 func (s *Server) clientEvent(v rooms.View, rec *rooms.Event, sess *session, withRoomID bool) map[string]any {
+	return s.formatClientEvent(v, rec, sess, withRoomID, true)
+}
+
+// formatClientEvent is clientEvent, with bundled aggregations
+// (unsigned.m.relations) when bundle is set.
+func (s *Server) formatClientEvent(v rooms.View, rec *rooms.Event, sess *session, withRoomID, bundle bool) map[string]any {
 	var pdu map[string]json.RawMessage
 	_ = json.Unmarshal(rec.JSON, &pdu)
 	out := map[string]any{"event_id": rec.EventID}
@@ -26,6 +32,16 @@ func (s *Server) clientEvent(v rooms.View, rec *rooms.Event, sess *session, with
 	}
 	if r, ok := pdu["redacts"]; ok {
 		out["redacts"] = r
+	} else if string(pdu["type"]) == `"m.room.redaction"` {
+		// From room version 11, redacts moved into the content; clients
+		// still read the top-level key (spec: m.room.redaction, "for
+		// backwards compatibility"), so both are served.
+		var c struct {
+			Redacts json.RawMessage `json:"redacts"`
+		}
+		if json.Unmarshal(pdu["content"], &c) == nil && c.Redacts != nil {
+			out["redacts"] = c.Redacts
+		}
 	}
 	unsigned := map[string]any{}
 	var ts int64
@@ -48,6 +64,11 @@ func (s *Server) clientEvent(v rooms.View, rec *rooms.Event, sess *session, with
 	if rec.RedactedBy != "" {
 		if red, err := v.Event(rec.RedactedBy); err == nil && red != nil {
 			unsigned["redacted_because"] = s.clientEvent(v, red, nil, true)
+		}
+	}
+	if bundle && rec.RedactedBy == "" {
+		if rel := s.bundledRelations(v, rec, sess); rel != nil {
+			unsigned["m.relations"] = rel
 		}
 	}
 	out["unsigned"] = unsigned

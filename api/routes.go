@@ -22,9 +22,10 @@ func (s *Server) routes() {
 	s.keyRoutes()
 	s.searchRoutes()
 	s.openIDRoutes()
+	s.relationRoutes()
 }
 
 // syncHandles are the projections /sync reads from.
 func (s *Server) syncHandles() []*projections.Handle {
-	return []*projections.Handle{s.roomsH, s.userdataH, s.accountsH, s.keys.Handle()}
+	return []*projections.Handle{s.roomsH, s.userdataH, s.accountsH, s.relationsH, s.keys.Handle()}
 }

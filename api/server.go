@@ -21,6 +21,7 @@ import (
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/projections/adminstate"
 	"github.com/engram-hs/engram/projections/openid"
+	"github.com/engram-hs/engram/projections/relations"
 	"github.com/engram-hs/engram/projections/reports"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/search"
@@ -66,6 +67,9 @@ type Server struct {
 	searcher  *search.Searcher
 	notifier  *notifier
 	roomWrite *roomwrite.Writer // builds, authorises and appends room events
+
+	// relationsH: relations and threads (api/relations.go).
+	relationsH *projections.Handle
 
 	mux     *http.ServeMux // method+path patterns
 	pathMux *http.ServeMux // the same paths without methods: tells 405 from 404
@@ -134,6 +138,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.adminH = deps.Engine.Register(adminstate.New())
 	s.engine = deps.Engine
 	s.keys = s.newKeys()
+	s.relationsH = deps.Engine.Register(relations.New())
 	searchP := search.New()
 	s.searchH = deps.Engine.Register(searchP)
 	s.searcher = searchP.Searcher(s.searchH)
