@@ -39,6 +39,9 @@ type Destination struct {
 	Pending int    `json:"pending"`
 	Down    bool   `json:"down,omitempty"`
 	Reason  string `json:"reason,omitempty"`
+	// Dropped counts items dropped while the destination was down (see
+	// MaxPendingWhileDown).
+	Dropped int `json:"dropped,omitempty"`
 	// Delivered counts acknowledged transactions; LastTxn is the latest.
 	Delivered int    `json:"delivered,omitempty"`
 	LastTxn   string `json:"last_txn,omitempty"`
@@ -88,7 +91,19 @@ type Projection struct {
 func New(touched func(dests []string)) *Projection { return &Projection{Touched: touched} }
 
 func (*Projection) Name() string { return Name }
-func (*Projection) Version() int { return 1 }
+func (*Projection) Version() int { return 2 }
+
+// MaxPendingWhileDown bounds what waits for a destination marked down:
+// beyond it the oldest items are dropped (the server, once back, fetches
+// what it misses with get_missing_events from the newest events we send),
+// and typing and presence EDUs, which mean nothing later, are not queued
+// at all. A dead server thus costs bounded space, not a queue that grows
+// with every message.
+const MaxPendingWhileDown = 1000
+
+// ephemeralWhileDown: EDU types not worth keeping for a server that is
+// down.
+func ephemeralWhileDown(typ string) bool { return typ == "m.typing" || typ == "m.presence" }
 
 // Apply folds the queue. Items naming an entry (Offset or Back) are PDUs;
 // EDUs are carried inline.
@@ -136,14 +151,24 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 					if d == "" {
 						continue
 					}
-					if err := w.Set(itemKey(d, Position{e.Offset, uint32(i)}), b); err != nil {
-						return err
-					}
 					st, err := get(d)
 					if err != nil {
 						return err
 					}
+					if st.Down && item.EDU != nil && ephemeralWhileDown(item.EDU.Type) {
+						continue
+					}
+					if err := w.Set(itemKey(d, Position{e.Offset, uint32(i)}), b); err != nil {
+						return err
+					}
 					st.Pending++
+					if st.Down && st.Pending > MaxPendingWhileDown {
+						if err := dropOldest(w, d); err != nil {
+							return err
+						}
+						st.Pending--
+						st.Dropped++
+					}
 				}
 			}
 		case englog.KindFederationDelivered:
@@ -197,6 +222,22 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		}
 	}
 	return nil
+}
+
+func dropOldest(w projections.Writer, dest string) error {
+	prefix := itemPrefix(dest)
+	it := w.Iter(prefix, projections.PrefixEnd(prefix))
+	var k []byte
+	if it.First() {
+		k = append([]byte(nil), it.Key()...)
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if k == nil {
+		return nil
+	}
+	return w.Delete(k)
 }
 
 // AfterCommit wakes the sender for destinations that have new work.
