@@ -212,6 +212,15 @@ func newFederationClient(cfg Config, key signing.Key, logger zerolog.Logger) (*t
 	if err != nil {
 		return nil, err
 	}
+	if tc.InsecureSkipVerify {
+		logger.Warn().Msg("federation_verify_certificates is false: other servers' certificates are not checked, so anyone on the network path can impersonate them; use it for tests only")
+	}
+	ev := logger.Info().Int("extra_ca_certificates", len(tc.RootCAs)).Int("trusted_key_servers", len(cfg.TrustedKeyServers)).
+		Bool("custom_ip_range_blacklist", cfg.IPRangeBlacklistSet).Strs("ip_range_whitelist", cfg.IPRangeWhitelist)
+	if len(cfg.FederationHosts) > 0 {
+		ev = ev.Int("federation_hosts", len(cfg.FederationHosts))
+	}
+	ev.Msg("outbound federation")
 	return transport.New(tc)
 }
 
