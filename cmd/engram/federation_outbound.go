@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/federation"
@@ -235,7 +236,7 @@ type federationParts struct {
 // newFederation builds the outbound client, the keyring and the handler
 // root, registering their projections; call it before the engine starts
 // and after api.New (whose projections the query endpoints read).
-func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, client *transport.Client, logger zerolog.Logger) (*federationParts, error) {
+func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, client *transport.Client, logger zerolog.Logger, metrics prometheus.Registerer) (*federationParts, error) {
 	fp := registerFederationProjections(engine)
 	keysH := fp.keys
 	keyring, err := keys.New(keys.Config{ServerName: cfg.ServerName, Key: key, Log: node, Keys: keysH, Fetcher: client,
@@ -246,7 +247,7 @@ func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *proje
 	q, err := queue.New(queue.Config{ServerName: cfg.ServerName, Log: node, Projection: fp.queueProj, Queue: fp.queue, Sender: client,
 		Leader: node.IsLeader, MinRetry: cfg.FederationMinRetryInterval, Multiplier: cfg.FederationRetryMultiplier,
 		MaxRetry: cfg.FederationMaxRetryInterval, GiveUpAfter: cfg.FederationDestinationGiveUpAfter,
-		Logger: logger.With().Str("component", "federation_queue").Logger()})
+		Logger: logger.With().Str("component", "federation_queue").Logger(), Metrics: metrics})
 	if err != nil {
 		return nil, err
 	}

@@ -108,7 +108,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		node.Close()
 		return err
 	}
-	fed, err := newFederation(cfg, key, node, engine, fedClient, logger)
+	fed, err := newFederation(cfg, key, node, engine, fedClient, logger, reg)
 	if err != nil {
 		node.Close()
 		return err

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/federation/transport"
@@ -59,6 +60,8 @@ type Config struct {
 	GiveUpAfter time.Duration
 	Logger      zerolog.Logger
 	Now         func() time.Time
+	// Metrics, when set, receives the queue's counters.
+	Metrics prometheus.Registerer
 }
 
 // Queue is the outbound delivery queue.
@@ -73,6 +76,9 @@ type Queue struct {
 	started bool
 	leader  bool
 	marking map[string]bool // MarkUp appends in flight
+
+	txns   *prometheus.CounterVec
+	downed prometheus.Counter
 }
 
 // dest is a destination's in-memory sending state. Backoff lives here,
@@ -107,7 +113,19 @@ func New(cfg Config) (*Queue, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	q := &Queue{cfg: cfg, dests: map[string]*dest{}, marking: map[string]bool{}}
+	q := &Queue{cfg: cfg, dests: map[string]*dest{}, marking: map[string]bool{},
+		txns: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "engram", Subsystem: "federation", Name: "transactions_total",
+			Help: "Outbound federation transactions by result (ok, failed)."}, []string{"result"}),
+		downed: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "engram", Subsystem: "federation", Name: "destinations_marked_down_total",
+			Help: "Destinations given up after federation.destination_give_up_after of failures."}),
+	}
+	if cfg.Metrics != nil {
+		for _, c := range []prometheus.Collector{q.txns, q.downed} {
+			if err := cfg.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("queue: registering metrics: %w", err)
+			}
+		}
+	}
 	if cfg.Projection != nil {
 		cfg.Projection.Touched = q.wakeAll
 	}
@@ -342,6 +360,7 @@ func (q *Queue) run(d *dest) {
 		}
 		txnID, sendErr := q.send(d.name, items)
 		if sendErr == nil {
+			q.txns.WithLabelValues("ok").Inc()
 			through := items[len(items)-1].Position.String()
 			offs, err := q.cfg.Log.Append(q.ctx, facts.MustEncode(englog.KindFederationDelivered, facts.FederationDelivered{Destination: d.name, TxnID: txnID, Through: through}))
 			if err == nil {
@@ -360,6 +379,7 @@ func (q *Queue) run(d *dest) {
 		if q.ctx.Err() != nil {
 			return
 		}
+		q.txns.WithLabelValues("failed").Inc()
 		now := q.cfg.Now()
 		q.mu.Lock()
 		if d.failures == 0 {
@@ -377,6 +397,7 @@ func (q *Queue) run(d *dest) {
 		if failingFor >= q.cfg.GiveUpAfter {
 			log.Warn().Err(sendErr).Int("failures", failures).Dur("failing_for", failingFor).
 				Msg("federation destination marked down: no more retries until it contacts us or a local user acts towards it")
+			q.downed.Inc()
 			_, err := q.cfg.Log.Append(q.ctx, facts.MustEncode(englog.KindFederationDestinationSet, facts.FederationDestinationSet{
 				Destination: d.name, Down: true, Reason: fmt.Sprintf("unreachable for %s: %v", failingFor.Round(time.Second), sendErr)}))
 			if err != nil {

@@ -2,8 +2,10 @@ package queue_test
 
 import (
 	"context"
+
 	"encoding/json"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"io"
 	"net"
 	"net/http"
@@ -314,13 +316,28 @@ func TestRetriedTransactionKeepsItsID(t *testing.T) {
 			io.WriteString(w, `{"pdus":{}}`)
 		})
 	}})
-	a := fedtest.Start(t, ca, fedtest.Options{Queue: fastRetry(time.Hour)})
+	reg := prometheus.NewRegistry()
+	qc := fastRetry(time.Hour)
+	qc.Metrics = reg
+	a := fedtest.Start(t, ca, fedtest.Options{Queue: qc})
 	if err := a.Queue.Deliver(ctx, []string{b.Name}, edu(1), edu(2)); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "two attempts", 10*time.Second, func() bool { mu.Lock(); defer mu.Unlock(); return len(ids) >= 2 })
 	fail.Store(false)
 	waitFor(t, "delivery", 10*time.Second, func() bool { st, _ := a.Queue.Status(b.Name); return st.Pending == 0 })
+	mfs, _ := reg.Gather()
+	counts := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				counts[l.GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	if counts["failed"] < 2 || counts["ok"] != 1 {
+		t.Fatalf("transactions_total: %v", counts)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	for _, id := range ids {
