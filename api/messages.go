@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -24,8 +25,16 @@ func (s *Server) hasPower(roomID, userID, what string) (bool, error) {
 	if !ok {
 		return false, nil
 	}
-	look := s.roomsView().Lookup(roomID)
-	pl := auth.ParsePowerLevels(version, look(stateres.MRoomCreate, ""), look(stateres.MRoomPowerLevels, ""))
+	v := s.roomsView()
+	create, err := v.StatePDU(roomID, stateres.MRoomCreate, "")
+	if err != nil {
+		return false, err
+	}
+	powers, err := v.StatePDU(roomID, stateres.MRoomPowerLevels, "")
+	if err != nil {
+		return false, err
+	}
+	pl := auth.ParsePowerLevels(version, create, powers)
 	var need auth.Level
 	switch {
 	case what == "redact":
@@ -147,9 +156,22 @@ type eventHead struct {
 	Content  json.RawMessage `json:"content"`
 }
 
-func headOf(e *rooms.Event) eventHead {
+// decodeHead decodes the event's head; a failure is corruption (the
+// projection served JSON that is not the PDU it parsed), reported as such.
+func decodeHead(e *rooms.Event) (eventHead, error) {
 	var h eventHead
-	_ = json.Unmarshal(e.JSON, &h)
+	if err := json.Unmarshal(e.JSON, &h); err != nil {
+		return h, fmt.Errorf("rooms projection: event %s does not decode: %w", e.EventID, err)
+	}
+	return h, nil
+}
+
+// headOf is decodeHead where no error can be returned (a visibility
+// predicate, a stripped state event). Events reach it through
+// rooms.View.Event, which parsed the same JSON as a PDU (string type,
+// sender and state key), so its error cannot happen short of a bug.
+func headOf(e *rooms.Event) eventHead {
+	h, _ := decodeHead(e)
 	return h
 }
 
@@ -192,9 +214,14 @@ func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, lim
 				return nil, 0, false, err
 			}
 			if e == nil {
-				continue
+				// The fold writes a timeline entry and its record in one
+				// batch: a missing record is corruption, not a gap.
+				return nil, 0, false, fmt.Errorf("rooms projection: timeline of %s at offset %d names event %s, which has no record; rebuild it with `engram rebuild --projection rooms`", roomID, te.Offset, te.EventID)
 			}
-			h := headOf(e)
+			h, err := decodeHead(e)
+			if err != nil {
+				return nil, 0, false, err
+			}
 			if te.Offset <= purged && h.StateKey == nil {
 				continue
 			}
@@ -296,7 +323,11 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	senders := map[string]uint64{} // sender -> offset of their newest event in the chunk
 	for _, e := range evs {
 		chunk = append(chunk, s.clientEvent(v, e, sess, true))
-		if h := headOf(e); e.Offset > senders[h.Sender] {
+		h, err := decodeHead(e)
+		if err != nil {
+			return err
+		}
+		if e.Offset > senders[h.Sender] {
 			senders[h.Sender] = e.Offset
 		}
 	}
@@ -312,9 +343,17 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 			if err != nil {
 				return err
 			}
-			if m, err := v.Event(id); err == nil && m != nil {
-				state = append(state, s.clientEvent(v, m, sess, true))
+			if id == "" {
+				continue // no membership event before theirs (a remote sender's outlier)
 			}
+			m, err := v.Event(id)
+			if err != nil {
+				return err
+			}
+			if m == nil {
+				return fmt.Errorf("rooms projection: membership %s of %s in %s has no record; rebuild it with `engram rebuild --projection rooms`", id, u, roomID)
+			}
+			state = append(state, s.clientEvent(v, m, sess, true))
 		}
 		resp["state"] = state
 	}
@@ -375,14 +414,25 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 		return err
 	}
 	if f != nil && f.LazyLoadMembers {
-		senders := map[string]bool{headOf(e).Sender: true}
-		for _, x := range append(slices.Clone(before), after...) {
-			senders[headOf(x).Sender] = true
+		senders := map[string]bool{}
+		for _, x := range append(append(slices.Clone(before), e), after...) {
+			h, err := decodeHead(x)
+			if err != nil {
+				return err
+			}
+			senders[h.Sender] = true
 		}
-		stateEvs = slices.DeleteFunc(stateEvs, func(x *rooms.Event) bool {
-			h := headOf(x)
-			return h.Type == stateres.MRoomMember && h.StateKey != nil && !senders[*h.StateKey]
-		})
+		kept := stateEvs[:0]
+		for _, x := range stateEvs {
+			h, err := decodeHead(x)
+			if err != nil {
+				return err
+			}
+			if h.Type != stateres.MRoomMember || h.StateKey == nil || senders[*h.StateKey] {
+				kept = append(kept, x)
+			}
+		}
+		stateEvs = kept
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"event": s.clientEvent(v, e, sess, true), "events_before": conv(before), "events_after": conv(after),

@@ -55,11 +55,11 @@ func loadRoomState(v rooms.View, roomID string) (*roomState, error) {
 	// which the next comparison turns into a reload.
 	changed, err := v.ChangedAt(roomID)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("rooms projection: changed-at of %s: %w", roomID, err)
 	}
 	room, err := v.Room(roomID)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("rooms projection: room record of %s: %w", roomID, err)
 	}
 	if room == nil {
 		return nil, mxerr.NotFound("Unknown room %s", roomID)
@@ -146,7 +146,8 @@ type stateCache struct {
 func (c *stateCache) get(v rooms.View, roomID string) (*roomState, error) {
 	changed, err := v.ChangedAt(roomID)
 	if err != nil {
-		return nil, err
+		c.drop(roomID)
+		return nil, fmt.Errorf("rooms projection: changed-at of %s: %w", roomID, err)
 	}
 	c.mu.Lock()
 	el := c.entries[roomID]

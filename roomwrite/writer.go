@@ -80,6 +80,16 @@ type Writer struct {
 	subs  []func(rooms.Touched)
 
 	outbound Outbound
+
+	// faults, when set (by tests), wraps every read the write path makes
+	// of the rooms projection and of the log.
+	faults *faults
+}
+
+// faults injects read errors into the write path's reads (tests).
+type faults struct {
+	reader func(projections.Reader) projections.Reader
+	log    func(rooms.EventLog) rooms.EventLog
 }
 
 // Outbound, when set (SetOutbound), turns the local events of a Commit
@@ -139,7 +149,12 @@ func (w *Writer) Handle() *projections.Handle { return w.roomsH }
 
 // View reads the rooms projection through the shared event cache.
 func (w *Writer) View() rooms.View {
-	return rooms.NewView(w.roomsH.Reader(), w.log).WithCache(w.events)
+	var r projections.Reader = w.roomsH.Reader()
+	var l rooms.EventLog = w.log
+	if w.faults != nil {
+		r, l = w.faults.reader(r), w.faults.log(l)
+	}
+	return rooms.NewView(r, l).WithCache(w.events)
 }
 
 // EventCacheStats reports the parsed-event cache's hits and misses.
@@ -179,8 +194,11 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 	defer unlock()
 	if txn != nil {
 		id, err := w.View().TxnEvent(txn.UserID, txn.DeviceID, txn.TxnID)
-		if err != nil || id != "" {
-			return id, err
+		if err != nil {
+			return "", fmt.Errorf("rooms projection: transaction %s of %s/%s: %w", txn.TxnID, txn.UserID, txn.DeviceID, err)
+		}
+		if id != "" {
+			return id, nil
 		}
 	}
 	rs, err := w.states.get(w.View(), proto.RoomID)

@@ -10,6 +10,7 @@ package rooms
 import (
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -41,6 +42,7 @@ const (
 	pLastNotif  = 'l' // l room 0 sender -> offset of the sender's last notifying event
 	pThread     = 'T' // T room 0 rootID -> "" (threads with notifying events)
 	pChanged    = 'C' // C room -> offset (8 bytes) of the room's newest timeline event
+	pUnfoldable = 'U' // U offset -> Unfoldable (a PDU entry this fold refused to fold)
 	sep         = 0
 )
 
@@ -137,7 +139,7 @@ func (*Projection) Name() string { return "rooms" }
 
 // Version 6: state at every event (state groups, stategroups.go) and
 // current state as the resolution over the forward extremities.
-func (*Projection) Version() int { return 6 }
+func (*Projection) Version() int { return 7 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -228,15 +230,18 @@ func (b *batch) applyPDU(e englog.Entry) error {
 	if err != nil {
 		return err
 	}
-	version, ok := stateres.Version(f.RoomVersion)
+	version, ok, err := foldVersion(f.RoomVersion)
+	if err != nil {
+		return err
+	}
 	if !ok {
-		// Recorded as is: an unknown version cannot be folded, which is a
-		// fact about this build, not the log; skip rather than stop.
-		return nil
+		return b.unfoldable(e.Offset, f, UnfoldableVersion)
 	}
 	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
 	if err != nil {
-		return nil // malformed PDUs were refused before proposing; never fold them
+		// Writers refuse malformed PDUs before proposing; one that got
+		// into the log anyway is recorded, never folded.
+		return b.unfoldable(e.Offset, f, UnfoldableMalformed)
 	}
 	w := b.w
 	id := ev.EventID()
@@ -342,6 +347,55 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		return b.redact(ev.Redacts(), id, roomID)
 	}
 	return nil
+}
+
+// foldVersions are the room versions this fold folds, pinned with the
+// projection's Version: what the fold does with a PDU must depend on the
+// log alone, not on the room versions the running build's stateres
+// knows, or a newer build would fold the same log into different bytes.
+// Adding a version here is a change of the fold: bump Version() with it,
+// so that stores rebuild.
+var foldVersions = map[string]bool{"1": true, "2": true, "3": true, "4": true, "5": true, "6": true,
+	"7": true, "8": true, "9": true, "10": true, "11": true, "12": true}
+
+// versionTable is stateres.Version; tests swap it for another build's.
+var versionTable = stateres.Version
+
+// foldVersion is the room version a PDU is folded with; false when the
+// fold does not fold that version. A pinned version this build's stateres
+// does not know is an error: this build cannot fold its own log.
+func foldVersion(id string) (*stateres.RoomVersion, bool, error) {
+	if !foldVersions[id] {
+		return nil, false, nil
+	}
+	v, ok := versionTable(id)
+	if !ok {
+		return nil, false, fmt.Errorf("rooms: room version %s is folded by rooms projection version %d but unknown to this build's stateres", id, (&Projection{}).Version())
+	}
+	return v, true, nil
+}
+
+// Reasons a PDU entry is recorded as unfoldable. They are stored: never
+// change one, only add new ones (with a bump of Version()).
+const (
+	UnfoldableVersion   = "unsupported room version"
+	UnfoldableMalformed = "malformed PDU"
+)
+
+// Unfoldable is a PDU entry the fold recorded instead of folding: what
+// the entry says of itself, and why. Its key is the entry's offset.
+type Unfoldable struct {
+	Offset      uint64 `json:"offset"`
+	EventID     string `json:"event_id,omitempty"`
+	RoomVersion string `json:"room_version"`
+	Reason      string `json:"reason"`
+}
+
+// unfoldable records a PDU entry that is not folded: it is in no room,
+// timeline or state, and every build reads the record the same way.
+func (b *batch) unfoldable(off uint64, f facts.PDU, reason string) error {
+	return projections.PutJSON(b.w, binary.BigEndian.AppendUint64([]byte{pUnfoldable}, off),
+		Unfoldable{Offset: off, EventID: f.EventID, RoomVersion: f.RoomVersion, Reason: reason})
 }
 
 // previousRecord is the record already stored under the event's ID: a

@@ -42,9 +42,21 @@ func (v View) WithCache(c *EventCache) View {
 // ChangedAt is the offset of the room's newest timeline event (0 when it
 // has none): a sync token at or after it has seen the whole timeline.
 func (v View) ChangedAt(roomID string) (uint64, error) {
-	b, ok, err := v.r.Get(projections.Key(pChanged, roomID))
-	if err != nil || !ok || len(b) != 8 {
-		return 0, err
+	return v.offsetRecord(projections.Key(pChanged, roomID))
+}
+
+// offsetRecord reads an 8-byte offset record (0 when absent); anything
+// else stored there is corruption, never 0.
+func (v View) offsetRecord(k []byte) (uint64, error) {
+	b, ok, err := v.r.Get(k)
+	if err != nil {
+		return 0, fmt.Errorf("rooms projection: reading %q: %w", k, err)
+	}
+	if !ok {
+		return 0, nil
+	}
+	if len(b) != 8 {
+		return 0, fmt.Errorf("rooms projection: corrupt offset record %q (%d bytes, want 8); rebuild it with `engram rebuild --projection rooms`", k, len(b))
 	}
 	return binary.BigEndian.Uint64(b), nil
 }
@@ -147,7 +159,10 @@ func (e *Event) PDU() (*stateres.Event, error) {
 	if e.pdu != nil {
 		return e.pdu, nil
 	}
-	ver, _ := stateres.Version(e.Version)
+	ver, ok := stateres.Version(e.Version)
+	if !ok {
+		return nil, fmt.Errorf("rooms: event %s has room version %q, which this build does not know", e.EventID, e.Version)
+	}
 	// e.JSON came from the log (loadJSON), whole or redacted; redaction
 	// keeps the reference hash, so the recorded ID is still the event's.
 	return stateres.ParseTrustedEvent(ver, e.JSON, e.EventID)
@@ -299,20 +314,24 @@ func (v View) PublicRooms() ([]string, error) {
 	return out, it.Close()
 }
 
-// Lookup adapts the current state of a room to stateres.StateLookup-style
-// callers: it returns the parsed state event, or nil.
-func (v View) Lookup(roomID string) func(typ, stateKey string) stateres.PDU {
-	return func(typ, stateKey string) stateres.PDU {
-		e, err := v.StateEvent(roomID, typ, stateKey)
-		if err != nil || e == nil {
-			return nil
-		}
-		p, err := e.PDU()
-		if err != nil {
-			return nil
-		}
-		return p
+// StatePDU returns the parsed current state event, or nil when the room
+// has none; a failed read or parse is an error, never "absent".
+func (v View) StatePDU(roomID, typ, stateKey string) (stateres.PDU, error) {
+	e, err := v.StateEvent(roomID, typ, stateKey)
+	if err != nil || e == nil {
+		return nil, err
 	}
+	p, err := e.PDU()
+	if err != nil {
+		return nil, fmt.Errorf("rooms projection: state event %s of %s: %w", e.EventID, roomID, err)
+	}
+	return p, nil
+}
+
+// Unfoldables lists the PDU entries the fold recorded instead of folding
+// (an unsupported room version, a malformed PDU), in log order.
+func (v View) Unfoldables() ([]Unfoldable, error) {
+	return projections.ListJSON[Unfoldable](v.r, []byte{pUnfoldable}, nil)
 }
 
 // IsLocalServer helps callers filter user IDs by domain.
@@ -365,7 +384,9 @@ func (v View) StateBefore(roomID, typ string, before uint64) ([]*Event, error) {
 			Type     string `json:"type"`
 			StateKey string `json:"state_key"`
 		}
-		_ = json.Unmarshal(e.JSON, &h)
+		if err := json.Unmarshal(e.JSON, &h); err != nil {
+			return nil, fmt.Errorf("rooms projection: state event %s of %s does not decode: %w", e.EventID, roomID, err)
+		}
 		id, err := v.StateAt(roomID, h.Type, h.StateKey, before)
 		if err != nil {
 			return nil, err
@@ -415,11 +436,7 @@ func (v View) countAfter(prefix []byte, after uint64) (uint64, error) {
 // LastNotifying is the offset of the sender's last notifying event in the
 // room (0 when none).
 func (v View) LastNotifying(roomID, sender string) (uint64, error) {
-	b, ok, err := v.r.Get(projections.Key(pLastNotif, roomID, sender))
-	if err != nil || !ok || len(b) != 8 {
-		return 0, err
-	}
-	return binary.BigEndian.Uint64(b), nil
+	return v.offsetRecord(projections.Key(pLastNotif, roomID, sender))
 }
 
 // Threads lists the root IDs of the room's threads with notifying events.
