@@ -873,8 +873,12 @@ func (s *Server) roomAliases(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err != nil {
 		return err
 	}
-	if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
-		return err
+	// Members may list the aliases; so may server admins (as in Synapse:
+	// admin tools such as synadm show them).
+	if !sess.Admin {
+		if _, _, err := s.requireMember(roomID, sess.UserID, false); err != nil {
+			return err
+		}
 	}
 	as, err := s.roomsView().Aliases(roomID)
 	if err != nil {
