@@ -3,6 +3,7 @@ package log
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -16,10 +17,27 @@ import (
 )
 
 type testCluster struct {
-	t     *testing.T
-	peers []Peer
-	dirs  []string
-	nodes []*Node // nil while a node is down
+	t      *testing.T
+	peers  []Peer
+	dirs   []string
+	nodes  []*Node // nil while a node is down
+	caCert []byte  // the cluster CA (PEM); nodes talk mutual TLS
+	caKey  []byte
+	tls    []*tls.Config
+}
+
+// testClusterTLS issues node id a certificate from the CA (PEM).
+func testClusterTLS(t *testing.T, caCert, caKey []byte, id string) *tls.Config {
+	t.Helper()
+	cert, key, err := IssueNodeCert(caCert, caKey, id, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, err := ClusterTLS(caCert, cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conf
 }
 
 func freeLoopbackAddrs(t *testing.T, k int) []string {
@@ -55,9 +73,14 @@ func clusterTune(c *raft.Config) {
 func newTestCluster(t *testing.T) *testCluster {
 	addrs := freeLoopbackAddrs(t, 3)
 	c := &testCluster{t: t}
+	var err error
+	if c.caCert, c.caKey, err = NewClusterCA("test", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	for i, a := range addrs {
 		c.peers = append(c.peers, Peer{ID: fmt.Sprintf("n%d", i+1), Addr: a})
 		c.dirs = append(c.dirs, t.TempDir())
+		c.tls = append(c.tls, testClusterTLS(t, c.caCert, c.caKey, c.peers[i].ID))
 	}
 	c.nodes = make([]*Node, 3)
 	for i := range c.nodes {
@@ -74,7 +97,7 @@ func newTestCluster(t *testing.T) *testCluster {
 func (c *testCluster) start(i int) {
 	c.t.Helper()
 	n, err := Open(Config{
-		Dir: c.dirs[i], NodeID: c.peers[i].ID, RaftAddr: c.peers[i].Addr, Peers: c.peers,
+		Dir: c.dirs[i], NodeID: c.peers[i].ID, RaftAddr: c.peers[i].Addr, Peers: c.peers, TLS: c.tls[i],
 		Logger: zerolog.New(zerolog.NewTestWriter(c.t)).Level(zerolog.ErrorLevel), tune: clusterTune,
 	})
 	if err != nil {

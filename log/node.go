@@ -2,10 +2,10 @@ package log
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,11 +26,15 @@ import (
 type Config struct {
 	Dir      string // Pebble directory (created if absent)
 	NodeID   string // raft server ID; "" = "node1"
-	RaftAddr string // raft TCP bind/advertise address; "" = single node with an in-memory transport
-	Peers    []Peer // initial voters when bootstrapping a cluster (empty = just this node)
-	Logger   zerolog.Logger
-	Metrics  prometheus.Registerer // may be nil
-	Now      func() time.Time      // clock for proposal timestamps; nil = time.Now
+	RaftAddr string // raft TCP bind address (advertised unless Peers lists this node); "" = single node with an in-memory transport
+	// TLS secures raft with mutual TLS (ClusterTLS): connections without a
+	// certificate from the cluster CA are dropped before raft reads them.
+	// nil = plain TCP, for in-package tests only.
+	TLS     *tls.Config
+	Peers   []Peer // initial voters when bootstrapping a cluster (empty = just this node)
+	Logger  zerolog.Logger
+	Metrics prometheus.Registerer // may be nil
+	Now     func() time.Time      // clock for proposal timestamps; nil = time.Now
 
 	// DiskReserve is the free space below which writes are refused
 	// (ErrDiskFull); 0 = the larger of 1% of the filesystem and 256 MiB.
@@ -57,20 +61,21 @@ type Peer struct{ ID, Addr string }
 
 // Node is one member of the replicated log. It implements Log.
 type Node struct {
-	cfg   Config
-	log   zerolog.Logger
-	db    *pebble.DB
-	fsm   *fsm
-	store *raftStore
-	snaps *lazySnapshotStore
-	trans raft.Transport
-	raft  *raft.Raft
-	enc   *zstd.Encoder
-	dec   *zstd.Decoder
-	met   *metrics
-	guard diskGuard
-	space *diskSpace
-	state *stateFile
+	cfg    Config
+	log    zerolog.Logger
+	db     *pebble.DB
+	fsm    *fsm
+	store  *raftStore
+	snaps  *lazySnapshotStore
+	trans  raft.Transport
+	stream *tlsStream // nil without TLS
+	raft   *raft.Raft
+	enc    *zstd.Encoder
+	dec    *zstd.Decoder
+	met    *metrics
+	guard  diskGuard
+	space  *diskSpace
+	state  *stateFile
 
 	// Group commit: Append hands requests to the batcher, which packs all
 	// waiting ones into one raft command; the completer answers them in
@@ -205,12 +210,14 @@ func Open(cfg Config) (*Node, error) {
 	if single {
 		_, n.trans = raft.NewInmemTransport(raft.ServerAddress("inmem:" + cfg.NodeID))
 	} else {
-		addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
-		if err != nil {
-			return nil, fmt.Errorf("log: RaftAddr %q: %w", cfg.RaftAddr, err)
+		advertise := cfg.RaftAddr
+		for _, p := range cfg.Peers {
+			if p.ID == cfg.NodeID {
+				advertise = p.Addr
+			}
 		}
-		if n.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, addr, 4, 10*time.Second, hlog); err != nil {
-			return nil, fmt.Errorf("log: listening for raft on %s (port in use?): %w", cfg.RaftAddr, err)
+		if n.trans, n.stream, err = newTransport(cfg.RaftAddr, advertise, cfg.TLS, n.log); err != nil {
+			return nil, err
 		}
 	}
 
