@@ -5,6 +5,7 @@
 //	engram rebuild        drop projections and replay them from the log
 //	engram verify         check projections against a fresh replay
 //	engram log            print log entries
+//	engram cluster        cluster certificates (init, add-node)
 package main
 
 import (
@@ -34,6 +35,7 @@ func commands() []command {
 		{"rebuild", "drop projections and replay them from the log (server stopped)", rebuildCmd},
 		{"verify", "compare every projection with a fresh replay of the log (server stopped)", verifyCmd},
 		{"log", "print log entries: tail [-n N] | show OFFSET (server stopped)", logCmd},
+		{"cluster", "cluster certificates: init | add-node (raft runs over mutual TLS)", clusterCmd},
 		{"bench", "benchmarks: generate, replay, load, redrive, compare", benchCmd},
 		{"version", "print the version", func([]string) int { fmt.Println("engram", version); return 0 }},
 	}

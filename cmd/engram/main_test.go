@@ -97,13 +97,21 @@ func startServer(t *testing.T, dir, listen string, env []string, args ...string)
 			<-p.done
 		}
 	})
+	waitServing(t, p, listen)
+	return p
+}
+
+// waitServing waits until the client API at listen answers
+// /_matrix/client/versions.
+func waitServing(t *testing.T, p *proc, listen string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get("http://" + listen + "/_matrix/client/versions")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return p
+				return
 			}
 		}
 		select {

@@ -72,7 +72,12 @@ func serveCmd(args []string) int {
 
 // openLog opens this node's log in <data_dir>/db.
 func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, acceptDataLoss bool) (*englog.Node, error) {
+	raftTLS, err := clusterTLS(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return englog.Open(englog.Config{
+		TLS:            raftTLS,
 		Dir:            filepath.Join(cfg.DataDir, "db"),
 		NodeID:         cfg.ClusterNodeID,
 		RaftAddr:       cfg.ClusterRaftListen,
