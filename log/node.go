@@ -216,7 +216,7 @@ func Open(cfg Config) (*Node, error) {
 				advertise = p.Addr
 			}
 		}
-		if n.trans, n.stream, err = newTransport(cfg.RaftAddr, advertise, cfg.TLS, n.log); err != nil {
+		if n.trans, n.stream, err = newTransport(cfg.RaftAddr, advertise, cfg.TLS, n.log, hlog); err != nil {
 			return nil, err
 		}
 	}

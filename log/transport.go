@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	hclog "github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/rs/zerolog"
 )
@@ -155,8 +156,7 @@ func (s *tlsStream) Dial(address raft.ServerAddress, timeout time.Duration) (net
 // newTransport is raft's network transport: over mutual TLS when conf is
 // set, plain TCP otherwise (in-package tests on loopback only: serve
 // requires the cluster certificates).
-func newTransport(addr, advertise string, conf *tls.Config, l zerolog.Logger) (raft.Transport, *tlsStream, error) {
-	hlog := newHCLogger(l)
+func newTransport(addr, advertise string, conf *tls.Config, l zerolog.Logger, hlog hclog.Logger) (raft.Transport, *tlsStream, error) {
 	adv, err := net.ResolveTCPAddr("tcp", advertise)
 	if err != nil {
 		return nil, nil, fmt.Errorf("log: raft address %q: %w", advertise, err)

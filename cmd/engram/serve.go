@@ -22,6 +22,7 @@ import (
 
 	"github.com/engram-hs/engram/api"
 	"github.com/engram-hs/engram/federation"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/roomwrite"
@@ -143,8 +144,15 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	}
 	logger.Info().Uint64("log_offset", node.LastOffset()).Int64("catch_up_ms", time.Since(started).Milliseconds()).Msg("projections caught up")
 	if err := apiSrv.CheckServerName(ctx); err != nil {
-		closeAll()
-		return err
+		// A cluster node that cannot write yet (no leader elected, or a
+		// follower) leaves recording the name to the leader; a name that
+		// differs from the recorded one is refused all the same.
+		var me *mxerr.Error
+		if cfg.ClusterRaftListen == "" || !errors.As(err, &me) || me.Status != http.StatusServiceUnavailable {
+			closeAll()
+			return err
+		}
+		logger.Info().Msg("server name not recorded by this node: it cannot write now; the cluster leader records it")
 	}
 	fed.start()
 
