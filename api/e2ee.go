@@ -2,7 +2,6 @@ package api
 
 import (
 	"encoding/json"
-	"errors"
 	"net/http"
 
 	"github.com/engram-hs/engram/api/keys"
@@ -34,18 +33,9 @@ func (s *Server) keyRoutes() {
 	for _, rt := range s.keys.Routes() {
 		h := rt.Handler
 		s.client(rt.Method, rt.Path, s.authed(func(w http.ResponseWriter, r *http.Request, sess *session) error {
-			return keysError(h(w, r, keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID}))
+			return h(w, r, keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID})
 		}))
 	}
-}
-
-// keysError turns the package's errors into the API's.
-func keysError(err error) error {
-	var ke *keys.Error
-	if errors.As(err, &ke) {
-		return &matrixError{Status: ke.Status, Code: ke.Code, Msg: ke.Msg, Extra: ke.Extra}
-	}
-	return err
 }
 
 // keysTouched wakes the long-polls of the users whose device lists

@@ -24,7 +24,7 @@ func (s *Service) createBackup(w http.ResponseWriter, r *http.Request, c Caller)
 		return err
 	}
 	if req.Algorithm == "" || len(req.AuthData) == 0 || req.AuthData[0] != '{' {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "algorithm and auth_data (an object) are required")
+		return missingParam("algorithm and auth_data (an object) are required")
 	}
 	verdict, err := s.commitFact(r.Context(), facts.MustEncode(englog.KindBackupVersionChanged, facts.BackupVersionChanged{
 		UserID: c.UserID, Op: facts.BackupCreate, Algorithm: req.Algorithm, AuthData: req.AuthData,
@@ -86,7 +86,7 @@ func (s *Service) updateBackup(w http.ResponseWriter, r *http.Request, c Caller)
 		return invalidParam("The version in the body does not match the version in the path")
 	}
 	if req.Algorithm == "" || len(req.AuthData) == 0 || req.AuthData[0] != '{' {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "algorithm and auth_data (an object) are required")
+		return missingParam("algorithm and auth_data (an object) are required")
 	}
 	if _, bv, err := s.backupVersion(c, version); err != nil {
 		return err
@@ -148,7 +148,7 @@ type roomKeyBackup struct {
 func (s *Service) putRoomKeys(w http.ResponseWriter, r *http.Request, c Caller) error {
 	version := r.URL.Query().Get("version")
 	if version == "" {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "version is required")
+		return missingParam("version is required")
 	}
 	room, session := r.PathValue("roomId"), r.PathValue("sessionId")
 	rooms := map[string]map[string]json.RawMessage{}
@@ -196,7 +196,7 @@ func (s *Service) putRoomKeys(w http.ResponseWriter, r *http.Request, c Caller) 
 	if cur, _ := b.Current(); b.Versions[version] == nil {
 		return notFound("Unknown backup version")
 	} else if cur != version {
-		return &Error{Status: http.StatusForbidden, Code: "M_WRONG_ROOM_KEYS_VERSION", Msg: "Wrong backup version", Extra: map[string]any{"current_version": cur}}
+		return errorf(http.StatusForbidden, "M_WRONG_ROOM_KEYS_VERSION", "Wrong backup version").With("current_version", cur)
 	}
 	verdict, err := s.commitFact(r.Context(), facts.MustEncode(englog.KindRoomKeysBackedUp, facts.RoomKeysBackedUp{
 		UserID: c.UserID, Version: version, Rooms: rooms,
@@ -214,7 +214,7 @@ func (s *Service) putRoomKeys(w http.ResponseWriter, r *http.Request, c Caller) 
 func (s *Service) getRoomKeys(w http.ResponseWriter, r *http.Request, c Caller) error {
 	version := r.URL.Query().Get("version")
 	if version == "" {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "version is required")
+		return missingParam("version is required")
 	}
 	if _, _, err := s.backupVersion(c, version); err != nil {
 		return err
@@ -250,7 +250,7 @@ func (s *Service) getRoomKeys(w http.ResponseWriter, r *http.Request, c Caller) 
 func (s *Service) deleteRoomKeys(w http.ResponseWriter, r *http.Request, c Caller) error {
 	version := r.URL.Query().Get("version")
 	if version == "" {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "version is required")
+		return missingParam("version is required")
 	}
 	if _, _, err := s.backupVersion(c, version); err != nil {
 		return err

@@ -100,7 +100,7 @@ func (s *Service) uploadCrossSigning(w http.ResponseWriter, r *http.Request, c C
 		f.Master, masterPubB64, masterPub = canon, pubB64, pub
 	}
 	if masterPub == nil && (present(req.SelfSigning) || present(req.UserSigning)) {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "Upload a master_key first: the other keys must be signed by it")
+		return missingParam("Upload a master_key first: the other keys must be signed by it")
 	}
 	for _, sub := range []struct {
 		field, usage string
@@ -123,7 +123,7 @@ func (s *Service) uploadCrossSigning(w http.ResponseWriter, r *http.Request, c C
 		*sub.out = canon
 	}
 	if f.Master == nil && f.SelfSigning == nil && f.UserSigning == nil {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "No keys to upload")
+		return missingParam("No keys to upload")
 	}
 	// Spec: UIA is required unless there is no master key yet, or the
 	// request holds only keys identical to the stored ones.

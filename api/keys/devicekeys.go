@@ -186,7 +186,7 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, c Caller) error 
 		return err
 	}
 	if req.DeviceKeys == nil {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "device_keys is required")
+		return missingParam("device_keys is required")
 	}
 	if len(req.DeviceKeys) > maxQueryUsers {
 		return errorf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "At most %d users can be queried at once", maxQueryUsers)
@@ -305,7 +305,7 @@ func (s *Service) claim(w http.ResponseWriter, r *http.Request, c Caller) error 
 		return err
 	}
 	if req.OneTimeKeys == nil {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "one_time_keys is required")
+		return missingParam("one_time_keys is required")
 	}
 	n := 0
 	for _, devs := range req.OneTimeKeys {
@@ -349,7 +349,7 @@ func (s *Service) claim(w http.ResponseWriter, r *http.Request, c Caller) error 
 func (s *Service) changes(w http.ResponseWriter, r *http.Request, c Caller) error {
 	q := r.URL.Query()
 	if q.Get("from") == "" {
-		return errorf(http.StatusBadRequest, "M_MISSING_PARAM", "from is required")
+		return missingParam("from is required")
 	}
 	from, err := s.d.ParseToken(q.Get("from"))
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/engram-hs/engram/api/matrixerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -34,7 +35,7 @@ type Caller struct {
 }
 
 // HandlerFunc is an endpoint; a returned error is written by the API
-// (an *Error as a Matrix error, anything else as a 500).
+// (a *matrixerr.Error as a Matrix error, anything else as a 500).
 type HandlerFunc func(w http.ResponseWriter, r *http.Request, c Caller) error
 
 // Route is one endpoint under /_matrix/client/v3.
@@ -107,31 +108,16 @@ func (s *Service) Routes() []Route {
 	}
 }
 
-// Error is a Matrix error response.
-type Error struct {
-	Status int
-	Code   string
-	Msg    string
-	Extra  map[string]any
+func errorf(status int, code, format string, a ...any) *matrixerr.Error {
+	return matrixerr.New(status, code, format, a...)
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("%d %s: %s", e.Status, e.Code, e.Msg) }
-
-func errorf(status int, code, format string, a ...any) *Error {
-	return &Error{Status: status, Code: code, Msg: fmt.Sprintf(format, a...)}
-}
-
-func badJSON(format string, a ...any) *Error {
-	return errorf(http.StatusBadRequest, "M_BAD_JSON", format, a...)
-}
-
-func invalidParam(format string, a ...any) *Error {
-	return errorf(http.StatusBadRequest, "M_INVALID_PARAM", format, a...)
-}
-
-func notFound(format string, a ...any) *Error {
-	return errorf(http.StatusNotFound, "M_NOT_FOUND", format, a...)
-}
+var (
+	badJSON      = matrixerr.BadJSON
+	invalidParam = matrixerr.InvalidParam
+	notFound     = matrixerr.NotFound
+	missingParam = matrixerr.MissingParam
+)
 
 // verdictError turns a refusing verdict into its error.
 func verdictError(v *e2ee.Verdict) error {
@@ -147,7 +133,7 @@ func verdictError(v *e2ee.Verdict) error {
 	}
 	e := errorf(status, v.Errcode, "%s", v.Error)
 	if v.Errcode == "M_WRONG_ROOM_KEYS_VERSION" {
-		e.Extra = map[string]any{"current_version": v.Current}
+		e.With("current_version", v.Current)
 	}
 	return e
 }
