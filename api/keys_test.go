@@ -100,11 +100,14 @@ func TestKeysUploadQueryClaim(t *testing.T) {
 	if code != 400 || body["errcode"] != "M_BAD_JSON" {
 		t.Fatalf("device keys without keys: %d %v", code, body)
 	}
-	unsigned := ad.deviceKeys(t)
-	delete(unsigned, "signatures")
-	unsigned["signatures"] = map[string]any{}
-	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": unsigned}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
-		t.Fatalf("unsigned device keys: %d %v", code, body)
+	unsignedOTK := map[string]any{"signed_curve25519:U": map[string]any{"key": "k"}}
+	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": ad.deviceKeys(t), "one_time_keys": unsignedOTK}); code != 400 || body["errcode"] != "M_BAD_JSON" {
+		t.Fatalf("unsigned signed_curve25519 key: %d %v", code, body)
+	}
+	wrongSig := ad.deviceKeys(t)
+	wrongSig["signatures"] = map[string]any{ad.user: map[string]any{"ed25519:" + ad.device: ad.sign(t, map[string]any{"other": "object"})["signatures"].(map[string]any)[ad.user].(map[string]any)["ed25519:"+ad.device]}}
+	if code, body = ts.do("POST", path+"upload", alice.AccessToken, map[string]any{"device_keys": wrongSig}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Fatalf("device keys with a signature of something else: %d %v", code, body)
 	}
 	forged := ad.deviceKeys(t)
 	forged["algorithms"] = []string{"m.olm.v1.curve25519-aes-sha2"} // changed after signing
