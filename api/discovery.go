@@ -18,7 +18,7 @@ func (s *Server) discoveryRoutes() {
 // truthfully: the core of the r0/v1.x client-server API implemented here.
 func (s *Server) versions(w http.ResponseWriter, r *http.Request) error {
 	writeJSON(w, http.StatusOK, map[string]any{
-		"versions":          []string{"r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"},
+		"versions": []string{"r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11"},
 		// Cross-signing (api/keys) under its pre-v1.1 flag, which older
 		// clients still look for (as Synapse advertises it).
 		"unstable_features": map[string]bool{"org.matrix.e2e_cross_signing": true},

@@ -57,6 +57,7 @@ const (
 	KindBackupVersionChanged     Kind = 414
 	KindRoomKeysBackedUp         Kind = 415
 	KindRoomKeysDeleted          Kind = 416
+	KindOneTimeKeysDiscarded     Kind = 417 // a restore discards the one-time keys a lost suffix may have handed out
 
 	// Federation infrastructure: keys fetched from other servers and the
 	// outbound delivery queue.
@@ -112,6 +113,7 @@ var kindNames = map[Kind]string{
 	KindBackupVersionChanged:     "backup_version_changed",
 	KindRoomKeysBackedUp:         "room_keys_backed_up",
 	KindRoomKeysDeleted:          "room_keys_deleted",
+	KindOneTimeKeysDiscarded:     "one_time_keys_discarded",
 	KindServerKeysFetched:        "server_keys_fetched",
 	KindFederationOutbound:       "federation_outbound",
 	KindFederationDelivered:      "federation_delivered",

@@ -98,3 +98,15 @@ type RoomKeysDeleted struct {
 	RoomID    string `json:"room_id,omitempty"`
 	SessionID string `json:"session_id,omitempty"`
 }
+
+// OneTimeKeysDiscarded: every one-time key uploaded at an offset <= UpTo
+// and not yet claimed is discarded (never handed out, never stored again
+// if re-uploaded). A point-in-time restore to offset UpTo appends it
+// first: claims in the lost suffix after UpTo handed some of those keys
+// to clients, and which ones is not known, so none may be handed out
+// again. Devices see their count drop and upload fresh keys; fallback
+// keys stay (they are meant to be reused).
+type OneTimeKeysDiscarded struct {
+	UpTo   uint64 `json:"up_to"`
+	Reason string `json:"reason,omitempty"`
+}

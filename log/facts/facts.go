@@ -125,6 +125,8 @@ func New(kind englog.Kind) any {
 		return &RoomKeysBackedUp{}
 	case englog.KindRoomKeysDeleted:
 		return &RoomKeysDeleted{}
+	case englog.KindOneTimeKeysDiscarded:
+		return &OneTimeKeysDiscarded{}
 	case englog.KindServerKeysFetched:
 		return &ServerKeysFetched{}
 	case englog.KindFederationOutbound:

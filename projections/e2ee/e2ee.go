@@ -9,6 +9,18 @@
 // a one-time key ID is already taken by another key, which backup version
 // is current. The writer of such a fact reads the fold's answer back as a
 // Verdict at the fact's offset.
+//
+// Restore. Every upload (KeysUploaded) and every claim (KeysClaimed) is a
+// log fact, so replaying the log to any offset reproduces exactly which
+// one-time keys were handed out up to there. A point-in-time restore to
+// offset X loses the claims after X, and clients hold the keys those
+// claims handed out; the restore must therefore append a
+// OneTimeKeysDiscarded{UpTo: X} fact before the server serves again: it
+// discards every one-time key still unclaimed at X (tombstoned, so a
+// client re-uploading one cannot make it claimable again). Nothing is
+// handed out twice; devices see their counts drop and upload new keys.
+// Fallback keys and everything else (device keys, cross-signing, backups)
+// are as they were at X; clients re-upload what they changed after it.
 package e2ee
 
 import (
@@ -258,6 +270,12 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		return p.applyClaim(w, e, f)
+	case englog.KindOneTimeKeysDiscarded:
+		var f facts.OneTimeKeysDiscarded
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return discardOneTimeKeys(w, f.UpTo)
 	case englog.KindCrossSigningKeysUploaded:
 		var f facts.CrossSigningKeysUploaded
 		if err := facts.Decode(e, &f); err != nil {
@@ -476,6 +494,56 @@ func claimOne(w projections.Writer, user, device, alg string) (string, json.RawM
 		}
 	}
 	return fb.KeyID, fb.Key, nil
+}
+
+// discardOneTimeKeys removes every unclaimed one-time key uploaded at an
+// offset <= upTo, as if handed out (tombstoned), and fixes the counts.
+func discardOneTimeKeys(w projections.Writer, upTo uint64) error {
+	it := w.Iter([]byte{pOTK}, []byte{pOTK + 1})
+	type gone struct {
+		key              []byte
+		user, device, id string
+		alg              string
+		sum              string
+	}
+	var out []gone
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		// o user 0 device 0 algorithm 0 offset(8) keyID
+		parts := bytes.SplitN(k[1:], []byte{sep}, 4)
+		if len(parts) != 4 || len(parts[3]) < 8 {
+			continue
+		}
+		if binary.BigEndian.Uint64(parts[3][:8]) > upTo {
+			continue
+		}
+		out = append(out, gone{key: slices.Clone(k), user: string(parts[0]), device: string(parts[1]), alg: string(parts[2]),
+			id: string(parts[3][8:]), sum: sum(it.Value())})
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, g := range out {
+		full := g.alg + ":" + g.id
+		counts, err := countsOf(w, g.user, g.device)
+		if err != nil {
+			return err
+		}
+		if counts[g.alg]--; counts[g.alg] <= 0 {
+			delete(counts, g.alg)
+		}
+		for _, err := range []error{
+			w.Delete(g.key),
+			w.Delete(projections.Key(pOTKIndex, g.user, g.device, full)),
+			w.Set(projections.Key(pClaimed, g.user, g.device, full), []byte(g.sum)),
+			projections.PutJSON(w, projections.Key(pCounts, g.user, g.device), counts),
+		} {
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 func countsOf(r projections.Reader, user, device string) (map[string]int, error) {
