@@ -19,7 +19,7 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/engram-hs/engram/api/matrixerr"
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
@@ -35,7 +35,7 @@ type Caller struct {
 }
 
 // HandlerFunc is an endpoint; a returned error is written by the API
-// (a *matrixerr.Error as a Matrix error, anything else as a 500).
+// (a *mxerr.Error as a Matrix error, anything else as a 500).
 type HandlerFunc func(w http.ResponseWriter, r *http.Request, c Caller) error
 
 // Route is one endpoint under /_matrix/client/v3.
@@ -108,15 +108,15 @@ func (s *Service) Routes() []Route {
 	}
 }
 
-func errorf(status int, code, format string, a ...any) *matrixerr.Error {
-	return matrixerr.New(status, code, format, a...)
+func errorf(status int, code, format string, a ...any) *mxerr.Error {
+	return mxerr.New(status, code, format, a...)
 }
 
 var (
-	badJSON      = matrixerr.BadJSON
-	invalidParam = matrixerr.InvalidParam
-	notFound     = matrixerr.NotFound
-	missingParam = matrixerr.MissingParam
+	badJSON      = mxerr.BadJSON
+	invalidParam = mxerr.InvalidParam
+	notFound     = mxerr.NotFound
+	missingParam = mxerr.MissingParam
 )
 
 // verdictError turns a refusing verdict into its error.
