@@ -13,7 +13,9 @@ import (
 // long-poll wake-ups.
 
 func (s *Server) newKeys() *keys.Service {
+	remote, _ := s.remote.(keys.Remote) // federation.Remote is one
 	return keys.New(keys.Deps{
+		Remote:     remote,
 		ServerName: s.cfg.ServerName,
 		Engine:     s.engine,
 		Logger:     s.logger,

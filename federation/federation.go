@@ -47,6 +47,10 @@ type Deps struct {
 	// OpenID is the openid projection (api's request_token), read by
 	// openid/userinfo.
 	OpenID *projections.Handle
+	// E2EE is the end-to-end encryption keys projection (api/keys
+	// registered it); nil disables the user/devices and user/keys
+	// endpoints.
+	E2EE *projections.Handle
 	// Contacted is called with the origin of every authenticated inbound
 	// request (the delivery queue marks a down destination up again).
 	Contacted func(origin string)
@@ -90,6 +94,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.keyRoutes()
 	s.queryRoutes()
 	s.roomRoutes()
+	s.e2eeRoutes()
 	return s, nil
 }
 

@@ -153,40 +153,6 @@ func same(uploaded json.RawMessage, stored *e2ee.CrossKey) bool {
 	return stored != nil && bytes.Equal(uploaded, stored.Key)
 }
 
-type crossKeys struct{ master, selfSigning, userSigning json.RawMessage }
-
-// localCrossSigning returns a local user's cross-signing keys with the
-// signatures requester may see.
-func (s *Service) localCrossSigning(user, requester string) (crossKeys, error) {
-	cs, err := s.view().CrossSigning(user)
-	if err != nil || cs == nil {
-		return crossKeys{}, err
-	}
-	render := func(k *e2ee.CrossKey) (json.RawMessage, error) {
-		if k == nil {
-			return nil, nil
-		}
-		if len(k.Extra) == 0 {
-			return k.Key, nil
-		}
-		var obj map[string]any
-		if err := json.Unmarshal(k.Key, &obj); err != nil {
-			return nil, err
-		}
-		mergeSignatures(obj, k.Extra, user, requester)
-		return json.Marshal(obj)
-	}
-	var out crossKeys
-	if out.master, err = render(cs.Master); err != nil {
-		return out, err
-	}
-	if out.selfSigning, err = render(cs.SelfSigning); err != nil {
-		return out, err
-	}
-	out.userSigning, err = render(cs.UserSigning)
-	return out, err
-}
-
 // unsignedPart is a key object without signatures and unsigned, canonical:
 // what its signatures cover.
 func unsignedPart(raw json.RawMessage) ([]byte, error) {

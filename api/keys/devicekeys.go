@@ -1,12 +1,15 @@
 package keys
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
@@ -201,14 +204,17 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, c Caller) error 
 	resp := map[string]any{}
 	devices := map[string]map[string]json.RawMessage{}
 	master, selfSigning, userSigning := map[string]json.RawMessage{}, map[string]json.RawMessage{}, map[string]json.RawMessage{}
-	failures := map[string]any{}
+	remote := map[string]map[string][]string{}
 	for _, user := range slices.Sorted(maps.Keys(req.DeviceKeys)) {
 		server := serverOf(user)
 		if server == "" {
 			continue // not a user ID: no such user, no failure
 		}
 		if server != s.d.ServerName {
-			failures[server] = map[string]any{"status": 503, "message": "Querying keys of remote users is not available yet on this server"}
+			if remote[server] == nil {
+				remote[server] = map[string][]string{}
+			}
+			remote[server][user] = req.DeviceKeys[user]
 			continue
 		}
 		devs, err := s.localDeviceKeys(user, req.DeviceKeys[user], c.UserID)
@@ -216,20 +222,21 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, c Caller) error 
 			return err
 		}
 		devices[user] = devs
-		cs, err := s.localCrossSigning(user, c.UserID)
+		cs, err := s.view().QueryCrossSigning(user, visibleTo(user, c.UserID))
 		if err != nil {
 			return err
 		}
-		if cs.master != nil {
-			master[user] = cs.master
+		if cs.Master != nil {
+			master[user] = cs.Master
 		}
-		if cs.selfSigning != nil {
-			selfSigning[user] = cs.selfSigning
+		if cs.SelfSigning != nil {
+			selfSigning[user] = cs.SelfSigning
 		}
-		if cs.userSigning != nil && user == c.UserID {
-			userSigning[user] = cs.userSigning
+		if cs.UserSigning != nil && user == c.UserID {
+			userSigning[user] = cs.UserSigning
 		}
 	}
+	failures := s.queryRemote(r.Context(), remote, timeoutOf(req.Timeout), devices, master, selfSigning)
 	resp["device_keys"] = devices
 	resp["failures"] = failures
 	resp["master_keys"] = master
@@ -240,67 +247,23 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, c Caller) error 
 }
 
 // localDeviceKeys returns the identity keys of a local user's devices
-// (all of them when wanted is empty) as requester may see them: the
-// signatures the owner and the requester added, and the display name.
+// (all of them when wanted is empty) as requester may see them.
 func (s *Service) localDeviceKeys(user string, wanted []string, requester string) (map[string]json.RawMessage, error) {
-	v := s.view()
-	all, err := v.DeviceKeysOf(user)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]json.RawMessage{}
 	av := s.d.Accounts()
-	for _, dev := range slices.Sorted(maps.Keys(all)) {
-		if len(wanted) > 0 && !slices.Contains(wanted, dev) {
-			continue
+	return s.view().QueryDevices(user, wanted, visibleTo(user, requester), func(dev string) (string, error) {
+		d, err := av.Device(user, dev)
+		if err != nil || d == nil {
+			return "", err
 		}
-		d := all[dev]
-		var obj map[string]any
-		if err := json.Unmarshal(d.Keys, &obj); err != nil {
-			return nil, err
-		}
-		mergeSignatures(obj, d.Extra, user, requester)
-		unsigned := map[string]any{}
-		if acc, err := av.Device(user, dev); err != nil {
-			return nil, err
-		} else if acc != nil && acc.DisplayName != "" {
-			unsigned["device_display_name"] = acc.DisplayName
-		}
-		obj["unsigned"] = unsigned
-		b, err := json.Marshal(obj)
-		if err != nil {
-			return nil, err
-		}
-		out[dev] = b
-	}
-	return out, nil
+		return d.DisplayName, nil
+	})
 }
 
-// mergeSignatures adds to a key object the signatures others uploaded
-// that the requester may see: the owner's own (cross-signing their
-// devices) and the requester's (their user-signing key on the owner).
-func mergeSignatures(obj map[string]any, extra map[string]map[string]string, owner, requester string) {
-	if len(extra) == 0 {
-		return
-	}
-	sigs, _ := obj["signatures"].(map[string]any)
-	if sigs == nil {
-		sigs = map[string]any{}
-	}
-	for signer, byKey := range extra {
-		if signer != owner && signer != requester {
-			continue
-		}
-		m, _ := sigs[signer].(map[string]any)
-		if m == nil {
-			m = map[string]any{}
-		}
-		for k, v := range byKey {
-			m[k] = v
-		}
-		sigs[signer] = m
-	}
-	obj["signatures"] = sigs
+// visibleTo: the signatures the owner added (cross-signing their own
+// devices and keys) and those of the requester (their user-signing key
+// on the owner's master key).
+func visibleTo(owner, requester string) e2ee.Visible {
+	return func(signer string) bool { return signer == owner || signer == requester }
 }
 
 func (s *Service) claim(w http.ResponseWriter, r *http.Request, c Caller) error {
@@ -322,14 +285,17 @@ func (s *Service) claim(w http.ResponseWriter, r *http.Request, c Caller) error 
 		return errorf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "At most %d keys can be claimed at once; this request asks for %d", maxClaimDevices, n)
 	}
 	f := facts.KeysClaimed{Claimer: c.UserID, Claims: map[string]map[string]string{}}
-	failures := map[string]any{}
+	remote := map[string]map[string]map[string]string{}
 	for user, devs := range req.OneTimeKeys {
 		server := serverOf(user)
 		if server == "" || len(devs) == 0 {
 			continue
 		}
 		if server != s.d.ServerName {
-			failures[server] = map[string]any{"status": 503, "message": "Claiming keys of remote users is not available yet on this server"}
+			if remote[server] == nil {
+				remote[server] = map[string]map[string]string{}
+			}
+			remote[server][user] = devs
 			continue
 		}
 		for dev, alg := range devs {
@@ -349,6 +315,7 @@ func (s *Service) claim(w http.ResponseWriter, r *http.Request, c Caller) error 
 			claimed = verdict.Claimed
 		}
 	}
+	failures := s.claimRemote(r.Context(), remote, timeoutOf(req.Timeout), claimed)
 	writeJSON(w, http.StatusOK, map[string]any{"one_time_keys": claimed, "failures": failures})
 	return nil
 }
@@ -374,4 +341,75 @@ func (s *Service) changes(w http.ResponseWriter, r *http.Request, c Caller) erro
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"changed": changed, "left": left})
 	return nil
+}
+
+// queryRemote asks each server for its users' keys and merges what it
+// says about its own users (never about others').
+func (s *Service) queryRemote(ctx context.Context, byServer map[string]map[string][]string, timeout time.Duration,
+	devices map[string]map[string]json.RawMessage, master, selfSigning map[string]json.RawMessage) map[string]any {
+	if len(byServer) == 0 {
+		return map[string]any{}
+	}
+	if s.d.Remote == nil {
+		return noFederation(byServer)
+	}
+	answers, failures := askServers(ctx, byServer, timeout, s.d.Remote.QueryKeys)
+	for server, raw := range answers {
+		var a struct {
+			DeviceKeys      map[string]map[string]json.RawMessage `json:"device_keys"`
+			MasterKeys      map[string]json.RawMessage            `json:"master_keys"`
+			SelfSigningKeys map[string]json.RawMessage            `json:"self_signing_keys"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			failures[server] = failure(fmt.Errorf("%s answered user/keys/query with something else: %v", server, err))
+			continue
+		}
+		for user := range byServer[server] {
+			if d := a.DeviceKeys[user]; d != nil {
+				devices[user] = d
+			}
+			if k := a.MasterKeys[user]; k != nil {
+				master[user] = k
+			}
+			if k := a.SelfSigningKeys[user]; k != nil {
+				selfSigning[user] = k
+			}
+		}
+	}
+	return failures
+}
+
+// claimRemote claims one-time keys of remote users from their servers.
+func (s *Service) claimRemote(ctx context.Context, byServer map[string]map[string]map[string]string, timeout time.Duration,
+	claimed map[string]map[string]map[string]json.RawMessage) map[string]any {
+	if len(byServer) == 0 {
+		return map[string]any{}
+	}
+	if s.d.Remote == nil {
+		return noFederation(byServer)
+	}
+	answers, failures := askServers(ctx, byServer, timeout, s.d.Remote.ClaimKeys)
+	for server, raw := range answers {
+		var a struct {
+			OneTimeKeys map[string]map[string]map[string]json.RawMessage `json:"one_time_keys"`
+		}
+		if err := json.Unmarshal(raw, &a); err != nil {
+			failures[server] = failure(fmt.Errorf("%s answered user/keys/claim with something else: %v", server, err))
+			continue
+		}
+		for user := range byServer[server] {
+			if k := a.OneTimeKeys[user]; k != nil {
+				claimed[user] = k
+			}
+		}
+	}
+	return failures
+}
+
+func noFederation[Q any](byServer map[string]Q) map[string]any {
+	out := map[string]any{}
+	for server := range byServer {
+		out[server] = map[string]any{"status": 503, "message": "This server does not federate"}
+	}
+	return out
 }

@@ -63,6 +63,8 @@ type Deps struct {
 	PasswordUIA func(auth json.RawMessage, c Caller) error
 	// Touched is told after each commit which users' device lists changed.
 	Touched func(e2ee.Touched)
+	// Remote asks other servers for their users' keys; nil: none.
+	Remote Remote
 }
 
 // Service serves the endpoints.
