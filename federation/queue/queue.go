@@ -367,7 +367,9 @@ func (q *Queue) run(d *dest) {
 				err = q.cfg.Queue.WaitApplied(q.ctx, offs[0])
 			}
 			if err != nil {
-				log.Warn().Err(err).Msg("federation queue: recording a delivery failed; the transaction will be sent again")
+				if q.ctx.Err() == nil { // not a shutdown
+					log.Warn().Err(err).Msg("federation queue: recording a delivery failed; the transaction will be sent again")
+				}
 				return
 			}
 			q.mu.Lock()
