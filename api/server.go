@@ -51,6 +51,7 @@ type Server struct {
 	log    englog.Log
 	logger zerolog.Logger
 	remote Remote
+	eduOut EDUOutbound
 	// roomFed takes room actions to other servers (SetRoomFederation).
 	roomFed RoomFederation
 

@@ -137,7 +137,8 @@ func (s *Server) typing(w http.ResponseWriter, r *http.Request, sess *session) e
 	if c.Typing {
 		c.ExpiresAt = nowMS() + timeout
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUTyping, Origin: s.cfg.ServerName, Content: mustJSON(c)})); err != nil {
+	props := append([]englog.Proposal{facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUTyping, Origin: s.cfg.ServerName, Content: mustJSON(c)})}, s.typingEDU(roomID, sess.UserID, c.Typing)...)
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
@@ -176,7 +177,8 @@ func (s *Server) receipt(w http.ResponseWriter, r *http.Request, sess *session) 
 	} else if e == nil || e.RoomID != roomID {
 		return errNotFound("Event not found")
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, s.receiptProposal(roomID, sess.UserID, eventID, typ, req.ThreadID)); err != nil {
+	props := append([]englog.Proposal{s.receiptProposal(roomID, sess.UserID, eventID, typ, req.ThreadID)}, s.receiptEDU(roomID, sess.UserID, eventID, typ, req.ThreadID, nowMS())...)
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
@@ -199,6 +201,7 @@ func (s *Server) readMarkers(w http.ResponseWriter, r *http.Request, sess *sessi
 	for _, typ := range []string{"m.fully_read", "m.read", "m.read.private"} {
 		if id := req[typ]; id != "" {
 			props = append(props, s.receiptProposal(roomID, sess.UserID, id, typ, ""))
+			props = append(props, s.receiptEDU(roomID, sess.UserID, id, typ, "", nowMS())...)
 		}
 	}
 	if len(props) > 0 {
@@ -245,7 +248,8 @@ func (s *Server) putPresence(w http.ResponseWriter, r *http.Request, sess *sessi
 	default:
 		return errInvalidParam("presence must be online, offline or unavailable")
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, s.presenceFact(facts.PresenceContent{UserID: sess.UserID, Presence: req.Presence, StatusMsg: req.StatusMsg})); err != nil {
+	props := append([]englog.Proposal{s.presenceFact(facts.PresenceContent{UserID: sess.UserID, Presence: req.Presence, StatusMsg: req.StatusMsg})}, s.presenceEDU(sess.UserID, req.Presence, req.StatusMsg)...)
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})

@@ -120,6 +120,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	remote.Acted = fed.queue.MarkUp
+	apiSrv.SetEDUOutbound(fed.queue)
 	apiSrv.SetRoomFederation(fed.server)
 	roomWriter.SetOutbound(federation.RoomDelivery(fed.queue))
 	// closeAll releases in reverse order of opening; the log goes last so

@@ -39,13 +39,21 @@ type server struct {
 
 func start(t *testing.T, ca *testca.CA) server {
 	t.Helper()
-	fport := testserver.FreePort(t)
-	name := fmt.Sprintf("127.0.0.1:%d", fport)
-	s := testserver.Start(t, testserver.Options{ServerName: name, ExtraYAML: fmt.Sprintf(`federation_listen: %q
+	return startAt(t, ca, fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t)), "")
+}
+
+// startAt starts a server named name (its federation address) on dir
+// ("" for a new one): a restart keeps both.
+func startAt(t *testing.T, ca *testca.CA, name, dir string) server {
+	t.Helper()
+	s := testserver.Start(t, testserver.Options{ServerName: name, DataDir: dir, ExtraYAML: fmt.Sprintf(`federation_listen: %q
 federation_tls_ca_cert: %q
 federation_tls_ca_key: %q
 ip_range_whitelist: ["127.0.0.0/8", "::1/128"]
 allow_public_rooms_without_auth: true
+federation:
+  destination_min_retry_interval: 200ms
+  destination_max_retry_interval: 1s
 `, name, ca.CertPath, ca.KeyPath)})
 	return server{s, name}
 }
