@@ -2,8 +2,15 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"strings"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // RoomFederation carries local users' room actions to other servers.
@@ -14,6 +21,9 @@ type RoomFederation interface {
 	// through the first of servers that lets it, with extra added to
 	// the join's content; it returns once the join is folded.
 	JoinRoom(ctx context.Context, roomID string, servers []string, userID string, extra map[string]any) error
+	// Invite has the invitee's server sign an invite built here and
+	// returns the event with both signatures.
+	Invite(ctx context.Context, ev *stateres.Event, strippedState []json.RawMessage) (*stateres.Event, error)
 }
 
 // SetRoomFederation installs the federation side of room actions (the
@@ -59,4 +69,86 @@ func (s *Server) joinRemote(r *http.Request, sess *session, roomID string, fromA
 		return remoteErr(strings.Join(servers, ", "), err)
 	}
 	return nil
+}
+
+// inviteRemote invites a user of another server: the invite is built
+// and authorised here, signed by the invitee's server (which records it
+// for the invitee), then sent into the room (and so to the room's other
+// servers and the invitee's).
+func (s *Server) inviteRemote(ctx context.Context, sender, roomID, target string, content json.RawMessage) error {
+	if s.roomFed == nil {
+		return errForbidden("This server does not federate: it cannot invite %s", target)
+	}
+	defer s.roomWrite.Lock(roomID)()
+	b, err := s.roomWrite.Extend(roomID)
+	if err != nil {
+		return err
+	}
+	ev, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: &target, Sender: sender, Content: content})
+	if err != nil {
+		return err
+	}
+	signed, err := s.roomFed.Invite(ctx, ev, inviteRoomState(s.roomsView(), roomID, sender))
+	if err != nil {
+		return remoteErr(domainOf(target), err)
+	}
+	_, err = s.roomWrite.Commit(ctx, facts.MustEncode(englog.KindPDU, facts.PDU{RoomVersion: b.Version().ID, Event: signed.JSON(), EventID: signed.EventID()}))
+	return err
+}
+
+// inviteRoomState is the stripped state sent with an invite (spec:
+// "stripped state"): what the invitee's client shows before joining.
+func inviteRoomState(v rooms.View, roomID, sender string) []json.RawMessage {
+	var out []json.RawMessage
+	for _, k := range [][2]string{{stateres.MRoomCreate, ""}, {stateres.MRoomJoinRules, ""}, {"m.room.name", ""}, {"m.room.avatar", ""},
+		{"m.room.canonical_alias", ""}, {"m.room.encryption", ""}, {"m.room.topic", ""}, {stateres.MRoomMember, sender}} {
+		e, err := v.StateEvent(roomID, k[0], k[1])
+		if err != nil || e == nil {
+			continue
+		}
+		h := headOf(e)
+		b, err := json.Marshal(map[string]any{"type": h.Type, "state_key": k[1], "sender": h.Sender, "content": h.Content})
+		if err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// remoteStrippedState is what an invitee sees of a room this server does
+// not hold: the stripped state the inviting server sent with the invite
+// (recorded in its unsigned), and the invite.
+func remoteStrippedState(v rooms.View, m rooms.Membership) (map[string]any, error) {
+	evs := []any{}
+	inv, err := v.Event(m.EventID)
+	if err != nil || inv == nil {
+		return map[string]any{"events": evs}, err
+	}
+	if u := canonicaljson.Get(inv.JSON, "unsigned"); len(u) > 0 {
+		var us struct {
+			InviteRoomState []json.RawMessage `json:"invite_room_state"`
+		}
+		if json.Unmarshal(u, &us) == nil {
+			for _, e := range us.InviteRoomState {
+				evs = append(evs, e)
+			}
+		}
+	}
+	evs = append(evs, stripped(inv))
+	return map[string]any{"events": evs}, nil
+}
+
+// inviterServers is the server of whoever invited userID to a room this
+// server does not hold: where to join through.
+func (s *Server) inviterServers(userID, roomID string) []string {
+	v := s.roomsView()
+	m, err := v.Membership(userID, roomID)
+	if err != nil || m == nil || m.Membership != "invite" {
+		return nil
+	}
+	e, err := v.Event(m.EventID)
+	if err != nil || e == nil {
+		return nil
+	}
+	return []string{domainOf(headOf(e).Sender)}
 }

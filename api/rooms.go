@@ -364,6 +364,7 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 		if err != nil {
 			return err
 		}
+		servers = append(servers, s.inviterServers(sess.UserID, roomID)...)
 		var extra map[string]any
 		_ = json.Unmarshal(content, &extra)
 		if err := s.joinRemote(r, sess, roomID, servers, extra); err != nil {
@@ -421,10 +422,18 @@ func (s *Server) membershipChange(w http.ResponseWriter, r *http.Request, sess *
 		}
 		target = req.UserID
 	}
-	if membership == "invite" {
-		if !strings.HasSuffix(target, ":"+s.cfg.ServerName) {
-			return errForbidden("Inviting users of other servers is not available yet")
+	if membership == "invite" && !strings.HasSuffix(target, ":"+s.cfg.ServerName) {
+		content, err := s.memberContent(target, membership, req.Reason)
+		if err != nil {
+			return err
 		}
+		if err := s.inviteRemote(r.Context(), sess.UserID, roomID, target, content); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+		return nil
+	}
+	if membership == "invite" {
 		acc, err := s.accountsView().Account(target)
 		if err != nil {
 			return err

@@ -537,6 +537,11 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any,
 // "stripped state"), including the create event and their own membership
 // event.
 func (s *Server) strippedState(v rooms.View, m rooms.Membership) (map[string]any, error) {
+	if room, err := v.Room(m.RoomID); err != nil {
+		return nil, err
+	} else if room == nil {
+		return remoteStrippedState(v, m) // an invite over federation
+	}
 	evs := []map[string]any{}
 	for _, typ := range []string{stateres.MRoomCreate, stateres.MRoomJoinRules, "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"} {
 		e, err := v.StateEvent(m.RoomID, typ, "")

@@ -54,6 +54,7 @@ func (s *Server) roomRoutes() {
 	s.HandleAuthed("PUT /_matrix/federation/v2/send_leave/{roomID}/{eventID}", s.sendMembership("leave"))
 	s.HandleAuthed("GET /_matrix/federation/v1/make_knock/{roomID}/{userID}", s.makeMembership("knock"))
 	s.HandleAuthed("PUT /_matrix/federation/v1/send_knock/{roomID}/{eventID}", s.sendMembership("knock"))
+	s.inviteRoutes()
 }
 
 func (s *Server) view() rooms.View { return rooms.NewView(s.deps.Rooms.Reader(), s.deps.Log) }

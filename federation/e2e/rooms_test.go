@@ -199,3 +199,61 @@ func TestRoomTrafficBetweenTwoServers(t *testing.T) {
 		}
 	}
 }
+
+// A user of A invites a user of B to a private room: B signs and records
+// the invite, bob's /sync on B shows it with the room's name, bob joins
+// by room ID alone (through the inviter's server), and both see each
+// other joined.
+func TestInviteAcrossServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID, bobID := "@alice:"+a.name, "@bob:"+b.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"preset": "private_chat", "name": "Private", "room_version": "11"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	rid := url.PathEscape(room.RoomID)
+	var out map[string]any
+	if st := call(t, a, "POST", "/_matrix/client/v3/rooms/"+rid+"/invite", alice, map[string]string{"user_id": bobID}, &out); st != 200 {
+		t.Fatalf("invite: %d %v\nA:\n%s\nB:\n%s", st, out, a.Logs(), b.Logs())
+	}
+	if m := membership(t, a, alice, room.RoomID, bobID); m != "invite" {
+		t.Fatalf("bob's membership on A: %q", m)
+	}
+	var sync struct {
+		Rooms struct {
+			Invite map[string]struct {
+				InviteState struct {
+					Events []struct {
+						Type    string         `json:"type"`
+						Content map[string]any `json:"content"`
+					} `json:"events"`
+				} `json:"invite_state"`
+			} `json:"invite"`
+		} `json:"rooms"`
+	}
+	eventually(t, "the invite in bob's /sync", func() bool {
+		call(t, b, "GET", "/_matrix/client/v3/sync?timeout=0", bob, nil, &sync)
+		_, ok := sync.Rooms.Invite[room.RoomID]
+		return ok
+	})
+	named := false
+	for _, e := range sync.Rooms.Invite[room.RoomID].InviteState.Events {
+		if e.Type == "m.room.name" && e.Content["name"] == "Private" {
+			named = true
+		}
+	}
+	if !named {
+		t.Fatalf("the invite's stripped state has no room name: %+v", sync.Rooms.Invite[room.RoomID])
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/rooms/"+rid+"/join", bob, map[string]any{}, &out); st != 200 {
+		t.Fatalf("join after the invite: %d %v", st, out)
+	}
+	if !joined(t, b, bob, room.RoomID, aliceID) || !joined(t, a, alice, room.RoomID, bobID) {
+		t.Fatal("after the join, both servers must show both users joined")
+	}
+}

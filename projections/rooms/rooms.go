@@ -323,6 +323,18 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		return err
 	}
 	if !inDAG {
+		if rec.Outlier && f.Rejected == "" && ev.Type() == stateres.MRoomMember && ev.StateKey() != nil && contentString(ev.Content(), "membership") == "invite" {
+			// An invite to a room this server does not hold (received
+			// over federation): the invitee's membership, so that their
+			// /sync shows it, until they join or the room arrives.
+			if room, err := b.room(roomID); err != nil {
+				return err
+			} else if room == nil {
+				if err := applyMembership(w, ev, *ev.StateKey(), e.Offset); err != nil {
+					return err
+				}
+			}
+		}
 		// Pending redactions stay with the record until the event is
 		// folded into the DAG.
 		return putEvent(w, rec)
