@@ -19,6 +19,7 @@ import (
 	"github.com/engram-hs/engram/federation/transport"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
@@ -70,9 +71,11 @@ type Server struct {
 	acl func(r *http.Request, roomID, origin string) (bool, error)
 
 	// The room endpoints' state (rooms.go).
-	recvOnce sync.Once
-	recv     *receive.Receiver
-	txns     txnCache
+	recvOnce   sync.Once
+	recv       *receive.Receiver
+	txns       txnCache
+	eventsOnce sync.Once
+	events     *rooms.EventCache
 }
 
 // New builds the handler root and registers every route.

@@ -57,7 +57,15 @@ func (s *Server) roomRoutes() {
 	s.inviteRoutes()
 }
 
-func (s *Server) view() rooms.View { return rooms.NewView(s.deps.Rooms.Reader(), s.deps.Log) }
+// view reads the rooms projection through the server's event cache
+// (state and auth chain answers read the same events again and again).
+func (s *Server) view() rooms.View {
+	s.eventsOnce.Do(func() { s.events = rooms.NewEventCache(eventCacheSize) })
+	return rooms.NewView(s.deps.Rooms.Reader(), s.deps.Log).WithCache(s.events)
+}
+
+// eventCacheSize bounds the parsed events the room endpoints keep.
+const eventCacheSize = 16384
 
 // View makes the Server the receiver's receive.Local.
 func (s *Server) View() rooms.View { return s.view() }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/resolve"
 )
 
 // roomPeer is a federation peer with the rooms projection, the way
@@ -29,7 +31,9 @@ type roomPeer struct {
 	rooms *projections.Handle
 }
 
-func startRoomPeer(t *testing.T, ca *testca.CA) *roomPeer {
+func startRoomPeer(t *testing.T, ca *testca.CA) *roomPeer { return startRoomPeerTB(t, ca) }
+
+func startRoomPeerTB(t testing.TB, ca *testca.CA) *roomPeer {
 	rp := &roomPeer{}
 	rp.Peer = fedtest.Start(t, ca, fedtest.Options{
 		Register: func(p *fedtest.Peer, e *projections.Engine) { rp.rooms = e.Register(rooms.New(p.Log, nil)) },
@@ -362,5 +366,111 @@ func TestJoinRoomThroughAResidentServer(t *testing.T) {
 	}
 	if ext, _ := bv.ForwardExtremities(roomID); len(ext) != 1 || ext[0] != msg.EventID() {
 		t.Fatalf("B's extremities %v, want A's message", ext)
+	}
+}
+
+// viewEvents lets resolve read a server's stored events.
+type viewEvents struct{ v rooms.View }
+
+func (l viewEvents) Event(id string) (stateres.PDU, bool) {
+	e, err := l.v.Event(id)
+	if err != nil || e == nil {
+		return nil, false
+	}
+	p, err := e.PDU()
+	return p, err == nil
+}
+
+// TestForkAcrossAPartition: A and B share a room; while they cannot
+// reach each other, each changes the power levels and the topic; then
+// each sends the other what it missed. Both end with the same current
+// state, and it is what state resolution (the room version's algorithm)
+// gives over the two branches; a merge event on A then has one
+// extremity again, on both servers.
+func TestForkAcrossAPartition(t *testing.T) {
+	ca := testca.New(t)
+	a := startRoomPeer(t, ca)
+	b := startRoomPeer(t, ca)
+	alice, bob := "@alice:"+a.Name, "@bob:"+b.Name
+	ctx := context.Background()
+	sendTo := func(from, to *roomPeer, evs ...*stateres.Event) {
+		t.Helper()
+		var pdus []json.RawMessage
+		for _, ev := range evs {
+			pdus = append(pdus, ev.JSON())
+		}
+		var res struct {
+			PDUs map[string]map[string]string `json:"pdus"`
+		}
+		if err := from.do(t, to.Name, "PUT", fmt.Sprintf("/_matrix/federation/v1/send/%d", time.Now().UnixNano()), map[string]any{"origin": from.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": pdus}, &res); err != nil {
+			t.Fatal(err)
+		}
+		for id, r := range res.PDUs {
+			if r["error"] != "" {
+				t.Fatalf("%s refused %s: %s", to.Name, id, r["error"])
+			}
+		}
+	}
+	pl := func(extra string) string {
+		return `{"users":{"` + alice + `":100,"` + bob + `":100` + extra + `},"state_default":50,"events_default":0,"ban":50,"kick":50,"redact":50,"invite":0,"users_default":0}`
+	}
+	create := a.local(t, "", stateres.MRoomCreate, alice, sk(""), `{"room_version":"11"}`)
+	roomID := create.RoomID()
+	a.local(t, roomID, stateres.MRoomMember, alice, sk(alice), `{"membership":"join"}`)
+	a.local(t, roomID, stateres.MRoomPowerLevels, alice, sk(""), pl(""))
+	a.local(t, roomID, stateres.MRoomJoinRules, alice, sk(""), `{"join_rule":"public"}`)
+	if err := b.Server.JoinRoom(ctx, roomID, []string{a.Name}, bob, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	// The partition: each side acts on what it has.
+	a1 := a.local(t, roomID, stateres.MRoomPowerLevels, alice, sk(""), pl(`,"@carol:`+a.Name+`":50`))
+	a2 := a.local(t, roomID, "m.room.topic", alice, sk(""), `{"topic":"from A"}`)
+	b1 := b.local(t, roomID, stateres.MRoomPowerLevels, bob, sk(""), pl(`,"@dave:`+b.Name+`":50`))
+	b2 := b.local(t, roomID, "m.room.topic", bob, sk(""), `{"topic":"from B"}`)
+
+	// The heal.
+	sendTo(a, b, a1, a2)
+	sendTo(b, a, b1, b2)
+
+	stateA, err := a.view().CurrentStateIDs(roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stateB, err := b.view().CurrentStateIDs(roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	afterA, _, _ := a.view().StateIDsAfter(a2.EventID())
+	afterB, _, _ := a.view().StateIDsAfter(b2.EventID())
+	want, err := resolve.Resolve(mustVersion("11"), []map[stateres.StateKeyTuple]string{afterA, afterB}, viewEvents{a.view()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(stateA, want) || !maps.Equal(stateB, want) {
+		t.Fatalf("after the heal:\nA   %v\nB   %v\nwant %v", stateA, stateB, want)
+	}
+	if want[stateres.StateKeyTuple{Type: stateres.MRoomPowerLevels}] == "" || want[stateres.StateKeyTuple{Type: "m.room.topic"}] == "" {
+		t.Fatalf("resolution lost the power levels or the topic: %v", want)
+	}
+	for _, p := range []*roomPeer{a, b} {
+		if ext, _ := p.view().ForwardExtremities(roomID); len(ext) != 2 {
+			t.Fatalf("%s: extremities %v, want both branch tips", p.Name, ext)
+		}
+	}
+	// A merge from A, on both tips, sent to B.
+	merge := a.local(t, roomID, "m.room.message", alice, nil, `{"msgtype":"m.text","body":"healed"}`)
+	if len(merge.PrevEventIDs()) != 2 {
+		t.Fatalf("the merge's prev_events: %v", merge.PrevEventIDs())
+	}
+	sendTo(a, b, merge)
+	for _, p := range []*roomPeer{a, b} {
+		if ext, _ := p.view().ForwardExtremities(roomID); len(ext) != 1 || ext[0] != merge.EventID() {
+			t.Fatalf("%s: extremities %v after the merge", p.Name, ext)
+		}
+		before, _, _ := p.view().StateIDsBefore(merge.EventID())
+		if !maps.Equal(before, want) {
+			t.Fatalf("%s: the state before the merge is not the resolved state", p.Name)
+		}
 	}
 }
