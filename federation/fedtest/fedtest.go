@@ -68,6 +68,8 @@ type Options struct {
 	// (ServerName, Log, Queue, Sender are filled in); inbound requests
 	// mark their origin up.
 	Queue *queue.Config
+	// Trusted are the keyring's notaries (trusted_key_servers).
+	Trusted []keys.TrustedKeyServer
 	// Wrap wraps the listener's handler (to intercept paths).
 	Wrap func(p *Peer, h http.Handler) http.Handler
 }
@@ -131,7 +133,7 @@ func Start(t testing.TB, ca *testca.CA, opts Options) *Peer {
 			t.Fatal(err)
 		}
 	}
-	if p.Keyring, err = keys.New(keys.Config{ServerName: p.Name, Key: p.Key, Log: p.Log, Keys: p.KeysH, Fetcher: p.Client, Logger: logger}); err != nil {
+	if p.Keyring, err = keys.New(keys.Config{ServerName: p.Name, Key: p.Key, Log: p.Log, Keys: p.KeysH, Fetcher: p.Client, Trusted: opts.Trusted, Logger: logger}); err != nil {
 		t.Fatal(err)
 	}
 	deps := federation.Deps{Log: p.Log, Keys: p.Keyring, Logger: logger}

@@ -2,6 +2,7 @@ package keys_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"github.com/engram-hs/engram/federation/transport"
 	"github.com/engram-hs/engram/internal/testca"
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/serverkeys"
 	"github.com/engram-hs/engram/stateres"
@@ -162,4 +164,43 @@ func TestOldVerifyKeysAndReplay(t *testing.T) {
 	}
 	_ = e2.Close()
 	_ = node.Close()
+}
+
+// A server that cannot be reached directly has its keys fetched through a
+// configured notary (trusted_key_servers), whose signature is checked;
+// without notaries nothing else is asked.
+func TestKeysThroughTrustedNotary(t *testing.T) {
+	ca := testca.New(t)
+	ctx := context.Background()
+	a := fedtest.Start(t, ca, fedtest.Options{})
+	notary := fedtest.Start(t, ca, fedtest.Options{})
+	ev := createEvent(t, "10", a.Name, a.Key, time.Now().UnixMilli())
+	// The notary learns A's keys while A is up.
+	if err := notary.Keyring.VerifyEvent(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	a.Stop()
+	lonely := fedtest.Start(t, ca, fedtest.Options{})
+	if err := lonely.Keyring.VerifyEvent(ctx, ev); !errors.Is(err, keys.ErrUnknownKey) {
+		t.Fatalf("no notary, A down: %v", err)
+	}
+	wrongKey, _ := signing.GenerateKey(rand.Reader, "x")
+	bad := fedtest.Start(t, ca, fedtest.Options{Trusted: []keys.TrustedKeyServer{{ServerName: notary.Name, VerifyKeys: map[string]ed25519.PublicKey{notary.Key.ID: wrongKey.Public()}}}})
+	if err := bad.Keyring.VerifyEvent(ctx, ev); !errors.Is(err, keys.ErrUnknownKey) {
+		t.Fatalf("notary with a key it does not sign with: %v", err)
+	}
+	c := fedtest.Start(t, ca, fedtest.Options{Trusted: []keys.TrustedKeyServer{{ServerName: notary.Name, VerifyKeys: map[string]ed25519.PublicKey{notary.Key.ID: notary.Key.Public()}}}})
+	if err := c.Keyring.VerifyEvent(ctx, ev); err != nil {
+		t.Fatalf("through the notary: %v", err)
+	}
+	entries, _ := c.Log.Read(1, 100)
+	var f facts.ServerKeysFetched
+	for _, e := range entries {
+		if e.Kind == englog.KindServerKeysFetched {
+			facts.Decode(e, &f)
+		}
+	}
+	if f.ServerName != a.Name || f.Via != notary.Name {
+		t.Fatalf("recorded: %+v", f)
+	}
 }

@@ -346,3 +346,28 @@ func TestRetriedTransactionKeepsItsID(t *testing.T) {
 		}
 	}
 }
+
+// Only the leader sends: a node that is not the leader leaves the queue
+// alone, and sends what is pending as soon as it becomes the leader.
+func TestOnlyTheLeaderSends(t *testing.T) {
+	ca := testca.New(t)
+	ctx := context.Background()
+	rc := newReceiver()
+	b := fedtest.Start(t, ca, fedtest.Options{Wrap: rc.wrap})
+	var leader atomic.Bool
+	qc := fastRetry(time.Hour)
+	qc.Leader = leader.Load
+	a := fedtest.Start(t, ca, fedtest.Options{Queue: qc})
+	if err := a.Queue.Deliver(ctx, []string{b.Name}, edu(1)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	if rc.count.Load() != 0 {
+		t.Fatal("a node that is not the leader sent a transaction")
+	}
+	leader.Store(true)
+	waitFor(t, "delivery by the new leader", 10*time.Second, func() bool { st, _ := a.Queue.Status(b.Name); return st.Pending == 0 })
+	if _, edus, _ := rc.snapshot(); len(edus) != 1 {
+		t.Fatalf("B got %v", edus)
+	}
+}
