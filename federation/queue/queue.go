@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 
@@ -76,6 +77,7 @@ type Queue struct {
 	started bool
 	leader  bool
 	marking map[string]bool // MarkUp appends in flight
+	epoch   string          // see logEpoch
 
 	txns   *prometheus.CounterVec
 	downed prometheus.Counter
@@ -411,11 +413,37 @@ func (q *Queue) run(d *dest) {
 	}
 }
 
+// logEpoch names this log: the time of its first entry, the same on every
+// node and after every restart, different for a log created anew (a
+// server rebuilt from scratch under the same name must not reuse
+// transaction IDs its peers remember).
+func (q *Queue) logEpoch() (string, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.epoch != "" {
+		return q.epoch, nil
+	}
+	es, err := q.cfg.Log.Read(1, 1)
+	if err != nil {
+		return "", err
+	}
+	if len(es) == 0 {
+		return "", errors.New("queue: the log is empty")
+	}
+	q.epoch = strconv.FormatInt(es[0].Time, 36)
+	return q.epoch, nil
+}
+
 // send builds the transaction for items and PUTs it. The transaction ID
-// is derived from the first and last positions, so a retry of the same
-// items carries the same ID, on any node, after any restart.
+// is derived from the log's epoch and the first and last positions, so a
+// retry of the same items carries the same ID, on any node, after any
+// restart.
 func (q *Queue) send(destination string, items []fedqueue.Queued) (string, error) {
-	txnID := items[0].Position.String() + "-" + items[len(items)-1].Position.String()
+	epoch, err := q.logEpoch()
+	if err != nil {
+		return "", err
+	}
+	txnID := epoch + "." + items[0].Position.String() + "-" + items[len(items)-1].Position.String()
 	pdus := []json.RawMessage{}
 	edus := []json.RawMessage{}
 	for _, it := range items {
@@ -446,7 +474,7 @@ func (q *Queue) send(destination string, items []fedqueue.Queued) (string, error
 	}
 	ctx, cancel := context.WithTimeout(q.ctx, 2*time.Minute)
 	defer cancel()
-	err := q.cfg.Sender.DoJSON(ctx, transport.Request{Destination: destination, Method: "PUT",
+	err = q.cfg.Sender.DoJSON(ctx, transport.Request{Destination: destination, Method: "PUT",
 		Path: "/_matrix/federation/v1/send/" + transport.PathEscape(txnID), Body: body}, nil)
 	return txnID, err
 }
