@@ -35,6 +35,8 @@ func commands() []command {
 		{"rebuild", "drop projections and replay them from the log (server stopped)", rebuildCmd},
 		{"verify", "compare every projection with a fresh replay of the log (server stopped)", verifyCmd},
 		{"log", "print log entries: tail [-n N] | show OFFSET (server stopped)", logCmd},
+		{"backup", "copy the log into DIR, incrementally, online: --to DIR | verify DIR", backupCmd},
+		{"restore", "rebuild a data dir from a backup up to a point: --from DIR (--to-offset N | --to-time T) --data-dir NEW", restoreCmd},
 		{"cluster", "cluster certificates: init | add-node (raft runs over mutual TLS)", clusterCmd},
 		{"bench", "benchmarks: generate, replay, load, redrive, compare", benchCmd},
 		{"version", "print the version", func([]string) int { fmt.Println("engram", version); return 0 }},
