@@ -244,11 +244,8 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 	}
 	reg := randomString(12)
 	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{
-		UserID: userID, PasswordHash: hash, Guest: guest, DisplayName: localpart, Registration: reg,
+		UserID: userID, PasswordHash: hash, Guest: guest, DisplayName: localpart, Registration: reg, RegistrationToken: usedToken,
 	})}
-	if usedToken != "" {
-		props = append(props, facts.MustEncode(englog.KindRegistrationToken, facts.RegistrationToken{Op: facts.RegistrationTokenUse, Token: usedToken, Registration: reg}))
-	}
 	res := loginResult{UserID: userID, HomeServer: s.cfg.ServerName}
 	if !req.InhibitLogin {
 		if err := checkDeviceID(req.DeviceID); err != nil {
@@ -258,7 +255,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		res, more = s.newSession(r, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, reg)
 		props = append(props, more...)
 	}
-	if err := s.commitRegistration(r.Context(), userID, reg, props); err != nil {
+	if err := s.commitRegistration(r.Context(), userID, reg, usedToken != "", props); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)
@@ -269,13 +266,20 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 // when another registration of the same user ID came first in the log
 // (another API node decided it concurrently): the accounts projection then
 // refused ours, with its device and tokens.
-func (s *Server) commitRegistration(ctx context.Context, userID, reg string, props []englog.Proposal) error {
+//
+// With a registration token (withToken), no account at all means the
+// fold refused the token: it was used up or expired by a registration
+// that came first in the log (projections/accounts useRegistrationToken).
+func (s *Server) commitRegistration(ctx context.Context, userID, reg string, withToken bool, props []englog.Proposal) error {
 	if _, err := s.commit(ctx, []*projections.Handle{s.accountsH}, props...); err != nil {
 		return err
 	}
 	acc, err := s.accountsView().Account(userID)
 	if err != nil {
 		return err
+	}
+	if acc == nil && withToken {
+		return merr(http.StatusUnauthorized, "M_FORBIDDEN", "Invalid registration token")
 	}
 	if acc == nil || acc.Registration != reg {
 		return merr(http.StatusBadRequest, "M_USER_IN_USE", "User ID already taken")
@@ -368,7 +372,7 @@ func (s *Server) adminRegister(w http.ResponseWriter, r *http.Request) error {
 	reg := randomString(12)
 	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{UserID: userID, PasswordHash: hash, Admin: req.Admin, DisplayName: dn, Registration: reg})}
 	res, more := s.newSession(r, userID, "", "", false, reg)
-	if err := s.commitRegistration(r.Context(), userID, reg, append(props, more...)); err != nil {
+	if err := s.commitRegistration(r.Context(), userID, reg, false, append(props, more...)); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, res)

@@ -270,6 +270,14 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	if _, err := s.roomWrite.Commit(r.Context(), props...); err != nil {
 		return err
 	}
+	if alias != "" {
+		if err := s.aliasVerdict(alias, roomID, sess.UserID); err != nil {
+			// Another claim of the alias came first in the log: the room
+			// exists, without the alias; the client learns it lost.
+			s.logger.Info().Str("room", roomID).Str("alias", alias).Msg("createRoom: the alias was claimed concurrently; the room was created without it")
+			return merr(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias %s is already taken", alias)
+		}
+	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
 }
@@ -842,7 +850,25 @@ func (s *Server) putAlias(w http.ResponseWriter, r *http.Request, sess *session)
 	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, facts.MustEncode(englog.KindAliasSet, facts.AliasSet{Alias: alias, RoomID: req.RoomID, Creator: sess.UserID})); err != nil {
 		return err
 	}
+	if err := s.aliasVerdict(alias, req.RoomID, sess.UserID); err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+// aliasVerdict answers an alias claim from the rooms projection after the
+// claim was appended: the fold gives an alias to the first claim in log
+// order (rooms.applyAliasSet), so a claim decided concurrently elsewhere
+// may have come first.
+func (s *Server) aliasVerdict(alias, roomID, userID string) error {
+	a, err := s.roomsView().Alias(alias)
+	if err != nil {
+		return err
+	}
+	if a == nil || a.RoomID != roomID || a.Creator != userID {
+		return merr(http.StatusConflict, "M_UNKNOWN", "Room alias %s already exists", alias)
+	}
 	return nil
 }
 

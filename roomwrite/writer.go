@@ -18,7 +18,9 @@
 // The checks made here under the room lock are a fast path, not the
 // guarantee: what is appended is folded by the rooms projection
 // (projections/rooms), and a rule that must hold across a cluster belongs
-// to that fold, decided in log order.
+// to that fold, decided in log order: one event per transaction ID
+// (Send answers from the fold's mapping), the first claim of an alias.
+// TestClusterInvariantsUnderRaces shows them on three Raft nodes.
 //
 // Federation seam: federation appends the remote PDUs it has checked
 // (format, signatures, hashes, auth against their auth events and the
@@ -217,6 +219,17 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 		return "", err
 	}
 	w.states.committed(rs, b.built, offs)
+	if txn != nil {
+		// The fold decides which event a transaction ID names (the first
+		// in log order): answer from its verdict.
+		id, err := w.View().TxnEvent(txn.UserID, txn.DeviceID, txn.TxnID)
+		if err != nil {
+			return "", fmt.Errorf("rooms projection: transaction %s of %s/%s: %w", txn.TxnID, txn.UserID, txn.DeviceID, err)
+		}
+		if id != "" {
+			return id, nil
+		}
+	}
 	return ev.EventID(), nil
 }
 

@@ -256,6 +256,10 @@ type AccountRegistered struct {
 	Admin        bool   `json:"admin,omitempty"`
 	Guest        bool   `json:"guest,omitempty"`
 	DisplayName  string `json:"displayname,omitempty"`
+	// RegistrationToken is the token the registration used: the fold
+	// refuses the registration when the token is unknown, expired at the
+	// entry's time or used up, and counts the use otherwise.
+	RegistrationToken string `json:"registration_token,omitempty"`
 }
 
 // PasswordChanged replaces a user's password hash. When LogoutDevices is

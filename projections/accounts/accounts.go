@@ -121,6 +121,11 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			// carry its Registration, which the account does not).
 			return err
 		}
+		if f.RegistrationToken != "" {
+			if ok, err := useRegistrationToken(w, f.RegistrationToken, e.Time); err != nil || !ok {
+				return err // refused, with its device and tokens, as above
+			}
+		}
 		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
 			return err
 		}
@@ -379,6 +384,27 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		}
 	}
 	return nil
+}
+
+// useRegistrationToken counts one use of a registration token by a
+// registration, or reports false when the token refuses it.
+//
+// Invariant: a token is used at most uses_allowed times and never after
+// its expiry (at the time of the entry). Enforced here, in log order, so
+// concurrent registrations decided on different nodes cannot overdraw it;
+// the API's check at the UIA stage is a fast path, and it answers from
+// the account read back after the append (api commitRegistration).
+func useRegistrationToken(w projections.Writer, token string, at int64) (bool, error) {
+	k := projections.Key(pRegToken, token)
+	t, err := projections.GetJSON[RegToken](w, k)
+	if err != nil || t == nil {
+		return false, err
+	}
+	if (t.ExpiryTime != 0 && t.ExpiryTime <= at) || (t.UsesAllowed != nil && t.Completed >= *t.UsesAllowed) {
+		return false, nil
+	}
+	t.Completed++
+	return true, projections.PutJSON(w, k, t)
 }
 
 // updateAccount changes an existing account; facts about unknown users

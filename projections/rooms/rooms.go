@@ -139,7 +139,7 @@ func (*Projection) Name() string { return "rooms" }
 
 // Version 6: state at every event (state groups, stategroups.go) and
 // current state as the resolution over the forward extremities.
-func (*Projection) Version() int { return 7 }
+func (*Projection) Version() int { return 8 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -194,9 +194,7 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		case englog.KindAliasSet:
 			var f facts.AliasSet
 			if err = facts.Decode(e, &f); err == nil {
-				if err = projections.PutJSON(w, projections.Key(pAlias, f.Alias), AliasRecord{RoomID: f.RoomID, Creator: f.Creator}); err == nil {
-					err = w.Set(projections.Key(pRoomAlias, f.RoomID, f.Alias), nil)
-				}
+				err = applyAliasSet(w, f)
 			}
 		case englog.KindAliasRemoved:
 			var f facts.AliasRemoved
@@ -314,8 +312,17 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			return err
 		}
 		if f.Txn != nil {
-			if err := w.Set(projections.Key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID), []byte(id)); err != nil {
+			// Invariant: one transaction ID maps to one event, the first
+			// folded. Enforced here, in log order; roomwrite.Writer.Send
+			// checks it before building (a fast path under the room lock)
+			// and answers a retry from this mapping.
+			k := projections.Key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID)
+			if _, taken, err := w.Get(k); err != nil {
 				return err
+			} else if !taken {
+				if err := w.Set(k, []byte(id)); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -359,6 +366,26 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		return b.redact(ev.Redacts(), id, roomID)
 	}
 	return nil
+}
+
+// applyAliasSet claims an alias for a room.
+//
+// Invariant: an alias names one room, and the first claim in log order
+// wins; a claim of an alias that is taken changes nothing (an alias moves
+// only by AliasRemoved then AliasSet, as an upgrade appends them).
+// Enforced here, so every node of a cluster folds the same owner whatever
+// each API node saw when it decided; the API's check before appending is
+// a fast path, and it answers from the record read back after the append
+// (api putAlias, createRoom).
+func applyAliasSet(w projections.Writer, f facts.AliasSet) error {
+	k := projections.Key(pAlias, f.Alias)
+	if _, taken, err := w.Get(k); err != nil || taken {
+		return err
+	}
+	if err := projections.PutJSON(w, k, AliasRecord{RoomID: f.RoomID, Creator: f.Creator}); err != nil {
+		return err
+	}
+	return w.Set(projections.Key(pRoomAlias, f.RoomID, f.Alias), nil)
 }
 
 // foldVersions are the room versions this fold folds, pinned with the
