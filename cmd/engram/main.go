@@ -2,6 +2,7 @@
 //
 //	engram serve          run the server
 //	engram register-user  create a user through shared-secret registration
+//	engram admin          admin tasks on a running server (admin API)
 //	engram rebuild        drop projections and replay them from the log
 //	engram verify         check projections against a fresh replay
 //	engram log            print log entries
@@ -14,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 
@@ -32,6 +34,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run the homeserver", serveCmd},
 		{"register-user", "create a user on a running server (shared-secret registration)", registerUserCmd},
+		{"admin", "admin tasks on a running server: list-users, list-rooms, make-admin, revoke-admin, reset-password, deactivate", adminCmd},
 		{"rebuild", "drop projections and replay them from the log (server stopped)", rebuildCmd},
 		{"verify", "compare every projection with a fresh replay of the log (server stopped)", verifyCmd},
 		{"log", "print log entries: tail [-n N] | show OFFSET (server stopped)", logCmd},
@@ -192,6 +195,40 @@ func zerologLevel(s string) (zerolog.Level, error) {
 		return zerolog.ErrorLevel, nil
 	}
 	return zerolog.NoLevel, errForm
+}
+
+// selfCommand is how to run this binary again from the current directory,
+// for the commands the server prints: "engram" when that is what the PATH
+// finds, the path it was started by otherwise ("./engram"), and
+// "go run ./cmd/engram" under go run (whose binary is temporary).
+func selfCommand() string {
+	self, err := os.Executable()
+	if err != nil {
+		return "engram"
+	}
+	if p, err := exec.LookPath("engram"); err == nil {
+		if a, b := evalPath(p), evalPath(self); a == b {
+			return "engram"
+		}
+	}
+	if strings.Contains(self, string(filepath.Separator)+"go-build") {
+		return "go run ./cmd/engram"
+	}
+	arg0 := os.Args[0]
+	if !strings.ContainsRune(arg0, filepath.Separator) {
+		return self
+	}
+	return arg0
+}
+
+func evalPath(p string) string {
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
 }
 
 // parseFlags parses a command's flags; when it returns false the command

@@ -245,7 +245,7 @@ func TestFirstStartWithoutConfig(t *testing.T) {
 	if !bytes.Contains(cfgFile, []byte("# ")) || !bytes.Contains(cfgFile, []byte("registration_shared_secret:")) {
 		t.Fatalf("the default config is not commented or lacks a shared secret:\n%s", cfgFile)
 	}
-	if !strings.Contains(p.stdout.String(), "engram register-user") || !strings.Contains(p.stdout.String(), "--admin") {
+	if !strings.Contains(p.stdout.String(), binary+" register-user --config engram-data/engram.yaml --user admin --admin") {
 		t.Fatalf("first start does not say how to create the admin user:\n%s", p.stdout)
 	}
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,5 +81,92 @@ func TestHelpAndVersionExitZero(t *testing.T) {
 		if _, stderr, code := runTool(t, dir, nil, c.name, "-h"); code != 0 {
 			t.Errorf("engram %s -h: exit %d\n%s", c.name, code, stderr)
 		}
+	}
+}
+
+// TestAdminCommand: engram admin lists users and rooms, makes and revokes
+// an admin, resets a password and deactivates, on a running server; each
+// effect is checked through the client and admin APIs.
+func TestAdminCommand(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfig(t, dir, listen, "")
+	p := startServer(t, dir, listen, nil, "--config", cfg)
+	defer p.stop()
+	tool := func(stdin string, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(binary, args...)
+		cmd.Dir = dir
+		cmd.Stdin = strings.NewReader(stdin)
+		var o, e bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		}
+		return o.String(), e.String(), code
+	}
+	if _, e, code := tool("root-pw\n", "register-user", "--config", cfg, "--user", "root", "--admin"); code != 0 {
+		t.Fatalf("register-user root: %s", e)
+	}
+	if _, e, code := tool("bob-pw\n", "register-user", "--config", cfg, "--user", "bob"); code != 0 {
+		t.Fatalf("register-user bob: %s", e)
+	}
+	admin := func(stdin string, args ...string) string {
+		t.Helper()
+		out, e, code := tool(stdin, append([]string{"admin", "--config", cfg, "--as", "root"}, args...)...)
+		if code != 0 {
+			t.Fatalf("engram admin %v: exit %d\n%s", args, code, e)
+		}
+		return out
+	}
+	if out := admin("root-pw\n", "list-users"); !strings.Contains(out, "@bob:test.local") || !strings.Contains(out, "@root:test.local") {
+		t.Fatalf("list-users:\n%s", out)
+	}
+	st, bobTok := loginToken(t, listen, "bob", "bob-pw")
+	if st != 200 {
+		t.Fatalf("bob login: %d", st)
+	}
+	asBob := func(method, path string, body string) int {
+		req, _ := http.NewRequest(method, "http://"+listen+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+bobTok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if st := asBob("POST", "/_matrix/client/v3/createRoom", `{"name":"Book Club"}`); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	if out := admin("root-pw\n", "list-rooms"); !strings.Contains(out, "Book Club") {
+		t.Fatalf("list-rooms:\n%s", out)
+	}
+	if st := asBob("GET", "/_synapse/admin/v1/server_version", ""); st != 403 {
+		t.Fatalf("bob before make-admin: %d", st)
+	}
+	admin("root-pw\n", "make-admin", "bob")
+	if st := asBob("GET", "/_synapse/admin/v1/server_version", ""); st != 200 {
+		t.Fatalf("bob after make-admin: %d", st)
+	}
+	admin("root-pw\n", "revoke-admin", "@bob:test.local")
+	if st := asBob("GET", "/_synapse/admin/v1/server_version", ""); st != 403 {
+		t.Fatalf("bob after revoke-admin: %d", st)
+	}
+	admin("root-pw\nbob-new-pw\n", "reset-password", "bob")
+	if st := login(t, listen, "bob", "bob-pw"); st != 403 {
+		t.Fatalf("bob's old password after reset-password: %d", st)
+	}
+	if st := login(t, listen, "bob", "bob-new-pw"); st != 200 {
+		t.Fatalf("bob's new password: %d", st)
+	}
+	admin("root-pw\n", "deactivate", "bob")
+	if st := login(t, listen, "bob", "bob-new-pw"); st != 403 {
+		t.Fatalf("deactivated bob logs in: %d", st)
+	}
+	if _, e, code := tool("wrong\n", "admin", "--config", cfg, "--as", "root", "list-users"); code == 0 || !strings.Contains(e, "M_FORBIDDEN") {
+		t.Fatalf("a wrong admin password: exit %d %s", code, e)
 	}
 }

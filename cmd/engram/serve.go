@@ -240,11 +240,12 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	if l.created {
 		fmt.Fprintf(os.Stdout, `
 Engram created %s (configuration), its signing key and its database.
-Create the first admin user, while the server runs, with:
+Create the first admin user, while the server runs, with (it asks for
+the password):
 
-    engram register-user --config %s --user admin --password <password> --admin
+    %s register-user --config %s --user admin --admin
 
-`, l.path, l.path)
+`, l.path, selfCommand(), l.path)
 	}
 
 	var runErr error

@@ -10,7 +10,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -58,15 +57,7 @@ func registerUserCmd(args []string) int {
 	if secret == "" {
 		return fail(2, "registration_shared_secret is not set in %s; set it and restart the server", l.path)
 	}
-	base := *url
-	if base == "" {
-		host, port, _ := net.SplitHostPort(l.cfg.Listen)
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		base = "http://" + net.JoinHostPort(host, port)
-	}
-	base = strings.TrimRight(base, "/")
+	base := serverURL(l.cfg, *url)
 	client := &http.Client{Timeout: 30 * time.Second}
 
 	var nonce struct {
