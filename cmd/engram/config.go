@@ -745,9 +745,32 @@ allow_public_rooms_without_auth: false
 max_upload_size: "50M"
 
 rate_limiting_enabled: true
+# Synapse's rate limits and defaults (server admins are exempt):
 rc_message:
   per_second: 0.2
   burst_count: 10
+# rc_registration: {per_second: 0.17, burst_count: 3}
+# rc_login:
+#   address: {per_second: 0.003, burst_count: 5}
+#   account: {per_second: 0.003, burst_count: 5}
+#   failed_attempts: {per_second: 0.17, burst_count: 3}
+# rc_joins:
+#   local: {per_second: 0.1, burst_count: 10}
+#   remote: {per_second: 0.01, burst_count: 10}
+# rc_invites:
+#   per_room: {per_second: 0.3, burst_count: 10}
+#   per_user: {per_second: 0.003, burst_count: 5}
+#   per_issuer: {per_second: 0.3, burst_count: 10}
+# rc_media_create: {per_second: 10, burst_count: 50}
+# Behind a reverse proxy, believe its X-Forwarded-For header:
+# x_forwarded: true              # from any peer, or only from:
+# trusted_proxies: ["127.0.0.1/32"]
+
+# Server notices from a system user (/_synapse/admin/v1/send_server_notice):
+# server_notices:
+#   system_mxid_localpart: "notices"
+#   system_mxid_display_name: "Server Notices"
+#   room_name: "Server Notices"
 
 # turn_uris: ["turn:turn.example.org:3478?transport=udp"]
 # turn_shared_secret: ""

@@ -107,7 +107,7 @@ func checkRegistration(c Config) error {
 
 // testKnobs are ENGRAM_* variables read by tests and benchmarks, not
 // configuration keys.
-var testKnobs = []string{"ENGRAM_BENCH_", "ENGRAM_ROOMS_BENCH_", "ENGRAM_PROJECTIONS_CRASH_", "ENGRAM_LOG_CRASH_", "ENGRAM_APIBENCH_"}
+var testKnobs = []string{"ENGRAM_BENCH_", "ENGRAM_ROOMS_BENCH_", "ENGRAM_PROJECTIONS_CRASH_", "ENGRAM_LOG_CRASH_", "ENGRAM_APIBENCH_", "ENGRAM_COMPLEMENT_"}
 
 // unknownEnv warns about ENGRAM_* variables that set no key (a typo
 // silently ignored is a setting the operator believes in).

@@ -170,3 +170,42 @@ func TestAdminCommand(t *testing.T) {
 		t.Fatalf("a wrong admin password: exit %d %s", code, e)
 	}
 }
+
+// TestOperatorKeys: Synapse's rc_* sections (block and flow style),
+// x_forwarded, trusted_proxies and server_notices reach the API config;
+// defaults are Synapse's.
+func TestOperatorKeys(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "engram.yaml")
+	os.WriteFile(path, []byte(`rc_login:
+  failed_attempts: {per_second: 0.5, burst_count: 7}
+  address:
+    per_second: 1
+rc_joins: {local: {per_second: 2, burst_count: 4}}
+trusted_proxies: ["10.0.0.0/8", "192.0.2.1"]
+x_forwarded: false
+server_notices:
+  system_mxid_localpart: notices
+  room_name: "Notices"
+`), 0o600)
+	c, warnings, err := loadConfig(path, envOf(map[string]string{"ENGRAM_RC_INVITES_PER_USER_BURST_COUNT": "9"}), nil)
+	if err != nil || len(warnings) != 0 {
+		t.Fatalf("load: %v %v", err, warnings)
+	}
+	rc := c.RC
+	if rc.LoginFailedAttempts.PerSecond != 0.5 || rc.LoginFailedAttempts.BurstCount != 7 || rc.LoginAddress.PerSecond != 1 || rc.LoginAddress.BurstCount != 5 ||
+		rc.JoinsLocal.BurstCount != 4 || rc.InvitesPerUser.BurstCount != 9 || rc.Message.PerSecond != 0.2 || rc.Message.BurstCount != 10 {
+		t.Fatalf("rate limits: %+v", rc)
+	}
+	if len(c.TrustedProxies) != 2 || c.TrustedProxies[1].String() != "192.0.2.1/32" || c.ServerNotices.SystemMXIDLocalpart != "notices" || c.ServerNotices.RoomName != "Notices" {
+		t.Fatalf("proxies %v, notices %+v", c.TrustedProxies, c.ServerNotices)
+	}
+	// The generated file parses without warnings.
+	os.WriteFile(path, defaultConfigFile("s"), 0o600)
+	if _, warnings, err := loadConfig(path, envOf(nil), nil); err != nil || len(warnings) != 0 {
+		t.Fatalf("generated file: %v %v", err, warnings)
+	}
+	if got := unknownEnv([]string{"ENGRAM_SERVER_NAME=x", "ENGRAM_SERVERNAME=y", "ENGRAM_BENCH_SECONDS=3", "PATH=/bin"}); len(got) != 1 || !strings.Contains(got[0], "ENGRAM_SERVERNAME") {
+		t.Fatalf("unknown env warnings: %q", got)
+	}
+}
