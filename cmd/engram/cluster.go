@@ -53,6 +53,10 @@ func clusterCmd(args []string) int {
 		"init":     clusterInitCmd,
 		"add-node": clusterAddNodeCmd,
 	}
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
+		clusterUsage(os.Stdout)
+		return 0
+	}
 	if len(args) == 0 || sub[args[0]] == nil {
 		clusterUsage(os.Stderr)
 		return 2
@@ -72,8 +76,8 @@ Commands:
 func clusterInitCmd(args []string) int {
 	cf := newConfigFlags("cluster init", false)
 	nodeID := cf.fs.String("node-id", "", "this node's ID (default: cluster.node_id, or node1)")
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
 	l, err := cf.load(true)
 	if err != nil {
@@ -110,8 +114,8 @@ func clusterAddNodeCmd(args []string) int {
 	cf := newConfigFlags("cluster add-node", false)
 	nodeID := cf.fs.String("node-id", "", "the new node's ID (required)")
 	out := cf.fs.String("out", "", "directory to write ca.crt, node.crt and node.key into (required)")
-	if err := cf.fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(cf.fs, args); !ok {
+		return code
 	}
 	if *nodeID == "" || *out == "" {
 		return fail(2, "--node-id and --out are required")
