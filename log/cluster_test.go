@@ -17,7 +17,7 @@ import (
 )
 
 type testCluster struct {
-	t      *testing.T
+	t      testing.TB
 	peers  []Peer
 	dirs   []string
 	nodes  []*Node // nil while a node is down
@@ -27,7 +27,7 @@ type testCluster struct {
 }
 
 // testClusterTLS issues node id a certificate from the CA (PEM).
-func testClusterTLS(t *testing.T, caCert, caKey []byte, id string) *tls.Config {
+func testClusterTLS(t testing.TB, caCert, caKey []byte, id string) *tls.Config {
 	t.Helper()
 	cert, key, err := IssueNodeCert(caCert, caKey, id, time.Now())
 	if err != nil {
@@ -40,7 +40,7 @@ func testClusterTLS(t *testing.T, caCert, caKey []byte, id string) *tls.Config {
 	return conf
 }
 
-func freeLoopbackAddrs(t *testing.T, k int) []string {
+func freeLoopbackAddrs(t testing.TB, k int) []string {
 	t.Helper()
 	var ls []net.Listener
 	var addrs []string
@@ -70,7 +70,7 @@ func clusterTune(c *raft.Config) {
 	c.SnapshotInterval = 1 << 30
 }
 
-func newTestCluster(t *testing.T) *testCluster {
+func newTestCluster(t testing.TB) *testCluster {
 	addrs := freeLoopbackAddrs(t, 3)
 	c := &testCluster{t: t}
 	var err error

@@ -270,7 +270,7 @@ func (n *Node) openError(err error) error {
 		return fmt.Errorf("log: the disk holding %s is full (%s free): Pebble needs room to replay its write-ahead log; free space on that filesystem and start again: %w", dir, humanBytes(free), err)
 	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EACCES), strings.Contains(err.Error(), "lock held by current process"):
 		return fmt.Errorf("log: %s is locked by another process (another engram running on it?): %w", dir, err)
-	case errors.Is(err, pebble.ErrCorruption):
+	case pebble.IsCorruptionError(err):
 		return fmt.Errorf("%w: Pebble found damaged files in %s (a write-ahead log or table failed its checksum; the error names the file): "+
 			"restore the data directory from a backup, or on a cluster wipe it and let the node resync from a peer: %v", ErrCorrupt, dir, err)
 	}

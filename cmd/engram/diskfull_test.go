@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cockroachdb/pebble"
 )
 
 // TestDiskFullServerRefusesWritesAndResumes runs a real server on a small
@@ -109,4 +111,50 @@ func containsEvents(chunk []struct {
 		}
 	}
 	return true
+}
+
+// TestVerifyNamesDiskDamage flips bytes in a table file of a stopped
+// server's data: engram verify reports disk damage naming the file, not a
+// projection mismatch to report as a bug.
+func TestVerifyNamesDiskDamage(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfig(t, dir, listen, "")
+	p := startServer(t, dir, listen, nil, "--config", cfg)
+	if out, errOut, code := runTool(t, dir, nil, "register-user", "--config", cfg, "--user", "alice", "--password", "pw-alice"); code != 0 {
+		t.Fatalf("register-user: %s %s", out, errOut)
+	}
+	alice := newRebuildClient(t, listen, "alice")
+	room := alice.createRoom(map[string]any{"preset": "private_chat"})
+	for i := 0; i < 200; i++ {
+		alice.send(room, "m.room.message", map[string]any{"msgtype": "m.text", "body": strings.Repeat("words ", 20)})
+	}
+	p.stop()
+	// Memtables to a table file, then damage it.
+	db, err := pebble.Open(filepath.Join(dir, "data", "db"), &pebble.Options{Logger: quietPebble{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	ssts, _ := filepath.Glob(filepath.Join(dir, "data", "db", "*.sst"))
+	if len(ssts) == 0 {
+		t.Fatal("no table file after a flush")
+	}
+	b, err := os.ReadFile(ssts[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := len(b) / 4; i < len(b)/4+64; i++ {
+		b[i] ^= 0xff
+	}
+	if err := os.WriteFile(ssts[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := runTool(t, dir, nil, "verify", "--config", cfg)
+	if code == 0 || !strings.Contains(errOut, "DISK DAMAGE") || !strings.Contains(errOut, strings.TrimSuffix(filepath.Base(ssts[0]), ".sst")) || strings.Contains(errOut, "report the bug") {
+		t.Fatalf("verify on a damaged table: code %d\n%s\n%s", code, out, errOut)
+	}
 }
