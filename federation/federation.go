@@ -6,6 +6,7 @@
 package federation
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -18,6 +19,7 @@ import (
 	"github.com/engram-hs/engram/federation/receive"
 	"github.com/engram-hs/engram/federation/transport"
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -55,6 +57,10 @@ type Deps struct {
 	// Contacted is called with the origin of every authenticated inbound
 	// request (the delivery queue marks a down destination up again).
 	Contacted func(origin string)
+	// Deliver queues entries for other servers (the outbound queue's
+	// Deliver); the resident server uses it to pass a remote server's
+	// join, leave or knock on to the room's other servers.
+	Deliver func(ctx context.Context, destinations []string, items ...facts.OutboundItem) error
 	// Client makes the requests received PDUs need (get_missing_events,
 	// state_ids, event); nil: gaps are not filled.
 	Client *transport.Client

@@ -812,7 +812,37 @@ func (s *Server) receiveMembership(r *http.Request, origin, membership string) (
 	if vd.Dropped || vd.Outcome == receive.Rejected || vd.Outcome == receive.SoftFailed {
 		return v, nil, Errorf(http.StatusForbidden, "M_FORBIDDEN", "The %s was refused: %s", membership, vd.Reason)
 	}
+	s.passOn(r.Context(), roomID, origin, ev.EventID())
 	return s.view(), ev, nil
+}
+
+// passOn queues a membership event a remote server sent us through
+// send_join, send_leave or send_knock for the room's other servers: the
+// resident server distributes it (the sender does not know who else is
+// in the room).
+func (s *Server) passOn(ctx context.Context, roomID, origin, eventID string) {
+	if s.deps.Deliver == nil {
+		return
+	}
+	v := s.view()
+	e, err := v.Event(eventID)
+	if err != nil || e == nil {
+		return
+	}
+	servers, err := v.ServersInRoom(roomID, "")
+	if err != nil {
+		s.logger.Warn().Err(err).Str("room", roomID).Msg("listing the servers of a room to pass a membership on failed")
+		return
+	}
+	var dests []string
+	for _, srv := range servers {
+		if srv != origin {
+			dests = append(dests, srv)
+		}
+	}
+	if err := s.deps.Deliver(ctx, dests, facts.OutboundItem{Offset: e.Offset}); err != nil {
+		s.logger.Warn().Err(err).Str("room", roomID).Str("event_id", eventID).Msg("queueing a membership for the room's other servers failed")
+	}
 }
 
 func (s *Server) sendJoin(w http.ResponseWriter, r *http.Request, origin string) error {

@@ -256,7 +256,7 @@ func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *proje
 		byName[h.Name()] = h
 	}
 	srv, err := federation.New(federation.Config{ServerName: cfg.ServerName, Version: version, Key: key},
-		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: byName["rooms"], OpenID: byName["openid"], E2EE: byName["e2ee"], Contacted: q.MarkUp, Client: client})
+		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: byName["rooms"], OpenID: byName["openid"], E2EE: byName["e2ee"], Contacted: q.MarkUp, Deliver: q.Deliver, Client: client})
 	if err != nil {
 		return nil, err
 	}

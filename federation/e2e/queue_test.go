@@ -100,3 +100,29 @@ func TestMessagesQueuedDuringDowntimeArrive(t *testing.T) {
 		eventually(t, body+" on B", func() bool { return hasMessage(t, b, bob, roomID, body) })
 	}
 }
+
+// Three servers: B and C join A's room through A; A passes each join on
+// to the other, so B and C know of each other and their messages reach
+// each other directly.
+func TestThreeServersJoinThroughOne(t *testing.T) {
+	ca := testca.New(t)
+	a, b, c := start(t, ca), start(t, ca), start(t, ca)
+	alice, bob, roomID := joinedPair(t, a, b)
+	carol := register(t, c, "carol")
+	var out map[string]any
+	if st := call(t, c, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#edus:"+a.name), carol, map[string]any{}, &out); st != 200 {
+		t.Fatalf("carol's join: %d %v", st, out)
+	}
+	eventually(t, "B sees carol joined", func() bool { return joined(t, b, bob, roomID, "@carol:"+c.name) })
+	if st := call(t, b, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/b1", bob, map[string]any{"msgtype": "m.text", "body": "from B"}, nil); st != 200 {
+		t.Fatalf("send: %d", st)
+	}
+	if st := call(t, c, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/c1", carol, map[string]any{"msgtype": "m.text", "body": "from C"}, nil); st != 200 {
+		t.Fatalf("send: %d", st)
+	}
+	eventually(t, "B's message on C", func() bool { return hasMessage(t, c, carol, roomID, "from B") })
+	eventually(t, "C's message on B", func() bool { return hasMessage(t, b, bob, roomID, "from C") })
+	eventually(t, "both on A", func() bool {
+		return hasMessage(t, a, alice, roomID, "from B") && hasMessage(t, a, alice, roomID, "from C")
+	})
+}
