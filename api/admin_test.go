@@ -5,9 +5,14 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/api/admin"
+	"github.com/engram-hs/engram/api/ratelimit"
 )
 
 // registerAdmin creates a server admin through shared-secret registration
@@ -128,6 +133,12 @@ func TestAdminUsers(t *testing.T) {
 		t.Fatalf("new password: %d %v", st, body)
 	}
 	bobTok := body["access_token"].(string)
+	if _, caps := ts.do("GET", "/_matrix/client/v3/capabilities", adm, nil); fmt.Sprint(caps["capabilities"].(map[string]any)["m.account_moderation"]) != "map[lock:true suspend:true]" {
+		t.Fatalf("an admin's capabilities lack m.account_moderation: %v", caps)
+	}
+	if _, caps := ts.do("GET", "/_matrix/client/v3/capabilities", bobTok, nil); caps["capabilities"].(map[string]any)["m.account_moderation"] != nil {
+		t.Fatalf("a user's capabilities offer account moderation: %v", caps)
+	}
 	// Lock: 401 M_USER_LOCKED with soft_logout; unlock restores the session.
 	if st, body = ts.do("PUT", "/_matrix/client/v1/admin/lock/"+url.PathEscape(bobID), adm, map[string]any{"locked": true}); st != 200 || body["locked"] != true {
 		t.Fatalf("lock: %d %v", st, body)
@@ -195,5 +206,102 @@ func TestAdminUsers(t *testing.T) {
 		if !actions[a] {
 			t.Errorf("no audit record of %s naming the admin (have %v)", a, actions)
 		}
+	}
+}
+
+// TestAdminRoomsNoticesLimits: make_room_admin through the room write
+// path, v2 delete with its status endpoints, block, server notices in a
+// room of their own, override_ratelimit taking effect, statistics.
+func TestAdminRoomsNoticesLimits(t *testing.T) {
+	ts := startServer(t, func(c *api.Config) {
+		c.ServerNotices = admin.ServerNotices{SystemMXIDLocalpart: "notices", RoomName: "Notices"}
+		c.RateLimitingEnabled = true
+		c.RateLimits = ratelimit.Defaults()
+		c.RateLimits.Message = ratelimit.Rule{PerSecond: 0.001, BurstCount: 2}
+	})
+	adm := ts.registerAdmin("root")
+	alice := ts.register("alice")
+	bob := ts.register("bob")
+	_, body := ts.do("POST", "/_matrix/client/v3/createRoom", alice.AccessToken, map[string]any{"name": "R"})
+	roomID := body["room_id"].(string)
+	room := url.PathEscape(roomID)
+
+	// make_room_admin: bob is invited (private room) and given alice's power.
+	if st, b := ts.do("POST", "/_synapse/admin/v1/rooms/"+room+"/make_room_admin", adm, map[string]any{"user_id": "@bob:" + serverName}); st != 200 {
+		t.Fatalf("make_room_admin: %d %v", st, b)
+	}
+	if st, b := ts.do("POST", "/_matrix/client/v3/rooms/"+room+"/join", bob.AccessToken, map[string]any{}); st != 200 {
+		t.Fatalf("bob joins after make_room_admin: %d %v", st, b)
+	}
+	if st, b := ts.do("PUT", "/_matrix/client/v3/rooms/"+room+"/state/m.room.topic", bob.AccessToken, map[string]any{"topic": "bob rules"}); st != 200 {
+		t.Fatalf("bob sets the topic as room admin: %d %v", st, b)
+	}
+
+	// override_ratelimit: alice has spent her burst of 2 (createRoom was one);
+	// with 0/0 she is not limited.
+	ts.do("PUT", "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/a1", alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "1"})
+	if st, _ := ts.do("PUT", "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/a2", alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "2"}); st != 429 {
+		t.Fatalf("alice over her burst: %d", st)
+	}
+	if st, b := ts.do("POST", "/_synapse/admin/v1/users/"+url.PathEscape("@alice:"+serverName)+"/override_ratelimit", adm, map[string]any{"messages_per_second": 0, "burst_count": 0}); st != 200 {
+		t.Fatalf("override_ratelimit: %d %v", st, b)
+	}
+	for i := 0; i < 5; i++ {
+		if st, _ := ts.do("PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/o%d", room, i), alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "x"}); st != 200 {
+			t.Fatalf("alice with an override limited: %d", st)
+		}
+	}
+
+	// Server notices: a room of the user's own, from the system user.
+	st, b := ts.do("POST", "/_synapse/admin/v1/send_server_notice", adm, map[string]any{"user_id": "@bob:" + serverName, "content": map[string]any{"msgtype": "m.text", "body": "maintenance at noon"}})
+	if st != 200 || b["event_id"] == nil {
+		t.Fatalf("send_server_notice: %d %v", st, b)
+	}
+	_, sync := ts.do("GET", "/_matrix/client/v3/sync", bob.AccessToken, nil)
+	invites, _ := sync["rooms"].(map[string]any)["invite"].(map[string]any)
+	if len(invites) != 1 {
+		t.Fatalf("bob has no server notices invite: %v", sync["rooms"])
+	}
+	var noticeRoom string
+	for id := range invites {
+		noticeRoom = id
+	}
+	if st, b := ts.do("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(noticeRoom)+"/join", bob.AccessToken, map[string]any{}); st != 200 {
+		t.Fatalf("bob joins the notices room: %d %v", st, b)
+	}
+	_, msgs := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(noticeRoom)+"/messages?dir=b", bob.AccessToken, nil)
+	if !strings.Contains(fmt.Sprint(msgs["chunk"]), "maintenance at noon") || !strings.Contains(fmt.Sprint(msgs["chunk"]), "@notices:"+serverName) {
+		t.Fatalf("the notice is not in the notices room: %v", msgs["chunk"])
+	}
+	// A second notice goes to the same room.
+	ts.do("POST", "/_synapse/admin/v1/send_server_notice", adm, map[string]any{"user_id": "@bob:" + serverName, "content": map[string]any{"msgtype": "m.text", "body": "done"}})
+	_, jr := ts.do("GET", "/_matrix/client/v3/joined_rooms", bob.AccessToken, nil)
+	if n := len(jr["joined_rooms"].([]any)); n != 2 {
+		t.Fatalf("bob is in %d rooms, want his room and one notices room", n)
+	}
+
+	// v2 delete with status; the room is blocked for joins.
+	st, b = ts.do("DELETE", "/_synapse/admin/v2/rooms/"+room, adm, map[string]any{"block": true})
+	if st != 200 || b["delete_id"] == nil {
+		t.Fatalf("v2 delete: %d %v", st, b)
+	}
+	id := b["delete_id"].(string)
+	if st, b := ts.do("GET", "/_synapse/admin/v2/rooms/delete_status/"+id, adm, nil); st != 200 || b["status"] != "complete" || !strings.Contains(fmt.Sprint(b["shutdown_room"]), "@alice:"+serverName) {
+		t.Fatalf("delete status: %d %v", st, b)
+	}
+	if st, b := ts.do("GET", "/_synapse/admin/v2/rooms/"+room+"/delete_status", adm, nil); st != 200 || len(b["results"].([]any)) != 1 {
+		t.Fatalf("room delete status: %d %v", st, b)
+	}
+	if st, b := ts.do("GET", "/_synapse/admin/v1/rooms/"+room+"/block", adm, nil); st != 200 || b["block"] != true {
+		t.Fatalf("block status: %d %v", st, b)
+	}
+	if st, _ := ts.do("POST", "/_matrix/client/v3/rooms/"+room+"/join", alice.AccessToken, map[string]any{}); st != 403 {
+		t.Fatalf("alice rejoins the blocked room: %d", st)
+	}
+	if st, b := ts.do("GET", "/_synapse/admin/v1/statistics/database/rooms", adm, nil); st != 200 || len(b["rooms"].([]any)) < 2 {
+		t.Fatalf("room sizes: %d %v", st, b)
+	}
+	if st, b := ts.do("GET", "/_synapse/admin/v1/statistics/users/media", adm, nil); st != 200 || b["total"] != float64(0) {
+		t.Fatalf("media statistics without a media store: %d %v", st, b)
 	}
 }

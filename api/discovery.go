@@ -42,7 +42,7 @@ func (s *Server) wellKnownServer(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *Server) capabilities(w http.ResponseWriter, r *http.Request, _ *session) error {
+func (s *Server) capabilities(w http.ResponseWriter, r *http.Request, sess *session) error {
 	avail := map[string]string{}
 	for _, v := range stateres.KnownVersions() {
 		rv, _ := stateres.Version(v)
@@ -52,7 +52,7 @@ func (s *Server) capabilities(w http.ResponseWriter, r *http.Request, _ *session
 			avail[v] = "unstable"
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"capabilities": map[string]any{
+	caps := map[string]any{
 		"m.room_versions":   map[string]any{"default": s.cfg.DefaultRoomVersion, "available": avail},
 		"m.change_password": map[string]bool{"enabled": true},
 		"m.set_displayname": map[string]bool{"enabled": true},
@@ -60,6 +60,11 @@ func (s *Server) capabilities(w http.ResponseWriter, r *http.Request, _ *session
 		"m.3pid_changes":    map[string]bool{"enabled": false},
 		"m.get_login_token": map[string]bool{"enabled": false},
 		"m.profile_fields":  map[string]any{"enabled": true, "allowed": []string{"displayname", "avatar_url"}},
-	}})
+	}
+	if sess.Admin {
+		// Spec v1.18: server admins may lock and suspend (api/admin).
+		caps["m.account_moderation"] = map[string]bool{"suspend": true, "lock": true}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"capabilities": caps})
 	return nil
 }
