@@ -412,5 +412,6 @@ func (r *restoreReport) print(w io.Writer, last, total uint64, took time.Duratio
 		}
 	}
 	fmt.Fprintf(w, "start it with: engram serve --config <your engram.yaml> --data-dir %s\n", dir)
-	fmt.Fprintln(w, "note: access tokens, one-time keys and sync positions issued after the cut are not yet revoked or reset by restore")
+	fmt.Fprintln(w, "note: logins after the cut are not in the restored log, so their access tokens are unknown to it (those clients log in again);")
+	fmt.Fprintln(w, "      not handled yet: one-time keys claimed after the cut can be handed out again, and clients that synced after the cut are not told to reset")
 }
