@@ -362,22 +362,11 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 }
 
 func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *session) error {
-	roomID, err := roomIDParam(r)
+	ve, err := s.visibleEvent(r, sess)
 	if err != nil {
 		return err
 	}
-	upper, vis, err := s.readAccess(roomID, sess.UserID)
-	if err != nil {
-		return err
-	}
-	v := s.roomsView()
-	e, err := v.Event(r.PathValue("eventId"))
-	if err != nil {
-		return err
-	}
-	if !visibleIn(e, roomID, upper, vis) {
-		return errNotFound("Event not found")
-	}
+	roomID, e, upper, vis, v := ve.roomID, ve.event, ve.upper, ve.vis, ve.view
 	limit := 10
 	if l := r.URL.Query().Get("limit"); l != "" {
 		if limit, err = strconv.Atoi(l); err != nil || limit < 0 {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"maps"
 	"net/http"
+	"slices"
 	"strings"
 
 	englog "github.com/engram-hs/engram/log"
@@ -77,26 +78,18 @@ type createRoomReq struct {
 	PowerLevelContentOverride map[string]any    `json:"power_level_content_override"`
 }
 
-type initialStateEvt struct {
-	Type     string          `json:"type"`
-	StateKey string          `json:"state_key"`
-	Content  json.RawMessage `json:"content"`
-}
-
-func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *session) error {
-	var req createRoomReq
-	if err := readJSON(r, &req); err != nil {
-		return err
-	}
+// checkCreateRoom validates a createRoom request and returns its room
+// version, preset and the full alias ("" for none).
+func (s *Server) checkCreateRoom(req *createRoomReq) (version *stateres.RoomVersion, preset, alias string, err error) {
 	verID := req.RoomVersion
 	if verID == "" {
 		verID = s.cfg.DefaultRoomVersion
 	}
 	version, ok := stateres.Version(verID)
 	if !ok {
-		return merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %q is not supported", verID)
+		return nil, "", "", merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %q is not supported", verID)
 	}
-	preset := req.Preset
+	preset = req.Preset
 	if preset == "" {
 		preset = "private_chat"
 		if req.Visibility == "public" {
@@ -106,22 +99,98 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	switch preset {
 	case "private_chat", "public_chat", "trusted_private_chat":
 	default:
-		return errInvalidParam("Unknown preset %q", preset)
+		return nil, "", "", errInvalidParam("Unknown preset %q", preset)
 	}
 	if req.Visibility != "" && req.Visibility != "public" && req.Visibility != "private" {
-		return errInvalidParam("visibility must be public or private")
+		return nil, "", "", errInvalidParam("visibility must be public or private")
 	}
 	for _, u := range req.Invite {
 		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
-			return errInvalidParam("Invalid user ID %q in invite", u)
+			return nil, "", "", errInvalidParam("Invalid user ID %q in invite", u)
 		}
 	}
-	alias := ""
 	if req.RoomAliasName != "" {
 		if strings.ContainsAny(req.RoomAliasName, ":# ") {
-			return errInvalidParam("room_alias_name must be a localpart without ':' or '#'")
+			return nil, "", "", errInvalidParam("room_alias_name must be a localpart without ':' or '#'")
 		}
 		alias = "#" + req.RoomAliasName + ":" + s.cfg.ServerName
+	}
+	return version, preset, alias, nil
+}
+
+// initialPowerLevels is a new room's power levels content: the creator
+// (before v12, where creators need no level) and, in a trusted private
+// chat, the invitees at 100; the request's override on top.
+func initialPowerLevels(version *stateres.RoomVersion, preset, creator string, req *createRoomReq) map[string]any {
+	users := map[string]any{}
+	if !version.PrivilegedCreators {
+		users[creator] = 100
+	}
+	if preset == "trusted_private_chat" {
+		for _, u := range req.Invite {
+			if !(version.PrivilegedCreators && u == creator) {
+				users[u] = 100
+			}
+		}
+	}
+	invitePL := 0
+	if preset == "public_chat" {
+		invitePL = 50
+	}
+	pl := map[string]any{
+		"users": users, "users_default": 0,
+		"events": map[string]any{
+			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.server_acl": 100, "m.room.encryption": 100,
+		},
+		"events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
+		"invite": invitePL, "notifications": map[string]any{"room": 50},
+	}
+	maps.Copy(pl, req.PowerLevelContentOverride)
+	return pl
+}
+
+// presetState is the preset's state events (join rules, history
+// visibility, guest access) that initial_state does not override.
+func presetState(preset string, initial []initialStateEvt) []stateres.ProtoEvent {
+	joinRule, guest := "invite", "can_join"
+	if preset == "public_chat" {
+		joinRule, guest = "public", "forbidden"
+	}
+	events := []stateres.ProtoEvent{
+		{Type: stateres.MRoomJoinRules, Content: mustJSON(map[string]string{"join_rule": joinRule})},
+		{Type: stateres.MRoomHistoryVisibility, Content: mustJSON(map[string]string{"history_visibility": "shared"})},
+	}
+	if guest == "can_join" {
+		events = append(events, stateres.ProtoEvent{Type: "m.room.guest_access", Content: mustJSON(map[string]string{"guest_access": "can_join"})})
+	}
+	overridden := map[stateres.StateKeyTuple]bool{}
+	for _, is := range initial {
+		overridden[stateres.StateKeyTuple{Type: is.Type, StateKey: is.StateKey}] = true
+	}
+	return slices.DeleteFunc(events, func(p stateres.ProtoEvent) bool { return overridden[stateres.StateKeyTuple{Type: p.Type}] })
+}
+
+type initialStateEvt struct {
+	Type     string          `json:"type"`
+	StateKey string          `json:"state_key"`
+	Content  json.RawMessage `json:"content"`
+}
+
+// createRoom builds the room's first events in the spec's order (create,
+// the creator's join, power levels, canonical alias, the preset's state,
+// initial_state, name, topic, invites) and appends them with the alias
+// and directory listing in one append: a room is created entirely or not
+// at all.
+func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *session) error {
+	var req createRoomReq
+	if err := readJSON(r, &req); err != nil {
+		return err
+	}
+	version, preset, alias, err := s.checkCreateRoom(&req)
+	if err != nil {
+		return err
 	}
 	profile, err := s.accountsView().Profile(sess.UserID)
 	if err != nil {
@@ -171,32 +240,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		return err
 	}
 
-	users := map[string]any{}
-	if !version.PrivilegedCreators {
-		users[sess.UserID] = 100
-	}
-	if preset == "trusted_private_chat" {
-		for _, u := range req.Invite {
-			if !(version.PrivilegedCreators && u == sess.UserID) {
-				users[u] = 100
-			}
-		}
-	}
-	invitePL := 0
-	if preset == "public_chat" {
-		invitePL = 50
-	}
-	pl := map[string]any{
-		"users": users, "users_default": 0,
-		"events": map[string]any{
-			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
-			"m.room.server_acl": 100, "m.room.encryption": 100,
-		},
-		"events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
-		"invite": invitePL, "notifications": map[string]any{"room": 50},
-	}
-	maps.Copy(pl, req.PowerLevelContentOverride)
+	pl := initialPowerLevels(version, preset, sess.UserID, &req)
 	if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
 		return err
 	}
@@ -205,26 +249,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			return err
 		}
 	}
-	joinRule, guest := "invite", "can_join"
-	if preset == "public_chat" {
-		joinRule, guest = "public", "forbidden"
-	}
-	presetEvents := []stateres.ProtoEvent{
-		{Type: stateres.MRoomJoinRules, Content: mustJSON(map[string]string{"join_rule": joinRule})},
-		{Type: stateres.MRoomHistoryVisibility, Content: mustJSON(map[string]string{"history_visibility": "shared"})},
-	}
-	if guest == "can_join" {
-		presetEvents = append(presetEvents, stateres.ProtoEvent{Type: "m.room.guest_access", Content: mustJSON(map[string]string{"guest_access": "can_join"})})
-	}
-	// initial_state overrides the preset's events of the same key.
-	overridden := map[stateres.StateKeyTuple]bool{}
-	for _, is := range req.InitialState {
-		overridden[stateres.StateKeyTuple{Type: is.Type, StateKey: is.StateKey}] = true
-	}
-	for _, p := range presetEvents {
-		if overridden[stateres.StateKeyTuple{Type: p.Type}] {
-			continue
-		}
+	for _, p := range presetState(preset, req.InitialState) {
 		p.StateKey, p.Sender = strptr(""), sess.UserID
 		if _, err := b.Add(p); err != nil {
 			return err
@@ -782,26 +807,47 @@ func (s *Server) redactEvent(w http.ResponseWriter, r *http.Request, sess *sessi
 }
 
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session) error {
-	roomID, err := roomIDParam(r)
+	ve, err := s.visibleEvent(r, sess)
 	if err != nil {
 		return err
 	}
+	writeJSON(w, http.StatusOK, s.clientEvent(ve.view, ve.event, sess, true))
+	return nil
+}
+
+// eventInRoom is what the endpoints about one event of a room start
+// from (visibleEvent).
+type eventInRoom struct {
+	roomID string
+	event  *rooms.Event
+	upper  uint64      // the newest offset the user may read
+	vis    *visibility // what the user may see of the room's history
+	view   rooms.View
+}
+
+// visibleEvent is the preamble of the endpoints about one event of a
+// room ({roomId}, {eventId}): the room ID checked, the user's read
+// access, the event read, and its visibility. An event the user may not
+// see is indistinguishable from a missing one (spec: 404 when the user
+// lacks permission to see it).
+func (s *Server) visibleEvent(r *http.Request, sess *session) (*eventInRoom, error) {
+	roomID, err := roomIDParam(r)
+	if err != nil {
+		return nil, err
+	}
 	upper, vis, err := s.readAccess(roomID, sess.UserID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	v := s.roomsView()
 	e, err := v.Event(r.PathValue("eventId"))
 	if err != nil {
-		return err
+		return nil, err
 	}
-	// An event the user may not see is indistinguishable from a missing
-	// one (spec: 404 when the user lacks permission to see it).
 	if !visibleIn(e, roomID, upper, vis) {
-		return errNotFound("Event not found")
+		return nil, errNotFound("Event not found")
 	}
-	writeJSON(w, http.StatusOK, s.clientEvent(v, e, sess, true))
-	return nil
+	return &eventInRoom{roomID: roomID, event: e, upper: upper, vis: vis, view: v}, nil
 }
 
 func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {

@@ -108,6 +108,8 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 	return nil
 }
 
+// apply decodes an entry and folds it with the function of its kind;
+// kinds of other projections change nothing.
 func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 	switch e.Kind {
 	case englog.KindAccountRegistered:
@@ -115,273 +117,335 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		if old, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID)); err != nil || old != nil {
-			// The first registration wins; a later one is refused, and so
-			// are the device, tokens and token use of its batch (they
-			// carry its Registration, which the account does not).
-			return err
-		}
-		if f.RegistrationToken != "" {
-			if ok, err := useRegistrationToken(w, f.RegistrationToken, e.Time); err != nil || !ok {
-				return err // refused, with its device and tokens, as above
-			}
-		}
-		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
-			return err
-		}
-		if f.Registration != "" {
-			if err := w.Set(projections.Key(pRegistration, f.Registration), []byte(f.UserID)); err != nil {
-				return err
-			}
-		}
-		if f.DisplayName != "" {
-			dn := f.DisplayName
-			return projections.PutJSON(w, projections.Key(pProfile, f.UserID), Profile{DisplayName: &dn})
-		}
+		return applyAccountRegistered(w, e, f)
 	case englog.KindPasswordChanged:
 		var f facts.PasswordChanged
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		a, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID))
-		if err != nil || a == nil {
-			return err
-		}
-		a.PasswordHash = f.PasswordHash
-		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), a); err != nil {
-			return err
-		}
-		if f.LogoutDevices {
-			devs, err := listDevices(w, f.UserID)
-			if err != nil {
-				return err
-			}
-			for _, d := range devs {
-				if d.DeviceID != f.KeepDeviceID {
-					if err := removeDevice(w, f.UserID, d.DeviceID); err != nil {
-						return err
-					}
-				}
-			}
-		}
+		return applyPasswordChanged(w, f)
 	case englog.KindAccountDeactivated:
 		var f facts.AccountDeactivated
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		a, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID))
-		if err != nil || a == nil {
-			return err
-		}
-		a.Deactivated = true
-		a.PasswordHash = ""
-		if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), a); err != nil {
-			return err
-		}
-		devs, err := listDevices(w, f.UserID)
-		if err != nil {
-			return err
-		}
-		for _, d := range devs {
-			if err := removeDevice(w, f.UserID, d.DeviceID); err != nil {
-				return err
-			}
-		}
-		if f.Erase {
-			return w.Delete(projections.Key(pProfile, f.UserID))
-		}
+		return applyAccountDeactivated(w, f)
 	case englog.KindUserAdminSet:
 		var f facts.UserAdminSet
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		return updateAccount(w, f.UserID, func(a *Account) { a.Admin = f.Admin })
+		return applyUserAdminSet(w, f)
 	case englog.KindUserModerated:
 		var f facts.UserModerated
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		return updateAccount(w, f.UserID, func(a *Account) {
-			if f.Locked != nil {
-				a.Locked = *f.Locked
-			}
-			if f.Suspended != nil {
-				a.Suspended = *f.Suspended
-			}
-			if f.ShadowBanned != nil {
-				a.ShadowBanned = *f.ShadowBanned
-			}
-		})
+		return applyUserModerated(w, f)
 	case englog.KindAccountReactivated:
 		var f facts.AccountReactivated
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		return updateAccount(w, f.UserID, func(a *Account) { a.Deactivated, a.PasswordHash = false, f.PasswordHash })
+		return applyAccountReactivated(w, f)
 	case englog.KindRatelimitOverride:
 		var f facts.RatelimitOverride
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		if f.Delete {
-			return w.Delete(projections.Key(pRateLimit, f.UserID))
-		}
-		return projections.PutJSON(w, projections.Key(pRateLimit, f.UserID), RateLimit{MessagesPerSecond: f.MessagesPerSecond, BurstCount: f.BurstCount})
+		return applyRatelimitOverride(w, f)
 	case englog.KindProfileSet:
 		var f facts.ProfileSet
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		pr, err := projections.GetJSON[Profile](w, projections.Key(pProfile, f.UserID))
-		if err != nil {
-			return err
-		}
-		if pr == nil {
-			pr = &Profile{}
-		}
-		if f.DisplayName != nil {
-			pr.DisplayName = nilIfEmpty(*f.DisplayName)
-		}
-		if f.AvatarURL != nil {
-			pr.AvatarURL = nilIfEmpty(*f.AvatarURL)
-		}
-		return projections.PutJSON(w, projections.Key(pProfile, f.UserID), pr)
+		return applyProfileSet(w, f)
 	case englog.KindDeviceAdded:
 		var f facts.DeviceAdded
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
-			return err
-		}
-		d, err := projections.GetJSON[Device](w, projections.Key(pDevice, f.UserID, f.DeviceID))
-		if err != nil {
-			return err
-		}
-		if d == nil {
-			d = &Device{DeviceID: f.DeviceID, DisplayName: f.DisplayName}
-		} else {
-			// A login naming an existing device takes it over: the spec
-			// has the server invalidate the tokens it had, so a token
-			// stolen from the device dies with the fresh login.
-			if err := removeTokens(w, f.UserID, f.DeviceID); err != nil {
-				return err
-			}
-			if f.DisplayName != "" && d.DisplayName == "" {
-				d.DisplayName = f.DisplayName
-			}
-		}
-		d.LastSeenIP, d.LastSeenTS = f.IP, e.Time
-		return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
+		return applyDeviceAdded(w, e, f)
 	case englog.KindDeviceUpdated:
 		var f facts.DeviceUpdated
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		d, err := projections.GetJSON[Device](w, projections.Key(pDevice, f.UserID, f.DeviceID))
-		if err != nil || d == nil {
-			return err
-		}
-		if f.DisplayName != nil {
-			d.DisplayName = *f.DisplayName
-		}
-		return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
+		return applyDeviceUpdated(w, f)
 	case englog.KindDeviceRemoved:
 		var f facts.DeviceRemoved
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		for _, id := range f.DeviceIDs {
-			if err := removeDevice(w, f.UserID, id); err != nil {
-				return err
-			}
-		}
+		return applyDeviceRemoved(w, f)
 	case englog.KindAccessTokenIssued:
 		var f facts.AccessTokenIssued
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
-			return err
-		}
-		if f.Replaces != "" {
-			old, err := projections.GetJSON[Session](w, projections.Key(pRefresh, f.Replaces))
-			if err != nil {
-				return err
-			}
-			if old == nil {
-				// The refresh token was spent by an earlier entry (a racing
-				// or replayed refresh) or revoked: this pair is refused.
-				return nil
-			}
-			if err := deleteToken(w, pRefresh, f.Replaces, old); err != nil {
-				return err
-			}
-			if old.Pair != "" {
-				if err := deleteToken(w, pToken, old.Pair, old); err != nil {
-					return err
-				}
-			}
-		}
-		if err := projections.PutJSON(w, projections.Key(pToken, f.TokenSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, ExpiresAt: f.ExpiresAt, Pair: f.RefreshSHA256}); err != nil {
-			return err
-		}
-		if err := w.Set(projections.Key(pDevTok, f.UserID, f.DeviceID, f.TokenSHA256), []byte(tokAccess)); err != nil {
-			return err
-		}
-		if f.RefreshSHA256 != "" {
-			if err := projections.PutJSON(w, projections.Key(pRefresh, f.RefreshSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, Pair: f.TokenSHA256}); err != nil {
-				return err
-			}
-			return w.Set(projections.Key(pDevTok, f.UserID, f.DeviceID, f.RefreshSHA256), []byte(tokRefresh))
-		}
+		return applyAccessTokenIssued(w, f)
 	case englog.KindAccessTokenRevoked:
 		var f facts.AccessTokenRevoked
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		s, err := projections.GetJSON[Session](w, projections.Key(pToken, f.TokenSHA256))
-		if err != nil || s == nil {
-			return err
-		}
-		return deleteToken(w, pToken, f.TokenSHA256, s)
+		return applyAccessTokenRevoked(w, f)
 	case englog.KindRegistrationToken:
 		var f facts.RegistrationToken
 		if err := facts.Decode(e, &f); err != nil {
 			return err
 		}
-		k := projections.Key(pRegToken, f.Token)
-		switch f.Op {
-		case facts.RegistrationTokenCreate:
-			return projections.PutJSON(w, k, RegToken{Token: f.Token, UsesAllowed: f.UsesAllowed, ExpiryTime: f.ExpiryTime})
-		case facts.RegistrationTokenUse:
-			if f.Registration != "" {
-				// Counted only when the registration it was used for won.
-				if _, won, err := w.Get(projections.Key(pRegistration, f.Registration)); err != nil || !won {
+		return applyRegistrationToken(w, f)
+	}
+	return nil
+}
+
+func applyAccountRegistered(w projections.Writer, e englog.Entry, f facts.AccountRegistered) error {
+	if old, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID)); err != nil || old != nil {
+		// The first registration wins; a later one is refused, and so
+		// are the device, tokens and token use of its batch (they
+		// carry its Registration, which the account does not).
+		return err
+	}
+	if f.RegistrationToken != "" {
+		if ok, err := useRegistrationToken(w, f.RegistrationToken, e.Time); err != nil || !ok {
+			return err // refused, with its device and tokens, as above
+		}
+	}
+	if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
+		return err
+	}
+	if f.Registration != "" {
+		if err := w.Set(projections.Key(pRegistration, f.Registration), []byte(f.UserID)); err != nil {
+			return err
+		}
+	}
+	if f.DisplayName != "" {
+		dn := f.DisplayName
+		return projections.PutJSON(w, projections.Key(pProfile, f.UserID), Profile{DisplayName: &dn})
+	}
+	return nil
+}
+
+func applyPasswordChanged(w projections.Writer, f facts.PasswordChanged) error {
+	a, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID))
+	if err != nil || a == nil {
+		return err
+	}
+	a.PasswordHash = f.PasswordHash
+	if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), a); err != nil {
+		return err
+	}
+	if f.LogoutDevices {
+		devs, err := listDevices(w, f.UserID)
+		if err != nil {
+			return err
+		}
+		for _, d := range devs {
+			if d.DeviceID != f.KeepDeviceID {
+				if err := removeDevice(w, f.UserID, d.DeviceID); err != nil {
 					return err
 				}
 			}
-			t, err := projections.GetJSON[RegToken](w, k)
-			if err != nil || t == nil {
-				return err
-			}
-			t.Completed++
-			return projections.PutJSON(w, k, t)
-		case facts.RegistrationTokenDelete:
-			return w.Delete(k)
-		case facts.RegistrationTokenUpdate:
-			t, err := projections.GetJSON[RegToken](w, k)
-			if err != nil || t == nil {
-				return err
-			}
-			if f.SetUsesAllowed {
-				t.UsesAllowed = f.UsesAllowed
-			}
-			if f.SetExpiryTime {
-				t.ExpiryTime = f.ExpiryTime
-			}
-			return projections.PutJSON(w, k, t)
 		}
+	}
+	return nil
+}
+
+func applyAccountDeactivated(w projections.Writer, f facts.AccountDeactivated) error {
+	a, err := projections.GetJSON[Account](w, projections.Key(pAccount, f.UserID))
+	if err != nil || a == nil {
+		return err
+	}
+	a.Deactivated = true
+	a.PasswordHash = ""
+	if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), a); err != nil {
+		return err
+	}
+	devs, err := listDevices(w, f.UserID)
+	if err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if err := removeDevice(w, f.UserID, d.DeviceID); err != nil {
+			return err
+		}
+	}
+	if f.Erase {
+		return w.Delete(projections.Key(pProfile, f.UserID))
+	}
+	return nil
+}
+
+func applyUserAdminSet(w projections.Writer, f facts.UserAdminSet) error {
+	return updateAccount(w, f.UserID, func(a *Account) { a.Admin = f.Admin })
+}
+
+func applyUserModerated(w projections.Writer, f facts.UserModerated) error {
+	return updateAccount(w, f.UserID, func(a *Account) {
+		if f.Locked != nil {
+			a.Locked = *f.Locked
+		}
+		if f.Suspended != nil {
+			a.Suspended = *f.Suspended
+		}
+		if f.ShadowBanned != nil {
+			a.ShadowBanned = *f.ShadowBanned
+		}
+	})
+}
+
+func applyAccountReactivated(w projections.Writer, f facts.AccountReactivated) error {
+	return updateAccount(w, f.UserID, func(a *Account) { a.Deactivated, a.PasswordHash = false, f.PasswordHash })
+}
+
+func applyRatelimitOverride(w projections.Writer, f facts.RatelimitOverride) error {
+	if f.Delete {
+		return w.Delete(projections.Key(pRateLimit, f.UserID))
+	}
+	return projections.PutJSON(w, projections.Key(pRateLimit, f.UserID), RateLimit{MessagesPerSecond: f.MessagesPerSecond, BurstCount: f.BurstCount})
+}
+
+func applyProfileSet(w projections.Writer, f facts.ProfileSet) error {
+	pr, err := projections.GetJSON[Profile](w, projections.Key(pProfile, f.UserID))
+	if err != nil {
+		return err
+	}
+	if pr == nil {
+		pr = &Profile{}
+	}
+	if f.DisplayName != nil {
+		pr.DisplayName = nilIfEmpty(*f.DisplayName)
+	}
+	if f.AvatarURL != nil {
+		pr.AvatarURL = nilIfEmpty(*f.AvatarURL)
+	}
+	return projections.PutJSON(w, projections.Key(pProfile, f.UserID), pr)
+}
+
+func applyDeviceAdded(w projections.Writer, e englog.Entry, f facts.DeviceAdded) error {
+	if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
+		return err
+	}
+	d, err := projections.GetJSON[Device](w, projections.Key(pDevice, f.UserID, f.DeviceID))
+	if err != nil {
+		return err
+	}
+	if d == nil {
+		d = &Device{DeviceID: f.DeviceID, DisplayName: f.DisplayName}
+	} else {
+		// A login naming an existing device takes it over: the spec
+		// has the server invalidate the tokens it had, so a token
+		// stolen from the device dies with the fresh login.
+		if err := removeTokens(w, f.UserID, f.DeviceID); err != nil {
+			return err
+		}
+		if f.DisplayName != "" && d.DisplayName == "" {
+			d.DisplayName = f.DisplayName
+		}
+	}
+	d.LastSeenIP, d.LastSeenTS = f.IP, e.Time
+	return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
+}
+
+func applyDeviceUpdated(w projections.Writer, f facts.DeviceUpdated) error {
+	d, err := projections.GetJSON[Device](w, projections.Key(pDevice, f.UserID, f.DeviceID))
+	if err != nil || d == nil {
+		return err
+	}
+	if f.DisplayName != nil {
+		d.DisplayName = *f.DisplayName
+	}
+	return projections.PutJSON(w, projections.Key(pDevice, f.UserID, f.DeviceID), d)
+}
+
+func applyDeviceRemoved(w projections.Writer, f facts.DeviceRemoved) error {
+	for _, id := range f.DeviceIDs {
+		if err := removeDevice(w, f.UserID, id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func applyAccessTokenIssued(w projections.Writer, f facts.AccessTokenIssued) error {
+	if refused, err := refusedRegistration(w, f.UserID, f.Registration); err != nil || refused {
+		return err
+	}
+	if f.Replaces != "" {
+		old, err := projections.GetJSON[Session](w, projections.Key(pRefresh, f.Replaces))
+		if err != nil {
+			return err
+		}
+		if old == nil {
+			// The refresh token was spent by an earlier entry (a racing
+			// or replayed refresh) or revoked: this pair is refused.
+			return nil
+		}
+		if err := deleteToken(w, pRefresh, f.Replaces, old); err != nil {
+			return err
+		}
+		if old.Pair != "" {
+			if err := deleteToken(w, pToken, old.Pair, old); err != nil {
+				return err
+			}
+		}
+	}
+	if err := projections.PutJSON(w, projections.Key(pToken, f.TokenSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, ExpiresAt: f.ExpiresAt, Pair: f.RefreshSHA256}); err != nil {
+		return err
+	}
+	if err := w.Set(projections.Key(pDevTok, f.UserID, f.DeviceID, f.TokenSHA256), []byte(tokAccess)); err != nil {
+		return err
+	}
+	if f.RefreshSHA256 != "" {
+		if err := projections.PutJSON(w, projections.Key(pRefresh, f.RefreshSHA256), Session{UserID: f.UserID, DeviceID: f.DeviceID, Pair: f.TokenSHA256}); err != nil {
+			return err
+		}
+		return w.Set(projections.Key(pDevTok, f.UserID, f.DeviceID, f.RefreshSHA256), []byte(tokRefresh))
+	}
+	return nil
+}
+
+func applyAccessTokenRevoked(w projections.Writer, f facts.AccessTokenRevoked) error {
+	s, err := projections.GetJSON[Session](w, projections.Key(pToken, f.TokenSHA256))
+	if err != nil || s == nil {
+		return err
+	}
+	return deleteToken(w, pToken, f.TokenSHA256, s)
+}
+
+func applyRegistrationToken(w projections.Writer, f facts.RegistrationToken) error {
+	k := projections.Key(pRegToken, f.Token)
+	switch f.Op {
+	case facts.RegistrationTokenCreate:
+		return projections.PutJSON(w, k, RegToken{Token: f.Token, UsesAllowed: f.UsesAllowed, ExpiryTime: f.ExpiryTime})
+	case facts.RegistrationTokenUse:
+		if f.Registration != "" {
+			// Counted only when the registration it was used for won.
+			if _, won, err := w.Get(projections.Key(pRegistration, f.Registration)); err != nil || !won {
+				return err
+			}
+		}
+		t, err := projections.GetJSON[RegToken](w, k)
+		if err != nil || t == nil {
+			return err
+		}
+		t.Completed++
+		return projections.PutJSON(w, k, t)
+	case facts.RegistrationTokenDelete:
+		return w.Delete(k)
+	case facts.RegistrationTokenUpdate:
+		t, err := projections.GetJSON[RegToken](w, k)
+		if err != nil || t == nil {
+			return err
+		}
+		if f.SetUsesAllowed {
+			t.UsesAllowed = f.UsesAllowed
+		}
+		if f.SetExpiryTime {
+			t.ExpiryTime = f.ExpiryTime
+		}
+		return projections.PutJSON(w, k, t)
 	}
 	return nil
 }
