@@ -167,13 +167,17 @@ func (q *Queue) supervise() {
 	defer q.wg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	ticks := 0
 	for {
 		leader := q.isLeader()
 		q.mu.Lock()
 		became := leader && !q.leader
 		q.leader = leader
 		q.mu.Unlock()
-		if became {
+		ticks++
+		// Also every 30 s as the leader: a sender that stopped on a read
+		// error starts again.
+		if became || leader && ticks%30 == 0 {
 			if err := q.resumeAll(); err != nil {
 				q.cfg.Logger.Error().Err(err).Msg("federation queue: reading pending destinations failed; retrying in a second")
 				q.mu.Lock()
@@ -314,7 +318,7 @@ func (q *Queue) run(d *dest) {
 	defer q.wg.Done()
 	defer func() {
 		q.mu.Lock()
-		d.running = false
+		d.running = false // (already false when the queue ran dry)
 		q.mu.Unlock()
 	}()
 	log := q.cfg.Logger.With().Str("destination", d.name).Logger()
@@ -352,13 +356,19 @@ func (q *Queue) run(d *dest) {
 			return
 		}
 		if len(items) == 0 {
-			// Re-check under the lock against a wake that raced the read.
+			// Decide to stop under the lock wakeAll holds: a wake sent
+			// after the read above is either seen here or, once running
+			// is false, starts a new sender.
+			q.mu.Lock()
 			select {
 			case <-d.wake:
+				q.mu.Unlock()
 				continue
 			default:
-				return
 			}
+			d.running = false
+			q.mu.Unlock()
+			return
 		}
 		txnID, sendErr := q.send(d.name, items)
 		if sendErr == nil {
