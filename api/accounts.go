@@ -475,8 +475,17 @@ func (s *Server) refresh(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) removeDevices(ctx context.Context, userID string, ids []string) error {
-	_, err := s.commit(ctx, []*projections.Handle{s.accountsH}, facts.MustEncode(englog.KindDeviceRemoved, facts.DeviceRemoved{UserID: userID, DeviceIDs: ids}))
-	return err
+	withKeys, err := s.keys.DevicesWithKeys(userID, ids)
+	if err != nil {
+		return err
+	}
+	if _, err := s.commit(ctx, []*projections.Handle{s.accountsH, s.keys.Handle()}, facts.MustEncode(englog.KindDeviceRemoved, facts.DeviceRemoved{UserID: userID, DeviceIDs: ids})); err != nil {
+		return err
+	}
+	if len(withKeys) > 0 {
+		s.keys.AnnounceDevices(ctx, userID, withKeys, true) // other servers forget them
+	}
+	return nil
 }
 
 // logout invalidates the token and, per the spec, deletes its device.

@@ -2,12 +2,15 @@ package api
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"maps"
 	"net/http"
 	"slices"
 	"strings"
 
+	"github.com/engram-hs/engram/api/keys"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
@@ -41,12 +44,23 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request, sess *sess
 		return nil
 	}
 	var props []englog.Proposal
+	remote := map[string]map[string]map[string]json.RawMessage{} // server -> user -> device -> content
 	for _, user := range slices.Sorted(maps.Keys(req.Messages)) {
 		if !strings.HasPrefix(user, "@") || !strings.Contains(user, ":") {
 			return errInvalidParam("Invalid user ID %q in messages", user)
 		}
 		if !strings.HasSuffix(user, ":"+s.cfg.ServerName) {
-			continue // remote devices: delivered by the federation sender once it exists
+			server := domainOf(user)
+			for dev, content := range req.Messages[user] {
+				if len(content) == 0 || content[0] != '{' {
+					return errBadJSON("The message for %s device %s must be a JSON object", user, dev)
+				}
+			}
+			if remote[server] == nil {
+				remote[server] = map[string]map[string]json.RawMessage{}
+			}
+			remote[server][user] = req.Messages[user]
+			continue
 		}
 		msgs := map[string]json.RawMessage{}
 		for dev, content := range req.Messages[user] {
@@ -61,6 +75,21 @@ func (s *Server) sendToDevice(w http.ResponseWriter, r *http.Request, sess *sess
 		props = append(props, facts.MustEncode(englog.KindToDeviceSent, facts.ToDeviceSent{
 			Sender: sess.UserID, SenderDevice: sess.DeviceID, TxnID: txn, Type: typ, UserID: user, Messages: msgs,
 		}))
+	}
+	// Remote devices: one m.direct_to_device EDU per server, queued for
+	// federation's delivery queue. Its message_id is derived from the
+	// transaction, so a retried PUT is the same message to the receiver.
+	for _, server := range slices.Sorted(maps.Keys(remote)) {
+		sum := sha256.Sum256([]byte(sess.UserID + "\x00" + sess.DeviceID + "\x00" + txn + "\x00" + server))
+		p, ok, err := keys.FederationEDU(s.cfg.ServerName, []string{server}, "m.direct_to_device", map[string]any{
+			"sender": sess.UserID, "type": typ, "message_id": hex.EncodeToString(sum[:16]), "messages": remote[server],
+		})
+		if err != nil {
+			return err
+		}
+		if ok {
+			props = append(props, p)
+		}
 	}
 	if len(props) > 0 {
 		if _, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, props...); err != nil {

@@ -66,7 +66,7 @@ func (s *Server) userDevices(w http.ResponseWriter, r *http.Request, origin stri
 	if err != nil {
 		return err
 	}
-	streamID, err := v.ChangedAt(user)
+	streamID, err := v.StreamSent(user)
 	if err != nil {
 		return err
 	}

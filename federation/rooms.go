@@ -285,6 +285,16 @@ func (s *Server) recordEDUs(ctx context.Context, r *http.Request, origin string,
 				content, _ := json.Marshal(facts.PresenceContent{UserID: p.UserID, Presence: p.Presence, StatusMsg: p.StatusMsg})
 				add(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: origin, Content: content})
 			}
+		case "m.device_list_update", "m.signing_key_update":
+			// Recorded for the e2ee projection: local users sharing a room
+			// with the user see them in device_lists.changed.
+			var c struct {
+				UserID string `json:"user_id"`
+			}
+			if json.Unmarshal(edu.Content, &c) != nil || !ownUser(c.UserID) {
+				continue
+			}
+			add(englog.KindEDU, facts.EDU{Type: edu.Type, Origin: origin, Content: edu.Content})
 		case "m.direct_to_device":
 			var c struct {
 				Sender   string                                `json:"sender"`

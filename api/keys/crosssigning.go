@@ -139,6 +139,9 @@ func (s *Service) uploadCrossSigning(w http.ResponseWriter, r *http.Request, c C
 	if err := verdictError(verdict); err != nil {
 		return err
 	}
+	if f.Master != nil || f.SelfSigning != nil {
+		s.announceCrossSigning(r.Context(), c.UserID)
+	}
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil
 }

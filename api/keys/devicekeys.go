@@ -1,6 +1,7 @@
 package keys
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
@@ -171,12 +172,23 @@ func (s *Service) upload(w http.ResponseWriter, r *http.Request, c Caller) error
 		}
 	}
 	if len(f.DeviceKeys) > 0 || len(f.OneTimeKeys) > 0 || len(f.FallbackKeys) > 0 {
+		changedKeys := false
+		if len(f.DeviceKeys) > 0 {
+			stored, err := v.DeviceKeys(c.UserID, c.DeviceID)
+			if err != nil {
+				return err
+			}
+			changedKeys = stored == nil || !bytes.Equal(stored.Keys, f.DeviceKeys)
+		}
 		verdict, err := s.commitFact(r.Context(), facts.MustEncode(englog.KindKeysUploaded, f))
 		if err != nil {
 			return err
 		}
 		if err := verdictError(verdict); err != nil {
 			return err
+		}
+		if changedKeys {
+			s.AnnounceDevices(r.Context(), c.UserID, []string{c.DeviceID}, false)
 		}
 	}
 	counts, err := s.view().OneTimeKeyCounts(c.UserID, c.DeviceID)

@@ -5,6 +5,8 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net/url"
+	"slices"
 	"testing"
 
 	"github.com/engram-hs/engram/internal/testca"
@@ -92,4 +94,105 @@ func TestKeysAcrossTwoServers(t *testing.T) {
 	if counts.OneTimeKeyCounts["signed_curve25519"] != 1 {
 		t.Fatalf("alice's keys left after two remote claims: %v", counts.OneTimeKeyCounts)
 	}
+}
+
+// Device lists and to-device messages across servers: alice (A) and bob
+// (B) share a room; alice's new device keys reach bob's /sync as a device
+// list change (A sends m.device_list_update to B) and bob's query sees
+// them; deleting the device is news again; a to-device message from bob
+// reaches alice's device (m.direct_to_device).
+func TestDeviceListsAndToDeviceAcrossServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID := "@alice:" + a.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"room_alias_name": "crypt", "preset": "public_chat", "room_version": "11"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#crypt:"+a.name), bob, map[string]any{}, nil); st != 200 {
+		t.Fatalf("bob joins: %d\n%s", st, b.Logs())
+	}
+	eventually(t, "A to see bob joined", func() bool { return joined(t, a, alice, room.RoomID, "@bob:"+b.name) })
+	var s0 struct {
+		NextBatch string `json:"next_batch"`
+	}
+	call(t, b, "GET", "/_matrix/client/v3/sync?set_presence=offline", bob, nil, &s0)
+
+	// Alice logs in a second device and uploads its keys.
+	var login struct {
+		AccessToken string `json:"access_token"`
+		DeviceID    string `json:"device_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+		"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
+		t.Fatalf("login: %d", st)
+	}
+	keys := map[string]any{"user_id": aliceID, "device_id": login.DeviceID,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + login.DeviceID: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "curve25519:" + login.DeviceID: "c"},
+		"signatures": map[string]any{}}
+	if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
+		t.Fatalf("upload: %d", st)
+	}
+	since := s0.NextBatch
+	changedFor := func(user string) bool {
+		var s struct {
+			NextBatch   string `json:"next_batch"`
+			DeviceLists struct {
+				Changed []string `json:"changed"`
+			} `json:"device_lists"`
+		}
+		call(t, b, "GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=1000&since="+url.QueryEscape(since), bob, nil, &s)
+		since = s.NextBatch
+		return slices.Contains(s.DeviceLists.Changed, user)
+	}
+	eventually(t, "bob's sync to show alice's new device", func() bool { return changedFor(aliceID) })
+	var q struct {
+		DeviceKeys map[string]map[string]any `json:"device_keys"`
+	}
+	call(t, b, "POST", "/_matrix/client/v3/keys/query", bob, map[string]any{"device_keys": map[string]any{aliceID: []string{}}}, &q)
+	if q.DeviceKeys[aliceID][login.DeviceID] == nil {
+		t.Fatalf("bob's query does not show alice's new device: %v", q)
+	}
+
+	// Deleting the device (with UIA) is a change again.
+	if st := call(t, a, "POST", "/_matrix/client/v3/logout", login.AccessToken, map[string]any{}, nil); st != 200 {
+		t.Fatalf("logout: %d", st)
+	}
+	eventually(t, "bob's sync to show alice's device removal", func() bool { return changedFor(aliceID) })
+
+	// To-device from bob to every device of alice.
+	var aliceSync struct {
+		NextBatch string `json:"next_batch"`
+	}
+	call(t, a, "GET", "/_matrix/client/v3/sync?set_presence=offline", alice, nil, &aliceSync)
+	msg := map[string]any{"messages": map[string]any{aliceID: map[string]any{"*": map[string]any{"hello": "from B"}}}}
+	if st := call(t, b, "PUT", "/_matrix/client/v3/sendToDevice/org.example.ping/t1", bob, msg, nil); st != 200 {
+		t.Fatalf("sendToDevice: %d", st)
+	}
+	asince := aliceSync.NextBatch
+	eventually(t, "alice to receive bob's to-device message", func() bool {
+		var s struct {
+			NextBatch string `json:"next_batch"`
+			ToDevice  struct {
+				Events []struct {
+					Sender  string         `json:"sender"`
+					Type    string         `json:"type"`
+					Content map[string]any `json:"content"`
+				} `json:"events"`
+			} `json:"to_device"`
+		}
+		call(t, a, "GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=1000&since="+url.QueryEscape(asince), alice, nil, &s)
+		asince = s.NextBatch
+		for _, e := range s.ToDevice.Events {
+			if e.Type == "org.example.ping" && e.Sender == "@bob:"+b.name && e.Content["hello"] == "from B" {
+				return true
+			}
+		}
+		return false
+	})
 }

@@ -54,6 +54,7 @@ const (
 	pVerdict    = 'v' // v offset(8) -> Verdict
 	pBackups    = 'b' // b user -> Backups
 	pRoomKey    = 'k' // k user 0 version 0 room 0 session -> KeyBackupData JSON
+	pStreamSent = 's' // s user -> stream_id(8) of the last m.device_list_update sent for a local user
 	sep         = 0
 )
 
@@ -191,6 +192,10 @@ func changedUsersOf(e englog.Entry) []string {
 		if json.Unmarshal(e.Payload, &f) == nil {
 			return []string{f.UserID}
 		}
+	case englog.KindEDU:
+		if u := deviceEDUUser(e); u != "" {
+			return []string{u}
+		}
 	case englog.KindKeySignaturesUploaded:
 		if json.Unmarshal(e.Payload, &f) == nil {
 			out := []string{f.UserID}
@@ -201,6 +206,29 @@ func changedUsersOf(e englog.Entry) []string {
 		}
 	}
 	return nil
+}
+
+// Device-list EDUs received over federation (federation records them as
+// KindEDU entries after checking the user belongs to the origin).
+const (
+	EDUDeviceListUpdate = "m.device_list_update"
+	EDUSigningKeyUpdate = "m.signing_key_update"
+)
+
+// deviceEDUUser returns the user a received device-list or signing-key
+// EDU is about, or "".
+func deviceEDUUser(e englog.Entry) string {
+	var f facts.EDU
+	if json.Unmarshal(e.Payload, &f) != nil || (f.Type != EDUDeviceListUpdate && f.Type != EDUSigningKeyUpdate) {
+		return ""
+	}
+	var c struct {
+		UserID string `json:"user_id"`
+	}
+	if json.Unmarshal(f.Content, &c) != nil {
+		return ""
+	}
+	return c.UserID
 }
 
 // Apply folds a batch.
@@ -258,6 +286,16 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 			return err
 		}
 		return removeDevices(w, f.UserID, devs, e.Offset)
+	case englog.KindEDU:
+		// A remote user's devices or cross-signing keys changed: local
+		// users sharing a room see them in device_lists.changed and query
+		// them again (remote keys are always asked for, never cached, so
+		// a gap in the remote stream needs no resync here).
+		if u := deviceEDUUser(e); u != "" {
+			return markChanged(w, u, e.Offset)
+		}
+	case englog.KindFederationOutbound:
+		return recordStreamSent(w, e)
 	case englog.KindKeysUploaded:
 		var f facts.KeysUploaded
 		if err := facts.Decode(e, &f); err != nil {
@@ -640,6 +678,38 @@ func putVerdict(w projections.Writer, e englog.Entry, v Verdict) error {
 	}
 	for _, k := range old {
 		if err := w.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// recordStreamSent remembers, per local user, the stream_id of the last
+// m.device_list_update queued for other servers: the next one names it
+// in prev_id, and user/devices answers it as stream_id.
+func recordStreamSent(w projections.Writer, e englog.Entry) error {
+	var f facts.FederationOutbound
+	if err := facts.Decode(e, &f); err != nil {
+		return err
+	}
+	for _, it := range f.Items {
+		if it.EDU == nil || it.EDU.Type != EDUDeviceListUpdate {
+			continue
+		}
+		var c struct {
+			UserID   string `json:"user_id"`
+			StreamID uint64 `json:"stream_id"`
+		}
+		if json.Unmarshal(it.EDU.Content, &c) != nil || c.UserID == "" {
+			continue
+		}
+		k := projections.Key(pStreamSent, c.UserID)
+		if old, ok, err := w.Get(k); err != nil {
+			return err
+		} else if ok && len(old) == 8 && binary.BigEndian.Uint64(old) >= c.StreamID {
+			continue
+		}
+		if err := w.Set(k, offsetBytes(c.StreamID)); err != nil {
 			return err
 		}
 	}

@@ -150,3 +150,13 @@ func (v View) RoomKeys(user, version, room, session string) (map[string]map[stri
 	}
 	return out, it.Close()
 }
+
+// StreamSent is the stream_id of the last m.device_list_update queued for
+// a local user (0: none yet).
+func (v View) StreamSent(user string) (uint64, error) {
+	b, ok, err := v.r.Get(projections.Key(pStreamSent, user))
+	if err != nil || !ok || len(b) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(b), nil
+}
