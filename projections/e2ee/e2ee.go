@@ -158,7 +158,8 @@ type Projection struct{ onCommit func(Touched) }
 func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "e2ee" }
-func (*Projection) Version() int { return 1 }
+// Version 2: received device-list EDUs and the stream IDs sent are folded.
+func (*Projection) Version() int { return 2 }
 
 // AfterCommit reports the users whose device lists the batch changed.
 // It decodes only user IDs; no state is read.
