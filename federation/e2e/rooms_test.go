@@ -74,10 +74,10 @@ func TestJoinByAliasBetweenTwoServers(t *testing.T) {
 	}
 }
 
-// eventually retries check for up to 15 s (delivery is asynchronous).
+// eventually retries check for up to 30 s (delivery is asynchronous, and CI machines may be slow).
 func eventually(t *testing.T, what string, check func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !check() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
