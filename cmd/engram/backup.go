@@ -291,9 +291,29 @@ func restoreCmd(args []string) int {
 		}
 		readErr <- nil
 	}()
+	var lastKept englog.Entry
+	discardAppended := false
 	last, err := englog.ImportLog(filepath.Join(newDir, "db"), func() (englog.Entry, bool, error) {
 		e, ok := <-entries
-		return e, ok, nil
+		if ok {
+			lastKept = e
+			return e, true, nil
+		}
+		// The reader is done (the channel is closed after its last
+		// report). Claims in the dropped suffix handed one-time keys to
+		// clients, and which ones the restored log cannot tell: discard
+		// every key unclaimed at the cut, so none is handed out twice
+		// (facts.OneTimeKeysDiscarded; devices upload fresh ones).
+		if rep.claimsDropped > 0 && !discardAppended {
+			discardAppended = true
+			payload, err := json.Marshal(facts.OneTimeKeysDiscarded{UpTo: lastKept.Offset, Reason: "point-in-time restore: one-time keys were claimed after the cut"})
+			if err != nil {
+				return englog.Entry{}, false, err
+			}
+			rep.discardedAt = lastKept.Offset + 1
+			return englog.Entry{Offset: lastKept.Offset + 1, Kind: englog.KindOneTimeKeysDiscarded, Time: max(lastKept.Time, time.Now().UnixMilli()), Payload: payload}, true, nil
+		}
+		return englog.Entry{}, false, nil
 	})
 	for range entries { // drain on error
 	}
@@ -361,8 +381,10 @@ func restoreCmd(args []string) int {
 
 // restoreReport says what a restore left out.
 type restoreReport struct {
-	dropped      uint64
-	rooms, users map[string]bool
+	dropped       uint64
+	claimsDropped int    // one-time key claims after the cut
+	discardedAt   uint64 // offset of the OneTimeKeysDiscarded appended, 0 if none
+	rooms, users  map[string]bool
 	kinds        map[string]int
 	firstDropped int64
 }
@@ -373,6 +395,9 @@ func (r *restoreReport) drop(e englog.Entry) {
 	}
 	r.dropped++
 	r.kinds[e.Kind.String()]++
+	if e.Kind == englog.KindKeysClaimed {
+		r.claimsDropped++
+	}
 	if e.Kind == englog.KindPDU {
 		var p facts.PDU
 		var ev struct {
@@ -387,8 +412,15 @@ func (r *restoreReport) drop(e englog.Entry) {
 }
 
 func (r *restoreReport) print(w io.Writer, last, total uint64, took time.Duration, dir string) {
-	fmt.Fprintf(w, "restored log offsets 1..%d into %s in %s (projections rebuilt)\n", last, dir, took.Round(time.Millisecond))
-	fmt.Fprintf(w, "kept %d entries, dropped %d (offsets %d..%d)\n", last, r.dropped, last+1, total)
+	kept := last
+	if r.discardedAt != 0 {
+		kept--
+	}
+	fmt.Fprintf(w, "restored log offsets 1..%d into %s in %s (projections rebuilt)\n", kept, dir, took.Round(time.Millisecond))
+	fmt.Fprintf(w, "kept %d entries, dropped %d (offsets %d..%d)\n", kept, r.dropped, kept+1, total)
+	if r.discardedAt != 0 {
+		fmt.Fprintf(w, "%d one-time key claims were after the cut: every one-time key unclaimed at the cut is discarded (entry %d), so none is handed out twice; devices upload new ones\n", r.claimsDropped, r.discardedAt)
+	}
 	if r.dropped > 0 {
 		fmt.Fprintf(w, "first dropped entry written at %s\n", time.UnixMilli(r.firstDropped).UTC().Format(time.RFC3339Nano))
 		kinds := make([]string, 0, len(r.kinds))
@@ -413,5 +445,5 @@ func (r *restoreReport) print(w io.Writer, last, total uint64, took time.Duratio
 	}
 	fmt.Fprintf(w, "start it with: engram serve --config <your engram.yaml> --data-dir %s\n", dir)
 	fmt.Fprintln(w, "note: logins after the cut are not in the restored log, so their access tokens are unknown to it (those clients log in again);")
-	fmt.Fprintln(w, "      not handled yet: one-time keys claimed after the cut can be handed out again, and clients that synced after the cut are not told to reset")
+	fmt.Fprintln(w, "      not handled yet: clients that synced after the cut are not told to reset (M_UNKNOWN_POS)")
 }

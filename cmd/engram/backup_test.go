@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -88,4 +90,83 @@ func TestBackupRestoreAnswersAsAtTheCut(t *testing.T) {
 	if _, errOut, code = runTool(t, dir, nil, "backup", "verify", backupDir); code == 0 || !strings.Contains(errOut, filepath.Base(segs[0])) {
 		t.Fatalf("backup verify of a damaged segment: code %d\n%s", code, errOut)
 	}
+}
+
+// TestRestoreNeverHandsOutAClaimedKeyAgain: a one-time key claimed after
+// the cut is not handed out again by the restored server.
+func TestRestoreNeverHandsOutAClaimedKeyAgain(t *testing.T) {
+	dir := t.TempDir()
+	listen := freeAddr(t)
+	cfg := writeConfig(t, dir, listen, "")
+	p := startServer(t, dir, listen, nil, "--config", cfg)
+	for _, u := range []string{"alice", "bob"} {
+		if out, errOut, code := runTool(t, dir, nil, "register-user", "--config", cfg, "--user", u, "--password", "pw-"+u); code != 0 {
+			t.Fatalf("register-user %s: code %d %s %s", u, code, out, errOut)
+		}
+	}
+	alice := newRebuildClient(t, listen, "alice")
+	bob := newRebuildClient(t, listen, "bob")
+	var who struct {
+		DeviceID string `json:"device_id"`
+	}
+	alice.ok("GET", "/account/whoami", nil, &who)
+	alice.ok("POST", "/keys/upload", map[string]any{"one_time_keys": map[string]any{
+		"curve25519:AAAAAQ": "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a",
+		"curve25519:AAAAAg": "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b",
+	}}, nil)
+	backupDir := filepath.Join(dir, "backup")
+	if out, errOut, code := runTool(t, dir, nil, "backup", "--config", cfg, "--to", backupDir); code != 0 {
+		t.Fatalf("backup: %s %s", out, errOut)
+	}
+	m, err := readManifestLast(backupDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim := func(c *rebuildClient) string {
+		t.Helper()
+		var out struct {
+			OneTimeKeys map[string]map[string]map[string]any `json:"one_time_keys"`
+		}
+		c.ok("POST", "/keys/claim", map[string]any{"one_time_keys": map[string]any{alice.user: map[string]string{who.DeviceID: "curve25519"}}}, &out)
+		for id := range out.OneTimeKeys[alice.user][who.DeviceID] {
+			return id
+		}
+		return ""
+	}
+	claimed := claim(bob)
+	if claimed == "" {
+		t.Fatal("bob claimed no key")
+	}
+	if out, errOut, code := runTool(t, dir, nil, "backup", "--config", cfg, "--to", backupDir); code != 0 {
+		t.Fatalf("backup: %s %s", out, errOut)
+	}
+	p.stop()
+	restored := filepath.Join(dir, "restored")
+	out, errOut, code := runTool(t, dir, nil, "restore", "--config", cfg, "--from", backupDir, "--to-offset", strconv.FormatUint(m, 10), "--data-dir", restored)
+	if code != 0 {
+		t.Fatalf("restore: code %d\n%s\n%s", code, out, errOut)
+	}
+	startServer(t, dir, listen, nil, "--config", cfg, "--data-dir", restored)
+	if again := claim(bob); again == claimed {
+		t.Fatalf("the restored server handed out %s a second time", claimed)
+	}
+	if !strings.Contains(out, "one-time key claims were after the cut") {
+		t.Fatalf("the restore report does not say the keys were discarded:\n%s", out)
+	}
+}
+
+func readManifestLast(dir string) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		return 0, err
+	}
+	var m struct {
+		Segments []struct {
+			Last uint64 `json:"last_offset"`
+		} `json:"segments"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil || len(m.Segments) == 0 {
+		return 0, fmt.Errorf("manifest: %v", err)
+	}
+	return m.Segments[len(m.Segments)-1].Last, nil
 }
