@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"net/http"
 	"strconv"
@@ -9,6 +10,8 @@ import (
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
 )
 
@@ -199,30 +202,61 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		}
 	}
 
-	// The old room: stop new messages and invites, if the upgrader may
-	// change its power levels (the spec says "if possible").
-	if oldPL := normalisePowerLevels(content(stateres.MRoomPowerLevels)); oldPL != nil {
-		usersDefault, _ := oldPL["users_default"].(int64)
-		restricted := max(50, usersDefault+1)
-		if cur, _ := oldPL["events_default"].(int64); cur < restricted || oldPL["invite"] == nil || oldPL["invite"].(int64) < restricted {
-			oldPL["events_default"], oldPL["invite"] = max(cur, restricted), restricted
-			if _, err := old.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(oldPL)}); err != nil {
-				s.logger.Info().Err(err).Str("room", oldRoomID).Msg("upgrade: could not restrict the old room's power levels")
-			}
-		}
+	if err := s.restrictOldRoom(old, normalisePowerLevels(content(stateres.MRoomPowerLevels)), sess.UserID); err != nil {
+		return err
 	}
-
-	props := append(nb.Proposals(nil), old.Proposals(nil)...)
-	aliases, err := v.Aliases(oldRoomID)
+	moves, err := movedListings(v, oldRoomID, newRoomID, sess.UserID)
 	if err != nil {
 		return err
+	}
+	props := append(append(nb.Proposals(nil), old.Proposals(nil)...), moves...)
+	if _, err := s.roomWrite.Commit(r.Context(), props...); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"replacement_room": newRoomID})
+	return nil
+}
+
+// restrictOldRoom stops new messages and invites in the upgraded room,
+// if the upgrader may change its power levels (the spec says "if
+// possible"): a refusal is logged, not an error. oldPL is the room's
+// power levels content, normalised (nil: none).
+func (s *Server) restrictOldRoom(old *roomwrite.Builder, oldPL map[string]any, upgrader string) error {
+	if oldPL == nil {
+		return nil
+	}
+	usersDefault, _ := oldPL["users_default"].(int64)
+	restricted := max(50, usersDefault+1)
+	cur, _ := oldPL["events_default"].(int64)
+	if inv, ok := oldPL["invite"].(int64); cur >= restricted && ok && inv >= restricted {
+		return nil
+	}
+	oldPL["events_default"], oldPL["invite"] = max(cur, restricted), restricted
+	if _, err := old.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: upgrader, Content: mustJSON(oldPL)}); err != nil {
+		var me *matrixError
+		if !errors.As(err, &me) {
+			return err // a failed read is no refusal
+		}
+		s.logger.Info().Err(err).Str("room", old.RoomID()).Msg("upgrade: could not restrict the old room's power levels")
+	}
+	return nil
+}
+
+// movedListings are the entries that move the old room's local aliases
+// (each keeping its creator) and its room directory listing to the new
+// room.
+func movedListings(v rooms.View, oldRoomID, newRoomID, upgrader string) ([]englog.Proposal, error) {
+	var props []englog.Proposal
+	aliases, err := v.Aliases(oldRoomID)
+	if err != nil {
+		return nil, err
 	}
 	for _, a := range aliases {
 		rec, err := v.Alias(a)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		creator := sess.UserID
+		creator := upgrader
 		if rec != nil {
 			creator = rec.Creator
 		}
@@ -230,18 +264,16 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 			facts.MustEncode(englog.KindAliasRemoved, facts.AliasRemoved{Alias: a}),
 			facts.MustEncode(englog.KindAliasSet, facts.AliasSet{Alias: a, RoomID: newRoomID, Creator: creator}))
 	}
-	if pub, err := v.Public(oldRoomID); err != nil {
-		return err
-	} else if pub {
+	pub, err := v.Public(oldRoomID)
+	if err != nil {
+		return nil, err
+	}
+	if pub {
 		props = append(props,
 			facts.MustEncode(englog.KindRoomVisibilitySet, facts.RoomVisibilitySet{RoomID: oldRoomID, Visibility: "private"}),
 			facts.MustEncode(englog.KindRoomVisibilitySet, facts.RoomVisibilitySet{RoomID: newRoomID, Visibility: "public"}))
 	}
-	if _, err := s.roomWrite.Commit(r.Context(), props...); err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, map[string]string{"replacement_room": newRoomID})
-	return nil
+	return props, nil
 }
 
 // normalisePowerLevels returns a copy of power levels content with every
