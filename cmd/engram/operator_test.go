@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -63,6 +64,19 @@ func TestOpenRegistrationRefused(t *testing.T) {
 	cfg = writeConfig(t, dir, listen, "enable_registration: true\nenable_registration_without_verification: true\n")
 	p := startServer(t, dir, listen, []string{"ENGRAM_SERVERNAME=typo.example"}, "--config", cfg)
 	p.stop()
+	// The logs of that run: request lines with latency_ms and no empty
+	// fields, millisecond timestamps, no raft election at info.
+	logs := p.stderr.String()
+	if !strings.Contains(logs, `"message":"request"`) || !strings.Contains(logs, `"latency_ms":`) || strings.Contains(logs, `"latency":`) ||
+		strings.Contains(logs, `"errcode":""`) || strings.Contains(logs, `"user":""`) || strings.Contains(logs, `"room":""`) {
+		t.Fatalf("request log lines:\n%s", logs)
+	}
+	if !regexp.MustCompile(`"time":"[0-9-]+T[0-9:]+\.[0-9]{3}Z"`).MatchString(logs) {
+		t.Fatalf("timestamps are not in milliseconds:\n%s", logs)
+	}
+	if strings.Contains(logs, `"subsystem":"raft"`) {
+		t.Fatalf("a single node's raft chatter is logged at info:\n%s", logs)
+	}
 	if !strings.Contains(p.stderr.String(), "ENGRAM_SERVERNAME") {
 		t.Fatalf("an unknown ENGRAM_ variable was not warned about:\n%s", p.stderr)
 	}
