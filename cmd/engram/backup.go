@@ -385,8 +385,8 @@ type restoreReport struct {
 	claimsDropped int    // one-time key claims after the cut
 	discardedAt   uint64 // offset of the OneTimeKeysDiscarded appended, 0 if none
 	rooms, users  map[string]bool
-	kinds        map[string]int
-	firstDropped int64
+	kinds         map[string]int
+	firstDropped  int64
 }
 
 func (r *restoreReport) drop(e englog.Entry) {
