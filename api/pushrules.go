@@ -9,6 +9,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/push"
 )
 
 // Push rules (spec: modules/push.md, pushrules.yaml).
@@ -65,47 +66,25 @@ type pushRulesContent struct {
 	Global pushRuleset `json:"global"`
 }
 
-func defaultRule(id string, enabled bool, conditions string, actions ...string) pushRule {
-	acts := make([]json.RawMessage, len(actions))
-	for i, a := range actions {
-		acts[i] = json.RawMessage(a)
-	}
-	return pushRule{RuleID: id, Default: true, Enabled: enabled, Actions: acts, Conditions: json.RawMessage(conditions)}
-}
-
-const (
-	actNotify       = `"notify"`
-	actSoundDefault = `{"set_tweak":"sound","value":"default"}`
-	actSoundRing    = `{"set_tweak":"sound","value":"ring"}`
-	actHighlight    = `{"set_tweak":"highlight"}`
-)
-
-// defaultPushRules is the spec's predefined rule set for userID (spec
-// v1.17+: the legacy body-matching content rules are gone), in the spec's
-// order. The master rule is first in override; the other server-default
-// override rules come after the user's own.
+// defaultPushRules is the server-default rule set for userID (package
+// push holds it, with the evaluator), in the spec's order. The master rule
+// is first in override; the other server-default override rules come
+// after the user's own.
 func defaultPushRules(userID string) (master pushRule, override, content, underride []pushRule) {
-	uid := string(mustJSON(userID))
-	master = defaultRule(".m.rule.master", false, `[]`)
-	override = []pushRule{
-		defaultRule(".m.rule.suppress_notices", true, `[{"kind":"event_match","key":"content.msgtype","pattern":"m.notice"}]`),
-		defaultRule(".m.rule.invite_for_me", true, `[{"key":"type","kind":"event_match","pattern":"m.room.member"},{"key":"content.membership","kind":"event_match","pattern":"invite"},{"key":"state_key","kind":"event_match","pattern":`+uid+`}]`, actNotify, actSoundDefault),
-		defaultRule(".m.rule.member_event", true, `[{"key":"type","kind":"event_match","pattern":"m.room.member"}]`),
-		defaultRule(".m.rule.is_user_mention", true, `[{"kind":"event_property_contains","key":"content.m\\.mentions.user_ids","value":`+uid+`}]`, actNotify, actSoundDefault, actHighlight),
-		defaultRule(".m.rule.is_room_mention", true, `[{"kind":"event_property_is","key":"content.m\\.mentions.room","value":true},{"kind":"sender_notification_permission","key":"room"}]`, actNotify, actHighlight),
-		defaultRule(".m.rule.tombstone", true, `[{"kind":"event_match","key":"type","pattern":"m.room.tombstone"},{"kind":"event_match","key":"state_key","pattern":""}]`, actNotify, actHighlight),
-		defaultRule(".m.rule.reaction", true, `[{"kind":"event_match","key":"type","pattern":"m.reaction"}]`),
-		defaultRule(".m.rule.room.server_acl", true, `[{"kind":"event_match","key":"type","pattern":"m.room.server_acl"},{"kind":"event_match","key":"state_key","pattern":""}]`),
-		defaultRule(".m.rule.suppress_edits", true, `[{"kind":"event_property_is","key":"content.m\\.relates_to.rel_type","value":"m.replace"}]`),
+	d := push.Defaults(userID)
+	conv := func(rs []push.Rule) []pushRule {
+		out := make([]pushRule, 0, len(rs))
+		for _, r := range rs {
+			conds, err := json.Marshal(r.Conditions)
+			if err != nil {
+				panic(err) // conditions of literals
+			}
+			out = append(out, pushRule{RuleID: r.RuleID, Default: true, Enabled: r.Enabled, Actions: r.Actions, Conditions: conds, Pattern: r.Pattern})
+		}
+		return out
 	}
-	underride = []pushRule{
-		defaultRule(".m.rule.call", true, `[{"key":"type","kind":"event_match","pattern":"m.call.invite"}]`, actNotify, actSoundRing),
-		defaultRule(".m.rule.encrypted_room_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}]`, actNotify, actSoundDefault),
-		defaultRule(".m.rule.room_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.message"}]`, actNotify, actSoundDefault),
-		defaultRule(".m.rule.message", true, `[{"kind":"event_match","key":"type","pattern":"m.room.message"}]`, actNotify),
-		defaultRule(".m.rule.encrypted", true, `[{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}]`, actNotify),
-	}
-	return master, override, []pushRule{}, underride
+	over := conv(d.Override)
+	return over[0], over[1:], conv(d.Content), conv(d.Underride)
 }
 
 // buildPushRules merges the stored ruleset (nil: none yet) with this

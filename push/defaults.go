@@ -1,0 +1,60 @@
+package push
+
+import "encoding/json"
+
+// Defaults is the server-default ruleset for userID: the spec's predefined
+// rules (v1.17: the legacy body-matching mention rules are gone), and the
+// poll rules of MSC3930 that Synapse ships, in evaluation order. The
+// master rule comes first in override, and user-defined rules go after it
+// and before the other defaults (the API merges them: api/pushrules.go).
+func Defaults(userID string) Ruleset {
+	uid, _ := json.Marshal(userID)
+	rule := func(id string, enabled bool, conds string, actions ...string) Rule {
+		r := Rule{RuleID: id, Default: true, Enabled: enabled, Actions: []json.RawMessage{}}
+		if err := json.Unmarshal([]byte(conds), &r.Conditions); err != nil {
+			panic(err) // the literals below
+		}
+		if r.Conditions == nil {
+			r.Conditions = []Condition{}
+		}
+		for _, a := range actions {
+			r.Actions = append(r.Actions, json.RawMessage(a))
+		}
+		return r
+	}
+	const (
+		notify    = `"notify"`
+		sound     = `{"set_tweak":"sound","value":"default"}`
+		ring      = `{"set_tweak":"sound","value":"ring"}`
+		highlight = `{"set_tweak":"highlight"}`
+	)
+	return Ruleset{
+		Override: []Rule{
+			rule(".m.rule.master", false, `[]`),
+			rule(".m.rule.suppress_notices", true, `[{"kind":"event_match","key":"content.msgtype","pattern":"m.notice"}]`),
+			rule(".m.rule.invite_for_me", true, `[{"key":"type","kind":"event_match","pattern":"m.room.member"},{"key":"content.membership","kind":"event_match","pattern":"invite"},{"key":"state_key","kind":"event_match","pattern":`+string(uid)+`}]`, notify, sound),
+			rule(".m.rule.member_event", true, `[{"key":"type","kind":"event_match","pattern":"m.room.member"}]`),
+			rule(".m.rule.is_user_mention", true, `[{"kind":"event_property_contains","key":"content.m\\.mentions.user_ids","value":`+string(uid)+`}]`, notify, sound, highlight),
+			rule(".m.rule.is_room_mention", true, `[{"kind":"event_property_is","key":"content.m\\.mentions.room","value":true},{"kind":"sender_notification_permission","key":"room"}]`, notify, highlight),
+			rule(".m.rule.tombstone", true, `[{"kind":"event_match","key":"type","pattern":"m.room.tombstone"},{"kind":"event_match","key":"state_key","pattern":""}]`, notify, highlight),
+			rule(".m.rule.reaction", true, `[{"kind":"event_match","key":"type","pattern":"m.reaction"}]`),
+			rule(".m.rule.room.server_acl", true, `[{"kind":"event_match","key":"type","pattern":"m.room.server_acl"},{"kind":"event_match","key":"state_key","pattern":""}]`),
+			rule(".m.rule.suppress_edits", true, `[{"kind":"event_property_is","key":"content.m\\.relates_to.rel_type","value":"m.replace"}]`),
+			rule(".org.matrix.msc3930.rule.poll_response", true, `[{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.response"}]`),
+		},
+		Content: []Rule{},
+		Room:    []Rule{},
+		Sender:  []Rule{},
+		Underride: []Rule{
+			rule(".m.rule.call", true, `[{"key":"type","kind":"event_match","pattern":"m.call.invite"}]`, notify, ring),
+			rule(".m.rule.encrypted_room_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}]`, notify, sound),
+			rule(".m.rule.room_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"m.room.message"}]`, notify, sound),
+			rule(".m.rule.message", true, `[{"kind":"event_match","key":"type","pattern":"m.room.message"}]`, notify),
+			rule(".m.rule.encrypted", true, `[{"kind":"event_match","key":"type","pattern":"m.room.encrypted"}]`, notify),
+			rule(".org.matrix.msc3930.rule.poll_start_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.start"}]`, notify, sound),
+			rule(".org.matrix.msc3930.rule.poll_start", true, `[{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.start"}]`, notify),
+			rule(".org.matrix.msc3930.rule.poll_end_one_to_one", true, `[{"kind":"room_member_count","is":"2"},{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.end"}]`, notify, sound),
+			rule(".org.matrix.msc3930.rule.poll_end", true, `[{"kind":"event_match","key":"type","pattern":"org.matrix.msc3381.poll.end"}]`, notify),
+		},
+	}
+}
