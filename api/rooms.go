@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"maps"
 	"net/http"
 	"slices"
@@ -272,7 +273,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		}
 	}
 	if req.Topic != nil {
-		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.topic", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"topic": *req.Topic})}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.topic", StateKey: strptr(""), Sender: sess.UserID, Content: topicContent(*req.Topic)}); err != nil {
 			return err
 		}
 	}
@@ -473,6 +474,18 @@ func (s *Server) membershipChange(w http.ResponseWriter, r *http.Request, sess *
 		}
 		if acc == nil {
 			return errNotFound("Unknown user %s", target)
+		}
+	}
+	if membership == "leave" && strings.HasSuffix(r.URL.Path, "/kick") {
+		// A kick (unban is a leave by another user too): only of someone in the room (joined, invited or
+		// knocking); kicking a user who is not there, or left, is refused
+		// as Synapse does, rather than recording a leave over a leave.
+		m, err := s.roomsView().Membership(target, roomID)
+		if err != nil {
+			return err
+		}
+		if m == nil || (m.Membership != "join" && m.Membership != "invite" && m.Membership != "knock") {
+			return errForbidden("%s is not in the room", target)
 		}
 	}
 	content, err := s.memberContent(target, membership, req.Reason)
@@ -836,6 +849,12 @@ func (s *Server) visibleEvent(r *http.Request, sess *session) (*eventInRoom, err
 		return nil, err
 	}
 	upper, vis, err := s.readAccess(roomID, sess.UserID)
+	var me *matrixError
+	if errors.As(err, &me) && me.Status == http.StatusForbidden {
+		// Not a member of a room that is not world-readable: the event is
+		// not found for them (spec: 404 when the user lacks permission).
+		return errNotFound("Event not found")
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -1020,4 +1039,13 @@ func (s *Server) knock(w http.ResponseWriter, r *http.Request, sess *session) er
 		return err
 	}
 	return s.ownMembership(w, r, sess, roomID, "knock")
+}
+
+// topicContent is an m.room.topic content with the plain topic and its
+// rich representation (spec v1.15: m.topic, a list of representations).
+func topicContent(topic string) json.RawMessage {
+	return mustJSON(map[string]any{
+		"topic":   topic,
+		"m.topic": map[string]any{"m.text": []map[string]string{{"body": topic, "mimetype": "text/plain"}}},
+	})
 }

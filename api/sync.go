@@ -291,10 +291,30 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		return nil, false, nil, err
 	}
 	ad := []map[string]any{}
+	pushRulesSent := false
 	for _, rec := range global {
 		if rec.Offset <= pos && f.AccountData.allows(rec.Type, sess.UserID, nil) {
-			ad = append(ad, map[string]any{"type": rec.Type, "content": rec.Content})
+			content := rec.Content
+			if rec.Type == "m.push_rules" {
+				// Served with this build's defaults merged in, as GET
+				// /pushrules/ shows them.
+				if content, err = s.PushRulesContent(sess.UserID); err != nil {
+					return nil, false, nil, err
+				}
+				pushRulesSent = true
+			}
+			ad = append(ad, map[string]any{"type": rec.Type, "content": content})
 		}
+	}
+	// An initial sync carries the push rules even for a user who never
+	// changed them (spec: m.push_rules in account data; clients need them
+	// to compute notifications).
+	if since == 0 && !pushRulesSent && f.AccountData.allows("m.push_rules", sess.UserID, nil) {
+		content, err := s.PushRulesContent(sess.UserID)
+		if err != nil {
+			return nil, false, nil, err
+		}
+		ad = append(ad, map[string]any{"type": "m.push_rules", "content": content})
 	}
 	presence, err := s.presenceSection(sess, f, rv, joinedRooms, since, pos, now)
 	if err != nil {

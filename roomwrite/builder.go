@@ -96,6 +96,9 @@ func (b *Builder) Add(proto stateres.ProtoEvent) (*stateres.Event, error) {
 		err = b.state.err
 	}
 	if err != nil {
+		if errors.Is(err, stateres.ErrEventTooLarge) {
+			return nil, mxerr.TooLarge("Event is larger than %d bytes", maxPDUSize)
+		}
 		if errors.Is(err, stateres.ErrInvalidEvent) {
 			return nil, mxerr.BadJSON("%v", err)
 		}

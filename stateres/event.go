@@ -31,6 +31,10 @@ const (
 // API, "Checks performed on receipt of a PDU", step 1).
 var ErrInvalidEvent = errors.New("invalid event")
 
+// ErrEventTooLarge is also returned (wrapped with ErrInvalidEvent) for an
+// event over MaxPDUBytes, which clients are told with 413 M_TOO_LARGE.
+var ErrEventTooLarge = errors.New("event too large")
+
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidEvent, fmt.Sprintf(format, args...))
 }
@@ -141,7 +145,7 @@ func ParseEvent(version *RoomVersion, raw []byte) (*Event, error) {
 		return nil, invalid("no room version")
 	}
 	if len(raw) > maxRawInput {
-		return nil, invalid("event of %d bytes exceeds the %d byte limit", len(raw), MaxPDUBytes)
+		return nil, fmt.Errorf("%w: %w: %d bytes exceed the %d byte limit", ErrInvalidEvent, ErrEventTooLarge, len(raw), MaxPDUBytes)
 	}
 	canon, err := canonicaljson.Canonicalize(raw, version.StrictCanonicalJSON)
 	if err != nil {
@@ -211,7 +215,7 @@ func parseCanonicalWithID(version *RoomVersion, canon []byte, knownID string) (*
 		return parseCanonicalWithID(version, canon, knownID)
 	}
 	if len(canon) > MaxPDUBytes {
-		return nil, invalid("event of %d bytes exceeds the %d byte limit", len(canon), MaxPDUBytes)
+		return nil, fmt.Errorf("%w: %w: %d bytes exceed the %d byte limit", ErrInvalidEvent, ErrEventTooLarge, len(canon), MaxPDUBytes)
 	}
 
 	e := &Event{version: version, json: canon}

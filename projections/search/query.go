@@ -179,7 +179,9 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 		ev, _ := h.Fields[fieldEventID].(string)
 		res.Hits = append(res.Hits, Hit{EventID: ev, RoomID: room, Offset: OffsetOf(h.ID), Rank: h.Score})
 	}
-	if len(sr.Hits) == limit && uint64(req.From+limit) < sr.Total {
+	// A full page has a next_batch (the next one may be empty), as clients
+	// expect from Synapse.
+	if len(sr.Hits) == limit {
 		if q.Recent {
 			res.Next = "r:" + sr.Hits[len(sr.Hits)-1].ID
 		} else {
