@@ -821,6 +821,12 @@ func (s *Server) redactEvent(w http.ResponseWriter, r *http.Request, sess *sessi
 
 func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, sess *session) error {
 	ve, err := s.visibleEvent(r, sess)
+	var me *matrixError
+	if errors.As(err, &me) && me.Status == http.StatusForbidden {
+		// Not a member of a room that is not world-readable: the event is
+		// not found for them (spec: 404 when the user lacks permission).
+		return errNotFound("Event not found")
+	}
 	if err != nil {
 		return err
 	}
@@ -849,12 +855,6 @@ func (s *Server) visibleEvent(r *http.Request, sess *session) (*eventInRoom, err
 		return nil, err
 	}
 	upper, vis, err := s.readAccess(roomID, sess.UserID)
-	var me *matrixError
-	if errors.As(err, &me) && me.Status == http.StatusForbidden {
-		// Not a member of a room that is not world-readable: the event is
-		// not found for them (spec: 404 when the user lacks permission).
-		return errNotFound("Event not found")
-	}
 	if err != nil {
 		return nil, err
 	}
