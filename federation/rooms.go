@@ -49,7 +49,10 @@ func (s *Server) roomRoutes() {
 	s.HandleAuthed("GET /_matrix/federation/v1/backfill/{roomID}", s.backfill)
 	s.HandleAuthed("POST /_matrix/federation/v1/get_missing_events/{roomID}", s.missingEvents)
 	s.HandleAuthed("GET /_matrix/federation/v1/make_join/{roomID}/{userID}", s.makeMembership("join"))
-	s.HandleAuthed("PUT /_matrix/federation/v2/send_join/{roomID}/{eventID}", s.sendJoin)
+	s.HandleAuthed("PUT /_matrix/federation/v2/send_join/{roomID}/{eventID}", s.sendJoin(false))
+	// v1 answers are [200, body] (deprecated, still sent by older servers).
+	s.HandleAuthed("PUT /_matrix/federation/v1/send_join/{roomID}/{eventID}", s.sendJoin(true))
+	s.HandleAuthed("PUT /_matrix/federation/v1/send_leave/{roomID}/{eventID}", s.sendMembershipV1("leave"))
 	s.HandleAuthed("GET /_matrix/federation/v1/make_leave/{roomID}/{userID}", s.makeMembership("leave"))
 	s.HandleAuthed("PUT /_matrix/federation/v2/send_leave/{roomID}/{eventID}", s.sendMembership("leave"))
 	s.HandleAuthed("GET /_matrix/federation/v1/make_knock/{roomID}/{userID}", s.makeMembership("knock"))
@@ -855,17 +858,43 @@ func (s *Server) passOn(ctx context.Context, roomID, origin, eventID string) {
 	}
 }
 
-func (s *Server) sendJoin(w http.ResponseWriter, r *http.Request, origin string) error {
+func (s *Server) sendJoin(v1 bool) AuthedFunc {
+	return func(w http.ResponseWriter, r *http.Request, origin string) error {
+		resp, err := s.sendJoinResponse(r, origin)
+		if err != nil {
+			return err
+		}
+		if v1 {
+			writeJSON(w, http.StatusOK, []any{200, resp})
+		} else {
+			writeJSON(w, http.StatusOK, resp)
+		}
+		return nil
+	}
+}
+
+// sendMembershipV1 is send_leave v1: the v2 answer in a [200, body] pair.
+func (s *Server) sendMembershipV1(membership string) AuthedFunc {
+	return func(w http.ResponseWriter, r *http.Request, origin string) error {
+		if _, _, err := s.receiveMembership(r, origin, membership); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, []any{200, map[string]any{}})
+		return nil
+	}
+}
+
+func (s *Server) sendJoinResponse(r *http.Request, origin string) (map[string]any, error) {
 	v, ev, err := s.receiveMembership(r, origin, "join")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	st, ok, err := v.StateIDsBefore(ev.EventID())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !ok {
-		return fmt.Errorf("federation: the join %s has no state after it was accepted", ev.EventID())
+		return nil, fmt.Errorf("federation: the join %s has no state after it was accepted", ev.EventID())
 	}
 	ids := make([]string, 0, len(st))
 	for _, id := range st {
@@ -874,20 +903,20 @@ func (s *Server) sendJoin(w http.ResponseWriter, r *http.Request, origin string)
 	sort.Strings(ids)
 	chainIDs, err := v.AuthChain(ids)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	state, err := loadPDUs(v, ids)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	chain, err := loadPDUs(v, chainIDs)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	servers := map[string]bool{s.cfg.ServerName: true}
 	joined, err := v.MemberIDs(r.PathValue("roomID"), "join")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, u := range joined {
 		servers[domainOf(u)] = true
@@ -897,11 +926,10 @@ func (s *Server) sendJoin(w http.ResponseWriter, r *http.Request, origin string)
 		list = append(list, sv)
 	}
 	sort.Strings(list)
-	writeJSON(w, http.StatusOK, map[string]any{
+	return map[string]any{
 		"origin": s.cfg.ServerName, "state": state, "auth_chain": chain, "event": json.RawMessage(ev.JSON()),
 		"members_omitted": false, "servers_in_room": list,
-	})
-	return nil
+	}, nil
 }
 
 func (s *Server) sendMembership(membership string) AuthedFunc {

@@ -263,10 +263,16 @@ func TestRoomOverFederation(t *testing.T) {
 		t.Fatalf("/get_missing_events: %v, %d events (want the join only)", err, len(gme.Events))
 	}
 
-	// Leave through make_leave/send_leave.
+	// A send_leave (v1) of a message is refused.
+	var pair []json.RawMessage
+	err = b.do(t, a.Name, "PUT", "/_matrix/federation/v1/send_leave/"+url.PathEscape(roomID)+"/"+url.PathEscape(msg.EventID()), json.RawMessage(msg.JSON()), &pair)
+	if !errors.As(err, &he) || he.Status != http.StatusBadRequest {
+		t.Fatalf("send_leave v1 of a message: %v", err)
+	}
+	// Leave through make_leave/send_leave (v1: a [200, {}] pair).
 	leave := b.handshake(t, a, "leave", roomID, bob)
-	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v2/send_leave/"+url.PathEscape(roomID)+"/"+url.PathEscape(leave.EventID()), json.RawMessage(leave.JSON()), nil); err != nil {
-		t.Fatalf("send_leave: %v", err)
+	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v1/send_leave/"+url.PathEscape(roomID)+"/"+url.PathEscape(leave.EventID()), json.RawMessage(leave.JSON()), &pair); err != nil || len(pair) != 2 || string(pair[0]) != "200" {
+		t.Fatalf("send_leave v1: %v %s", err, pair)
 	}
 	if m, _ := a.view().Membership(bob, roomID); m == nil || m.Membership != "leave" {
 		t.Fatalf("bob's membership on A after send_leave: %+v", m)
