@@ -17,8 +17,9 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/rs/zerolog v1.35.1
 	golang.org/x/crypto v0.57.0
+	golang.org/x/image v0.48.0
 	golang.org/x/net v0.59.0
-	golang.org/x/sys v0.48.0
+	golang.org/x/sys v0.50.0
 	google.golang.org/protobuf v1.36.12
 	gopkg.in/yaml.v3 v3.0.1
 	maunium.net/go/mautrix v0.30.0
@@ -84,7 +85,7 @@ require (
 	go.etcd.io/bbolt v1.4.0 // indirect
 	go.mau.fi/util v0.10.0 // indirect
 	golang.org/x/exp v0.0.0-20260813180055-c1d0aacb2297 // indirect
-	golang.org/x/text v0.42.0 // indirect
+	golang.org/x/text v0.44.0 // indirect
 )
 
 // Pebble v1.1's cgo zstd block compression needs DataDog/zstd v1.4 (v1.5

@@ -22,7 +22,7 @@ import (
 
 // adminRoutes mounts the admin API (api/admin) on this server.
 func (s *Server) adminRoutes() {
-	s.admin = admin.New(admin.Config{ServerName: s.cfg.ServerName, Version: s.cfg.ServerVersion, ServerNotices: s.cfg.ServerNotices}, adminHost{s})
+	s.admin = admin.New(admin.Config{ServerName: s.cfg.ServerName, Version: s.cfg.ServerVersion, ServerNotices: s.cfg.ServerNotices, Media: s.mediaUsage()}, adminHost{s})
 	s.admin.Register(func(method, path string, h admin.Handler) { s.handle(method, path, handlerFunc(h)) })
 }
 

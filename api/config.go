@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/api/admin"
+	apimedia "github.com/engram-hs/engram/api/media"
 	"github.com/engram-hs/engram/api/ratelimit"
 )
 
@@ -56,4 +57,8 @@ type Config struct {
 	ServerVersion string
 	// ServerNotices is Synapse's server_notices section.
 	ServerNotices admin.ServerNotices // server_notices.*
+
+	// Media configures the media repository (api/media); an empty
+	// Media.Repo.Dir leaves the media endpoints unregistered.
+	Media apimedia.Config
 }

@@ -84,7 +84,9 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		if r.Method == http.MethodOptions {
 			sw.WriteHeader(http.StatusOK)
 		} else {
-			r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxRequestBodySize)
+			if !s.streamsBody(r) {
+				r.Body = http.MaxBytesReader(sw, r.Body, s.cfg.MaxRequestBodySize)
+			}
 			after, err := s.rateLimit(r)
 			if err != nil {
 				writeError(sw, r, err)

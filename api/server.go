@@ -17,9 +17,12 @@ import (
 	"github.com/engram-hs/engram/internal/keyedmutex"
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/media"
+	"github.com/engram-hs/engram/media/blobstore"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/projections/adminstate"
+	mediaproj "github.com/engram-hs/engram/projections/media"
 	"github.com/engram-hs/engram/projections/openid"
 	"github.com/engram-hs/engram/projections/relations"
 	"github.com/engram-hs/engram/projections/reports"
@@ -43,6 +46,9 @@ type Deps struct {
 	Metrics prometheus.Registerer
 	// Remote asks other servers (federation); nil: no federation.
 	Remote Remote
+	// MediaStore is where media blobs live; nil means files under
+	// Config.Media.Repo.Dir.
+	MediaStore blobstore.Store
 }
 
 // Server is the client-server API.
@@ -66,17 +72,20 @@ type Server struct {
 	engine    *projections.Engine
 	searchH   *projections.Handle
 	searcher  *search.Searcher
+	mediaH    *projections.Handle
+	media     *media.Repo // nil when no media directory is configured
 	notifier  *notifier
 	roomWrite *roomwrite.Writer // builds, authorises and appends room events
 
 	// relationsH: relations and threads (api/relations.go).
 	relationsH *projections.Handle
 
-	mux     *http.ServeMux // method+path patterns
-	pathMux *http.ServeMux // the same paths without methods: tells 405 from 404
-	handler http.Handler
-	limiter *ratelimit.Limiter // nil when rate limiting is off
-	latency *prometheus.HistogramVec
+	mux      *http.ServeMux  // method+path patterns
+	streamed map[string]bool // patterns whose handlers bound their own bodies (host.go)
+	pathMux  *http.ServeMux  // the same paths without methods: tells 405 from 404
+	handler  http.Handler
+	limiter  *ratelimit.Limiter // nil when rate limiting is off
+	latency  *prometheus.HistogramVec
 	// locks serialises checks and appends of non-room keys (an alias, a
 	// user's registration, push rules); room events use roomWrite's lock.
 	locks   keyedmutex.Mutex
@@ -114,16 +123,17 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	var rb [4]byte
 	_, _ = rand.Read(rb[:])
 	s := &Server{
-		cfg:     cfg,
-		log:     deps.Log,
-		remote:  deps.Remote,
-		logger:  deps.Logger.With().Str("component", "api").Logger(),
-		mux:     http.NewServeMux(),
-		pathMux: http.NewServeMux(),
-		nonces:  newNonceStore(),
-		uia:     newUIAStore(),
-		reqBase: hex.EncodeToString(rb[:]),
-		closed:  make(chan struct{}),
+		cfg:      cfg,
+		log:      deps.Log,
+		remote:   deps.Remote,
+		logger:   deps.Logger.With().Str("component", "api").Logger(),
+		mux:      http.NewServeMux(),
+		pathMux:  http.NewServeMux(),
+		streamed: map[string]bool{},
+		nonces:   newNonceStore(),
+		uia:      newUIAStore(),
+		reqBase:  hex.EncodeToString(rb[:]),
+		closed:   make(chan struct{}),
 	}
 	if cfg.RateLimitingEnabled {
 		s.limiter = ratelimit.New()
@@ -143,6 +153,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	searchP := search.New()
 	s.searchH = deps.Engine.Register(searchP)
 	s.searcher = searchP.Searcher(s.searchH)
+	s.mediaH = deps.Engine.Register(mediaproj.New())
 
 	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: "engram", Subsystem: "client_api", Name: "request_duration_seconds",
@@ -157,6 +168,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			}
 			s.latency = are.ExistingCollector.(*prometheus.HistogramVec)
 		}
+	}
+	if err := s.mountMedia(deps); err != nil {
+		return nil, err
 	}
 	s.routes()
 	s.handler = s.middleware(http.HandlerFunc(s.dispatch))

@@ -47,8 +47,13 @@ const (
 	KindReportFiled       Kind = 303
 
 	// Media and keys (wave 2).
-	KindMediaUploaded Kind = 400
-	KindKeysUploaded  Kind = 410
+	KindMediaUploaded    Kind = 400 // local upload or remote media cached
+	KindMediaCreated     Kind = 401 // an mxc:// URI reserved for an asynchronous upload
+	KindThumbnailStored  Kind = 402
+	KindMediaQuarantined Kind = 403 // quarantined or released
+	KindMediaDeleted     Kind = 404 // by an admin, by retention, or a purge of the remote cache
+
+	KindKeysUploaded Kind = 410
 
 	// End-to-end encryption (410-449; facts in log/facts/e2ee.go).
 	KindKeysClaimed              Kind = 411
@@ -106,6 +111,10 @@ var kindNames = map[Kind]string{
 	KindRoomVisibilitySet:        "room_visibility_set",
 	KindReportFiled:              "report_filed",
 	KindMediaUploaded:            "media_uploaded",
+	KindMediaCreated:             "media_created",
+	KindThumbnailStored:          "thumbnail_stored",
+	KindMediaQuarantined:         "media_quarantined",
+	KindMediaDeleted:             "media_deleted",
 	KindKeysUploaded:             "keys_uploaded",
 	KindKeysClaimed:              "keys_claimed",
 	KindCrossSigningKeysUploaded: "cross_signing_keys_uploaded",

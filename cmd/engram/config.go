@@ -84,6 +84,8 @@ type Config struct {
 
 	DiskReserve int64 // 0 = the larger of 1% of the disk and 256 MiB
 	DiskBallast int64 // englog.BallastAuto = half the reserve, at most 128 MiB; 0 = none
+
+	Media mediaSettings // config_media.go
 }
 
 // defaultConfig holds every default, in one place.
@@ -611,6 +613,7 @@ func (c Config) apiConfig() api.Config {
 		ServerNotices:                         c.ServerNotices,
 		ServerVersion:                         "engram " + version,
 		BcryptCost:                            c.BcryptRounds,
+		Media:                                 c.mediaConfig(),
 	}
 	if c.ServeServerWellKnown {
 		port := "8448"
@@ -743,6 +746,16 @@ allow_guest_access: false
 allow_public_rooms_without_auth: false
 # default_room_version: "12"
 max_upload_size: "50M"
+# Media: new uploads are served only by the authenticated endpoints
+# (/_matrix/client/v1/media); false also serves them without a token.
+# enable_authenticated_media: true
+# max_image_pixels: "32M"
+# URL previews fetch pages for clients; when enabled, the blacklist is required.
+url_preview_enabled: false
+# url_preview_ip_range_blacklist: ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7"]
+# media_retention:
+#   local_media_lifetime: "90d"
+#   remote_media_lifetime: "14d"
 
 rate_limiting_enabled: true
 # Synapse's rate limits and defaults (server admins are exempt):

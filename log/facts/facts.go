@@ -137,6 +137,16 @@ func New(kind englog.Kind) any {
 		return &FederationDestinationSet{}
 	case englog.KindOpenIDTokenIssued:
 		return &OpenIDTokenIssued{}
+	case englog.KindMediaUploaded:
+		return &MediaUploaded{}
+	case englog.KindMediaCreated:
+		return &MediaCreated{}
+	case englog.KindThumbnailStored:
+		return &ThumbnailStored{}
+	case englog.KindMediaQuarantined:
+		return &MediaQuarantined{}
+	case englog.KindMediaDeleted:
+		return &MediaDeleted{}
 	case englog.KindServerFact:
 		return &ServerFact{}
 	}
@@ -538,6 +548,77 @@ type ReportFiled struct {
 	// /users/{userId}/report); RoomID for a room, RoomID+EventID for an
 	// event.
 	TargetUserID string `json:"target_user_id,omitempty"`
+}
+
+// ---- Media ----
+//
+// Media bytes never enter the log: they live in the blob store under their
+// SHA-256, and these facts carry the metadata the media projection folds.
+
+// MediaUploaded records a file whose bytes are in the blob store: a local
+// upload (Origin is this server) or remote media fetched into the cache.
+// An upload to an ID reserved by MediaCreated fills that reservation; a
+// second MediaUploaded for the same media is refused at fold time (the
+// first wins), as the writer also checked.
+type MediaUploaded struct {
+	Origin      string `json:"origin"`
+	MediaID     string `json:"media_id"`
+	UserID      string `json:"user_id,omitempty"` // the uploader; empty for remote media
+	ContentType string `json:"content_type,omitempty"`
+	FileName    string `json:"file_name,omitempty"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"` // hex
+	// CreatedTS (Unix ms) is the upload time, or for remote media the time
+	// it was cached.
+	CreatedTS int64 `json:"created_ts"`
+	// Authenticated: uploaded (or cached) while authenticated media was
+	// enforced, so the deprecated unauthenticated endpoints refuse it
+	// (spec 1.11, "freeze").
+	Authenticated bool `json:"authenticated,omitempty"`
+}
+
+// MediaCreated reserves an mxc:// URI for a later PUT /upload by the same
+// user, until ExpiresAt (Unix ms, decided by the writer).
+type MediaCreated struct {
+	MediaID       string `json:"media_id"`
+	UserID        string `json:"user_id"`
+	CreatedTS     int64  `json:"created_ts"`
+	ExpiresAt     int64  `json:"expires_at"`
+	Authenticated bool   `json:"authenticated,omitempty"`
+}
+
+// ThumbnailStored records a generated thumbnail of one media item.
+type ThumbnailStored struct {
+	Origin      string `json:"origin"`
+	MediaID     string `json:"media_id"`
+	Width       int    `json:"width"`  // the requested size it answers
+	Height      int    `json:"height"` // (the stored image may be smaller)
+	Method      string `json:"method"` // "crop" or "scale"
+	ContentType string `json:"content_type"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`
+}
+
+// MediaRef names one media item.
+type MediaRef struct {
+	Origin  string `json:"origin"`
+	MediaID string `json:"media_id"`
+}
+
+// MediaQuarantined marks media as quarantined (or releases it): the
+// writer resolved "a room's" or "a user's" media into the list of items.
+type MediaQuarantined struct {
+	Media       []MediaRef `json:"media"`
+	Quarantined bool       `json:"quarantined"`
+	By          string     `json:"by,omitempty"` // the admin's user ID
+}
+
+// MediaDeleted removes media metadata (and so, once no record refers to
+// them, the blobs). The writer decided which items: an admin's choice, the
+// items media_retention expired, or a purge of the remote cache.
+type MediaDeleted struct {
+	Media  []MediaRef `json:"media"`
+	Reason string     `json:"reason,omitempty"` // "admin", "retention", "purge_media_cache"
 }
 
 // ServerFact is anything else; Type names its meaning.

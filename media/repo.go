@@ -1,0 +1,394 @@
+// Package media is the media repository: it stores uploads in the blob
+// store, records their metadata in the log (facts MediaUploaded, ...),
+// answers from the media projection, makes and stores thumbnails, fetches
+// blobs a node lacks from its cluster peers, and collects blobs nothing
+// refers to any more. The HTTP adapters (api/media for clients, the
+// federation package for servers) call it.
+package media
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"math/big"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/media/blobstore"
+	"github.com/engram-hs/engram/media/thumbnail"
+	"github.com/engram-hs/engram/projections"
+	mediaproj "github.com/engram-hs/engram/projections/media"
+)
+
+// Errors the adapters turn into Matrix errors.
+var (
+	ErrNotFound       = errors.New("media: not found")
+	ErrTooLarge       = errors.New("media: file is larger than max_upload_size")
+	ErrQuarantined    = errors.New("media: quarantined")
+	ErrNotYetUploaded = errors.New("media: not yet uploaded")
+	ErrOverwrite      = errors.New("media: already uploaded")
+	ErrNotOwner       = errors.New("media: reserved by another user")
+	ErrNotImage       = thumbnail.ErrNotImage
+	ErrImageTooLarge  = thumbnail.ErrTooLarge
+)
+
+// ThumbnailSize is one entry of thumbnail_sizes.
+type ThumbnailSize struct {
+	Width, Height int
+	Method        string
+}
+
+// DefaultThumbnailSizes are Synapse's default thumbnail_sizes (which are
+// also the sizes the spec says servers should produce).
+var DefaultThumbnailSizes = []ThumbnailSize{
+	{32, 32, thumbnail.Crop},
+	{96, 96, thumbnail.Crop},
+	{320, 240, thumbnail.Scale},
+	{640, 480, thumbnail.Scale},
+	{800, 600, thumbnail.Scale},
+}
+
+// UploadLimit is one entry of media_upload_limits: a user may upload at
+// most MaxSize bytes in any TimePeriod.
+type UploadLimit struct {
+	TimePeriod time.Duration
+	MaxSize    int64
+}
+
+// Config is the media repository's share of the server configuration
+// (Synapse's key names in the comments).
+type Config struct {
+	ServerName    string
+	Dir           string // <data_dir>/media
+	MaxUploadSize int64  // max_upload_size
+	// MaxImagePixels bounds images the thumbnailer decodes
+	// (max_image_pixels, default 32M).
+	MaxImagePixels int64
+	// AuthenticatedMedia (enable_authenticated_media, default true):
+	// media uploaded while it is on is refused by the deprecated
+	// unauthenticated endpoints.
+	AuthenticatedMedia bool
+	ThumbnailSizes     []ThumbnailSize // thumbnail_sizes
+	UploadLimits       []UploadLimit   // media_upload_limits
+	// Retention (media_retention): items older than this are deleted by
+	// a MediaDeleted fact the leader records; 0 keeps them forever.
+	LocalMediaLifetime  time.Duration // media_retention.local_media_lifetime
+	RemoteMediaLifetime time.Duration // media_retention.remote_media_lifetime
+	// UnusedExpiry is how long a POST /create reservation lasts (24 h,
+	// the spec's recommendation); MaxPendingUploads how many a user may
+	// hold at once (Synapse's max_pending_media_uploads, 5).
+	UnusedExpiry      time.Duration
+	MaxPendingUploads int
+	// Peers are the other cluster nodes' client API base URLs, asked for
+	// blobs this node lacks; PeerSecret authenticates those requests.
+	Peers      []string
+	PeerSecret string
+}
+
+func (c *Config) defaults() {
+	if c.MaxImagePixels <= 0 {
+		c.MaxImagePixels = 32 << 20
+	}
+	if len(c.ThumbnailSizes) == 0 {
+		c.ThumbnailSizes = DefaultThumbnailSizes
+	}
+	if c.UnusedExpiry <= 0 {
+		c.UnusedExpiry = 24 * time.Hour
+	}
+	if c.MaxPendingUploads <= 0 {
+		c.MaxPendingUploads = 5
+	}
+}
+
+// Repo is the media repository of one node.
+type Repo struct {
+	cfg    Config
+	log    englog.Log
+	h      *projections.Handle
+	fs     *blobstore.FS   // local disk: spooling, and the store unless S3 is used
+	store  blobstore.Store // where blobs live
+	peers  *peerClient
+	logger zerolog.Logger
+	now    func() time.Time
+
+	thumbMu   sync.Mutex
+	thumbBusy map[string]*sync.Mutex // one generation per thumbnail at a time
+}
+
+// Open opens the repository; h is the media projection's handle, store
+// the blob store (nil: the file system under cfg.Dir/blobs).
+func Open(cfg Config, l englog.Log, h *projections.Handle, store blobstore.Store, logger zerolog.Logger) (*Repo, error) {
+	cfg.defaults()
+	if cfg.Dir == "" {
+		return nil, errors.New("media: no directory for the blob store (data_dir)")
+	}
+	fs, err := blobstore.NewFS(cfg.Dir + "/blobs")
+	if err != nil {
+		return nil, err
+	}
+	if store == nil {
+		store = fs
+	}
+	r := &Repo{cfg: cfg, log: l, h: h, fs: fs, store: store, logger: logger.With().Str("component", "media").Logger(),
+		now: time.Now, thumbBusy: map[string]*sync.Mutex{}}
+	r.peers = newPeerClient(cfg.Peers, cfg.PeerSecret)
+	return r, nil
+}
+
+// Config returns the effective configuration.
+func (r *Repo) Config() Config { return r.cfg }
+
+// Handle is the media projection's handle.
+func (r *Repo) Handle() *projections.Handle { return r.h }
+
+// View reads the media projection.
+func (r *Repo) View() mediaproj.View { return mediaproj.NewView(r.h.Reader()) }
+
+func (r *Repo) commit(ctx context.Context, props ...englog.Proposal) error {
+	offs, err := r.log.Append(ctx, props...)
+	if err != nil {
+		return err
+	}
+	return r.h.WaitApplied(ctx, offs[len(offs)-1])
+}
+
+// ValidMediaID: the spec allows only A-Za-z0-9, _ and - in media IDs
+// (which is also what keeps them from being paths).
+func ValidMediaID(id string) bool {
+	if id == "" || len(id) > 255 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+const idAlphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+func newMediaID() string {
+	var b strings.Builder
+	for range 24 {
+		n, _ := rand.Int(rand.Reader, big.NewInt(int64(len(idAlphabet))))
+		b.WriteByte(idAlphabet[n.Int64()])
+	}
+	return b.String()
+}
+
+// Create reserves a media ID for an asynchronous upload by user.
+func (r *Repo) Create(ctx context.Context, user string) (id string, expiresAt int64, err error) {
+	now := r.now()
+	n, err := r.View().PendingCount(user, now.UnixMilli())
+	if err != nil {
+		return "", 0, err
+	}
+	if n >= r.cfg.MaxPendingUploads {
+		return "", 0, ErrTooManyPending
+	}
+	id = newMediaID()
+	expiresAt = now.Add(r.cfg.UnusedExpiry).UnixMilli()
+	err = r.commit(ctx, facts.MustEncode(englog.KindMediaCreated, facts.MediaCreated{
+		MediaID: id, UserID: user, CreatedTS: now.UnixMilli(), ExpiresAt: expiresAt, Authenticated: r.cfg.AuthenticatedMedia}))
+	return id, expiresAt, err
+}
+
+// ErrTooManyPending: the user holds MaxPendingUploads open reservations.
+var ErrTooManyPending = errors.New("media: too many pending uploads")
+
+// ErrQuota: the upload would exceed one of media_upload_limits.
+var ErrQuota = errors.New("media: upload limit reached")
+
+// Upload stores body as media of user. mediaID is "" for a new ID, or a
+// reservation made by Create. declaredSize is the Content-Length (-1 when
+// unknown): a body declared larger than max_upload_size is refused before
+// reading it.
+func (r *Repo) Upload(ctx context.Context, user, mediaID string, body io.Reader, declaredSize int64, contentType, fileName string) (*mediaproj.Media, error) {
+	if r.cfg.MaxUploadSize > 0 && declaredSize > r.cfg.MaxUploadSize {
+		return nil, ErrTooLarge
+	}
+	now := r.now()
+	v := r.View()
+	if mediaID != "" {
+		m, err := v.Get(r.cfg.ServerName, mediaID, true)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case m == nil || (m.Pending && m.ExpiresAt <= now.UnixMilli()):
+			return nil, ErrNotFound
+		case !m.Pending:
+			return nil, ErrOverwrite
+		case m.UserID != user:
+			return nil, ErrNotOwner
+		}
+	}
+	limit := r.cfg.MaxUploadSize
+	quota, err := r.quotaLeft(user, now)
+	if err != nil {
+		return nil, err
+	}
+	if quota >= 0 {
+		if declaredSize > quota {
+			return nil, ErrQuota
+		}
+		if limit <= 0 || quota < limit {
+			limit = quota
+		}
+	}
+	sp, err := r.fs.Spool(ctx, body, limit)
+	if errors.Is(err, blobstore.ErrTooLarge) {
+		if limit != r.cfg.MaxUploadSize {
+			return nil, ErrQuota
+		}
+		return nil, ErrTooLarge
+	}
+	if err != nil {
+		return nil, err
+	}
+	hash, size := sp.Hash, sp.Size
+	if err := r.commitSpooled(ctx, sp); err != nil {
+		return nil, err
+	}
+	if mediaID == "" {
+		mediaID = newMediaID()
+	}
+	f := facts.MediaUploaded{Origin: r.cfg.ServerName, MediaID: mediaID, UserID: user, ContentType: contentType,
+		FileName: fileName, Size: size, SHA256: hash, CreatedTS: now.UnixMilli(), Authenticated: r.cfg.AuthenticatedMedia}
+	if err := r.commit(ctx, facts.MustEncode(englog.KindMediaUploaded, f)); err != nil {
+		return nil, err
+	}
+	m, err := r.View().Get(r.cfg.ServerName, mediaID, true)
+	if err != nil {
+		return nil, err
+	}
+	if m == nil || m.Pending || m.SHA256 != hash {
+		// A racing upload to the same reservation won.
+		return nil, ErrOverwrite
+	}
+	return m, nil
+}
+
+// commitSpooled moves a spooled file into the blob store.
+func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled) error {
+	if s, ok := r.store.(*blobstore.FS); ok && s == r.fs {
+		return r.fs.Commit(sp)
+	}
+	defer sp.Remove()
+	if _, err := sp.File().Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	hash, _, err := r.store.Put(ctx, sp.File(), 0)
+	if err != nil {
+		return err
+	}
+	if hash != sp.Hash {
+		return fmt.Errorf("media: blob store stored %s for %s", hash, sp.Hash)
+	}
+	return nil
+}
+
+// quotaLeft is how many bytes user may still upload under
+// media_upload_limits (-1: no limit).
+func (r *Repo) quotaLeft(user string, now time.Time) (int64, error) {
+	if len(r.cfg.UploadLimits) == 0 {
+		return -1, nil
+	}
+	items, err := r.View().UserMedia(user)
+	if err != nil {
+		return 0, err
+	}
+	left := int64(-1)
+	for _, l := range r.cfg.UploadLimits {
+		since := now.Add(-l.TimePeriod).UnixMilli()
+		used := int64(0)
+		for _, m := range items {
+			if m.CreatedTS > since && m.Origin == r.cfg.ServerName {
+				used += m.Size
+			}
+		}
+		rest := max(l.MaxSize-used, 0)
+		if left < 0 || rest < left {
+			left = rest
+		}
+	}
+	return left, nil
+}
+
+// Lookup returns the item to serve, or ErrNotFound, ErrQuarantined,
+// ErrNotYetUploaded.
+func (r *Repo) Lookup(origin, id string) (*mediaproj.Media, error) {
+	if !ValidMediaID(id) {
+		return nil, ErrNotFound
+	}
+	m, err := r.View().Get(origin, id, origin == r.cfg.ServerName)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case m == nil:
+		return nil, ErrNotFound
+	case m.Pending && m.ExpiresAt <= r.now().UnixMilli():
+		return nil, ErrNotFound
+	case m.Pending:
+		return m, ErrNotYetUploaded
+	case m.Quarantined:
+		return nil, ErrQuarantined
+	}
+	return m, nil
+}
+
+// WaitUploaded waits (until ctx is done) for a reserved item to be
+// uploaded.
+func (r *Repo) WaitUploaded(ctx context.Context, origin, id string) (*mediaproj.Media, error) {
+	for {
+		m, err := r.Lookup(origin, id)
+		if !errors.Is(err, ErrNotYetUploaded) {
+			return m, err
+		}
+		next := r.h.Applied() + 1
+		if err := r.h.WaitApplied(ctx, next); err != nil {
+			return nil, ErrNotYetUploaded
+		}
+	}
+}
+
+// OpenBlob opens a blob by hash: from the store, or else from a cluster
+// peer (verified against the hash, then kept).
+func (r *Repo) OpenBlob(ctx context.Context, hash string) (blobstore.Blob, int64, error) {
+	b, size, err := r.store.Open(ctx, hash)
+	if !errors.Is(err, blobstore.ErrNotFound) {
+		return b, size, err
+	}
+	if err := r.peers.fetch(ctx, r, hash); err != nil {
+		r.logger.Warn().Err(err).Str("sha256", hash).Msg("a blob in the media index is missing here and no peer supplied it")
+		return nil, 0, ErrNotFound
+	}
+	return r.store.Open(ctx, hash)
+}
+
+// UserMedia counts the user's uploads created between fromTS and untilTS
+// (Unix ms; 0: unbounded) and their total size (the admin API's media
+// statistics).
+func (r *Repo) UserMedia(userID string, fromTS, untilTS int64) (count, bytes int64, err error) {
+	items, err := r.View().UserMedia(userID)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, m := range items {
+		if (fromTS == 0 || m.CreatedTS >= fromTS) && (untilTS == 0 || m.CreatedTS <= untilTS) {
+			count++
+			bytes += m.Size
+		}
+	}
+	return count, bytes, nil
+}
