@@ -2,7 +2,9 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 
 	"github.com/engram-hs/engram/api/admin"
@@ -90,6 +92,9 @@ func (s *Server) mountMedia(deps Deps) error {
 		return err
 	}
 	s.media = repo
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-s.closed; cancel() }()
+	go repo.Run(ctx)
 	return nil
 }
 
@@ -103,4 +108,38 @@ func (s *Server) mediaUsage() admin.MediaUsage {
 		return nil
 	}
 	return s.media
+}
+
+func (h host) RoomEventContents(ctx context.Context, roomID string) ([]json.RawMessage, error) {
+	v := h.s.roomsView()
+	var out []json.RawMessage
+	from := uint64(math.MaxUint64)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		page, err := v.Timeline(roomID, from, false, 500, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, te := range page {
+			ev, err := v.Event(te.EventID)
+			if err != nil {
+				return nil, err
+			}
+			if ev == nil {
+				continue
+			}
+			var pdu struct {
+				Content json.RawMessage `json:"content"`
+			}
+			if json.Unmarshal(ev.JSON, &pdu) == nil && len(pdu.Content) > 0 {
+				out = append(out, pdu.Content)
+			}
+		}
+		if len(page) < 500 {
+			return out, nil
+		}
+		from = page[len(page)-1].Offset
+	}
 }

@@ -90,6 +90,11 @@ type Config struct {
 	// blobs this node lacks; PeerSecret authenticates those requests.
 	Peers      []string
 	PeerSecret string
+	// JanitorInterval is how often retention and blob collection run (1
+	// min); JanitorGrace how long a blob stays listed as free before it is
+	// deleted (10 min).
+	JanitorInterval time.Duration
+	JanitorGrace    time.Duration
 }
 
 func (c *Config) defaults() {
@@ -101,6 +106,12 @@ func (c *Config) defaults() {
 	}
 	if c.UnusedExpiry <= 0 {
 		c.UnusedExpiry = 24 * time.Hour
+	}
+	if c.JanitorInterval <= 0 {
+		c.JanitorInterval = time.Minute
+	}
+	if c.JanitorGrace <= 0 {
+		c.JanitorGrace = 10 * time.Minute
 	}
 	if c.MaxPendingUploads <= 0 {
 		c.MaxPendingUploads = 5
@@ -391,4 +402,16 @@ func (r *Repo) UserMedia(userID string, fromTS, untilTS int64) (count, bytes int
 		}
 	}
 	return count, bytes, nil
+}
+
+// RemoteOlderThan lists cached remote media created (cached) before ts.
+func (r *Repo) RemoteOlderThan(ts int64) ([]facts.MediaRef, error) {
+	var refs []facts.MediaRef
+	err := r.View().ForEach(func(m mediaproj.Media) bool {
+		if m.Origin != r.cfg.ServerName && m.CreatedTS < ts {
+			refs = append(refs, facts.MediaRef{Origin: m.Origin, MediaID: m.MediaID})
+		}
+		return true
+	})
+	return refs, err
 }

@@ -57,6 +57,9 @@ type Host interface {
 	// Commit appends proposals and waits until the given projections have
 	// applied them (read-your-writes).
 	Commit(ctx context.Context, wait []*projections.Handle, props ...englog.Proposal) ([]uint64, error)
+	// RoomEventContents returns the content of every event in a room's
+	// timeline (the media admin API finds a room's media in them).
+	RoomEventContents(ctx context.Context, roomID string) ([]json.RawMessage, error)
 	// ReadJSON decodes a JSON object request body.
 	ReadJSON(r *http.Request, v any) error
 }

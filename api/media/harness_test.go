@@ -70,6 +70,7 @@ func startServerIn(t *testing.T, dir string, store blobstore.Store, opts ...opti
 	}
 	cfg.Media.Repo.Dir = filepath.Join(dir, "media")
 	cfg.Media.Repo.AuthenticatedMedia = true
+	cfg.Media.Repo.JanitorInterval = time.Hour
 	for _, o := range opts {
 		o(&cfg)
 	}

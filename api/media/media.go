@@ -55,6 +55,7 @@ func New(cfg Config, host apihttp.Host, repo *repomedia.Repo, logger zerolog.Log
 		a.preview = p
 	}
 	a.routes()
+	a.adminRoutes()
 	return a, nil
 }
 

@@ -1,0 +1,96 @@
+package media
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	mediaproj "github.com/engram-hs/engram/projections/media"
+)
+
+// The janitor applies media_retention and collects blobs nothing refers
+// to. Retention is decided here, with the clock, and recorded as a
+// MediaDeleted fact (on the leader; a follower's append fails and it
+// leaves the decision to the leader): the projection only folds the fact.
+// Collection is local to each node: a blob the projection lists as free
+// for longer than the grace period is deleted from this node's store. The
+// grace covers an upload that stored its blob (deduplicated against a
+// free one) and has not yet recorded its fact.
+
+const retentionBatch = 1000
+
+// Run runs the janitor until ctx is done.
+func (r *Repo) Run(ctx context.Context) {
+	tick := time.NewTicker(r.cfg.JanitorInterval)
+	defer tick.Stop()
+	firstFree := map[string]time.Time{}
+	for {
+		r.applyRetention(ctx, r.now())
+		r.collect(ctx, firstFree, r.now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+func (r *Repo) applyRetention(ctx context.Context, now time.Time) {
+	if r.cfg.LocalMediaLifetime <= 0 && r.cfg.RemoteMediaLifetime <= 0 {
+		return
+	}
+	localBefore := now.Add(-r.cfg.LocalMediaLifetime).UnixMilli()
+	remoteBefore := now.Add(-r.cfg.RemoteMediaLifetime).UnixMilli()
+	var refs []facts.MediaRef
+	err := r.View().ForEach(func(m mediaproj.Media) bool {
+		local := m.Origin == r.cfg.ServerName
+		if local && r.cfg.LocalMediaLifetime > 0 && m.CreatedTS < localBefore ||
+			!local && r.cfg.RemoteMediaLifetime > 0 && m.CreatedTS < remoteBefore {
+			refs = append(refs, facts.MediaRef{Origin: m.Origin, MediaID: m.MediaID})
+		}
+		return len(refs) < retentionBatch
+	})
+	if err != nil || len(refs) == 0 {
+		return
+	}
+	err = r.commit(ctx, facts.MustEncode(englog.KindMediaDeleted, facts.MediaDeleted{Media: refs, Reason: "retention"}))
+	switch {
+	case errors.Is(err, englog.ErrNotLeader), ctx.Err() != nil:
+	case err != nil:
+		r.logger.Warn().Err(err).Msg("media retention: could not record the expired media; will retry")
+	default:
+		r.logger.Info().Int("items", len(refs)).Msg("media retention: expired media deleted")
+	}
+}
+
+func (r *Repo) collect(ctx context.Context, firstFree map[string]time.Time, now time.Time) {
+	free, err := r.View().FreeBlobs(10_000)
+	if err != nil {
+		return
+	}
+	for h := range firstFree {
+		if _, ok := free[h]; !ok {
+			delete(firstFree, h)
+		}
+	}
+	for h := range free {
+		seen, ok := firstFree[h]
+		if !ok {
+			firstFree[h] = now
+			continue
+		}
+		if now.Sub(seen) < r.cfg.JanitorGrace {
+			continue
+		}
+		if ref, err := r.View().Referenced(h); err != nil || ref {
+			continue
+		}
+		if err := r.store.Delete(ctx, h); err != nil {
+			r.logger.Warn().Err(err).Str("sha256", h).Msg("media: could not delete an unreferenced blob")
+			continue
+		}
+		delete(firstFree, h)
+	}
+}
