@@ -166,3 +166,6 @@ func (s *Server) Logs() string {
 	}
 	return strings.TrimSpace(out)
 }
+
+// PID is the server process's ID (for tests that read /proc/PID).
+func (s *Server) PID() int { return s.cmd.Process.Pid }
