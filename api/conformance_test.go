@@ -59,3 +59,26 @@ func TestConformanceFixes(t *testing.T) {
 		t.Errorf("topic content %d %v, want the plain and the rich topic", code, body)
 	}
 }
+
+// TestMutualRooms: the rooms both users are joined to; the caller's own
+// ID and a malformed one are refused.
+func TestMutualRooms(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	shared := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"}) // alice only
+	if _, err := bob.JoinRoom(ctx, shared.String(), nil); err != nil {
+		t.Fatal(err)
+	}
+	code, body := ts.do("GET", "/_matrix/client/v1/mutual_rooms?user_id="+url.QueryEscape(bob.UserID.String()), alice.AccessToken, nil)
+	joined, _ := body["joined"].([]any)
+	if code != 200 || len(joined) != 1 || joined[0] != shared.String() || body["count"] != float64(1) {
+		t.Errorf("mutual rooms: %d %v, want [%s]", code, body, shared)
+	}
+	for _, u := range []string{alice.UserID.String(), "bob", ""} {
+		if code, body := ts.do("GET", "/_matrix/client/v1/mutual_rooms?user_id="+url.QueryEscape(u), alice.AccessToken, nil); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+			t.Errorf("user_id %q: %d %v, want 400 M_INVALID_PARAM", u, code, body)
+		}
+	}
+}

@@ -23,6 +23,7 @@ func (s *Server) routes() {
 	s.searchRoutes()
 	s.openIDRoutes()
 	s.relationRoutes()
+	s.mutualRoomsRoutes()
 }
 
 // syncHandles are the projections /sync reads from.
