@@ -92,10 +92,22 @@ func (s *Server) mountMedia(deps Deps) error {
 		return err
 	}
 	s.media = repo
+	if f, ok := deps.Remote.(media.Fetcher); ok {
+		repo.SetFetcher(f)
+	}
+	return nil
+}
+
+// StartMediaJanitor runs media retention and blob collection (media.Repo.Run)
+// until Close; the binary calls it once the projections caught up (never
+// in offline tools, whose projections may be mid-rebuild).
+func (s *Server) StartMediaJanitor() {
+	if s.media == nil {
+		return
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-s.closed; cancel() }()
-	go repo.Run(ctx)
-	return nil
+	go s.media.Run(ctx)
 }
 
 // MediaRepo is the media repository (nil when none is configured), for

@@ -129,6 +129,9 @@ type Repo struct {
 	logger zerolog.Logger
 	now    func() time.Time
 
+	fetcher Fetcher // remote media; nil when not federating
+	remote  remoteFetches
+
 	thumbMu   sync.Mutex
 	thumbBusy map[string]*sync.Mutex // one generation per thumbnail at a time
 }
@@ -295,6 +298,11 @@ func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled) error {
 		return r.fs.Commit(sp)
 	}
 	defer sp.Remove()
+	if ps, ok := r.store.(interface {
+		PutSpooled(context.Context, *blobstore.Spooled) error
+	}); ok {
+		return ps.PutSpooled(ctx, sp)
+	}
 	if _, err := sp.File().Seek(0, io.SeekStart); err != nil {
 		return err
 	}

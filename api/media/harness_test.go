@@ -89,6 +89,7 @@ func startServerIn(t *testing.T, dir string, store blobstore.Store, opts ...opti
 	if err := eng.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	srv.StartMediaJanitor()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

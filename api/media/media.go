@@ -12,7 +12,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"strconv"
 	"strings"
@@ -128,6 +127,10 @@ func matrixErr(err error) error {
 		return mxerr.New(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "The image is too large to thumbnail (max_image_pixels)")
 	case errors.Is(err, repomedia.ErrNotImage):
 		return mxerr.New(http.StatusBadRequest, "M_UNKNOWN", "Cannot generate a thumbnail of this content")
+	case errors.Is(err, repomedia.ErrRemoteTooLarge):
+		return mxerr.New(http.StatusBadGateway, "M_TOO_LARGE", "The remote media is larger than this server's max_upload_size")
+	case errors.Is(err, repomedia.ErrRemote):
+		return mxerr.New(http.StatusBadGateway, "M_UNKNOWN", "%v", err)
 	case errors.Is(err, englog.ErrNotLeader):
 		return mxerr.New(http.StatusServiceUnavailable, "M_UNKNOWN", "This server cannot accept writes right now (no cluster leader); retry shortly")
 	}
@@ -244,7 +247,8 @@ func (a *API) lookup(r *http.Request, legacy bool) (*mediaproj.Media, error) {
 	if !validServerName(server) || !repomedia.ValidMediaID(id) {
 		return nil, matrixErr(repomedia.ErrNotFound)
 	}
-	m, err := a.repo.Lookup(server, id)
+	allowRemote := r.URL.Query().Get("allow_remote") != "false"
+	m, err := a.repo.Resolve(r.Context(), server, id, allowRemote)
 	if errors.Is(err, repomedia.ErrNotYetUploaded) {
 		if legacy && m.Authenticated {
 			return nil, matrixErr(repomedia.ErrNotFound)
@@ -319,46 +323,11 @@ func serve(w http.ResponseWriter, r *http.Request, s *repomedia.Served, fileName
 	if ct == "" {
 		ct = "application/octet-stream"
 	}
-	SetSecurityHeaders(h)
+	repomedia.SetSecurityHeaders(h)
 	h.Set("Content-Type", ct)
-	h.Set("Content-Disposition", ContentDisposition(ct, fileName))
+	h.Set("Content-Disposition", repomedia.ContentDisposition(ct, fileName))
 	h.Set("Cache-Control", "private, max-age=31536000, immutable")
 	http.ServeContent(w, r, "", time.Time{}, s.Body)
-}
-
-// SetSecurityHeaders sets the headers every served media response carries
-// (spec: content repository; Cross-Origin-Resource-Policy since 1.4).
-func SetSecurityHeaders(h http.Header) {
-	h.Set("Content-Security-Policy", "sandbox; default-src 'none'; script-src 'none'; plugin-types application/pdf; style-src 'unsafe-inline'; media-src 'self'; object-src 'self';")
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Cross-Origin-Resource-Policy", "cross-origin")
-}
-
-// inlineTypes are the spec's types safe to serve inline ("Serving inline
-// content").
-var inlineTypes = map[string]bool{
-	"text/css": true, "text/plain": true, "text/csv": true, "application/json": true, "application/ld+json": true,
-	"image/jpeg": true, "image/gif": true, "image/png": true, "image/apng": true, "image/webp": true, "image/avif": true,
-	"video/mp4": true, "video/webm": true, "video/ogg": true, "video/quicktime": true,
-	"audio/mp4": true, "audio/webm": true, "audio/aac": true, "audio/mpeg": true, "audio/ogg": true,
-	"audio/wave": true, "audio/wav": true, "audio/x-wav": true, "audio/x-pn-wav": true, "audio/flac": true, "audio/x-flac": true,
-}
-
-// ContentDisposition is the header for content of type ct named name:
-// inline for safe types, attachment otherwise, the name encoded per RFC
-// 6266 (quoted ASCII, or filename*=utf-8”... for anything else).
-func ContentDisposition(ct, name string) string {
-	disp := "attachment"
-	if mt, _, err := mime.ParseMediaType(ct); err == nil && inlineTypes[strings.ToLower(mt)] {
-		disp = "inline"
-	}
-	if name == "" {
-		return disp
-	}
-	if v := mime.FormatMediaType(disp, map[string]string{"filename": name}); v != "" {
-		return v
-	}
-	return disp
 }
 
 // validServerName checks the server-name segment of an mxc URI (appendix

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/engram-hs/engram/api"
-	apimedia "github.com/engram-hs/engram/api/media"
+	repomedia "github.com/engram-hs/engram/media"
 )
 
 func queryEscape(s string) string { return url.QueryEscape(s) }
@@ -227,7 +227,7 @@ func TestContentDisposition(t *testing.T) {
 		{"image/png", "☃ snow \"man\".png", "inline", "☃ snow \"man\".png"},
 		{"not a type", "f", "attachment", "f"},
 	} {
-		h := apimedia.ContentDisposition(c.ct, c.name)
+		h := repomedia.ContentDisposition(c.ct, c.name)
 		disp, params, err := mime.ParseMediaType(h)
 		if err != nil || disp != c.disp || params["filename"] != c.wantName {
 			t.Errorf("ContentDisposition(%q, %q) = %q: %s %q %v", c.ct, c.name, h, disp, params["filename"], err)

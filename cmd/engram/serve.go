@@ -123,6 +123,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	apiSrv.SetEDUOutbound(fed.queue)
 	apiSrv.SetRoomFederation(fed.server)
 	roomWriter.SetOutbound(federation.RoomDelivery(fed.queue))
+	fed.server.SetMedia(apiSrv.MediaRepo())
 	// closeAll releases in reverse order of opening; the log goes last so
 	// the engine's final batch lands in an open Pebble.
 	closeAll := func() {
@@ -156,6 +157,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		logger.Info().Msg("server name not recorded by this node: it cannot write now; the cluster leader records it")
 	}
 	fed.start()
+	apiSrv.StartMediaJanitor()
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	clientMux := http.NewServeMux()
