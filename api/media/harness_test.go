@@ -33,7 +33,7 @@ const serverName = "media.test"
 // real log on a temporary Pebble directory, the real projection engine,
 // blobs in a temporary directory (or the given store), on 127.0.0.1.
 type testServer struct {
-	t     *testing.T
+	t     testing.TB
 	URL   string
 	dir   string
 	cfg   api.Config
@@ -51,7 +51,7 @@ func startServer(t *testing.T, store blobstore.Store, opts ...option) *testServe
 	return startServerIn(t, t.TempDir(), store, opts...)
 }
 
-func startServerIn(t *testing.T, dir string, store blobstore.Store, opts ...option) *testServer {
+func startServerIn(t testing.TB, dir string, store blobstore.Store, opts ...option) *testServer {
 	t.Helper()
 	logger := zerolog.New(io.Discard)
 	if testing.Verbose() {
@@ -135,7 +135,7 @@ type response struct {
 	Body   []byte
 }
 
-func (r response) json(t *testing.T) map[string]any {
+func (r response) json(t testing.TB) map[string]any {
 	t.Helper()
 	var m map[string]any
 	if err := json.Unmarshal(r.Body, &m); err != nil {
