@@ -50,8 +50,12 @@ func clusterTLS(cfg Config) (*tls.Config, error) {
 
 func clusterCmd(args []string) int {
 	sub := map[string]func([]string) int{
-		"init":     clusterInitCmd,
-		"add-node": clusterAddNodeCmd,
+		"init":                clusterInitCmd,
+		"add-node":            clusterAddNodeCmd,
+		"status":              clusterOpCmd("status"),
+		"add":                 clusterOpCmd("add"),
+		"remove":              clusterOpCmd("remove"),
+		"transfer-leadership": clusterOpCmd("transfer-leadership"),
 	}
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "help") {
 		clusterUsage(os.Stdout)
@@ -70,6 +74,10 @@ func clusterUsage(w io.Writer) {
 Commands:
   init       create the cluster CA and this (first) node's certificate in <data_dir>/cluster
   add-node   issue another node's certificate: --node-id ID --out DIR (run where init ran)
+  status     a running node's view: leader, term, voters
+  add        add a voter to the running cluster: --node-id ID --address HOST:PORT (on the leader)
+  remove     remove a node: --node-id ID (on the leader)
+  transfer-leadership  hand leadership to another node (--node-id ID --address HOST:PORT, or any)
 `)
 }
 

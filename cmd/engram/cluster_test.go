@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,34 @@ func TestClusterInitAddNodeAndMutualTLS(t *testing.T) {
 		if !registered && time.Now().After(deadline) {
 			t.Fatalf("no node took a write within 30 s:\n%s\n%s\n%s", procs[0].stderr, procs[1].stderr, procs[2].stderr)
 		}
+	}
+	// The running cluster's view, and a leadership transfer.
+	leaderOf := func() string {
+		t.Helper()
+		o, e, code := runTool(t, dirs[0], nil, "cluster", "status", "--config", cfgs[0])
+		m := regexp.MustCompile(`leader: (n\d)`).FindStringSubmatch(o)
+		if code != 0 || strings.Count(o, "Voter") != 3 {
+			t.Fatalf("cluster status: %d\n%s\n%s", code, o, e)
+		}
+		if m == nil {
+			return "" // an election under way
+		}
+		return m[1]
+	}
+	was := leaderOf()
+	for ; was == ""; was = leaderOf() {
+		time.Sleep(50 * time.Millisecond)
+	}
+	li := int(was[1] - '1')
+	if o, e, code := runTool(t, dirs[li], nil, "cluster", "transfer-leadership", "--config", cfgs[li]); code != 0 {
+		t.Fatalf("cluster transfer-leadership: %d\n%s\n%s", code, o, e)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for now := leaderOf(); now == was || now == ""; now = leaderOf() {
+		if time.Now().After(deadline) {
+			t.Fatalf("leadership stayed on %s", was)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	for i := range procs {
 		procs[i].stop()

@@ -165,6 +165,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		clientMux.Handle("GET /_engram/metrics", metricsHandler)
 	}
 	clientMux.Handle("GET /_engram/backup/log", backupHandler(cfg.RegistrationSharedSecret, node))
+	clientMux.Handle("POST /_engram/cluster/", clusterOpsHandler(cfg.RegistrationSharedSecret, node))
 	clientMux.Handle("/", apiSrv.Handler())
 
 	type listener struct {
