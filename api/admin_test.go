@@ -44,7 +44,7 @@ func TestAdminEndpointsAdminsOnly(t *testing.T) {
 	ts.register("target")
 	fill := strings.NewReplacer("{userId}", url.PathEscape("@target:"+serverName), "{roomId}", url.PathEscape("!nope:"+serverName),
 		"{deviceId}", "DEV", "{token}", "tok", "{reportId}", "1", "{eventId}", url.PathEscape("$ev"), "{purgeId}", "p",
-		"{what}", "delete_status", "{txnId}", "t1")
+		"{what}", "delete_status", "{txnId}", "t1", "{profile}", "goroutine")
 	for _, ep := range eps {
 		method, path, _ := strings.Cut(ep, " ")
 		path = fill.Replace(path)

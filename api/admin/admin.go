@@ -127,11 +127,7 @@ type adminHandler func(w http.ResponseWriter, r *http.Request, c Caller) error
 // Register mounts every endpoint with handle (method, full path pattern).
 func (a *API) Register(handle func(method, path string, h Handler)) {
 	for _, e := range a.endpoints() {
-		path := e.path
-		if !strings.HasPrefix(path, "/_matrix/") {
-			path = "/_synapse/admin" + path
-		}
-		handle(e.method, path, a.adminsOnly(e.h))
+		handle(e.method, e.fullPath(), a.adminsOnly(e.h))
 	}
 }
 
@@ -140,11 +136,7 @@ func (a *API) Register(handle func(method, path string, h Handler)) {
 func (a *API) Endpoints() []string {
 	var out []string
 	for _, e := range a.endpoints() {
-		path := e.path
-		if !strings.HasPrefix(path, "/_matrix/") {
-			path = "/_synapse/admin" + path
-		}
-		out = append(out, e.method+" "+path)
+		out = append(out, e.method+" "+e.fullPath())
 	}
 	return out
 }
@@ -152,6 +144,16 @@ func (a *API) Endpoints() []string {
 type endpoint struct {
 	method, path string
 	h            adminHandler
+}
+
+// fullPath is the endpoint's path: Synapse's admin paths are relative to
+// /_synapse/admin; the spec's (/_matrix/) and Engram's own (/_engram/) are
+// given whole.
+func (e endpoint) fullPath() string {
+	if strings.HasPrefix(e.path, "/_matrix/") || strings.HasPrefix(e.path, "/_engram/") {
+		return e.path
+	}
+	return "/_synapse/admin" + e.path
 }
 
 func (a *API) endpoints() []endpoint {
@@ -163,6 +165,7 @@ func (a *API) endpoints() []endpoint {
 	es = append(es, a.roomEndpoints()...)
 	es = append(es, a.noticeEndpoints()...)
 	es = append(es, a.statsEndpoints()...)
+	es = append(es, debugEndpoints()...)
 	return es
 }
 

@@ -271,15 +271,41 @@ func TestFirstStartWithoutConfig(t *testing.T) {
 		t.Fatalf("metrics lack projection lag:\n%.2000s", metrics.String())
 	}
 
+	// Profiles on the client listener are for admins only.
+	if resp, err := http.Get("http://" + listen + "/_engram/debug/pprof/goroutine"); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("pprof without a token on the client listener: %d, want 401", resp.StatusCode)
+	}
+
 	p.stop()
 	// Restart on the same data: the same key, serving again, no new
-	// "first start" message.
-	p = startServer(t, dir, listen, nil, "--listen", listen, "--federation-listen", fed)
+	// "first start" message. With metrics_listen, metrics and profiles
+	// move there.
+	metricsAddr := freeAddr(t)
+	p = startServer(t, dir, listen, []string{"ENGRAM_METRICS_LISTEN=" + metricsAddr}, "--listen", listen, "--federation-listen", fed)
 	if _, again, _ := serverKey(t, fed); again != keyID {
 		t.Fatalf("restart changed the signing key %s -> %s", keyID, again)
 	}
 	if strings.Contains(p.stdout.String(), "register-user") {
 		t.Fatal("restart printed the first-start message again")
+	}
+	for path, want := range map[string]string{
+		"/_engram/metrics":                       "engram_projection_lag_entries",
+		"/_engram/debug/pprof/":                  "goroutine",
+		"/_engram/debug/pprof/goroutine?debug=1": "goroutine profile: total",
+		"/_engram/debug/pprof/heap?debug=1":      "heap profile",
+		"/_engram/debug/pprof/cmdline":           "serve",
+	} {
+		resp, err := http.Get("http://" + metricsAddr + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+			t.Errorf("metrics_listen %s: %d, want 200 containing %q:\n%.300s", path, resp.StatusCode, want, body)
+		}
 	}
 	p.stop()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/engram-hs/engram/internal/debugpprof"
 	stdlog "log"
 	"net"
 	"net/http"
@@ -201,7 +202,12 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	if cfg.MetricsListen != "" {
-		if err := add("metrics_listen", cfg.MetricsListen, metricsHandler, false); err != nil {
+		// An operator-only address: metrics, and the Go runtime profiles
+		// (on the client listener these are for admins only).
+		metricsMux := http.NewServeMux()
+		metricsMux.Handle("GET /_engram/metrics", metricsHandler)
+		debugpprof.Register(metricsMux)
+		if err := add("metrics_listen", cfg.MetricsListen, metricsMux, false); err != nil {
 			closeListeners()
 			closeAll()
 			return err
