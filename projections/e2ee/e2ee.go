@@ -158,6 +158,7 @@ type Projection struct{ onCommit func(Touched) }
 func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCommit} }
 
 func (*Projection) Name() string { return "e2ee" }
+
 // Version 2: received device-list EDUs and the stream IDs sent are folded.
 func (*Projection) Version() int { return 2 }
 
