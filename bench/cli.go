@@ -231,6 +231,7 @@ func (c *cli) load(ctx context.Context, args []string) error {
 	fs.IntVar(&o.PID, "pid", 0, "process ID of the server, to report its RSS (Linux)")
 	fs.IntVar(&o.BodySize, "body-size", 64, "message body size in bytes")
 	fs.StringVar(&o.Prefix, "prefix", "", "username prefix (default: bench + random)")
+	fs.StringVar(&o.DataDir, "data-dir", "", "the server's data directory, to report what it occupies on disk after the run")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}

@@ -47,7 +47,7 @@ func TestGenerateReplayCompare(t *testing.T) {
 			t.Fatalf("measurement without its context: %+v", m)
 		}
 	}
-	for _, want := range []string{"generate/entries", "replay/events_per_s", "replay/bytes_read", "replay/peak_rss_mb", "replay/events_per_s.rooms"} {
+	for _, want := range []string{"generate/entries", "replay/events_per_s", "replay/bytes_read", "replay/peak_rss_mb", "replay/events_per_s.rooms", "replay/disk_per_event_json", "replay/event_json_mb"} {
 		if !seen[want] {
 			t.Errorf("missing measurement %s (have %v)", want, seen)
 		}

@@ -242,7 +242,7 @@ func ImportLog(dir string, next func() (Entry, bool, error)) (last uint64, err e
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return 0, err
 	}
-	opts := pebbleOptions(zerolog.Nop(), nil)
+	opts := pebbleOptions(zerolog.Nop(), nil, 0)
 	db, err := pebble.Open(dir, opts)
 	opts.Cache.Unref()
 	if err != nil {

@@ -46,6 +46,9 @@ type Config struct {
 	// acknowledged are missing (ErrLostAcknowledged): the operator accepts
 	// their loss instead of restoring from a backup.
 	AcceptDataLoss bool
+	// MemoryTarget is the memory budget Pebble's memtables and block cache
+	// are sized from (PebbleMemory); 0 = DefaultMemoryTarget.
+	MemoryTarget int64
 
 	// tune adjusts the raft config (tests shorten timeouts and snapshot
 	// thresholds).
@@ -130,7 +133,7 @@ func Open(cfg Config) (*Node, error) {
 	if n.space, err = newDiskSpace(cfg.Dir, cfg.statfs, cfg.DiskReserve, n.log); err != nil {
 		return nil, err
 	}
-	opts := pebbleOptions(n.log, cfg.fs)
+	opts := pebbleOptions(n.log, cfg.fs, cfg.MemoryTarget)
 	// Take Pebble's lock once first: the ballast must not be touched under
 	// another engram running on this directory.
 	lock, err := opts.FS.Lock(filepath.Join(cfg.Dir, "LOCK"))
@@ -330,15 +333,14 @@ func raftConfig(single bool) *raft.Config {
 	return c
 }
 
-// blockCacheSize bounds Pebble's block cache (shared by the log and every
-// projection).
-const blockCacheSize = 64 << 20
-
-// memTableSize bounds one Pebble memtable; see pebbleOptions.
-const memTableSize = 64 << 20
-
-func pebbleOptions(l zerolog.Logger, fs vfs.FS) *pebble.Options {
-	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}, FS: fs}
+// pebbleOptions configures the shared Pebble DB; memoryTarget sizes its
+// memtables and block cache (see PebbleMemory).
+func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64) *pebble.Options {
+	if fs == nil {
+		fs = vfs.Default
+	}
+	memTable, blockCache := PebbleMemory(memoryTarget)
+	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}, FS: walFS{fs}}
 	// Pebble's default 8 MB block cache is also charged for the memtables,
 	// which leaves nothing for blocks: every read that misses the memtable
 	// decompresses a whole block again (measured: replay of the rooms
@@ -346,19 +348,20 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS) *pebble.Options {
 	// this cache and the bloom filters below). The cache fills only as
 	// blocks are read, so an idle server does not pay for it.
 	// Pebble charges the memtables (up to two: one filling, one flushing)
-	// to the cache too; size it so that blocks keep blockCacheSize.
-	o.Cache = pebble.NewCache(blockCacheSize + 2*memTableSize)
+	// to the cache too; size it so that blocks keep their share.
+	o.Cache = pebble.NewCache(blockCache + 2*memTable)
 	// Projection keys are spread over the whole keyspace (room IDs, user
 	// IDs), so every flush overlaps every table of the level below and the
 	// compaction that follows rewrites (and zstd-compresses) all of it: with
 	// Pebble's 4 MB default, a rebuild of the rooms projection wrote 8x what
-	// it flushed and spent ~47% of its CPU compacting. 64 MB memtables flush
-	// 16x less often and absorb the keys a rebuild rewrites batch after
+	// it flushed and spent ~47% of its CPU compacting. Larger memtables
+	// flush less often and absorb the keys a rebuild rewrites batch after
 	// batch (room records, counters, checkpoints) before they reach disk
-	// (measured on a 200k-entry log: compaction writes 259 -> 75 MB; rooms
-	// rebuild ~18k -> ~27k entries/s). Pebble starts with a 256 KB memtable
-	// and doubles it only as writes come, so an idle server pays nothing.
-	o.MemTableSize = memTableSize
+	// (measured on a 200k-entry log: 64 MB memtables cut compaction writes
+	// 259 -> 75 MB; rooms rebuild ~18k -> ~27k entries/s). Pebble starts
+	// with a 256 KB memtable and doubles it only as writes come, so an idle
+	// server pays nothing.
+	o.MemTableSize = uint64(memTable)
 	o.EnsureDefaults()
 	// Entries compress best together: zstd over 32 KiB blocks sees the
 	// JSON structure, room IDs and auth events that neighbouring entries

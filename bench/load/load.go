@@ -36,6 +36,9 @@ type Options struct {
 	MaxSends int
 	// PID of the server process, for its RSS (Linux /proc); 0 = unknown.
 	PID int
+	// DataDir is the server's data directory, when it is on this machine:
+	// what it occupies on disk is reported after the run ("" = not).
+	DataDir string
 	// Prefix of the usernames; default "bench" + a random suffix so that
 	// runs against one server do not collide.
 	Prefix   string
@@ -107,6 +110,8 @@ type Result struct {
 	Errors       map[string]int64 // errcode -> count, setup and sends
 	ServerRSSKB  int64            // peak VmRSS sampled during the run (0 without PID)
 	ServerHWMKB  int64            // VmHWM at the end
+	DiskBytes    int64            // DataDir's size on disk after the run, ballast apart (0 without DataDir)
+	BallastBytes int64            // the log's emergency ballast in DataDir
 	SetupSeconds float64
 }
 
@@ -258,6 +263,12 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		res.ServerRSSKB = peakRSS.Load()
 		res.ServerHWMKB, _ = report.ProcStatusKB(opts.PID, "VmHWM")
 	}
+	if opts.DataDir != "" {
+		var err error
+		if res.DiskBytes, res.BallastBytes, err = report.DiskUsage(opts.DataDir); err != nil {
+			return nil, fmt.Errorf("load: measuring the data directory: %w", err)
+		}
+	}
 	if rec != nil {
 		rec.Add("sends", float64(res.Sends), "sends", "")
 		rec.Add("sends_per_s", res.SendsPerSec, "sends/s", report.HigherIsBetter)
@@ -282,6 +293,14 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		if opts.PID != 0 {
 			rec.Add("server_rss_peak_mb", float64(res.ServerRSSKB)/1024, "MB", report.LowerIsBetter)
 			rec.Add("server_hwm_mb", float64(res.ServerHWMKB)/1024, "MB", report.LowerIsBetter)
+		}
+		if opts.DataDir != "" {
+			// Everything the server keeps (log, projections, WALs, raft
+			// state, media), after everything it was sent; the setup's
+			// registrations and rooms are in it too.
+			rec.Add("disk_mb", float64(res.DiskBytes)/1e6, "MB", report.LowerIsBetter)
+			rec.Add("disk_bytes_per_send", float64(res.DiskBytes)/float64(max(res.Sends, 1)), "bytes", report.LowerIsBetter)
+			rec.Add("disk_ballast_mb", float64(res.BallastBytes)/1e6, "MB", "")
 		}
 	}
 	return res, nil

@@ -21,7 +21,7 @@ func TestLoadAgainstEngram(t *testing.T) {
 	srv := benchserver.Start(t, "", "load.localhost")
 	rec := report.NewRecorder("load", nil, nil)
 	res, err := load.Run(context.Background(), load.Options{
-		URL: srv.URL, Users: 4, Rooms: 2, Duration: 3 * time.Second, Rate: 100, PID: os.Getpid(),
+		URL: srv.URL, Users: 4, Rooms: 2, Duration: 3 * time.Second, Rate: 100, PID: os.Getpid(), DataDir: srv.Dir,
 	}, rec)
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +40,13 @@ func TestLoadAgainstEngram(t *testing.T) {
 	}
 	if res.ServerRSSKB <= 0 {
 		t.Fatalf("server RSS not sampled")
+	}
+	// The data directory holds at least the messages' bodies.
+	if res.DiskBytes < res.Sends*64 {
+		t.Fatalf("disk footprint %d bytes for %d sends, ballast %d", res.DiskBytes, res.Sends, res.BallastBytes)
+	}
+	if v, ok := rec.Get("disk_bytes_per_send"); !ok || v != float64(res.DiskBytes)/float64(res.Sends) {
+		t.Fatalf("recorder has disk_bytes_per_send=%v,%v", v, ok)
 	}
 	if v, ok := rec.Get("sends_per_s"); !ok || v != res.SendsPerSec {
 		t.Fatalf("recorder has sends_per_s=%v,%v", v, ok)

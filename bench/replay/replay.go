@@ -6,6 +6,7 @@ package replay
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/engram-hs/engram/api"
 	"github.com/engram-hs/engram/bench/report"
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/roomwrite"
 )
@@ -48,6 +50,11 @@ type Result struct {
 	CPU         time.Duration // user and system CPU time of this process during the rebuild
 	Projections []Projection
 	PeakRSSKB   int64 // VmHWM of this process after the replay
+	// DiskBytes is what the data directory occupies after the replay, the
+	// log closed (ballast apart); EventJSONBytes the canonical JSON of the
+	// log's PDUs (their "event"), which the events' share of it stores.
+	DiskBytes      int64
+	EventJSONBytes int64
 }
 
 // countingLog counts what the projections read.
@@ -143,6 +150,18 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	}
 	res.BytesRead = counting.bytes.Load()
 	res.PeakRSSKB, _ = report.ProcStatusKB(0, "VmHWM")
+	// The footprint, outside the timed part: the events' canonical JSON,
+	// then what the directory holds once the log is closed.
+	if res.EventJSONBytes, err = eventJSONBytes(node); err != nil {
+		return nil, err
+	}
+	engine.Close()
+	if err := node.Close(); err != nil {
+		return nil, err
+	}
+	if res.DiskBytes, _, err = report.DiskUsage(opts.Dir); err != nil {
+		return nil, err
+	}
 	if rec != nil {
 		rec.Add("entries", float64(res.Entries), "entries", "")
 		// Overall: how fast the whole read side is rebuilt from the log.
@@ -155,8 +174,39 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		rec.Add("bytes_read", float64(res.BytesRead), "bytes", "")
 		rec.Add("read_mb_per_s", float64(res.BytesRead)/1e6/res.Duration.Seconds(), "MB/s", report.HigherIsBetter)
 		rec.Add("peak_rss_mb", float64(res.PeakRSSKB)/1024, "MB", report.LowerIsBetter)
+		rec.Add("disk_mb", float64(res.DiskBytes)/1e6, "MB", report.LowerIsBetter)
+		rec.Add("disk_bytes_per_entry", float64(res.DiskBytes)/float64(max(res.Entries, 1)), "bytes", report.LowerIsBetter)
+		rec.Add("event_json_mb", float64(res.EventJSONBytes)/1e6, "MB", "")
+		// Everything on disk (log, projections, WALs) over the events'
+		// JSON alone: the other entries' bytes count against it.
+		rec.Add("disk_per_event_json", float64(res.DiskBytes)/float64(max(res.EventJSONBytes, 1)), "ratio", report.LowerIsBetter)
 	}
 	return res, nil
+}
+
+// eventJSONBytes sums the size of every PDU's event JSON in the log.
+func eventJSONBytes(l englog.Log) (int64, error) {
+	var n int64
+	for from := uint64(1); ; {
+		es, err := l.Read(from, 10000)
+		if err != nil {
+			return 0, err
+		}
+		if len(es) == 0 {
+			return n, nil
+		}
+		for _, e := range es {
+			if e.Kind != englog.KindPDU {
+				continue
+			}
+			var p facts.PDU
+			if err := json.Unmarshal(e.Payload, &p); err != nil {
+				return 0, fmt.Errorf("replay: PDU at offset %d: %w", e.Offset, err)
+			}
+			n += int64(len(p.Event))
+		}
+		from = es[len(es)-1].Offset + 1
+	}
 }
 
 func cpuTime() time.Duration {

@@ -2,11 +2,15 @@ package report
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -56,3 +60,36 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 
 // MS converts a duration to float milliseconds.
 func MS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// BallastFile is the name of the log's emergency ballast (a reserve of
+// free space, not data), which DiskUsage counts apart.
+const BallastFile = "EMERGENCY_BALLAST"
+
+// DiskUsage is what the files under dir occupy on disk (allocated blocks,
+// as du counts them, so preallocated space counts too), with the log's
+// emergency ballast counted apart from the data.
+func DiskUsage(dir string) (data, ballast int64, err error) {
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) { // removed meanwhile (a compacted table)
+				return nil
+			}
+			return err
+		}
+		n := fi.Size()
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			n = st.Blocks * 512
+		}
+		if d.Name() == BallastFile {
+			ballast += n
+		} else {
+			data += n
+		}
+		return nil
+	})
+	return data, ballast, err
+}

@@ -84,6 +84,9 @@ type Config struct {
 
 	DiskReserve int64 // 0 = the larger of 1% of the disk and 256 MiB
 	DiskBallast int64 // englog.BallastAuto = half the reserve, at most 128 MiB; 0 = none
+	// MemoryTarget sizes Pebble's memtables and block cache
+	// (englog.PebbleMemory); 0 = englog.DefaultMemoryTarget.
+	MemoryTarget int64
 
 	Media mediaSettings // config_media.go
 }
@@ -312,6 +315,21 @@ var options = []option{
 			return errForm
 		}
 		c.DiskBallast = n
+		return nil
+	}},
+	{"memory_target", `a size of at least 32M ("128M", "1G") that the storage caches are sized from, or empty for 128M`, func(c *Config, v value) error {
+		if v.isList {
+			return errForm
+		}
+		if v.scalar == "" {
+			c.MemoryTarget = 0
+			return nil
+		}
+		n, err := parseSize(v.scalar)
+		if err != nil || n < 32<<20 {
+			return errForm
+		}
+		c.MemoryTarget = n
 		return nil
 	}},
 	{"cluster.node_id", "a string naming this node (unique in the cluster)", str(func(c *Config) *string { return &c.ClusterNodeID })},

@@ -55,6 +55,7 @@ func TestLoadConfigLayers(t *testing.T) {
 	yaml := `server_name: file.example
 data_dir: data
 max_upload_size: "10M"
+memory_target: 256M
 turn_uris: ["turn:a.example", "turn:b.example"]
 rc_message:
   per_second: 3
@@ -81,6 +82,9 @@ rc_unknown:
 	if len(warnings) != 2 || !strings.Contains(warnings[0], `"unknown_thing"`) || !strings.Contains(warnings[1], `"rc_unknown"`) {
 		t.Fatalf("warnings = %q", warnings)
 	}
+	if c.MemoryTarget != 256<<20 {
+		t.Fatalf("memory_target = %d", c.MemoryTarget)
+	}
 	if c.ServerName != "file.example" || c.MaxUploadSize != 10<<20 || c.RC.Message.PerSecond != 3 || c.RC.Message.BurstCount != 9 || c.Listen != "127.0.0.1:9999" {
 		t.Fatalf("config = %+v", c)
 	}
@@ -102,7 +106,7 @@ rc_unknown:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.ServerName != "localhost" || d.Listen != "127.0.0.1:8008" || d.FederationListen != "" || d.MaxUploadSize != 50<<20 {
+	if d.ServerName != "localhost" || d.Listen != "127.0.0.1:8008" || d.FederationListen != "" || d.MaxUploadSize != 50<<20 || d.MemoryTarget != 0 {
 		t.Fatalf("defaults = %+v", d)
 	}
 
@@ -123,6 +127,7 @@ func TestLoadConfigErrorsNameKeyAndForm(t *testing.T) {
 		"listen: [a, b]\n":                   {`"listen"`, "host:port"},
 		"cluster:\n  peers: [nonsense]\n":    {`"cluster.peers"`, "node_id=host:port"},
 		"bcrypt_rounds: 99\n":                {`"bcrypt_rounds"`, "4 to 31"},
+		"memory_target: 1M\n":                {`"memory_target"`, "at least 32M"},
 		"log_level: loud\n":                  {`"log_level"`, "debug, info"},
 		"server_name: \"@bad\"\n":            {`"server_name"`, "host name"},
 		"federation_tls_cert: a.pem\n":       {"federation_tls_key"},

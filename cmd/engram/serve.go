@@ -88,6 +88,7 @@ func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, a
 		Metrics:        metrics,
 		DiskReserve:    uint64(cfg.DiskReserve),
 		BallastSize:    cfg.DiskBallast,
+		MemoryTarget:   cfg.MemoryTarget,
 		AcceptDataLoss: acceptDataLoss,
 	})
 }

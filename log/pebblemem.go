@@ -1,0 +1,64 @@
+package log
+
+import (
+	"strings"
+
+	"github.com/cockroachdb/pebble/vfs"
+)
+
+// DefaultMemoryTarget is the memory budget (Config.MemoryTarget) when none
+// is configured: enough for a small community server on a small box.
+const DefaultMemoryTarget = 128 << 20
+
+// PebbleMemory splits a memory budget between Pebble's memtables and its
+// block cache: each of the (at most two) memtables gets 1/16 of it, between
+// 2 MiB and 64 MiB, and the block cache 3/8; the other half is left for the
+// Go heap (projection caches, requests) and everything else. target <= 0
+// means DefaultMemoryTarget.
+//
+// Why these shares: a memtable absorbs the keys a fold rewrites batch after
+// batch (room records, counters, checkpoints) before they reach disk, so a
+// larger one means less compaction, but each memtable is backed by a
+// write-ahead log of the same size on disk and by memory that is resident
+// once written; the block cache saves decompressing a block on every point
+// read that misses the memtables (a projection's "is this new?" checks).
+func PebbleMemory(target int64) (memTable, blockCache int64) {
+	if target <= 0 {
+		target = DefaultMemoryTarget
+	}
+	memTable = min(max(target/16, 2<<20), 64<<20)
+	blockCache = max(target*3/8, 8<<20)
+	return memTable, blockCache
+}
+
+// walFS keeps Pebble from preallocating its write-ahead logs. Pebble
+// reserves 1.1x the memtable size for every WAL it creates or recycles
+// (fallocate, KEEP_SIZE) and keeps up to MemTableStopWritesThreshold+1 of
+// them for reuse, so with 64 MB memtables a fresh server held ~290 MB of
+// WAL space for a few MB of writes. A WAL is synced with fdatasync after
+// every group commit either way, and recycled WALs (reused in place, the
+// case Pebble optimises) are already allocated up to what they held, so
+// the reservation buys little: without it a WAL takes what it holds.
+type walFS struct{ vfs.FS }
+
+func isWAL(name string) bool { return strings.HasSuffix(name, ".log") }
+
+func (fs walFS) Create(name string) (vfs.File, error) {
+	f, err := fs.FS.Create(name)
+	if err != nil || !isWAL(name) {
+		return f, err
+	}
+	return noPreallocFile{f}, nil
+}
+
+func (fs walFS) ReuseForWrite(oldname, newname string) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(oldname, newname)
+	if err != nil || !isWAL(newname) {
+		return f, err
+	}
+	return noPreallocFile{f}, nil
+}
+
+type noPreallocFile struct{ vfs.File }
+
+func (noPreallocFile) Preallocate(offset, length int64) error { return nil }
