@@ -52,6 +52,9 @@ type Config struct {
 	// BcryptCost is the bcrypt work factor of password hashes
 	// (bcrypt_rounds); 0 means 12, as Synapse. Tests lower it.
 	BcryptCost int // bcrypt_rounds
+	// PushRetryMin is the first retry delay of a failing push gateway
+	// (doubling up to 10 minutes); 0 means a second. Tests lower it.
+	PushRetryMin time.Duration
 
 	// ServerVersion is what the admin API's server_version answers.
 	ServerVersion string

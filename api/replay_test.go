@@ -62,6 +62,14 @@ func TestProjectionsAreAFunctionOfTheLog(t *testing.T) {
 	if _, err := bob.CreateFilter(ctx, &mautrix.Filter{}); err != nil {
 		t.Fatal(err)
 	}
+	// A pusher and a push rule (the notifications projection's inputs).
+	if code, body := setPusher(t, ts, bob, httpPusher("com.example.app", "k", "http://127.0.0.1:1/_matrix/push/v1/notify", nil)); code != 200 {
+		t.Fatalf("pushers/set: %d %v", code, body)
+	}
+	if code, body := ts.do("PUT", "/_matrix/client/v3/pushrules/global/content/hello", bob.AccessToken,
+		map[string]any{"pattern": "root", "actions": []any{"notify", map[string]any{"set_tweak": "highlight"}}}); code != 200 {
+		t.Fatalf("push rule: %d %v", code, body)
+	}
 	// To-device delivery and its acknowledgement, presence set by /sync,
 	// a mention and a thread (notification counters), a knock.
 	if code, _ := ts.do("PUT", "/_matrix/client/v3/sendToDevice/m.x/t1", alice.AccessToken, map[string]any{

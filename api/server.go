@@ -29,6 +29,7 @@ import (
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/search"
 	"github.com/engram-hs/engram/projections/userdata"
+	"github.com/engram-hs/engram/push/gateway"
 	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
 	"github.com/prometheus/client_golang/prometheus"
@@ -79,6 +80,10 @@ type Server struct {
 
 	// relationsH: relations and threads (api/relations.go).
 	relationsH *projections.Handle
+	// notificationsH: push verdicts, read floors and pushers
+	// (api/pushhost.go); pushSender delivers to push gateways.
+	notificationsH *projections.Handle
+	pushSender     *gateway.Sender
 
 	mux      *http.ServeMux  // method+path patterns
 	streamed map[string]bool // patterns whose handlers bound their own bodies (host.go)
@@ -170,6 +175,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		}
 	}
 	if err := s.mountMedia(deps); err != nil {
+		return nil, err
+	}
+	if err := s.mountPush(deps); err != nil {
 		return nil, err
 	}
 	s.routes()

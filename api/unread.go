@@ -1,7 +1,9 @@
 package api
 
 import (
+	"context"
 	"sync"
+	"time"
 
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
@@ -30,78 +32,31 @@ func (s *Server) membersAt(v rooms.View, roomID string, users []string, before u
 	return out, nil
 }
 
-// unreadCounts computes unread_notifications for one room: notifying
-// events from others after the point the user has read to, which is the
-// newest of their read receipt (m.read or m.read.private), their current
-// membership event and their own last notifying event. With threads, the
-// main timeline and each thread count separately against their own
-// threaded receipts (spec: threaded read receipts); threads is nil when
-// not requested.
-func (s *Server) unreadCounts(v rooms.View, userID, roomID string, withThreads bool) (map[string]uint64, map[string]any, error) {
-	var floor uint64
-	if m, err := v.Membership(userID, roomID); err != nil {
-		return nil, nil, err
-	} else if m != nil {
-		floor = m.Offset
-	}
-	if own, err := v.LastNotifying(roomID, userID); err != nil {
-		return nil, nil, err
-	} else {
-		floor = max(floor, own)
-	}
-	receipts, err := s.userdataView().ReceiptsOf(roomID, userID)
+// unreadCounts is unread_notifications (and, when asked,
+// unread_thread_notifications) of one room, from the push rule verdicts
+// the notifications projection folded, read up to the user's receipts and
+// own events. It first waits (briefly) for the projection to fold what
+// the log holds, so a /sync shows the counts of the events it returns.
+func (s *Server) unreadCounts(_ rooms.View, userID, roomID string, withThreads bool) (map[string]uint64, map[string]any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), unreadCatchUp)
+	_ = s.notificationsH.WaitApplied(ctx, s.log.LastOffset()) // late counts beat a failed sync
+	cancel()
+	main, threads, err := s.notificationsView().Unread(userID, roomID, withThreads)
 	if err != nil {
 		return nil, nil, err
 	}
-	read := map[string]uint64{} // thread ID ("" unthreaded) -> offset read up to
-	for _, r := range receipts {
-		if r.ReceiptType != "m.read" && r.ReceiptType != "m.read.private" {
-			continue
-		}
-		e, err := v.Event(r.EventID)
-		if err != nil {
-			return nil, nil, err
-		}
-		if e != nil && e.RoomID == roomID {
-			read[r.ThreadID] = max(read[r.ThreadID], e.Offset)
-		}
-	}
-	floor = max(floor, read[""])
-	count := func(scope string, after uint64) (map[string]uint64, error) {
-		n, err := v.NotificationCount(roomID, scope, after)
-		if err != nil {
-			return nil, err
-		}
-		h, err := v.HighlightCount(roomID, userID, scope, after)
-		if err != nil {
-			return nil, err
-		}
-		return map[string]uint64{"notification_count": n, "highlight_count": h}, nil
-	}
+	out := map[string]uint64{"notification_count": main.Notifications, "highlight_count": main.Highlights}
 	if !withThreads {
-		all, err := count(rooms.ScopeAll, max(floor, read[rooms.ScopeMain]))
-		return all, nil, err
+		return out, nil, nil
 	}
-	main, err := count(rooms.ScopeMain, max(floor, read[rooms.ScopeMain]))
-	if err != nil {
-		return nil, nil, err
+	th := map[string]any{}
+	for root, c := range threads {
+		th[root] = c
 	}
-	roots, err := v.Threads(roomID)
-	if err != nil {
-		return nil, nil, err
-	}
-	threads := map[string]any{}
-	for _, root := range roots {
-		c, err := count(root, max(floor, read[root]))
-		if err != nil {
-			return nil, nil, err
-		}
-		if c["notification_count"] > 0 || c["highlight_count"] > 0 {
-			threads[root] = c
-		}
-	}
-	return main, threads, nil
+	return out, th, nil
 }
+
+const unreadCatchUp = 2 * time.Second
 
 // lazyMemberCache remembers which member events each device was sent
 // under lazy_load_members, so that they are not sent again unless the

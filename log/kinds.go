@@ -39,6 +39,8 @@ const (
 	KindPushRulesSet   Kind = 203
 	KindRoomForgotten  Kind = 204
 	KindToDeviceAcked  Kind = 205 // a device's sync acknowledged its to-device inbox up to an offset
+	KindPusherSet      Kind = 206 // a pusher created, replaced or deleted
+	KindPushDelivered  Kind = 207 // a pusher's gateway took its notifications up to an offset
 
 	// Directory.
 	KindAliasSet          Kind = 300
@@ -106,6 +108,8 @@ var kindNames = map[Kind]string{
 	KindPushRulesSet:             "push_rules_set",
 	KindRoomForgotten:            "room_forgotten",
 	KindToDeviceAcked:            "to_device_acked",
+	KindPusherSet:                "pusher_set",
+	KindPushDelivered:            "push_delivered",
 	KindAliasSet:                 "alias_set",
 	KindAliasRemoved:             "alias_removed",
 	KindRoomVisibilitySet:        "room_visibility_set",

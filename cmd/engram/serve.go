@@ -160,6 +160,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	}
 	fed.start()
 	apiSrv.StartMediaJanitor()
+	apiSrv.StartPushDelivery()
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	clientMux := http.NewServeMux()

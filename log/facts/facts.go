@@ -103,6 +103,10 @@ func New(kind englog.Kind) any {
 		return &RoomForgotten{}
 	case englog.KindToDeviceAcked:
 		return &ToDeviceAcked{}
+	case englog.KindPusherSet:
+		return &PusherSet{}
+	case englog.KindPushDelivered:
+		return &PushDelivered{}
 	case englog.KindAliasSet:
 		return &AliasSet{}
 	case englog.KindAliasRemoved:
@@ -508,6 +512,42 @@ type ToDeviceAcked struct {
 type PushRulesSet struct {
 	UserID string          `json:"user_id"`
 	Rules  json.RawMessage `json:"rules"`
+}
+
+// PusherSet creates, replaces or deletes (Pusher nil) the pusher of a
+// user with an app ID and pushkey (spec: POST /pushers/set). Unless
+// Append, the same app ID and pushkey is deleted for every other user.
+type PusherSet struct {
+	UserID string `json:"user_id"`
+	AppID  string `json:"app_id"`
+	// Pushkey as the client sent it; at most 512 bytes.
+	Pushkey string  `json:"pushkey"`
+	Pusher  *Pusher `json:"pusher,omitempty"`
+	Append  bool    `json:"append,omitempty"`
+	// Reason says why a deletion was decided: "client", "rejected" (the
+	// gateway refused the pushkey), "device_removed", ...
+	Reason string `json:"reason,omitempty"`
+}
+
+// Pusher is a pusher as the client set it. DeviceID is the device whose
+// access token set it: removing that device removes the pusher.
+type Pusher struct {
+	Kind              string          `json:"kind"`
+	AppDisplayName    string          `json:"app_display_name"`
+	DeviceDisplayName string          `json:"device_display_name"`
+	ProfileTag        string          `json:"profile_tag,omitempty"`
+	Lang              string          `json:"lang"`
+	Data              json.RawMessage `json:"data"`
+	DeviceID          string          `json:"device_id,omitempty"`
+}
+
+// PushDelivered: a pusher's gateway accepted (or the sender gave up on)
+// every notification of the user up to UpTo, the offset of the event.
+type PushDelivered struct {
+	UserID  string `json:"user_id"`
+	AppID   string `json:"app_id"`
+	Pushkey string `json:"pushkey"`
+	UpTo    uint64 `json:"up_to"`
 }
 
 // RoomForgotten: a user forgot a room they left.

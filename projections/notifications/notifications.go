@@ -1,0 +1,679 @@
+// Package notifications folds push: which events notify which local user
+// (the verdicts of their push rules, package push, for every event of a
+// room they are in), how far each user has read each room and thread
+// (receipts, and their own events), and their pushers with how far each
+// pusher's gateway has been sent (KindPusherSet, KindPushDelivered).
+//
+// /sync's unread counts, GET /notifications and push gateway delivery
+// (push/gateway) all read it; nothing here talks to the network. The
+// verdicts are a pure function of the log: the fold keeps the room state
+// the conditions read (members and display names, member count, power
+// levels) and each user's push rules (their m.push_rules account data
+// merged with this build's defaults, push.Merge) itself, so it never reads
+// another projection.
+//
+// Room state is followed in log order: a state event that enters the DAG
+// replaces the previous one of its type and key, and a room joined over
+// federation starts from the state the resident server sent. That is the
+// resolved state in every room without concurrent state changes; in a room
+// with a forked history the verdicts use the state last written.
+package notifications
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"slices"
+	"strings"
+	"sync"
+
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/push"
+	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/auth"
+)
+
+// Name is the projection's name.
+const Name = "notifications"
+
+const (
+	pRoom    = 'r' // r room -> roomRec
+	pMember  = 'm' // m room 0 user -> memberRec
+	pLocal   = 'j' // j room 0 user -> "" (local users joined)
+	pState   = 'o' // o eventID -> event JSON (create, power levels and member events, for federated joins' state)
+	pEvent   = 'e' // e eventID -> offset(8) (events of rooms with local members)
+	pRules   = 'u' // u user -> m.push_rules content
+	pNotif   = 'a' // a user 0 offset(8) -> Notification
+	pUnread  = 'n' // n user 0 room 0 offset(8) -> highlight(1) thread
+	pFloor   = 'f' // f user 0 room 0 thread -> offset(8) read up to ("" unthreaded)
+	pPusher  = 'p' // p user 0 appID 0 pushkey -> Pusher
+	pPushKey = 'k' // k appID 0 pushkey 0 user -> ""
+)
+
+// ScopeMain is the thread ID of the main timeline (spec: threaded read
+// receipts).
+const ScopeMain = "main"
+
+// Notification is one event that notified a user.
+type Notification struct {
+	RoomID    string            `json:"room_id"`
+	EventID   string            `json:"event_id"`
+	Offset    uint64            `json:"offset"`
+	TS        int64             `json:"ts"`
+	Actions   []json.RawMessage `json:"actions"`
+	Highlight bool              `json:"highlight,omitempty"`
+	// ThreadID is the thread root, or ScopeMain.
+	ThreadID string `json:"thread_id"`
+	// Tweaks are the rule's set_tweak values, as sent to a gateway.
+	Tweaks map[string]any `json:"tweaks,omitempty"`
+	// Type and Sender, for the gateway's priority and body.
+	Type   string `json:"type"`
+	Sender string `json:"sender"`
+}
+
+// Pusher is a pusher of a user as folded.
+type Pusher struct {
+	facts.Pusher
+	UserID  string `json:"user_id"`
+	AppID   string `json:"app_id"`
+	Pushkey string `json:"pushkey"`
+	// TS is when it was set (entry time, Unix ms): the spec's pushkey_ts.
+	TS int64 `json:"ts"`
+	// Sent is the offset of the newest notification its gateway has been
+	// sent (or given up on); notifications before the pusher was set are
+	// never sent.
+	Sent uint64 `json:"sent"`
+}
+
+type roomRec struct {
+	Version string          `json:"v"`
+	Create  json.RawMessage `json:"c,omitempty"`
+	PL      json.RawMessage `json:"pl,omitempty"`
+	Joined  int             `json:"n"`
+}
+
+type memberRec struct {
+	Membership  string `json:"m"`
+	DisplayName string `json:"d,omitempty"`
+}
+
+// Projection is the notifications projection.
+type Projection struct {
+	serverSuffix string // ":" + server name: local users' IDs end with it
+
+	mu    sync.Mutex
+	rules map[string]cachedRules // by user: compiled from the stored content
+
+	// Touched, when set, is called after each committed batch that changed
+	// a pusher or added a notification for a user with pushers (the
+	// gateway sender wakes on it). It must not block.
+	Touched func()
+}
+
+type cachedRules struct {
+	raw string
+	c   *push.Compiled
+}
+
+// New returns the projection for a server named serverName.
+func New(serverName string) *Projection {
+	return &Projection{serverSuffix: ":" + serverName, rules: map[string]cachedRules{}}
+}
+
+func (*Projection) Name() string { return Name }
+func (*Projection) Version() int { return 1 }
+
+// AfterCommit wakes the gateway sender.
+func (p *Projection) AfterCommit(entries []englog.Entry) {
+	if p.Touched == nil {
+		return
+	}
+	for _, e := range entries {
+		if e.Kind == englog.KindPDU || e.Kind == englog.KindPusherSet {
+			p.Touched()
+			return
+		}
+	}
+}
+
+func (p *Projection) local(userID string) bool { return strings.HasSuffix(userID, p.serverSuffix) }
+
+func offsetBytes(off uint64) []byte { return binary.BigEndian.AppendUint64(nil, off) }
+
+func withOffset(k []byte, off uint64) []byte {
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint64(k, off)
+}
+
+func getOffset(r projections.Reader, k []byte) (uint64, bool, error) {
+	b, ok, err := r.Get(k)
+	if err != nil || !ok || len(b) != 8 {
+		return 0, false, err
+	}
+	return binary.BigEndian.Uint64(b), true, nil
+}
+
+// Apply folds a batch.
+func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
+	b := &batch{p: p, w: w, rooms: map[string]*roomState{}}
+	for _, e := range entries {
+		var err error
+		switch e.Kind {
+		case englog.KindPDU:
+			err = b.applyPDU(e)
+		case englog.KindEDU:
+			err = b.applyEDU(e)
+		case englog.KindAccountDataSet:
+			var f facts.AccountDataSet
+			if err = facts.Decode(e, &f); err == nil && f.RoomID == "" && f.Type == "m.push_rules" && p.local(f.UserID) {
+				err = w.Set(projections.Key(pRules, f.UserID), f.Content)
+			}
+		case englog.KindPusherSet:
+			var f facts.PusherSet
+			if err = facts.Decode(e, &f); err == nil {
+				err = b.applyPusherSet(e, f)
+			}
+		case englog.KindPushDelivered:
+			var f facts.PushDelivered
+			if err = facts.Decode(e, &f); err == nil {
+				err = b.applyDelivered(f)
+			}
+		case englog.KindDeviceRemoved:
+			var f facts.DeviceRemoved
+			if err = facts.Decode(e, &f); err == nil {
+				err = b.removeDevicePushers(f.UserID, func(d string) bool {
+					for _, x := range f.DeviceIDs {
+						if x == d {
+							return true
+						}
+					}
+					return false
+				})
+			}
+		case englog.KindPasswordChanged:
+			// Spec: changing the password may log out every other device;
+			// their pushers go with them (Synapse removes them too).
+			var f facts.PasswordChanged
+			if err = facts.Decode(e, &f); err == nil && f.LogoutDevices {
+				err = b.removeDevicePushers(f.UserID, func(d string) bool { return d != f.KeepDeviceID })
+			}
+		case englog.KindAccountDeactivated:
+			var f facts.AccountDeactivated
+			if err = facts.Decode(e, &f); err == nil {
+				err = b.removeDevicePushers(f.UserID, func(string) bool { return true })
+			}
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// batch caches the rooms an Apply touches; writes go straight to w.
+type batch struct {
+	p     *Projection
+	w     projections.Writer
+	rooms map[string]*roomState
+}
+
+type roomState struct {
+	rec     *roomRec
+	version *stateres.RoomVersion
+	pl      *auth.PowerLevels
+	locals  []string // nil: not loaded
+}
+
+func (b *batch) room(roomID string) (*roomState, error) {
+	if rs, ok := b.rooms[roomID]; ok {
+		return rs, nil
+	}
+	rec, err := projections.GetJSON[roomRec](b.w, projections.Key(pRoom, roomID))
+	if err != nil {
+		return nil, err
+	}
+	var rs *roomState
+	if rec != nil {
+		rs = &roomState{rec: rec}
+		rs.version, _ = stateres.Version(rec.Version)
+	}
+	b.rooms[roomID] = rs
+	return rs, nil
+}
+
+func (b *batch) powerLevels(rs *roomState) *auth.PowerLevels {
+	if rs.pl != nil {
+		return rs.pl
+	}
+	var create, pl stateres.PDU
+	if len(rs.rec.Create) > 0 {
+		if ev, err := stateres.ParseEvent(rs.version, rs.rec.Create); err == nil {
+			create = ev
+		}
+	}
+	if len(rs.rec.PL) > 0 {
+		if ev, err := stateres.ParseEvent(rs.version, rs.rec.PL); err == nil {
+			pl = ev
+		}
+	}
+	rs.pl = auth.ParsePowerLevels(rs.version, create, pl)
+	return rs.pl
+}
+
+func (b *batch) locals(roomID string, rs *roomState) ([]string, error) {
+	if rs.locals != nil {
+		return rs.locals, nil
+	}
+	prefix := projections.Key(pLocal, roomID, "")
+	it := b.w.Iter(prefix, projections.PrefixEnd(prefix))
+	out := []string{}
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, string(it.Key()[len(prefix):]))
+	}
+	rs.locals = out
+	return out, it.Close()
+}
+
+func (b *batch) saveRoom(roomID string, rs *roomState) error {
+	return projections.PutJSON(b.w, projections.Key(pRoom, roomID), rs.rec)
+}
+
+func (b *batch) applyPDU(e englog.Entry) error {
+	var f facts.PDU
+	if err := facts.Decode(e, &f); err != nil {
+		return err
+	}
+	if f.Rejected != "" {
+		return nil
+	}
+	version, ok := stateres.Version(f.RoomVersion)
+	if !ok {
+		return nil
+	}
+	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
+	if err != nil {
+		return nil // the rooms projection records it as unfoldable
+	}
+	id, roomID := ev.EventID(), ev.RoomID()
+	tracked := ev.StateKey() != nil && (ev.Type() == stateres.MRoomMember || ev.Type() == stateres.MRoomPowerLevels || ev.Type() == stateres.MRoomCreate)
+	if tracked {
+		// Kept for a later federated join whose state names it.
+		if err := b.w.Set(projections.Key(pState, id), f.Event); err != nil {
+			return err
+		}
+	}
+	if f.Outlier || f.SoftFailed {
+		return nil
+	}
+	if _, seen, err := b.w.Get(projections.Key(pEvent, id)); err != nil || seen {
+		return err // a duplicate: already folded
+	}
+	rs, err := b.room(roomID)
+	if err != nil {
+		return err
+	}
+	if ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
+		rs = &roomState{rec: &roomRec{Version: version.ID, Create: f.Event}, version: version}
+		b.rooms[roomID] = rs
+		if err := b.clearRoom(roomID); err != nil {
+			return err
+		}
+	} else if f.StateBefore != nil {
+		if rs, err = b.resetState(roomID, version, f.StateBefore); err != nil {
+			return err
+		}
+	}
+	if rs == nil {
+		return nil // a room we do not hold
+	}
+	if err := b.w.Set(projections.Key(pEvent, id), offsetBytes(e.Offset)); err != nil {
+		return err
+	}
+	if err := b.evaluate(e, rs, ev); err != nil {
+		return err
+	}
+	if ev.StateKey() != nil {
+		return b.applyState(roomID, rs, ev.Type(), *ev.StateKey(), f.Event, ev.Content())
+	}
+	return nil
+}
+
+// clearRoom drops what a previous create event of the room left (a room
+// ID reused: never in practice, but the fold must not mix two rooms).
+func (b *batch) clearRoom(roomID string) error {
+	for _, pre := range []byte{pMember, pLocal} {
+		k := projections.Key(pre, roomID, "")
+		if err := b.w.DeleteRange(k, projections.PrefixEnd(k)); err != nil {
+			return err
+		}
+	}
+	return b.saveRoom(roomID, b.rooms[roomID])
+}
+
+// resetState starts a room over from the state a resident server sent
+// with our join (facts.PDU.StateBefore).
+func (b *batch) resetState(roomID string, version *stateres.RoomVersion, state [][3]string) (*roomState, error) {
+	rs := &roomState{rec: &roomRec{Version: version.ID}, version: version}
+	b.rooms[roomID] = rs
+	if err := b.clearRoom(roomID); err != nil {
+		return nil, err
+	}
+	for _, t := range state {
+		if t[0] != stateres.MRoomMember && t[0] != stateres.MRoomPowerLevels && t[0] != stateres.MRoomCreate {
+			continue
+		}
+		raw, ok, err := b.w.Get(projections.Key(pState, t[2]))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue
+		}
+		ev, err := stateres.ParseEvent(version, raw)
+		if err != nil {
+			continue
+		}
+		if err := b.applyState(roomID, rs, t[0], t[1], raw, ev.Content()); err != nil {
+			return nil, err
+		}
+	}
+	return rs, nil
+}
+
+func (b *batch) applyState(roomID string, rs *roomState, typ, stateKey string, raw json.RawMessage, content []byte) error {
+	switch typ {
+	case stateres.MRoomCreate:
+		if stateKey == "" {
+			rs.rec.Create, rs.pl = raw, nil
+			return b.saveRoom(roomID, rs)
+		}
+	case stateres.MRoomPowerLevels:
+		if stateKey == "" {
+			rs.rec.PL, rs.pl = raw, nil
+			return b.saveRoom(roomID, rs)
+		}
+	case stateres.MRoomMember:
+		var c struct {
+			Membership  string `json:"membership"`
+			DisplayName any    `json:"displayname"`
+		}
+		_ = json.Unmarshal(content, &c)
+		k := projections.Key(pMember, roomID, stateKey)
+		old, err := projections.GetJSON[memberRec](b.w, k)
+		if err != nil {
+			return err
+		}
+		wasJoined := old != nil && old.Membership == "join"
+		dn, _ := c.DisplayName.(string)
+		if err := projections.PutJSON(b.w, k, memberRec{Membership: c.Membership, DisplayName: dn}); err != nil {
+			return err
+		}
+		joined := c.Membership == "join"
+		if joined != wasJoined {
+			if joined {
+				rs.rec.Joined++
+			} else {
+				rs.rec.Joined--
+			}
+			if b.p.local(stateKey) {
+				rs.locals = nil
+				lk := projections.Key(pLocal, roomID, stateKey)
+				if joined {
+					err = b.w.Set(lk, nil)
+				} else {
+					err = b.w.Delete(lk)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			return b.saveRoom(roomID, rs)
+		}
+	}
+	return nil
+}
+
+// evaluate runs the push rules of every local user the event may notify
+// (the joined members but the sender, and a local invitee) against the
+// room as it was before the event, and records the notifications.
+func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) error {
+	roomID, sender := ev.RoomID(), ev.Sender()
+	users, err := b.locals(roomID, rs)
+	if err != nil {
+		return err
+	}
+	if b.p.local(sender) && ev.StateKey() == nil {
+		// Sending in a room reads it up to there.
+		if err := b.raiseFloor(sender, roomID, "", e.Offset); err != nil {
+			return err
+		}
+	}
+	targets := make([]string, 0, len(users)+1)
+	for _, u := range users {
+		if u != sender {
+			targets = append(targets, u)
+		}
+	}
+	if ev.Type() == stateres.MRoomMember && ev.StateKey() != nil && b.p.local(*ev.StateKey()) && *ev.StateKey() != sender &&
+		strings.Contains(string(ev.Content()), `"invite"`) {
+		var c struct {
+			Membership string `json:"membership"`
+		}
+		if json.Unmarshal(ev.Content(), &c) == nil && c.Membership == "invite" {
+			targets = append(targets, *ev.StateKey())
+		}
+	}
+	if len(targets) == 0 {
+		return nil
+	}
+	pev, err := push.ParseEvent(ev.JSON())
+	if err != nil {
+		return nil
+	}
+	pl := b.powerLevels(rs)
+	ctx := push.Context{
+		MemberCount:       rs.rec.Joined,
+		SenderPower:       pl.UserLevel(sender).Int64(),
+		NotificationPower: map[string]int64{"room": pl.Notifications("room").Int64()},
+	}
+	thread := ScopeMain
+	var rel struct {
+		RelatesTo struct {
+			RelType string `json:"rel_type"`
+			EventID string `json:"event_id"`
+		} `json:"m.relates_to"`
+	}
+	if json.Unmarshal(ev.Content(), &rel) == nil && rel.RelatesTo.RelType == "m.thread" && rel.RelatesTo.EventID != "" {
+		thread = rel.RelatesTo.EventID
+	}
+	for _, u := range targets {
+		rules, err := b.p.compiled(b.w, u)
+		if err != nil {
+			return err
+		}
+		m, err := projections.GetJSON[memberRec](b.w, projections.Key(pMember, roomID, u))
+		if err != nil {
+			return err
+		}
+		ctx.UserID, ctx.DisplayName = u, ""
+		if m != nil {
+			ctx.DisplayName = m.DisplayName
+		}
+		res, ok := rules.Evaluate(pev, &ctx)
+		if !ok || !res.Notify {
+			continue
+		}
+		n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
+			Actions: actionsOf(res), Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
+			Type: ev.Type(), Sender: sender}
+		if err := projections.PutJSON(b.w, withOffset(projections.Key(pNotif, u), e.Offset), n); err != nil {
+			return err
+		}
+		v := []byte{0}
+		if res.Highlight {
+			v[0] = 1
+		}
+		if err := b.w.Set(withOffset(projections.Key(pUnread, u, roomID), e.Offset), append(v, thread...)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// actionsOf is the matched rule's actions as the API shows them.
+func actionsOf(r push.Result) []json.RawMessage {
+	out := []json.RawMessage{json.RawMessage(`"notify"`)}
+	keys := make([]string, 0, len(r.Tweaks))
+	for k := range r.Tweaks {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		b, err := json.Marshal(map[string]any{"set_tweak": k, "value": r.Tweaks[k]})
+		if err == nil {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compiled, error) {
+	raw, _, err := r.Get(projections.Key(pRules, userID))
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	c, ok := p.rules[userID]
+	p.mu.Unlock()
+	if ok && c.raw == string(raw) {
+		return c.c, nil
+	}
+	var stored *push.Ruleset
+	if len(raw) > 0 {
+		var content struct {
+			Global push.Ruleset `json:"global"`
+		}
+		// The API writes m.push_rules; content it cannot read means the
+		// defaults, as the API serves them then.
+		if json.Unmarshal(raw, &content) == nil {
+			stored = &content.Global
+		}
+	}
+	comp := push.Compile(push.Merge(userID, stored))
+	p.mu.Lock()
+	if len(p.rules) > 10_000 {
+		p.rules = map[string]cachedRules{} // a bound, not state
+	}
+	p.rules[userID] = cachedRules{raw: string(raw), c: comp}
+	p.mu.Unlock()
+	return comp, nil
+}
+
+func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
+	k := projections.Key(pFloor, userID, roomID, thread)
+	cur, _, err := getOffset(b.w, k)
+	if err != nil || cur >= off {
+		return err
+	}
+	return b.w.Set(k, offsetBytes(off))
+}
+
+func (b *batch) applyEDU(e englog.Entry) error {
+	var f facts.EDU
+	if err := facts.Decode(e, &f); err != nil {
+		return err
+	}
+	if f.Type != facts.EDUReceipt {
+		return nil
+	}
+	var c facts.ReceiptContent
+	if json.Unmarshal(f.Content, &c) != nil || !b.p.local(c.UserID) {
+		return nil
+	}
+	if c.ReceiptType != "m.read" && c.ReceiptType != "m.read.private" {
+		return nil
+	}
+	off, ok, err := getOffset(b.w, projections.Key(pEvent, c.EventID))
+	if err != nil || !ok {
+		return err
+	}
+	return b.raiseFloor(c.UserID, c.RoomID, c.ThreadID, off)
+}
+
+func pusherKey(userID, appID, pushkey string) []byte {
+	return projections.Key(pPusher, userID, appID, pushkey)
+}
+
+func (b *batch) deletePusher(userID, appID, pushkey string) error {
+	if err := b.w.Delete(pusherKey(userID, appID, pushkey)); err != nil {
+		return err
+	}
+	return b.w.Delete(projections.Key(pPushKey, appID, pushkey, userID))
+}
+
+func (b *batch) applyPusherSet(e englog.Entry, f facts.PusherSet) error {
+	if f.Pusher == nil {
+		return b.deletePusher(f.UserID, f.AppID, f.Pushkey)
+	}
+	if !f.Append {
+		// Spec: without append, the same app ID and pushkey of other
+		// users is removed.
+		prefix := projections.Key(pPushKey, f.AppID, f.Pushkey, "")
+		it := b.w.Iter(prefix, projections.PrefixEnd(prefix))
+		var others []string
+		for ok := it.First(); ok; ok = it.Next() {
+			if u := string(it.Key()[len(prefix):]); u != f.UserID {
+				others = append(others, u)
+			}
+		}
+		if err := it.Close(); err != nil {
+			return err
+		}
+		for _, u := range others {
+			if err := b.deletePusher(u, f.AppID, f.Pushkey); err != nil {
+				return err
+			}
+		}
+	}
+	rec := Pusher{Pusher: *f.Pusher, UserID: f.UserID, AppID: f.AppID, Pushkey: f.Pushkey, TS: e.Time, Sent: e.Offset}
+	if old, err := projections.GetJSON[Pusher](b.w, pusherKey(f.UserID, f.AppID, f.Pushkey)); err != nil {
+		return err
+	} else if old != nil {
+		// An update keeps its place in the stream and its pushkey_ts.
+		rec.Sent, rec.TS = old.Sent, old.TS
+	}
+	if err := projections.PutJSON(b.w, pusherKey(f.UserID, f.AppID, f.Pushkey), rec); err != nil {
+		return err
+	}
+	return b.w.Set(projections.Key(pPushKey, f.AppID, f.Pushkey, f.UserID), nil)
+}
+
+func (b *batch) applyDelivered(f facts.PushDelivered) error {
+	k := pusherKey(f.UserID, f.AppID, f.Pushkey)
+	rec, err := projections.GetJSON[Pusher](b.w, k)
+	if err != nil || rec == nil || rec.Sent >= f.UpTo {
+		return err
+	}
+	rec.Sent = f.UpTo
+	return projections.PutJSON(b.w, k, rec)
+}
+
+func (b *batch) removeDevicePushers(userID string, remove func(deviceID string) bool) error {
+	ps, err := pushersOf(b.w, userID)
+	if err != nil {
+		return err
+	}
+	for _, p := range ps {
+		if remove(p.DeviceID) {
+			if err := b.deletePusher(userID, p.AppID, p.Pushkey); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func pushersOf(r projections.Reader, userID string) ([]Pusher, error) {
+	return projections.ListJSON[Pusher](r, projections.Key(pPusher, userID, ""), nil)
+}

@@ -1,0 +1,180 @@
+package notifications
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+
+	"github.com/engram-hs/engram/projections"
+)
+
+// View reads the projection.
+type View struct{ r projections.Reader }
+
+// NewView reads through r (the projection's handle reader).
+func NewView(r projections.Reader) View { return View{r} }
+
+// Pushers are a user's pushers, by app ID then pushkey.
+func (v View) Pushers(userID string) ([]Pusher, error) { return pushersOf(v.r, userID) }
+
+// AllPushers is every pusher of every user (the gateway sender's work
+// list).
+func (v View) AllPushers() ([]Pusher, error) {
+	return projections.ListJSON[Pusher](v.r, []byte{pPusher}, nil)
+}
+
+// Pusher is one pusher, nil when absent.
+func (v View) Pusher(userID, appID, pushkey string) (*Pusher, error) {
+	return projections.GetJSON[Pusher](v.r, pusherKey(userID, appID, pushkey))
+}
+
+// Notifications are a user's notifications, newest first, older than
+// before (0: the newest), at most limit, only highlights when asked.
+func (v View) Notifications(userID string, before uint64, limit int, onlyHighlight bool) ([]Notification, error) {
+	prefix := projections.Key(pNotif, userID, "")
+	upper := projections.PrefixEnd(prefix)
+	if before > 0 {
+		upper = binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), before)
+	}
+	it := v.r.Iter(prefix, upper)
+	var out []Notification
+	for ok := it.Last(); ok && len(out) < limit; ok = it.Prev() {
+		var n Notification
+		if err := json.Unmarshal(it.Value(), &n); err != nil {
+			it.Close()
+			return nil, fmt.Errorf("notifications: corrupt record %q: %w", it.Key(), err)
+		}
+		if onlyHighlight && !n.Highlight {
+			continue
+		}
+		out = append(out, n)
+	}
+	return out, it.Close()
+}
+
+// NotificationsAfter are a user's notifications newer than after, oldest
+// first, at most limit (the gateway sender's queue of a pusher).
+func (v View) NotificationsAfter(userID string, after uint64, limit int) ([]Notification, error) {
+	prefix := projections.Key(pNotif, userID, "")
+	lower := binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), after+1)
+	it := v.r.Iter(lower, projections.PrefixEnd(prefix))
+	var out []Notification
+	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
+		var n Notification
+		if err := json.Unmarshal(it.Value(), &n); err != nil {
+			it.Close()
+			return nil, fmt.Errorf("notifications: corrupt record %q: %w", it.Key(), err)
+		}
+		out = append(out, n)
+	}
+	return out, it.Close()
+}
+
+// floors are how far a user has read a room: by thread ID ("" for
+// unthreaded receipts and their own events, ScopeMain, thread roots).
+func (v View) floors(userID, roomID string) (map[string]uint64, error) {
+	prefix := projections.Key(pFloor, userID, roomID, "")
+	it := v.r.Iter(prefix, projections.PrefixEnd(prefix))
+	out := map[string]uint64{}
+	for ok := it.First(); ok; ok = it.Next() {
+		if len(it.Value()) == 8 {
+			out[string(it.Key()[len(prefix):])] = binary.BigEndian.Uint64(it.Value())
+		}
+	}
+	return out, it.Close()
+}
+
+// Read says whether the user has read the room (or its thread) up to the
+// notification.
+func (v View) Read(userID string, n Notification) (bool, error) {
+	f, err := v.floors(userID, n.RoomID)
+	if err != nil {
+		return false, err
+	}
+	return n.Offset <= max(f[""], f[n.ThreadID]), nil
+}
+
+// Count is a notification_count and highlight_count.
+type Count struct {
+	Notifications uint64 `json:"notification_count"`
+	Highlights    uint64 `json:"highlight_count"`
+}
+
+// Unread counts a user's unread notifications in a room (spec:
+// unread_notifications). With threads, the main timeline and each thread
+// with unread notifications are counted apart against their own threaded
+// receipts (spec: unread_thread_notifications); without, every unread
+// notification counts, read up to the newer of the unthreaded and the
+// main timeline's receipt.
+func (v View) Unread(userID, roomID string, withThreads bool) (Count, map[string]Count, error) {
+	f, err := v.floors(userID, roomID)
+	if err != nil {
+		return Count{}, nil, err
+	}
+	prefix := projections.Key(pUnread, userID, roomID, "")
+	lower := binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), f[""]+1)
+	it := v.r.Iter(lower, projections.PrefixEnd(prefix))
+	var main Count
+	var threads map[string]Count
+	if withThreads {
+		threads = map[string]Count{}
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		k, val := it.Key(), it.Value()
+		if len(val) < 1 || len(k) < len(prefix)+8 {
+			continue
+		}
+		off := binary.BigEndian.Uint64(k[len(prefix):])
+		thread, hl := string(val[1:]), val[0] == 1
+		scope := ScopeMain
+		if withThreads {
+			scope = thread
+		}
+		if off <= f[scope] {
+			continue
+		}
+		c := &main
+		var tc Count
+		if scope != ScopeMain {
+			tc = threads[scope]
+			c = &tc
+		}
+		c.Notifications++
+		if hl {
+			c.Highlights++
+		}
+		if scope != ScopeMain {
+			threads[scope] = tc
+		}
+	}
+	return main, threads, it.Close()
+}
+
+// UnreadRooms is how many rooms the user has unread notifications in
+// (the badge a push gateway shows: counts.unread).
+func (v View) UnreadRooms(userID string) (int, error) {
+	prefix := projections.Key(pUnread, userID, "")
+	it := v.r.Iter(prefix, projections.PrefixEnd(prefix))
+	n := 0
+	for ok := it.First(); ok; {
+		rest := it.Key()[len(prefix):]
+		if len(rest) < 9 {
+			ok = it.Next()
+			continue
+		}
+		roomID := string(rest[:len(rest)-9])
+		if err := it.Close(); err != nil {
+			return 0, err
+		}
+		c, _, err := v.Unread(userID, roomID, false)
+		if err != nil {
+			return 0, err
+		}
+		if c.Notifications > 0 {
+			n++
+		}
+		it = v.r.Iter(projections.PrefixEnd(projections.Key(pUnread, userID, roomID, "")), projections.PrefixEnd(prefix))
+		ok = it.First()
+	}
+	return n, it.Close()
+}
