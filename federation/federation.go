@@ -21,7 +21,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
-	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
@@ -44,9 +44,13 @@ type Deps struct {
 	Log    englog.Log
 	Keys   *keys.Keyring
 	Logger zerolog.Logger
-	// Accounts, Rooms are the projections the query endpoints read (as
-	// registered by api); nil disables those endpoints.
-	Accounts, Rooms *projections.Handle
+	// Accounts is the projection the profile query reads (as registered
+	// by api); nil disables it.
+	Accounts *projections.Handle
+	// Rooms is the room write path (roomwrite, shared with api): room
+	// endpoints read its view and record received PDUs through its
+	// Receive. Nil disables the room endpoints.
+	Rooms *roomwrite.Writer
 	// OpenID is the openid projection (api's request_token), read by
 	// openid/userinfo.
 	OpenID *projections.Handle
@@ -77,11 +81,9 @@ type Server struct {
 	acl func(r *http.Request, roomID, origin string) (bool, error)
 
 	// The room endpoints' state (rooms.go).
-	recvOnce   sync.Once
-	recv       *receive.Receiver
-	txns       txnCache
-	eventsOnce sync.Once
-	events     *rooms.EventCache
+	recvOnce sync.Once
+	recv     *receive.Receiver
+	txns     txnCache
 }
 
 // New builds the handler root and registers every route.

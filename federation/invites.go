@@ -7,7 +7,6 @@ import (
 	"net/http"
 
 	"github.com/engram-hs/engram/federation/transport"
-	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/stateres"
@@ -136,18 +135,10 @@ func (s *Server) receiveInvite(r *http.Request, origin, roomVersion string, raw 
 	// Our view of the room is this one event unless we are in it: the
 	// receiver records what it can check (an outlier when the room is
 	// not held here).
-	p, err := facts.Encode(englog.KindPDU, facts.PDU{RoomVersion: version.ID, Event: stored, EventID: signed.EventID(), Outlier: true})
-	if err != nil {
-		return nil, err
-	}
 	if room, err := s.view().Room(roomID); err != nil {
 		return nil, err
 	} else if room == nil {
-		offs, err := s.deps.Log.Append(r.Context(), p)
-		if err != nil {
-			return nil, err
-		}
-		if err := s.deps.Rooms.WaitApplied(r.Context(), offs[0]); err != nil {
+		if _, err := s.deps.Rooms.Receive(r.Context(), []facts.PDU{{RoomVersion: version.ID, Event: stored, EventID: signed.EventID(), Outlier: true}}); err != nil {
 			return nil, err
 		}
 	}

@@ -64,7 +64,7 @@ func (s *Server) roomsView() (rooms.View, error) {
 	if s.deps.Rooms == nil {
 		return rooms.View{}, Errorf(http.StatusNotImplemented, "M_UNRECOGNIZED", "Rooms are not served here")
 	}
-	return rooms.NewView(s.deps.Rooms.Reader(), s.deps.Log), nil
+	return s.deps.Rooms.View(), nil
 }
 
 // queryProfile answers a local user's profile, or one field of it.

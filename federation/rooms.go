@@ -60,15 +60,9 @@ func (s *Server) roomRoutes() {
 	s.inviteRoutes()
 }
 
-// view reads the rooms projection through the server's event cache
+// view reads the rooms projection through the write path's event cache
 // (state and auth chain answers read the same events again and again).
-func (s *Server) view() rooms.View {
-	s.eventsOnce.Do(func() { s.events = rooms.NewEventCache(eventCacheSize) })
-	return rooms.NewView(s.deps.Rooms.Reader(), s.deps.Log).WithCache(s.events)
-}
-
-// eventCacheSize bounds the parsed events the room endpoints keep.
-const eventCacheSize = 16384
+func (s *Server) view() rooms.View { return s.deps.Rooms.View() }
 
 // View makes the Server the receiver's receive.Local.
 func (s *Server) View() rooms.View { return s.view() }
@@ -85,22 +79,12 @@ func (s *Server) receiver() *receive.Receiver {
 	return s.recv
 }
 
-// appendPDUs records the receiver's decisions and waits until the rooms
+// appendPDUs records the receiver's decisions through the room write
+// path (roomwrite.Writer.Receive), which returns once the rooms
 // projection folded them.
 func (s *Server) appendPDUs(ctx context.Context, entries []facts.PDU) error {
-	props := make([]englog.Proposal, 0, len(entries))
-	for _, e := range entries {
-		p, err := facts.Encode(englog.KindPDU, e)
-		if err != nil {
-			return err
-		}
-		props = append(props, p)
-	}
-	offs, err := s.deps.Log.Append(ctx, props...)
-	if err != nil {
-		return err
-	}
-	return s.deps.Rooms.WaitApplied(ctx, offs[len(offs)-1])
+	_, err := s.deps.Rooms.Receive(ctx, entries)
+	return err
 }
 
 // noPeer is the receiver's peer when no outbound client is configured:

@@ -20,6 +20,7 @@ import (
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
 	"github.com/engram-hs/engram/stateres/resolve"
 )
@@ -28,7 +29,8 @@ import (
 // engram serve runs it.
 type roomPeer struct {
 	*fedtest.Peer
-	rooms *projections.Handle
+	writer *roomwrite.Writer
+	rooms  *projections.Handle
 }
 
 func startRoomPeer(t *testing.T, ca *testca.CA) *roomPeer { return startRoomPeerTB(t, ca) }
@@ -36,9 +38,15 @@ func startRoomPeer(t *testing.T, ca *testca.CA) *roomPeer { return startRoomPeer
 func startRoomPeerTB(t testing.TB, ca *testca.CA) *roomPeer {
 	rp := &roomPeer{}
 	rp.Peer = fedtest.Start(t, ca, fedtest.Options{
-		Register: func(p *fedtest.Peer, e *projections.Engine) { rp.rooms = e.Register(rooms.New(p.Log, nil)) },
+		Register: func(p *fedtest.Peer, e *projections.Engine) {
+			w, err := roomwrite.New(roomwrite.Config{ServerName: p.Name, SigningKeyID: p.Key.ID, SigningKey: p.Key.Private}, p.Log, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rp.writer, rp.rooms = w, w.Handle()
+		},
 		Deps: func(p *fedtest.Peer, d *federation.Deps) {
-			d.Rooms = rp.rooms
+			d.Rooms = rp.writer
 			d.Client = p.Client
 		},
 	})

@@ -22,10 +22,10 @@
 // (Send answers from the fold's mapping), the first claim of an alias.
 // TestClusterInvariantsUnderRaces shows them on three Raft nodes.
 //
-// Federation seam: federation appends the remote PDUs it has checked
+// Federation seam: federation records the remote PDUs it has checked
 // (format, signatures, hashes, auth against their auth events and the
-// state before them, soft-fail) through a Writer too, with its verdict in
-// facts.PDU (Rejected, SoftFailed, Outlier): a method next to Send that
+// state before them, soft-fail) through Receive (receive.go), with its
+// verdict in facts.PDU (Rejected, SoftFailed, Outlier, StateBefore): it
 // takes the room lock, appends, and drops the room's cached state (the
 // cache reloads whenever the room's ChangedAt moves, so a remote event
 // can never leave it stale). Local events of a room with remote members

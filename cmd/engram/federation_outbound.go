@@ -22,6 +22,7 @@ import (
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/fedqueue"
 	"github.com/engram-hs/engram/projections/serverkeys"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
@@ -236,7 +237,7 @@ type federationParts struct {
 // newFederation builds the outbound client, the keyring and the handler
 // root, registering their projections; call it before the engine starts
 // and after api.New (whose projections the query endpoints read).
-func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, client *transport.Client, logger zerolog.Logger, metrics prometheus.Registerer) (*federationParts, error) {
+func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *projections.Engine, rw *roomwrite.Writer, client *transport.Client, logger zerolog.Logger, metrics prometheus.Registerer) (*federationParts, error) {
 	fp := registerFederationProjections(engine)
 	keysH := fp.keys
 	keyring, err := keys.New(keys.Config{ServerName: cfg.ServerName, Key: key, Log: node, Keys: keysH, Fetcher: client,
@@ -256,7 +257,7 @@ func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *proje
 		byName[h.Name()] = h
 	}
 	srv, err := federation.New(federation.Config{ServerName: cfg.ServerName, Version: version, Key: key},
-		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: byName["rooms"], OpenID: byName["openid"], E2EE: byName["e2ee"], Contacted: q.MarkUp, Deliver: q.Deliver, Client: client})
+		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: rw, OpenID: byName["openid"], E2EE: byName["e2ee"], Contacted: q.MarkUp, Deliver: q.Deliver, Client: client})
 	if err != nil {
 		return nil, err
 	}

@@ -116,7 +116,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		node.Close()
 		return err
 	}
-	fed, err := newFederation(cfg, key, node, engine, fedClient, logger, reg)
+	fed, err := newFederation(cfg, key, node, engine, roomWriter, fedClient, logger, reg)
 	if err != nil {
 		node.Close()
 		return err
