@@ -46,7 +46,13 @@ func start(t *testing.T, ca *testca.CA) server {
 // ("" for a new one): a restart keeps both.
 func startAt(t *testing.T, ca *testca.CA, name, dir string) server {
 	t.Helper()
-	s := testserver.Start(t, testserver.Options{ServerName: name, DataDir: dir, ExtraYAML: fmt.Sprintf(`federation_listen: %q
+	return startWith(t, ca, name, dir, "")
+}
+
+// startWith is startAt with extra config lines.
+func startWith(t *testing.T, ca *testca.CA, name, dir, extraYAML string) server {
+	t.Helper()
+	s := testserver.Start(t, testserver.Options{ServerName: name, DataDir: dir, ExtraYAML: extraYAML + fmt.Sprintf(`federation_listen: %q
 federation_tls_ca_cert: %q
 federation_tls_ca_key: %q
 ip_range_whitelist: ["127.0.0.0/8", "::1/128"]
@@ -61,12 +67,18 @@ federation:
 // call makes a client-server request and decodes the answer.
 func call(t *testing.T, s server, method, path, token string, body any, out any) int {
 	t.Helper()
+	return callURL(t, s.URL, method, path, token, body, out)
+}
+
+// callURL makes a client-server request to the server at base.
+func callURL(t *testing.T, base, method, path, token string, body any, out any) int {
+	t.Helper()
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, _ := http.NewRequest(method, s.URL+path, rd)
+	req, _ := http.NewRequest(method, base+path, rd)
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
