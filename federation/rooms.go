@@ -387,7 +387,15 @@ func (s *Server) getEvent(w http.ResponseWriter, r *http.Request, origin string)
 	if _, err := s.readableRoom(r, v, e.RoomID, origin); err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"origin": s.cfg.ServerName, "origin_server_ts": s.cfg.Now().UnixMilli(), "pdus": []json.RawMessage{e.JSON}})
+	p, err := e.PDU()
+	if err != nil {
+		return err
+	}
+	pdu, err := servedPDU(v, p, origin)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"origin": s.cfg.ServerName, "origin_server_ts": s.cfg.Now().UnixMilli(), "pdus": []json.RawMessage{pdu}})
 	return nil
 }
 
@@ -408,6 +416,9 @@ func (s *Server) stateAt(r *http.Request, origin string) (v rooms.View, stateIDs
 	}
 	if e, _ := v.Event(eventID); !ok || e == nil || e.RoomID != roomID {
 		return v, nil, nil, Errorf(http.StatusNotFound, "M_NOT_FOUND", "This server has no state at event %s in %s", eventID, roomID)
+	}
+	if err := requireVisible(v, eventID, origin); err != nil {
+		return v, nil, nil, err
 	}
 	for _, id := range st {
 		stateIDs = append(stateIDs, id)
@@ -450,6 +461,9 @@ func (s *Server) getEventAuth(w http.ResponseWriter, r *http.Request, origin str
 		return err
 	}
 	if _, err := storedPDU(v, roomID, eventID); err != nil {
+		return err
+	}
+	if err := requireVisible(v, eventID, origin); err != nil {
 		return err
 	}
 	ids, err := v.AuthChain([]string{eventID})
@@ -553,7 +567,9 @@ func (s *Server) backfill(w http.ResponseWriter, r *http.Request, origin string)
 	}
 	pdus := make([]json.RawMessage, len(evs))
 	for i, ev := range evs {
-		pdus[i] = ev.JSON()
+		if pdus[i], err = servedPDU(v, ev, origin); err != nil {
+			return err
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"origin": s.cfg.ServerName, "origin_server_ts": s.cfg.Now().UnixMilli(), "pdus": pdus})
 	return nil
@@ -590,7 +606,11 @@ func (s *Server) missingEvents(w http.ResponseWriter, r *http.Request, origin st
 	pdus := make([]json.RawMessage, 0, len(evs))
 	for _, ev := range evs {
 		if ev.Depth() >= req.MinDepth {
-			pdus = append(pdus, ev.JSON())
+			pdu, err := servedPDU(v, ev, origin)
+			if err != nil {
+				return err
+			}
+			pdus = append(pdus, pdu)
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"events": pdus})
