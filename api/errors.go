@@ -11,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
 )
 
 // matrixError is an error response of the client-server API: an errcode,
@@ -58,6 +59,7 @@ const statusClientClosedRequest = 499
 
 func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var me *matrixError // api's, its sub-packages' (admin, media, ...) and roomwrite's
+	var healing *projections.HealingError
 	switch {
 	case errors.As(err, &me):
 	case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
@@ -73,6 +75,14 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// is at fault, and that a retry later may work.
 		zerolog.Ctx(r.Context()).Debug().Err(err).Msg("write refused: disk full")
 		me = errDiskFull()
+	case errors.As(err, &healing):
+		// The projection said so once, naming the damaged file; each
+		// request it turns away is a debug line. 503 with Retry-After:
+		// the data is not lost (the log holds it), only not readable
+		// until the rebuild finishes.
+		zerolog.Ctx(r.Context()).Debug().Err(err).Msg("projection healing")
+		ms := healing.RetryAfter.Milliseconds()
+		me = merr(http.StatusServiceUnavailable, "M_UNKNOWN", "Part of the server's data was found damaged and is being rebuilt from its log; retry shortly").With("retry_after_ms", ms)
 	default:
 		zerolog.Ctx(r.Context()).Error().Err(err).Msg("internal error answering request")
 		me = errUnknown("Internal server error")
@@ -87,7 +97,7 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if ri := reqInfoFrom(r); ri != nil {
 		ri.errcode = me.Code
 	}
-	if ms, ok := me.Extra["retry_after_ms"].(int64); ok && me.Status == http.StatusTooManyRequests {
+	if ms, ok := me.Extra["retry_after_ms"].(int64); ok && (me.Status == http.StatusTooManyRequests || me.Status == http.StatusServiceUnavailable) {
 		// RFC 9110: whole seconds, rounded up so a client never comes back early.
 		w.Header().Set("Retry-After", strconv.FormatInt((ms+999)/1000, 10))
 	}

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	englog "github.com/engram-hs/engram/log"
@@ -9,24 +10,89 @@ import (
 	"github.com/engram-hs/engram/projections/userdata"
 )
 
-// Presence is stored as facts (what the user set, when they last acted,
-// when they last synced) and derived at read time against the reader's
-// clock: idle and offline are the absence of facts, which no fold can
-// see happen.
+// Presence is stored as facts where others' view of a user changes (what
+// the user set, coming online, back from idle or offline) and derived at
+// read time against the reader's clock: idle and offline are the absence
+// of activity, which no fold can see happen. Activity that changes
+// nothing others see (the next sync, the next message of a user who is
+// online already) is kept in memory only (presenceClock): it costs no
+// log entry and no fsync, so an idle syncing client does not grow the
+// log. What is lost with it on a restart is only how recent that
+// activity was: the user's next sync records them online again.
 const (
 	// presenceIdleAfter: online users with no pro-active event (a sent
 	// event, coming online) for this long are unavailable (spec: idle
 	// timeout, "e.g. 5 minutes").
 	presenceIdleAfter = 5 * time.Minute
 	// presenceOfflineAfter: users not seen syncing (nor acting) for this
-	// long are offline. Sync activity is recorded at most once per
-	// presenceRecordEvery when a request starts, and a long-poll may last
-	// maxSyncTimeout, so a connected client is never older than their sum.
-	presenceOfflineAfter = maxSyncTimeout + presenceRecordEvery
-	// presenceRecordEvery: activity is written to the log at most this
-	// often per user, so a polling client does not write on every request.
-	presenceRecordEvery = time.Minute
+	// long are offline. Sync activity is noted when a request starts and a
+	// long-poll may last maxSyncTimeout, so a connected client is never
+	// older than that; the margin covers a client's pause between polls.
+	presenceOfflineAfter = maxSyncTimeout + presenceGrace
+	presenceGrace        = time.Minute
 )
+
+// presenceClock is when each user last synced and last acted on this
+// node, newer than what the log recorded. Entries older than
+// presenceOfflineAfter say nothing the log does not and are swept.
+type presenceClock struct {
+	mu        sync.Mutex
+	seen      map[string]presenceSeen
+	lastSweep int64
+}
+
+type presenceSeen struct{ synced, acted int64 }
+
+func (c *presenceClock) note(userID string, now int64, acted bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.seen == nil {
+		c.seen = map[string]presenceSeen{}
+	}
+	v := c.seen[userID]
+	v.synced = max(v.synced, now)
+	if acted {
+		v.acted = max(v.acted, now)
+	}
+	c.seen[userID] = v
+	if now-c.lastSweep > presenceOfflineAfter.Milliseconds() {
+		c.lastSweep = now
+		for u, v := range c.seen {
+			if now-max(v.synced, v.acted) > presenceOfflineAfter.Milliseconds() {
+				delete(c.seen, u)
+			}
+		}
+	}
+}
+
+// overlay returns p with the activity this node saw since (a copy; p is
+// not changed). A user the log never saw stays nil: presence starts with
+// a recorded change.
+func (c *presenceClock) overlay(userID string, p *userdata.Presence) *userdata.Presence {
+	if p == nil {
+		return nil
+	}
+	c.mu.Lock()
+	v, ok := c.seen[userID]
+	c.mu.Unlock()
+	if !ok {
+		return p
+	}
+	q := *p
+	q.LastSyncTS = max(q.LastSyncTS, v.synced)
+	q.LastActiveTS = max(q.LastActiveTS, v.acted)
+	return &q
+}
+
+// presenceOf is userID's presence as recorded, with the activity this
+// node saw since.
+func (s *Server) presenceOf(uv userdata.View, userID string) (*userdata.Presence, error) {
+	p, err := uv.Presence(userID)
+	if err != nil {
+		return nil, err
+	}
+	return s.presenceClock.overlay(userID, p), nil
+}
 
 // derivedPresence is the presence a reader reports at time now (Unix
 // ms), and currently_active.
@@ -64,54 +130,53 @@ func (s *Server) presenceFact(c facts.PresenceContent) englog.Proposal {
 }
 
 // syncPresenceFact decides what a /sync with set_presence=sp (online or
-// unavailable) records: a visible change when the user's presence as
-// others see it changes (first sync, another presence, back after being
-// offline), a quiet record of the sync at most once per
-// presenceRecordEvery otherwise, and nothing in between (ok=false).
+// unavailable) records, given p (with this node's activity overlaid): a
+// change when the user's presence as others see it changes (first sync,
+// another presence, back after being offline), and nothing otherwise
+// (ok=false): the sync is then only noted in memory.
 func syncPresenceFact(p *userdata.Presence, userID, sp string, now int64) (facts.PresenceContent, bool) {
 	c := facts.PresenceContent{UserID: userID, Presence: sp, Activity: facts.PresenceSynced}
-	if state, _ := derivedPresence(p, now); p == nil || p.Presence != sp || state == "offline" {
-		return c, true
-	}
-	c.Quiet = true
-	return c, now-p.LastSyncTS >= presenceRecordEvery.Milliseconds()
+	state, _ := derivedPresence(p, now)
+	return c, p == nil || p.Presence != sp || state == "offline"
 }
 
-// recordSyncPresence records what syncPresenceFact decides. A failure is
-// logged, not returned: presence must not fail a sync.
+// recordSyncPresence records what syncPresenceFact decides and notes the
+// sync. A failure is logged, not returned: presence must not fail a sync.
 func (s *Server) recordSyncPresence(ctx context.Context, userID, sp string) {
-	p, err := s.userdataView().Presence(userID)
+	now := nowMS()
+	p, err := s.presenceOf(s.userdataView(), userID)
 	if err == nil {
-		c, ok := syncPresenceFact(p, userID, sp, nowMS())
-		if !ok {
-			return
+		c, ok := syncPresenceFact(p, userID, sp, now)
+		if ok {
+			_, err = s.log.Append(ctx, s.presenceFact(c))
 		}
-		_, err = s.log.Append(ctx, s.presenceFact(c))
 	}
-	if err != nil {
-		s.logger.Warn().Err(err).Str("user", userID).Msg("could not record presence set by /sync")
+	if err == nil {
+		s.presenceClock.note(userID, now, false)
+		return
 	}
+	s.logger.Warn().Err(err).Str("user", userID).Msg("could not record presence set by /sync")
 }
 
 // activityFacts are what a pro-active event of the user (sending an
-// event) adds to its commit: at most one activity record per
-// presenceRecordEvery, which brings an idle user back online (spec: idle
-// timeout). An explicit offline stays offline.
+// event) adds to its commit: an activity record when it changes what
+// others see (it brings an idle or offline user back online; spec: idle
+// timeout), nothing otherwise (the activity is noted in memory). An
+// explicit offline stays offline.
 func (s *Server) activityFacts(userID string) []englog.Proposal {
-	p, err := s.userdataView().Presence(userID)
+	now := nowMS()
+	p, err := s.presenceOf(s.userdataView(), userID)
 	if err != nil {
 		s.logger.Warn().Err(err).Str("user", userID).Msg("could not read presence to record activity")
 		return nil
 	}
-	now := nowMS()
-	if p != nil && now-p.LastActiveTS < presenceRecordEvery.Milliseconds() {
-		return nil
-	}
+	s.presenceClock.note(userID, now, true)
 	presence := "online"
 	if p != nil && p.Presence == "offline" {
 		presence = "offline"
 	}
-	state, _ := derivedPresence(p, now)
-	quiet := p != nil && p.Presence == presence && state == presence // others see no change
-	return []englog.Proposal{s.presenceFact(facts.PresenceContent{UserID: userID, Presence: presence, Activity: facts.PresenceActive, Quiet: quiet})}
+	if state, _ := derivedPresence(p, now); p != nil && p.Presence == presence && state == presence {
+		return nil // others see no change
+	}
+	return []englog.Proposal{s.presenceFact(facts.PresenceContent{UserID: userID, Presence: presence, Activity: facts.PresenceActive})}
 }

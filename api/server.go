@@ -85,6 +85,10 @@ type Server struct {
 	notificationsH *projections.Handle
 	pushSender     *gateway.Sender
 
+	// presenceClock: activity that changes nothing others see, kept in
+	// memory instead of the log (api/presence.go).
+	presenceClock presenceClock
+
 	mux      *http.ServeMux  // method+path patterns
 	streamed map[string]bool // patterns whose handlers bound their own bodies (host.go)
 	pathMux  *http.ServeMux  // the same paths without methods: tells 405 from 404
@@ -280,4 +284,6 @@ func (s *Server) accountsView() accounts.View { return accounts.NewView(s.accoun
 func (s *Server) roomsView() rooms.View       { return s.roomWrite.View() }
 func (s *Server) userdataView() userdata.View { return userdata.NewView(s.userdataH.Reader()) }
 
-func nowMS() int64 { return time.Now().UnixMilli() }
+// nowMS is the clock handlers decide with (a variable so that tests can
+// simulate a day).
+var nowMS = func() int64 { return time.Now().UnixMilli() }

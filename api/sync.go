@@ -631,7 +631,7 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, jo
 		if !f.Presence.allows("m.presence", u, nil) {
 			continue
 		}
-		p, err := uv.Presence(u)
+		p, err := s.presenceOf(uv, u)
 		if err != nil {
 			return nil, err
 		}

@@ -224,7 +224,7 @@ func (s *Server) getPresence(w http.ResponseWriter, r *http.Request, sess *sessi
 			return errForbidden("You are not allowed to see the presence of %s (you share no room)", target)
 		}
 	}
-	p, err := s.userdataView().Presence(target)
+	p, err := s.presenceOf(s.userdataView(), target)
 	if err != nil {
 		return err
 	}

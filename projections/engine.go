@@ -191,6 +191,12 @@ func (e *Engine) Start(ctx context.Context) error {
 	target := e.log.LastOffset()
 	for _, h := range catchUp {
 		if err := h.WaitApplied(ctx, target); err != nil {
+			var he *HealingError
+			if errors.As(err, &he) {
+				// Damage found while catching up: it heals in the
+				// background and answers 503 meanwhile.
+				continue
+			}
 			return fmt.Errorf("projections: catching up %q to offset %d: %w", h.name, target, err)
 		}
 	}
@@ -316,17 +322,29 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
+		if h.damage() != nil {
+			if err := e.healHandle(ctx, h); err != nil {
+				return err
+			}
+			continue
+		}
 		entries, err := e.readBatch(h.name, h.meta.Applied+1, e.batchEntries, e.batchBytes)
 		if err != nil {
 			return err
 		}
 		if len(entries) == 0 {
-			if err := e.log.Wait(ctx, h.meta.Applied); err != nil {
+			if err := e.waitLog(ctx, h, h.meta.Applied); err != nil {
 				return err
 			}
 			continue
 		}
 		if err := e.applyBatch(h, false, entries); err != nil {
+			if IsDamage(err) {
+				// What Apply read of the projection is damaged: nothing
+				// of the batch was committed; fold the log again.
+				h.reportDamage(dataPrefix(h.name, h.meta.Gen), err)
+				continue
+			}
 			return err
 		}
 	}
@@ -748,6 +766,8 @@ type Handle struct {
 
 	applied atomic.Uint64
 
+	heal healState
+
 	notifyMu sync.Mutex
 	notify   chan struct{} // closed and replaced whenever applied moves or the projection stops
 	err      error         // why the projection stopped
@@ -780,7 +800,7 @@ func (h *Handle) Snapshot() (Reader, func()) {
 		return errReader{err}, func() {}
 	}
 	var once sync.Once
-	return scoped{r: snap, prefix: prefix}, func() { once.Do(func() { snap.Close() }) }
+	return damageAware{scoped{r: snap, prefix: prefix}, h}, func() { once.Do(func() { snap.Close() }) }
 }
 
 // WaitApplied blocks until the projection has applied offset (so a reader
@@ -796,6 +816,9 @@ func (h *Handle) WaitApplied(ctx context.Context, offset uint64) error {
 		}
 		if err != nil {
 			return err
+		}
+		if herr := h.healingErr(); herr != nil {
+			return herr
 		}
 		select {
 		case <-ch:
@@ -838,6 +861,15 @@ func (h *Handle) advance(offset uint64) {
 	h.notifyMu.Unlock()
 }
 
+// broadcast wakes WaitApplied callers without moving applied (the
+// projection started or finished healing).
+func (h *Handle) broadcast() {
+	h.notifyMu.Lock()
+	close(h.notify)
+	h.notify = make(chan struct{})
+	h.notifyMu.Unlock()
+}
+
 func (h *Handle) stop(err error) {
 	h.stopOnce.Do(func() {
 		h.notifyMu.Lock()
@@ -850,10 +882,14 @@ func (h *Handle) stop(err error) {
 }
 
 // withServing runs fn on the serving generation, waiting while none is
-// readable. fn runs under the read lock, so the generation it sees is not
-// deleted before fn has opened what it needs.
+// readable, and fails fast with a *HealingError while the projection heals
+// from damage. fn runs under the read lock, so the generation it sees is
+// not deleted before fn has opened what it needs.
 func (h *Handle) withServing(fn func(scoped)) error {
 	for {
+		if err := h.healingErr(); err != nil {
+			return err
+		}
 		h.rw.RLock()
 		ready := h.ready
 		select {

@@ -8,6 +8,7 @@ import "github.com/prometheus/client_golang/prometheus"
 type engineMetrics struct {
 	e             *Engine
 	applyDuration *prometheus.HistogramVec
+	heals         *prometheus.CounterVec
 	lag           *prometheus.Desc
 	applied       *prometheus.Desc
 }
@@ -20,6 +21,10 @@ func newEngineMetrics(e *Engine) *engineMetrics {
 			Help:    "Time to apply and commit one batch of log entries to a projection.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}, []string{"projection"}),
+		heals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "engram_projection_heals_total",
+			Help: "Rebuilds of a projection from the log started because its stored data was found damaged.",
+		}, []string{"projection"}),
 		lag: prometheus.NewDesc("engram_projection_lag_entries",
 			"Log entries committed but not yet visible in the projection (log last offset - applied).",
 			[]string{"projection"}, nil),
@@ -30,12 +35,14 @@ func newEngineMetrics(e *Engine) *engineMetrics {
 
 func (m *engineMetrics) Describe(ch chan<- *prometheus.Desc) {
 	m.applyDuration.Describe(ch)
+	m.heals.Describe(ch)
 	ch <- m.lag
 	ch <- m.applied
 }
 
 func (m *engineMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.applyDuration.Collect(ch)
+	m.heals.Collect(ch)
 	last := m.e.log.LastOffset()
 	for _, h := range m.e.Handles() {
 		applied := h.Applied()

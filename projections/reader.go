@@ -124,7 +124,7 @@ func (r waitingReader) Get(key []byte) ([]byte, bool, error) {
 		ok  bool
 		err error
 	)
-	if werr := r.h.withServing(func(s scoped) { v, ok, err = s.Get(key) }); werr != nil {
+	if werr := r.h.withServing(func(s scoped) { v, ok, err = damageAware{s, r.h}.Get(key) }); werr != nil {
 		return nil, false, werr
 	}
 	return v, ok, err
@@ -132,8 +132,17 @@ func (r waitingReader) Get(key []byte) ([]byte, bool, error) {
 
 func (r waitingReader) Iter(lower, upper []byte) Iterator {
 	var it Iterator
-	if err := r.h.withServing(func(s scoped) { it = s.Iter(lower, upper) }); err != nil {
+	if err := r.h.withServing(func(s scoped) { it = damageAware{s, r.h}.Iter(lower, upper) }); err != nil {
 		return errIterator{err}
 	}
 	return it
+}
+
+// damaged reports damage found through the live reader: it is in whichever
+// generation serves now.
+func (r waitingReader) damaged(err error) error {
+	r.h.rw.RLock()
+	gen := r.h.servingPrefix
+	r.h.rw.RUnlock()
+	return r.h.reportDamage(gen, err)
 }

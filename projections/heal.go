@@ -1,0 +1,275 @@
+package projections
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sync"
+	"time"
+
+	"github.com/cockroachdb/pebble"
+)
+
+// Self-healing. The log is the truth and every projection is a fold of it,
+// so damage to a projection's stored data (a table block that fails its
+// checksum, a record that does not decode) is repaired by folding the log
+// again, without a restart: the first read that finds the damage marks the
+// projection broken, its goroutine rebuilds it from offset 1 into a fresh
+// generation (as after a schema change), and the switch to that generation
+// deletes the damaged one. Meanwhile every request that needs the
+// projection fails fast with a *HealingError (the API answers 503 with
+// Retry-After) rather than being served from damaged data, and so never
+// silently gets less.
+
+// ErrDamaged marks an error as damage to a projection's stored data, as
+// opposed to a bug or a failure of the log. Projection code wraps its
+// decoding failures with Damaged; Pebble's checksum failures are
+// recognised as they are.
+var ErrDamaged = errors.New("projection data damaged")
+
+// HealingError answers a read of a projection that is being rebuilt from
+// the log because its stored data was found damaged.
+type HealingError struct {
+	Projection string
+	// RetryAfter is an estimate of how long the rebuild still takes.
+	RetryAfter time.Duration
+	// Cause is the damage that started the rebuild.
+	Cause error
+}
+
+func (e *HealingError) Error() string {
+	return fmt.Sprintf("projection %s is being rebuilt from the log after damage to its stored data (%v); retry in %s", e.Projection, e.Cause, e.RetryAfter.Round(time.Second))
+}
+
+func (e *HealingError) Unwrap() error { return e.Cause }
+
+// IsDamage reports whether err is damage to stored projection data: a
+// Pebble checksum (corruption) error or an error wrapping ErrDamaged.
+func IsDamage(err error) bool {
+	return err != nil && (pebble.IsCorruptionError(err) || errors.Is(err, ErrDamaged))
+}
+
+// Damaged reports that the record at key, read through r, did not decode
+// (err says why). When r is a serving projection's Reader, the projection
+// starts healing and the result is a *HealingError; otherwise it is err
+// marked with ErrDamaged, which stops an Apply from committing and makes
+// the engine heal the projection.
+func Damaged(r Reader, key []byte, err error) error {
+	d := fmt.Errorf("%w: record %q: %w", ErrDamaged, key, err)
+	if dr, ok := r.(damageReader); ok {
+		return dr.damaged(d)
+	}
+	return d
+}
+
+// damageReader is a Reader bound to one generation of a handle, through
+// which damage is reported.
+type damageReader interface {
+	damaged(err error) error
+}
+
+// tableFile pulls the table file out of Pebble's checksum error
+// ("pebble/table: invalid table 000123 (checksum mismatch at ...)").
+var tableFile = regexp.MustCompile(`invalid table (\d+)`)
+
+func damagedFile(err error) string {
+	if m := tableFile.FindStringSubmatch(err.Error()); m != nil {
+		return m[1] + ".sst"
+	}
+	return ""
+}
+
+const (
+	// healRetryDefault is what Retry-After says before the rebuild has
+	// measured its own speed.
+	healRetryDefault = 2 * time.Second
+	healRetryMax     = 60 * time.Second
+)
+
+// healState is a handle's damage: set by the first read that finds it,
+// cleared when the rebuilt generation serves.
+type healState struct {
+	mu      sync.Mutex
+	cause   error  // nil while healthy
+	gen     []byte // the serving prefix the damage was found in
+	wake    context.CancelFunc
+	started time.Time
+	// rebuild progress, for the Retry-After estimate
+	applied, target uint64
+}
+
+// healingErr is the error reads get while the handle heals, or nil.
+func (h *Handle) healingErr() error {
+	h.heal.mu.Lock()
+	defer h.heal.mu.Unlock()
+	if h.heal.cause == nil {
+		return nil
+	}
+	return &HealingError{Projection: h.name, RetryAfter: h.retryAfterLocked(), Cause: h.heal.cause}
+}
+
+func (h *Handle) retryAfterLocked() time.Duration {
+	s := &h.heal
+	elapsed := time.Since(s.started)
+	if s.applied == 0 || elapsed <= 0 {
+		return healRetryDefault
+	}
+	rate := float64(s.applied) / elapsed.Seconds() // entries per second
+	left := time.Duration(float64(s.target-min(s.applied, s.target)) / rate * float64(time.Second))
+	return min(max(left, time.Second), healRetryMax)
+}
+
+// reportDamage marks the handle broken because a read of generation gen
+// (a serving prefix) found err, and wakes its goroutine to heal it. It
+// returns what the reader should answer. Damage found in a generation
+// that no longer serves (a reader that began before a switch) is not
+// news: its reader just fails, retryably.
+func (h *Handle) reportDamage(gen []byte, err error) error {
+	h.e.mu.Lock()
+	running := h.e.started && !h.e.closed
+	h.e.mu.Unlock()
+	if !running {
+		// Offline (engram verify, rebuild): nobody heals; say what it is.
+		return err
+	}
+	h.rw.RLock()
+	current := bytes.Equal(gen, h.servingPrefix)
+	h.rw.RUnlock()
+	s := &h.heal
+	s.mu.Lock()
+	if s.cause != nil || !current {
+		cause := s.cause
+		if cause == nil {
+			cause = err
+		}
+		defer s.mu.Unlock()
+		return &HealingError{Projection: h.name, RetryAfter: h.retryAfterLocked(), Cause: cause}
+	}
+	s.cause, s.gen, s.started, s.applied, s.target = err, gen, time.Now(), 0, 0
+	wake := s.wake
+	s.mu.Unlock()
+
+	ev := h.e.logger.Error().Str("projection", h.name)
+	if f := damagedFile(err); f != "" {
+		ev = ev.Str("file", f)
+	}
+	ev.Err(err).Msgf("projection %s: its stored data is damaged (a failed checksum or an undecodable record); rebuilding it from the log now, requests that need it answer 503 until it serves again", h.name)
+	h.e.metrics.heals.WithLabelValues(h.name).Inc()
+	if wake != nil {
+		wake()
+	}
+	h.broadcast()
+	return &HealingError{Projection: h.name, RetryAfter: healRetryDefault, Cause: err}
+}
+
+func (h *Handle) damage() error {
+	h.heal.mu.Lock()
+	defer h.heal.mu.Unlock()
+	return h.heal.cause
+}
+
+// waitLog waits for the log to pass applied, or for damage to be
+// reported, whichever comes first.
+func (e *Engine) waitLog(ctx context.Context, h *Handle, applied uint64) error {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	h.heal.mu.Lock()
+	if h.heal.cause != nil {
+		h.heal.mu.Unlock()
+		return nil
+	}
+	h.heal.wake = cancel
+	h.heal.mu.Unlock()
+	err := e.log.Wait(wctx, applied)
+	h.heal.mu.Lock()
+	h.heal.wake = nil
+	h.heal.mu.Unlock()
+	if err != nil && ctx.Err() == nil && h.damage() != nil {
+		return nil
+	}
+	return err
+}
+
+// healHandle rebuilds h from the log into a fresh generation and switches
+// to it, which deletes the damaged one. It runs on h's own goroutine, so
+// nothing else is applying h meanwhile.
+func (e *Engine) healHandle(ctx context.Context, h *Handle) error {
+	cause := h.damage()
+	start := time.Now()
+	m := h.meta
+	damaged := dataPrefix(h.name, m.Gen)
+	var err error
+	if m.ShadowGen != 0 {
+		if m, err = e.dropShadow(h.name, m); err != nil {
+			return err
+		}
+	}
+	if m, err = e.newShadow(h.name, m, h.p.Version()); err != nil {
+		return err
+	}
+	h.meta = m
+	progress := func(_ string, applied uint64) {
+		h.heal.mu.Lock()
+		h.heal.applied, h.heal.target = applied, e.log.LastOffset()
+		h.heal.mu.Unlock()
+	}
+	if err := e.replayShadows(ctx, []*Handle{h}, progress); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("projections: rebuilding %q from the log after damage (%v) failed: %w; if the log itself is damaged (`engram log tail` fails), restore the data directory from a backup (engram restore)", h.name, cause, err)
+	}
+	h.heal.mu.Lock()
+	h.heal.cause, h.heal.gen = nil, nil
+	h.heal.mu.Unlock()
+	h.broadcast()
+	e.logger.Warn().Str("projection", h.name).Uint64("applied", h.meta.Applied).Dur("took", time.Since(start)).
+		Msgf("projection %s rebuilt from the log after damage; it serves again", h.name)
+	// The switch deleted the damaged generation with a range tombstone;
+	// compacting its range now rewrites the damaged table without the
+	// dead data (a compaction skips what the tombstone covers), so the
+	// damage leaves the disk instead of waiting for Pebble to get there.
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		if err := e.db.Compact(damaged, prefixEnd(damaged), false); err != nil {
+			e.logger.Warn().Err(err).Str("projection", h.name).
+				Msg("compacting the damaged generation away failed; it is deleted and no longer read, and Pebble compacts it later; `engram verify` checks every table")
+		}
+	}()
+	return nil
+}
+
+// damageAware is a Reader over one generation of a handle that turns
+// damage it meets into a report to the handle.
+type damageAware struct {
+	scoped
+	h *Handle
+}
+
+func (r damageAware) damaged(err error) error { return r.h.reportDamage(r.prefix, err) }
+
+func (r damageAware) check(err error) error {
+	if IsDamage(err) {
+		return r.damaged(err)
+	}
+	return err
+}
+
+func (r damageAware) Get(key []byte) ([]byte, bool, error) {
+	v, ok, err := r.scoped.Get(key)
+	return v, ok, r.check(err)
+}
+
+func (r damageAware) Iter(lower, upper []byte) Iterator {
+	return damageAwareIter{r.scoped.Iter(lower, upper), r}
+}
+
+type damageAwareIter struct {
+	Iterator
+	r damageAware
+}
+
+func (i damageAwareIter) Close() error { return i.r.check(i.Iterator.Close()) }
