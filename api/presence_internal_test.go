@@ -131,6 +131,7 @@ func TestPresenceLogGrowthPerIdleUserPerDay(t *testing.T) {
 		clock = t0 + step
 		s.recordSyncPresence(ctx, idle, "online")
 		s.recordSyncPresence(ctx, sender, "online")
+		settle()
 		if step < 8*60*60*1000 && step%(10*60_000) == 0 {
 			props := s.activityFacts(sender)
 			sentFacts += len(props)
