@@ -1,8 +1,10 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"time"
 
 	apipush "github.com/engram-hs/engram/api/push"
 	"github.com/engram-hs/engram/projections/notifications"
@@ -35,6 +37,14 @@ func (h pushHost) ClientEvent(userID, deviceID, eventID string) (map[string]any,
 		return nil, nil
 	}
 	return s.clientEvent(v, e, &session{UserID: userID, DeviceID: deviceID}, true), nil
+}
+
+func (h pushHost) CatchUp(ctx context.Context) error {
+	off := h.s.log.LastOffset()
+	if err := h.s.notificationsH.WaitApplied(ctx, off); err != nil {
+		return err
+	}
+	return h.s.roomsH.WaitApplied(ctx, off)
 }
 
 // mountPush registers the notifications projection, the pusher and
@@ -74,6 +84,11 @@ func (s *Server) notificationsView() notifications.View {
 
 // pushDetails are what the full notify format shows beyond the record.
 func (s *Server) pushDetails(userID string, n notifications.Notification) gateway.Details {
+	// The notifications projection may fold an event before the rooms
+	// projection does: wait (briefly) for the event to be readable.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = s.roomsH.WaitApplied(ctx, n.Offset)
+	cancel()
 	v := s.roomsView()
 	var d gateway.Details
 	if e, err := v.Event(n.EventID); err == nil && e != nil {

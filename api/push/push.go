@@ -6,6 +6,7 @@
 package push
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -27,6 +28,9 @@ type Host interface {
 	// ClientEvent is an event as the user is shown it (client format,
 	// with room_id), nil when it is gone or they may not see it.
 	ClientEvent(userID, deviceID, eventID string) (map[string]any, error)
+	// CatchUp waits until the notifications and rooms projections have
+	// folded what the log holds (read-your-writes).
+	CatchUp(ctx context.Context) error
 }
 
 // API holds the endpoints.
@@ -251,7 +255,7 @@ func (a *API) getNotifications(w http.ResponseWriter, r *http.Request, c *apihtt
 		limit = min(n, maxNotificationsLimit)
 	}
 	only := q.Get("only")
-	if err := a.handle.WaitApplied(r.Context(), 0); err != nil {
+	if err := a.h.CatchUp(r.Context()); err != nil {
 		return err
 	}
 	v := a.view()
