@@ -14,6 +14,7 @@ import (
 	"github.com/engram-hs/engram/api/admin"
 	"github.com/engram-hs/engram/api/keys"
 	"github.com/engram-hs/engram/api/ratelimit"
+	"github.com/engram-hs/engram/api/spaces"
 	"github.com/engram-hs/engram/internal/keyedmutex"
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
@@ -184,6 +185,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	if err := s.mountPush(deps); err != nil {
 		return nil, err
 	}
+	spaces.New(spacesHost{host{s}})
 	s.routes()
 	s.handler = s.middleware(http.HandlerFunc(s.dispatch))
 	return s, nil

@@ -106,6 +106,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.queryRoutes()
 	s.roomRoutes()
 	s.e2eeRoutes()
+	s.hierarchyRoutes()
 	return s, nil
 }
 
