@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
@@ -27,9 +28,12 @@ import (
 //     resident server's explicit decision (send_join's pass-on), not a
 //     side effect of recording it.
 //
-// An entry without a room ID, event ID, event or room version is this
-// server's bug (the receiver sets them all) and fails the whole call
-// before anything is appended.
+// An entry without an event or a room version is this server's bug (the
+// receiver sets both) and fails the whole call before anything is
+// appended. An entry may lack an event ID (a malformed PDU recorded as
+// rejected) and a room_id (the create event of room versions that derive
+// the room ID from it, and malformed PDUs): it is locked under the room
+// its ID names, or none, as it changes no room's state.
 func (w *Writer) Receive(ctx context.Context, entries []facts.PDU) ([]uint64, error) {
 	if len(entries) == 0 {
 		return nil, nil
@@ -43,10 +47,15 @@ func (w *Writer) Receive(ctx context.Context, entries []facts.PDU) ([]uint64, er
 		var head struct {
 			RoomID string `json:"room_id"`
 		}
-		if err := json.Unmarshal(e.Event, &head); err != nil || head.RoomID == "" || e.EventID == "" || e.RoomVersion == "" {
-			return nil, fmt.Errorf("roomwrite: received entry %d (event %q) lacks its room ID, event ID or room version", i, e.EventID)
+		if len(e.Event) == 0 || e.RoomVersion == "" {
+			return nil, fmt.Errorf("roomwrite: received entry %d (event %q) lacks its event JSON or room version", i, e.EventID)
 		}
-		if !slices.Contains(roomIDs, head.RoomID) {
+		_ = json.Unmarshal(e.Event, &head)
+		if head.RoomID == "" && strings.HasPrefix(e.EventID, "$") {
+			// Room versions 12 on: the create event's hash is the room ID.
+			head.RoomID = "!" + e.EventID[1:]
+		}
+		if head.RoomID != "" && !slices.Contains(roomIDs, head.RoomID) {
 			roomIDs = append(roomIDs, head.RoomID)
 		}
 		p, err := facts.Encode(englog.KindPDU, e)

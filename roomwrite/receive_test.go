@@ -120,9 +120,8 @@ func TestReceiveRefusesIncompleteEntries(t *testing.T) {
 	join := remoteJoin(t, r.w, room)
 	before := r.node.LastOffset()
 	for name, e := range map[string]facts.PDU{
-		"no event ID":     {RoomVersion: "11", Event: join.JSON()},
+		"no event":        {RoomVersion: "11", EventID: join.EventID()},
 		"no room version": {Event: join.JSON(), EventID: join.EventID()},
-		"no room ID":      {RoomVersion: "11", Event: mustJSON(map[string]string{"type": "m.room.message"}), EventID: "$x"},
 	} {
 		ok := facts.PDU{RoomVersion: "11", Event: join.JSON(), EventID: join.EventID()}
 		if _, err := r.w.Receive(context.Background(), []facts.PDU{ok, e}); err == nil {
@@ -131,5 +130,20 @@ func TestReceiveRefusesIncompleteEntries(t *testing.T) {
 	}
 	if after := r.node.LastOffset(); after != before {
 		t.Fatalf("the log moved from %d to %d on refused entries", before, after)
+	}
+}
+
+// A room version 12 room joined over federation: its create event has no
+// room_id (the room ID is its hash), and a malformed PDU recorded as
+// rejected has no event ID; both are recorded.
+func TestReceiveTakesCreateEventsAndMalformedPDUs(t *testing.T) {
+	r := newRig(t)
+	create := mustJSON(map[string]any{"type": "m.room.create", "state_key": "", "sender": "@bob:remote.test", "content": map[string]any{"room_version": "12"}})
+	offs, err := r.w.Receive(context.Background(), []facts.PDU{
+		{RoomVersion: "12", Event: create, EventID: "$abc", Outlier: true},
+		{RoomVersion: "12", Event: mustJSON(map[string]any{"type": 5}), Rejected: "format: type is not a string"},
+	})
+	if err != nil || len(offs) != 2 {
+		t.Fatalf("Receive: %v %v", offs, err)
 	}
 }
