@@ -178,18 +178,25 @@ func clientIP(r *http.Request) string {
 	return strings.Trim(host, "[]")
 }
 
+// registerRequest is the body of POST /register.
+type registerRequest struct {
+	Type                     string          `json:"type"` // m.login.application_service, for appservices
+	Username                 string          `json:"username"`
+	Password                 string          `json:"password"`
+	DeviceID                 string          `json:"device_id"`
+	InitialDeviceDisplayName string          `json:"initial_device_display_name"`
+	InhibitLogin             bool            `json:"inhibit_login"`
+	RefreshToken             bool            `json:"refresh_token"`
+	Auth                     json.RawMessage `json:"auth"`
+}
+
 func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
-	var req struct {
-		Username                 string          `json:"username"`
-		Password                 string          `json:"password"`
-		DeviceID                 string          `json:"device_id"`
-		InitialDeviceDisplayName string          `json:"initial_device_display_name"`
-		InhibitLogin             bool            `json:"inhibit_login"`
-		RefreshToken             bool            `json:"refresh_token"`
-		Auth                     json.RawMessage `json:"auth"`
-	}
+	var req registerRequest
 	if err := readJSON(r, &req); err != nil {
 		return err
+	}
+	if req.Type == "m.login.application_service" {
+		return s.registerAppservice(w, r, &req)
 	}
 	guest := r.URL.Query().Get("kind") == "guest"
 	if guest {
@@ -204,7 +211,11 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) error {
 		localpart = strings.ToLower(newDeviceID()) // random, unguessable
 	}
 	if req.Username != "" && !guest {
-		if _, err := s.checkNewUsername(localpart); err != nil {
+		userID, err := s.checkNewUsername(localpart)
+		if err != nil {
+			return err
+		}
+		if err := s.exclusiveUser(userID, nil); err != nil {
 			return err
 		}
 	}
@@ -380,7 +391,11 @@ func (s *Server) adminRegister(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) loginFlows(w http.ResponseWriter, r *http.Request) error {
-	writeJSON(w, http.StatusOK, map[string]any{"flows": []map[string]any{{"type": "m.login.password"}}})
+	flows := []map[string]any{{"type": "m.login.password"}}
+	if len(s.cfg.Appservices.All()) > 0 {
+		flows = append(flows, map[string]any{"type": "m.login.application_service"})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"flows": flows})
 	return nil
 }
 
@@ -405,6 +420,9 @@ func (s *Server) login(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := readJSON(r, &req); err != nil {
 		return err
+	}
+	if req.Type == "m.login.application_service" {
+		return s.loginAppservice(w, r, &req.authDict, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken)
 	}
 	if req.Type != "m.login.password" {
 		return merr(http.StatusBadRequest, "M_UNKNOWN", "Login type %q is not supported", req.Type)
@@ -518,6 +536,16 @@ func (s *Server) logoutAll(w http.ResponseWriter, r *http.Request, sess *session
 func (s *Server) whoami(w http.ResponseWriter, r *http.Request, sess *session) error {
 	writeJSON(w, http.StatusOK, map[string]any{"user_id": sess.UserID, "device_id": sess.DeviceID, "is_guest": sess.Guest})
 	return nil
+}
+
+// deviceUIA is passwordUIA for deleting devices and replacing
+// cross-signing keys, which appservices may do without it (spec:
+// "Device management", "Cross-signing" under appservice extensions).
+func (s *Server) deviceUIA(raw json.RawMessage, sess *session) error {
+	if sess.Appservice != nil {
+		return nil
+	}
+	return s.passwordUIA(raw, sess)
 }
 
 // passwordUIA requires the m.login.password stage for the caller's own
@@ -639,6 +667,22 @@ func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request, sess *sess
 	if err != nil {
 		return err
 	}
+	if d == nil && sess.Appservice != nil {
+		// Appservices create their users' devices this way (spec:
+		// "Device management"), without logging in.
+		if err := checkDeviceID(id); err != nil {
+			return err
+		}
+		name := ""
+		if req.DisplayName != nil {
+			name = *req.DisplayName
+		}
+		if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, facts.MustEncode(englog.KindDeviceAdded, facts.DeviceAdded{UserID: sess.UserID, DeviceID: id, DisplayName: name, IP: clientIP(r)})); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, struct{}{})
+		return nil
+	}
 	if d == nil {
 		return errNotFound("Unknown device")
 	}
@@ -666,7 +710,7 @@ func (s *Server) deleteDevice(w http.ResponseWriter, r *http.Request, sess *sess
 	if d == nil {
 		return errNotFound("Unknown device")
 	}
-	if err := s.passwordUIA(req.Auth, sess); err != nil {
+	if err := s.deviceUIA(req.Auth, sess); err != nil {
 		return err
 	}
 	if err := s.removeDevices(r.Context(), sess.UserID, []string{id}); err != nil {
@@ -687,7 +731,7 @@ func (s *Server) deleteDevices(w http.ResponseWriter, r *http.Request, sess *ses
 	if req.Devices == nil {
 		return errMissingParam("devices is required")
 	}
-	if err := s.passwordUIA(req.Auth, sess); err != nil {
+	if err := s.deviceUIA(req.Auth, sess); err != nil {
 		return err
 	}
 	if err := s.removeDevices(r.Context(), sess.UserID, req.Devices); err != nil {

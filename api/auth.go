@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/engram-hs/engram/api/appservice"
 	"github.com/engram-hs/engram/projections/accounts"
 )
 
@@ -23,6 +24,9 @@ type session struct {
 	// Set by server admins (api/admin); see moderation.go.
 	Suspended    bool
 	ShadowBanned bool
+	// Appservice is set when an application service makes the request
+	// with its as_token, as UserID (appservices.go).
+	Appservice *appservice.Registration
 }
 
 // bearerToken takes the token from "Authorization: Bearer", or else from
@@ -54,6 +58,9 @@ func (s *Server) authenticate(r *http.Request) (*session, error) {
 	}
 	if r.Header.Get("Authorization") == "" {
 		logDeprecatedQueryToken(r)
+	}
+	if reg := s.cfg.Appservices.ByToken(tok); reg != nil {
+		return s.appserviceSession(r, reg)
 	}
 	h := hashToken(tok)
 	v := s.accountsView()

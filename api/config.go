@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/api/admin"
+	"github.com/engram-hs/engram/api/appservice"
 	apimedia "github.com/engram-hs/engram/api/media"
 	"github.com/engram-hs/engram/api/ratelimit"
 )
@@ -31,8 +32,10 @@ type Config struct {
 	RegistrationRequiresToken             bool   // registration_requires_token
 	AllowGuestAccess                      bool   // allow_guest_access
 	AllowPublicRoomsWithoutAuth           bool   // allow_public_rooms_without_auth
-	DefaultRoomVersion                    string // default_room_version
-	MaxUploadSize                         int64  // max_upload_size, bytes
+	// Appservices are the application services of app_service_config_files.
+	Appservices        *appservice.Set
+	DefaultRoomVersion string // default_room_version
+	MaxUploadSize      int64  // max_upload_size, bytes
 	// MaxRequestBodySize bounds JSON request bodies (not media uploads).
 	MaxRequestBodySize int64
 

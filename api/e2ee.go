@@ -25,7 +25,7 @@ func (s *Server) newKeys() *keys.Service {
 		Accounts:   s.accountsView,
 		Rooms:      s.roomsView,
 		PasswordUIA: func(auth json.RawMessage, c keys.Caller) error {
-			return s.passwordUIA(auth, &session{UserID: c.UserID, DeviceID: c.DeviceID})
+			return s.deviceUIA(auth, &session{UserID: c.UserID, DeviceID: c.DeviceID, Appservice: c.Appservice})
 		},
 		Touched: s.keysTouched,
 	})
@@ -35,7 +35,7 @@ func (s *Server) keyRoutes() {
 	for _, rt := range s.keys.Routes() {
 		h := rt.Handler
 		s.client(rt.Method, rt.Path, s.authed(func(w http.ResponseWriter, r *http.Request, sess *session) error {
-			return h(w, r, keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID})
+			return h(w, r, keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID, Appservice: sess.Appservice})
 		}))
 	}
 }

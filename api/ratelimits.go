@@ -160,6 +160,15 @@ func (s *Server) rateLimit(r *http.Request) (after func(status int, errcode stri
 	if tok == "" {
 		return nil, nil // the handler answers 401
 	}
+	if reg := s.cfg.Appservices.ByToken(tok); reg != nil {
+		// Appservices speak for many users at once: exempt, unless the
+		// registration says rate_limited: true (never for its sender).
+		user := r.URL.Query().Get("user_id")
+		if !reg.Throttled() || user == "" || user == reg.Sender() {
+			return nil, nil
+		}
+		return nil, exceeded("message", rc.Message, user)
+	}
 	sess, err := s.lookupToken(tok)
 	if err != nil || sess == nil {
 		return nil, err

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
@@ -193,6 +194,11 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	if err != nil {
 		return err
 	}
+	if alias != "" {
+		if err := s.exclusiveAlias(alias, sess); err != nil {
+			return err
+		}
+	}
 	profile, err := s.accountsView().Profile(sess.UserID)
 	if err != nil {
 		return err
@@ -326,9 +332,23 @@ func (s *Server) resolveRoom(idOrAlias string) (string, error) {
 	return a.RoomID, nil
 }
 
+// resolveRoomAsking is resolveRoom, except that an unknown alias in an
+// appservice's namespace is asked of the appservice, which may create it
+// (spec: "Querying").
+func (s *Server) resolveRoomAsking(ctx context.Context, idOrAlias string) (string, error) {
+	id, err := s.resolveRoom(idOrAlias)
+	var me *mxerr.Error
+	if err != nil && errors.As(err, &me) && me.Status == http.StatusNotFound {
+		if asked, qerr := s.queryAppserviceAlias(ctx, idOrAlias); qerr != nil || asked != "" {
+			return asked, qerr
+		}
+	}
+	return id, err
+}
+
 func (s *Server) joinByIDOrAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
 	idOrAlias := r.PathValue("roomIdOrAlias")
-	roomID, err := s.resolveRoom(idOrAlias)
+	roomID, err := s.resolveRoomAsking(r.Context(), idOrAlias)
 	var servers []string
 	if err != nil && strings.HasPrefix(idOrAlias, "#") && domainOf(idOrAlias) != s.cfg.ServerName && s.remote != nil {
 		// A remote alias: its server says which room and where to join.
@@ -741,7 +761,11 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 		return err
 	}
 	typ := r.PathValue("eventType")
-	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: typ, StateKey: strptr(r.PathValue("stateKey")), Sender: sess.UserID, Content: content, RoomID: roomID}, nil)
+	ts, err := appserviceTS(r, sess)
+	if err != nil {
+		return err
+	}
+	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: typ, StateKey: strptr(r.PathValue("stateKey")), Sender: sess.UserID, Content: content, RoomID: roomID, OriginServerTS: ts}, nil)
 	if err != nil {
 		return err
 	}
@@ -765,7 +789,11 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, sess *session) err
 	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: r.PathValue("txnId")}
 	// Sending is pro-active: the activity record (at most one a minute)
 	// rides in the same commit.
-	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID}, txn, s.activityFacts(sess.UserID)...)
+	ts, err := appserviceTS(r, sess)
+	if err != nil {
+		return err
+	}
+	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: typ, Sender: sess.UserID, Content: content, RoomID: roomID, OriginServerTS: ts}, txn, s.activityFacts(sess.UserID)...)
 	if err != nil {
 		return err
 	}
@@ -879,14 +907,11 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
-	a, err := s.roomsView().Alias(alias)
+	roomID, err := s.resolveRoomAsking(r.Context(), alias)
 	if err != nil {
 		return err
 	}
-	if a == nil {
-		return errNotFound("Room alias %s not found", alias)
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"room_id": a.RoomID, "servers": []string{s.cfg.ServerName}})
+	writeJSON(w, http.StatusOK, map[string]any{"room_id": roomID, "servers": []string{s.cfg.ServerName}})
 	return nil
 }
 
@@ -905,6 +930,9 @@ func (s *Server) putAlias(w http.ResponseWriter, r *http.Request, sess *session)
 		return err
 	} else if room == nil {
 		return errNotFound("Unknown room %s", req.RoomID)
+	}
+	if err := s.exclusiveAlias(alias, sess); err != nil {
+		return err
 	}
 	defer s.locks.Lock("alias:" + alias)()
 	if a, err := s.roomsView().Alias(alias); err != nil {
@@ -954,7 +982,11 @@ func (s *Server) deleteAlias(w http.ResponseWriter, r *http.Request, sess *sessi
 	if a == nil {
 		return errNotFound("Room alias %s not found", alias)
 	}
-	if a.Creator != sess.UserID && !sess.Admin {
+	if err := s.exclusiveAlias(alias, sess); err != nil {
+		return err
+	}
+	managed := sess.Appservice != nil && sess.Appservice.InterestedInAlias(alias)
+	if a.Creator != sess.UserID && !sess.Admin && !managed {
 		if ok, err := s.hasPower(a.RoomID, sess.UserID, "state:m.room.canonical_alias"); err != nil {
 			return err
 		} else if !ok {

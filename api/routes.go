@@ -24,6 +24,7 @@ func (s *Server) routes() {
 	s.openIDRoutes()
 	s.relationRoutes()
 	s.mutualRoomsRoutes()
+	s.appserviceRoutes()
 }
 
 // syncHandles are the projections /sync reads from.

@@ -23,6 +23,7 @@ import (
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/projections/adminstate"
+	asproj "github.com/engram-hs/engram/projections/appservice"
 	mediaproj "github.com/engram-hs/engram/projections/media"
 	"github.com/engram-hs/engram/projections/openid"
 	"github.com/engram-hs/engram/projections/relations"
@@ -69,15 +70,19 @@ type Server struct {
 	reportsH  *projections.Handle
 	openidH   *projections.Handle
 	adminH    *projections.Handle // adminstate: what admins decided about rooms and the server
-	admin     *admin.API
-	keys      *keys.Service // end-to-end encryption (api/keys)
-	engine    *projections.Engine
-	searchH   *projections.Handle
-	searcher  *search.Searcher
-	mediaH    *projections.Handle
-	media     *media.Repo // nil when no media directory is configured
-	notifier  *notifier
-	roomWrite *roomwrite.Writer // builds, authorises and appends room events
+	// appserviceH: where each application service's delivery stands;
+	// asClient makes the requests to them.
+	appserviceH *projections.Handle
+	asClient    *http.Client
+	admin       *admin.API
+	keys        *keys.Service // end-to-end encryption (api/keys)
+	engine      *projections.Engine
+	searchH     *projections.Handle
+	searcher    *search.Searcher
+	mediaH      *projections.Handle
+	media       *media.Repo // nil when no media directory is configured
+	notifier    *notifier
+	roomWrite   *roomwrite.Writer // builds, authorises and appends room events
 
 	// relationsH: relations and threads (api/relations.go).
 	relationsH *projections.Handle
@@ -157,6 +162,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.reportsH = deps.Engine.Register(reports.New())
 	s.openidH = deps.Engine.Register(openid.New())
 	s.adminH = deps.Engine.Register(adminstate.New())
+	s.appserviceH = deps.Engine.Register(asproj.New())
+	s.asClient = &http.Client{Timeout: 60 * time.Second}
 	s.engine = deps.Engine
 	s.keys = s.newKeys()
 	s.relationsH = deps.Engine.Register(relations.New())

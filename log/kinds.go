@@ -74,6 +74,9 @@ const (
 	KindFederationDestinationSet Kind = 512 // a destination marked down (given up) or up again
 	KindOpenIDTokenIssued        Kind = 520 // an OpenID token for a third party to check a user's identity
 
+	// Application services (bridges and bots).
+	KindAppserviceDelivered Kind = 600 // an appservice acknowledged a transaction: its cursor in the log
+
 	// Server administration.
 	KindServerFact Kind = 900 // anything else; the payload names its type
 )
@@ -132,6 +135,7 @@ var kindNames = map[Kind]string{
 	KindFederationDelivered:      "federation_delivered",
 	KindFederationDestinationSet: "federation_destination_set",
 	KindOpenIDTokenIssued:        "openid_token_issued",
+	KindAppserviceDelivered:      "appservice_delivered",
 	KindServerFact:               "server_fact",
 }
 

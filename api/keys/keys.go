@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/engram-hs/engram/api/appservice"
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
@@ -32,6 +33,9 @@ import (
 type Caller struct {
 	UserID   string
 	DeviceID string
+	// Appservice is set when an application service acts for UserID;
+	// it replaces cross-signing keys without interactive auth.
+	Appservice *appservice.Registration
 }
 
 // HandlerFunc is an endpoint; a returned error is written by the API

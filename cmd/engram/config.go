@@ -20,6 +20,7 @@ import (
 
 	"github.com/engram-hs/engram/api"
 	"github.com/engram-hs/engram/api/admin"
+	"github.com/engram-hs/engram/api/appservice"
 	"github.com/engram-hs/engram/api/ratelimit"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -42,6 +43,7 @@ type Config struct {
 	TurnUserLifetime                      time.Duration
 	TurnAllowGuests                       bool
 	AppServiceConfigFiles                 []string
+	appservices                           *appservice.Set // loaded from AppServiceConfigFiles at start
 	AllowPublicRoomsWithoutAuth           bool
 	DefaultRoomVersion                    string
 	SigningKeyPath                        string
@@ -610,6 +612,7 @@ func parseDuration(s string) (time.Duration, error) {
 // apiConfig is what the client-server API needs.
 func (c Config) apiConfig() api.Config {
 	ac := api.Config{
+		Appservices:                           c.appservices,
 		ServerName:                            c.ServerName,
 		PublicBaseURL:                         c.PublicBaseURL,
 		EnableRegistration:                    c.EnableRegistration,

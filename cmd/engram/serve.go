@@ -22,6 +22,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/api/appservice"
 	"github.com/engram-hs/engram/federation"
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
@@ -51,8 +52,11 @@ func serveCmd(args []string) int {
 	for _, w := range l.warnings {
 		logger.Warn().Msg(w)
 	}
-	if len(l.cfg.AppServiceConfigFiles) > 0 {
-		logger.Warn().Strs("app_service_config_files", l.cfg.AppServiceConfigFiles).Msg("application services are not supported yet; app_service_config_files is ignored")
+	if l.cfg.appservices, err = appservice.Load(l.cfg.AppServiceConfigFiles, l.cfg.ServerName); err != nil {
+		return fail(2, "%v", err)
+	}
+	for _, reg := range l.cfg.appservices.All() {
+		logger.Info().Str("appservice", reg.ID).Str("sender", reg.Sender()).Bool("pushes", reg.Pushes()).Msg("application service registered")
 	}
 	key, createdKey, err := loadOrCreateSigningKey(l.cfg.SigningKeyPath)
 	if err != nil {
@@ -161,6 +165,10 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	fed.start()
 	apiSrv.StartMediaJanitor()
 	apiSrv.StartPushDelivery()
+	if err := apiSrv.StartAppservices(node.IsLeader); err != nil {
+		closeAll()
+		return err
+	}
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	clientMux := http.NewServeMux()

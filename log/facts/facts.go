@@ -141,6 +141,8 @@ func New(kind englog.Kind) any {
 		return &FederationDestinationSet{}
 	case englog.KindOpenIDTokenIssued:
 		return &OpenIDTokenIssued{}
+	case englog.KindAppserviceDelivered:
+		return &AppserviceDelivered{}
 	case englog.KindMediaUploaded:
 		return &MediaUploaded{}
 	case englog.KindMediaCreated:
@@ -274,6 +276,9 @@ type AccountRegistered struct {
 	// refuses the registration when the token is unknown, expired at the
 	// entry's time or used up, and counts the use otherwise.
 	RegistrationToken string `json:"registration_token,omitempty"`
+	// Appservice is the id of the application service that registered
+	// the user, if one did.
+	Appservice string `json:"appservice_id,omitempty"`
 }
 
 // PasswordChanged replaces a user's password hash. When LogoutDevices is

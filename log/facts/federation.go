@@ -83,3 +83,14 @@ type OpenIDTokenIssued struct {
 	// ExpiresAt is Unix ms, decided by the writer.
 	ExpiresAt int64 `json:"expires_at"`
 }
+
+// AppserviceDelivered records that an application service acknowledged
+// a transaction: every log entry up to Through was considered for it, and
+// those it was interested in were delivered. Delivery resumes after
+// Through, on this node or on a new leader.
+type AppserviceDelivered struct {
+	ID      string `json:"id"` // the registration's id
+	TxnID   string `json:"txn_id,omitempty"`
+	Through uint64 `json:"through"`
+	Events  int    `json:"events,omitempty"`
+}

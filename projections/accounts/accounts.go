@@ -41,6 +41,9 @@ type Account struct {
 	// Registration is the ID of the registration that created the account
 	// (facts.AccountRegistered.Registration): the first in the log.
 	Registration string `json:"registration,omitempty"`
+	// Appservice is the id of the application service that registered
+	// the user (m.login.application_service); empty for everyone else.
+	Appservice string `json:"appservice_id,omitempty"`
 }
 
 // Session is what a token (access or refresh) stands for.
@@ -212,7 +215,7 @@ func applyAccountRegistered(w projections.Writer, e englog.Entry, f facts.Accoun
 			return err // refused, with its device and tokens, as above
 		}
 	}
-	if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration}); err != nil {
+	if err := projections.PutJSON(w, projections.Key(pAccount, f.UserID), Account{UserID: f.UserID, PasswordHash: f.PasswordHash, Admin: f.Admin, Guest: f.Guest, CreatedTS: e.Time, Registration: f.Registration, Appservice: f.Appservice}); err != nil {
 		return err
 	}
 	if f.Registration != "" {
