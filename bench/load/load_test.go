@@ -29,8 +29,11 @@ func TestLoadAgainstEngram(t *testing.T) {
 	if len(res.Errors) != 0 {
 		t.Fatalf("errors: %v", res.Errors)
 	}
-	if res.Sends < 50 || res.SendsPerSec <= 0 {
-		t.Fatalf("only %d sends (%.1f/s) in 3 s at 100/s", res.Sends, res.SendsPerSec)
+	// How many is the benchmark's business (speed is never asserted in a
+	// test: the machine may be loaded); that it sent and measured is this
+	// test's.
+	if res.Sends < 1 || res.SendsPerSec <= 0 {
+		t.Fatalf("%d sends (%.1f/s) in 3 s at 100/s", res.Sends, res.SendsPerSec)
 	}
 	if res.Delivered != res.Sends {
 		t.Fatalf("%d of %d messages reached their receiver", res.Delivered, res.Sends)
