@@ -55,7 +55,7 @@ type Server struct {
 	DataDir string
 	Config  string // path of the YAML config it was started with
 	cmd     *exec.Cmd
-	logs    *bytes.Buffer
+	logs    *syncBuffer
 	t       testing.TB
 }
 
@@ -108,7 +108,7 @@ rate_limiting_enabled: false
 		URL:     fmt.Sprintf("http://127.0.0.1:%d", port),
 		DataDir: opts.DataDir,
 		Config:  cfgPath,
-		logs:    &bytes.Buffer{},
+		logs:    &syncBuffer{},
 		t:       t,
 	}
 	s.cmd = exec.Command(bin, "serve", "--config", cfgPath)
@@ -169,3 +169,22 @@ func (s *Server) Logs() string {
 
 // PID is the server process's ID (for tests that read /proc/PID).
 func (s *Server) PID() int { return s.cmd.Process.Pid }
+
+// syncBuffer is the process's output: written by os/exec's copying
+// goroutine while a test may read it (Logs).
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
