@@ -35,8 +35,11 @@ func TestLoadAgainstEngram(t *testing.T) {
 	if res.Sends < 1 || res.SendsPerSec <= 0 {
 		t.Fatalf("%d sends (%.1f/s) in 3 s at 100/s", res.Sends, res.SendsPerSec)
 	}
-	if res.Delivered != res.Sends {
-		t.Fatalf("%d of %d messages reached their receiver", res.Delivered, res.Sends)
+	// Every acknowledged send is delivered. A send the run's end cut off
+	// (at most one per user) may still have reached the server and its
+	// receiver without being counted as sent.
+	if res.Delivered < res.Sends || res.Delivered > res.Sends+4 {
+		t.Fatalf("%d messages reached their receiver for %d sends by 4 users", res.Delivered, res.Sends)
 	}
 	if res.SendP50 <= 0 || res.SendP99 < res.SendP50 || res.DeliveryP50 <= 0 || res.DeliveryP99 < res.DeliveryP50 {
 		t.Fatalf("implausible latencies: send p50 %v p99 %v, delivery p50 %v p99 %v", res.SendP50, res.SendP99, res.DeliveryP50, res.DeliveryP99)
