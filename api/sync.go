@@ -119,6 +119,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 				return err
 			}
 		}
+		s.waitNotifications(pos)
 		resp, empty, joined, err := s.buildSync(sess, filter, since, pos, fullState, opts)
 		if err != nil {
 			s.notifier.unregister(woken)
@@ -518,7 +519,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	} else {
 		out["state"] = map[string]any{"events": state}
 	}
-	unread, threads, err := s.unreadCounts(v, sess.UserID, roomID, tf != nil && tf.UnreadThreadNotifications)
+	unread, threads, err := s.unreadCounts(sess.UserID, roomID, tf != nil && tf.UnreadThreadNotifications)
 	if err != nil {
 		return nil, false, err
 	}

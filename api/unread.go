@@ -35,12 +35,9 @@ func (s *Server) membersAt(v rooms.View, roomID string, users []string, before u
 // unreadCounts is unread_notifications (and, when asked,
 // unread_thread_notifications) of one room, from the push rule verdicts
 // the notifications projection folded, read up to the user's receipts and
-// own events. It first waits (briefly) for the projection to fold what
-// the log holds, so a /sync shows the counts of the events it returns.
-func (s *Server) unreadCounts(_ rooms.View, userID, roomID string, withThreads bool) (map[string]uint64, map[string]any, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), unreadCatchUp)
-	_ = s.notificationsH.WaitApplied(ctx, s.log.LastOffset()) // late counts beat a failed sync
-	cancel()
+// own events. The sync waited for the projection first
+// (waitNotifications).
+func (s *Server) unreadCounts(userID, roomID string, withThreads bool) (map[string]uint64, map[string]any, error) {
 	main, threads, err := s.notificationsView().Unread(userID, roomID, withThreads)
 	if err != nil {
 		return nil, nil, err
@@ -54,6 +51,16 @@ func (s *Server) unreadCounts(_ rooms.View, userID, roomID string, withThreads b
 		th[root] = c
 	}
 	return out, th, nil
+}
+
+// waitNotifications waits, once per sync build and briefly, for the
+// notifications projection to fold up to the sync's position, so the
+// counts match the events returned. Its fold evaluates push rules for
+// every member and may lag the others: late counts beat a failed sync.
+func (s *Server) waitNotifications(pos uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), unreadCatchUp)
+	defer cancel()
+	_ = s.notificationsH.WaitApplied(ctx, pos)
 }
 
 const unreadCatchUp = 2 * time.Second
