@@ -3,12 +3,10 @@ package roomwrite
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
-	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 )
@@ -77,16 +75,5 @@ func (w *Writer) Receive(ctx context.Context, entries []facts.PDU) ([]uint64, er
 			w.states.drop(id)
 		}
 	}()
-	offs, err := w.log.Append(ctx, props...)
-	if err != nil {
-		if errors.Is(err, englog.ErrNotLeader) {
-			return nil, mxerr.NotLeader()
-		}
-		return nil, fmt.Errorf("append to log: %w", err)
-	}
-	last := offs[len(offs)-1]
-	if err := w.roomsH.WaitApplied(ctx, last); err != nil {
-		return nil, fmt.Errorf("wait for projection %s to apply offset %d: %w", w.roomsH.Name(), last, err)
-	}
-	return offs, nil
+	return w.appendAndWait(ctx, props)
 }

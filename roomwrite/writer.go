@@ -262,6 +262,17 @@ func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64
 			props = append(props[:n:n], outs...)
 		}
 	}
+	offs, err := w.appendAndWait(ctx, props)
+	if err != nil {
+		return nil, err
+	}
+	return offs[:n], nil
+}
+
+// appendAndWait appends the proposals as one unit and waits until the
+// rooms projection has folded them, so the caller (and the next write to
+// the room) reads them back.
+func (w *Writer) appendAndWait(ctx context.Context, props []englog.Proposal) ([]uint64, error) {
 	offs, err := w.log.Append(ctx, props...)
 	if err != nil {
 		if errors.Is(err, englog.ErrNotLeader) {
@@ -273,5 +284,5 @@ func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64
 	if err := w.roomsH.WaitApplied(ctx, last); err != nil {
 		return nil, fmt.Errorf("wait for projection %s to apply offset %d: %w", w.roomsH.Name(), last, err)
 	}
-	return offs[:n], nil
+	return offs, nil
 }
