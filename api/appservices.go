@@ -204,21 +204,19 @@ func (s *Server) exclusiveAlias(alias string, sess *session) error {
 // local alias to create it (spec: "Querying"); the room ID once one did.
 func (s *Server) queryAppserviceAlias(ctx context.Context, alias string) (string, error) {
 	for _, reg := range s.cfg.Appservices.All() {
-		if !reg.InterestedInAlias(alias) || !reg.QueryAlias(ctx, s.appserviceClient(), alias) {
+		if !reg.InterestedInAlias(alias) || !reg.QueryAlias(ctx, s.asClient, alias) {
 			continue
 		}
 		a, err := s.roomsView().Alias(alias)
-		if err != nil || a != nil {
-			if a != nil {
-				return a.RoomID, nil
-			}
+		if err != nil {
 			return "", err
+		}
+		if a != nil {
+			return a.RoomID, nil
 		}
 	}
 	return "", nil
 }
-
-func (s *Server) appserviceClient() *http.Client { return s.asClient }
 
 // appserviceTS is the origin_server_ts an appservice asked for with ?ts=
 // (spec: "Timestamp massaging"); 0 for everyone else, meaning now.
@@ -256,7 +254,7 @@ func (s *Server) appservicePing(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	took, err := reg.Ping(ctx, s.appserviceClient(), req.TransactionID)
+	took, err := reg.Ping(ctx, s.asClient, req.TransactionID)
 	var pe *appservice.PingError
 	if errors.As(err, &pe) {
 		e := merr(pe.HTTPStatus, pe.ErrCode, "%s", pe.Error())
@@ -282,7 +280,7 @@ func (s *Server) StartAppservices(leader func() bool) error {
 			continue
 		}
 		d, err := appservice.NewDeliverer(appservice.Config{
-			Registration: reg, ServerName: s.cfg.ServerName, Log: s.log, Leader: leader, Client: s.appserviceClient(), Logger: s.logger,
+			Registration: reg, ServerName: s.cfg.ServerName, Log: s.log, Leader: leader, Client: s.asClient, Logger: s.logger,
 			Cursor: func() (uint64, bool, error) {
 				c, err := asproj.NewView(s.appserviceH.Reader()).Cursor(reg.ID)
 				if err != nil || c == nil {

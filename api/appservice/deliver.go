@@ -189,10 +189,10 @@ func (d *Deliverer) next(pos uint64) ([]map[string]any, uint64, error) {
 // its users is joined to the room.
 func (d *Deliverer) interested(ev Event, rooms map[string]bool) (bool, error) {
 	reg := d.cfg.Registration
-	if d.local(ev.Sender) && reg.InterestedInUser(ev.Sender) {
+	if d.local(ev.Sender) && reg.OwnsUser(ev.Sender) {
 		return true, nil
 	}
-	if ev.Type == "m.room.member" && ev.StateKey != nil && d.local(*ev.StateKey) && reg.InterestedInUser(*ev.StateKey) {
+	if ev.Type == "m.room.member" && ev.StateKey != nil && d.local(*ev.StateKey) && reg.OwnsUser(*ev.StateKey) {
 		return true, nil
 	}
 	if reg.InterestedInRoom(ev.RoomID) {
@@ -225,7 +225,7 @@ func (d *Deliverer) roomInterest(roomID string) (bool, error) {
 		return false, fmt.Errorf("read the members of %s: %w", roomID, err)
 	}
 	for _, m := range members {
-		if d.local(m) && reg.InterestedInUser(m) {
+		if d.local(m) && reg.OwnsUser(m) {
 			return true, nil
 		}
 	}

@@ -63,10 +63,6 @@ func (r *Registration) OwnsUser(userID string) bool {
 	return userID == r.sender || anyMatch(r.Namespaces.Users, userID, false)
 }
 
-// InterestedInUser: userID is its sender or in a user namespace
-// (exclusive or not).
-func (r *Registration) InterestedInUser(userID string) bool { return r.OwnsUser(userID) }
-
 // InterestedInAlias: the alias is in one of its alias namespaces.
 func (r *Registration) InterestedInAlias(alias string) bool {
 	return anyMatch(r.Namespaces.Aliases, alias, false)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -181,5 +180,4 @@ func TestAppserviceBridge(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	_ = os.Remove(regPath)
 }
