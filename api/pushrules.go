@@ -22,130 +22,28 @@ import (
 // enabled/actions choices for them, so a server upgrade that adds or
 // changes a default reaches every user.
 
-// pushRuleKinds in the order the spec evaluates them.
-var pushRuleKinds = []string{"override", "content", "room", "sender", "underride"}
-
-// pushRule is one rule as the API shows it. Conditions is kept raw so a
-// rule with no conditions shows "conditions": [] (override/underride) and
-// other kinds show none.
-type pushRule struct {
-	RuleID     string            `json:"rule_id"`
-	Default    bool              `json:"default"`
-	Enabled    bool              `json:"enabled"`
-	Actions    []json.RawMessage `json:"actions"`
-	Conditions json.RawMessage   `json:"conditions,omitempty"`
-	Pattern    *string           `json:"pattern,omitempty"`
-}
-
-// pushRuleset is one ruleset ("global").
-type pushRuleset struct {
-	Override  []pushRule `json:"override"`
-	Content   []pushRule `json:"content"`
-	Room      []pushRule `json:"room"`
-	Sender    []pushRule `json:"sender"`
-	Underride []pushRule `json:"underride"`
-}
-
-func (rs *pushRuleset) kind(k string) *[]pushRule {
-	switch k {
-	case "override":
-		return &rs.Override
-	case "content":
-		return &rs.Content
-	case "room":
-		return &rs.Room
-	case "sender":
-		return &rs.Sender
-	case "underride":
-		return &rs.Underride
-	}
-	return nil
-}
-
+// pushRulesContent is the content of m.push_rules.
 type pushRulesContent struct {
-	Global pushRuleset `json:"global"`
-}
-
-// defaultPushRules is the server-default rule set for userID (package
-// push holds it, with the evaluator), in the spec's order. The master rule
-// is first in override; the other server-default override rules come
-// after the user's own.
-func defaultPushRules(userID string) (master pushRule, override, content, underride []pushRule) {
-	d := push.Defaults(userID)
-	conv := func(rs []push.Rule) []pushRule {
-		out := make([]pushRule, 0, len(rs))
-		for _, r := range rs {
-			conds, err := json.Marshal(r.Conditions)
-			if err != nil {
-				panic(err) // conditions of literals
-			}
-			out = append(out, pushRule{RuleID: r.RuleID, Default: true, Enabled: r.Enabled, Actions: r.Actions, Conditions: conds, Pattern: r.Pattern})
-		}
-		return out
-	}
-	over := conv(d.Override)
-	return over[0], over[1:], conv(d.Content), conv(d.Underride)
-}
-
-// buildPushRules merges the stored ruleset (nil: none yet) with this
-// build's defaults: user rules keep their order, defaults keep only the
-// user's enabled/actions choices.
-func buildPushRules(userID string, stored *pushRuleset) pushRuleset {
-	master, defOverride, defContent, defUnderride := defaultPushRules(userID)
-	type choice struct {
-		enabled bool
-		actions []json.RawMessage
-	}
-	chosen := map[string]choice{}
-	user := map[string][]pushRule{}
-	if stored != nil {
-		for _, k := range pushRuleKinds {
-			for _, r := range *stored.kind(k) {
-				if r.Default {
-					chosen[k+"\x00"+r.RuleID] = choice{r.Enabled, r.Actions}
-				} else {
-					user[k] = append(user[k], r)
-				}
-			}
-		}
-	}
-	apply := func(k string, rules ...pushRule) []pushRule {
-		out := make([]pushRule, 0, len(rules))
-		for _, r := range rules {
-			if c, ok := chosen[k+"\x00"+r.RuleID]; ok {
-				r.Enabled, r.Actions = c.enabled, c.actions
-			}
-			out = append(out, r)
-		}
-		return out
-	}
-	rs := pushRuleset{
-		Override:  append(append(apply("override", master), user["override"]...), apply("override", defOverride...)...),
-		Content:   append(append([]pushRule{}, user["content"]...), apply("content", defContent...)...),
-		Room:      append([]pushRule{}, user["room"]...),
-		Sender:    append([]pushRule{}, user["sender"]...),
-		Underride: append(append([]pushRule{}, user["underride"]...), apply("underride", defUnderride...)...),
-	}
-	return rs
+	Global push.Ruleset `json:"global"`
 }
 
 // pushRules returns a user's current ruleset.
-func (s *Server) pushRules(userID string) (pushRuleset, error) {
+func (s *Server) pushRules(userID string) (push.Ruleset, error) {
 	rec, err := s.userdataView().AccountData(userID, "", "m.push_rules")
 	if err != nil {
-		return pushRuleset{}, err
+		return push.Ruleset{}, err
 	}
 	if rec == nil {
-		return buildPushRules(userID, nil), nil
+		return push.Merge(userID, nil), nil
 	}
 	var c pushRulesContent
 	if err := json.Unmarshal(rec.Content, &c); err != nil {
 		// Written only by this file; unreadable content is replaced by
 		// the defaults rather than locking the user out of push rules.
 		s.logger.Warn().Err(err).Str("user", userID).Msg("stored m.push_rules is unreadable; serving the default push rules")
-		return buildPushRules(userID, nil), nil
+		return push.Merge(userID, nil), nil
 	}
-	return buildPushRules(userID, &c.Global), nil
+	return push.Merge(userID, &c.Global), nil
 }
 
 // PushRulesContent is the content of the m.push_rules account data event
@@ -191,8 +89,8 @@ func (s *Server) getGlobalPushRules(w http.ResponseWriter, r *http.Request, sess
 
 func pushKindParam(r *http.Request) (string, error) {
 	k := r.PathValue("kind")
-	if !slices.Contains(pushRuleKinds, k) {
-		return "", errInvalidParam("Unknown push rule kind %q; use one of %s", k, strings.Join(pushRuleKinds, ", "))
+	if !slices.Contains(push.Kinds, k) {
+		return "", errInvalidParam("Unknown push rule kind %q; use one of %s", k, strings.Join(push.Kinds, ", "))
 	}
 	return k, nil
 }
@@ -200,7 +98,7 @@ func pushKindParam(r *http.Request) (string, error) {
 func errRuleNotFound() error { return errNotFound("The push rule was not found.") }
 
 // findRule locates a rule of the given kind in the user's ruleset.
-func (s *Server) findRule(r *http.Request, sess *session) (rs pushRuleset, kind string, idx int, err error) {
+func (s *Server) findRule(r *http.Request, sess *session) (rs push.Ruleset, kind string, idx int, err error) {
 	kind, err = pushKindParam(r)
 	if err != nil {
 		return rs, "", -1, err
@@ -210,7 +108,7 @@ func (s *Server) findRule(r *http.Request, sess *session) (rs pushRuleset, kind 
 		return rs, "", -1, err
 	}
 	id := r.PathValue("ruleId")
-	idx = slices.IndexFunc(*rs.kind(kind), func(p pushRule) bool { return p.RuleID == id })
+	idx = slices.IndexFunc(*rs.Kind(kind), func(p push.Rule) bool { return p.RuleID == id })
 	if idx < 0 {
 		return rs, "", -1, errRuleNotFound()
 	}
@@ -222,7 +120,7 @@ func (s *Server) getPushRule(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, (*rs.kind(kind))[idx])
+	writeJSON(w, http.StatusOK, (*rs.Kind(kind))[idx])
 	return nil
 }
 
@@ -231,7 +129,7 @@ func (s *Server) getPushRuleEnabled(w http.ResponseWriter, r *http.Request, sess
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]bool{"enabled": (*rs.kind(kind))[idx].Enabled})
+	writeJSON(w, http.StatusOK, map[string]bool{"enabled": (*rs.Kind(kind))[idx].Enabled})
 	return nil
 }
 
@@ -240,14 +138,14 @@ func (s *Server) getPushRuleActions(w http.ResponseWriter, r *http.Request, sess
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"actions": (*rs.kind(kind))[idx].Actions})
+	writeJSON(w, http.StatusOK, map[string]any{"actions": (*rs.Kind(kind))[idx].Actions})
 	return nil
 }
 
 // editPushRules runs a read-modify-write of the caller's ruleset under a
 // per-user lock, so two concurrent edits cannot lose one another, and
 // records the result as the m.push_rules account data fact.
-func (s *Server) editPushRules(r *http.Request, sess *session, edit func(rs *pushRuleset) error) error {
+func (s *Server) editPushRules(r *http.Request, sess *session, edit func(rs *push.Ruleset) error) error {
 	defer s.locks.Lock("pushrules:" + sess.UserID)()
 	rs, err := s.pushRules(sess.UserID)
 	if err != nil {
@@ -305,7 +203,7 @@ func (s *Server) putPushRule(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err := validActions(*req.Actions); err != nil {
 		return err
 	}
-	rule := pushRule{RuleID: id, Enabled: true, Actions: *req.Actions}
+	rule := push.Rule{RuleID: id, Enabled: true, Actions: *req.Actions}
 	switch kind {
 	case "content":
 		if req.Pattern == nil {
@@ -328,17 +226,17 @@ func (s *Server) putPushRule(w http.ResponseWriter, r *http.Request, sess *sessi
 		rule.Conditions = mustJSON(conds)
 	}
 	before, after := r.URL.Query().Get("before"), r.URL.Query().Get("after")
-	err = s.editPushRules(r, sess, func(rs *pushRuleset) error {
-		list := rs.kind(kind)
+	err = s.editPushRules(r, sess, func(rs *push.Ruleset) error {
+		list := rs.Kind(kind)
 		// An update keeps the rule's place unless before/after move it.
-		pos := slices.IndexFunc(*list, func(p pushRule) bool { return p.RuleID == id })
+		pos := slices.IndexFunc(*list, func(p push.Rule) bool { return p.RuleID == id })
 		if pos >= 0 {
 			rule.Enabled = (*list)[pos].Enabled
 			*list = slices.Delete(*list, pos, pos+1)
 		}
 		// Relative placement names a user-defined rule of the same kind.
 		anchor := func(ref string) (int, error) {
-			i := slices.IndexFunc(*list, func(p pushRule) bool { return p.RuleID == ref && !p.Default })
+			i := slices.IndexFunc(*list, func(p push.Rule) bool { return p.RuleID == ref && !p.Default })
 			if i < 0 {
 				return 0, merr(http.StatusBadRequest, "M_UNKNOWN", "before/after rule not found: %s", ref)
 			}
@@ -381,9 +279,9 @@ func (s *Server) deletePushRule(w http.ResponseWriter, r *http.Request, sess *se
 		return err
 	}
 	id := r.PathValue("ruleId")
-	err = s.editPushRules(r, sess, func(rs *pushRuleset) error {
-		list := rs.kind(kind)
-		i := slices.IndexFunc(*list, func(p pushRule) bool { return p.RuleID == id })
+	err = s.editPushRules(r, sess, func(rs *push.Ruleset) error {
+		list := rs.Kind(kind)
+		i := slices.IndexFunc(*list, func(p push.Rule) bool { return p.RuleID == id })
 		if i < 0 {
 			return errRuleNotFound()
 		}
@@ -401,15 +299,15 @@ func (s *Server) deletePushRule(w http.ResponseWriter, r *http.Request, sess *se
 }
 
 // setRuleField edits one existing rule (enabled or actions).
-func (s *Server) setRuleField(w http.ResponseWriter, r *http.Request, sess *session, set func(*pushRule)) error {
+func (s *Server) setRuleField(w http.ResponseWriter, r *http.Request, sess *session, set func(*push.Rule)) error {
 	kind, err := pushKindParam(r)
 	if err != nil {
 		return err
 	}
 	id := r.PathValue("ruleId")
-	err = s.editPushRules(r, sess, func(rs *pushRuleset) error {
-		list := *rs.kind(kind)
-		i := slices.IndexFunc(list, func(p pushRule) bool { return p.RuleID == id })
+	err = s.editPushRules(r, sess, func(rs *push.Ruleset) error {
+		list := *rs.Kind(kind)
+		i := slices.IndexFunc(list, func(p push.Rule) bool { return p.RuleID == id })
 		if i < 0 {
 			return errRuleNotFound()
 		}
@@ -433,7 +331,7 @@ func (s *Server) putPushRuleEnabled(w http.ResponseWriter, r *http.Request, sess
 	if req.Enabled == nil {
 		return errMissingParam("enabled is required")
 	}
-	return s.setRuleField(w, r, sess, func(p *pushRule) { p.Enabled = *req.Enabled })
+	return s.setRuleField(w, r, sess, func(p *push.Rule) { p.Enabled = *req.Enabled })
 }
 
 func (s *Server) putPushRuleActions(w http.ResponseWriter, r *http.Request, sess *session) error {
@@ -449,5 +347,5 @@ func (s *Server) putPushRuleActions(w http.ResponseWriter, r *http.Request, sess
 	if err := validActions(*req.Actions); err != nil {
 		return err
 	}
-	return s.setRuleField(w, r, sess, func(p *pushRule) { p.Actions = *req.Actions })
+	return s.setRuleField(w, r, sess, func(p *push.Rule) { p.Actions = *req.Actions })
 }

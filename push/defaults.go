@@ -6,17 +6,14 @@ import "encoding/json"
 // rules (v1.17: the legacy body-matching mention rules are gone), and the
 // poll rules of MSC3930 that Synapse ships, in evaluation order. The
 // master rule comes first in override, and user-defined rules go after it
-// and before the other defaults (the API merges them: api/pushrules.go).
+// and before the other defaults (Merge).
 func Defaults(userID string) Ruleset {
 	uid, _ := json.Marshal(userID)
 	rule := func(id string, enabled bool, conds string, actions ...string) Rule {
-		r := Rule{RuleID: id, Default: true, Enabled: enabled, Actions: []json.RawMessage{}}
-		if err := json.Unmarshal([]byte(conds), &r.Conditions); err != nil {
-			panic(err) // the literals below
+		if !json.Valid([]byte(conds)) {
+			panic("push: invalid default conditions " + conds) // the literals below
 		}
-		if r.Conditions == nil {
-			r.Conditions = []Condition{}
-		}
+		r := Rule{RuleID: id, Default: true, Enabled: enabled, Actions: []json.RawMessage{}, Conditions: json.RawMessage(conds)}
 		for _, a := range actions {
 			r.Actions = append(r.Actions, json.RawMessage(a))
 		}

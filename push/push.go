@@ -18,13 +18,17 @@ import (
 	"strings"
 )
 
-// Rule is a push rule as the API stores and serves it.
+// Rule is a push rule as the API stores and serves it. Conditions stay
+// raw: a rule with no conditions shows "conditions": [] (override and
+// underride) while other kinds show none (nil), and conditions of a kind
+// this build does not know are kept as the client wrote them (they never
+// match, but a client reads back what it stored).
 type Rule struct {
 	RuleID     string            `json:"rule_id"`
 	Default    bool              `json:"default"`
 	Enabled    bool              `json:"enabled"`
 	Actions    []json.RawMessage `json:"actions"`
-	Conditions []Condition       `json:"conditions,omitempty"`
+	Conditions json.RawMessage   `json:"conditions,omitempty"`
 	Pattern    *string           `json:"pattern,omitempty"`
 }
 
@@ -163,6 +167,11 @@ func Compile(rs Ruleset) *Compiled {
 			return
 		}
 		cr := compiledRule{id: r.RuleID, res: actionsResult(r.RuleID, r.Actions)}
+		if conds == nil && len(r.Conditions) > 0 {
+			if err := json.Unmarshal(r.Conditions, &conds); err != nil {
+				cr.never = true // conditions not a list of objects: never match
+			}
+		}
 		for _, x := range conds {
 			cc, ok := compileCond(x)
 			if !ok {
@@ -174,7 +183,7 @@ func Compile(rs Ruleset) *Compiled {
 		c.rules = append(c.rules, cr)
 	}
 	for _, r := range rs.Override {
-		add(r, r.Conditions)
+		add(r, nil)
 	}
 	for _, r := range rs.Content {
 		if r.Pattern == nil {
@@ -189,7 +198,7 @@ func Compile(rs Ruleset) *Compiled {
 		add(r, []Condition{{Kind: "event_match", Key: "sender", Pattern: &r.RuleID}})
 	}
 	for _, r := range rs.Underride {
-		add(r, r.Conditions)
+		add(r, nil)
 	}
 	return c
 }

@@ -75,7 +75,7 @@ func TestDefaultRules(t *testing.T) {
 func TestConditions(t *testing.T) {
 	p := func(s string) *string { return &s }
 	one := func(c Condition) *Compiled {
-		return Compile(Ruleset{Override: []Rule{{RuleID: "r", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`"notify"`)}, Conditions: []Condition{c}}}})
+		return Compile(Ruleset{Override: []Rule{{RuleID: "r", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`"notify"`)}, Conditions: mustJSON(t, []Condition{c})}}})
 	}
 	match := func(c *Compiled, event string, ctx *Context) bool {
 		if ctx == nil {
@@ -209,6 +209,37 @@ func BenchmarkEvaluate(b *testing.B) {
 		for name, v := range map[string]float64{"evaluations_per_s": float64(n) / secs, "evaluations_per_cpu_s": float64(n) / cpu} {
 			out, _ := json.Marshal(map[string]any{"bench": "push", "name": name, "value": v, "unit": "event×member/s", "better": "higher", "params": params})
 			fmt.Println(string(out))
+		}
+	}
+}
+
+func mustJSON(t testing.TB, v any) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// Conditions are kept raw: an empty list matches every event, a kind this
+// build does not know (or conditions that are not objects) never matches.
+func TestRawConditions(t *testing.T) {
+	e := ev(t, `{"type":"m.room.message","content":{"body":"hi"}}`)
+	for _, tc := range []struct {
+		conds string
+		match bool
+	}{
+		{`[]`, true},
+		{``, true},
+		{`[{"kind":"org.example.unknown","key":"x"}]`, false},
+		{`["not an object"]`, false},
+		{`{"kind":"event_match"}`, false},
+	} {
+		rs := Ruleset{Override: []Rule{{RuleID: "r", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`"notify"`)}, Conditions: json.RawMessage(tc.conds)}}}
+		_, ok := Compile(rs).Evaluate(e, &Context{UserID: "@a:x", MemberCount: 2})
+		if ok != tc.match {
+			t.Errorf("conditions %s: matched %v, want %v", tc.conds, ok, tc.match)
 		}
 	}
 }
