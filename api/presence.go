@@ -30,6 +30,10 @@ const (
 	// older than that; the margin covers a client's pause between polls.
 	presenceOfflineAfter = maxSyncTimeout + presenceGrace
 	presenceGrace        = time.Minute
+	// presenceRecheck is how long a verdict "this user's activity changes
+	// nothing others see" stands before the recorded presence is read
+	// again: a busy user costs one read a minute, not one a request.
+	presenceRecheck = time.Minute
 )
 
 // presenceClock is when each user last synced and last acted on this
@@ -41,7 +45,59 @@ type presenceClock struct {
 	lastSweep int64
 }
 
-type presenceSeen struct{ synced, acted int64 }
+type presenceSeen struct {
+	synced, acted int64
+	// When the last read of the recorded presence found that a sync with
+	// set_presence quietSync, or a sent event, changes nothing others
+	// see. Within presenceRecheck the verdict cannot change but through a
+	// new presence fact of the user (which forget clears; one decided on
+	// another node, or racing this read, is seen at the next recheck),
+	// since the activity noted meanwhile keeps the user from idling.
+	quietSync               string
+	quietSyncAt, quietActAt int64
+}
+
+// quiet reports whether a verdict of no change for a sync with
+// set_presence sp (sp == "" for a sent event) still stands at now.
+func (c *presenceClock) quiet(userID, sp string, now int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.seen[userID]
+	if !ok {
+		return false
+	}
+	if sp == "" {
+		return v.quietActAt != 0 && now-v.quietActAt < presenceRecheck.Milliseconds()
+	}
+	return v.quietSync == sp && now-v.quietSyncAt < presenceRecheck.Milliseconds()
+}
+
+// noteQuiet keeps a verdict of no change (see quiet); the user's entry
+// exists, note having made it.
+func (c *presenceClock) noteQuiet(userID, sp string, now int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.seen[userID]
+	if !ok {
+		return
+	}
+	if sp == "" {
+		v.quietActAt = now
+	} else {
+		v.quietSync, v.quietSyncAt = sp, now
+	}
+	c.seen[userID] = v
+}
+
+// forget drops the verdicts of a user whose presence is being recorded.
+func (c *presenceClock) forget(userID string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if v, ok := c.seen[userID]; ok {
+		v.quietSync, v.quietSyncAt, v.quietActAt = "", 0, 0
+		c.seen[userID] = v
+	}
+}
 
 func (c *presenceClock) note(userID string, now int64, acted bool) {
 	c.mu.Lock()
@@ -126,6 +182,7 @@ func presenceContent(p *userdata.Presence, now int64) map[string]any {
 }
 
 func (s *Server) presenceFact(c facts.PresenceContent) englog.Proposal {
+	s.presenceClock.forget(c.UserID)
 	return facts.MustEncode(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: s.cfg.ServerName, Content: mustJSON(c)})
 }
 
@@ -144,15 +201,24 @@ func syncPresenceFact(p *userdata.Presence, userID, sp string, now int64) (facts
 // sync. A failure is logged, not returned: presence must not fail a sync.
 func (s *Server) recordSyncPresence(ctx context.Context, userID, sp string) {
 	now := nowMS()
+	if s.presenceClock.quiet(userID, sp, now) {
+		s.presenceClock.note(userID, now, false)
+		return
+	}
 	p, err := s.presenceOf(s.userdataView(), userID)
+	quiet := false
 	if err == nil {
 		c, ok := syncPresenceFact(p, userID, sp, now)
 		if ok {
 			_, err = s.log.Append(ctx, s.presenceFact(c))
 		}
+		quiet = !ok
 	}
 	if err == nil {
 		s.presenceClock.note(userID, now, false)
+		if quiet {
+			s.presenceClock.noteQuiet(userID, sp, now)
+		}
 		return
 	}
 	s.logger.Warn().Err(err).Str("user", userID).Msg("could not record presence set by /sync")
@@ -165,6 +231,10 @@ func (s *Server) recordSyncPresence(ctx context.Context, userID, sp string) {
 // explicit offline stays offline.
 func (s *Server) activityFacts(userID string) []englog.Proposal {
 	now := nowMS()
+	if s.presenceClock.quiet(userID, "", now) {
+		s.presenceClock.note(userID, now, true)
+		return nil
+	}
 	p, err := s.presenceOf(s.userdataView(), userID)
 	if err != nil {
 		s.logger.Warn().Err(err).Str("user", userID).Msg("could not read presence to record activity")
@@ -176,6 +246,7 @@ func (s *Server) activityFacts(userID string) []englog.Proposal {
 		presence = "offline"
 	}
 	if state, _ := derivedPresence(p, now); p != nil && p.Presence == presence && state == presence {
+		s.presenceClock.noteQuiet(userID, "", now)
 		return nil // others see no change
 	}
 	return []englog.Proposal{s.presenceFact(facts.PresenceContent{UserID: userID, Presence: presence, Activity: facts.PresenceActive})}

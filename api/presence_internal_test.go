@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/userdata"
 	"github.com/engram-hs/engram/roomwrite"
@@ -196,4 +197,74 @@ func mustPresence(t *testing.T, uv userdata.View, u string) *userdata.Presence {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// A busy user's sends read the recorded presence at most once a minute:
+// the verdict "changes nothing others see" stands for presenceRecheck,
+// and a presence the user sets in between ends it at once, so the next
+// send brings them back online as before.
+func TestPresenceReadOncePerMinuteAndSetPresenceEndsIt(t *testing.T) {
+	logger := zerolog.New(io.Discard)
+	node, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	eng := projections.NewEngine(node, node.DB(), logger, nil)
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: "x", Logger: logger}, node, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{ServerName: "x", BcryptCost: bcrypt.MinCost}, Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if err := eng.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	realNow := nowMS
+	defer func() { nowMS = realNow }()
+	t0 := realNow()
+	clock := t0
+	nowMS = func() int64 { return clock }
+	const u = "@busy:x"
+	record := func(props []englog.Proposal) {
+		t.Helper()
+		if len(props) == 0 {
+			return
+		}
+		offs, err := node.Append(ctx, props...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.userdataH.WaitApplied(ctx, offs[len(offs)-1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	record(s.activityFacts(u)) // first activity: online
+	if got := s.activityFacts(u); len(got) != 0 {
+		t.Fatalf("second send recorded %d facts", len(got))
+	}
+	if !s.presenceClock.quiet(u, "", clock+presenceRecheck.Milliseconds()-1) || s.presenceClock.quiet(u, "", clock+presenceRecheck.Milliseconds()) {
+		t.Fatal("the verdict does not stand for exactly presenceRecheck")
+	}
+	s.recordSyncPresence(ctx, u, "online")
+	if !s.presenceClock.quiet(u, "online", clock) || s.presenceClock.quiet(u, "unavailable", clock) {
+		t.Fatal("the sync verdict is not kept for its set_presence only")
+	}
+	clock += 10_000
+	record([]englog.Proposal{s.presenceFact(facts.PresenceContent{UserID: u, Presence: "unavailable"})})
+	clock += 10_000
+	got := s.activityFacts(u)
+	if len(got) != 1 {
+		t.Fatalf("a send after the user set unavailable recorded %d facts, want 1 (back online)", len(got))
+	}
+	record(got)
+	p, err := s.presenceOf(s.userdataView(), u)
+	if err != nil || p == nil || p.Presence != "online" {
+		t.Fatalf("presence after the send = %+v, %v", p, err)
+	}
 }

@@ -64,6 +64,7 @@ type Server struct {
 	// roomFed takes room actions to other servers (SetRoomFederation).
 	roomFed RoomFederation
 
+	accounts  *accounts.Projection // its View caches what each request reads
 	accountsH *projections.Handle
 	roomsH    *projections.Handle // roomWrite's
 	userdataH *projections.Handle
@@ -154,7 +155,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 		s.limiter = ratelimit.New()
 	}
 	s.notifier = newNotifier()
-	s.accountsH = deps.Engine.Register(accounts.New())
+	s.accounts = accounts.New()
+	s.accountsH = deps.Engine.Register(s.accounts)
 	s.roomWrite = deps.Rooms
 	s.roomsH = deps.Rooms.Handle()
 	deps.Rooms.OnTouched(s.roomsTouched)
@@ -289,7 +291,7 @@ func (s *Server) commit(ctx context.Context, wait []*projections.Handle, props .
 	return offs, nil
 }
 
-func (s *Server) accountsView() accounts.View { return accounts.NewView(s.accountsH.Reader()) }
+func (s *Server) accountsView() accounts.View { return s.accounts.View(s.accountsH.Reader()) }
 func (s *Server) roomsView() rooms.View       { return s.roomWrite.View() }
 func (s *Server) userdataView() userdata.View { return userdata.NewView(s.userdataH.Reader()) }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,17 +98,60 @@ func TestClusterInitAddNodeAndMutualTLS(t *testing.T) {
 		t.Fatalf("cluster transfer-leadership: %d\n%s\n%s", code, o, e)
 	}
 	deadline = time.Now().Add(10 * time.Second)
-	for now := leaderOf(); now == was || now == ""; now = leaderOf() {
+	now := leaderOf()
+	for ; now == was || now == ""; now = leaderOf() {
 		if time.Now().After(deadline) {
 			t.Fatalf("leadership stayed on %s", was)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// A logout on the leader ends the session on a follower too, whose
+	// session cache had the token: every node folds the logout.
+	leader, follower := listen[now[1]-'1'], listen[(now[1]-'1'+1)%3]
+	code, token := loginToken(t, leader, "alice", "pw-alice")
+	if code != 200 {
+		t.Fatalf("login on the leader: %d", code)
+	}
+	waitWhoami(t, follower, token, 200)
+	req, _ := http.NewRequest("POST", "http://"+leader+"/_matrix/client/v3/logout", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("logout on the leader: %d", resp.StatusCode)
+	}
+	waitWhoami(t, follower, token, 401)
 	for i := range procs {
 		procs[i].stop()
 		if strings.Contains(procs[i].stderr.String(), "without a valid cluster certificate") {
 			t.Fatalf("n%d dropped a peer's connection:\n%s", i+1, procs[i].stderr)
 		}
+	}
+}
+
+// waitWhoami waits (for replication, at most 30 s) until whoami with
+// token on the node at listen answers want.
+func waitWhoami(t *testing.T, listen, token string, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		req, _ := http.NewRequest("GET", "http://"+listen+"/_matrix/client/v3/account/whoami", nil)
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("whoami on %s: %d, want %d", listen, resp.StatusCode, want)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 

@@ -86,10 +86,10 @@ type RateLimit struct {
 }
 
 // Projection is the accounts read model.
-type Projection struct{}
+type Projection struct{ cache *Cache }
 
 // New returns the projection to register on the engine.
-func New() *Projection { return &Projection{} }
+func New() *Projection { return &Projection{cache: newCache()} }
 
 func (*Projection) Name() string { return "accounts" }
 
@@ -555,18 +555,28 @@ func listDevices(r projections.Reader, userID string) ([]Device, error) {
 }
 
 // View answers queries over a Reader (live or snapshot).
-type View struct{ r projections.Reader }
+type View struct {
+	r     projections.Reader
+	cache *Cache // nil: every query reads r (Projection.View sets it)
+}
 
-// NewView wraps a reader of this projection's keyspace.
-func NewView(r projections.Reader) View { return View{r} }
+// NewView wraps a reader of this projection's keyspace, without the
+// cache (snapshots, tools, other packages' occasional reads).
+func NewView(r projections.Reader) View { return View{r: r} }
 
 // Account returns the account, or nil when the user does not exist.
 func (v View) Account(userID string) (*Account, error) {
+	if v.cache != nil {
+		return v.cachedAccount(userID)
+	}
 	return projections.GetJSON[Account](v.r, projections.Key(pAccount, userID))
 }
 
 // Session returns the session of an access token hash, or nil.
 func (v View) Session(tokenHash string) (*Session, error) {
+	if v.cache != nil {
+		return v.cachedSession(tokenHash)
+	}
 	return projections.GetJSON[Session](v.r, projections.Key(pToken, tokenHash))
 }
 
@@ -604,6 +614,9 @@ func (v View) Accounts() ([]Account, error) {
 
 // RateLimit returns the user's own rate limit, or nil when none is set.
 func (v View) RateLimit(userID string) (*RateLimit, error) {
+	if v.cache != nil {
+		return v.cachedRateLimit(userID)
+	}
 	return projections.GetJSON[RateLimit](v.r, projections.Key(pRateLimit, userID))
 }
 
