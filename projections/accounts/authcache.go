@@ -32,9 +32,14 @@ type Cache struct {
 	accounts map[string]Account    // user -> account
 	limits   map[string]*RateLimit // user -> override, nil for none
 	tokens   map[string][]string   // user -> cached token hashes
-	// last is the last offset AfterCommit saw; a batch that does not
+	// last is the last offset AfterCommit saw. A batch that does not
 	// follow it means a rebuilt generation took over (schema change or
-	// healing), whose contents may differ anywhere: everything goes.
+	// healing; the engine hands over the rebuild's last batch), whose
+	// contents may differ anywhere: everything goes. After a schema
+	// change nothing was committed on this process before the switch
+	// (last is 0), so the last batch follows only when it is the whole
+	// log, and then it names every user. A healed generation folds the
+	// same log with the same code as the damaged one did.
 	last uint64
 }
 
