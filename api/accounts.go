@@ -690,6 +690,15 @@ func (s *Server) updateDevice(w http.ResponseWriter, r *http.Request, sess *sess
 		if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, facts.MustEncode(englog.KindDeviceUpdated, facts.DeviceUpdated{UserID: sess.UserID, DeviceID: id, DisplayName: req.DisplayName})); err != nil {
 			return err
 		}
+		// The display name is part of the device's keys as other servers
+		// see them (device_display_name): news for them when it has keys.
+		withKeys, err := s.keys.DevicesWithKeys(sess.UserID, []string{id})
+		if err != nil {
+			return err
+		}
+		if len(withKeys) > 0 {
+			s.keys.AnnounceDevices(r.Context(), sess.UserID, withKeys, false)
+		}
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil

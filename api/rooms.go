@@ -283,12 +283,17 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			return err
 		}
 	}
+	inviteContent := map[string]any{"membership": "invite"}
+	if req.IsDirect {
+		inviteContent["is_direct"] = true
+	}
+	var remoteInvites []string // invited over federation once the room exists
 	for _, u := range req.Invite {
-		c := map[string]any{"membership": "invite"}
-		if req.IsDirect {
-			c["is_direct"] = true
+		if !strings.HasSuffix(u, ":"+s.cfg.ServerName) {
+			remoteInvites = append(remoteInvites, u)
+			continue
 		}
-		if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: sess.UserID, Content: mustJSON(c)}); err != nil {
+		if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: sess.UserID, Content: mustJSON(inviteContent)}); err != nil {
 			return err
 		}
 	}
@@ -308,6 +313,15 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			// exists, without the alias; the client learns it lost.
 			s.logger.Info().Str("room", roomID).Str("alias", alias).Msg("createRoom: the alias was claimed concurrently; the room was created without it")
 			return merr(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias %s is already taken", alias)
+		}
+	}
+	// A remote invitee's server must sign the invite (/invite), as for a
+	// later /invite; a refusal is the client's answer, as in Synapse, and
+	// the room stays created with the invites that went through.
+	for _, u := range remoteInvites {
+		if err := s.inviteRemote(r.Context(), sess.UserID, roomID, u, mustJSON(inviteContent)); err != nil {
+			s.logger.Info().Err(err).Str("room", roomID).Str("invitee", u).Msg("createRoom: the remote invite failed; the room was created without it")
+			return err
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})

@@ -159,6 +159,13 @@ func TestDeviceListsAndToDeviceAcrossServers(t *testing.T) {
 		t.Fatalf("bob's query does not show alice's new device: %v", q)
 	}
 
+	// Renaming the device is a change (its name is part of its keys as
+	// others see them).
+	if st := call(t, a, "PUT", "/_matrix/client/v3/devices/"+url.PathEscape(login.DeviceID), login.AccessToken, map[string]any{"display_name": "Alice's laptop"}, nil); st != 200 {
+		t.Fatalf("rename: %d", st)
+	}
+	eventually(t, "bob's sync to show alice's device rename", func() bool { return changedFor(aliceID) })
+
 	// Deleting the device (with UIA) is a change again.
 	if st := call(t, a, "POST", "/_matrix/client/v3/logout", login.AccessToken, map[string]any{}, nil); st != 200 {
 		t.Fatalf("logout: %d", st)

@@ -257,3 +257,71 @@ func TestInviteAcrossServers(t *testing.T) {
 		t.Fatal("after the join, both servers must show both users joined")
 	}
 }
+
+// createRoom with a user of B in invite invites them over federation (B
+// signs the invite, as for a later /invite): bob's /sync on B shows a
+// direct invite and he joins by room ID alone. Inviting a user of an
+// unreachable server is refused with an error, not recorded as if sent.
+func TestCreateRoomInvitesAcrossServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID, bobID := "@alice:"+a.name, "@bob:"+b.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"preset": "trusted_private_chat", "is_direct": true,
+		"invite": []string{bobID}, "room_version": "11",
+		"initial_state": []any{map[string]any{"type": "m.room.encryption", "state_key": "", "content": map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}}}}, &room); st != 200 {
+		t.Fatalf("createRoom: %d\nA:\n%s\nB:\n%s", st, a.Logs(), b.Logs())
+	}
+	if m := membership(t, a, alice, room.RoomID, bobID); m != "invite" {
+		t.Fatalf("bob's membership on A: %q", m)
+	}
+	var sync struct {
+		Rooms struct {
+			Invite map[string]struct {
+				InviteState struct {
+					Events []struct {
+						Type     string         `json:"type"`
+						StateKey string         `json:"state_key"`
+						Content  map[string]any `json:"content"`
+					} `json:"events"`
+				} `json:"invite_state"`
+			} `json:"invite"`
+		} `json:"rooms"`
+	}
+	eventually(t, "the invite in bob's /sync", func() bool {
+		call(t, b, "GET", "/_matrix/client/v3/sync?timeout=0", bob, nil, &sync)
+		_, ok := sync.Rooms.Invite[room.RoomID]
+		return ok
+	})
+	direct, encrypted := false, false
+	for _, e := range sync.Rooms.Invite[room.RoomID].InviteState.Events {
+		if e.Type == "m.room.member" && e.StateKey == bobID && e.Content["is_direct"] == true {
+			direct = true
+		}
+		if e.Type == "m.room.encryption" {
+			encrypted = true
+		}
+	}
+	if !direct || !encrypted {
+		t.Fatalf("the invite's stripped state lacks is_direct (%v) or m.room.encryption (%v): %+v", direct, encrypted, sync.Rooms.Invite[room.RoomID])
+	}
+	var out map[string]any
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID), bob, map[string]any{}, &out); st != 200 {
+		t.Fatalf("join after the invite: %d %v", st, out)
+	}
+	if !joined(t, b, bob, room.RoomID, aliceID) {
+		t.Fatal("after the join, B must show alice joined")
+	}
+	eventually(t, "A to see bob joined", func() bool { return joined(t, a, alice, room.RoomID, bobID) })
+
+	var e struct {
+		Errcode string `json:"errcode"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"invite": []string{"@carol:127.0.0.1:1"}}, &e); st == 200 || e.Errcode == "" {
+		t.Fatalf("createRoom inviting a user of an unreachable server: %d %+v", st, e)
+	}
+}
