@@ -37,6 +37,12 @@ type batch struct {
 
 	lastChanged  map[string]uint64 // room -> newest timeline offset of this batch
 	changedOrder []string
+
+	// members are the users whose membership of some room the batch's
+	// state changes set or removed, in order (state resolution may change
+	// users other than the state keys of the batch's events).
+	members    []string
+	memberSeen map[string]bool
 }
 
 // counter is the newest cumulative count of one notification (or
@@ -46,7 +52,7 @@ type counter struct {
 }
 
 func newBatch(w projections.Writer, log EventLog) *batch {
-	return &batch{w: w, log: log, groups: newGroups(w), states: map[groupID]StateMap{}, resolved: map[string]groupID{}, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}, lastChanged: map[string]uint64{}}
+	return &batch{w: w, log: log, groups: newGroups(w), states: map[groupID]StateMap{}, resolved: map[string]groupID{}, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}, lastChanged: map[string]uint64{}, memberSeen: map[string]bool{}}
 }
 
 // changed notes that the room's timeline grew at offset off; flush

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
@@ -116,13 +117,24 @@ type AliasRecord struct {
 type Projection struct {
 	log      EventLog
 	onCommit func(Touched)
+
+	// members: the users whose membership the last applied batch changed
+	// (batch.members), handed from Apply to AfterCommit. The engine calls
+	// them one after the other for a batch; the mutex is for the race
+	// detector's sake and for a shadow rebuild's Apply.
+	mu      sync.Mutex
+	members []string
 }
 
 // Touched is what a committed batch may have changed, so that only the
 // long-polls it concerns wake: the rooms that received events and the
 // users whose membership changed (an invite or a join of a room they are
-// not polling yet).
+// not polling yet; state resolution may change anyone's). First and Last
+// bound the batch: a First that does not follow the previous Last means
+// the batch made more visible at once (a rebuilt generation took over),
+// and whoever keeps a copy of what Touched reports must start over.
 type Touched struct {
+	First uint64 // the batch's first offset
 	Last  uint64 // the batch's last offset
 	Rooms []string
 	Users []string
@@ -147,8 +159,17 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 	if p.onCommit == nil || len(entries) == 0 {
 		return
 	}
-	t := Touched{Last: entries[len(entries)-1].Offset}
+	t := Touched{First: entries[0].Offset, Last: entries[len(entries)-1].Offset}
 	seenRoom, seenUser := map[string]bool{}, map[string]bool{}
+	p.mu.Lock()
+	for _, u := range p.members {
+		if !seenUser[u] {
+			seenUser[u] = true
+			t.Users = append(t.Users, u)
+		}
+	}
+	p.members = nil
+	p.mu.Unlock()
 	for _, e := range entries {
 		if e.Kind != englog.KindPDU {
 			continue
@@ -220,7 +241,13 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 			return err
 		}
 	}
-	return b.flush()
+	if err := b.flush(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.members = b.members
+	p.mu.Unlock()
+	return nil
 }
 
 func (b *batch) applyPDU(e englog.Entry) error {
@@ -548,6 +575,10 @@ func (b *batch) applyCurrentChanges(roomID string, ev stateres.PDU, changes []st
 		}
 		if c.Key.Type != stateres.MRoomMember {
 			continue
+		}
+		if !b.memberSeen[c.Key.StateKey] {
+			b.memberSeen[c.Key.StateKey] = true
+			b.members = append(b.members, c.Key.StateKey)
 		}
 		switch c.EventID {
 		case ev.EventID():

@@ -87,13 +87,25 @@ type Presence struct {
 type Projection struct{ onCommit func(Touched) }
 
 // Touched is what a committed batch may have changed, so that only the
-// long-polls it concerns wake.
+// long-polls it concerns wake. First and Last bound the batch: a First that does not follow the
+// previous Last means more became visible at once (a rebuilt generation
+// took over).
 type Touched struct {
+	First    uint64   // the batch's first offset
 	Last     uint64   // the batch's last offset
 	Rooms    []string // typing or receipts changed
 	Users    []string // account data, to-device inbox or own presence changed
 	Presence []string // users whose presence changed visibly (their co-members care)
+	// RoomAccountData: the (user, room) pairs whose room account data
+	// changed (Users has the user too).
+	RoomAccountData []UserRoom
+	// AccountData: the users whose account data changed, globally or in
+	// a room.
+	AccountData []string
 }
+
+// UserRoom names one user's data in one room.
+type UserRoom struct{ UserID, RoomID string }
 
 // New returns the projection; onCommit (may be nil) is called after each
 // committed batch with what it touched.
@@ -108,7 +120,7 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 	if p.onCommit == nil || len(entries) == 0 {
 		return
 	}
-	t := Touched{Last: entries[len(entries)-1].Offset}
+	t := Touched{First: entries[0].Offset, Last: entries[len(entries)-1].Offset}
 	seen := map[string]bool{}
 	add := func(list *[]string, kind byte, id string) {
 		if k := string(kind) + id; id != "" && !seen[k] {
@@ -122,6 +134,11 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 			var f facts.AccountDataSet
 			if facts.Decode(e, &f) == nil {
 				add(&t.Users, 'u', f.UserID)
+				add(&t.AccountData, 'a', f.UserID)
+				if k := "d" + f.UserID + "\x00" + f.RoomID; f.RoomID != "" && !seen[k] {
+					seen[k] = true
+					t.RoomAccountData = append(t.RoomAccountData, UserRoom{f.UserID, f.RoomID})
+				}
 			}
 		case englog.KindToDeviceSent:
 			var f facts.ToDeviceSent

@@ -1,0 +1,488 @@
+package api
+
+// Building a /sync response: which rooms and streams changed in (since,
+// pos], and each section. The request side (parameters, filters, the
+// long-poll) is in sync.go.
+
+import (
+	"maps"
+	"slices"
+
+	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/projections/userdata"
+	"github.com/engram-hs/engram/stateres"
+)
+
+// buildSync computes the sync response for (since, pos]. empty reports
+// that nothing changed for this user; joined lists the joined rooms the
+// filter allows.
+func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (resp map[string]any, empty bool, joinedRooms []string, err error) {
+	rv := s.roomsView()
+	uv := s.userdataView()
+	now := nowMS()
+	empty = true
+	join, invite, leave, knock := map[string]any{}, map[string]any{}, map[string]any{}, map[string]any{}
+	ms, err := rv.Memberships(sess.UserID)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	// The offset of the user's last account data change, read once: below
+	// it, no room's account data needs reading.
+	adChangedAt, err := uv.AccountDataChangedAt(sess.UserID)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	roomFilter := &roomEventFilter{Rooms: f.Room.Rooms, NotRooms: f.Room.NotRooms}
+	for _, m := range ms {
+		if !roomFilter.allowsRoom(m.RoomID) || m.Offset > pos {
+			continue
+		}
+		if m.Membership == "leave" || m.Membership == "ban" {
+			// Only a left room can be forgotten (joining, knocking or an
+			// invite clears it), so joined rooms skip the read.
+			if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
+				return nil, false, nil, err
+			} else if forgotten {
+				continue
+			}
+		}
+		switch m.Membership {
+		case "join":
+			joinedRooms = append(joinedRooms, m.RoomID)
+			// A room joined after since is new to the client: send it whole.
+			roomSince := since
+			if m.Offset > since {
+				roomSince = 0
+			}
+			keep := fullState || since == 0
+			if !keep && roomSince != 0 {
+				// Skip a room nothing happened in since the token before
+				// reading anything else of it: the common case of a user
+				// in many rooms woken by one of them.
+				changed, err := s.roomChangedSince(rv, uv, m.RoomID, since, adChangedAt)
+				if err != nil {
+					return nil, false, nil, err
+				}
+				if !changed {
+					continue
+				}
+			}
+			jr, changed, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, pos, pos, fullState, now, opts, keep)
+			if err != nil {
+				return nil, false, nil, err
+			}
+			if changed || keep {
+				join[m.RoomID] = jr
+				empty = empty && !changed
+			}
+		case "invite":
+			if m.Offset > since || since == 0 {
+				ir, err := s.strippedState(rv, m)
+				if err != nil {
+					return nil, false, nil, err
+				}
+				invite[m.RoomID] = map[string]any{"invite_state": ir}
+				empty = false
+			}
+		case "knock":
+			if m.Offset > since || since == 0 {
+				kr, err := s.strippedState(rv, m)
+				if err != nil {
+					return nil, false, nil, err
+				}
+				knock[m.RoomID] = map[string]any{"knock_state": kr}
+				empty = false
+			}
+		case "leave", "ban":
+			if (since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState)) {
+				roomSince := since
+				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now, opts, true)
+				if err != nil {
+					return nil, false, nil, err
+				}
+				delete(lr, "ephemeral")
+				delete(lr, "unread_notifications")
+				delete(lr, "unread_thread_notifications")
+				delete(lr, "summary")
+				leave[m.RoomID] = lr
+				empty = false
+			}
+		}
+	}
+	var global []userdata.Record
+	if adChangedAt > since {
+		global, err = uv.AccountDataOf(sess.UserID, "", since)
+	}
+	if err != nil {
+		return nil, false, nil, err
+	}
+	ad := []map[string]any{}
+	pushRulesSent := false
+	for _, rec := range global {
+		if rec.Offset <= pos && f.AccountData.allows(rec.Type, sess.UserID, nil) {
+			content := rec.Content
+			if rec.Type == "m.push_rules" {
+				// Served with this build's defaults merged in, as GET
+				// /pushrules/ shows them.
+				if content, err = s.PushRulesContent(sess.UserID); err != nil {
+					return nil, false, nil, err
+				}
+				pushRulesSent = true
+			}
+			ad = append(ad, map[string]any{"type": rec.Type, "content": content})
+		}
+	}
+	// An initial sync carries the push rules even for a user who never
+	// changed them (spec: m.push_rules in account data; clients need them
+	// to compute notifications).
+	if since == 0 && !pushRulesSent && f.AccountData.allows("m.push_rules", sess.UserID, nil) {
+		content, err := s.PushRulesContent(sess.UserID)
+		if err != nil {
+			return nil, false, nil, err
+		}
+		ad = append(ad, map[string]any{"type": "m.push_rules", "content": content})
+	}
+	presence, err := s.presenceSection(sess, f, rv, joinedRooms, since, pos, now)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	toDevice, err := s.toDeviceSection(sess, since, pos)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	e2ee, listsChanged, err := s.e2eeSyncSection(sess, since, pos)
+	if err != nil {
+		return nil, false, nil, err
+	}
+	if len(ad) > 0 || len(presence) > 0 || len(toDevice) > 0 || listsChanged {
+		empty = false
+	}
+	resp = map[string]any{
+		"next_batch":   streamToken(pos),
+		"rooms":        map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
+		"account_data": map[string]any{"events": ad},
+		"presence":     map[string]any{"events": presence},
+		"to_device":    map[string]any{"events": toDevice},
+	}
+	maps.Copy(resp, e2ee) // device_lists, device_one_time_keys_count, device_unused_fallback_key_types
+	return resp, empty, joinedRooms, nil
+}
+
+// roomChangedSince reports whether anything of a joined room a sync
+// shows may have changed after since: its timeline (and so its state),
+// its typing or receipts, or the user's account data (adChangedAt, any
+// room). Three offsets, no event read.
+func (s *Server) roomChangedSince(rv rooms.View, uv userdata.View, roomID string, since, adChangedAt uint64) (bool, error) {
+	if adChangedAt > since {
+		return true, nil
+	}
+	if at, err := rv.ChangedAt(roomID); err != nil || at > since {
+		return true, err
+	}
+	at, err := uv.EphemeralChangedAt(roomID)
+	return at > since, err
+}
+
+// syncJoinedRoom builds one room's section with the timeline in
+// (roomSince, upper], state at the timeline's start, ephemeral events and
+// room account data changed since since. changed reports that anything
+// is new; when nothing is and keepUnchanged is false, the section is nil
+// (the caller leaves the room out).
+func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, roomID string, roomSince, since, upper, pos uint64, fullState bool, now int64, opts syncOptions, keepUnchanged bool) (map[string]any, bool, error) {
+	tf := f.Room.Timeline
+	limit := 10
+	if tf != nil && tf.Limit != nil {
+		limit = max(*tf.Limit, 0)
+	}
+	vis, err := s.newVisibility(v, roomID, sess.UserID)
+	if err != nil {
+		return nil, false, err
+	}
+	// One more than the limit tells whether the timeline was cut.
+	evs, _, _, err := s.page(v, roomID, upper, false, limit+1, roomSince, tf, vis)
+	if err != nil {
+		return nil, false, err
+	}
+	limited := len(evs) > limit
+	if limited {
+		evs = evs[:limit]
+	}
+	slices.Reverse(evs)
+	timelineStart := upper + 1
+	if len(evs) > 0 {
+		timelineStart = evs[0].Offset
+	}
+	prevBatch := pageToken(timelineStart - 1)
+	timeline := make([]map[string]any, 0, len(evs))
+	senders := map[string]bool{sess.UserID: true}
+	inTimeline := map[string]bool{}
+	for _, e := range evs {
+		timeline = append(timeline, s.clientEvent(v, e, sess, false))
+		senders[headOf(e).Sender] = true
+		inTimeline[e.EventID] = true
+	}
+	changed := len(evs) > 0
+
+	sf := f.Room.State
+	lazy := sf != nil && sf.LazyLoadMembers
+	redundant := lazy && sf.IncludeRedundantMembers
+	whole := roomSince == 0 || fullState
+	if whole && lazy {
+		s.lazy.forget(sess, roomID) // the client starts over
+	}
+	// The state section is the state at the start of the timeline (or,
+	// with use_state_after, at its end) that the client lacks: all of it
+	// on an initial or full-state sync, else what changed since since.
+	// With lazy_load_members, member events only of the timeline's
+	// senders, and (unless include_redundant_members) only those not sent
+	// to this device already.
+	stateAt := timelineStart
+	if opts.useStateAfter {
+		stateAt = upper + 1
+	}
+	state := []map[string]any{}
+	if whole || limited || lazy || opts.useStateAfter {
+		var at []*rooms.Event
+		if whole || limited || opts.useStateAfter {
+			at, err = v.StateBefore(roomID, "", stateAt)
+		} else {
+			at, err = s.membersAt(v, roomID, slices.Sorted(maps.Keys(senders)), stateAt) // lazy only: the senders suffice
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		for _, e := range at {
+			if !opts.useStateAfter && inTimeline[e.EventID] {
+				continue
+			}
+			h := headOf(e)
+			member := h.Type == stateres.MRoomMember && h.StateKey != nil
+			if lazy && member {
+				if !senders[*h.StateKey] || inTimeline[e.EventID] && !opts.useStateAfter {
+					continue
+				}
+				if !redundant && !whole && s.lazy.sent(sess, roomID, e.EventID) {
+					continue
+				}
+			} else {
+				changedHere := e.Offset > since && (limited || opts.useStateAfter)
+				if !whole && !changedHere {
+					continue // the client has it, or the timeline carries it
+				}
+			}
+			if !sf.allows(h.Type, h.Sender, h.Content) {
+				continue
+			}
+			if lazy && member {
+				s.lazy.remember(sess, roomID, e.EventID)
+			}
+			state = append(state, s.clientEvent(v, e, sess, false))
+		}
+	}
+
+	ephemeral := []map[string]any{}
+	typingUsers, typingStamp, err := s.userdataView().Typing(roomID, now)
+	if err != nil {
+		return nil, false, err
+	}
+	if (typingStamp > since && typingStamp <= pos) || (since == 0 && len(typingUsers) > 0) {
+		ephemeral = append(ephemeral, map[string]any{"type": "m.typing", "content": map[string]any{"user_ids": typingUsers}})
+	}
+	receipts, err := s.userdataView().Receipts(roomID, since)
+	if err != nil {
+		return nil, false, err
+	}
+	rc := map[string]map[string]map[string]any{}
+	for _, rr := range receipts {
+		if rr.Offset > pos || (rr.ReceiptType == "m.read.private" && rr.UserID != sess.UserID) {
+			continue
+		}
+		if rc[rr.EventID] == nil {
+			rc[rr.EventID] = map[string]map[string]any{}
+		}
+		if rc[rr.EventID][rr.ReceiptType] == nil {
+			rc[rr.EventID][rr.ReceiptType] = map[string]any{}
+		}
+		info := map[string]any{"ts": rr.TS}
+		if rr.ThreadID != "" {
+			info["thread_id"] = rr.ThreadID
+		}
+		rc[rr.EventID][rr.ReceiptType][rr.UserID] = info
+	}
+	if len(rc) > 0 {
+		ephemeral = append(ephemeral, map[string]any{"type": "m.receipt", "content": rc})
+	}
+	ad := []map[string]any{}
+	recs, err := s.userdataView().AccountDataOf(sess.UserID, roomID, since)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, rec := range recs {
+		if rec.Offset <= pos {
+			ad = append(ad, map[string]any{"type": rec.Type, "content": rec.Content})
+		}
+	}
+	changed = changed || len(ephemeral) > 0 || len(ad) > 0 || (len(state) > 0 && roomSince == 0)
+	if !changed && !keepUnchanged {
+		// The caller drops an unchanged room from an incremental sync;
+		// skip the summary and counts, which cost the most reads.
+		return nil, false, nil
+	}
+
+	summary, err := s.roomSummary(v, roomID, sess.UserID)
+	if err != nil {
+		return nil, false, err
+	}
+	out := map[string]any{
+		"timeline":     map[string]any{"events": timeline, "limited": limited, "prev_batch": prevBatch},
+		"ephemeral":    map[string]any{"events": ephemeral},
+		"account_data": map[string]any{"events": ad},
+		"summary":      summary,
+	}
+	if opts.useStateAfter {
+		out["state_after"] = map[string]any{"events": state}
+	} else {
+		out["state"] = map[string]any{"events": state}
+	}
+	unread, threads, err := s.unreadCounts(sess.UserID, roomID, tf != nil && tf.UnreadThreadNotifications)
+	if err != nil {
+		return nil, false, err
+	}
+	out["unread_notifications"] = unread
+	if threads != nil {
+		out["unread_thread_notifications"] = threads
+	}
+	return out, changed, nil
+}
+
+// roomSummary gives member counts and up to five heroes (spec: room
+// summary), for clients to name unnamed rooms. It reads membership
+// records, not member events.
+func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any, error) {
+	joined, err := v.MemberIDs(roomID, "join")
+	if err != nil {
+		return nil, err
+	}
+	invited, err := v.MemberIDs(roomID, "invite")
+	if err != nil {
+		return nil, err
+	}
+	// Heroes in state key order, joined or invited, as before.
+	all := append(slices.Clone(joined), invited...)
+	slices.Sort(all)
+	heroes := []string{}
+	for _, u := range all {
+		if u != self && len(heroes) < 5 {
+			heroes = append(heroes, u)
+		}
+	}
+	return map[string]any{"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}, nil
+}
+
+// strippedState is the stripped state an invitee or knocker sees (spec:
+// "stripped state"), including the create event and their own membership
+// event.
+func (s *Server) strippedState(v rooms.View, m rooms.Membership) (map[string]any, error) {
+	if room, err := v.Room(m.RoomID); err != nil {
+		return nil, err
+	} else if room == nil {
+		return remoteStrippedState(v, m) // an invite over federation
+	}
+	evs := []map[string]any{}
+	for _, typ := range []string{stateres.MRoomCreate, stateres.MRoomJoinRules, "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"} {
+		e, err := v.StateEvent(m.RoomID, typ, "")
+		if err != nil {
+			return nil, err
+		}
+		if e != nil {
+			evs = append(evs, stripped(e))
+		}
+	}
+	inv, err := v.Event(m.EventID)
+	if err != nil {
+		return nil, err
+	}
+	if inv != nil {
+		evs = append(evs, stripped(inv))
+	}
+	return map[string]any{"events": evs}, nil
+}
+
+func stripped(e *rooms.Event) map[string]any {
+	h := headOf(e)
+	out := map[string]any{"type": h.Type, "sender": h.Sender, "content": h.Content}
+	if h.StateKey != nil {
+		out["state_key"] = *h.StateKey
+	}
+	return out
+}
+
+// presenceSection lists the presence of the user and of everyone sharing
+// a joined room with them whose presence changed visibly in (since, pos];
+// on an initial sync, of all of them. The content is derived now
+// (presenceContent), so idle and offline show as such.
+func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, joinedRooms []string, since, pos uint64, now int64) ([]map[string]any, error) {
+	uv := s.userdataView()
+	var candidates []string
+	if since == 0 {
+		users := map[string]bool{sess.UserID: true}
+		for _, roomID := range joinedRooms {
+			members, err := rv.MemberIDs(roomID, "join")
+			if err != nil {
+				return nil, err
+			}
+			for _, u := range members {
+				users[u] = true
+			}
+		}
+		candidates = slices.Sorted(maps.Keys(users))
+	} else {
+		// Incremental: only the users whose presence changed, usually few;
+		// each is checked against the rooms we share.
+		changed, err := uv.PresenceChanges(since, pos)
+		if err != nil {
+			return nil, err
+		}
+		for _, u := range changed {
+			if ok, err := s.sharesJoinedRoom(rv, sess.UserID, u, joinedRooms); err != nil {
+				return nil, err
+			} else if ok {
+				candidates = append(candidates, u)
+			}
+		}
+		slices.Sort(candidates)
+	}
+	out := []map[string]any{}
+	for _, u := range candidates {
+		if !f.Presence.allows("m.presence", u, nil) {
+			continue
+		}
+		p, err := s.presenceOf(uv, u)
+		if err != nil {
+			return nil, err
+		}
+		if p == nil || p.Offset <= since || p.Offset > pos {
+			continue
+		}
+		out = append(out, map[string]any{"type": "m.presence", "sender": u, "content": presenceContent(p, now)})
+	}
+	return out, nil
+}
+
+// sharesJoinedRoom reports whether other is self or joined to one of
+// self's joined rooms (sorted).
+func (s *Server) sharesJoinedRoom(rv rooms.View, self, other string, joinedRooms []string) (bool, error) {
+	if other == self {
+		return true, nil
+	}
+	ms, err := rv.Memberships(other)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
