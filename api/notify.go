@@ -4,6 +4,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/engram-hs/engram/api/synccache"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
 )
@@ -124,14 +125,24 @@ func (s *Server) SyncWakeups() uint64 { return s.notifier.wakeups.Load() }
 // EventCacheStats are the hits and misses of the parsed-event cache.
 func (s *Server) EventCacheStats() (hits, misses uint64) { return s.roomWrite.EventCacheStats() }
 
-// roomsTouched wakes the long-polls of the rooms that got events and of
-// the users whose membership changed.
-func (s *Server) roomsTouched(t rooms.Touched) { s.notifier.wake(t.Users, t.Rooms) }
+// roomsTouched notes the batch in the sync cache, then wakes the
+// long-polls of the rooms that got events and of the users whose
+// membership changed.
+func (s *Server) roomsTouched(t rooms.Touched) {
+	s.syncCache.members.Drop(t.Users)
+	s.syncCache.clock.Note(synccache.Batch{Source: s.roomsH.Name(), First: t.First, Last: t.Last, Rooms: t.Rooms, Members: t.Users})
+	s.notifier.wake(t.Users, t.Rooms)
+}
 
 // userdataTouched wakes the long-polls of the rooms with new typing or
 // receipts, of the users whose own data changed, and of everyone sharing
 // a joined room with a user whose presence changed.
 func (s *Server) userdataTouched(t userdata.Touched) {
+	data := make([]synccache.UserRoom, len(t.RoomAccountData))
+	for i, d := range t.RoomAccountData {
+		data[i] = synccache.UserRoom{User: d.UserID, Room: d.RoomID}
+	}
+	s.syncCache.clock.Note(synccache.Batch{Source: s.userdataH.Name(), First: t.First, Last: t.Last, Ephemeral: t.Rooms, RoomData: data, AccountData: t.AccountData})
 	rs := t.Rooms
 	if len(t.Presence) > 0 {
 		v := s.roomsView()

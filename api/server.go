@@ -83,6 +83,7 @@ type Server struct {
 	mediaH      *projections.Handle
 	media       *media.Repo // nil when no media directory is configured
 	notifier    *notifier
+	syncCache   *syncCache        // sync.go
 	roomWrite   *roomwrite.Writer // builds, authorises and appends room events
 
 	// relationsH: relations and threads (api/relations.go).
@@ -161,6 +162,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.roomsH = deps.Rooms.Handle()
 	deps.Rooms.OnTouched(s.roomsTouched)
 	s.userdataH = deps.Engine.Register(userdata.New(s.userdataTouched))
+	s.newSyncCache()
 	s.reportsH = deps.Engine.Register(reports.New())
 	s.openidH = deps.Engine.Register(openid.New())
 	s.adminH = deps.Engine.Register(adminstate.New())

@@ -1,13 +1,17 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/engram-hs/engram/api/synccache"
+	"github.com/engram-hs/engram/projections/rooms"
 )
 
 // syncFilter is the spec's Filter, as far as /sync applies it.
@@ -95,9 +99,15 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 	ackedToDevice := false
 	ctx := r.Context()
 	deadline := time.Now().Add(timeout)
-	watched, err := s.joinedRoomIDs(sess.UserID)
+	ms, err := s.memberships(sess.UserID)
 	if err != nil {
 		return err
+	}
+	var watched []string
+	for _, m := range ms {
+		if m.Membership == "join" {
+			watched = append(watched, m.RoomID)
+		}
 	}
 	for {
 		// Register before reading the position, so a commit between the
@@ -116,7 +126,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 			}
 		}
 		s.waitNotifications(pos)
-		resp, empty, joined, err := s.buildSync(sess, filter, since, pos, fullState, opts)
+		resp, empty, joined, err := s.buildSyncBounded(ctx, sess, filter, since, pos, fullState, opts)
 		if err != nil {
 			s.notifier.unregister(woken)
 			return err
@@ -182,4 +192,57 @@ func (s *Server) joinedRoomIDs(userID string) ([]string, error) {
 // beyond the filter.
 type syncOptions struct {
 	useStateAfter bool // use_state_after: state_after instead of state
+	// uncached builds from the projections alone, without the sync cache:
+	// the reference the cached build is tested against.
+	uncached bool
+}
+
+// buildSyncBounded is buildSync, waiting for one of the build slots
+// first: at most GOMAXPROCS builds run at once, however many long-polls
+// wake, so the writes (sends, the projections' folds) keep their share of
+// the CPU. A build is a short burst of reads; waiting for a slot costs a
+// long-poll little, a starved send costs its sender the whole wait.
+func (s *Server) buildSyncBounded(ctx context.Context, sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (map[string]any, bool, []string, error) {
+	select {
+	case s.syncCache.builds <- struct{}{}:
+	case <-ctx.Done():
+		return nil, false, nil, ctx.Err()
+	}
+	defer func() { <-s.syncCache.builds }()
+	return s.buildSync(sess, f, since, pos, fullState, opts, nowMS())
+}
+
+// syncCache is what /sync keeps in memory between builds (api/synccache):
+// the change clock, the members' memberships and the per-room parts of a
+// build every member shares. builds bounds the builds running at once.
+type syncCache struct {
+	clock   *synccache.Clock
+	members *synccache.Members
+	rooms   *synccache.Rooms
+	builds  chan struct{}
+}
+
+// maxCachedMembers bounds the membership cache (users).
+const maxCachedMembers = 100_000
+
+// newSyncCache attaches the cache to the projections it copies; call it
+// before the engine starts.
+func (s *Server) newSyncCache() {
+	c := &syncCache{
+		clock:   synccache.NewClock(),
+		members: synccache.NewMembers(maxCachedMembers),
+		rooms:   synccache.NewRooms(),
+		builds:  make(chan struct{}, runtime.GOMAXPROCS(0)),
+	}
+	c.clock.Attach(s.roomsH.Name(), s.roomsH.Applied())
+	c.clock.Attach(s.userdataH.Name(), s.userdataH.Applied())
+	c.clock.OnReset(c.members.Reset)
+	c.clock.OnReset(c.rooms.Reset)
+	s.syncCache = c
+}
+
+// memberships are the user's memberships (rooms.View.Memberships), from
+// the cache.
+func (s *Server) memberships(userID string) ([]rooms.Membership, error) {
+	return s.syncCache.members.Get(userID, func() ([]rooms.Membership, error) { return s.roomsView().Memberships(userID) })
 }

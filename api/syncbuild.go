@@ -8,29 +8,60 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/engram-hs/engram/api/synccache"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
 	"github.com/engram-hs/engram/stateres"
 )
 
-// buildSync computes the sync response for (since, pos]. empty reports
-// that nothing changed for this user; joined lists the joined rooms the
-// filter allows.
-func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (resp map[string]any, empty bool, joinedRooms []string, err error) {
+// buildSync computes the sync response for (since, pos] as of now (ms).
+// empty reports that nothing changed for this user; joined lists the
+// joined rooms the filter allows.
+func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions, now int64) (resp map[string]any, empty bool, joinedRooms []string, err error) {
 	rv := s.roomsView()
 	uv := s.userdataView()
-	now := nowMS()
 	empty = true
 	join, invite, leave, knock := map[string]any{}, map[string]any{}, map[string]any{}, map[string]any{}
-	ms, err := rv.Memberships(sess.UserID)
+	var ms []rooms.Membership
+	if opts.uncached {
+		ms, err = rv.Memberships(sess.UserID)
+	} else {
+		ms, err = s.memberships(sess.UserID)
+	}
 	if err != nil {
 		return nil, false, nil, err
 	}
-	// The offset of the user's last account data change, read once: below
-	// it, no room's account data needs reading.
-	adChangedAt, err := uv.AccountDataChangedAt(sess.UserID)
-	if err != nil {
-		return nil, false, nil, err
+	incremental := since != 0 && !fullState
+	// Which joined rooms may have changed after since, and the offset of
+	// the user's last account data change (below it, no account data needs
+	// reading): from the change clock when it has seen every change after
+	// since, without a read; else from offsets stored per room and user.
+	var (
+		clocked      bool
+		adChangedAt  uint64
+		changedRooms map[string]bool // joined rooms changed after since (incremental, clocked)
+	)
+	if !opts.uncached {
+		s.syncCache.clock.Read(func(v synccache.View) {
+			if clocked = v.Covers(since); !clocked {
+				return
+			}
+			adChangedAt = v.AccountDataChangedAt(sess.UserID)
+			if !incremental {
+				return
+			}
+			changedRooms = map[string]bool{}
+			for _, m := range ms {
+				if m.Membership == "join" && m.Offset <= since && (v.RoomChangedAt(m.RoomID) > since || v.RoomDataChangedAt(sess.UserID, m.RoomID) > since) {
+					changedRooms[m.RoomID] = true
+				}
+			}
+		})
+	}
+	if !clocked {
+		if adChangedAt, err = uv.AccountDataChangedAt(sess.UserID); err != nil {
+			return nil, false, nil, err
+		}
 	}
 	roomFilter := &roomEventFilter{Rooms: f.Room.Rooms, NotRooms: f.Room.NotRooms}
 	for _, m := range ms {
@@ -38,6 +69,9 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			continue
 		}
 		if m.Membership == "leave" || m.Membership == "ban" {
+			if !((since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState))) {
+				continue // the client knows it left, and did not ask for left rooms
+			}
 			// Only a left room can be forgotten (joining, knocking or an
 			// invite clears it), so joined rooms skip the read.
 			if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
@@ -59,11 +93,13 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				// Skip a room nothing happened in since the token before
 				// reading anything else of it: the common case of a user
 				// in many rooms woken by one of them.
-				changed, err := s.roomChangedSince(rv, uv, m.RoomID, since, adChangedAt)
-				if err != nil {
+				if changedRooms != nil {
+					if !changedRooms[m.RoomID] {
+						continue
+					}
+				} else if changed, err := s.roomChangedSince(rv, uv, m.RoomID, since, adChangedAt); err != nil {
 					return nil, false, nil, err
-				}
-				if !changed {
+				} else if !changed {
 					continue
 				}
 			}
@@ -94,19 +130,18 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				empty = false
 			}
 		case "leave", "ban":
-			if (since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState)) {
-				roomSince := since
-				lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, roomSince, since, m.Offset, pos, fullState, now, opts, true)
-				if err != nil {
-					return nil, false, nil, err
-				}
-				delete(lr, "ephemeral")
-				delete(lr, "unread_notifications")
-				delete(lr, "unread_thread_notifications")
-				delete(lr, "summary")
-				leave[m.RoomID] = lr
-				empty = false
+			// Left after since, or asked for (include_leave): the timeline
+			// up to the leave.
+			lr, _, err := s.syncJoinedRoom(sess, rv, f, m.RoomID, since, since, m.Offset, pos, fullState, now, opts, true)
+			if err != nil {
+				return nil, false, nil, err
 			}
+			delete(lr, "ephemeral")
+			delete(lr, "unread_notifications")
+			delete(lr, "unread_thread_notifications")
+			delete(lr, "summary")
+			leave[m.RoomID] = lr
+			empty = false
 		}
 	}
 	var global []userdata.Record
@@ -329,7 +364,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		return nil, false, nil
 	}
 
-	summary, err := s.roomSummary(v, roomID, sess.UserID)
+	summary, err := s.roomSummary(v, roomID, sess.UserID, opts.uncached)
 	if err != nil {
 		return nil, false, err
 	}
@@ -357,18 +392,31 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 
 // roomSummary gives member counts and up to five heroes (spec: room
 // summary), for clients to name unnamed rooms. It reads membership
-// records, not member events.
-func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any, error) {
-	joined, err := v.MemberIDs(roomID, "join")
-	if err != nil {
-		return nil, err
+// records, not member events; the member lists are the same for every
+// member and cached per room until its next event (synccache.Rooms).
+func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (map[string]any, error) {
+	read := func() (synccache.Summary, error) {
+		joined, err := v.MemberIDs(roomID, "join")
+		if err != nil {
+			return synccache.Summary{}, err
+		}
+		invited, err := v.MemberIDs(roomID, "invite")
+		return synccache.Summary{Joined: joined, Invited: invited}, err
 	}
-	invited, err := v.MemberIDs(roomID, "invite")
+	var sum synccache.Summary
+	var err error
+	if uncached {
+		sum, err = read()
+	} else {
+		var at uint64
+		s.syncCache.clock.Read(func(c synccache.View) { at = c.EventsChangedAt(roomID) })
+		sum, err = s.syncCache.rooms.Summary(roomID, at, read)
+	}
 	if err != nil {
 		return nil, err
 	}
 	// Heroes in state key order, joined or invited, as before.
-	all := append(slices.Clone(joined), invited...)
+	all := append(slices.Clone(sum.Joined), sum.Invited...)
 	slices.Sort(all)
 	heroes := []string{}
 	for _, u := range all {
@@ -376,7 +424,7 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string) (map[string]any,
 			heroes = append(heroes, u)
 		}
 	}
-	return map[string]any{"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}, nil
+	return map[string]any{"m.joined_member_count": len(sum.Joined), "m.invited_member_count": len(sum.Invited), "m.heroes": heroes}, nil
 }
 
 // strippedState is the stripped state an invitee or knocker sees (spec:

@@ -21,9 +21,11 @@ import (
 type Batch struct {
 	Source      string // the projection's name
 	First, Last uint64 // the batch's offsets
-	// Rooms: rooms whose timeline, state, typing, receipts (and so unread
-	// counts) changed.
+	// Rooms: rooms that received events (timeline, state, members).
 	Rooms []string
+	// Ephemeral: rooms whose typing or receipts (and so unread counts)
+	// changed.
+	Ephemeral []string
 	// RoomData: (user, room) pairs whose room account data changed.
 	RoomData []UserRoom
 	// AccountData: users whose account data changed, globally or in a
@@ -47,7 +49,8 @@ type Clock struct {
 	// horizon: every change at an offset above it has been noted.
 	horizon uint64
 	seen    map[string]uint64 // source -> last offset it reported
-	rooms   map[string]uint64
+	rooms   map[string]uint64 // any change
+	events  map[string]uint64 // events only
 	data    map[UserRoom]uint64
 	users   map[string]uint64 // account data, any room or global
 
@@ -58,7 +61,7 @@ type Clock struct {
 // NewClock returns a clock that covers nothing until its sources are
 // attached.
 func NewClock() *Clock {
-	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
+	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, events: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
 }
 
 // Attach declares a source whose batches will follow offset applied (its
@@ -94,6 +97,10 @@ func (c *Clock) Note(b Batch) {
 	c.seen[b.Source] = max(c.seen[b.Source], b.Last)
 	for _, r := range b.Rooms {
 		c.rooms[r] = max(c.rooms[r], b.Last)
+		c.events[r] = max(c.events[r], b.Last)
+	}
+	for _, r := range b.Ephemeral {
+		c.rooms[r] = max(c.rooms[r], b.Last)
 	}
 	for _, d := range b.RoomData {
 		c.data[d] = max(c.data[d], b.Last)
@@ -117,9 +124,13 @@ func (c *Clock) Read(fn func(View)) {
 // Covers reports whether the clock has noted every change after since.
 func (v View) Covers(since uint64) bool { return since >= v.c.horizon }
 
-// RoomChangedAt is the position of the room's last change (0: none since
-// the horizon).
+// RoomChangedAt is the position of the room's last change: events,
+// typing or receipts (0: none since the horizon).
 func (v View) RoomChangedAt(room string) uint64 { return v.c.rooms[room] }
+
+// EventsChangedAt is the position of the last event in the room (its
+// timeline, state or members; 0: none since the horizon).
+func (v View) EventsChangedAt(room string) uint64 { return v.c.events[room] }
 
 // RoomDataChangedAt is the position of the user's last account data
 // change in the room.

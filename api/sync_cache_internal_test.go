@@ -1,0 +1,295 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"slices"
+	"testing"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/engram-hs/engram/api/synccache"
+	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
+	"github.com/engram-hs/engram/roomwrite"
+)
+
+// syncTestServer is the real API over a real log in a temporary
+// directory, called in process.
+type syncTestServer struct {
+	t    *testing.T
+	s    *Server
+	node *englog.Node
+}
+
+func startSyncTestServer(t *testing.T) *syncTestServer {
+	t.Helper()
+	logger := zerolog.New(io.Discard)
+	node, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng := projections.NewEngine(node, node.DB(), logger, nil)
+	rw, err := roomwrite.New(roomwrite.Config{ServerName: "sync.test", Logger: logger}, node, eng)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Config{ServerName: "sync.test", EnableRegistration: true, EnableRegistrationWithoutVerification: true, BcryptCost: bcrypt.MinCost}, Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := eng.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		s.Close()
+		_ = eng.Close()
+		_ = node.Close()
+	})
+	return &syncTestServer{t: t, s: s, node: node}
+}
+
+func (ts *syncTestServer) call(method, path, token string, body, out any) {
+	ts.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		raw, _ := json.Marshal(body)
+		rd = bytes.NewReader(raw)
+	}
+	req := httptest.NewRequest(method, path, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	rec := httptest.NewRecorder()
+	ts.s.Handler().ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		ts.t.Fatalf("%s %s: %d %s", method, path, rec.Code, rec.Body)
+	}
+	if out != nil {
+		if err := json.Unmarshal(rec.Body.Bytes(), out); err != nil {
+			ts.t.Fatal(err)
+		}
+	}
+}
+
+type syncTestUser struct {
+	token string
+	sess  *session
+}
+
+func (ts *syncTestServer) register(name string) syncTestUser {
+	var r struct {
+		AccessToken string `json:"access_token"`
+		UserID      string `json:"user_id"`
+		DeviceID    string `json:"device_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/register", "", map[string]any{"username": name, "password": "pw-" + name, "auth": map[string]string{"type": "m.login.dummy"}}, &r)
+	return syncTestUser{r.AccessToken, &session{UserID: r.UserID, DeviceID: r.DeviceID}}
+}
+
+// build builds the incremental sync (since, now] twice, with the sync
+// cache and without it, and fails unless the two are byte for byte the
+// same. It returns the cached build's joined rooms and whether the
+// change clock answered (rather than the per-room offsets).
+func (ts *syncTestServer) build(u syncTestUser, since uint64, f *syncFilter) (joined []string, resp []byte, clocked bool) {
+	ts.t.Helper()
+	ctx := context.Background()
+	pos := ts.node.LastOffset()
+	for _, h := range append(ts.s.syncHandles(), ts.s.notificationsH) {
+		if err := h.WaitApplied(ctx, pos); err != nil {
+			ts.t.Fatal(err)
+		}
+	}
+	if f == nil {
+		f = &syncFilter{}
+	}
+	now := nowMS()
+	cached, _, _, err := ts.s.buildSync(u.sess, f, since, pos, false, syncOptions{}, now)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	reference, _, _, err := ts.s.buildSync(u.sess, f, since, pos, false, syncOptions{uncached: true}, now)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	// unsigned.age is the reader's clock minus the event's: the only part
+	// of an event that differs between two builds of the same position.
+	a := ageRE.ReplaceAll(must(json.Marshal(cached)), []byte(`"age":0`))
+	b := ageRE.ReplaceAll(must(json.Marshal(reference)), []byte(`"age":0`))
+	if !bytes.Equal(a, b) {
+		ts.t.Fatalf("the cached build differs from the uncached one:\ncached:   %s\nuncached: %s", a, b)
+	}
+	for r := range cached["rooms"].(map[string]any)["join"].(map[string]any) {
+		joined = append(joined, r)
+	}
+	slices.Sort(joined)
+	ts.s.syncCache.clock.Read(func(v synccache.View) { clocked = v.Covers(since) })
+	return joined, a, clocked
+}
+
+var ageRE = regexp.MustCompile(`"age":[0-9]+`)
+
+func must(b []byte, err error) []byte {
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func path(format string, args ...any) string {
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			args[i] = url.PathEscape(s)
+		}
+	}
+	return fmt.Sprintf(format, args...)
+}
+
+// An incremental sync of a user in 200 rooms after a change in one of
+// them (a message, a receipt, typing, room account data, a state change,
+// another user's join) returns exactly that room, built from the change
+// clock, and the same bytes as the build without any cache; a change in
+// none of them (global account data, a room they are not in) returns no
+// room.
+func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
+	ts := startSyncTestServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	rooms := make([]string, 200)
+	for i := range rooms {
+		var r struct {
+			RoomID string `json:"room_id"`
+		}
+		ts.call("POST", "/_matrix/client/v3/createRoom", alice.token, map[string]any{"preset": "public_chat"}, &r)
+		rooms[i] = r.RoomID
+	}
+	var other struct {
+		RoomID string `json:"room_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/createRoom", bob.token, map[string]any{"preset": "public_chat"}, &other)
+	var first struct {
+		NextBatch string `json:"next_batch"`
+	}
+	ts.call("GET", "/_matrix/client/v3/sync?set_presence=offline", alice.token, nil, &first)
+	since, err := parseToken(first.NextBatch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lastEvent string
+	steps := []struct {
+		name   string
+		change func()
+		want   []string // joined rooms in the response
+	}{
+		{"nothing", func() {}, nil},
+		{"message", func() {
+			var r struct {
+				EventID string `json:"event_id"`
+			}
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t1", rooms[17]), alice.token, map[string]any{"msgtype": "m.text", "body": "hi"}, &r)
+			lastEvent = r.EventID
+		}, []string{rooms[17]}},
+		{"receipt", func() {
+			ts.call("POST", path("/_matrix/client/v3/rooms/%s/receipt/m.read/%s", rooms[17], lastEvent), alice.token, map[string]any{}, nil)
+		}, []string{rooms[17]}},
+		{"typing", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/typing/%s", rooms[42], alice.sess.UserID), alice.token, map[string]any{"typing": true, "timeout": 30000}, nil)
+		}, []string{rooms[42]}},
+		{"room account data", func() {
+			ts.call("PUT", path("/_matrix/client/v3/user/%s/rooms/%s/account_data/org.example.note", alice.sess.UserID, rooms[99]), alice.token, map[string]any{"n": 1}, nil)
+		}, []string{rooms[99]}},
+		{"global account data", func() {
+			ts.call("PUT", path("/_matrix/client/v3/user/%s/account_data/org.example.global", alice.sess.UserID), alice.token, map[string]any{"n": 2}, nil)
+		}, nil},
+		{"state", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.topic/", rooms[150]), alice.token, map[string]any{"topic": "new"}, nil)
+		}, []string{rooms[150]}},
+		{"another user joins", func() {
+			ts.call("POST", path("/_matrix/client/v3/join/%s", rooms[199]), bob.token, map[string]any{}, nil)
+		}, []string{rooms[199]}},
+		{"another user talks in the room just joined", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t2", rooms[199]), bob.token, map[string]any{"msgtype": "m.text", "body": "hello"}, nil)
+		}, []string{rooms[199]}},
+		{"a room alice is not in", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t3", other.RoomID), bob.token, map[string]any{"msgtype": "m.text", "body": "elsewhere"}, nil)
+		}, nil},
+		{"another user leaves", func() {
+			ts.call("POST", path("/_matrix/client/v3/rooms/%s/leave", rooms[199]), bob.token, map[string]any{}, nil)
+		}, []string{rooms[199]}},
+		{"alice joins a room", func() {
+			ts.call("POST", path("/_matrix/client/v3/join/%s", other.RoomID), alice.token, map[string]any{}, nil)
+		}, []string{other.RoomID}},
+		{"alice leaves a room", func() {
+			ts.call("POST", path("/_matrix/client/v3/rooms/%s/leave", rooms[3]), alice.token, map[string]any{}, nil)
+		}, nil},
+	}
+	for _, st := range steps {
+		st.change()
+		joined, resp, clocked := ts.build(alice, since, nil)
+		if !clocked {
+			t.Fatalf("%s: the change clock does not cover token %d", st.name, since)
+		}
+		if !slices.Equal(joined, st.want) {
+			t.Fatalf("%s: joined rooms %v, want %v", st.name, joined, st.want)
+		}
+		if st.name == "another user joins" && !bytes.Contains(resp, []byte(`"m.joined_member_count":2`)) {
+			t.Fatalf("%s: the summary did not count bob: %s", st.name, resp)
+		}
+		if st.name == "alice leaves a room" && !bytes.Contains(resp, []byte(`"leave":{"`+rooms[3])) {
+			t.Fatalf("%s: the room is not in the leave section: %s", st.name, resp)
+		}
+		since = ts.node.LastOffset()
+	}
+	// The same through /sync itself, from the first token: every room
+	// changed above, once.
+	var r struct {
+		Rooms struct {
+			Join map[string]json.RawMessage `json:"join"`
+		} `json:"rooms"`
+	}
+	ts.call("GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=0&since="+url.QueryEscape(first.NextBatch), alice.token, nil, &r)
+	if len(r.Rooms.Join) != 6 {
+		t.Fatalf("/sync since the first token: %d joined rooms, want 6", len(r.Rooms.Join))
+	}
+}
+
+// A source that skips offsets (a rebuilt generation took over) moves the
+// clock's horizon past the skipped batch and empties the caches: tokens
+// from before it take the uncached path.
+func TestClockHorizonAfterSkippedOffsets(t *testing.T) {
+	ts := startSyncTestServer(t)
+	alice := ts.register("alice")
+	var r struct {
+		RoomID string `json:"room_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/createRoom", alice.token, map[string]any{"preset": "public_chat"}, &r)
+	before := ts.node.LastOffset()
+	if _, _, clocked := ts.build(alice, before, nil); !clocked {
+		t.Fatal("a fresh server's clock does not cover its own tokens")
+	}
+	if _, err := ts.s.memberships(alice.sess.UserID); err != nil {
+		t.Fatal(err)
+	}
+	reset := false
+	ts.s.syncCache.clock.OnReset(func() { reset = true })
+	last := before + 1000
+	ts.s.syncCache.clock.Note(synccache.Batch{Source: ts.s.roomsH.Name(), First: last - 10, Last: last})
+	if !reset {
+		t.Fatal("a skipped offset did not reset the caches")
+	}
+	if _, _, clocked := ts.build(alice, before, nil); clocked {
+		t.Fatal("the clock still covers a token from before the skipped offsets")
+	}
+	var covered bool
+	ts.s.syncCache.clock.Read(func(v synccache.View) { covered = v.Covers(last) })
+	if !covered {
+		t.Fatal("the clock does not cover the tokens after the skipped batch")
+	}
+}
