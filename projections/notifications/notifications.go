@@ -22,6 +22,7 @@ package notifications
 import (
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -70,7 +71,21 @@ type Notification struct {
 	// Type and Sender, for the gateway's priority and body.
 	Type   string `json:"type"`
 	Sender string `json:"sender"`
+	// At is the log time of the event's entry (Unix ms): what retention
+	// counts from, since origin_server_ts is the sender's claim.
+	At int64 `json:"at"`
 }
+
+// Retention is how long a notification stays listed by GET
+// /notifications (Synapse keeps push actions for 30 days). Older ones are
+// dropped by the fold as newer ones arrive for the same user, counted in
+// log time, so a replay drops exactly the same ones.
+const Retention int64 = 30 * 24 * 60 * 60 * 1000
+
+// prunePerAdd bounds how many expired notifications one new notification
+// removes, so that the first notification after a long silence does not
+// make one huge batch; the rest go with the following ones.
+const prunePerAdd = 64
 
 // Pusher is a pusher of a user as folded.
 type Pusher struct {
@@ -122,7 +137,10 @@ func New(serverName string) *Projection {
 }
 
 func (*Projection) Name() string { return Name }
-func (*Projection) Version() int { return 1 }
+
+// Version 2: notifications carry their log time (At) for retention, and
+// unread entries below the unthreaded floor are deleted.
+func (*Projection) Version() int { return 2 }
 
 // AfterCommit wakes the gateway sender.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -506,7 +524,10 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 		}
 		n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
 			Actions: actionsOf(res), Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
-			Type: ev.Type(), Sender: sender}
+			Type: ev.Type(), Sender: sender, At: e.Time}
+		if err := b.pruneNotifications(u, e.Time-Retention); err != nil {
+			return err
+		}
 		if err := projections.PutJSON(b.w, withOffset(projections.Key(pNotif, u), e.Offset), n); err != nil {
 			return err
 		}
@@ -570,11 +591,70 @@ func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compil
 	return comp, nil
 }
 
+// pruneNotifications deletes a user's oldest notifications from before
+// cutoff (log time), at most prunePerAdd of them.
+func (b *batch) pruneNotifications(userID string, cutoff int64) error {
+	prefix := projections.Key(pNotif, userID, "")
+	it := b.w.Iter(prefix, projections.PrefixEnd(prefix))
+	var expired [][]byte
+	for ok := it.First(); ok && len(expired) < prunePerAdd; ok = it.Next() {
+		var n struct {
+			At int64 `json:"at"`
+		}
+		if err := json.Unmarshal(it.Value(), &n); err != nil {
+			it.Close()
+			return fmt.Errorf("notifications: corrupt record %q: %w", it.Key(), err)
+		}
+		if n.At >= cutoff {
+			break
+		}
+		expired = append(expired, slices.Clone(it.Key()))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, k := range expired {
+		if err := b.w.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteAll deletes the keys in [start, end).
+func (b *batch) deleteAll(start, end []byte) error {
+	it := b.w.Iter(start, end)
+	var keys [][]byte
+	for ok := it.First(); ok; ok = it.Next() {
+		keys = append(keys, slices.Clone(it.Key()))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, k := range keys {
+		if err := b.w.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
 	k := projections.Key(pFloor, userID, roomID, thread)
 	cur, _, err := getOffset(b.w, k)
 	if err != nil || cur >= off {
 		return err
+	}
+	if thread == "" {
+		// An unthreaded receipt reads every scope up to off: unread
+		// entries up to there never count again (View.Unread starts above
+		// the unthreaded floor), so they go.
+		// Point deletes, not a range deletion: reads of an indexed batch
+		// that holds range deletions re-fragment them on every Get.
+		prefix := projections.Key(pUnread, userID, roomID, "")
+		if err := b.deleteAll(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1)); err != nil {
+			return err
+		}
 	}
 	return b.w.Set(k, offsetBytes(off))
 }
