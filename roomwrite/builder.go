@@ -1,6 +1,7 @@
 package roomwrite
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -162,9 +163,31 @@ func (b *Builder) Proposals(txn *facts.TxnRef) []englog.Proposal {
 		if i == len(b.built)-1 {
 			f.Txn = txn
 		}
-		props[i] = facts.MustEncode(englog.KindPDU, f)
+		props[i] = pduProposal(f)
 	}
 	return props
+}
+
+// pduProposal encodes a PDU fact as facts.MustEncode does, but puts the
+// event's JSON in as it is: the builder made it canonical (compact,
+// valid), so encoding/json's pass over it (validating and compacting an
+// event's worth of bytes again, for a RawMessage) adds nothing. The event
+// goes in without encoding/json's HTML escaping of <, > and &, which
+// canonical JSON does not do either.
+func pduProposal(f facts.PDU) englog.Proposal {
+	ev := f.Event
+	f.Event = json.RawMessage("0")
+	head := facts.MustEncode(englog.KindPDU, f).Payload
+	// The room version before "event" is a short JSON string, so the
+	// first `,"event":0` is the field.
+	i := bytes.Index(head, []byte(`,"event":0`))
+	if i < 0 {
+		panic("roomwrite: facts.PDU no longer encodes event after room_version")
+	}
+	i += len(`,"event":`)
+	out := make([]byte, 0, len(head)-1+len(ev))
+	out = append(append(append(out, head[:i]...), ev...), head[i+1:]...)
+	return englog.Proposal{Kind: englog.KindPDU, Payload: out}
 }
 
 // stateOverlay is the state events are built and authorised against: the

@@ -23,7 +23,7 @@ type rig struct {
 	eng  *projections.Engine
 }
 
-func newRig(t *testing.T) *rig {
+func newRig(t testing.TB) *rig {
 	t.Helper()
 	logger := zerolog.New(io.Discard)
 	node, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: logger})
@@ -61,7 +61,7 @@ func user(local string) string { return "@" + local + ":" + testServer }
 
 // createRoom creates a public room (version ver) whose creator has power
 // 100, through a Builder, and returns its ID.
-func (r *rig) createRoom(t *testing.T, creator, ver string) string {
+func (r *rig) createRoom(t testing.TB, creator, ver string) string {
 	t.Helper()
 	version, ok := stateres.Version(ver)
 	if !ok {
@@ -100,7 +100,7 @@ func (r *rig) createRoom(t *testing.T, creator, ver string) string {
 	return b.RoomID()
 }
 
-func (r *rig) join(t *testing.T, roomID, u string) {
+func (r *rig) join(t testing.TB, roomID, u string) {
 	t.Helper()
 	if _, err := r.w.Send(context.Background(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: u, RoomID: roomID,
 		Content: mustJSON(map[string]string{"membership": "join"})}, nil); err != nil {

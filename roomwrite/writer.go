@@ -35,7 +35,6 @@ package roomwrite
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -247,8 +246,8 @@ func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64
 			if p.Kind != englog.KindPDU {
 				continue
 			}
-			var f facts.PDU
-			if err := json.Unmarshal(p.Payload, &f); err != nil {
+			f, err := projections.DecodePDU(englog.Entry{Kind: p.Kind, Payload: p.Payload})
+			if err != nil {
 				return nil, fmt.Errorf("roomwrite: a PDU proposal does not decode: %w", err)
 			}
 			pdus = append(pdus, f)

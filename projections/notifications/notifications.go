@@ -298,8 +298,8 @@ func (b *batch) saveRoom(roomID string, rs *roomState) error {
 }
 
 func (b *batch) applyPDU(e englog.Entry) error {
-	var f facts.PDU
-	if err := facts.Decode(e, &f); err != nil {
+	f, err := projections.DecodePDU(e)
+	if err != nil {
 		return err
 	}
 	if f.Rejected != "" {

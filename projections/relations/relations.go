@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 
 	englog "github.com/engram-hs/engram/log"
-	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
 )
@@ -79,8 +78,8 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		if e.Kind != englog.KindPDU {
 			continue
 		}
-		var f facts.PDU
-		if err := facts.Decode(e, &f); err != nil {
+		f, err := projections.DecodePDU(e)
+		if err != nil {
 			return err
 		}
 		if f.Rejected != "" || f.SoftFailed || f.Outlier {

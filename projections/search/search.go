@@ -28,7 +28,6 @@ import (
 	index "github.com/blevesearch/bleve_index_api"
 
 	englog "github.com/engram-hs/engram/log"
-	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
 )
@@ -238,8 +237,8 @@ func OffsetOf(id string) uint64 {
 }
 
 func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) error {
-	var f facts.PDU
-	if err := facts.Decode(e, &f); err != nil {
+	f, err := projections.DecodePDU(e)
+	if err != nil {
 		return err
 	}
 	if f.Rejected != "" || f.SoftFailed || f.Outlier {
