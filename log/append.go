@@ -52,6 +52,9 @@ func (n *Node) Append(ctx context.Context, props ...Proposal) ([]uint64, error) 
 		return nil, nil
 	}
 	start := time.Now()
+	if n.raft == nil {
+		return nil, ErrOffline
+	}
 	if err := n.guard.failed(); err != nil {
 		return nil, err
 	}

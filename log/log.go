@@ -65,6 +65,9 @@ var (
 	// ErrNotLeader: this node cannot accept writes now (no leader, or the
 	// write could not be forwarded). Retry later.
 	ErrNotLeader = errors.New("log: this node is not the leader and no leader is known")
+	// ErrOffline: the log was opened by an offline tool (Config.Offline),
+	// which never writes to a cluster's log.
+	ErrOffline = errors.New("log: opened offline (a tool running while the server is stopped): it does not take writes")
 	// ErrClosed: the log was closed.
 	ErrClosed = errors.New("log: closed")
 	// ErrCorrupt: an entry in the middle of the log failed its checksum. The

@@ -49,6 +49,15 @@ type Config struct {
 	// MemoryTarget is the memory budget Pebble's memtables and block cache
 	// are sized from (PebbleMemory); 0 = DefaultMemoryTarget.
 	MemoryTarget int64
+	// Offline opens the log for a tool that runs while the server is
+	// stopped (verify, rebuild, backup, log): it reads the local store and
+	// never joins the cluster, so no raft transport is started, nothing
+	// listens on RaftAddr and no peer is dialled. A cluster node then
+	// shows what it has applied (entries its raft log holds beyond that
+	// are applied when it serves again). Append fails with ErrOffline. A
+	// single node (RaftAddr "") still re-applies its own raft log through
+	// an in-memory raft, which touches no network: all of it is committed.
+	Offline bool
 
 	// tune adjusts the raft config (tests shorten timeouts and snapshot
 	// thresholds).
@@ -210,6 +219,11 @@ func Open(cfg Config) (*Node, error) {
 			ErrCorrupt, rec.last, rec.applied, first)
 	}
 
+	if cfg.Offline && !single {
+		ok = true
+		n.log.Info().Uint64("last_offset", n.LastOffset()).Msg("log: open offline (not joining the cluster)")
+		return n, nil
+	}
 	if single {
 		_, n.trans = raft.NewInmemTransport(raft.ServerAddress("inmem:" + cfg.NodeID))
 	} else {
@@ -388,6 +402,7 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64) *pebble.Opti
 func (n *Node) DB() *pebble.DB { return n.db }
 
 // Raft exposes raft for cluster tests and membership commands.
+// It is nil for a cluster node opened Offline.
 func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // IsLeader reports whether this node accepts writes now.
@@ -467,8 +482,8 @@ func (n *Node) Close() error {
 
 func (n *Node) shutdown() error {
 	var errs []error
+	close(n.stop)
 	if n.raft != nil {
-		close(n.stop)
 		n.done.Wait()
 		if err := n.raft.Shutdown().Error(); err != nil {
 			errs = append(errs, err)

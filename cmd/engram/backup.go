@@ -179,7 +179,7 @@ func backupSource(l loaded, url string) (pull func(from uint64) ([]englog.Entry,
 	} else if !errors.Is(err, syscall.ECONNREFUSED) {
 		return nil, nil, "", fmt.Errorf("asking the server at %s: %w", base, err)
 	}
-	node, err := openLog(l.cfg, newLogger("warn"), nil, false)
+	node, err := openLogOffline(l.cfg, newLogger("warn"))
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("no server answers at %s, and opening the log directly failed: %w", base, err)
 	}
@@ -351,7 +351,7 @@ func restoreCmd(args []string) int {
 	l.cfg.SigningKeyPath = filepath.Join(newDir, "signing.key")
 	l.cfg.ClusterRaftListen, l.cfg.ClusterPeers = "", nil // a restored node starts alone
 	logger := newLogger("warn")
-	node, err := openLog(l.cfg, logger, nil, false)
+	node, err := openLogOffline(l.cfg, logger)
 	if err != nil {
 		return fail(1, "opening the restored log: %v", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"github.com/engram-hs/engram/internal/debugpprof"
@@ -76,13 +77,27 @@ func serveCmd(args []string) int {
 	return 0
 }
 
-// openLog opens this node's log in <data_dir>/db.
+// openLog opens this node's log in <data_dir>/db for serving: a cluster
+// node joins its cluster.
 func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, acceptDataLoss bool) (*englog.Node, error) {
 	raftTLS, err := clusterTLS(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return englog.Open(englog.Config{
+	return englog.Open(logConfig(cfg, logger, metrics, acceptDataLoss, raftTLS))
+}
+
+// openLogOffline opens this node's log for a tool run while the server is
+// stopped: it reads the local store and never joins the cluster (no raft
+// port, no peer dialled), so a tool cannot disturb the running nodes.
+func openLogOffline(cfg Config, logger zerolog.Logger) (*englog.Node, error) {
+	c := logConfig(cfg, logger, nil, false, nil)
+	c.Offline = true
+	return englog.Open(c)
+}
+
+func logConfig(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, acceptDataLoss bool, raftTLS *tls.Config) englog.Config {
+	return englog.Config{
 		TLS:            raftTLS,
 		Dir:            filepath.Join(cfg.DataDir, "db"),
 		NodeID:         cfg.ClusterNodeID,
@@ -94,7 +109,7 @@ func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, a
 		BallastSize:    cfg.DiskBallast,
 		MemoryTarget:   cfg.MemoryTarget,
 		AcceptDataLoss: acceptDataLoss,
-	})
+	}
 }
 
 // run serves until ctx is cancelled (SIGTERM/SIGINT), then shuts down

@@ -130,7 +130,7 @@ func openOffline(cf *configFlags) (*offline, error) {
 	if lvl, _ := zerologLevel(l.cfg.LogLevel); lvl > zerolog.WarnLevel {
 		logger = logger.Level(lvl)
 	}
-	node, err := openLog(l.cfg, logger, nil, false)
+	node, err := openLogOffline(l.cfg, logger)
 	if err != nil {
 		return nil, err
 	}
