@@ -88,4 +88,3 @@ func TestOfflineToolsDoNotJoinTheCluster(t *testing.T) {
 	c.start(down)
 	waitWhoami(t, c.listen[down], token, 200)
 }
-
