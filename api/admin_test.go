@@ -237,6 +237,18 @@ func TestAdminRoomsNoticesLimits(t *testing.T) {
 		t.Fatalf("bob sets the topic as room admin: %d %v", st, b)
 	}
 
+	// forward_extremities: a room written by one server has one; DELETE
+	// drops none of it and the room goes on.
+	if st, b := ts.do("GET", "/_synapse/admin/v1/rooms/"+room+"/forward_extremities", adm, nil); st != 200 || b["count"] != float64(1) {
+		t.Fatalf("forward_extremities: %d %v, want one", st, b)
+	}
+	if st, b := ts.do("DELETE", "/_synapse/admin/v1/rooms/"+room+"/forward_extremities", adm, nil); st != 200 || b["deleted"] != float64(0) {
+		t.Fatalf("DELETE forward_extremities of a linear room: %d %v, want deleted 0", st, b)
+	}
+	if st, b := ts.do("PUT", "/_matrix/client/v3/rooms/"+room+"/state/m.room.topic", bob.AccessToken, map[string]any{"topic": "still linear"}); st != 200 {
+		t.Fatalf("a state change after DELETE forward_extremities: %d %v", st, b)
+	}
+
 	// override_ratelimit: alice has spent her burst of 2 (createRoom was one);
 	// with 0/0 she is not limited.
 	ts.do("PUT", "/_matrix/client/v3/rooms/"+room+"/send/m.room.message/a1", alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "1"})

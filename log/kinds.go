@@ -30,6 +30,7 @@ const (
 	KindHistoryPurged      Kind = 142 // a room's history purged up to an event
 	KindReportDeleted      Kind = 143 // an event report deleted
 	KindServerNoticeRoom   Kind = 144 // the server notices room of a user
+	KindExtremitiesDropped Kind = 145 // forward extremities of a room dropped by an admin
 	KindServerNameSet      Kind = 150 // the server name the data was created under
 
 	// Per-user data.
@@ -104,6 +105,7 @@ var kindNames = map[Kind]string{
 	KindHistoryPurged:            "history_purged",
 	KindReportDeleted:            "report_deleted",
 	KindServerNoticeRoom:         "server_notice_room",
+	KindExtremitiesDropped:       "extremities_dropped",
 	KindServerNameSet:            "server_name_set",
 	KindAccountDataSet:           "account_data_set",
 	KindFilterStored:             "filter_stored",

@@ -34,6 +34,7 @@ func (a *API) roomEndpoints() []endpoint {
 		{"PUT", "/v1/rooms/{roomId}/block", a.putBlock},
 		{"POST", "/v1/rooms/{roomId}/make_room_admin", a.makeRoomAdmin},
 		{"GET", "/v1/rooms/{roomId}/forward_extremities", a.forwardExtremities},
+		{"DELETE", "/v1/rooms/{roomId}/forward_extremities", a.dropForwardExtremities},
 	}
 }
 
@@ -827,6 +828,44 @@ func (a *API) forwardExtremities(w http.ResponseWriter, r *http.Request, c Calle
 		results = append(results, res)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"count": len(results), "results": results})
+	return nil
+}
+
+// dropForwardExtremities is DELETE /v1/rooms/{roomId}/forward_extremities:
+// every forward extremity but the newest (by log position) is dropped, so
+// the next event of a room whose DAG fanned out references one event.
+// Synapse's answer: {"deleted": n}.
+func (a *API) dropForwardExtremities(w http.ResponseWriter, r *http.Request, c Caller) error {
+	room, err := a.room(r)
+	if err != nil {
+		return err
+	}
+	rv := a.host.Rooms()
+	var newest string
+	var newestOff uint64
+	for _, id := range room.Extremities {
+		ev, err := rv.Event(id)
+		if err != nil {
+			return err
+		}
+		if ev != nil && ev.Offset >= newestOff {
+			newest, newestOff = id, ev.Offset
+		}
+	}
+	drop := []string{}
+	for _, id := range room.Extremities {
+		if newest != "" && id != newest {
+			drop = append(drop, id)
+		}
+	}
+	if len(drop) > 0 {
+		f := facts.ExtremitiesDropped{RoomID: room.RoomID, Drop: drop}
+		if err := a.commit(r.Context(), c, "drop_forward_extremities", room.RoomID, map[string]any{"dropped": drop, "kept": newest},
+			facts.MustEncode(englog.KindExtremitiesDropped, f)); err != nil {
+			return err
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"deleted": len(drop)})
 	return nil
 }
 

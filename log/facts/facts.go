@@ -89,6 +89,8 @@ func New(kind englog.Kind) any {
 		return &ReportDeleted{}
 	case englog.KindServerNoticeRoom:
 		return &ServerNoticeRoom{}
+	case englog.KindExtremitiesDropped:
+		return &ExtremitiesDropped{}
 	case englog.KindServerNameSet:
 		return &ServerNameSet{}
 	case englog.KindAccountDataSet:
@@ -454,6 +456,17 @@ type HistoryPurged struct {
 	RoomID  string `json:"room_id"`
 	PurgeID string `json:"purge_id"`
 	UpTo    uint64 `json:"up_to"`
+}
+
+// ExtremitiesDropped removes forward extremities from a room (Synapse's
+// DELETE /_synapse/admin/v1/rooms/{roomId}/forward_extremities): the next
+// event references only the ones left. Those of Drop that are no longer
+// extremities when the fact is folded are ignored, and the room always
+// keeps at least one. The room's current state is not changed; the next
+// event is built on the state after the extremities left.
+type ExtremitiesDropped struct {
+	RoomID string   `json:"room_id"`
+	Drop   []string `json:"drop"`
 }
 
 // ReportDeleted deletes an event report (its ID is the offset that filed it).

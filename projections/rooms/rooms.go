@@ -227,6 +227,11 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 					}
 				}
 			}
+		case englog.KindExtremitiesDropped:
+			var f facts.ExtremitiesDropped
+			if err = facts.Decode(e, &f); err == nil {
+				err = b.dropExtremities(e.Offset, f)
+			}
 		case englog.KindRoomVisibilitySet:
 			var f facts.RoomVisibilitySet
 			if err = facts.Decode(e, &f); err == nil {

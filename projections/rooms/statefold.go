@@ -276,6 +276,35 @@ func (b *batch) advanceCurrent(room *Room, ev stateres.PDU, before, after groupI
 	return diffStates(from, to), nil
 }
 
+// dropExtremities folds an admin's removal of forward extremities. The
+// room's current state stays; ChangedAt moves so that the write path's
+// cache of the room's extremities reloads.
+func (b *batch) dropExtremities(off uint64, f facts.ExtremitiesDropped) error {
+	room, err := b.room(f.RoomID)
+	if err != nil || room == nil {
+		return err
+	}
+	var exts, groups []string
+	for i, x := range room.Extremities {
+		if slices.Contains(f.Drop, x) {
+			continue
+		}
+		exts = append(exts, x)
+		if i < len(room.ExtremityGroups) {
+			groups = append(groups, room.ExtremityGroups[i])
+		} else {
+			groups = append(groups, room.StateGroup)
+		}
+	}
+	if len(exts) == 0 || len(exts) == len(room.Extremities) {
+		return nil // never none; nothing to drop
+	}
+	room.Extremities, room.ExtremityGroups = exts, groups
+	b.dirtyRoom(f.RoomID)
+	b.changed(f.RoomID, off)
+	return nil
+}
+
 // foldEvents gives state resolution the stored events, read back from
 // the log. A failed read is kept in err (and the event reported missing)
 // so that the fold fails the batch instead of resolving differently.

@@ -299,3 +299,106 @@ func testFork(t *testing.T, version string) {
 	}
 	_ = fmt.Sprint
 }
+
+// TestDroppedExtremities forks a room into two branches, folds an admin's
+// drop of one tip (facts.ExtremitiesDropped), and checks that the room
+// then has one forward extremity, that its current state did not change,
+// that a drop naming every extremity or unknown events changes nothing,
+// and that an event on the kept tip becomes the only extremity with the
+// state after that tip.
+func TestDroppedExtremities(t *testing.T) {
+	ctx := context.Background()
+	d := newTestDAG(t, "10")
+	alice, bob := "@alice:a.test", "@bob:a.test"
+	state := rooms.StateMap{}
+	var props []englog.Proposal
+	var last stateres.PDU
+	add := func(typ, sender string, stateKey *string, content string) {
+		var prevs []stateres.PDU
+		if last != nil {
+			prevs = []stateres.PDU{last}
+		}
+		last, state = d.build(state, prevs, typ, sender, stateKey, content)
+		props = append(props, pduProposal(t, last, nil))
+	}
+	add(stateres.MRoomCreate, alice, sk(""), `{"creator":"`+alice+`","room_version":"10"}`)
+	add(stateres.MRoomMember, alice, sk(alice), `{"membership":"join"}`)
+	add(stateres.MRoomPowerLevels, alice, sk(""), `{"users":{"`+alice+`":100}}`)
+	add(stateres.MRoomJoinRules, alice, sk(""), `{"join_rule":"public"}`)
+	add(stateres.MRoomMember, bob, sk(bob), `{"membership":"join"}`)
+	fork, forkState := last, state
+	a1, stateA := d.build(forkState, []stateres.PDU{fork}, "m.room.topic", alice, sk(""), `{"topic":"A"}`)
+	b1, _ := d.build(forkState, []stateres.PDU{fork}, "m.room.name", alice, sk(""), `{"name":"B"}`)
+	props = append(props, pduProposal(t, a1, nil), pduProposal(t, b1, nil))
+
+	node, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	engine := projections.NewEngine(node, node.DB(), zerolog.Nop(), nil)
+	defer engine.Close()
+	h := engine.Register(rooms.New(node, nil))
+	if err := engine.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	v := rooms.NewView(h.Reader(), node)
+	apply := func(ps ...englog.Proposal) {
+		t.Helper()
+		offs, err := node.Append(ctx, ps...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.WaitApplied(ctx, offs[len(offs)-1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drop := func(ids ...string) englog.Proposal {
+		return facts.MustEncode(englog.KindExtremitiesDropped, facts.ExtremitiesDropped{RoomID: d.roomID, Drop: ids})
+	}
+	extremities := func() []string {
+		t.Helper()
+		ext, err := v.ForwardExtremities(d.roomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ext
+	}
+	apply(props...)
+	before, err := v.CurrentStateIDs(d.roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ext := extremities(); len(ext) != 2 {
+		t.Fatalf("forward extremities %v, want the two branch tips", ext)
+	}
+
+	apply(drop(a1.EventID(), b1.EventID()), drop("$unknown"))
+	if ext := extremities(); len(ext) != 2 {
+		t.Fatalf("a drop of every extremity or of unknown events changed them to %v", ext)
+	}
+	apply(drop(b1.EventID()))
+	if ext := extremities(); len(ext) != 1 || ext[0] != a1.EventID() {
+		t.Fatalf("forward extremities after dropping %s: %v, want [%s]", b1.EventID(), ext, a1.EventID())
+	}
+	after, err := v.CurrentStateIDs(d.roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(before, after) {
+		t.Fatalf("dropping an extremity changed the current state:\n got %v\nwant %v", after, before)
+	}
+
+	next, stateNext := d.build(stateA, []stateres.PDU{a1}, "m.room.topic", alice, sk(""), `{"topic":"A2"}`)
+	apply(pduProposal(t, next, nil))
+	if ext := extremities(); len(ext) != 1 || ext[0] != next.EventID() {
+		t.Fatalf("forward extremities after an event on the kept tip: %v, want [%s]", ext, next.EventID())
+	}
+	cur, err := v.CurrentStateIDs(d.roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(cur, stateNext) {
+		t.Fatalf("current state after an event on the kept tip:\n got %v\nwant %v", cur, stateNext)
+	}
+}
