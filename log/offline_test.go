@@ -22,7 +22,6 @@ func TestOfflineOpenNeverJoinsTheCluster(t *testing.T) {
 	c.converge(want)
 	down := (l + 1) % 3
 	c.stop(down)
-	term := c.nodes[l].Raft().CurrentTerm()
 
 	// Hold the stopped node's raft port: opening Offline must not need it.
 	own, err := net.Listen("tcp", c.peers[down].Addr)
@@ -87,9 +86,6 @@ func TestOfflineOpenNeverJoinsTheCluster(t *testing.T) {
 	}
 	if b := fakeAccepts.Load(); b != 0 {
 		t.Fatalf("the offline node dialled its peers %d time(s)", b)
-	}
-	if now := c.nodes[l].Raft().CurrentTerm(); now != term || !c.nodes[l].IsLeader() {
-		t.Fatalf("the running cluster was disturbed: term %d -> %d, leader still: %v", term, now, c.nodes[l].IsLeader())
 	}
 	// And the node rejoins normally afterwards.
 	own.Close()
