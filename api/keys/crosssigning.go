@@ -198,6 +198,8 @@ func (s *Service) uploadSignatures(w http.ResponseWriter, r *http.Request, c Cal
 		failures[user][keyID] = map[string]string{"errcode": code, "error": msg}
 	}
 	var sigs []facts.KeySignature
+	var signedDevices []string // the caller's own
+	signedMaster := false
 	for _, user := range slices.Sorted(maps.Keys(req)) {
 		for _, keyID := range slices.Sorted(maps.Keys(req[user])) {
 			raw := req[user][keyID]
@@ -288,6 +290,11 @@ func (s *Service) uploadSignatures(w http.ResponseWriter, r *http.Request, c Cal
 				continue
 			}
 			sigs = append(sigs, facts.KeySignature{TargetUser: user, KeyID: keyID, Signer: c.UserID, SignerKeyID: signerID, Value: sig})
+			if user == c.UserID && isMaster {
+				signedMaster = true
+			} else if user == c.UserID {
+				signedDevices = append(signedDevices, keyID)
+			}
 		}
 	}
 	if len(sigs) > 0 {
@@ -297,6 +304,16 @@ func (s *Service) uploadSignatures(w http.ResponseWriter, r *http.Request, c Cal
 		}
 		if err := verdictError(verdict); err != nil {
 			return err
+		}
+		// Other servers learn of the caller's own keys that gained a
+		// signature: signed devices are an m.device_list_update, a signed
+		// master key an m.signing_key_update. A signature on another
+		// user's master key (user-signing) is visible to the signer only.
+		if len(signedDevices) > 0 {
+			s.AnnounceDevices(r.Context(), c.UserID, signedDevices, false)
+		}
+		if signedMaster {
+			s.announceCrossSigning(r.Context(), c.UserID)
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"failures": failures})

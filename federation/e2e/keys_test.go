@@ -5,9 +5,11 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/engram-hs/engram/internal/testca"
 	"github.com/engram-hs/engram/stateres/signing"
@@ -16,7 +18,8 @@ import (
 // Keys across servers: a user of B queries and claims the keys of a user
 // of A through B's client API (B asks A over federation user/keys/query
 // and user/keys/claim); each one-time key is handed out once, and an
-// unreachable server is reported in failures within the timeout.
+// unreachable, a hanging and a stopped server are reported in failures
+// within the timeout.
 func TestKeysAcrossTwoServers(t *testing.T) {
 	ca := testca.New(t)
 	a, b := start(t, ca), start(t, ca)
@@ -93,6 +96,64 @@ func TestKeysAcrossTwoServers(t *testing.T) {
 	call(t, a, "POST", "/_matrix/client/v3/keys/upload", alice, map[string]any{}, &counts)
 	if counts.OneTimeKeyCounts["signed_curve25519"] != 1 {
 		t.Fatalf("alice's keys left after two remote claims: %v", counts.OneTimeKeyCounts)
+	}
+
+	// A server that accepts connections and never answers: the client's
+	// timeout bounds the wait (well under the 10 s default), and the
+	// server is a failure.
+	hang, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hang.Close() })
+	go func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	hung := hang.Addr().String()
+	q.Failures = nil
+	began := time.Now()
+	body = map[string]any{"timeout": 1000, "device_keys": map[string]any{who.UserID: []string{}, "@x:" + hung: []string{}}}
+	if st := call(t, b, "POST", "/_matrix/client/v3/keys/query", bob, body, &q); st != 200 {
+		t.Fatalf("query with a hanging server: %d", st)
+	}
+	if took := time.Since(began); took > 8*time.Second {
+		t.Fatalf("a query with timeout 1000 ms took %s", took)
+	}
+	if q.Failures[hung] == nil || q.Failures[a.name] != nil || q.DeviceKeys[who.UserID] == nil {
+		t.Fatalf("with a hanging server, failures %v and alice's devices %v", q.Failures, q.DeviceKeys[who.UserID])
+	}
+
+	// A stopped: querying and claiming alice's keys report A as failed.
+	a.Stop()
+	q.Failures, q.DeviceKeys = nil, nil
+	body = map[string]any{"timeout": 2000, "device_keys": map[string]any{who.UserID: []string{}}}
+	if st := call(t, b, "POST", "/_matrix/client/v3/keys/query", bob, body, &q); st != 200 {
+		t.Fatalf("query with A down: %d", st)
+	}
+	if q.Failures[a.name] == nil || q.DeviceKeys[who.UserID] != nil {
+		t.Fatalf("query with A down: %+v", q)
+	}
+	var c struct {
+		OneTimeKeys map[string]any `json:"one_time_keys"`
+		Failures    map[string]any `json:"failures"`
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/keys/claim", bob, map[string]any{"timeout": 2000, "one_time_keys": claim["one_time_keys"]}, &c); st != 200 {
+		t.Fatalf("claim with A down: %d", st)
+	}
+	if c.Failures[a.name] == nil || len(c.OneTimeKeys) != 0 {
+		t.Fatalf("claim with A down: %+v", c)
 	}
 }
 

@@ -10,7 +10,9 @@
 // the crypto stack.
 //
 // Usage: mautrixe2ee HOMESERVER_URL RUN_ID. Prints "MAUTRIX E2EE OK" and
-// exits 0, or says which step failed and exits 1.
+// exits 0, or says which step failed and exits 1. With
+// `mautrixe2ee federated URL_A URL_B RUN_ID` it runs the flow of
+// federated.go across two servers instead.
 package main
 
 import (
@@ -46,6 +48,13 @@ type device struct {
 
 	mu       sync.Mutex
 	received map[string]bool
+}
+
+func register(ctx context.Context, url, user string) {
+	cli, _ := mautrix.NewClient(url, "", "")
+	if _, err := cli.RegisterDummy(ctx, &mautrix.ReqRegister[any]{Username: user, Password: password}); err != nil {
+		fail("register "+user+" at "+url, err)
+	}
 }
 
 func login(ctx context.Context, url, user, name string) *device {
@@ -131,17 +140,18 @@ func send(ctx context.Context, d *device, room id.RoomID, body string) {
 }
 
 func main() {
+	if len(os.Args) == 5 && os.Args[1] == "federated" {
+		federated(os.Args[2], os.Args[3], os.Args[4])
+		return
+	}
 	if len(os.Args) != 3 {
-		fail("usage", "mautrixe2ee HOMESERVER_URL RUN_ID")
+		fail("usage", "mautrixe2ee HOMESERVER_URL RUN_ID | mautrixe2ee federated URL_A URL_B RUN_ID")
 	}
 	url, run := os.Args[1], os.Args[2]
 	ctx := context.Background()
 	aliceName, bobName := "malice"+run, "mbob"+run
 	for _, name := range []string{aliceName, bobName} {
-		cli, _ := mautrix.NewClient(url, "", "")
-		if _, err := cli.RegisterDummy(ctx, &mautrix.ReqRegister[any]{Username: name, Password: password}); err != nil {
-			fail("register "+name, err)
-		}
+		register(ctx, url, name)
 	}
 	alice := login(ctx, url, aliceName, "alice")
 	bob := login(ctx, url, bobName, "bob")
