@@ -230,6 +230,8 @@ func (c *cli) load(ctx context.Context, args []string) error {
 	fs.IntVar(&o.MaxSends, "max-sends", 1000000, "stop after this many sends")
 	fs.IntVar(&o.PID, "pid", 0, "process ID of the server, to report its RSS (Linux)")
 	fs.IntVar(&o.BodySize, "body-size", 64, "message body size in bytes")
+	fs.IntVar(&o.Syncers, "syncers", 0, "extra users long-polling /sync as clients do during the run (0: none)")
+	fs.IntVar(&o.SyncerRooms, "syncer-rooms", 1, "rooms each syncer joins")
 	fs.StringVar(&o.Prefix, "prefix", "", "username prefix (default: bench + random)")
 	fs.StringVar(&o.DataDir, "data-dir", "", "the server's data directory, to report what it occupies on disk after the run")
 	if err := c.parse(fs, args); err != nil {

@@ -2,7 +2,9 @@
 // only: it registers users (m.login.dummy) and logs them in, creates and
 // joins rooms, has the senders send messages at a given rate, and has one
 // syncing receiver per room measure how long each message takes from the
-// start of its PUT to its arrival in the receiver's /sync.
+// start of its PUT to its arrival in the receiver's /sync. Optionally,
+// many more users long-poll /sync as clients do (unfiltered) in the same
+// rooms, to measure what serving them costs the senders.
 package load
 
 import (
@@ -50,6 +52,11 @@ type Options struct {
 	Grace time.Duration
 	// SetupConcurrency bounds concurrent registrations (default 8).
 	SetupConcurrency int
+	// Syncers are extra users who long-poll /sync during the run, each
+	// joined to SyncerRooms rooms (default 1), syncer i to rooms i,
+	// i+1, ... mod Rooms; 0 = none.
+	Syncers     int
+	SyncerRooms int
 }
 
 func (o *Options) defaults() error {
@@ -85,6 +92,10 @@ func (o *Options) defaults() error {
 	if o.SetupConcurrency <= 0 {
 		o.SetupConcurrency = 8
 	}
+	if o.SyncerRooms <= 0 {
+		o.SyncerRooms = 1
+	}
+	o.SyncerRooms = min(o.SyncerRooms, o.Rooms)
 	return nil
 }
 
@@ -94,6 +105,7 @@ func (o Options) Params() map[string]string {
 		"users": strconv.Itoa(o.Users), "rooms": strconv.Itoa(o.Rooms),
 		"duration": o.Duration.String(), "rate": strconv.FormatFloat(o.Rate, 'g', -1, 64),
 		"body_size": strconv.Itoa(o.BodySize),
+		"syncers":   strconv.Itoa(o.Syncers), "syncer_rooms": strconv.Itoa(o.SyncerRooms),
 	}
 }
 
@@ -113,6 +125,12 @@ type Result struct {
 	DiskBytes    int64            // DataDir's size on disk after the run, ballast apart (0 without DataDir)
 	BallastBytes int64            // the log's emergency ballast in DataDir
 	SetupSeconds float64
+	// With Syncers: the messages the syncers saw arrive (one per syncer
+	// in the message's room), their latencies, and the syncs answered.
+	SyncerDeliveries  int64
+	SyncerDeliveryP50 time.Duration
+	SyncerDeliveryP99 time.Duration
+	SyncerSyncs       int64
 }
 
 type runner struct {
@@ -121,13 +139,16 @@ type runner struct {
 	errMu  sync.Mutex
 	errors map[string]int64
 
-	sent     sync.Map // bench id -> start time
+	sent     sync.Map // bench id -> start time, until its receiver saw it
+	sentAt   sync.Map // bench id -> start time, for the syncers
 	latMu    sync.Mutex
 	sendLat  []time.Duration
 	delivLat []time.Duration
+	syncLat  []time.Duration // syncers' deliveries
 	sends    atomic.Int64
 	slots    atomic.Int64
 	deliv    atomic.Int64
+	syncs    atomic.Int64 // syncers' answered syncs
 }
 
 func (r *runner) countErr(err error) {
@@ -188,6 +209,25 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	}); err != nil {
 		return nil, fmt.Errorf("load: setup: %w", err)
 	}
+	syncers := make([]*mxclient.Client, opts.Syncers)
+	if err := parallel(opts.SetupConcurrency, opts.Syncers, func(i int) error {
+		c := mxclient.New(opts.URL, hc)
+		name := fmt.Sprintf("%s_y%d", opts.Prefix, i)
+		if err := c.Register(ctx, name, opts.Password); err != nil {
+			r.countErr(err)
+			return fmt.Errorf("register %s: %w", name, err)
+		}
+		for k := range opts.SyncerRooms {
+			if err := c.Join(ctx, rooms[(i+k)%opts.Rooms]); err != nil {
+				r.countErr(err)
+				return fmt.Errorf("join: %w", err)
+			}
+		}
+		syncers[i] = c
+		return nil
+	}); err != nil {
+		return nil, fmt.Errorf("load: setup: %w", err)
+	}
 	setup := time.Since(setupStart)
 
 	// Receivers start from a fresh sync position so they see only the
@@ -202,6 +242,14 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		go func() {
 			defer recvWG.Done()
 			r.receive(recvCtx, c, rooms[i], ready.Done)
+		}()
+	}
+	for _, c := range syncers {
+		recvWG.Add(1)
+		ready.Add(1)
+		go func() {
+			defer recvWG.Done()
+			r.syncAsClient(recvCtx, c, ready.Done)
 		}()
 	}
 	ready.Wait()
@@ -258,6 +306,10 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	res.SendP99 = report.Percentile(r.sendLat, 99)
 	res.DeliveryP50 = report.Percentile(r.delivLat, 50)
 	res.DeliveryP99 = report.Percentile(r.delivLat, 99)
+	res.SyncerDeliveries = int64(len(r.syncLat))
+	res.SyncerDeliveryP50 = report.Percentile(r.syncLat, 50)
+	res.SyncerDeliveryP99 = report.Percentile(r.syncLat, 99)
+	res.SyncerSyncs = r.syncs.Load()
 	r.latMu.Unlock()
 	if opts.PID != 0 {
 		res.ServerRSSKB = peakRSS.Load()
@@ -290,6 +342,12 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 			rec.Add("errors."+code, float64(res.Errors[code]), "errors", report.LowerIsBetter)
 		}
 		rec.Add("setup_seconds", res.SetupSeconds, "s", report.LowerIsBetter)
+		if opts.Syncers > 0 {
+			rec.Add("syncer_deliveries", float64(res.SyncerDeliveries), "messages", "")
+			rec.Add("syncer_delivery_latency_p50_ms", report.MS(res.SyncerDeliveryP50), "ms", report.LowerIsBetter)
+			rec.Add("syncer_delivery_latency_p99_ms", report.MS(res.SyncerDeliveryP99), "ms", report.LowerIsBetter)
+			rec.Add("syncer_syncs", float64(res.SyncerSyncs), "syncs", "")
+		}
 		if opts.PID != 0 {
 			rec.Add("server_rss_peak_mb", float64(res.ServerRSSKB)/1024, "MB", report.LowerIsBetter)
 			rec.Add("server_hwm_mb", float64(res.ServerHWMKB)/1024, "MB", report.LowerIsBetter)
@@ -327,6 +385,9 @@ func (r *runner) send(ctx context.Context, c *mxclient.Client, roomID, body stri
 		id := strconv.FormatInt(n, 10)
 		t0 := time.Now()
 		r.sent.Store(id, t0)
+		if r.opts.Syncers > 0 {
+			r.sentAt.Store(id, t0)
+		}
 		_, err := c.Send(ctx, roomID, "m.room.message", "t"+id, map[string]any{"msgtype": "m.text", "body": body, "bench_id": id})
 		if err != nil {
 			r.sent.Delete(id)
@@ -397,6 +458,55 @@ func (r *runner) receive(ctx context.Context, c *mxclient.Client, roomID string,
 				r.latMu.Lock()
 				r.delivLat = append(r.delivLat, now.Sub(t0.(time.Time)))
 				r.latMu.Unlock()
+			}
+		}
+	}
+}
+
+// syncAsClient long-polls /sync as a client does (no filter, 30 s
+// timeout) and times the arrival of every bench message in any of its
+// rooms.
+func (r *runner) syncAsClient(ctx context.Context, c *mxclient.Client, ready func()) {
+	since := ""
+	first := true
+	for {
+		timeout := 30 * time.Second
+		if first {
+			timeout = 0
+		}
+		resp, err := c.Sync(ctx, since, timeout, "")
+		if ctx.Err() != nil {
+			if first {
+				ready()
+			}
+			return
+		}
+		if err != nil {
+			r.countErr(err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		now := time.Now()
+		since = resp.NextBatch
+		if first {
+			first = false
+			ready()
+			continue // history from before the run
+		}
+		r.syncs.Add(1)
+		for _, room := range resp.Rooms.Join {
+			for _, ev := range room.Timeline.Events {
+				var content struct {
+					BenchID string `json:"bench_id"`
+				}
+				if ev.Type != "m.room.message" || json.Unmarshal(ev.Content, &content) != nil || content.BenchID == "" {
+					continue
+				}
+				if t0, ok := r.sentAt.Load(content.BenchID); ok {
+					r.latMu.Lock()
+					r.syncLat = append(r.syncLat, now.Sub(t0.(time.Time)))
+					r.latMu.Unlock()
+				}
 			}
 		}
 	}

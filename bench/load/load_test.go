@@ -103,3 +103,30 @@ func TestLoadReportsTransportErrors(t *testing.T) {
 		t.Fatal("load against a closed port succeeded")
 	}
 }
+
+// With syncers: every syncer long-polls unfiltered and sees the messages
+// of its rooms arrive; the run reports their deliveries.
+func TestLoadWithSyncers(t *testing.T) {
+	srv := benchserver.Start(t, "", "load.localhost")
+	rec := report.NewRecorder("load", nil, nil)
+	res, err := load.Run(context.Background(), load.Options{
+		URL: srv.URL, Users: 2, Rooms: 2, Duration: 2 * time.Second, Rate: 20, Syncers: 3, SyncerRooms: 2,
+	}, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Errors) != 0 {
+		t.Fatalf("errors: %v", res.Errors)
+	}
+	// Each syncer is in both rooms: it sees every message, bar those the
+	// run's end cut off.
+	if res.Sends < 1 || res.SyncerDeliveries < 1 || res.SyncerDeliveries > 3*(res.Sends+2) || res.SyncerSyncs < 1 {
+		t.Fatalf("%d sends, %d syncer deliveries in %d syncs", res.Sends, res.SyncerDeliveries, res.SyncerSyncs)
+	}
+	if res.SyncerDeliveryP50 <= 0 || res.SyncerDeliveryP99 < res.SyncerDeliveryP50 {
+		t.Fatalf("implausible syncer latencies: p50 %v p99 %v", res.SyncerDeliveryP50, res.SyncerDeliveryP99)
+	}
+	if v, ok := rec.Get("syncer_delivery_latency_p99_ms"); !ok || v != report.MS(res.SyncerDeliveryP99) {
+		t.Fatalf("recorder has syncer_delivery_latency_p99_ms=%v,%v", v, ok)
+	}
+}
