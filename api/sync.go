@@ -126,26 +126,39 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 			}
 		}
 		s.waitNotifications(pos)
-		resp, empty, joined, err := s.buildSyncBounded(ctx, sess, filter, since, pos, fullState, opts)
-		if err != nil {
-			s.notifier.unregister(woken)
-			return err
-		}
 		if !ackedToDevice {
 			// Once per request: the since token acknowledges the to-device
-			// messages it covers.
+			// messages it covers (those in (since, pos] are built below).
 			ackedToDevice = true
 			if err := s.ackToDevice(ctx, sess, since); err != nil {
 				s.notifier.unregister(woken)
 				return err
 			}
 		}
+		release, err := s.syncBuildSlot(ctx)
+		if err != nil {
+			s.notifier.unregister(woken)
+			return err
+		}
+		resp, empty, joined, err := s.buildSync(sess, filter, since, pos, fullState, opts, nowMS())
+		if err != nil {
+			release()
+			s.notifier.unregister(woken)
+			return err
+		}
 		remaining := time.Until(deadline)
 		if !empty || since == 0 || fullState || remaining <= 0 {
 			s.notifier.unregister(woken)
-			writeJSON(w, http.StatusOK, resp)
+			raw, err := json.Marshal(resp) // in the slot: encoding is part of the build's CPU
+			release()
+			if err != nil {
+				return err
+			}
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(raw)
 			return nil
 		}
+		release()
 		if !slices.Equal(joined, watched) {
 			// Rooms joined or left up to pos: watch the new set and build
 			// again (a commit in a new room after pos would be missed).
@@ -197,19 +210,19 @@ type syncOptions struct {
 	uncached bool
 }
 
-// buildSyncBounded is buildSync, waiting for one of the build slots
-// first: at most GOMAXPROCS builds run at once, however many long-polls
-// wake, so the writes (sends, the projections' folds) keep their share of
+// syncBuildSlot waits for one of the build slots: at most GOMAXPROCS
+// /sync builds (and encodings) run at once, however many long-polls wake,
+// so that the writes (sends, the projections' folds) keep their share of
 // the CPU. A build is a short burst of reads; waiting for a slot costs a
 // long-poll little, a starved send costs its sender the whole wait.
-func (s *Server) buildSyncBounded(ctx context.Context, sess *session, f *syncFilter, since, pos uint64, fullState bool, opts syncOptions) (map[string]any, bool, []string, error) {
+// Call release once the build's CPU work is done.
+func (s *Server) syncBuildSlot(ctx context.Context) (release func(), err error) {
 	select {
 	case s.syncCache.builds <- struct{}{}:
+		return func() { <-s.syncCache.builds }, nil
 	case <-ctx.Done():
-		return nil, false, nil, ctx.Err()
+		return nil, ctx.Err()
 	}
-	defer func() { <-s.syncCache.builds }()
-	return s.buildSync(sess, f, since, pos, fullState, opts, nowMS())
 }
 
 // syncCache is what /sync keeps in memory between builds (api/synccache):

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -219,4 +220,38 @@ func BenchmarkSyncWakeupsPerCommit(b *testing.B) {
 	cancel()
 	wg.Wait()
 	emitJSON(map[string]any{"bench": "sync_wakeups_per_commit", "long_polls": pollers, "commits": b.N, "wakeups": woken, "wakeups_per_commit": float64(woken) / float64(b.N)})
+}
+
+// cpuMS is the process's user+system CPU time so far, in milliseconds.
+func cpuMS() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e6
+}
+
+// BenchmarkInitialSync500Rooms: a user joined to 500 rooms (each created
+// by them: the createRoom state and one message) makes an initial /sync
+// (no token, default filter). The figures are the latency and the CPU
+// time per sync of the whole process (client and server in it).
+func BenchmarkInitialSync500Rooms(b *testing.B) {
+	srv := startBenchServer(b)
+	alice := srv.register(b, "alice")
+	for i := range 500 {
+		room := srv.createRoom(b, alice)
+		srv.send(b, alice, room, i)
+	}
+	srv.sync(b, alice, "", 0) // warm
+	lats := make([]time.Duration, 0, b.N)
+	cpu0 := cpuMS()
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		r := srv.sync(b, alice, "", 0)
+		lats = append(lats, time.Since(t0))
+		if len(r.Rooms.Join) != 500 {
+			b.Fatalf("%d joined rooms in the initial sync", len(r.Rooms.Join))
+		}
+	}
+	b.StopTimer()
+	emitJSON(map[string]any{"bench": "initial_sync", "rooms": 500, "syncs": len(lats), "p50_ms": pct(lats, 50), "p99_ms": pct(lats, 99), "cpu_ms_per_sync": (cpuMS() - cpu0) / float64(len(lats))})
 }

@@ -393,7 +393,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 // roomSummary gives member counts and up to five heroes (spec: room
 // summary), for clients to name unnamed rooms. It reads membership
 // records, not member events; the member lists are the same for every
-// member and cached per room until its next event (synccache.Rooms).
+// member and cached per room until its members change (synccache.Rooms).
 func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (map[string]any, error) {
 	read := func() (synccache.Summary, error) {
 		joined, err := v.MemberIDs(roomID, "join")
@@ -409,7 +409,7 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (
 		sum, err = read()
 	} else {
 		var at uint64
-		s.syncCache.clock.Read(func(c synccache.View) { at = c.EventsChangedAt(roomID) })
+		s.syncCache.clock.Read(func(c synccache.View) { at = c.MembersChangedAt(roomID) })
 		sum, err = s.syncCache.rooms.Summary(roomID, at, read)
 	}
 	if err != nil {

@@ -31,8 +31,9 @@ type Batch struct {
 	// AccountData: users whose account data changed, globally or in a
 	// room.
 	AccountData []string
-	// Members: users whose membership of some room changed.
-	Members []string
+	// Members: users whose membership of some room changed, and
+	// MemberRooms those rooms.
+	Members, MemberRooms []string
 }
 
 // UserRoom names one user's data in one room.
@@ -50,7 +51,7 @@ type Clock struct {
 	horizon uint64
 	seen    map[string]uint64 // source -> last offset it reported
 	rooms   map[string]uint64 // any change
-	events  map[string]uint64 // events only
+	members map[string]uint64 // member changes only
 	data    map[UserRoom]uint64
 	users   map[string]uint64 // account data, any room or global
 
@@ -61,7 +62,7 @@ type Clock struct {
 // NewClock returns a clock that covers nothing until its sources are
 // attached.
 func NewClock() *Clock {
-	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, events: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
+	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, members: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
 }
 
 // Attach declares a source whose batches will follow offset applied (its
@@ -97,7 +98,9 @@ func (c *Clock) Note(b Batch) {
 	c.seen[b.Source] = max(c.seen[b.Source], b.Last)
 	for _, r := range b.Rooms {
 		c.rooms[r] = max(c.rooms[r], b.Last)
-		c.events[r] = max(c.events[r], b.Last)
+	}
+	for _, r := range b.MemberRooms {
+		c.members[r] = max(c.members[r], b.Last)
 	}
 	for _, r := range b.Ephemeral {
 		c.rooms[r] = max(c.rooms[r], b.Last)
@@ -128,9 +131,9 @@ func (v View) Covers(since uint64) bool { return since >= v.c.horizon }
 // typing or receipts (0: none since the horizon).
 func (v View) RoomChangedAt(room string) uint64 { return v.c.rooms[room] }
 
-// EventsChangedAt is the position of the last event in the room (its
-// timeline, state or members; 0: none since the horizon).
-func (v View) EventsChangedAt(room string) uint64 { return v.c.events[room] }
+// MembersChangedAt is the position of the last change of the room's
+// members (0: none since the horizon).
+func (v View) MembersChangedAt(room string) uint64 { return v.c.members[room] }
 
 // RoomDataChangedAt is the position of the user's last account data
 // change in the room.

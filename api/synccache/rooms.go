@@ -10,9 +10,10 @@ type Summary struct {
 }
 
 // Rooms caches per room the parts of a sync section that do not depend on
-// who syncs, tagged with the room's event position (Clock's
-// EventsChangedAt) when they were computed: a tag that no longer matches
-// means the room changed since, and the part is computed again.
+// who syncs, tagged with the position of the room's last change they
+// depend on (for the summary, Clock's MembersChangedAt) when they were
+// computed: a tag that no longer matches means the room changed since,
+// and the part is computed again.
 type Rooms struct {
 	mu      sync.Mutex
 	entries map[string]roomEntry
@@ -30,7 +31,7 @@ const maxRooms = 200_000
 // NewRooms returns an empty cache.
 func NewRooms() *Rooms { return &Rooms{entries: map[string]roomEntry{}} }
 
-// Summary returns the room's summary at event position at, computing it
+// Summary returns the room's summary at member position at, computing it
 // with compute when the cache has none at that position. Read at before
 // computing: a summary computed after a newer change is then tagged with
 // an older position and only ever recomputed, never served for a newer

@@ -16,13 +16,13 @@ func TestClockNotesAndHorizon(t *testing.T) {
 	c.Attach("userdata", 7)
 	resets := 0
 	c.OnReset(func() { resets++ })
-	c.Note(Batch{Source: "rooms", First: 11, Last: 12, Rooms: []string{"!a"}})
+	c.Note(Batch{Source: "rooms", First: 11, Last: 12, Rooms: []string{"!a", "!m"}, Members: []string{"@u"}, MemberRooms: []string{"!m"}})
 	c.Note(Batch{Source: "userdata", First: 8, Last: 13, Ephemeral: []string{"!b"}, RoomData: []UserRoom{{"@u", "!c"}}, AccountData: []string{"@u"}})
 	c.Read(func(v View) {
 		if v.Covers(9) || !v.Covers(10) {
 			t.Error("the horizon is not the newest attached checkpoint")
 		}
-		if v.RoomChangedAt("!a") != 12 || v.EventsChangedAt("!a") != 12 || v.RoomChangedAt("!b") != 13 || v.EventsChangedAt("!b") != 0 {
+		if v.RoomChangedAt("!a") != 12 || v.RoomChangedAt("!b") != 13 || v.MembersChangedAt("!m") != 12 || v.MembersChangedAt("!a") != 0 {
 			t.Error("room changes are not noted at their batch's last offset")
 		}
 		if v.RoomDataChangedAt("@u", "!c") != 13 || v.AccountDataChangedAt("@u") != 13 || v.RoomDataChangedAt("@u", "!a") != 0 {

@@ -35,10 +35,11 @@ type batch struct {
 	changedOrder []string
 
 	// members are the users whose membership of some room the batch's
-	// state changes set or removed, in order (state resolution may change
-	// users other than the state keys of the batch's events).
-	members    []string
-	memberSeen map[string]bool
+	// state changes set or removed, and memberRooms those rooms, in order
+	// (state resolution may change users other than the state keys of the
+	// batch's events).
+	members, memberRooms []string
+	memberSeen           map[string]bool
 }
 
 func newBatch(w projections.Writer, log EventLog) *batch {

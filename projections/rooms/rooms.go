@@ -108,8 +108,8 @@ type Projection struct {
 	// (batch.members), handed from Apply to AfterCommit. The engine calls
 	// them one after the other for a batch; the mutex is for the race
 	// detector's sake and for a shadow rebuild's Apply.
-	mu      sync.Mutex
-	members []string
+	mu                   sync.Mutex
+	members, memberRooms []string
 }
 
 // Touched is what a committed batch may have changed, so that only the
@@ -124,6 +124,8 @@ type Touched struct {
 	Last  uint64 // the batch's last offset
 	Rooms []string
 	Users []string
+	// MemberRooms are the rooms whose members changed.
+	MemberRooms []string
 }
 
 // New returns the projection of the given log (the fold reads events
@@ -157,7 +159,8 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 			t.Users = append(t.Users, u)
 		}
 	}
-	p.members = nil
+	t.MemberRooms = p.memberRooms
+	p.members, p.memberRooms = nil, nil
 	p.mu.Unlock()
 	for _, e := range entries {
 		if e.Kind != englog.KindPDU {
@@ -239,7 +242,7 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		return err
 	}
 	p.mu.Lock()
-	p.members = b.members
+	p.members, p.memberRooms = b.members, b.memberRooms
 	p.mu.Unlock()
 	return nil
 }
@@ -567,9 +570,13 @@ func (b *batch) applyCurrentChanges(roomID string, ev stateres.PDU, changes []st
 		if c.Key.Type != stateres.MRoomMember {
 			continue
 		}
-		if !b.memberSeen[c.Key.StateKey] {
-			b.memberSeen[c.Key.StateKey] = true
+		if k := "u" + c.Key.StateKey; !b.memberSeen[k] {
+			b.memberSeen[k] = true
 			b.members = append(b.members, c.Key.StateKey)
+		}
+		if k := "r" + roomID; !b.memberSeen[k] {
+			b.memberSeen[k] = true
+			b.memberRooms = append(b.memberRooms, roomID)
 		}
 		switch c.EventID {
 		case ev.EventID():
