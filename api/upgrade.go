@@ -40,24 +40,9 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err != nil {
 		return err
 	}
-	var req struct {
-		NewVersion         string   `json:"new_version"`
-		AdditionalCreators []string `json:"additional_creators"`
-	}
-	if err := readJSON(r, &req); err != nil {
+	req, err := readUpgradeRequest(r)
+	if err != nil {
 		return err
-	}
-	if req.NewVersion == "" {
-		return errMissingParam("new_version is required")
-	}
-	version, ok := stateres.Version(req.NewVersion)
-	if !ok {
-		return merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %q is not supported by this server; use one of %v", req.NewVersion, stateres.KnownVersions())
-	}
-	for _, u := range req.AdditionalCreators {
-		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
-			return errInvalidParam("Invalid user ID %q in additional_creators", u)
-		}
 	}
 	if _, _, err := s.requireMember(oldRoomID, sess.UserID, false); err != nil {
 		return err
@@ -74,72 +59,19 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		return err
 	}
 	v := s.roomsView()
-	content := func(typ string) map[string]any {
-		var c map[string]any
-		_, _ = stateContent(v, oldRoomID, typ, "", &c)
-		return c
-	}
-
-	// Before v12 we choose the new room's ID, so the tombstone can come
-	// first and the predecessor can name it; from v12 the ID comes from
-	// the create event, which then cannot name the tombstone (the spec
-	// lets event_id be omitted there).
-	newRoomID := ""
-	if !version.RoomIDFromCreate {
-		newRoomID = "!" + randomString(12) + ":" + s.cfg.ServerName
-	}
-	tombstone := func() (*stateres.Event, error) {
-		return old.Add(stateres.ProtoEvent{Type: "m.room.tombstone", StateKey: strptr(""), Sender: sess.UserID,
-			Content: mustJSON(map[string]string{"body": "This room has been replaced", "replacement_room": newRoomID})})
-	}
-	predecessor := map[string]any{"room_id": oldRoomID}
-	if newRoomID != "" {
-		ts, err := tombstone()
-		if err != nil {
-			return err
-		}
-		predecessor["event_id"] = ts.EventID()
-	}
-
-	createContent := map[string]any{"room_version": version.ID, "predecessor": predecessor}
-	if oc := content(stateres.MRoomCreate); oc != nil {
-		if t, ok := oc["type"]; ok {
-			createContent["type"] = t
-		}
-		if f, ok := oc["m.federate"]; ok {
-			createContent["m.federate"] = f
-		}
-	}
-	if !version.V11Semantics {
-		createContent["creator"] = sess.UserID
-	}
-	creators := map[string]bool{}
-	if version.PrivilegedCreators {
-		creators[sess.UserID] = true
-		if len(req.AdditionalCreators) > 0 {
-			createContent["additional_creators"] = req.AdditionalCreators
-			for _, u := range req.AdditionalCreators {
-				creators[u] = true
-			}
-		}
-	}
-	nb, err := s.roomWrite.NewRoom(version, newRoomID)
+	oldCreate, err := stateMap(v, oldRoomID, stateres.MRoomCreate)
 	if err != nil {
 		return err
 	}
-	nb.SetNow(old.Now())
-	createEv, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(createContent)})
+	oldPL, err := stateMap(v, oldRoomID, stateres.MRoomPowerLevels)
 	if err != nil {
 		return err
 	}
-	if newRoomID == "" {
-		newRoomID = createEv.RoomID()
-		if _, err := tombstone(); err != nil {
-			return err
-		}
+	nb, newRoomID, err := s.startSuccessor(old, oldRoomID, oldCreate, req, sess.UserID)
+	if err != nil {
+		return err
 	}
 	setRoom(r, newRoomID)
-
 	member, err := s.memberContent(sess.UserID, "join", "")
 	if err != nil {
 		return err
@@ -147,62 +79,10 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 	if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: member}); err != nil {
 		return err
 	}
-
-	// Power levels: the old room's, as integers (string levels of old
-	// versions are refused from v10). Creators of a v12 room have a fixed
-	// level and must not be listed. Before v12 the upgrader may need more
-	// power than the copy gives to copy the other state: they get it in a
-	// first power levels event, replaced by the exact copy at the end.
-	pl := normalisePowerLevels(content(stateres.MRoomPowerLevels))
-	if pl == nil {
-		pl = map[string]any{}
+	if err := copyUpgradedState(v, nb, oldRoomID, normalisePowerLevels(oldPL), req, sess.UserID); err != nil {
+		return err
 	}
-	users, _ := pl["users"].(map[string]any)
-	if users == nil {
-		users = map[string]any{}
-	}
-	for u := range creators {
-		delete(users, u)
-	}
-	pl["users"] = users
-	restore := false
-	if !version.PrivilegedCreators {
-		need := maxLevel(pl)
-		if have, ok := users[sess.UserID].(int64); !ok || have < need {
-			raised := cloneJSONMap(pl)
-			raisedUsers := cloneJSONMap(users)
-			raisedUsers[sess.UserID] = need
-			raised["users"] = raisedUsers
-			if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(raised)}); err != nil {
-				return err
-			}
-			restore = true
-		}
-	}
-	if !restore {
-		if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
-			return err
-		}
-	}
-	for _, typ := range upgradeCopiedState {
-		e, err := v.StateEvent(oldRoomID, typ, "")
-		if err != nil {
-			return err
-		}
-		if e == nil {
-			continue
-		}
-		if _, err := nb.Add(stateres.ProtoEvent{Type: typ, StateKey: strptr(""), Sender: sess.UserID, Content: headOf(e).Content}); err != nil {
-			return err
-		}
-	}
-	if restore {
-		if _, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
-			return err
-		}
-	}
-
-	if err := s.restrictOldRoom(old, normalisePowerLevels(content(stateres.MRoomPowerLevels)), sess.UserID); err != nil {
+	if err := s.restrictOldRoom(old, normalisePowerLevels(oldPL), sess.UserID); err != nil {
 		return err
 	}
 	moves, err := movedListings(v, oldRoomID, newRoomID, sess.UserID)
@@ -214,6 +94,156 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"replacement_room": newRoomID})
+	return nil
+}
+
+// upgradeRequest is a checked POST /rooms/{roomId}/upgrade body.
+type upgradeRequest struct {
+	version            *stateres.RoomVersion
+	additionalCreators []string
+}
+
+func readUpgradeRequest(r *http.Request) (upgradeRequest, error) {
+	var req struct {
+		NewVersion         string   `json:"new_version"`
+		AdditionalCreators []string `json:"additional_creators"`
+	}
+	if err := readJSON(r, &req); err != nil {
+		return upgradeRequest{}, err
+	}
+	if req.NewVersion == "" {
+		return upgradeRequest{}, errMissingParam("new_version is required")
+	}
+	version, ok := stateres.Version(req.NewVersion)
+	if !ok {
+		return upgradeRequest{}, merr(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "Room version %q is not supported by this server; use one of %v", req.NewVersion, stateres.KnownVersions())
+	}
+	for _, u := range req.AdditionalCreators {
+		if !strings.HasPrefix(u, "@") || !strings.Contains(u, ":") {
+			return upgradeRequest{}, errInvalidParam("Invalid user ID %q in additional_creators", u)
+		}
+	}
+	return upgradeRequest{version: version, additionalCreators: req.AdditionalCreators}, nil
+}
+
+// stateMap is the content of a room's state event (type, "") as a map;
+// nil when the room has none. A failed read is an error, never "none".
+func stateMap(v rooms.View, roomID, typ string) (map[string]any, error) {
+	var c map[string]any
+	if _, err := stateContent(v, roomID, typ, "", &c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// startSuccessor adds the tombstone to the old room and starts the new
+// room with its create event. Before v12 we choose the new room's ID, so
+// the tombstone can come first and the predecessor can name it; from v12
+// the ID comes from the create event, which then cannot name the
+// tombstone (the spec lets event_id be omitted there).
+func (s *Server) startSuccessor(old *roomwrite.Builder, oldRoomID string, oldCreate map[string]any, req upgradeRequest, upgrader string) (*roomwrite.Builder, string, error) {
+	version := req.version
+	newRoomID := ""
+	if !version.RoomIDFromCreate {
+		newRoomID = "!" + randomString(12) + ":" + s.cfg.ServerName
+	}
+	tombstone := func() (*stateres.Event, error) {
+		return old.Add(stateres.ProtoEvent{Type: "m.room.tombstone", StateKey: strptr(""), Sender: upgrader,
+			Content: mustJSON(map[string]string{"body": "This room has been replaced", "replacement_room": newRoomID})})
+	}
+	predecessor := map[string]any{"room_id": oldRoomID}
+	if newRoomID != "" {
+		ts, err := tombstone()
+		if err != nil {
+			return nil, "", err
+		}
+		predecessor["event_id"] = ts.EventID()
+	}
+	createContent := map[string]any{"room_version": version.ID, "predecessor": predecessor}
+	for _, k := range []string{"type", "m.federate"} {
+		if val, ok := oldCreate[k]; ok {
+			createContent[k] = val
+		}
+	}
+	if !version.V11Semantics {
+		createContent["creator"] = upgrader
+	}
+	if version.PrivilegedCreators && len(req.additionalCreators) > 0 {
+		createContent["additional_creators"] = req.additionalCreators
+	}
+	nb, err := s.roomWrite.NewRoom(version, newRoomID)
+	if err != nil {
+		return nil, "", err
+	}
+	nb.SetNow(old.Now())
+	createEv, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: upgrader, Content: mustJSON(createContent)})
+	if err != nil {
+		return nil, "", err
+	}
+	if newRoomID == "" {
+		newRoomID = createEv.RoomID()
+		if _, err := tombstone(); err != nil {
+			return nil, "", err
+		}
+	}
+	return nb, newRoomID, nil
+}
+
+// copyUpgradedState gives the new room the old one's power levels and the
+// state of upgradeCopiedState. Power levels are copied as integers (string
+// levels of old versions are refused from v10). Creators of a v12 room
+// have a fixed level and must not be listed. Before v12 the upgrader may
+// need more power than the copy gives to copy the other state: they get
+// it in a first power levels event, replaced by the exact copy at the end.
+func copyUpgradedState(v rooms.View, nb *roomwrite.Builder, oldRoomID string, pl map[string]any, req upgradeRequest, upgrader string) error {
+	if pl == nil {
+		pl = map[string]any{}
+	}
+	users, _ := pl["users"].(map[string]any)
+	if users == nil {
+		users = map[string]any{}
+	}
+	if req.version.PrivilegedCreators {
+		delete(users, upgrader)
+		for _, u := range req.additionalCreators {
+			delete(users, u)
+		}
+	}
+	pl["users"] = users
+	setPL := func(content map[string]any) error {
+		_, err := nb.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: upgrader, Content: mustJSON(content)})
+		return err
+	}
+	raise := false
+	if !req.version.PrivilegedCreators {
+		have, ok := users[upgrader].(int64)
+		raise = !ok || have < maxLevel(pl)
+	}
+	first := pl
+	if raise {
+		first = cloneJSONMap(pl)
+		raisedUsers := cloneJSONMap(users)
+		raisedUsers[upgrader] = maxLevel(pl)
+		first["users"] = raisedUsers
+	}
+	if err := setPL(first); err != nil {
+		return err
+	}
+	for _, typ := range upgradeCopiedState {
+		e, err := v.StateEvent(oldRoomID, typ, "")
+		if err != nil {
+			return err
+		}
+		if e == nil {
+			continue
+		}
+		if _, err := nb.Add(stateres.ProtoEvent{Type: typ, StateKey: strptr(""), Sender: upgrader, Content: headOf(e).Content}); err != nil {
+			return err
+		}
+	}
+	if raise {
+		return setPL(pl)
+	}
 	return nil
 }
 
