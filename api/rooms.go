@@ -14,6 +14,7 @@ import (
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
 )
 
@@ -198,29 +199,6 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		if err := s.exclusiveAlias(alias, sess); err != nil {
 			return err
 		}
-	}
-	profile, err := s.accountsView().Profile(sess.UserID)
-	if err != nil {
-		return err
-	}
-
-	// The room ID: from v12 it is derived from the create event; before,
-	// we choose it.
-	roomID := ""
-	if !version.RoomIDFromCreate {
-		roomID = "!" + randomString(12) + ":" + s.cfg.ServerName
-	}
-	createContent := map[string]any{}
-	maps.Copy(createContent, req.CreationContent)
-	createContent["room_version"] = version.ID
-	if !version.V11Semantics {
-		createContent["creator"] = sess.UserID
-	}
-	b, err := s.roomWrite.NewRoom(version, roomID)
-	if err != nil {
-		return err
-	}
-	if alias != "" {
 		defer s.locks.Lock("alias:" + alias)()
 		if a, err := s.roomsView().Alias(alias); err != nil {
 			return err
@@ -228,60 +206,13 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			return merr(http.StatusBadRequest, "M_ROOM_IN_USE", "Room alias %s is already taken", alias)
 		}
 	}
-	createProto := stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(createContent), RoomID: roomID}
-	createEv, err := b.Add(createProto)
+	b, roomID, err := s.startRoom(version, req.CreationContent, sess.UserID)
 	if err != nil {
 		return err
 	}
-	roomID = createEv.RoomID()
 	setRoom(r, roomID)
-
-	member := map[string]any{"membership": "join"}
-	if profile.DisplayName != nil {
-		member["displayname"] = *profile.DisplayName
-	}
-	if profile.AvatarURL != nil {
-		member["avatar_url"] = *profile.AvatarURL
-	}
-	if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: mustJSON(member)}); err != nil {
+	if err := s.addInitialState(b, version, preset, alias, &req, sess.UserID); err != nil {
 		return err
-	}
-
-	pl := initialPowerLevels(version, preset, sess.UserID, &req)
-	if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomPowerLevels, StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(pl)}); err != nil {
-		return err
-	}
-	if alias != "" {
-		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.canonical_alias", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]any{"alias": alias})}); err != nil {
-			return err
-		}
-	}
-	for _, p := range presetState(preset, req.InitialState) {
-		p.StateKey, p.Sender = strptr(""), sess.UserID
-		if _, err := b.Add(p); err != nil {
-			return err
-		}
-	}
-	for _, is := range req.InitialState {
-		if is.Type == "" {
-			return errBadJSON("initial_state events need a type")
-		}
-		if is.Type == stateres.MRoomCreate || is.Type == stateres.MRoomMember || is.Type == stateres.MRoomPowerLevels {
-			continue // these come from the dedicated parameters
-		}
-		if _, err := b.Add(stateres.ProtoEvent{Type: is.Type, StateKey: strptr(is.StateKey), Sender: sess.UserID, Content: is.Content}); err != nil {
-			return err
-		}
-	}
-	if req.Name != nil {
-		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.name", StateKey: strptr(""), Sender: sess.UserID, Content: mustJSON(map[string]string{"name": *req.Name})}); err != nil {
-			return err
-		}
-	}
-	if req.Topic != nil {
-		if _, err := b.Add(stateres.ProtoEvent{Type: "m.room.topic", StateKey: strptr(""), Sender: sess.UserID, Content: topicContent(*req.Topic)}); err != nil {
-			return err
-		}
 	}
 	inviteContent := map[string]any{"membership": "invite"}
 	if req.IsDirect {
@@ -297,6 +228,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			return err
 		}
 	}
+
 	props := b.Proposals(nil)
 	if alias != "" {
 		props = append(props, facts.MustEncode(englog.KindAliasSet, facts.AliasSet{Alias: alias, RoomID: roomID, Creator: sess.UserID}))
@@ -325,6 +257,83 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+	return nil
+}
+
+// startRoom starts a new room with its create event and returns its
+// builder and ID. From v12 the room ID is derived from the create event;
+// before, we choose it.
+func (s *Server) startRoom(version *stateres.RoomVersion, creationContent map[string]any, creator string) (*roomwrite.Builder, string, error) {
+	roomID := ""
+	if !version.RoomIDFromCreate {
+		roomID = "!" + randomString(12) + ":" + s.cfg.ServerName
+	}
+	createContent := map[string]any{}
+	maps.Copy(createContent, creationContent)
+	createContent["room_version"] = version.ID
+	if !version.V11Semantics {
+		createContent["creator"] = creator
+	}
+	b, err := s.roomWrite.NewRoom(version, roomID)
+	if err != nil {
+		return nil, "", err
+	}
+	createEv, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomCreate, StateKey: strptr(""), Sender: creator, Content: mustJSON(createContent), RoomID: roomID})
+	if err != nil {
+		return nil, "", err
+	}
+	return b, createEv.RoomID(), nil
+}
+
+// addInitialState adds the events createRoom sends after the create
+// event, in the spec's order: the creator's join, power levels, the
+// canonical alias, the preset's state, initial_state, name and topic.
+func (s *Server) addInitialState(b *roomwrite.Builder, version *stateres.RoomVersion, preset, alias string, req *createRoomReq, creator string) error {
+	add := func(typ, stateKey string, content json.RawMessage) error {
+		_, err := b.Add(stateres.ProtoEvent{Type: typ, StateKey: strptr(stateKey), Sender: creator, Content: content})
+		return err
+	}
+	member, err := s.memberContent(creator, "join", "")
+	if err != nil {
+		return err
+	}
+	if err := add(stateres.MRoomMember, creator, member); err != nil {
+		return err
+	}
+	if err := add(stateres.MRoomPowerLevels, "", mustJSON(initialPowerLevels(version, preset, creator, req))); err != nil {
+		return err
+	}
+	if alias != "" {
+		if err := add("m.room.canonical_alias", "", mustJSON(map[string]any{"alias": alias})); err != nil {
+			return err
+		}
+	}
+	for _, p := range presetState(preset, req.InitialState) {
+		if err := add(p.Type, "", p.Content); err != nil {
+			return err
+		}
+	}
+	for _, is := range req.InitialState {
+		if is.Type == "" {
+			return errBadJSON("initial_state events need a type")
+		}
+		if is.Type == stateres.MRoomCreate || is.Type == stateres.MRoomMember || is.Type == stateres.MRoomPowerLevels {
+			continue // these come from the dedicated parameters
+		}
+		if err := add(is.Type, is.StateKey, is.Content); err != nil {
+			return err
+		}
+	}
+	if req.Name != nil {
+		if err := add("m.room.name", "", mustJSON(map[string]string{"name": *req.Name})); err != nil {
+			return err
+		}
+	}
+	if req.Topic != nil {
+		if err := add("m.room.topic", "", topicContent(*req.Topic)); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
