@@ -7,6 +7,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -143,8 +145,11 @@ func (c Config) transportConfig(key signing.Key, logger zerolog.Logger) (transpo
 		tc.RootCAs = append(tc.RootCAs, certs...)
 	}
 	deny := transport.DefaultIPRangeBlacklist
-	if c.IPRangeBlacklistSet {
+	switch {
+	case c.IPRangeBlacklistSet:
 		deny = c.IPRangeBlacklist
+	case c.loopbackOnly():
+		deny = withoutLoopback(deny)
 	}
 	f, err := transport.NewIPFilter(deny, c.IPRangeWhitelist)
 	if err != nil {
@@ -152,6 +157,57 @@ func (c Config) transportConfig(key signing.Key, logger zerolog.Logger) (transpo
 	}
 	tc.IPFilter = f
 	return tc, nil
+}
+
+// loopbackOnly reports a server that only this host can reach: both
+// listeners are bound to loopback addresses and public_baseurl (where
+// clients are told to connect) is a loopback address too. Two servers
+// federating on one machine (names such as "localhost:8448" and
+// "localhost:8449", development rigs, test suites) are such servers.
+// The default deny list exists so that names supplied by other servers
+// or by users cannot make this server reach services only this host can
+// reach; when only this host can reach the server itself, every party
+// that could supply such a name can already reach those services, so
+// the default lets outbound federation reach loopback. A server behind
+// a reverse proxy has a public public_baseurl and keeps the full list.
+func (c Config) loopbackOnly() bool {
+	if c.PublicBaseURL == "" || c.FederationListen == "" {
+		return false
+	}
+	u, err := url.Parse(c.PublicBaseURL)
+	if err != nil || !isLoopbackHost(u.Hostname()) {
+		return false
+	}
+	for _, l := range []string{c.Listen, c.FederationListen} {
+		h, _, err := net.SplitHostPort(l)
+		if err != nil || !isLoopbackHost(h) {
+			return false
+		}
+	}
+	return true
+}
+
+// isLoopbackHost is a loopback IP literal or "localhost" (which RFC 6761
+// reserves for loopback).
+func isLoopbackHost(h string) bool {
+	if strings.EqualFold(h, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(h)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// withoutLoopback is list minus the ranges that hold loopback addresses.
+func withoutLoopback(list []string) []string {
+	var out []string
+	for _, r := range list {
+		p, err := netip.ParsePrefix(r)
+		if err == nil && p.Addr().Unmap().IsLoopback() {
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func readCertificates(path string) ([]*x509.Certificate, error) {
@@ -219,6 +275,9 @@ func newFederationClient(cfg Config, key signing.Key, logger zerolog.Logger) (*t
 	}
 	ev := logger.Info().Int("extra_ca_certificates", len(tc.RootCAs)).Int("trusted_key_servers", len(cfg.TrustedKeyServers)).
 		Bool("custom_ip_range_blacklist", cfg.IPRangeBlacklistSet).Strs("ip_range_whitelist", cfg.IPRangeWhitelist)
+	if !cfg.IPRangeBlacklistSet && cfg.loopbackOnly() {
+		ev = ev.Str("loopback", "allowed: listen, federation_listen and public_baseurl are all on loopback, so only this host can reach this server (set ip_range_blacklist to decide otherwise)")
+	}
 	if len(cfg.FederationHosts) > 0 {
 		ev = ev.Int("federation_hosts", len(cfg.FederationHosts))
 	}

@@ -65,6 +65,9 @@ type Options struct {
 	ServerName string // default "localhost"
 	ExtraYAML  string
 	DataDir    string // reuse a data dir (restart tests); default t.TempDir()
+	// Port is the client listener's port (to name it in ExtraYAML, e.g.
+	// public_baseurl); default a free one.
+	Port int
 }
 
 // FreePort returns a loopback port that was free a moment ago.
@@ -90,7 +93,10 @@ func Start(t testing.TB, opts Options) *Server {
 	if opts.DataDir == "" {
 		opts.DataDir = t.TempDir()
 	}
-	port := FreePort(t)
+	port := opts.Port
+	if port == 0 {
+		port = FreePort(t)
+	}
 	cfg := fmt.Sprintf(`server_name: %q
 data_dir: %q
 listen: "127.0.0.1:%d"
