@@ -742,7 +742,9 @@ serve_server_wellknown: false
 # federation_custom_ca_list: ["/etc/engram/peer-ca.pem"]
 federation_verify_certificates: true
 # Ranges outbound federation may not reach (default: loopback, private,
-# link-local, CGNAT, documentation, multicast); the whitelist wins.
+# link-local, CGNAT, documentation, multicast); the whitelist wins. When
+# listen, federation_listen and public_baseurl are all on loopback (only
+# this host can reach the server), the default leaves loopback out.
 # ip_range_blacklist: ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
 # ip_range_whitelist: []
 # Notaries for keys of servers that cannot be reached (none by default).

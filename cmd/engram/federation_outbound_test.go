@@ -67,6 +67,35 @@ federation:
 	if tc.IPFilter.Allowed(netip.MustParseAddr("127.0.0.1")) || tc.InsecureSkipVerify || len(d.TrustedKeyServers) != 0 {
 		t.Fatal("defaults")
 	}
+	// A server only this host can reach (listeners and public_baseurl on
+	// loopback) may reach loopback by default, and nothing else private;
+	// one behind a reverse proxy (public public_baseurl) may not.
+	for _, tc := range []struct {
+		yaml string
+		want bool
+	}{
+		{"public_baseurl: \"http://127.0.0.1:8008/\"\nfederation_listen: \"127.0.0.1:8448\"\n", true},
+		{"public_baseurl: \"http://localhost:8008/\"\nfederation_listen: \"[::1]:8448\"\n", true},
+		{"public_baseurl: \"https://matrix.example.org/\"\nfederation_listen: \"127.0.0.1:8448\"\n", false},
+		{"public_baseurl: \"http://127.0.0.1:8008/\"\nfederation_listen: \"0.0.0.0:8448\"\n", false},
+		{"public_baseurl: \"http://127.0.0.1:8008/\"\nfederation_listen: \"127.0.0.1:8448\"\nip_range_blacklist: [\"127.0.0.0/8\"]\n", false},
+	} {
+		os.WriteFile(path, []byte(tc.yaml), 0o600)
+		c, _, err := loadConfig(path, func(string) (string, bool) { return "", false }, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		trc, err := c.transportConfig(testKey(t), testLoggerNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := trc.IPFilter.Allowed(netip.MustParseAddr("127.0.0.1")); got != tc.want {
+			t.Fatalf("%s: loopback allowed=%v", tc.yaml, got)
+		}
+		if (trc.IPFilter.Allowed(netip.MustParseAddr("10.0.0.1")) || trc.IPFilter.Allowed(netip.MustParseAddr("192.168.1.1"))) && !strings.Contains(tc.yaml, "ip_range_blacklist") {
+			t.Fatalf("%s: a private range is allowed", tc.yaml)
+		}
+	}
 	for _, bad := range []string{"ip_range_whitelist: [\"nonsense\"]", "trusted_key_servers: [{server_name: x, verify_keys: {\"ed25519:a\": \"short\"}}]", "federation: {destination_retry_multiplier: 0.5}", "federation_hosts: [\"hs1\"]"} {
 		os.WriteFile(path, []byte(bad+"\n"), 0o600)
 		if _, _, err := loadConfig(path, func(string) (string, bool) { return "", false }, nil); err == nil || !strings.Contains(err.Error(), "expected") {
