@@ -2,8 +2,10 @@ package keys
 
 import (
 	"bytes"
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net/http"
 	"slices"
@@ -198,13 +200,19 @@ func (s *Service) uploadSignatures(w http.ResponseWriter, r *http.Request, c Cal
 		failures[user][keyID] = map[string]string{"errcode": code, "error": msg}
 	}
 	var sigs []facts.KeySignature
+	remoteMasters := map[string]remoteMaster{}
 	var signedDevices []string // the caller's own
 	signedMaster := false
 	for _, user := range slices.Sorted(maps.Keys(req)) {
 		for _, keyID := range slices.Sorted(maps.Keys(req[user])) {
 			raw := req[user][keyID]
 			if !s.local(user) {
-				fail(user, keyID, "M_UNRECOGNIZED", "Signing keys of remote users is not available yet on this server")
+				sig, code, msg := s.remoteMasterSignature(r.Context(), c.UserID, user, keyID, raw, uskB64, uskPub, remoteMasters)
+				if code != "" {
+					fail(user, keyID, code, msg)
+					continue
+				}
+				sigs = append(sigs, sig)
 				continue
 			}
 			var body struct {
@@ -323,4 +331,72 @@ func (s *Service) uploadSignatures(w http.ResponseWriter, r *http.Request, c Cal
 func mustJSON(v any) []byte {
 	b, _ := json.Marshal(v)
 	return b
+}
+
+// remoteMaster is a remote user's master key as their server answered
+// user/keys/query, or why it could not be had.
+type remoteMaster struct {
+	key json.RawMessage
+	err error
+}
+
+// remoteMasterSignature checks the caller's user-signing signature of a
+// remote user's master key against the key their server holds (asked
+// once per user and request); it returns the signature to record, or the
+// failure's errcode and message.
+func (s *Service) remoteMasterSignature(ctx context.Context, caller, user, keyID string, raw json.RawMessage, uskB64 string, uskPub ed25519.PublicKey, masters map[string]remoteMaster) (facts.KeySignature, string, string) {
+	if uskPub == nil {
+		return facts.KeySignature{}, "M_INVALID_SIGNATURE", "You have no user-signing key to sign other users' master keys with (upload cross-signing keys first)"
+	}
+	var body struct {
+		Signatures map[string]map[string]string `json:"signatures"`
+	}
+	if len(raw) == 0 || raw[0] != '{' || json.Unmarshal(raw, &body) != nil {
+		return facts.KeySignature{}, "M_BAD_JSON", "The key must be a signed key object"
+	}
+	m, asked := masters[user]
+	if !asked {
+		m.key, m.err = s.fetchRemoteMaster(ctx, user)
+		masters[user] = m
+	}
+	if m.err != nil {
+		return facts.KeySignature{}, "M_UNKNOWN", m.err.Error()
+	}
+	if m.key == nil || !slices.Contains(e2ee.PublicKeys(m.key), keyID) {
+		return facts.KeySignature{}, "M_NOT_FOUND", "No such master key of " + user
+	}
+	signed, err := unsignedPart(raw)
+	if err != nil {
+		return facts.KeySignature{}, "M_BAD_JSON", err.Error()
+	}
+	want, err := unsignedPart(m.key)
+	if err != nil || !bytes.Equal(want, signed) {
+		return facts.KeySignature{}, "M_INVALID_SIGNATURE", "The signed object does not match the master key " + user + "'s server holds"
+	}
+	signerID := "ed25519:" + uskB64
+	sig := body.Signatures[caller][signerID]
+	if err := signing.VerifyCanonical(caller, signerID, uskPub, signed, mustJSON(body.Signatures)); err != nil || sig == "" {
+		return facts.KeySignature{}, "M_INVALID_SIGNATURE", "Invalid signature (only your user-signing key may sign another user's master key)"
+	}
+	return facts.KeySignature{TargetUser: user, KeyID: keyID, Signer: caller, SignerKeyID: signerID, Value: sig, Remote: true}, "", ""
+}
+
+// fetchRemoteMaster asks user's server for their master key (nil: none).
+func (s *Service) fetchRemoteMaster(ctx context.Context, user string) (json.RawMessage, error) {
+	if s.d.Remote == nil {
+		return nil, fmt.Errorf("this server does not federate: it cannot check keys of %s", user)
+	}
+	ctx, cancel := context.WithTimeout(ctx, remoteTimeout)
+	defer cancel()
+	raw, err := s.d.Remote.QueryKeys(ctx, serverOf(user), map[string][]string{user: {}})
+	if err != nil {
+		return nil, fmt.Errorf("could not ask %s for the keys of %s: %v", serverOf(user), user, err)
+	}
+	var a struct {
+		MasterKeys map[string]json.RawMessage `json:"master_keys"`
+	}
+	if err := json.Unmarshal(raw, &a); err != nil {
+		return nil, fmt.Errorf("%s answered user/keys/query with something else: %v", serverOf(user), err)
+	}
+	return a.MasterKeys[user], nil
 }

@@ -248,7 +248,10 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, c Caller) error 
 			userSigning[user] = cs.UserSigning
 		}
 	}
-	failures := s.queryRemote(r.Context(), remote, timeoutOf(req.Timeout), devices, master, selfSigning)
+	failures, err := s.queryRemote(r.Context(), c.UserID, remote, timeoutOf(req.Timeout), devices, master, selfSigning)
+	if err != nil {
+		return err
+	}
 	resp["device_keys"] = devices
 	resp["failures"] = failures
 	resp["master_keys"] = master
@@ -356,14 +359,15 @@ func (s *Service) changes(w http.ResponseWriter, r *http.Request, c Caller) erro
 }
 
 // queryRemote asks each server for its users' keys and merges what it
-// says about its own users (never about others').
-func (s *Service) queryRemote(ctx context.Context, byServer map[string]map[string][]string, timeout time.Duration,
-	devices map[string]map[string]json.RawMessage, master, selfSigning map[string]json.RawMessage) map[string]any {
+// says about its own users (never about others'), with the signatures
+// requester made of their master keys.
+func (s *Service) queryRemote(ctx context.Context, requester string, byServer map[string]map[string][]string, timeout time.Duration,
+	devices map[string]map[string]json.RawMessage, master, selfSigning map[string]json.RawMessage) (map[string]any, error) {
 	if len(byServer) == 0 {
-		return map[string]any{}
+		return map[string]any{}, nil
 	}
 	if s.d.Remote == nil {
-		return noFederation(byServer)
+		return noFederation(byServer), nil
 	}
 	answers, failures := askServers(ctx, byServer, timeout, s.d.Remote.QueryKeys)
 	for server, raw := range answers {
@@ -381,14 +385,18 @@ func (s *Service) queryRemote(ctx context.Context, byServer map[string]map[strin
 				devices[user] = d
 			}
 			if k := a.MasterKeys[user]; k != nil {
-				master[user] = k
+				signed, err := s.view().WithRemoteSignatures(requester, user, k)
+				if err != nil {
+					return nil, err
+				}
+				master[user] = signed
 			}
 			if k := a.SelfSigningKeys[user]; k != nil {
 				selfSigning[user] = k
 			}
 		}
 	}
-	return failures
+	return failures, nil
 }
 
 // claimRemote claims one-time keys of remote users from their servers.

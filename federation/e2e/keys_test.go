@@ -264,3 +264,104 @@ func TestDeviceListsAndToDeviceAcrossServers(t *testing.T) {
 		return false
 	})
 }
+
+// crossKeys is a user's cross-signing key pairs for a test.
+type crossKeys struct {
+	user                  string
+	master, self, usk     ed25519.PrivateKey
+	masterPub, uskPub     string
+	masterObj, uploadBody map[string]any
+}
+
+func newCrossKeys(t *testing.T, user string) crossKeys {
+	t.Helper()
+	ck := crossKeys{user: user}
+	gen := func() (ed25519.PrivateKey, string) {
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		return priv, signing.EncodeBase64(pub)
+	}
+	var selfPub string
+	ck.master, ck.masterPub = gen()
+	ck.self, selfPub = gen()
+	ck.usk, ck.uskPub = gen()
+	key := func(usage, pub string) map[string]any {
+		return map[string]any{"user_id": user, "usage": []string{usage}, "keys": map[string]string{"ed25519:" + pub: pub}}
+	}
+	ck.masterObj = key("master", ck.masterPub)
+	ck.uploadBody = map[string]any{
+		"master_key":       ck.masterObj,
+		"self_signing_key": signObj(t, user, "ed25519:"+ck.masterPub, ck.master, key("self_signing", selfPub)),
+		"user_signing_key": signObj(t, user, "ed25519:"+ck.masterPub, ck.master, key("user_signing", ck.uskPub)),
+	}
+	return ck
+}
+
+// signObj signs a JSON object as user's key keyID.
+func signObj(t *testing.T, user, keyID string, priv ed25519.PrivateKey, obj map[string]any) map[string]any {
+	t.Helper()
+	raw, _ := json.Marshal(obj)
+	signed, err := signing.SignJSON(user, keyID, priv, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out map[string]any
+	_ = json.Unmarshal(signed, &out)
+	return out
+}
+
+// Verifying a user of another server: alice (A) signs bob's (B) master
+// key with her user-signing key. A checks the signature against the key
+// B holds, records it, and shows it on bob's master key in alice's
+// queries only; a signature that does not verify, or of a key bob does
+// not have, is a failure of that key.
+func TestSigningRemoteMasterKey(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice, carol := register(t, a, "alice"), register(t, a, "carol")
+	bob := register(t, b, "bob")
+	aliceID, bobID := "@alice:"+a.name, "@bob:"+b.name
+	ak, bk := newCrossKeys(t, aliceID), newCrossKeys(t, bobID)
+	if st := call(t, a, "POST", "/_matrix/client/v3/keys/device_signing/upload", alice, ak.uploadBody, nil); st != 200 {
+		t.Fatalf("alice uploads cross-signing keys: %d", st)
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/keys/device_signing/upload", bob, bk.uploadBody, nil); st != 200 {
+		t.Fatalf("bob uploads cross-signing keys: %d", st)
+	}
+	uskID := "ed25519:" + ak.uskPub
+	signed := signObj(t, aliceID, uskID, ak.usk, bk.masterObj)
+	forged := signObj(t, aliceID, uskID, bk.master, bk.masterObj) // not alice's key
+	unknown := signObj(t, aliceID, uskID, ak.usk, map[string]any{"user_id": bobID, "usage": []string{"master"}, "keys": map[string]string{"ed25519:nope": "nope"}})
+	var up struct {
+		Failures map[string]map[string]struct {
+			Errcode string `json:"errcode"`
+		} `json:"failures"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/keys/signatures/upload", alice, map[string]any{bobID: map[string]any{bk.masterPub: forged, "nope": unknown}}, &up); st != 200 {
+		t.Fatalf("upload bad signatures: %d", st)
+	}
+	if up.Failures[bobID][bk.masterPub].Errcode != "M_INVALID_SIGNATURE" || up.Failures[bobID]["nope"].Errcode != "M_NOT_FOUND" {
+		t.Fatalf("failures of a forged signature and an unknown key: %+v", up.Failures)
+	}
+	up.Failures = nil
+	if st := call(t, a, "POST", "/_matrix/client/v3/keys/signatures/upload", alice, map[string]any{bobID: map[string]any{bk.masterPub: signed}}, &up); st != 200 || len(up.Failures) != 0 {
+		t.Fatalf("alice signs bob's master key: %d %+v\n%s", st, up.Failures, a.Logs())
+	}
+	query := func(token string) map[string]map[string]string {
+		var q struct {
+			MasterKeys map[string]struct {
+				Signatures map[string]map[string]string `json:"signatures"`
+			} `json:"master_keys"`
+		}
+		if st := call(t, a, "POST", "/_matrix/client/v3/keys/query", token, map[string]any{"device_keys": map[string]any{bobID: []string{}}}, &q); st != 200 {
+			t.Fatalf("query bob: %d", st)
+		}
+		return q.MasterKeys[bobID].Signatures
+	}
+	want := signed["signatures"].(map[string]any)[aliceID].(map[string]any)[uskID]
+	if got := query(alice); got[aliceID][uskID] != want {
+		t.Fatalf("alice's query of bob's master key: signatures %v, want alice's %v", got, want)
+	}
+	if got := query(carol); got[aliceID] != nil {
+		t.Fatalf("carol sees alice's signature of bob's master key: %v", got)
+	}
+}

@@ -53,6 +53,9 @@ type KeySignature struct {
 	Signer      string `json:"signer"`
 	SignerKeyID string `json:"signer_key_id"`
 	Value       string `json:"value"`
+	// Remote: TargetUser is another server's, KeyID their master key as
+	// that server answered it (a user-signing signature).
+	Remote bool `json:"remote,omitempty"`
 }
 
 // KeySignaturesUploaded: the signatures of one POST /keys/signatures/upload

@@ -55,6 +55,7 @@ const (
 	pBackups    = 'b' // b user -> Backups
 	pRoomKey    = 'k' // k user 0 version 0 room 0 session -> KeyBackupData JSON
 	pStreamSent = 's' // s user -> stream_id(8) of the last m.device_list_update sent for a local user
+	pRemoteSig  = 'r' // r signer 0 target user 0 key -> signer key ID -> signature (a local user's signatures of a remote user's master key)
 	sep         = 0
 )
 
@@ -786,6 +787,24 @@ func applySignatures(w projections.Writer, e englog.Entry, f facts.KeySignatures
 			return err
 		}
 		if cs == nil {
+			if s.Remote {
+				// A remote user's master key, checked by the handler
+				// against what their server answered: kept for the
+				// signer, whose queries show it on that key.
+				rk := projections.Key(pRemoteSig, s.Signer, s.TargetUser, s.KeyID)
+				sigs, err := projections.GetJSON[map[string]string](w, rk)
+				if err != nil {
+					return err
+				}
+				if sigs == nil {
+					sigs = &map[string]string{}
+				}
+				(*sigs)[s.SignerKeyID] = s.Value
+				if err := projections.PutJSON(w, rk, sigs); err != nil {
+					return err
+				}
+				changed[s.TargetUser] = true
+			}
 			continue
 		}
 		for _, k := range []*CrossKey{cs.Master, cs.SelfSigning, cs.UserSigning} {

@@ -3,6 +3,7 @@ package e2ee
 import (
 	"encoding/binary"
 	"encoding/json"
+	"maps"
 	"slices"
 
 	"github.com/engram-hs/engram/projections"
@@ -159,4 +160,32 @@ func (v View) StreamSent(user string) (uint64, error) {
 		return 0, err
 	}
 	return binary.BigEndian.Uint64(b), nil
+}
+
+// WithRemoteSignatures returns a remote user's master key object (as
+// their server answered it) with the signatures signer, a local user,
+// made of it merged in; they are shown to signer only.
+func (v View) WithRemoteSignatures(signer, user string, master json.RawMessage) (json.RawMessage, error) {
+	added := map[string]map[string]string{}
+	for _, pub := range PublicKeys(master) {
+		sigs, err := projections.GetJSON[map[string]string](v.r, projections.Key(pRemoteSig, signer, user, pub))
+		if err != nil {
+			return nil, err
+		}
+		if sigs == nil {
+			continue
+		}
+		if added[signer] == nil {
+			added[signer] = map[string]string{}
+		}
+		maps.Copy(added[signer], *sigs)
+	}
+	if len(added) == 0 {
+		return master, nil
+	}
+	out, err := withSignatures(master, added, func(string) bool { return true }, nil)
+	if err != nil {
+		return master, nil // not a JSON object: shown as the server sent it
+	}
+	return out, nil
 }
