@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
 	"sync"
 	"testing"
@@ -226,8 +227,14 @@ func TestDeviceListsInSync(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	b0 := ts.rawSync(bob, nil)["next_batch"].(string)
 	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
 		t.Fatal(err)
+	}
+	// Joining: bob's own devices hear of the room's members and of him.
+	b1body := ts.rawSync(bob, url.Values{"since": {b0}, "timeout": {"5000"}})
+	if ch := b1body["device_lists"].(map[string]any)["changed"].([]any); !slices.Contains(ch, any(bob.UserID.String())) || !slices.Contains(ch, any(alice.UserID.String())) {
+		t.Fatalf("bob's device_lists after he joined: %v", b1body["device_lists"])
 	}
 	s0 := ts.rawSync(alice, nil)["next_batch"].(string)
 	bob2 := ts.login("bob")

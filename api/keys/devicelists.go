@@ -17,7 +17,9 @@ const maxMemberScan = 200
 // (since, upTo]: changed are the users sharing a joined room with user
 // whose device list changed, and those who newly share one (they joined
 // one of user's rooms, or user joined one of theirs); left are those who
-// shared a room with user and share none any more.
+// shared a room with user and share none any more. user is in changed
+// when their own keys changed or they joined a room (their other devices
+// then learn of the new room's members, as Synapse does).
 func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []string, err error) {
 	rv := s.d.Rooms()
 	ms, err := rv.Memberships(user)
@@ -43,6 +45,7 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 			ch[u] = true
 		}
 	}
+	selfJoined := false // user joined a room: their own devices hear of it too
 	for _, m := range ms {
 		if m.Offset <= since {
 			if m.Membership == "join" {
@@ -59,6 +62,7 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 		if err != nil {
 			return nil, nil, err
 		}
+		selfJoined = selfJoined || m.Membership == "join"
 		for _, u := range members {
 			if m.Membership == "join" {
 				ch[u] = true // we joined: everyone there is new to us
@@ -80,8 +84,8 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 			delete(ch, u)
 		}
 	}
-	if !slices.Contains(keyChanges, user) {
-		delete(ch, user) // only our own key changes concern us
+	if !selfJoined && !slices.Contains(keyChanges, user) {
+		delete(ch, user) // only our own key changes and joins concern us
 	}
 	changed = slices.Sorted(maps.Keys(ch))
 	if changed == nil {
