@@ -130,7 +130,7 @@ func (s *Server) EventCacheStats() (hits, misses uint64) { return s.roomWrite.Ev
 // membership changed.
 func (s *Server) roomsTouched(t rooms.Touched) {
 	s.syncCache.members.Drop(t.Users)
-	s.syncCache.clock.Note(synccache.Batch{Source: s.roomsH.Name(), First: t.First, Last: t.Last, Rooms: t.Rooms, Members: t.Users, MemberRooms: t.MemberRooms})
+	s.syncCache.clock.Note(synccache.Batch{Source: s.roomsH.Name(), First: t.First, Last: t.Last, Rooms: t.Rooms, Members: t.Users, MemberRooms: t.MemberRooms, StateRooms: t.StateRooms})
 	s.notifier.wake(t.Users, t.Rooms)
 }
 

@@ -231,7 +231,7 @@ func (s *Server) syncBuildSlot(ctx context.Context) (release func(), err error) 
 type syncCache struct {
 	clock   *synccache.Clock
 	members *synccache.Members
-	rooms   *synccache.Rooms
+	parts   *synccache.Parts
 	builds  chan struct{}
 }
 
@@ -244,13 +244,13 @@ func (s *Server) newSyncCache() {
 	c := &syncCache{
 		clock:   synccache.NewClock(),
 		members: synccache.NewMembers(maxCachedMembers),
-		rooms:   synccache.NewRooms(),
+		parts:   synccache.NewParts(),
 		builds:  make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	c.clock.Attach(s.roomsH.Name(), s.roomsH.Applied())
 	c.clock.Attach(s.userdataH.Name(), s.userdataH.Applied())
 	c.clock.OnReset(c.members.Reset)
-	c.clock.OnReset(c.rooms.Reset)
+	c.clock.OnReset(c.parts.Reset)
 	s.syncCache = c
 }
 

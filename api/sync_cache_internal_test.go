@@ -182,6 +182,7 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	bobSince := since
 	var lastEvent string
 	steps := []struct {
 		name   string
@@ -211,6 +212,15 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		{"state", func() {
 			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.topic/", rooms[150]), alice.token, map[string]any{"topic": "new"}, nil)
 		}, []string{rooms[150]}},
+		{"a message while the history is shared", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t4", rooms[199]), alice.token, map[string]any{"msgtype": "m.text", "body": "shared history"}, nil)
+		}, []string{rooms[199]}},
+		{"history visibility", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.history_visibility/", rooms[199]), alice.token, map[string]any{"history_visibility": "joined"}, nil)
+		}, []string{rooms[199]}},
+		{"a message before bob joins", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t5", rooms[199]), alice.token, map[string]any{"msgtype": "m.text", "body": "before bob"}, nil)
+		}, []string{rooms[199]}},
 		{"another user joins", func() {
 			ts.call("POST", path("/_matrix/client/v3/join/%s", rooms[199]), bob.token, map[string]any{}, nil)
 		}, []string{rooms[199]}},
@@ -239,8 +249,18 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		if !slices.Equal(joined, st.want) {
 			t.Fatalf("%s: joined rooms %v, want %v", st.name, joined, st.want)
 		}
-		if st.name == "another user joins" && !bytes.Contains(resp, []byte(`"m.joined_member_count":2`)) {
-			t.Fatalf("%s: the summary did not count bob: %s", st.name, resp)
+		if st.name == "another user joins" {
+			if !bytes.Contains(resp, []byte(`"m.joined_member_count":2`)) {
+				t.Fatalf("%s: the summary did not count bob: %s", st.name, resp)
+			}
+			// Bob sees the room from his join, with the message sent while
+			// the history was shared and not the one sent after it was
+			// closed (history_visibility joined): the cached visibility
+			// must have seen the change.
+			joined, resp, _ := ts.build(bob, bobSince, nil)
+			if !slices.Contains(joined, rooms[199]) || bytes.Contains(resp, []byte("before bob")) || !bytes.Contains(resp, []byte("shared history")) {
+				t.Fatalf("bob's sync after joining: rooms %v, %s", joined, resp)
+			}
 		}
 		if st.name == "alice leaves a room" && !bytes.Contains(resp, []byte(`"leave":{"`+rooms[3])) {
 			t.Fatalf("%s: the room is not in the leave section: %s", st.name, resp)

@@ -229,7 +229,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if tf != nil && tf.Limit != nil {
 		limit = max(*tf.Limit, 0)
 	}
-	vis, err := s.newVisibility(v, roomID, sess.UserID)
+	vis, err := s.syncVisibility(v, roomID, sess.UserID, opts.uncached)
 	if err != nil {
 		return nil, false, err
 	}
@@ -393,30 +393,31 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 // roomSummary gives member counts and up to five heroes (spec: room
 // summary), for clients to name unnamed rooms. It reads membership
 // records, not member events; the member lists are the same for every
-// member and cached per room until its members change (synccache.Rooms).
+// member and cached per room until its members change.
 func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (map[string]any, error) {
-	read := func() (synccache.Summary, error) {
+	read := func() (any, error) {
 		joined, err := v.MemberIDs(roomID, "join")
 		if err != nil {
-			return synccache.Summary{}, err
+			return nil, err
 		}
 		invited, err := v.MemberIDs(roomID, "invite")
-		return synccache.Summary{Joined: joined, Invited: invited}, err
+		return [2][]string{joined, invited}, err
 	}
-	var sum synccache.Summary
+	var lists any
 	var err error
 	if uncached {
-		sum, err = read()
+		lists, err = read()
 	} else {
 		var at uint64
 		s.syncCache.clock.Read(func(c synccache.View) { at = c.MembersChangedAt(roomID) })
-		sum, err = s.syncCache.rooms.Summary(roomID, at, read)
+		lists, err = s.syncCache.parts.Get(synccache.PartKey{Kind: "members", Room: roomID}, at, read)
 	}
 	if err != nil {
 		return nil, err
 	}
+	joined, invited := lists.([2][]string)[0], lists.([2][]string)[1]
 	// Heroes in state key order, joined or invited, as before.
-	all := append(slices.Clone(sum.Joined), sum.Invited...)
+	all := append(slices.Clone(joined), invited...)
 	slices.Sort(all)
 	heroes := []string{}
 	for _, u := range all {
@@ -424,7 +425,31 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (
 			heroes = append(heroes, u)
 		}
 	}
-	return map[string]any{"m.joined_member_count": len(sum.Joined), "m.invited_member_count": len(sum.Invited), "m.heroes": heroes}, nil
+	return map[string]any{"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}, nil
+}
+
+// syncVisibility is newVisibility with the room's history_visibility
+// changes and the user's membership changes cached until the room's state
+// (or members) change: the same for every build in between.
+func (s *Server) syncVisibility(v rooms.View, roomID, userID string, uncached bool) (*visibility, error) {
+	if uncached {
+		return s.newVisibility(v, roomID, userID)
+	}
+	var stateAt, membersAt uint64
+	s.syncCache.clock.Read(func(c synccache.View) { stateAt, membersAt = c.StateChangedAt(roomID), c.MembersChangedAt(roomID) })
+	hv, err := s.syncCache.parts.Get(synccache.PartKey{Kind: "history_visibility", Room: roomID}, stateAt, func() (any, error) {
+		return stateChanges(v, roomID, stateres.MRoomHistoryVisibility, "", "history_visibility")
+	})
+	if err != nil {
+		return nil, err
+	}
+	members, err := s.syncCache.parts.Get(synccache.PartKey{Kind: "membership", Room: roomID, User: userID}, membersAt, func() (any, error) {
+		return stateChanges(v, roomID, stateres.MRoomMember, userID, "membership")
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &visibility{v: v, userID: userID, hv: hv.([]stateChange), members: members.([]stateChange)}, nil
 }
 
 // strippedState is the stripped state an invitee or knocker sees (spec:

@@ -28,35 +28,38 @@ type stateChange struct {
 
 func (s *Server) newVisibility(v rooms.View, roomID, userID string) (*visibility, error) {
 	vis := &visibility{v: v, userID: userID}
-	load := func(typ, stateKey, field string) ([]stateChange, error) {
-		hist, err := v.StateHistory(roomID, typ, stateKey, 0)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]stateChange, 0, len(hist))
-		for _, h := range hist {
-			e, err := v.Event(h.EventID)
-			if err != nil {
-				return nil, err
-			}
-			val := ""
-			if e != nil {
-				var c map[string]any
-				_ = json.Unmarshal(headOf(e).Content, &c)
-				val, _ = c[field].(string)
-			}
-			out = append(out, stateChange{offset: h.Offset, eventID: h.EventID, value: val})
-		}
-		return out, nil
-	}
 	var err error
-	if vis.hv, err = load(stateres.MRoomHistoryVisibility, "", "history_visibility"); err != nil {
+	if vis.hv, err = stateChanges(v, roomID, stateres.MRoomHistoryVisibility, "", "history_visibility"); err != nil {
 		return nil, err
 	}
-	if vis.members, err = load(stateres.MRoomMember, userID, "membership"); err != nil {
+	if vis.members, err = stateChanges(v, roomID, stateres.MRoomMember, userID, "membership"); err != nil {
 		return nil, err
 	}
 	return vis, nil
+}
+
+// stateChanges lists the changes of one state key of a room, oldest
+// first, each with the value of one content field.
+func stateChanges(v rooms.View, roomID, typ, stateKey, field string) ([]stateChange, error) {
+	hist, err := v.StateHistory(roomID, typ, stateKey, 0)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]stateChange, 0, len(hist))
+	for _, h := range hist {
+		e, err := v.Event(h.EventID)
+		if err != nil {
+			return nil, err
+		}
+		val := ""
+		if e != nil {
+			var c map[string]any
+			_ = json.Unmarshal(headOf(e).Content, &c)
+			val, _ = c[field].(string)
+		}
+		out = append(out, stateChange{offset: h.Offset, eventID: h.EventID, value: val})
+	}
+	return out, nil
 }
 
 // before returns the value of the newest change with offset < off, or "".

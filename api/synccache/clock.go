@@ -32,8 +32,9 @@ type Batch struct {
 	// room.
 	AccountData []string
 	// Members: users whose membership of some room changed, and
-	// MemberRooms those rooms.
-	Members, MemberRooms []string
+	// MemberRooms those rooms; StateRooms: rooms whose current state
+	// changed (members or not).
+	Members, MemberRooms, StateRooms []string
 }
 
 // UserRoom names one user's data in one room.
@@ -52,6 +53,7 @@ type Clock struct {
 	seen    map[string]uint64 // source -> last offset it reported
 	rooms   map[string]uint64 // any change
 	members map[string]uint64 // member changes only
+	state   map[string]uint64 // current state changes only
 	data    map[UserRoom]uint64
 	users   map[string]uint64 // account data, any room or global
 
@@ -62,7 +64,7 @@ type Clock struct {
 // NewClock returns a clock that covers nothing until its sources are
 // attached.
 func NewClock() *Clock {
-	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, members: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
+	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, members: map[string]uint64{}, state: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
 }
 
 // Attach declares a source whose batches will follow offset applied (its
@@ -99,6 +101,9 @@ func (c *Clock) Note(b Batch) {
 	for _, r := range b.Rooms {
 		c.rooms[r] = max(c.rooms[r], b.Last)
 	}
+	for _, r := range b.StateRooms {
+		c.state[r] = max(c.state[r], b.Last)
+	}
 	for _, r := range b.MemberRooms {
 		c.members[r] = max(c.members[r], b.Last)
 	}
@@ -134,6 +139,10 @@ func (v View) RoomChangedAt(room string) uint64 { return v.c.rooms[room] }
 // MembersChangedAt is the position of the last change of the room's
 // members (0: none since the horizon).
 func (v View) MembersChangedAt(room string) uint64 { return v.c.members[room] }
+
+// StateChangedAt is the position of the last change of the room's current
+// state (0: none since the horizon).
+func (v View) StateChangedAt(room string) uint64 { return v.c.state[room] }
 
 // RoomDataChangedAt is the position of the user's last account data
 // change in the room.

@@ -2,67 +2,65 @@ package synccache
 
 import "sync"
 
-// Summary is what a room's sync summary is made of, the same for every
-// member: the joined and invited members, each list in user ID order.
-// Heroes are taken from it per member (everyone but themselves).
-type Summary struct {
-	Joined, Invited []string
-}
+// PartKey names one cached part of a room's sync section: its kind, the
+// room, and the user for a part that is one member's (their membership
+// history), "" for the room's.
+type PartKey struct{ Kind, Room, User string }
 
-// Rooms caches per room the parts of a sync section that do not depend on
-// who syncs, tagged with the position of the room's last change they
-// depend on (for the summary, Clock's MembersChangedAt) when they were
-// computed: a tag that no longer matches means the room changed since,
-// and the part is computed again.
-type Rooms struct {
+// Parts caches per room the parts of a sync section that do not depend on
+// who syncs (or depend on one member only, not on the request), tagged
+// with the position of the room's last change they depend on (Clock's
+// MembersChangedAt, StateChangedAt) when they were computed: a tag that no
+// longer matches means the room changed since, and the part is computed
+// again. Values are shared: callers must not modify them.
+type Parts struct {
 	mu      sync.Mutex
-	entries map[string]roomEntry
+	entries map[PartKey]part
 	epoch   uint64
 }
 
-type roomEntry struct {
-	at      uint64
-	summary Summary
+type part struct {
+	at uint64
+	v  any
 }
 
-// maxRooms bounds the cache; past it, it starts over.
-const maxRooms = 200_000
+// maxParts bounds the cache; past it, it starts over.
+const maxParts = 500_000
 
-// NewRooms returns an empty cache.
-func NewRooms() *Rooms { return &Rooms{entries: map[string]roomEntry{}} }
+// NewParts returns an empty cache.
+func NewParts() *Parts { return &Parts{entries: map[PartKey]part{}} }
 
-// Summary returns the room's summary at member position at, computing it
-// with compute when the cache has none at that position. Read at before
-// computing: a summary computed after a newer change is then tagged with
-// an older position and only ever recomputed, never served for a newer
-// one.
-func (r *Rooms) Summary(room string, at uint64, compute func() (Summary, error)) (Summary, error) {
-	r.mu.Lock()
-	e, ok := r.entries[room]
-	epoch := r.epoch
-	r.mu.Unlock()
+// Get returns the part at position at, computing it with compute when the
+// cache has none at that position. Read at before computing: a part
+// computed after a newer change is then tagged with an older position and
+// only ever recomputed, never served for a newer one.
+func (p *Parts) Get(k PartKey, at uint64, compute func() (any, error)) (any, error) {
+	p.mu.Lock()
+	e, ok := p.entries[k]
+	epoch := p.epoch
+	p.mu.Unlock()
 	if ok && e.at == at {
-		return e.summary, nil
+		return e.v, nil
 	}
-	sum, err := compute()
+	v, err := compute()
 	if err != nil {
-		return Summary{}, err
+		return nil, err
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.epoch == epoch {
-		if len(r.entries) >= maxRooms {
-			clear(r.entries)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.epoch == epoch {
+		if len(p.entries) >= maxParts {
+			clear(p.entries)
 		}
-		r.entries[room] = roomEntry{at: at, summary: sum}
+		p.entries[k] = part{at: at, v: v}
 	}
-	return sum, nil
+	return v, nil
 }
 
 // Reset forgets everything.
-func (r *Rooms) Reset() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	clear(r.entries)
-	r.epoch++
+func (p *Parts) Reset() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	clear(p.entries)
+	p.epoch++
 }

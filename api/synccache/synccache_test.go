@@ -85,21 +85,29 @@ func TestMembersCache(t *testing.T) {
 	}
 }
 
-// A summary is computed once per event position of its room.
-func TestRoomsSummary(t *testing.T) {
-	r := NewRooms()
+// A part is computed once per position of its room.
+func TestParts(t *testing.T) {
+	p := NewParts()
 	computed := 0
-	compute := func() (Summary, error) { computed++; return Summary{Joined: []string{"@a"}}, nil }
+	compute := func() (any, error) { computed++; return []string{"@a"}, nil }
+	k := PartKey{Kind: "summary", Room: "!a"}
 	for range 3 {
-		if s, err := r.Summary("!a", 5, compute); err != nil || len(s.Joined) != 1 {
-			t.Fatal(s, err)
+		if v, err := p.Get(k, 5, compute); err != nil || len(v.([]string)) != 1 {
+			t.Fatal(v, err)
 		}
 	}
-	if _, _ = r.Summary("!a", 6, compute); computed != 2 {
+	if _, _ = p.Get(k, 6, compute); computed != 2 {
 		t.Fatalf("%d computations for two positions", computed)
 	}
-	r.Reset()
-	if _, _ = r.Summary("!a", 6, compute); computed != 3 {
-		t.Fatal("Reset kept a summary")
+	if _, _ = p.Get(PartKey{Kind: "summary", Room: "!b"}, 6, compute); computed != 3 {
+		t.Fatal("two rooms shared a part")
+	}
+	p.Reset()
+	if _, _ = p.Get(k, 6, compute); computed != 4 {
+		t.Fatal("Reset kept a part")
+	}
+	boom := errors.New("boom")
+	if _, err := p.Get(PartKey{Kind: "x"}, 1, func() (any, error) { return nil, boom }); !errors.Is(err, boom) {
+		t.Fatal("a compute error was not returned")
 	}
 }

@@ -35,11 +35,11 @@ type batch struct {
 	changedOrder []string
 
 	// members are the users whose membership of some room the batch's
-	// state changes set or removed, and memberRooms those rooms, in order
-	// (state resolution may change users other than the state keys of the
-	// batch's events).
-	members, memberRooms []string
-	memberSeen           map[string]bool
+	// state changes set or removed, memberRooms those rooms and
+	// stateRooms the rooms whose current state changed at all, in order
+	// (state resolution may change keys other than the batch's events').
+	members, memberRooms, stateRooms []string
+	memberSeen                       map[string]bool
 }
 
 func newBatch(w projections.Writer, log EventLog) *batch {

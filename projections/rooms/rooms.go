@@ -108,8 +108,8 @@ type Projection struct {
 	// (batch.members), handed from Apply to AfterCommit. The engine calls
 	// them one after the other for a batch; the mutex is for the race
 	// detector's sake and for a shadow rebuild's Apply.
-	mu                   sync.Mutex
-	members, memberRooms []string
+	mu                               sync.Mutex
+	members, memberRooms, stateRooms []string
 }
 
 // Touched is what a committed batch may have changed, so that only the
@@ -124,8 +124,9 @@ type Touched struct {
 	Last  uint64 // the batch's last offset
 	Rooms []string
 	Users []string
-	// MemberRooms are the rooms whose members changed.
-	MemberRooms []string
+	// StateRooms are the rooms whose current state changed, and
+	// MemberRooms those whose members did.
+	StateRooms, MemberRooms []string
 }
 
 // New returns the projection of the given log (the fold reads events
@@ -159,8 +160,8 @@ func (p *Projection) AfterCommit(entries []englog.Entry) {
 			t.Users = append(t.Users, u)
 		}
 	}
-	t.MemberRooms = p.memberRooms
-	p.members, p.memberRooms = nil, nil
+	t.MemberRooms, t.StateRooms = p.memberRooms, p.stateRooms
+	p.members, p.memberRooms, p.stateRooms = nil, nil, nil
 	p.mu.Unlock()
 	for _, e := range entries {
 		if e.Kind != englog.KindPDU {
@@ -242,7 +243,7 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		return err
 	}
 	p.mu.Lock()
-	p.members, p.memberRooms = b.members, b.memberRooms
+	p.members, p.memberRooms, p.stateRooms = b.members, b.memberRooms, b.stateRooms
 	p.mu.Unlock()
 	return nil
 }
@@ -566,6 +567,10 @@ func (b *batch) applyCurrentChanges(roomID string, ev stateres.PDU, changes []st
 		hKey := binary.BigEndian.AppendUint64(append(projections.Key(pStateHist, roomID, c.Key.Type, c.Key.StateKey), sep), off)
 		if err := w.Set(hKey, []byte(c.EventID)); err != nil {
 			return err
+		}
+		if k := "s" + roomID; !b.memberSeen[k] {
+			b.memberSeen[k] = true
+			b.stateRooms = append(b.stateRooms, roomID)
 		}
 		if c.Key.Type != stateres.MRoomMember {
 			continue
