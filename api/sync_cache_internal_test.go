@@ -267,6 +267,11 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		}
 		since = ts.node.LastOffset()
 	}
+	// An initial sync, whose rooms' summaries and visibility come from the
+	// caches the builds above filled, is the uncached one too.
+	if joined, _, _ := ts.build(alice, 0, nil); len(joined) != 200 {
+		t.Fatalf("initial sync: %d joined rooms, want 200", len(joined))
+	}
 	// The same through /sync itself, from the first token: every room
 	// changed above, once.
 	var r struct {
