@@ -151,8 +151,13 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 		if v.EventID == "" {
 			continue
 		}
+		// A PDU that fails the authorization rules was processed: it is
+		// recorded as rejected, and the sender learns nothing it could
+		// act on (the spec: no error means "processed successfully"), as
+		// other servers answer too. One that was not recorded, or whose
+		// signatures do not verify, is an error the sender should see.
 		switch {
-		case v.Dropped || v.Outcome == receive.Rejected:
+		case v.Dropped || v.BadSignature:
 			results[v.EventID] = map[string]string{"error": v.Reason}
 		default:
 			results[v.EventID] = map[string]any{}

@@ -209,6 +209,26 @@ func TestRoomOverFederation(t *testing.T) {
 	if !slices.Contains(ids, msg.EventID()) || slices.Contains(ids, forged.EventID()) {
 		t.Fatalf("A's timeline %v: want the message, not the forged one", ids)
 	}
+	// A correctly signed PDU that fails the authorization rules (its
+	// sender never joined) is processed: recorded as rejected, and the
+	// result carries no error, as for every PDU that was processed.
+	mallory := "@mallory:" + b.Name
+	unauthorised, err := stateres.BuildEvent(v11, &stateres.ProtoEvent{Type: "m.room.message", Sender: mallory, Content: json.RawMessage(`{"msgtype":"m.text","body":"not a member"}`), RoomID: roomID, OriginServerTS: time.Now().UnixMilli()},
+		authFor("m.room.message"), []stateres.PDU{msg}, b.Name, b.Key.ID, b.Key.Private)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.PDUs = nil
+	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v1/send/txn-unauthorised", map[string]any{"origin": b.Name, "origin_server_ts": time.Now().UnixMilli(), "pdus": []json.RawMessage{unauthorised.JSON()}}, &res); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if r, ok := res.PDUs[unauthorised.EventID()]; !ok || r["error"] != "" {
+		t.Fatalf("result for the unauthorised PDU: %v (all: %v)", r, res.PDUs)
+	}
+	if e, _ := a.view().Event(unauthorised.EventID()); e == nil || e.Rejected == "" {
+		t.Fatalf("the unauthorised PDU is not recorded as rejected: %+v", e)
+	}
+
 	// The typing EDU was recorded.
 	entries, _ := a.Log.Read(1, int(a.Log.LastOffset()))
 	typing := false

@@ -97,6 +97,9 @@ type Verdict struct {
 	// Dropped: not recorded at all (not even JSON, or for a room this
 	// server is not in); Reason says why.
 	Dropped bool
+	// BadSignature: rejected because its signatures do not verify, so
+	// the sender may not be the server it claims (step 2).
+	BadSignature bool
 }
 
 // Local is what the receiver reads of this server: the rooms view as
@@ -367,6 +370,7 @@ func (d *decider) decide(c *candidate) Verdict {
 		return v
 	}
 	if c.sigErr != nil {
+		v.BadSignature = true
 		return record(Rejected, "signatures: "+c.sigErr.Error(), nil, nil)
 	}
 	// Step 4: the event's own auth events.
