@@ -462,7 +462,8 @@ func (s *Server) getState(w http.ResponseWriter, r *http.Request, origin string)
 func (s *Server) getEventAuth(w http.ResponseWriter, r *http.Request, origin string) error {
 	v := s.view()
 	roomID, eventID := r.PathValue("roomID"), r.PathValue("eventID")
-	if _, err := s.readableRoom(r, v, roomID, origin); err != nil {
+	room, err := s.readableRoom(r, v, roomID, origin)
+	if err != nil {
 		return err
 	}
 	if _, err := storedPDU(v, roomID, eventID); err != nil {
@@ -474,6 +475,15 @@ func (s *Server) getEventAuth(w http.ResponseWriter, r *http.Request, origin str
 	ids, err := v.AuthChain([]string{eventID})
 	if err != nil {
 		return err
+	}
+	// Where the room ID is the create event's ID (v12), events do not list
+	// the create event in auth_events: their room_id implies it (rooms/v12,
+	// "The m.room.create event MUST NOT be selected for auth_events"). It
+	// is still one of their auth events, so the chain holds it.
+	if version, ok := stateres.Version(room.Version); ok && version.RoomIDFromCreate {
+		if createID := "$" + strings.TrimPrefix(roomID, "!"); createID != eventID && !slices.Contains(ids, createID) {
+			ids = append(ids, createID)
+		}
 	}
 	chain, err := loadPDUs(v, ids)
 	if err != nil {

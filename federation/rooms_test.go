@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,6 +80,12 @@ func (p *roomPeer) local(t *testing.T, roomID, typ, sender string, stateKey *str
 		}
 	} else {
 		roomID = "!fed" + fmt.Sprint(time.Now().UnixNano()) + ":" + p.Name
+		var c struct {
+			RoomVersion string `json:"room_version"`
+		}
+		if json.Unmarshal([]byte(content), &c) == nil && c.RoomVersion != "" {
+			version = mustVersion(c.RoomVersion)
+		}
 	}
 	lookup := v.LookupIn(cur)
 	ev, err := stateres.BuildEvent(version, &stateres.ProtoEvent{Type: typ, StateKey: stateKey, Sender: sender, Content: json.RawMessage(content), RoomID: roomID, OriginServerTS: time.Now().UnixMilli()},
@@ -326,7 +333,7 @@ func (p *roomPeer) handshake(t *testing.T, resident *roomPeer, membership, roomI
 		Event       json.RawMessage `json:"event"`
 		RoomVersion string          `json:"room_version"`
 	}
-	if err := p.do(t, resident.Name, "GET", "/_matrix/federation/v1/make_"+membership+"/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+"?ver=11", nil, &mj); err != nil {
+	if err := p.do(t, resident.Name, "GET", "/_matrix/federation/v1/make_"+membership+"/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+"?ver=11&ver=12", nil, &mj); err != nil {
 		t.Fatalf("make_%s: %v", membership, err)
 	}
 	version, ok := stateres.Version(mj.RoomVersion)
@@ -506,5 +513,51 @@ func TestForkAcrossAPartition(t *testing.T) {
 		if !maps.Equal(before, want) {
 			t.Fatalf("%s: the state before the merge is not the resolved state", p.Name)
 		}
+	}
+}
+
+// In a v12 room events do not list the create event in auth_events (the
+// room ID implies it); /event_auth still serves it as part of the chain.
+func TestEventAuthHoldsTheImpliedCreateEvent(t *testing.T) {
+	ca := testca.New(t)
+	a := startRoomPeer(t, ca)
+	b := startRoomPeer(t, ca)
+	alice, bob := "@alice:"+a.Name, "@bob:"+b.Name
+	create := a.local(t, "", stateres.MRoomCreate, alice, sk(""), `{"room_version":"12"}`)
+	roomID := create.RoomID()
+	if roomID != "!"+strings.TrimPrefix(create.EventID(), "$") {
+		t.Fatalf("v12 room ID %s is not derived from the create event %s", roomID, create.EventID())
+	}
+	a.local(t, roomID, stateres.MRoomMember, alice, sk(alice), `{"membership":"join"}`)
+	a.local(t, roomID, stateres.MRoomPowerLevels, alice, sk(""), `{"state_default":50,"events_default":0,"ban":50,"kick":50,"redact":50,"invite":0,"users_default":0}`)
+	jr := a.local(t, roomID, stateres.MRoomJoinRules, alice, sk(""), `{"join_rule":"public"}`)
+	if slices.Contains(jr.AuthEventIDs(), create.EventID()) {
+		t.Fatal("the v12 event lists the create event in auth_events")
+	}
+	join := b.handshake(t, a, "join", roomID, bob)
+	if err := b.do(t, a.Name, "PUT", "/_matrix/federation/v2/send_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(join.EventID()), json.RawMessage(join.JSON()), nil); err != nil {
+		t.Fatalf("send_join: %v", err)
+	}
+	var ea struct {
+		AuthChain []json.RawMessage `json:"auth_chain"`
+	}
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/event_auth/"+url.PathEscape(roomID)+"/"+url.PathEscape(jr.EventID()), nil, &ea); err != nil {
+		t.Fatalf("/event_auth: %v", err)
+	}
+	var ids []string
+	for _, raw := range ea.AuthChain {
+		var e struct {
+			Type string `json:"type"`
+		}
+		_ = json.Unmarshal(raw, &e)
+		ids = append(ids, e.Type)
+	}
+	slices.Sort(ids)
+	if want := []string{stateres.MRoomCreate, stateres.MRoomMember, stateres.MRoomPowerLevels}; !slices.Equal(ids, want) {
+		t.Fatalf("/event_auth of the join rules: types %v, want %v", ids, want)
+	}
+	// The create event's own chain is empty.
+	if err := b.do(t, a.Name, "GET", "/_matrix/federation/v1/event_auth/"+url.PathEscape(roomID)+"/"+url.PathEscape(create.EventID()), nil, &ea); err != nil || len(ea.AuthChain) != 0 {
+		t.Fatalf("/event_auth of the create event: %v, %d events", err, len(ea.AuthChain))
 	}
 }
