@@ -36,28 +36,22 @@ type Receiver struct {
 	// checked against them.
 	Append func(ctx context.Context, entries []facts.PDU) error
 
-	mu     sync.Mutex
-	rooms  map[string]*sync.Mutex
-	events *rooms.EventCache // events read back, parsed, across transactions
+	mu    sync.Mutex
+	rooms map[string]*sync.Mutex
 }
 
-// view is the local view, reading events through the receiver's cache.
-func (r *Receiver) view() rooms.View {
-	r.mu.Lock()
-	if r.events == nil {
-		r.events = rooms.NewEventCache(eventCacheSize)
-	}
-	c := r.events
-	r.mu.Unlock()
-	return r.Local.View().WithCache(c)
-}
-
-// eventCacheSize bounds the parsed events the receiver keeps (auth and
-// state events are read for every PDU).
-const eventCacheSize = 8192
+// view is the local view. Its events are read through the cache of
+// whoever provides it (the room write path's, shared with local sends
+// and the federation read endpoints), not a second cache of the same
+// parsed events.
+func (r *Receiver) view() rooms.View { return r.Local.View() }
 
 // roomLock serialises the receipt of a room's PDUs: each is checked
-// against the state the previous ones left.
+// against the state the previous ones left. It is not the write path's
+// room lock: it is held across the checks' requests to the origin
+// (get_missing_events, state_ids, event), which may take seconds, and
+// local sends to the room must not wait for those; the write path takes
+// its own lock only around the append (roomwrite.Writer.Receive).
 func (r *Receiver) roomLock(roomID string) *sync.Mutex {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -256,7 +256,7 @@ func (h *harness) reset(t testing.TB, version string) {
 		t.Fatal(err)
 	}
 	h.recv = &Receiver{
-		Local:  localView{h},
+		Local:  localView{h, rooms.NewEventCache(8192)},
 		Verify: staticKeys{},
 		Peer:   &fakePeer{h: h},
 		Append: func(ctx context.Context, entries []facts.PDU) error {
@@ -288,9 +288,14 @@ func (h *harness) appendLocal(t testing.TB, ev *stateres.Event) {
 	}
 }
 
-type localView struct{ h *harness }
+// localView reads through an event cache, as the room write path's view
+// does in the server.
+type localView struct {
+	h     *harness
+	cache *rooms.EventCache
+}
 
-func (l localView) View() rooms.View { return rooms.NewView(l.h.h.Reader(), l.h.node) }
+func (l localView) View() rooms.View { return rooms.NewView(l.h.h.Reader(), l.h.node).WithCache(l.cache) }
 
 // staticKeys verifies with the keys every scenario server signs with.
 type staticKeys struct{}
