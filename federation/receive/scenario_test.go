@@ -295,7 +295,9 @@ type localView struct {
 	cache *rooms.EventCache
 }
 
-func (l localView) View() rooms.View { return rooms.NewView(l.h.h.Reader(), l.h.node).WithCache(l.cache) }
+func (l localView) View() rooms.View {
+	return rooms.NewView(l.h.h.Reader(), l.h.node).WithCache(l.cache)
+}
 
 // staticKeys verifies with the keys every scenario server signs with.
 type staticKeys struct{}
