@@ -232,11 +232,16 @@ type syncCache struct {
 	clock   *synccache.Clock
 	members *synccache.Members
 	parts   *synccache.Parts
+	events  *synccache.Events
 	builds  chan struct{}
 }
 
-// maxCachedMembers bounds the membership cache (users).
-const maxCachedMembers = 100_000
+// maxCachedMembers bounds the membership cache (users), maxCachedEvents
+// the formatted events (about a kilobyte each).
+const (
+	maxCachedMembers = 100_000
+	maxCachedEvents  = 20_000
+)
 
 // newSyncCache attaches the cache to the projections it copies; call it
 // before the engine starts.
@@ -245,12 +250,14 @@ func (s *Server) newSyncCache() {
 		clock:   synccache.NewClock(),
 		members: synccache.NewMembers(maxCachedMembers),
 		parts:   synccache.NewParts(),
+		events:  synccache.NewEvents(maxCachedEvents),
 		builds:  make(chan struct{}, runtime.GOMAXPROCS(0)),
 	}
 	c.clock.Attach(s.roomsH.Name(), s.roomsH.Applied())
 	c.clock.Attach(s.userdataH.Name(), s.userdataH.Applied())
 	c.clock.OnReset(c.members.Reset)
 	c.clock.OnReset(c.parts.Reset)
+	c.clock.OnReset(c.events.Reset)
 	s.syncCache = c
 }
 

@@ -200,6 +200,19 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		{"receipt", func() {
 			ts.call("POST", path("/_matrix/client/v3/rooms/%s/receipt/m.read/%s", rooms[17], lastEvent), alice.token, map[string]any{}, nil)
 		}, []string{rooms[17]}},
+		{"reaction", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.reaction/t6", rooms[17]), alice.token, map[string]any{"m.relates_to": map[string]any{"rel_type": "m.annotation", "event_id": lastEvent, "key": "+1"}}, nil)
+		}, []string{rooms[17]}},
+		{"an edit", func() {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t7", rooms[17]), alice.token, map[string]any{"msgtype": "m.text", "body": "* hi!", "m.new_content": map[string]any{"msgtype": "m.text", "body": "hi!"}, "m.relates_to": map[string]any{"rel_type": "m.replace", "event_id": lastEvent}}, nil)
+		}, []string{rooms[17]}},
+		{"a redaction", func() {
+			var r struct {
+				EventID string `json:"event_id"`
+			}
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t8", rooms[18]), alice.token, map[string]any{"msgtype": "m.text", "body": "oops"}, &r)
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/redact/%s/t9", rooms[18], r.EventID), alice.token, map[string]any{}, nil)
+		}, []string{rooms[18]}},
 		{"typing", func() {
 			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/typing/%s", rooms[42], alice.sess.UserID), alice.token, map[string]any{"typing": true, "timeout": 30000}, nil)
 		}, []string{rooms[42]}},
@@ -280,8 +293,8 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		} `json:"rooms"`
 	}
 	ts.call("GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=0&since="+url.QueryEscape(first.NextBatch), alice.token, nil, &r)
-	if len(r.Rooms.Join) != 6 {
-		t.Fatalf("/sync since the first token: %d joined rooms, want 6", len(r.Rooms.Join))
+	if len(r.Rooms.Join) != 7 {
+		t.Fatalf("/sync since the first token: %d joined rooms, want 7", len(r.Rooms.Join))
 	}
 }
 

@@ -5,8 +5,10 @@ package api
 // long-poll) is in sync.go.
 
 import (
+	"encoding/json"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/engram-hs/engram/api/synccache"
 	"github.com/engram-hs/engram/projections/rooms"
@@ -252,7 +254,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	senders := map[string]bool{sess.UserID: true}
 	inTimeline := map[string]bool{}
 	for _, e := range evs {
-		timeline = append(timeline, s.clientEvent(v, e, sess, false))
+		timeline = append(timeline, s.syncClientEvent(v, e, sess, opts.uncached))
 		senders[headOf(e).Sender] = true
 		inTimeline[e.EventID] = true
 	}
@@ -311,7 +313,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 			if lazy && member {
 				s.lazy.remember(sess, roomID, e.EventID)
 			}
-			state = append(state, s.clientEvent(v, e, sess, false))
+			state = append(state, s.syncClientEvent(v, e, sess, opts.uncached))
 		}
 	}
 
@@ -426,6 +428,51 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (
 		}
 	}
 	return map[string]any{"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}, nil
+}
+
+// formattedEvent is the part of a client event every reader gets: all
+// but unsigned.age (the reader's clock), unsigned.transaction_id (the
+// sending device's) and the bundled relations (a thread's depend on the
+// reader).
+type formattedEvent struct {
+	event map[string]any
+	ts    int64 // origin_server_ts
+}
+
+// syncClientEvent is clientEvent, with the reader-independent part of the
+// event formatted once per room position and shared by every member's
+// build.
+func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, uncached bool) map[string]any {
+	if uncached || e.RedactedBy != "" {
+		// A redacted event carries its redaction, with an age of its own:
+		// rare enough to format each time.
+		return s.clientEvent(v, e, sess, false)
+	}
+	var at uint64
+	s.syncCache.clock.Read(func(c synccache.View) { at = c.EventsChangedAt(e.RoomID) })
+	f := s.syncCache.events.Get(e.EventID, at, func() any {
+		ev := s.formatClientEvent(v, e, nil, false, false)
+		var ts int64
+		if raw, ok := ev["origin_server_ts"].(json.RawMessage); ok {
+			_ = json.Unmarshal(raw, &ts)
+		}
+		unsigned := ev["unsigned"].(map[string]any)
+		delete(unsigned, "age")
+		return formattedEvent{event: ev, ts: ts}
+	}).(formattedEvent)
+	out := maps.Clone(f.event)
+	unsigned := maps.Clone(f.event["unsigned"].(map[string]any))
+	out["unsigned"] = unsigned
+	if age := time.Now().UnixMilli() - f.ts; f.ts > 0 {
+		unsigned["age"] = age
+	}
+	if e.Txn != nil && e.Txn.UserID == sess.UserID && e.Txn.DeviceID == sess.DeviceID {
+		unsigned["transaction_id"] = e.Txn.TxnID
+	}
+	if rel := s.bundledRelations(v, e, sess); rel != nil {
+		unsigned["m.relations"] = rel
+	}
+	return out
 }
 
 // syncVisibility is newVisibility with the room's history_visibility

@@ -52,6 +52,7 @@ type Clock struct {
 	horizon uint64
 	seen    map[string]uint64 // source -> last offset it reported
 	rooms   map[string]uint64 // any change
+	events  map[string]uint64 // events only
 	members map[string]uint64 // member changes only
 	state   map[string]uint64 // current state changes only
 	data    map[UserRoom]uint64
@@ -64,7 +65,7 @@ type Clock struct {
 // NewClock returns a clock that covers nothing until its sources are
 // attached.
 func NewClock() *Clock {
-	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, members: map[string]uint64{}, state: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
+	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, events: map[string]uint64{}, members: map[string]uint64{}, state: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
 }
 
 // Attach declares a source whose batches will follow offset applied (its
@@ -100,6 +101,7 @@ func (c *Clock) Note(b Batch) {
 	c.seen[b.Source] = max(c.seen[b.Source], b.Last)
 	for _, r := range b.Rooms {
 		c.rooms[r] = max(c.rooms[r], b.Last)
+		c.events[r] = max(c.events[r], b.Last)
 	}
 	for _, r := range b.StateRooms {
 		c.state[r] = max(c.state[r], b.Last)
@@ -135,6 +137,10 @@ func (v View) Covers(since uint64) bool { return since >= v.c.horizon }
 // RoomChangedAt is the position of the room's last change: events,
 // typing or receipts (0: none since the horizon).
 func (v View) RoomChangedAt(room string) uint64 { return v.c.rooms[room] }
+
+// EventsChangedAt is the position of the room's last event (0: none since
+// the horizon).
+func (v View) EventsChangedAt(room string) uint64 { return v.c.events[room] }
 
 // MembersChangedAt is the position of the last change of the room's
 // members (0: none since the horizon).

@@ -64,3 +64,47 @@ func (p *Parts) Reset() {
 	clear(p.entries)
 	p.epoch++
 }
+
+// Events caches formatted events (the parts of a client event that are the
+// same for every reader), each tagged with its room's event position when
+// it was formatted: a redaction or relation arrives as an event in the
+// room, which moves the position. Bounded; past the bound it starts over.
+type Events struct {
+	mu      sync.Mutex
+	max     int
+	entries map[string]part
+	epoch   uint64
+}
+
+// NewEvents keeps up to max formatted events.
+func NewEvents(max int) *Events { return &Events{max: max, entries: map[string]part{}} }
+
+// Get returns the formatted event under key at the room's position at,
+// formatting it with format on a miss.
+func (e *Events) Get(key string, at uint64, format func() any) any {
+	e.mu.Lock()
+	p, ok := e.entries[key]
+	epoch := e.epoch
+	e.mu.Unlock()
+	if ok && p.at == at {
+		return p.v
+	}
+	v := format()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.epoch == epoch {
+		if len(e.entries) >= e.max {
+			clear(e.entries)
+		}
+		e.entries[key] = part{at: at, v: v}
+	}
+	return v
+}
+
+// Reset forgets everything.
+func (e *Events) Reset() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	clear(e.entries)
+	e.epoch++
+}
