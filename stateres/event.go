@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"unicode/utf8"
 
 	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
@@ -219,14 +220,14 @@ func parseCanonicalWithID(version *RoomVersion, canon []byte, knownID string) (*
 	}
 
 	e := &Event{version: version, json: canon}
-	if e.typ, err = idString(f.typ, "type"); err != nil {
+	if e.typ, err = keyString(version, f.typ, "type"); err != nil {
 		return nil, err
 	}
 	if e.sender, err = idString(f.sender, "sender"); err != nil {
 		return nil, err
 	}
 	if f.stateKey != nil {
-		sk, err := idString(f.stateKey, "state_key")
+		sk, err := keyString(version, f.stateKey, "state_key")
 		if err != nil {
 			return nil, err
 		}
@@ -344,6 +345,31 @@ func idString(v []byte, name string) (string, error) {
 	}
 	if len(s) > MaxIDBytes {
 		return "", invalid("%s is %d bytes, the limit is %d", name, len(s), MaxIDBytes)
+	}
+	return s, nil
+}
+
+// keyString decodes type or state_key. Room versions before 11 bound
+// them to MaxIDBytes codepoints rather than bytes: servers did so when
+// those rooms were made, so their rooms hold longer non-ASCII keys that
+// every server must still accept (as prev and auth events too, or the
+// room's history breaks apart).
+func keyString(version *RoomVersion, v []byte, name string) (string, error) {
+	if version.StrictEventByteLimits {
+		return idString(v, name)
+	}
+	if v == nil {
+		return "", invalid("missing %s", name)
+	}
+	if v[0] != '"' {
+		return "", invalid("%s must be a string", name)
+	}
+	s, err := canonicaljson.Unquote(v)
+	if err != nil {
+		return "", invalid("%s: %v", name, err)
+	}
+	if n := utf8.RuneCountInString(s); n > MaxIDBytes {
+		return "", invalid("%s is %d codepoints, the limit is %d in room version %s", name, n, MaxIDBytes, version.ID)
 	}
 	return s, nil
 }

@@ -167,3 +167,32 @@ func TestParseEventLimits(t *testing.T) {
 		t.Errorf("255-byte type rejected: %v", err)
 	}
 }
+
+// type and state_key are bounded in codepoints before room version 11
+// and in bytes from 11 on: a 70-codepoint, 280-byte state key is valid in
+// a v10 room (such events exist and must still be accepted as prev and
+// auth events) and invalid in a v11 one.
+func TestParseEventKeyLimitsByVersion(t *testing.T) {
+	wide := strings.Repeat("💥", 70) // 280 bytes
+	withKey := func(sk, typ string) []byte {
+		raw := strings.Replace(v4Message, `"depth"`, `"state_key":"`+sk+`","depth"`, 1)
+		return []byte(strings.Replace(raw, `"m.room.message"`, `"`+typ+`"`, 1))
+	}
+	if _, err := ParseEvent(mustVersion(t, "10"), withKey(wide, "m.room.message")); err != nil {
+		t.Fatalf("v10: a 280-byte, 70-codepoint state key rejected: %v", err)
+	}
+	if _, err := ParseEvent(mustVersion(t, "10"), withKey("k", "m."+strings.Repeat("é", 200))); err != nil {
+		t.Fatalf("v10: a 402-byte, 202-codepoint type rejected: %v", err)
+	}
+	if _, err := ParseEvent(mustVersion(t, "10"), withKey(strings.Repeat("é", 256), "m.room.message")); !errors.Is(err, ErrInvalidEvent) {
+		t.Fatalf("v10: a 256-codepoint state key: err = %v, want ErrInvalidEvent", err)
+	}
+	for _, v := range []string{"11", "12"} {
+		if _, err := ParseEvent(mustVersion(t, v), withKey(wide, "m.room.message")); !errors.Is(err, ErrInvalidEvent) || !strings.Contains(err.Error(), "state_key") {
+			t.Fatalf("v%s: a 280-byte state key: err = %v, want ErrInvalidEvent about state_key", v, err)
+		}
+		if _, err := ParseEvent(mustVersion(t, v), withKey(wide[:252], "m.room.message")); err != nil {
+			t.Fatalf("v%s: a 252-byte state key rejected: %v", v, err)
+		}
+	}
+}

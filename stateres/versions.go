@@ -85,6 +85,9 @@ type RoomVersion struct {
 	// V11Semantics: creator comes from the create event's sender, redacts
 	// moves into content, top-level origin/membership/prev_state are gone (v11+).
 	V11Semantics bool
+	// StrictEventByteLimits: type and state_key are bounded to 255 bytes;
+	// before v11 to 255 codepoints (v11+).
+	StrictEventByteLimits bool
 	// RoomIDFromCreate: the room ID is derived from the create event's ID and
 	// the create event carries no room_id (v12).
 	RoomIDFromCreate bool
@@ -125,7 +128,7 @@ func init() {
 	add("8", func(v *RoomVersion) { v.RestrictedJoins = true; v.Redaction = RedactionV8 })
 	add("9", func(v *RoomVersion) { v.Redaction = RedactionV9 })
 	add("10", func(v *RoomVersion) { v.KnockRestricted = true; v.IntegerPowerLevels = true })
-	add("11", func(v *RoomVersion) { v.V11Semantics = true; v.Redaction = RedactionV11 })
+	add("11", func(v *RoomVersion) { v.V11Semantics = true; v.Redaction = RedactionV11; v.StrictEventByteLimits = true })
 	add("12", func(v *RoomVersion) {
 		v.RoomIDFromCreate = true
 		v.PrivilegedCreators = true
