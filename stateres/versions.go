@@ -128,7 +128,11 @@ func init() {
 	add("8", func(v *RoomVersion) { v.RestrictedJoins = true; v.Redaction = RedactionV8 })
 	add("9", func(v *RoomVersion) { v.Redaction = RedactionV9 })
 	add("10", func(v *RoomVersion) { v.KnockRestricted = true; v.IntegerPowerLevels = true })
-	add("11", func(v *RoomVersion) { v.V11Semantics = true; v.Redaction = RedactionV11; v.StrictEventByteLimits = true })
+	add("11", func(v *RoomVersion) {
+		v.V11Semantics = true
+		v.Redaction = RedactionV11
+		v.StrictEventByteLimits = true
+	})
 	add("12", func(v *RoomVersion) {
 		v.RoomIDFromCreate = true
 		v.PrivilegedCreators = true
