@@ -32,6 +32,7 @@ type Config struct {
 	RegistrationRequiresToken             bool   // registration_requires_token
 	AllowGuestAccess                      bool   // allow_guest_access
 	AllowPublicRoomsWithoutAuth           bool   // allow_public_rooms_without_auth
+	AllowDeviceNameLookupOverFederation   bool   // allow_device_name_lookup_over_federation
 	// Appservices are the application services of app_service_config_files.
 	Appservices        *appservice.Set
 	DefaultRoomVersion string // default_room_version

@@ -17,13 +17,15 @@ func (s *Server) newKeys() *keys.Service {
 	return keys.New(keys.Deps{
 		Remote:     remote,
 		ServerName: s.cfg.ServerName,
-		Engine:     s.engine,
-		Logger:     s.logger,
-		Commit:     s.commit,
-		ReadJSON:   readJSON,
-		ParseToken: parseToken,
-		Accounts:   s.accountsView,
-		Rooms:      s.roomsView,
+		// Device names in the device list updates other servers get.
+		DeviceNamesOverFederation: s.cfg.AllowDeviceNameLookupOverFederation,
+		Engine:                    s.engine,
+		Logger:                    s.logger,
+		Commit:                    s.commit,
+		ReadJSON:                  readJSON,
+		ParseToken:                parseToken,
+		Accounts:                  s.accountsView,
+		Rooms:                     s.roomsView,
 		PasswordUIA: func(auth json.RawMessage, c keys.Caller) error {
 			return s.deviceUIA(auth, &session{UserID: c.UserID, DeviceID: c.DeviceID, Appservice: c.Appservice})
 		},

@@ -42,8 +42,13 @@ func visibleTo(owner, origin string) e2ee.Visible {
 	return func(signer string) bool { return signer == owner || domainOf(signer) == origin }
 }
 
-func displayNames(av accounts.View, user string) func(string) (string, error) {
+// displayNames gives device display names, or none when they are not
+// shown to other servers.
+func (s *Server) displayNames(av accounts.View, user string) func(string) (string, error) {
 	return func(dev string) (string, error) {
+		if !s.cfg.DeviceNamesOverFederation {
+			return "", nil
+		}
 		d, err := av.Device(user, dev)
 		if err != nil || d == nil {
 			return "", err
@@ -62,7 +67,7 @@ func (s *Server) userDevices(w http.ResponseWriter, r *http.Request, origin stri
 		return err
 	}
 	av := accounts.NewView(s.deps.Accounts.Reader())
-	devs, err := v.QueryDevices(user, nil, visibleTo(user, origin), displayNames(av, user))
+	devs, err := v.QueryDevices(user, nil, visibleTo(user, origin), s.displayNames(av, user))
 	if err != nil {
 		return err
 	}
@@ -74,7 +79,7 @@ func (s *Server) userDevices(w http.ResponseWriter, r *http.Request, origin stri
 	list := []map[string]any{}
 	for _, dev := range slices.Sorted(maps.Keys(devs)) {
 		d := map[string]any{"device_id": dev, "keys": devs[dev]}
-		if name, err := displayNames(av, user)(dev); err != nil {
+		if name, err := s.displayNames(av, user)(dev); err != nil {
 			return err
 		} else if name != "" {
 			d["device_display_name"] = name
@@ -124,7 +129,7 @@ func (s *Server) userKeysQuery(w http.ResponseWriter, r *http.Request, origin st
 		if domainOf(user) != s.cfg.ServerName {
 			continue // not ours: unknown here, so absent (spec)
 		}
-		devs, err := v.QueryDevices(user, req.DeviceKeys[user], visibleTo(user, origin), displayNames(av, user))
+		devs, err := v.QueryDevices(user, req.DeviceKeys[user], visibleTo(user, origin), s.displayNames(av, user))
 		if err != nil {
 			return err
 		}

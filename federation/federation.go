@@ -36,7 +36,11 @@ type Config struct {
 	Key        signing.Key
 	// MaxRequestBody bounds an inbound request body (default 32 MiB).
 	MaxRequestBody int64
-	Now            func() time.Time
+	// DeviceNamesOverFederation: user/devices and user/keys/query show
+	// device display names (allow_device_name_lookup_over_federation;
+	// off by default, as in Synapse: names often say who and where).
+	DeviceNamesOverFederation bool
+	Now                       func() time.Time
 }
 
 // Deps are the running pieces the handlers use.

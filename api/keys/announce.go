@@ -113,7 +113,7 @@ func (s *Service) announceDevices(ctx context.Context, user string, devices []st
 			}
 			if d, err := s.d.Accounts().Device(user, dev); err != nil {
 				return err
-			} else if d != nil && d.DisplayName != "" {
+			} else if d != nil && d.DisplayName != "" && s.d.DeviceNamesOverFederation {
 				c["device_display_name"] = d.DisplayName
 			}
 		}

@@ -69,6 +69,9 @@ type Deps struct {
 	Touched func(e2ee.Touched)
 	// Remote asks other servers for their users' keys; nil: none.
 	Remote Remote
+	// DeviceNamesOverFederation: other servers are told device display
+	// names (allow_device_name_lookup_over_federation; off by default).
+	DeviceNamesOverFederation bool
 }
 
 // Service serves the endpoints.

@@ -45,6 +45,7 @@ type Config struct {
 	AppServiceConfigFiles                 []string
 	appservices                           *appservice.Set // loaded from AppServiceConfigFiles at start
 	AllowPublicRoomsWithoutAuth           bool
+	AllowDeviceNameLookupOverFederation   bool
 	DefaultRoomVersion                    string
 	SigningKeyPath                        string
 	ServeServerWellKnown                  bool
@@ -242,6 +243,7 @@ var options = []option{
 	{"turn_allow_guests", "true or false", boolean(func(c *Config) *bool { return &c.TurnAllowGuests })},
 	{"app_service_config_files", "a list of file paths", list(func(c *Config) *[]string { return &c.AppServiceConfigFiles })},
 	{"allow_public_rooms_without_auth", "true or false", boolean(func(c *Config) *bool { return &c.AllowPublicRoomsWithoutAuth })},
+	{"allow_device_name_lookup_over_federation", "true or false", boolean(func(c *Config) *bool { return &c.AllowDeviceNameLookupOverFederation })},
 	{"default_room_version", `a room version ("12")`, str(func(c *Config) *string { return &c.DefaultRoomVersion })},
 	{"signing_key_path", "a file path", str(func(c *Config) *string { return &c.SigningKeyPath })},
 	{"serve_server_wellknown", "true or false", boolean(func(c *Config) *bool { return &c.ServeServerWellKnown })},
@@ -621,6 +623,7 @@ func (c Config) apiConfig() api.Config {
 		RegistrationRequiresToken:             c.RegistrationRequiresToken,
 		AllowGuestAccess:                      c.AllowGuestAccess,
 		AllowPublicRoomsWithoutAuth:           c.AllowPublicRoomsWithoutAuth,
+		AllowDeviceNameLookupOverFederation:   c.AllowDeviceNameLookupOverFederation,
 		DefaultRoomVersion:                    c.DefaultRoomVersion,
 		MaxUploadSize:                         c.MaxUploadSize,
 		TurnURIs:                              c.TurnURIs,
@@ -767,6 +770,9 @@ registration_requires_token: false
 registration_shared_secret: %q
 allow_guest_access: false
 allow_public_rooms_without_auth: false
+# Other servers see your users' device names (in their key queries and
+# device list updates) only when true, as in Synapse.
+allow_device_name_lookup_over_federation: false
 # default_room_version: "12"
 max_upload_size: "50M"
 # Media: new uploads are served only by the authenticated endpoints

@@ -315,7 +315,7 @@ func newFederation(cfg Config, key signing.Key, node *englog.Node, engine *proje
 	for _, h := range engine.Handles() {
 		byName[h.Name()] = h
 	}
-	srv, err := federation.New(federation.Config{ServerName: cfg.ServerName, Version: version, Key: key},
+	srv, err := federation.New(federation.Config{ServerName: cfg.ServerName, Version: version, Key: key, DeviceNamesOverFederation: cfg.AllowDeviceNameLookupOverFederation},
 		federation.Deps{Log: node, Keys: keyring, Logger: logger, Accounts: byName["accounts"], Rooms: rw, OpenID: byName["openid"], E2EE: byName["e2ee"], Contacted: q.MarkUp, Deliver: q.Deliver, Client: client})
 	if err != nil {
 		return nil, err

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/internal/testca"
+	"github.com/engram-hs/engram/internal/testserver"
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
@@ -363,5 +364,62 @@ func TestSigningRemoteMasterKey(t *testing.T) {
 	}
 	if got := query(carol); got[aliceID] != nil {
 		t.Fatalf("carol sees alice's signature of bob's master key: %v", got)
+	}
+}
+
+// Device names cross to other servers only where
+// allow_device_name_lookup_over_federation is true (off by default, as
+// in Synapse): B's user sees the name of a device of A (which allows
+// it), A's user does not see that of a device of B.
+func TestDeviceNamesOverFederation(t *testing.T) {
+	ca := testca.New(t)
+	a := startWith(t, ca, fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t)), "", "allow_device_name_lookup_over_federation: true\n")
+	b := start(t, ca)
+	device := func(s server, user string) (token, userID, deviceID string) {
+		register(t, s, user)
+		var login struct {
+			AccessToken string `json:"access_token"`
+			UserID      string `json:"user_id"`
+			DeviceID    string `json:"device_id"`
+		}
+		if st := call(t, s, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password", "initial_device_display_name": user + "'s phone",
+			"identifier": map[string]any{"type": "m.id.user", "user": user}, "password": "pw-" + user}, &login); st != 200 {
+			t.Fatalf("login: %d", st)
+		}
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		keys := signObj(t, login.UserID, "ed25519:"+login.DeviceID, priv, map[string]any{"user_id": login.UserID, "device_id": login.DeviceID,
+			"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
+			"keys":       map[string]any{"ed25519:" + login.DeviceID: signing.EncodeBase64(pub), "curve25519:" + login.DeviceID: "c"}})
+		if st := call(t, s, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
+			t.Fatalf("upload: %d", st)
+		}
+		return login.AccessToken, login.UserID, login.DeviceID
+	}
+	alice, aliceID, aliceDev := device(a, "alice")
+	bob, bobID, bobDev := device(b, "bob")
+	name := func(s server, token, user, dev string) (string, bool) {
+		var q struct {
+			DeviceKeys map[string]map[string]struct {
+				Unsigned map[string]any `json:"unsigned"`
+			} `json:"device_keys"`
+		}
+		if st := call(t, s, "POST", "/_matrix/client/v3/keys/query", token, map[string]any{"device_keys": map[string]any{user: []string{}}}, &q); st != 200 {
+			t.Fatalf("query: %d", st)
+		}
+		d, ok := q.DeviceKeys[user][dev]
+		if !ok {
+			t.Fatalf("query of %s shows no device %s: %+v", user, dev, q)
+		}
+		n, _ := d.Unsigned["device_display_name"].(string)
+		return n, n != ""
+	}
+	if n, _ := name(b, bob, aliceID, aliceDev); n != "alice's phone" {
+		t.Fatalf("bob sees alice's device named %q; A allows names over federation", n)
+	}
+	if n, shown := name(a, alice, bobID, bobDev); shown {
+		t.Fatalf("alice sees bob's device named %q; B does not allow names over federation", n)
+	}
+	if n, _ := name(b, bob, bobID, bobDev); n != "bob's phone" {
+		t.Fatalf("bob sees his own device named %q", n)
 	}
 }
