@@ -282,9 +282,23 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 	}
 	// An initial sync, whose rooms' summaries and visibility come from the
 	// caches the builds above filled, is the uncached one too.
-	if joined, _, _ := ts.build(alice, 0, nil); len(joined) != 200 {
-		t.Fatalf("initial sync: %d joined rooms, want 200", len(joined))
+	// Twice: the second from the state the first left in the cache.
+	for range 2 {
+		if joined, _, _ := ts.build(alice, 0, nil); len(joined) != 200 {
+			t.Fatalf("initial sync: %d joined rooms, want 200", len(joined))
+		}
 	}
+	// A message in a room moves its timeline's start: its cached state
+	// must not be served for the new start.
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.name/", rooms[120]), alice.token, map[string]any{"name": "renamed"}, nil)
+	for i := range 12 {
+		ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/late%d", rooms[120], i), alice.token, map[string]any{"msgtype": "m.text", "body": "late"}, nil)
+	}
+	ts.build(alice, 0, nil)
+	// Another client's timeline limit starts the timeline elsewhere at the
+	// same position: the cached state is not that start's.
+	three := 3
+	ts.build(alice, 0, func() *syncFilter { f := &syncFilter{}; f.Room.Timeline = &roomEventFilter{Limit: &three}; return f }())
 	// The same through /sync itself, from the first token: every room
 	// changed above, once.
 	var r struct {
@@ -293,8 +307,8 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		} `json:"rooms"`
 	}
 	ts.call("GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=0&since="+url.QueryEscape(first.NextBatch), alice.token, nil, &r)
-	if len(r.Rooms.Join) != 7 {
-		t.Fatalf("/sync since the first token: %d joined rooms, want 7", len(r.Rooms.Join))
+	if len(r.Rooms.Join) != 8 {
+		t.Fatalf("/sync since the first token: %d joined rooms, want 8", len(r.Rooms.Join))
 	}
 }
 

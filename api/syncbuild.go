@@ -281,7 +281,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if whole || limited || lazy || opts.useStateAfter {
 		var at []*rooms.Event
 		if whole || limited || opts.useStateAfter {
-			at, err = v.StateBefore(roomID, "", stateAt)
+			at, err = s.stateBefore(v, roomID, stateAt, opts.uncached)
 		} else {
 			at, err = s.membersAt(v, roomID, slices.Sorted(maps.Keys(senders)), stateAt) // lazy only: the senders suffice
 		}
@@ -473,6 +473,39 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, un
 		unsigned["m.relations"] = rel
 	}
 	return out
+}
+
+// maxCachedState bounds the state a room's cached StateBefore may hold:
+// a larger room's is read each time rather than kept.
+const maxCachedState = 200
+
+// stateBefore is v.StateBefore(roomID, "", at), the room's state before
+// position at, cached per room for one position until the room's next
+// event (a redaction changes a state event's content): every member's
+// initial sync of a quiet room shares one read. A large state is read
+// each time rather than kept.
+func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bool) ([]*rooms.Event, error) {
+	if uncached {
+		return v.StateBefore(roomID, "", at)
+	}
+	var pos uint64
+	s.syncCache.clock.Read(func(c synccache.View) { pos = c.EventsChangedAt(roomID) })
+	got, err := s.syncCache.parts.GetIf(synccache.PartKey{Kind: "state_before", Room: roomID}, pos,
+		func(v any) bool { return v.(stateAt).at == at },
+		func() (any, bool, error) {
+			evs, err := v.StateBefore(roomID, "", at)
+			return stateAt{at, evs}, len(evs) <= maxCachedState, err
+		})
+	if err != nil {
+		return nil, err
+	}
+	return got.(stateAt).evs, nil
+}
+
+// stateAt is a room's state before a position.
+type stateAt struct {
+	at  uint64
+	evs []*rooms.Event
 }
 
 // syncVisibility is newVisibility with the room's history_visibility

@@ -35,16 +35,25 @@ func NewParts() *Parts { return &Parts{entries: map[PartKey]part{}} }
 // computed after a newer change is then tagged with an older position and
 // only ever recomputed, never served for a newer one.
 func (p *Parts) Get(k PartKey, at uint64, compute func() (any, error)) (any, error) {
+	return p.GetIf(k, at, nil, func() (any, bool, error) {
+		v, err := compute()
+		return v, true, err
+	})
+}
+
+// GetIf is Get where a cached part must also satisfy valid (nil: any
+// does), and compute says whether to keep what it computed.
+func (p *Parts) GetIf(k PartKey, at uint64, valid func(any) bool, compute func() (v any, keep bool, err error)) (any, error) {
 	p.mu.Lock()
 	e, ok := p.entries[k]
 	epoch := p.epoch
 	p.mu.Unlock()
-	if ok && e.at == at {
+	if ok && e.at == at && (valid == nil || valid(e.v)) {
 		return e.v, nil
 	}
-	v, err := compute()
-	if err != nil {
-		return nil, err
+	v, keep, err := compute()
+	if err != nil || !keep {
+		return v, err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
