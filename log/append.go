@@ -113,9 +113,9 @@ func (n *Node) Append(ctx context.Context, props ...Proposal) ([]uint64, error) 
 	return offs, nil
 }
 
-// forward is the seam for sending a follower's writes to the leader. Until
-// that exists, followers refuse writes.
-func (n *Node) forward(_ context.Context, _ []Proposal) ([]uint64, error) {
+// forward sends a follower's proposals to the leader (Forwarding); without
+// forwarding, a follower refuses writes.
+func (n *Node) forward(ctx context.Context, props []Proposal) ([]uint64, error) {
 	n.closeMu.RLock()
 	closed := n.closed
 	n.closeMu.RUnlock()
@@ -127,7 +127,13 @@ func (n *Node) forward(_ context.Context, _ []Proposal) ([]uint64, error) {
 		// store refuses commands); the disk is the news, not the election.
 		return nil, err
 	}
-	return nil, ErrNotLeader
+	n.fwdMu.Lock()
+	f := n.fwd
+	n.fwdMu.Unlock()
+	if f == nil || f.trans == nil {
+		return nil, ErrNotLeader
+	}
+	return f.forwardAppend(ctx, props)
 }
 
 // batcher packs waiting appends into raft commands.

@@ -99,6 +99,9 @@ type Node struct {
 	stop     chan struct{}
 	done     sync.WaitGroup
 
+	fwdMu sync.Mutex
+	fwd   *Forwarding // nil until Forwarding is called
+
 	closeMu   sync.RWMutex // Append holds R while enqueueing; Close takes W
 	closed    bool
 	closeErr  error

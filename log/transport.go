@@ -65,10 +65,12 @@ const handshakeTimeout = 5 * time.Second
 // not hold up real peers.
 type tlsStream struct {
 	ln     net.Listener
-	adv    net.Addr // what raft tells peers to dial
-	conf   *tls.Config
+	adv    net.Addr    // what raft tells peers to dial
+	conf   *tls.Config // raft's client side: offers no ALPN protocol
+	server *tls.Config // accepts raft (no ALPN) and forwardProto
 	log    zerolog.Logger
-	conns  chan net.Conn
+	conns  chan net.Conn // raft's
+	fwd    chan net.Conn // forwarded client requests (forwardProto)
 	closed chan struct{}
 	once   sync.Once
 
@@ -81,7 +83,9 @@ func newTLSStream(addr string, adv net.Addr, conf *tls.Config, l zerolog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	s := &tlsStream{ln: ln, adv: adv, conf: conf, log: l, conns: make(chan net.Conn), closed: make(chan struct{})}
+	server := conf.Clone()
+	server.NextProtos = []string{forwardProto}
+	s := &tlsStream{ln: ln, adv: adv, conf: conf, server: server, log: l, conns: make(chan net.Conn), fwd: make(chan net.Conn), closed: make(chan struct{})}
 	go s.acceptLoop()
 	return s, nil
 }
@@ -107,7 +111,7 @@ func (s *tlsStream) acceptLoop() {
 }
 
 func (s *tlsStream) handshake(raw net.Conn) {
-	c := tls.Server(raw, s.conf)
+	c := tls.Server(raw, s.server)
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
 	if err := c.HandshakeContext(ctx); err != nil {
@@ -121,8 +125,14 @@ func (s *tlsStream) handshake(raw net.Conn) {
 		raw.Close()
 		return
 	}
+	// Both kinds of traffic need the cluster certificate; ALPN tells a
+	// forwarded request (HTTP/1.1) from raft's own protocol.
+	to := s.conns
+	if c.ConnectionState().NegotiatedProtocol == forwardProto {
+		to = s.fwd
+	}
 	select {
-	case s.conns <- c:
+	case to <- c:
 	case <-s.closed:
 		c.Close()
 	}

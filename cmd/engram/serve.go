@@ -185,6 +185,25 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 
+	// Any node takes any request: a follower forwards writes to the
+	// leader and answers once its projections have the leader's answer.
+	fwd := node.Forwarding(func(ctx context.Context, off uint64) error {
+		for _, h := range engine.Handles() {
+			if err := h.WaitApplied(ctx, off); err != nil {
+				return fmt.Errorf("projection %s: %w", h.Name(), err)
+			}
+		}
+		return nil
+	})
+	fwd.Serve(map[string]http.Handler{"client": apiSrv.Handler(), "federation": fed.server.Handler()})
+	closeAllButForwarding := closeAll
+	closeAll = func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		fwd.Close(ctx)
+		closeAllButForwarding()
+	}
+
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	clientMux := http.NewServeMux()
 	if cfg.MetricsListen == "" {
@@ -192,7 +211,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	}
 	clientMux.Handle("GET /_engram/backup/log", backupHandler(cfg.RegistrationSharedSecret, node))
 	clientMux.Handle("POST /_engram/cluster/", clusterOpsHandler(cfg.RegistrationSharedSecret, node))
-	clientMux.Handle("/", apiSrv.Handler())
+	clientMux.Handle("/", fwd.Handler("client", apiSrv.Handler()))
 
 	type listener struct {
 		name string
@@ -245,7 +264,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 			closeAll()
 			return err
 		}
-		if err := add("federation_listen", cfg.FederationListen, fed.server.Handler(), true); err != nil {
+		if err := add("federation_listen", cfg.FederationListen, fwd.Handler("federation", fed.server.Handler()), true); err != nil {
 			closeListeners()
 			closeAll()
 			return err
