@@ -20,6 +20,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -190,12 +191,24 @@ func (c *cli) replay(ctx context.Context, args []string) error {
 	dir := fs.String("log", "", "data directory holding the log (no server may run on it)")
 	var names multiFlag
 	fs.Var(&names, "projection", "projection to rebuild (repeatable; default: all)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the rebuild to this file (go tool pprof)")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		fmt.Fprintln(c.stderr, "--log DIR is required")
 		return errUsage
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	rec, closeRec, err := c.recorder("replay", map[string]string{}, *jsonOut)
 	if err != nil {

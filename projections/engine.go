@@ -723,6 +723,22 @@ func (e *Engine) Digest(name string) ([]byte, error) {
 	return sum.Sum(nil), nil
 }
 
+// DiskUsage estimates the bytes on disk of the serving generation of a
+// projection (Pebble's estimate: the tables overlapping its keys, in
+// proportion, and nothing of what is still only in memtables).
+func (e *Engine) DiskUsage(name string) (uint64, error) {
+	e.mu.Lock()
+	h, ok := e.byName[name]
+	e.mu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("projections: no projection named %q", name)
+	}
+	h.rw.RLock()
+	prefix := h.servingPrefix
+	h.rw.RUnlock()
+	return e.db.EstimateDiskUsage(prefix, prefixEnd(prefix))
+}
+
 // Close stops following the log. A batch being applied is finished and
 // committed first, so nothing is left half-done. It does not close the DB.
 func (e *Engine) Close() error {

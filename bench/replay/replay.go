@@ -40,6 +40,7 @@ type Projection struct {
 	Duration     time.Duration
 	EventsPerSec float64
 	Digest       string // hex SHA-256 of its keyspace after the rebuild
+	DiskBytes    int64  // its serving generation on disk (Pebble's estimate)
 }
 
 // Result of a replay.
@@ -55,6 +56,9 @@ type Result struct {
 	// log's PDUs (their "event"), which the events' share of it stores.
 	DiskBytes      int64
 	EventJSONBytes int64
+	// LogDiskBytes and RaftDiskBytes are the event log's and the Raft
+	// log's shares of the disk (Pebble's estimates).
+	LogDiskBytes, RaftDiskBytes int64
 }
 
 // countingLog counts what the projections read.
@@ -146,6 +150,36 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		if rec != nil {
 			rec.Add("events_per_s."+name, p.EventsPerSec, "events/s", report.HigherIsBetter)
 			rec.Add("seconds."+name, d.Seconds(), "s", report.LowerIsBetter)
+		}
+	}
+	// Where the bytes on disk are, once everything is in tables.
+	if err := node.DB().Flush(); err != nil {
+		return nil, err
+	}
+	for i, name := range names {
+		n, err := engine.DiskUsage(name)
+		if err != nil {
+			return nil, err
+		}
+		res.Projections[i].DiskBytes = int64(n)
+		if rec != nil {
+			rec.Add("disk_mb."+name, float64(n)/1e6, "MB", report.LowerIsBetter)
+		}
+	}
+	// The event log ('L' 'e') and the Raft log of entries not yet
+	// snapshotted away ('L' 'r'), as log/store.go lays them out.
+	for _, part := range []struct {
+		name string
+		kind byte
+		dst  *int64
+	}{{"log", 'e', &res.LogDiskBytes}, {"raft_log", 'r', &res.RaftDiskBytes}} {
+		n, err := node.DB().EstimateDiskUsage([]byte{'L', part.kind}, []byte{'L', part.kind + 1})
+		if err != nil {
+			return nil, err
+		}
+		*part.dst = int64(n)
+		if rec != nil {
+			rec.Add("disk_mb."+part.name, float64(n)/1e6, "MB", report.LowerIsBetter)
 		}
 	}
 	res.BytesRead = counting.bytes.Load()
