@@ -1,0 +1,433 @@
+// Command faults is a fault campaign against a three-node Engram cluster
+// on loopback: real `engram serve` processes, concurrent senders spread
+// over the nodes (so most write through a follower, by forwarding), and a
+// fault per cycle (SIGKILL of the leader, or of a follower, then restart).
+// At the end every acknowledged event must be on every node, in the same
+// order, and `engram verify` must pass on every node. It prints one JSON
+// line; see bench/README.md.
+//
+//	go build -o /tmp/engram ./cmd/engram
+//	go run ./bench/faults --engram /tmp/engram --cycles 20 --senders 6
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+func main() {
+	bin := flag.String("engram", "", "the engram binary (required)")
+	cycles := flag.Int("cycles", 10, "fault cycles")
+	senders := flag.Int("senders", 6, "concurrent senders")
+	keep := flag.Bool("keep", false, "keep the data directories")
+	flag.Parse()
+	if *bin == "" {
+		fmt.Fprintln(os.Stderr, "faults: --engram BINARY is required")
+		os.Exit(2)
+	}
+	if err := run(*bin, *cycles, *senders, *keep); err != nil {
+		fmt.Fprintln(os.Stderr, "faults:", err)
+		os.Exit(1)
+	}
+}
+
+type node struct {
+	dir, cfg, listen, raft string
+	cmd                    *exec.Cmd
+	log                    *os.File
+}
+
+type cluster struct {
+	bin   string
+	nodes []*node
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func (c *cluster) tool(i int, args ...string) (string, error) {
+	cmd := exec.Command(c.bin, args...)
+	cmd.Dir = c.nodes[i].dir
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("engram %s on n%d: %v\n%s", strings.Join(args, " "), i+1, err, out)
+	}
+	return string(out), nil
+}
+
+func (c *cluster) start(i int) error {
+	n := c.nodes[i]
+	f, err := os.OpenFile(filepath.Join(n.dir, "serve.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	n.log = f
+	n.cmd = exec.Command(c.bin, "serve", "--config", n.cfg)
+	n.cmd.Dir = n.dir
+	n.cmd.Stdout, n.cmd.Stderr = f, f
+	return n.cmd.Start()
+}
+
+func (c *cluster) kill(i int) {
+	n := c.nodes[i]
+	n.cmd.Process.Signal(syscall.SIGKILL)
+	n.cmd.Wait()
+	n.log.Close()
+	n.cmd = nil
+}
+
+func (c *cluster) stop(i int) {
+	n := c.nodes[i]
+	if n.cmd == nil {
+		return
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	n.cmd.Wait()
+	n.log.Close()
+	n.cmd = nil
+}
+
+func waitServing(listen string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + listen + "/_matrix/client/versions"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not serve within %s", listen, d)
+}
+
+var leaderRe = regexp.MustCompile(`leader: n(\d)`)
+
+// leader asks a running node who leads.
+func (c *cluster) leader() (int, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		for i, n := range c.nodes {
+			if n.cmd == nil {
+				continue
+			}
+			out, err := c.tool(i, "cluster", "status", "--config", n.cfg)
+			if m := leaderRe.FindStringSubmatch(out); err == nil && m != nil {
+				if l := int(m[1][0] - '1'); c.nodes[l].cmd != nil {
+					return l, nil
+				}
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return -1, errors.New("no leader within 30 s")
+}
+
+func setup(bin string) (*cluster, string, error) {
+	root, err := os.MkdirTemp("", "engram-faults-")
+	if err != nil {
+		return nil, "", err
+	}
+	c := &cluster{bin: bin}
+	var peers strings.Builder
+	for i := 0; i < 3; i++ {
+		n := &node{dir: filepath.Join(root, fmt.Sprintf("n%d", i+1)), listen: freeAddr(), raft: freeAddr()}
+		c.nodes = append(c.nodes, n)
+		fmt.Fprintf(&peers, "    - {id: n%d, address: %q}\n", i+1, n.raft)
+	}
+	for i, n := range c.nodes {
+		if err := os.MkdirAll(n.dir, 0o750); err != nil {
+			return nil, root, err
+		}
+		n.cfg = filepath.Join(n.dir, "engram.yaml")
+		conf := fmt.Sprintf("server_name: \"faults.local\"\ndata_dir: \"data\"\nlisten: %q\nregistration_shared_secret: \"s3cret\"\nbcrypt_rounds: 4\nrate_limiting_enabled: false\nlog_level: warn\ncluster:\n  node_id: n%d\n  raft_listen: %q\n  peers:\n%s",
+			n.listen, i+1, n.raft, peers.String())
+		if err := os.WriteFile(n.cfg, []byte(conf), 0o600); err != nil {
+			return nil, root, err
+		}
+	}
+	if _, err := c.tool(0, "cluster", "init", "--config", c.nodes[0].cfg); err != nil {
+		return nil, root, err
+	}
+	for i := 1; i < 3; i++ {
+		if _, err := c.tool(0, "cluster", "add-node", "--config", c.nodes[0].cfg, "--node-id", fmt.Sprintf("n%d", i+1), "--out", filepath.Join(c.nodes[i].dir, "data", "cluster")); err != nil {
+			return nil, root, err
+		}
+	}
+	for i := range c.nodes {
+		if err := c.start(i); err != nil {
+			return nil, root, err
+		}
+	}
+	for _, n := range c.nodes {
+		if err := waitServing(n.listen, 60*time.Second); err != nil {
+			return nil, root, err
+		}
+	}
+	return c, root, nil
+}
+
+// call does one client API request; a transport error is status 0.
+func call(client *http.Client, method, url, token string, body any) (int, []byte) {
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, url, rd)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, []byte(err.Error())
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+type ack struct {
+	id string
+	at time.Time
+}
+
+func run(bin string, cycles, senders int, keep bool) error {
+	c, root, err := setup(bin)
+	if root != "" && !keep {
+		defer os.RemoveAll(root)
+	}
+	defer func() {
+		if c != nil {
+			for i := range c.nodes {
+				c.stop(i)
+			}
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	l, err := c.leader()
+	if err != nil {
+		return err
+	}
+	if _, err := c.tool(l, "register-user", "--config", c.nodes[l].cfg, "--user", "alice", "--password", "pw"); err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: 15 * time.Second}
+	st, b := call(client, "POST", "http://"+c.nodes[l].listen+"/_matrix/client/v3/login", "", map[string]any{
+		"type": "m.login.password", "identifier": map[string]string{"type": "m.id.user", "user": "alice"}, "password": "pw"})
+	var login struct {
+		AccessToken string `json:"access_token"`
+	}
+	if st != 200 || json.Unmarshal(b, &login) != nil {
+		return fmt.Errorf("login: %d %s", st, b)
+	}
+	st, b = call(client, "POST", "http://"+c.nodes[l].listen+"/_matrix/client/v3/createRoom", login.AccessToken, map[string]any{"preset": "private_chat"})
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st != 200 || json.Unmarshal(b, &room) != nil {
+		return fmt.Errorf("createRoom: %d %s", st, b)
+	}
+
+	// Senders: each starts on its own node and moves on when that one
+	// does not answer; a failed send is retried with the same transaction
+	// ID, so an event acknowledged twice is the same event.
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	acks := make([][]ack, senders)
+	var errs503 atomic.Int64
+	var acksMu sync.Mutex
+	for s := 0; s < senders; s++ {
+		wg.Add(1)
+		go func(s int) {
+			defer wg.Done()
+			at := s % 3
+			for k := 0; !stop.Load(); k++ {
+				txn := fmt.Sprintf("s%d-%d", s, k)
+				for !stop.Load() {
+					u := fmt.Sprintf("http://%s/_matrix/client/v3/rooms/%s/send/m.room.message/%s", c.nodes[at].listen, url.PathEscape(room.RoomID), txn)
+					st, b := call(client, "PUT", u, login.AccessToken, map[string]any{"msgtype": "m.text", "body": txn})
+					var out struct {
+						EventID string `json:"event_id"`
+					}
+					if st == 200 && json.Unmarshal(b, &out) == nil && out.EventID != "" {
+						acksMu.Lock()
+						acks[s] = append(acks[s], ack{out.EventID, time.Now()})
+						acksMu.Unlock()
+						break
+					}
+					if st == 503 {
+						errs503.Add(1)
+					}
+					if st == 0 {
+						at = (at + 1) % 3
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}
+		}(s)
+	}
+
+	var failovers []time.Duration
+	kinds := map[string]int{}
+	for cy := 0; cy < cycles; cy++ {
+		time.Sleep(1500 * time.Millisecond)
+		l, err := c.leader()
+		if err != nil {
+			stop.Store(true)
+			wg.Wait()
+			return err
+		}
+		victim, kind := l, "leader_kill"
+		if cy%2 == 1 {
+			victim, kind = (l+1+cy/2%2)%3, "follower_kill"
+		}
+		kinds[kind]++
+		killed := time.Now()
+		c.kill(victim)
+		// Write availability: until every sender has an acknowledgement
+		// after the kill.
+		deadline := killed.Add(60 * time.Second)
+		var gap time.Duration
+		for s := 0; s < senders; s++ {
+			for {
+				acksMu.Lock()
+				a := acks[s]
+				acksMu.Unlock()
+				if n := len(a); n > 0 && a[n-1].at.After(killed) {
+					gap = max(gap, a[n-1].at.Sub(killed))
+					break
+				}
+				if time.Now().After(deadline) {
+					stop.Store(true)
+					wg.Wait()
+					return fmt.Errorf("cycle %d (%s): sender %d got no acknowledgement within 60 s", cy, kind, s)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if kind == "leader_kill" {
+			failovers = append(failovers, gap)
+		}
+		if err := c.start(victim); err != nil {
+			return err
+		}
+		if err := waitServing(c.nodes[victim].listen, 60*time.Second); err != nil {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "cycle %d: %s n%d, writes back for every sender after %s\n", cy, kind, victim+1, gap.Round(time.Millisecond))
+	}
+	time.Sleep(time.Second)
+	stop.Store(true)
+	wg.Wait()
+
+	// Every node: the room's timeline, in order, must hold every
+	// acknowledged event, and be the same everywhere.
+	acked := map[string]bool{}
+	total := 0
+	for _, a := range acks {
+		for _, x := range a {
+			acked[x.id] = true
+			total++
+		}
+	}
+	var timelines [][]string
+	for i, n := range c.nodes {
+		var ids []string
+		from := ""
+		for {
+			u := fmt.Sprintf("http://%s/_matrix/client/v3/rooms/%s/messages?dir=f&limit=1000&from=%s", n.listen, url.PathEscape(room.RoomID), url.QueryEscape(from))
+			st, b := call(client, "GET", u, login.AccessToken, nil)
+			var page struct {
+				Chunk []struct {
+					EventID string `json:"event_id"`
+					Type    string `json:"type"`
+				} `json:"chunk"`
+				End string `json:"end"`
+			}
+			if st != 200 || json.Unmarshal(b, &page) != nil {
+				return fmt.Errorf("/messages on n%d: %d %s", i+1, st, b)
+			}
+			for _, e := range page.Chunk {
+				if e.Type == "m.room.message" {
+					ids = append(ids, e.EventID)
+				}
+			}
+			if page.End == "" || len(page.Chunk) == 0 {
+				break
+			}
+			from = page.End
+		}
+		timelines = append(timelines, ids)
+	}
+	lost := 0
+	seen := map[string]bool{}
+	for _, id := range timelines[0] {
+		seen[id] = true
+	}
+	for id := range acked {
+		if !seen[id] {
+			lost++
+		}
+	}
+	sameOrder := true
+	for i := 1; i < 3; i++ {
+		if strings.Join(timelines[i], ",") != strings.Join(timelines[0], ",") {
+			sameOrder = false
+		}
+	}
+	verified := 0
+	for i := range c.nodes {
+		c.stop(i)
+		if out, err := c.tool(i, "verify", "--config", c.nodes[i].cfg); err == nil && strings.Contains(out, "all projections match") {
+			verified++
+		} else {
+			fmt.Fprintf(os.Stderr, "verify n%d: %v\n%s\n", i+1, err, out)
+		}
+	}
+	sort.Slice(failovers, func(i, j int) bool { return failovers[i] < failovers[j] })
+	pct := func(p float64) float64 {
+		if len(failovers) == 0 {
+			return 0
+		}
+		return failovers[min(len(failovers)-1, int(p*float64(len(failovers))))].Seconds()
+	}
+	line, _ := json.Marshal(map[string]any{
+		"bench": "faults", "cycles": cycles, "faults": kinds, "senders": senders,
+		"acknowledged": total, "distinct_acknowledged": len(acked), "timeline": len(timelines[0]),
+		"lost": lost, "same_order_on_every_node": sameOrder, "verify_passed": verified,
+		"failover_p50_s": pct(0.5), "failover_p99_s": pct(0.99), "failover_max_s": pct(1),
+		"answers_503": errs503.Load(),
+	})
+	fmt.Println(string(line))
+	if lost > 0 || !sameOrder || verified != 3 {
+		return errors.New("the campaign found a failure (see the JSON line)")
+	}
+	return nil
+}
