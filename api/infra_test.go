@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"github.com/engram-hs/engram/api/ratelimit"
+	"github.com/engram-hs/engram/stateres"
 	"io"
 	"net/http"
 	"strings"
@@ -93,7 +94,7 @@ func TestDiscovery(t *testing.T) {
 	caps, _ := body["capabilities"].(map[string]any)
 	rv, _ := caps["m.room_versions"].(map[string]any)
 	avail, _ := rv["available"].(map[string]any)
-	if st != 200 || rv["default"] != "12" || len(avail) != 12 || avail["1"] != "stable" {
+	if st != 200 || rv["default"] != stateres.DefaultRoomVersion || len(avail) != 12 || avail["1"] != "stable" {
 		t.Fatalf("capabilities: %d %v", st, body)
 	}
 	noWK := startServer(t, func(c *api.Config) { c.PublicBaseURL = "" })

@@ -10,9 +10,14 @@
 //   - resolve: state resolution v1, v2 and v2.1.
 package stateres
 
-// DefaultRoomVersion is the version new rooms are created in, as the spec
-// recommends (content/rooms/_index.md).
-const DefaultRoomVersion = "12"
+// DefaultRoomVersion is the version new rooms are created in when the
+// client names none (config: default_room_version). The spec makes 12 the
+// default but says servers SHOULD keep using 11 for a little while
+// (changelog v1.16, MSC4304): servers that do not know v12 yet (Dendrite
+// v0.13.8, older Synapse) cannot join a v12 room, and clients and
+// Complement still assume the pre-v12 creator rules for a room created
+// without a version. Operators who want v12 set default_room_version.
+const DefaultRoomVersion = "11"
 
 // EventFormat names the shape of a PDU on the wire.
 type EventFormat int

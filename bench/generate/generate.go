@@ -58,7 +58,7 @@ type Options struct {
 	Events int // total log entries to write, setup included (default 100000)
 
 	ServerName  string // default "bench.localhost"
-	RoomVersion string // default stateres.DefaultRoomVersion
+	RoomVersion string // default "12" (the workload the recorded figures used)
 
 	// LargeRooms is the number of big public rooms (default Rooms/50,
 	// between 1 and 5); large room j has about LargeShare*Users/(j+1)
@@ -100,7 +100,7 @@ func (o *Options) defaults() error {
 		o.ServerName = "bench.localhost"
 	}
 	if o.RoomVersion == "" {
-		o.RoomVersion = stateres.DefaultRoomVersion
+		o.RoomVersion = "12"
 	}
 	if _, ok := stateres.Version(o.RoomVersion); !ok {
 		return fmt.Errorf("generate: unknown room version %q; use one of %v", o.RoomVersion, stateres.KnownVersions())

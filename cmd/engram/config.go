@@ -244,7 +244,7 @@ var options = []option{
 	{"app_service_config_files", "a list of file paths", list(func(c *Config) *[]string { return &c.AppServiceConfigFiles })},
 	{"allow_public_rooms_without_auth", "true or false", boolean(func(c *Config) *bool { return &c.AllowPublicRoomsWithoutAuth })},
 	{"allow_device_name_lookup_over_federation", "true or false", boolean(func(c *Config) *bool { return &c.AllowDeviceNameLookupOverFederation })},
-	{"default_room_version", `a room version ("12")`, str(func(c *Config) *string { return &c.DefaultRoomVersion })},
+	{"default_room_version", `a room version ("11")`, str(func(c *Config) *string { return &c.DefaultRoomVersion })},
 	{"signing_key_path", "a file path", str(func(c *Config) *string { return &c.SigningKeyPath })},
 	{"serve_server_wellknown", "true or false", boolean(func(c *Config) *bool { return &c.ServeServerWellKnown })},
 	{"log_level", "one of debug, info, warn, error", func(c *Config, v value) error {
@@ -773,7 +773,7 @@ allow_public_rooms_without_auth: false
 # Other servers see your users' device names (in their key queries and
 # device list updates) only when true, as in Synapse.
 allow_device_name_lookup_over_federation: false
-# default_room_version: "12"
+# default_room_version: "11"
 max_upload_size: "50M"
 # Media: new uploads are served only by the authenticated endpoints
 # (/_matrix/client/v1/media); false also serves them without a token.
