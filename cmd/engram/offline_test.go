@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestOfflineToolsDoNotJoinTheCluster: verify, log, rebuild and an
@@ -15,14 +16,28 @@ import (
 func TestOfflineToolsDoNotJoinTheCluster(t *testing.T) {
 	c := newServeCluster(t, "")
 	l := c.leader()
-	if o, e, code := runTool(t, c.dirs[l], nil, "register-user", "--config", c.cfgs[l], "--user", "alice", "--password", "pw-alice"); code != 0 {
-		t.Fatalf("register-user on the leader: %d\n%s\n%s", code, o, e)
+	// Right after start a loaded machine may still re-elect (503 with
+	// Retry-After): retry like a client.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		o, e, code := runTool(t, c.dirs[l], nil, "register-user", "--config", c.cfgs[l], "--user", "alice", "--password", "pw-alice")
+		if code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("register-user on the leader: %d\n%s\n%s", code, o, e)
+		}
 	}
 	down := (l + 1) % 3
 	// The follower has the account and a session before it stops.
-	code, token := loginToken(t, c.listen[l], "alice", "pw-alice")
-	if code != 200 {
-		t.Fatalf("login on the leader: %d", code)
+	var code int
+	var token string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if code, token = loginToken(t, c.listen[l], "alice", "pw-alice"); code == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("login on the leader: %d", code)
+		}
 	}
 	waitWhoami(t, c.listen[down], token, 200)
 	c.stop(down)
