@@ -24,6 +24,10 @@ type RoomFederation interface {
 	// Invite has the invitee's server sign an invite built here and
 	// returns the event with both signatures.
 	Invite(ctx context.Context, ev *stateres.Event, strippedState []json.RawMessage) (*stateres.Event, error)
+	// LeaveRoom leaves a room this server does not hold (rejecting an
+	// invite, rescinding a knock) through the first of servers that
+	// answers; it returns once the leave is folded.
+	LeaveRoom(ctx context.Context, roomID string, servers []string, userID string) error
 }
 
 // SetRoomFederation installs the federation side of room actions (the
@@ -151,4 +155,18 @@ func (s *Server) inviterServers(userID, roomID string) []string {
 		return nil
 	}
 	return []string{domainOf(headOf(e).Sender)}
+}
+
+// leaveRemote rejects an invite to (or rescinds a knock on) a room this
+// server does not hold: the leave goes through the server of the invite
+// or knock.
+func (s *Server) leaveRemote(r *http.Request, sess *session, roomID string) error {
+	if s.roomFed == nil {
+		return errNotFound("Room %s is not known to this server, and it does not federate", roomID)
+	}
+	servers := s.inviterServers(sess.UserID, roomID)
+	if err := s.roomFed.LeaveRoom(r.Context(), roomID, servers, sess.UserID); err != nil {
+		return remoteErr(strings.Join(servers, ", "), err)
+	}
+	return nil
 }

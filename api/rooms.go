@@ -557,6 +557,16 @@ func (s *Server) leave(w http.ResponseWriter, r *http.Request, sess *session) er
 	} else if m.Membership == "leave" || m.Membership == "ban" {
 		writeJSON(w, http.StatusOK, struct{}{}) // already out: leaving again changes nothing
 		return nil
+	} else if m.Membership == "invite" || m.Membership == "knock" {
+		if room, err := s.roomsView().Room(roomID); err != nil {
+			return err
+		} else if room == nil {
+			if err := s.leaveRemote(r, sess, roomID); err != nil {
+				return err
+			}
+			writeJSON(w, http.StatusOK, struct{}{})
+			return nil
+		}
 	}
 	return s.membershipChange(w, r, sess, "leave", false)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/engram-hs/engram/federation/receive"
 	"github.com/engram-hs/engram/federation/transport"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/stateres"
 )
 
@@ -168,4 +169,60 @@ func checkTemplate(raw json.RawMessage, roomID, userID, membership string, extra
 	}
 	t["content"], _ = json.Marshal(content)
 	return json.Marshal(t)
+}
+
+// LeaveRoom rejects (or rescinds a knock on) a room this server does not
+// hold: make_leave and send_leave through the first of servers that
+// answers (the inviting server first), and the leave is recorded as an
+// outlier, as the invite was, so the local user's membership becomes
+// leave.
+func (s *Server) LeaveRoom(ctx context.Context, roomID string, servers []string, userID string) error {
+	if s.deps.Client == nil {
+		return &RemoteError{Status: http.StatusNotFound, Errcode: "M_NOT_FOUND", Message: "Room " + roomID + " is not held here and this server has no federation client"}
+	}
+	if len(servers) == 0 {
+		return &RemoteError{Status: http.StatusNotFound, Errcode: "M_NOT_FOUND", Message: "No server to leave " + roomID + " through"}
+	}
+	var last error
+	for _, server := range servers {
+		if server == s.cfg.ServerName {
+			continue
+		}
+		if last = s.leaveThrough(ctx, server, roomID, userID); last == nil {
+			return nil
+		}
+	}
+	return last
+}
+
+func (s *Server) leaveThrough(ctx context.Context, server, roomID, userID string) error {
+	var ml struct {
+		Event       json.RawMessage `json:"event"`
+		RoomVersion string          `json:"room_version"`
+	}
+	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "GET",
+		Path: "/_matrix/federation/v1/make_leave/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(userID)}, &ml); err != nil {
+		return remoteErr(err, server)
+	}
+	if ml.RoomVersion == "" {
+		ml.RoomVersion = "1"
+	}
+	version, ok := stateres.Version(ml.RoomVersion)
+	if !ok {
+		return &RemoteError{Status: http.StatusBadRequest, Errcode: "M_UNSUPPORTED_ROOM_VERSION", Message: "Room version " + ml.RoomVersion + " is not supported here"}
+	}
+	tmpl, err := checkTemplate(ml.Event, roomID, userID, "leave", nil)
+	if err != nil {
+		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a bad leave template: %v", server, err)}
+	}
+	ev, err := stateres.BuildFromTemplate(version, tmpl, s.cfg.Now().UnixMilli(), s.cfg.ServerName, s.cfg.Key.ID, s.cfg.Key.Private)
+	if err != nil {
+		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a leave template that does not build: %v", server, err)}
+	}
+	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "PUT",
+		Path: "/_matrix/federation/v2/send_leave/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(ev.EventID()), Body: json.RawMessage(ev.JSON())}, nil); err != nil {
+		return remoteErr(err, server)
+	}
+	_, err = s.deps.Rooms.Receive(ctx, []facts.PDU{{RoomVersion: version.ID, Event: ev.JSON(), EventID: ev.EventID(), Outlier: true}})
+	return err
 }

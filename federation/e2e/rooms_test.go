@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"os/exec"
@@ -323,5 +324,49 @@ func TestCreateRoomInvitesAcrossServers(t *testing.T) {
 	}
 	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"invite": []string{"@carol:127.0.0.1:1"}}, &e); st == 200 || e.Errcode == "" {
 		t.Fatalf("createRoom inviting a user of an unreachable server: %d %+v", st, e)
+	}
+}
+
+// A user of B rejects an invite to a room B does not hold: the leave goes
+// through the inviter's server (make_leave, send_leave), A shows bob's
+// membership as leave, and the invite leaves bob's /sync on B.
+func TestRejectInviteAcrossServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	bobID := "@bob:" + b.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"preset": "private_chat", "invite": []string{bobID}}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	var sync struct {
+		Rooms struct {
+			Invite map[string]json.RawMessage `json:"invite"`
+			Leave  map[string]json.RawMessage `json:"leave"`
+		} `json:"rooms"`
+	}
+	eventually(t, "the invite in bob's /sync", func() bool {
+		call(t, b, "GET", "/_matrix/client/v3/sync?timeout=0", bob, nil, &sync)
+		_, ok := sync.Rooms.Invite[room.RoomID]
+		return ok
+	})
+	var out map[string]any
+	if st := call(t, b, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/leave", bob, map[string]any{}, &out); st != 200 {
+		t.Fatalf("rejecting the invite: %d %v\nB:\n%s", st, out, b.Logs())
+	}
+	if m := membership(t, a, alice, room.RoomID, bobID); m != "leave" {
+		t.Fatalf("bob's membership on A after rejecting: %q", m)
+	}
+	sync.Rooms.Invite, sync.Rooms.Leave = nil, nil
+	call(t, b, "GET", "/_matrix/client/v3/sync?timeout=0", bob, nil, &sync)
+	if _, ok := sync.Rooms.Invite[room.RoomID]; ok {
+		t.Fatalf("the rejected invite is still in bob's /sync: %s", sync.Rooms.Invite[room.RoomID])
+	}
+	// Leaving again is a no-op.
+	if st := call(t, b, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/leave", bob, map[string]any{}, &out); st != 200 {
+		t.Fatalf("leaving again: %d %v", st, out)
 	}
 }

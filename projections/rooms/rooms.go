@@ -154,7 +154,12 @@ func (*Projection) Name() string { return "rooms" }
 
 // Version 6: state at every event (state groups, stategroups.go) and
 // current state as the resolution over the forward extremities.
-func (*Projection) Version() int { return 8 }
+//
+// Version 10: an outlier leave of a room not held here (an invite
+// rejected through the inviting server) replaces the pending invite or
+// knock. (9 was a change since reverted; data dirs folded by it must
+// rebuild too.)
+func (*Projection) Version() int { return 10 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -366,15 +371,36 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		return err
 	}
 	if !inDAG {
-		if rec.Outlier && f.Rejected == "" && ev.Type() == stateres.MRoomMember && ev.StateKey() != nil && contentString(ev.Content(), "membership") == "invite" {
+		if rec.Outlier && f.Rejected == "" && ev.Type() == stateres.MRoomMember && ev.StateKey() != nil {
 			// An invite to a room this server does not hold (received
 			// over federation): the invitee's membership, so that their
-			// /sync shows it, until they join or the room arrives.
-			if room, err := b.room(roomID); err != nil {
-				return err
-			} else if room == nil {
-				if err := applyMembership(w, ev, *ev.StateKey(), e.Offset); err != nil {
+			// /sync shows it, until they join or the room arrives. A
+			// leave of such a room (the invitee rejected the invite
+			// through the inviting server) replaces an invite or knock,
+			// and nothing else: the outliers of a join's auth chain hold
+			// old leaves that must not touch anyone's membership.
+			switch contentString(ev.Content(), "membership") {
+			case "invite":
+				if room, err := b.room(roomID); err != nil {
 					return err
+				} else if room == nil {
+					if err := applyMembership(w, ev, *ev.StateKey(), e.Offset); err != nil {
+						return err
+					}
+				}
+			case "leave":
+				if room, err := b.room(roomID); err != nil {
+					return err
+				} else if room == nil {
+					cur, err := projections.GetJSON[Membership](w, projections.Key(pMember, *ev.StateKey(), roomID))
+					if err != nil {
+						return err
+					}
+					if cur != nil && (cur.Membership == "invite" || cur.Membership == "knock") {
+						if err := applyMembership(w, ev, *ev.StateKey(), e.Offset); err != nil {
+							return err
+						}
+					}
 				}
 			}
 		}
