@@ -597,7 +597,7 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, jo
 			return nil, err
 		}
 		for _, u := range changed {
-			if ok, err := s.sharesJoinedRoom(rv, sess.UserID, u, joinedRooms); err != nil {
+			if ok, err := rv.SharesJoinedRoom(sess.UserID, u, joinedRooms); err != nil {
 				return nil, err
 			} else if ok {
 				candidates = append(candidates, u)
@@ -620,22 +620,4 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, jo
 		out = append(out, map[string]any{"type": "m.presence", "sender": u, "content": presenceContent(p, now)})
 	}
 	return out, nil
-}
-
-// sharesJoinedRoom reports whether other is self or joined to one of
-// self's joined rooms (sorted).
-func (s *Server) sharesJoinedRoom(rv rooms.View, self, other string, joinedRooms []string) (bool, error) {
-	if other == self {
-		return true, nil
-	}
-	ms, err := rv.Memberships(other)
-	if err != nil {
-		return false, err
-	}
-	for _, m := range ms {
-		if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
-			return true, nil
-		}
-	}
-	return false, nil
 }

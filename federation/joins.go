@@ -92,28 +92,9 @@ func (s *Server) joinThrough(ctx context.Context, server, roomID, userID string,
 	for _, v := range stateres.KnownVersions() {
 		q.Add("ver", v)
 	}
-	var mj struct {
-		Event       json.RawMessage `json:"event"`
-		RoomVersion string          `json:"room_version"`
-	}
-	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "GET",
-		Path: "/_matrix/federation/v1/make_join/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(userID) + "?" + q.Encode()}, &mj); err != nil {
-		return remoteErr(err, server)
-	}
-	if mj.RoomVersion == "" {
-		mj.RoomVersion = "1" // the spec's default when the field is absent
-	}
-	version, ok := stateres.Version(mj.RoomVersion)
-	if !ok {
-		return &RemoteError{Status: http.StatusBadRequest, Errcode: "M_UNSUPPORTED_ROOM_VERSION", Message: "Room version " + mj.RoomVersion + " is not supported here"}
-	}
-	tmpl, err := checkTemplate(mj.Event, roomID, userID, "join", extra)
+	version, ev, err := s.buildFromTemplate(ctx, server, "make_join", roomID, userID, "join", "?"+q.Encode(), extra)
 	if err != nil {
-		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a bad join template: %v", server, err)}
-	}
-	ev, err := stateres.BuildFromTemplate(version, tmpl, s.cfg.Now().UnixMilli(), s.cfg.ServerName, s.cfg.Key.ID, s.cfg.Key.Private)
-	if err != nil {
-		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a join template that does not build: %v", server, err)}
+		return err
 	}
 	var sj struct {
 		State     []json.RawMessage `json:"state"`
@@ -136,6 +117,37 @@ func (s *Server) joinThrough(ctx context.Context, server, roomID, userID string,
 		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("The room state %s sent does not allow the join: %s", server, v.Reason)}
 	}
 	return nil
+}
+
+// buildFromTemplate asks server for a membership template (make_join,
+// make_leave; query is appended to the path), checks it and builds and
+// signs the event from it. The spec's room version is "1" when the answer
+// names none.
+func (s *Server) buildFromTemplate(ctx context.Context, server, endpoint, roomID, userID, membership, query string, extra map[string]any) (*stateres.RoomVersion, *stateres.Event, error) {
+	var mt struct {
+		Event       json.RawMessage `json:"event"`
+		RoomVersion string          `json:"room_version"`
+	}
+	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "GET",
+		Path: "/_matrix/federation/v1/" + endpoint + "/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(userID) + query}, &mt); err != nil {
+		return nil, nil, remoteErr(err, server)
+	}
+	if mt.RoomVersion == "" {
+		mt.RoomVersion = "1"
+	}
+	version, ok := stateres.Version(mt.RoomVersion)
+	if !ok {
+		return nil, nil, &RemoteError{Status: http.StatusBadRequest, Errcode: "M_UNSUPPORTED_ROOM_VERSION", Message: "Room version " + mt.RoomVersion + " is not supported here"}
+	}
+	tmpl, err := checkTemplate(mt.Event, roomID, userID, membership, extra)
+	if err != nil {
+		return nil, nil, &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a bad %s template: %v", server, membership, err)}
+	}
+	ev, err := stateres.BuildFromTemplate(version, tmpl, s.cfg.Now().UnixMilli(), s.cfg.ServerName, s.cfg.Key.ID, s.cfg.Key.Private)
+	if err != nil {
+		return nil, nil, &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a %s template that does not build: %v", server, membership, err)}
+	}
+	return version, ev, nil
 }
 
 // checkTemplate checks that a make_join (make_leave, ...) template is the
@@ -196,28 +208,9 @@ func (s *Server) LeaveRoom(ctx context.Context, roomID string, servers []string,
 }
 
 func (s *Server) leaveThrough(ctx context.Context, server, roomID, userID string) error {
-	var ml struct {
-		Event       json.RawMessage `json:"event"`
-		RoomVersion string          `json:"room_version"`
-	}
-	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "GET",
-		Path: "/_matrix/federation/v1/make_leave/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(userID)}, &ml); err != nil {
-		return remoteErr(err, server)
-	}
-	if ml.RoomVersion == "" {
-		ml.RoomVersion = "1"
-	}
-	version, ok := stateres.Version(ml.RoomVersion)
-	if !ok {
-		return &RemoteError{Status: http.StatusBadRequest, Errcode: "M_UNSUPPORTED_ROOM_VERSION", Message: "Room version " + ml.RoomVersion + " is not supported here"}
-	}
-	tmpl, err := checkTemplate(ml.Event, roomID, userID, "leave", nil)
+	version, ev, err := s.buildFromTemplate(ctx, server, "make_leave", roomID, userID, "leave", "", nil)
 	if err != nil {
-		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a bad leave template: %v", server, err)}
-	}
-	ev, err := stateres.BuildFromTemplate(version, tmpl, s.cfg.Now().UnixMilli(), s.cfg.ServerName, s.cfg.Key.ID, s.cfg.Key.Private)
-	if err != nil {
-		return &RemoteError{Status: http.StatusBadGateway, Errcode: "M_UNKNOWN", Message: fmt.Sprintf("%s sent a leave template that does not build: %v", server, err)}
+		return err
 	}
 	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "PUT",
 		Path: "/_matrix/federation/v2/send_leave/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(ev.EventID()), Body: json.RawMessage(ev.JSON())}, nil); err != nil {

@@ -331,8 +331,8 @@ func parseCanonicalWithID(version *RoomVersion, canon []byte, knownID string) (*
 
 func isObject(v []byte) bool { return len(v) >= 2 && v[0] == '{' }
 
-// idString decodes a required string field limited to MaxIDBytes.
-func idString(v []byte, name string) (string, error) {
+// requiredString decodes a required string field.
+func requiredString(v []byte, name string) (string, error) {
 	if v == nil {
 		return "", invalid("missing %s", name)
 	}
@@ -342,6 +342,15 @@ func idString(v []byte, name string) (string, error) {
 	s, err := canonicaljson.Unquote(v)
 	if err != nil {
 		return "", invalid("%s: %v", name, err)
+	}
+	return s, nil
+}
+
+// idString decodes a required string field limited to MaxIDBytes.
+func idString(v []byte, name string) (string, error) {
+	s, err := requiredString(v, name)
+	if err != nil {
+		return "", err
 	}
 	if len(s) > MaxIDBytes {
 		return "", invalid("%s is %d bytes, the limit is %d", name, len(s), MaxIDBytes)
@@ -358,15 +367,9 @@ func keyString(version *RoomVersion, v []byte, name string) (string, error) {
 	if version.StrictEventByteLimits {
 		return idString(v, name)
 	}
-	if v == nil {
-		return "", invalid("missing %s", name)
-	}
-	if v[0] != '"' {
-		return "", invalid("%s must be a string", name)
-	}
-	s, err := canonicaljson.Unquote(v)
+	s, err := requiredString(v, name)
 	if err != nil {
-		return "", invalid("%s: %v", name, err)
+		return "", err
 	}
 	if n := utf8.RuneCountInString(s); n > MaxIDBytes {
 		return "", invalid("%s is %d codepoints, the limit is %d in room version %s", name, n, MaxIDBytes, version.ID)

@@ -39,7 +39,7 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 		return nil, nil, err
 	}
 	for _, u := range keyChanges {
-		if ok, err := shares(rv, user, u, joined); err != nil {
+		if ok, err := rv.SharesJoinedRoom(user, u, joined); err != nil {
 			return nil, nil, err
 		} else if ok {
 			ch[u] = true
@@ -75,7 +75,7 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 		if u == user {
 			continue
 		}
-		ok, err := shares(rv, user, u, joined)
+		ok, err := rv.SharesJoinedRoom(user, u, joined)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -148,24 +148,6 @@ func membersChangedSince(rv rooms.View, roomID string, since, upTo uint64, joine
 		}
 	}
 	return nil
-}
-
-// shares reports whether other is self or joined to one of self's joined
-// rooms (sorted).
-func shares(rv rooms.View, self, other string, joined []string) (bool, error) {
-	if other == self {
-		return true, nil
-	}
-	ms, err := rv.Memberships(other)
-	if err != nil {
-		return false, err
-	}
-	for _, m := range ms {
-		if _, found := slices.BinarySearch(joined, m.RoomID); found && m.Membership == "join" {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // SyncSection is the E2EE part of a /sync response for (since, pos]:

@@ -595,37 +595,35 @@ func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compil
 // cutoff (log time), at most prunePerAdd of them.
 func (b *batch) pruneNotifications(userID string, cutoff int64) error {
 	prefix := projections.Key(pNotif, userID, "")
-	it := b.w.Iter(prefix, projections.PrefixEnd(prefix))
-	var expired [][]byte
-	for ok := it.First(); ok && len(expired) < prunePerAdd; ok = it.Next() {
+	return b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
 		var n struct {
 			At int64 `json:"at"`
 		}
-		if err := json.Unmarshal(it.Value(), &n); err != nil {
-			it.Close()
-			return fmt.Errorf("notifications: corrupt record %q: %w", it.Key(), err)
+		if err := json.Unmarshal(v, &n); err != nil {
+			return false, fmt.Errorf("notifications: corrupt record %q: %w", k, err)
 		}
-		if n.At >= cutoff {
-			break
-		}
-		expired = append(expired, slices.Clone(it.Key()))
-	}
-	if err := it.Close(); err != nil {
-		return err
-	}
-	for _, k := range expired {
-		if err := b.w.Delete(k); err != nil {
-			return err
-		}
-	}
-	return nil
+		return n.At < cutoff, nil
+	})
 }
 
-// deleteAll deletes the keys in [start, end).
-func (b *batch) deleteAll(start, end []byte) error {
+// deleteLeading deletes the keys in [start, end) from the first one on,
+// while del says so (nil: every key) and at most limit of them (0: no
+// limit). Point deletes, not a range deletion: reads of an indexed batch
+// that holds range deletions re-fragment them on every Get.
+func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte) (bool, error)) error {
 	it := b.w.Iter(start, end)
 	var keys [][]byte
-	for ok := it.First(); ok; ok = it.Next() {
+	for ok := it.First(); ok && (limit == 0 || len(keys) < limit); ok = it.Next() {
+		if del != nil {
+			yes, err := del(it.Key(), it.Value())
+			if err != nil {
+				it.Close()
+				return err
+			}
+			if !yes {
+				break
+			}
+		}
 		keys = append(keys, slices.Clone(it.Key()))
 	}
 	if err := it.Close(); err != nil {
@@ -649,10 +647,8 @@ func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
 		// An unthreaded receipt reads every scope up to off: unread
 		// entries up to there never count again (View.Unread starts above
 		// the unthreaded floor), so they go.
-		// Point deletes, not a range deletion: reads of an indexed batch
-		// that holds range deletions re-fragment them on every Get.
 		prefix := projections.Key(pUnread, userID, roomID, "")
-		if err := b.deleteAll(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1)); err != nil {
+		if err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil); err != nil {
 			return err
 		}
 	}

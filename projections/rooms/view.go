@@ -224,6 +224,25 @@ func (v View) Memberships(userID string) ([]Membership, error) {
 	return projections.ListJSON[Membership](v.r, append(projections.Key(pMember, userID), sep), nil)
 }
 
+// SharesJoinedRoom reports whether other is self or joined to one of
+// self's joined rooms (joinedRooms, sorted): whose presence and device
+// list changes self is told about.
+func (v View) SharesJoinedRoom(self, other string, joinedRooms []string) (bool, error) {
+	if other == self {
+		return true, nil
+	}
+	ms, err := v.Memberships(other)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Forgotten reports whether the user forgot the room (since they last
 // joined or were invited).
 func (v View) Forgotten(userID, roomID string) (bool, error) {
