@@ -85,11 +85,58 @@ func (s *Server) postFilter(w http.ResponseWriter, r *http.Request, sess *sessio
 	if err := json.Unmarshal(raw, &f); err != nil {
 		return errBadJSON("Invalid filter: %v", err)
 	}
+	if err := f.validate(); err != nil {
+		return err
+	}
 	offs, err := s.commit(r.Context(), []*projections.Handle{s.userdataH}, facts.MustEncode(englog.KindFilterStored, facts.FilterStored{UserID: sess.UserID, Filter: raw}))
 	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"filter_id": strconv.FormatUint(offs[0], 10)})
+	return nil
+}
+
+// validate refuses filters naming rooms or senders by something that is not
+// a room ID or a user ID: such a filter could never match, so storing it
+// would hide the client's mistake.
+func (f *syncFilter) validate() error {
+	if err := checkIDs("room.rooms", f.Room.Rooms, "!"); err != nil {
+		return err
+	}
+	if err := checkIDs("room.not_rooms", f.Room.NotRooms, "!"); err != nil {
+		return err
+	}
+	for name, ef := range map[string]*roomEventFilter{
+		"account_data": f.AccountData, "presence": f.Presence,
+		"room.timeline": f.Room.Timeline, "room.state": f.Room.State,
+		"room.ephemeral": f.Room.Ephemeral, "room.account_data": f.Room.AccountData,
+	} {
+		if ef == nil {
+			continue
+		}
+		for _, c := range []struct {
+			field, sigil string
+			ids          []string
+		}{
+			{"rooms", "!", ef.Rooms}, {"not_rooms", "!", ef.NotRooms},
+			{"senders", "@", ef.Senders}, {"not_senders", "@", ef.NotSenders},
+		} {
+			if err := checkIDs(name+"."+c.field, c.ids, c.sigil); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// checkIDs requires every entry to look like sigil + opaque part + ":" + server.
+func checkIDs(field string, ids []string, sigil string) error {
+	for _, id := range ids {
+		local, server, ok := strings.Cut(strings.TrimPrefix(id, sigil), ":")
+		if !strings.HasPrefix(id, sigil) || !ok || local == "" || server == "" || len(id) > 255 {
+			return errInvalidParam("%s: %q is not a valid %s", field, id, map[string]string{"!": "room ID", "@": "user ID"}[sigil])
+		}
+	}
 	return nil
 }
 
