@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/rs/zerolog"
 )
@@ -136,8 +137,10 @@ func readJSON(r *http.Request, v any) error {
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	if !json.Valid(body) {
-		return merr(http.StatusBadRequest, "M_NOT_JSON", "Request body is not valid JSON")
+	// encoding/json would quietly turn invalid UTF-8 into U+FFFD; the spec
+	// requires UTF-8, so such a body is not JSON.
+	if !utf8.Valid(body) || !json.Valid(body) {
+		return merr(http.StatusBadRequest, "M_NOT_JSON", "Request body is not valid UTF-8 JSON")
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(body, &obj); err != nil {
