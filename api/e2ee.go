@@ -62,7 +62,8 @@ func (s *Server) keysTouched(t e2ee.Touched) {
 	s.notifier.wake(t.Users, rs)
 }
 
-// e2eeSyncSection is the E2EE part of /sync.
-func (s *Server) e2eeSyncSection(sess *session, since, pos uint64) (map[string]any, bool, error) {
-	return s.keys.SyncSection(keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID}, since, pos)
+// e2eeSyncSection is the E2EE part of /sync; hint (may be nil) is what
+// the sync cache knows of the user's rooms.
+func (s *Server) e2eeSyncSection(sess *session, since, pos uint64, hint *keys.ListsHint) (map[string]any, bool, error) {
+	return s.keys.SyncSection(keys.Caller{UserID: sess.UserID, DeviceID: sess.DeviceID}, since, pos, hint)
 }

@@ -156,7 +156,8 @@ func path(format string, args ...any) string {
 // An incremental sync of a user in 200 rooms after a change in one of
 // them (a message, a receipt, typing, room account data, a state change,
 // another user's join) returns exactly that room, built from the change
-// clock, and the same bytes as the build without any cache; a change in
+// clock, and the same bytes (device lists included) as the build without
+// any cache; a change in
 // none of them (global account data, a room they are not in) returns no
 // room.
 func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
@@ -274,6 +275,20 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 			if !slices.Contains(joined, rooms[199]) || bytes.Contains(resp, []byte("before bob")) || !bytes.Contains(resp, []byte("shared history")) {
 				t.Fatalf("bob's sync after joining: rooms %v, %s", joined, resp)
 			}
+		}
+		// Device lists from the hint (the rooms whose members changed):
+		// bob's join and leave are news to alice, as without the cache.
+		var lists struct {
+			DeviceLists struct{ Changed, Left []string } `json:"device_lists"`
+		}
+		if err := json.Unmarshal(resp, &lists); err != nil {
+			t.Fatal(err)
+		}
+		if st.name == "another user joins" && !slices.Contains(lists.DeviceLists.Changed, bob.sess.UserID) {
+			t.Fatalf("%s: device_lists.changed %v lacks bob", st.name, lists.DeviceLists.Changed)
+		}
+		if st.name == "another user leaves" && !slices.Contains(lists.DeviceLists.Left, bob.sess.UserID) {
+			t.Fatalf("%s: device_lists.left %v lacks bob", st.name, lists.DeviceLists.Left)
 		}
 		if st.name == "alice leaves a room" && !bytes.Contains(resp, []byte(`"leave":{"`+rooms[3])) {
 			t.Fatalf("%s: the room is not in the leave section: %s", st.name, resp)

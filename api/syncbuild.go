@@ -10,6 +10,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/engram-hs/engram/api/keys"
 	"github.com/engram-hs/engram/api/synccache"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
@@ -42,6 +43,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		clocked      bool
 		adChangedAt  uint64
 		changedRooms map[string]bool // joined rooms changed after since (incremental, clocked)
+		listsHint    *keys.ListsHint // for the device lists (since != 0, clocked)
 	)
 	if !opts.uncached {
 		s.syncCache.clock.Read(func(v synccache.View) {
@@ -49,6 +51,15 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				return
 			}
 			adChangedAt = v.AccountDataChangedAt(sess.UserID)
+			if since != 0 {
+				membersChanged := map[string]bool{}
+				for _, m := range ms {
+					if m.Membership == "join" && m.Offset <= since && v.MembersChangedAt(m.RoomID) > since {
+						membersChanged[m.RoomID] = true
+					}
+				}
+				listsHint = &keys.ListsHint{Memberships: ms, MembersChanged: func(room string) bool { return membersChanged[room] }}
+			}
 			if !incremental {
 				return
 			}
@@ -187,7 +198,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	if err != nil {
 		return nil, false, nil, err
 	}
-	e2ee, listsChanged, err := s.e2eeSyncSection(sess, since, pos)
+	e2ee, listsChanged, err := s.e2eeSyncSection(sess, since, pos, listsHint)
 	if err != nil {
 		return nil, false, nil, err
 	}

@@ -350,7 +350,7 @@ func (s *Service) changes(w http.ResponseWriter, r *http.Request, c Caller) erro
 			return err
 		}
 	}
-	changed, left, err := s.DeviceLists(c.UserID, from, to)
+	changed, left, err := s.DeviceLists(c.UserID, from, to, nil)
 	if err != nil {
 		return err
 	}

@@ -19,11 +19,14 @@ const maxMemberScan = 200
 // one of user's rooms, or user joined one of theirs); left are those who
 // shared a room with user and share none any more. user is in changed
 // when their own keys changed or they joined a room (their other devices
-// then learn of the new room's members, as Synapse does).
-func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []string, err error) {
+// then learn of the new room's members, as Synapse does). hint (may be
+// nil) is what the caller knows already.
+func (s *Service) DeviceLists(user string, since, upTo uint64, hint *ListsHint) (changed, left []string, err error) {
 	rv := s.d.Rooms()
-	ms, err := rv.Memberships(user)
-	if err != nil {
+	var ms []rooms.Membership
+	if hint != nil {
+		ms = hint.Memberships
+	} else if ms, err = rv.Memberships(user); err != nil {
 		return nil, nil, err
 	}
 	var joined []string
@@ -48,7 +51,7 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 	selfJoined := false // user joined a room: their own devices hear of it too
 	for _, m := range ms {
 		if m.Offset <= since {
-			if m.Membership == "join" {
+			if m.Membership == "join" && (hint == nil || hint.MembersChanged(m.RoomID)) {
 				if err := membersChangedSince(rv, m.RoomID, since, upTo, ch, gone); err != nil {
 					return nil, nil, err
 				}
@@ -95,6 +98,17 @@ func (s *Service) DeviceLists(user string, since, upTo uint64) (changed, left []
 		left = []string{}
 	}
 	return changed, left, nil
+}
+
+// ListsHint is what /sync holds already when it asks for device lists,
+// so that they cost what changed since its token rather than a read per
+// joined room.
+type ListsHint struct {
+	// Memberships are the user's, as rooms.View.Memberships returns them.
+	Memberships []rooms.Membership
+	// MembersChanged reports whether a room's members may have changed
+	// after the token; false means they did not, and the room is not read.
+	MembersChanged func(roomID string) bool
 }
 
 // membersChangedSince adds to joinedNow the members that joined roomID in
@@ -153,8 +167,9 @@ func membersChangedSince(rv rooms.View, roomID string, since, upTo uint64, joine
 // SyncSection is the E2EE part of a /sync response for (since, pos]:
 // device_lists (incremental syncs only), device_one_time_keys_count and
 // device_unused_fallback_key_types. changed reports that device lists
-// have news (the sync is not empty).
-func (s *Service) SyncSection(c Caller, since, pos uint64) (section map[string]any, changed bool, err error) {
+// have news (the sync is not empty). hint (may be nil) is passed to
+// DeviceLists.
+func (s *Service) SyncSection(c Caller, since, pos uint64, hint *ListsHint) (section map[string]any, changed bool, err error) {
 	v := s.view()
 	counts, err := v.OneTimeKeyCounts(c.UserID, c.DeviceID)
 	if err != nil {
@@ -166,7 +181,7 @@ func (s *Service) SyncSection(c Caller, since, pos uint64) (section map[string]a
 	}
 	lists := map[string]any{"changed": []string{}, "left": []string{}}
 	if since > 0 {
-		ch, left, err := s.DeviceLists(c.UserID, since, pos)
+		ch, left, err := s.DeviceLists(c.UserID, since, pos, hint)
 		if err != nil {
 			return nil, false, err
 		}
