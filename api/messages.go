@@ -156,20 +156,22 @@ type eventHead struct {
 	Content  json.RawMessage `json:"content"`
 }
 
-// decodeHead decodes the event's head; a failure is corruption (the
-// projection served JSON that is not the PDU it parsed), reported as such.
+// decodeHead is the event's head, from the PDU rooms.View.Event parsed
+// when it loaded the event (kept with it, and in the event cache), so no
+// JSON is decoded again; a failure is corruption (the projection served
+// JSON that is not the PDU it parsed), reported as such.
 func decodeHead(e *rooms.Event) (eventHead, error) {
-	var h eventHead
-	if err := json.Unmarshal(e.JSON, &h); err != nil {
-		return h, fmt.Errorf("rooms projection: event %s does not decode: %w", e.EventID, err)
+	p, err := e.PDU()
+	if err != nil {
+		return eventHead{}, fmt.Errorf("rooms projection: event %s does not decode: %w", e.EventID, err)
 	}
-	return h, nil
+	return eventHead{Type: p.Type(), Sender: p.Sender(), StateKey: p.StateKey(), Content: p.Content()}, nil
 }
 
 // headOf is decodeHead where no error can be returned (a visibility
 // predicate, a stripped state event). Events reach it through
-// rooms.View.Event, which parsed the same JSON as a PDU (string type,
-// sender and state key), so its error cannot happen short of a bug.
+// rooms.View.Event, which parsed the same JSON as a PDU, so its error
+// cannot happen short of a bug.
 func headOf(e *rooms.Event) eventHead {
 	h, _ := decodeHead(e)
 	return h

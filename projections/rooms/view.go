@@ -145,12 +145,18 @@ func (v View) loadJSON(e *Event) error {
 		e.pdu = ev
 		return nil
 	}
-	// A redacted event must never be served whole: fail closed.
+	// A redacted event must never be served whole: fail closed. Parsed
+	// once here, so that readers of its fields (Event.PDU) do not parse it
+	// again.
 	red, err := stateres.Redact(ver, e.JSON)
 	if err != nil {
 		return mismatch("cannot be redacted: " + err.Error())
 	}
-	e.JSON = red
+	rev, err := stateres.ParseTrustedEvent(ver, red, e.EventID)
+	if err != nil {
+		return mismatch("cannot be parsed once redacted: " + err.Error())
+	}
+	e.JSON, e.pdu = rev.JSON(), rev
 	return nil
 }
 
