@@ -2,7 +2,6 @@ package rooms
 
 import (
 	"encoding/binary"
-	"fmt"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
@@ -12,9 +11,9 @@ import (
 )
 
 // batch is what one Apply call remembers between entries: the records it
-// read or changed that many entries of a batch touch (a room's record, its
-// notification counters). Each is read from the store at most once per
-// batch and written once, at the end. It lives only for one Apply, so the
+// read or changed that many entries of a batch touch (a room's record).
+// Each is read from the store at most once per batch and written once, at
+// the end. It lives only for one Apply, so the
 // fold stays a function of the entries and the stored state; and reads
 // that miss Pebble's block cache (a data block to decompress per level)
 // are what a replay spends its time on.
@@ -32,9 +31,6 @@ type batch struct {
 	dirtyRooms []string         // in the order they were first changed
 	isDirty    map[string]bool
 
-	counters     map[string]*counter // by total key
-	counterOrder []string
-
 	lastChanged  map[string]uint64 // room -> newest timeline offset of this batch
 	changedOrder []string
 
@@ -46,14 +42,8 @@ type batch struct {
 	memberSeen                       map[string]bool
 }
 
-// counter is the newest cumulative count of one notification (or
-// highlight) scope and the offset it was reached at.
-type counter struct {
-	count, offset uint64
-}
-
 func newBatch(w projections.Writer, log EventLog) *batch {
-	return &batch{w: w, log: log, groups: newGroups(w), states: map[groupID]StateMap{}, resolved: map[string]groupID{}, rooms: map[string]*Room{}, isDirty: map[string]bool{}, counters: map[string]*counter{}, lastChanged: map[string]uint64{}, memberSeen: map[string]bool{}}
+	return &batch{w: w, log: log, groups: newGroups(w), states: map[groupID]StateMap{}, resolved: map[string]groupID{}, rooms: map[string]*Room{}, isDirty: map[string]bool{}, lastChanged: map[string]uint64{}, memberSeen: map[string]bool{}}
 }
 
 // changed notes that the room's timeline grew at offset off; flush
@@ -87,56 +77,6 @@ func (b *batch) dirtyRoom(roomID string) {
 	}
 }
 
-// bump counts one more event at offset off in the scope whose history
-// keys start with prefix (pNotif or pHighlight) and whose total is kept
-// under the same parts with the total's prefix byte.
-func (b *batch) bump(prefix []byte, off uint64) error {
-	totalKey := string(totalKeyOf(prefix))
-	c, ok := b.counters[totalKey]
-	if !ok {
-		c = &counter{}
-		v, found, err := b.w.Get([]byte(totalKey))
-		if err != nil {
-			return err
-		}
-		if found {
-			if c.count, c.offset, ok = decodeTotal(v); !ok {
-				return fmt.Errorf("rooms: corrupt counter %q; rebuild the projection with `engram rebuild --projection rooms`", totalKey)
-			}
-		}
-		b.counters[totalKey] = c
-		b.counterOrder = append(b.counterOrder, totalKey)
-	}
-	c.count++
-	c.offset = off
-	k := binary.BigEndian.AppendUint64(append(prefix, sep), off)
-	return b.w.Set(k, binary.BigEndian.AppendUint64(nil, c.count))
-}
-
-// totalKeyOf maps a history prefix (pNotif/pHighlight parts) to its total
-// key.
-func totalKeyOf(prefix []byte) []byte {
-	k := append([]byte(nil), prefix...)
-	switch k[0] {
-	case pNotif:
-		k[0] = pNotifTotal
-	case pHighlight:
-		k[0] = pHighTotal
-	}
-	return k
-}
-
-func encodeTotal(count, offset uint64) []byte {
-	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), count), offset)
-}
-
-func decodeTotal(v []byte) (count, offset uint64, ok bool) {
-	if len(v) != 16 {
-		return 0, 0, false
-	}
-	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), true
-}
-
 // flush writes what the batch kept in memory.
 func (b *batch) flush() error {
 	for _, id := range b.dirtyRooms {
@@ -149,19 +89,11 @@ func (b *batch) flush() error {
 			return err
 		}
 	}
-	for _, k := range b.counterOrder {
-		c := b.counters[k]
-		if err := b.w.Set([]byte(k), encodeTotal(c.count, c.offset)); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
 // decodePDU reads a PDU fact (projections.DecodePDU).
 func decodePDU(e englog.Entry) (facts.PDU, error) { return projections.DecodePDU(e) }
-
-func isObject(v []byte) bool { return len(v) >= 2 && v[0] == '{' && v[len(v)-1] == '}' }
 
 // contentString is the string value of key in a canonical JSON object, or
 // "" when absent or not a string.

@@ -19,7 +19,6 @@ import (
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
-	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // Key prefixes; parts are separated by 0x00 and offsets are 8 bytes big
@@ -36,22 +35,9 @@ const (
 	pRoomAlias  = 'A' // A room 0 alias -> ""
 	pPublic     = 'P' // P room -> "" (published in the room directory)
 	pStateHist  = 'h' // h room 0 type 0 stateKey 0 offset -> eventID (every state change)
-	pNotif      = 'n' // n room 0 scope 0 offset -> cumulative count (8 bytes) of notifying events
-	pNotifTotal = 'N' // N room 0 scope -> newest cumulative count, offset (8+8 bytes)
-	pHighlight  = 'g' // g room 0 user 0 scope 0 offset -> cumulative count of events mentioning user
-	pHighTotal  = 'G' // G room 0 user 0 scope -> newest cumulative count, offset
-	pLastNotif  = 'l' // l room 0 sender -> offset of the sender's last notifying event
-	pThread     = 'T' // T room 0 rootID -> "" (threads with notifying events)
 	pChanged    = 'C' // C room -> offset (8 bytes) of the room's newest timeline event
 	pUnfoldable = 'U' // U offset -> Unfoldable (a PDU entry this fold refused to fold)
 	sep         = 0
-)
-
-// Notification scopes: every notifying event counts in ScopeAll and in
-// either ScopeMain or its thread's root event ID.
-const (
-	ScopeAll  = "*"
-	ScopeMain = "main"
 )
 
 // Event is a stored room event.
@@ -157,9 +143,11 @@ func (*Projection) Name() string { return "rooms" }
 //
 // Version 10: an outlier leave of a room not held here (an invite
 // rejected through the inviting server) replaces the pending invite or
-// knock. (9 was a change since reverted; data dirs folded by it must
-// rebuild too.)
-func (*Projection) Version() int { return 10 }
+// knock.
+//
+// Version 11: the notification counters (n, N, g, G, l, T records) are
+// gone; unread counts come from the notifications projection.
+func (*Projection) Version() int { return 11 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -349,9 +337,6 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			return err
 		}
 		b.changed(roomID, e.Offset)
-		if err := b.countNotification(ev, e.Offset); err != nil {
-			return err
-		}
 		if f.Txn != nil {
 			// Invariant: one transaction ID maps to one event, the first
 			// folded. Enforced here, in log order; roomwrite.Writer.Send
@@ -640,81 +625,4 @@ func (b *batch) applyCurrentChanges(roomID string, ev stateres.PDU, changes []st
 		}
 	}
 	return nil
-}
-
-// countNotification maintains the cumulative counters behind
-// unread_notifications. An event notifies when the default push rules
-// would make it notify: a message (not a notice, not an edit), an
-// encrypted event, a sticker, a call invite or a poll; it highlights the
-// users its m.mentions names. Push-rule evaluation per user can refine
-// this later; the counters are a pure function of the events.
-func (b *batch) countNotification(ev stateres.PDU, off uint64) error {
-	if ev.StateKey() != nil {
-		return nil
-	}
-	switch ev.Type() {
-	case "m.room.message", "m.room.encrypted", "m.sticker", "m.call.invite", "m.poll.start":
-	default:
-		return nil
-	}
-	content := ev.Content()
-	var relType, relEventID string
-	if rel := canonicaljson.Get(content, "m.relates_to"); isObject(rel) {
-		relType, relEventID = contentString(rel, "rel_type"), contentString(rel, "event_id")
-	}
-	if ev.Type() == "m.room.message" && (contentString(content, "msgtype") == "m.notice" || relType == "m.replace") {
-		return nil
-	}
-	w := b.w
-	roomID := ev.RoomID()
-	scope := ScopeMain
-	if relType == "m.thread" && relEventID != "" {
-		scope = relEventID
-		if err := w.Set(projections.Key(pThread, roomID, scope), nil); err != nil {
-			return err
-		}
-	}
-	for _, sc := range []string{ScopeAll, scope} {
-		if err := b.bump(projections.Key(pNotif, roomID, sc), off); err != nil {
-			return err
-		}
-	}
-	if err := w.Set(projections.Key(pLastNotif, roomID, ev.Sender()), binary.BigEndian.AppendUint64(nil, off)); err != nil {
-		return err
-	}
-	mentions := canonicaljson.Get(content, "m.mentions")
-	if !isObject(mentions) {
-		return nil
-	}
-	userIDs := canonicaljson.Get(mentions, "user_ids")
-	if len(userIDs) < 2 || userIDs[0] != '[' {
-		return nil
-	}
-	seen := map[string]bool{ev.Sender(): true}
-	return canonicaljson.ArrayEach(userIDs, func(v []byte) error {
-		u, err := canonicaljson.Unquote(v)
-		if err != nil || seen[u] {
-			return nil // not a user ID string
-		}
-		seen[u] = true
-		for _, sc := range []string{ScopeAll, scope} {
-			if err := b.bump(projections.Key(pHighlight, roomID, u, sc), off); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-}
-
-// cumulative is the count stored under prefix at the newest offset <= off
-// (0 when none).
-func cumulative(r projections.Reader, prefix []byte, off uint64) (uint64, error) {
-	lower := append(append([]byte(nil), prefix...), sep)
-	it := r.Iter(lower, projections.PrefixEnd(lower))
-	var n uint64
-	upper := binary.BigEndian.AppendUint64(append([]byte(nil), lower...), off)
-	if it.SeekLT(append(upper, 0)) {
-		n = binary.BigEndian.Uint64(it.Value())
-	}
-	return n, it.Close()
 }

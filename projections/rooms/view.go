@@ -430,51 +430,6 @@ func (v View) StateBefore(roomID, typ string, before uint64) ([]*Event, error) {
 	return out, nil
 }
 
-// NotificationCount is the number of notifying events of a scope
-// (ScopeAll, ScopeMain or a thread root) with offset > after.
-func (v View) NotificationCount(roomID, scope string, after uint64) (uint64, error) {
-	return v.countAfter(projections.Key(pNotif, roomID, scope), after)
-}
-
-// HighlightCount is the number of events of a scope mentioning userID
-// with offset > after.
-func (v View) HighlightCount(roomID, userID, scope string, after uint64) (uint64, error) {
-	return v.countAfter(projections.Key(pHighlight, roomID, userID, scope), after)
-}
-
-func (v View) countAfter(prefix []byte, after uint64) (uint64, error) {
-	b, ok, err := v.r.Get(totalKeyOf(prefix))
-	if err != nil || !ok {
-		return 0, err
-	}
-	total, last, ok := decodeTotal(b)
-	if !ok {
-		return 0, fmt.Errorf("rooms: corrupt counter %q; rebuild the projection with `engram rebuild --projection rooms`", totalKeyOf(prefix))
-	}
-	if after >= last {
-		return 0, nil // the common case of a sync with nothing new
-	}
-	upTo, err := cumulative(v.r, prefix, after)
-	return total - upTo, err
-}
-
-// LastNotifying is the offset of the sender's last notifying event in the
-// room (0 when none).
-func (v View) LastNotifying(roomID, sender string) (uint64, error) {
-	return v.offsetRecord(projections.Key(pLastNotif, roomID, sender))
-}
-
-// Threads lists the root IDs of the room's threads with notifying events.
-func (v View) Threads(roomID string) ([]string, error) {
-	lower := append(projections.Key(pThread, roomID), sep)
-	it := v.r.Iter(lower, projections.PrefixEnd(lower))
-	var out []string
-	for ok := it.First(); ok; ok = it.Next() {
-		out = append(out, string(it.Key()[len(lower):]))
-	}
-	return out, it.Close()
-}
-
 // RoomIDs lists every room the server knows, in room ID order (for the
 // admin API's room list).
 func (v View) RoomIDs() ([]string, error) {
