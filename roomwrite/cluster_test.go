@@ -109,12 +109,12 @@ func caughtUp(t *testing.T, ms []*member, last uint64) {
 
 // The invariants hold in a cluster, decided by the fold in log order.
 //
-// What this proves, and how: write forwarding (a follower handing the
-// request to the leader) is not built yet, so followers cannot append.
-// Each node therefore makes its decision on its own view (every view
-// sees the alias free and the token with one use left), and the
-// resulting proposals are appended concurrently through the leader, as
-// forwarded proposals built on stale views would be. Exactly one alias
+// What this proves, and how: each node makes its decision on its own
+// view (every view sees the alias free and the token with one use left),
+// and the resulting proposals are appended concurrently through the
+// leader, as forwarded proposals built on stale views would be. The same
+// races through real forwarding, over the client API of three `engram
+// serve` nodes, are cmd/engram's TestClusterRacesThroughForwarding. Exactly one alias
 // claim and one token use win, every node folds the same result, and the
 // verdict each claimer reads back (as api's putAlias and
 // commitRegistration do) names the same single winner. Room events are
