@@ -204,6 +204,7 @@ func (s *Server) recordEDUs(ctx context.Context, r *http.Request, origin string,
 	ownUser := func(u string) bool { return domainOf(u) == origin }
 	roomOK := func(roomID string) bool { return s.CheckServerACL(r, roomID, origin) == nil }
 	now := s.cfg.Now().UnixMilli()
+	devices, devicesRecorded := newDeviceListTxn(), false
 	for _, raw := range edus {
 		var edu struct {
 			Type    string          `json:"edu_type"`
@@ -278,15 +279,23 @@ func (s *Server) recordEDUs(ctx context.Context, r *http.Request, origin string,
 				add(englog.KindEDU, facts.EDU{Type: facts.EDUPresence, Origin: origin, Content: content})
 			}
 		case "m.device_list_update", "m.signing_key_update":
-			// Recorded for the e2ee projection: local users sharing a room
-			// with the user see them in device_lists.changed.
+			// Recorded for the e2ee projection: it keeps a copy of the
+			// user's device list, and local users sharing a room with the
+			// user see them in device_lists.changed. An update the copy
+			// cannot follow is preceded by the whole list (devicelists.go).
 			var c struct {
 				UserID string `json:"user_id"`
 			}
 			if json.Unmarshal(edu.Content, &c) != nil || !ownUser(c.UserID) {
 				continue
 			}
+			if edu.Type == "m.device_list_update" {
+				if p, ok := s.resyncFor(ctx, origin, edu.Content, devices); ok {
+					props = append(props, p)
+				}
+			}
 			add(englog.KindEDU, facts.EDU{Type: edu.Type, Origin: origin, Content: edu.Content})
+			devicesRecorded = true
 		case "m.direct_to_device":
 			var c struct {
 				Sender   string                                `json:"sender"`
@@ -307,8 +316,13 @@ func (s *Server) recordEDUs(ctx context.Context, r *http.Request, origin string,
 	if len(props) == 0 {
 		return nil
 	}
-	_, err := s.deps.Log.Append(ctx, props...)
-	return err
+	offs, err := s.deps.Log.Append(ctx, props...)
+	if err != nil || !devicesRecorded || s.deps.E2EE == nil {
+		return err
+	}
+	// The origin's next transaction is judged against the copy these
+	// updates leave: wait until it is folded.
+	return s.deps.E2EE.WaitApplied(ctx, offs[len(offs)-1])
 }
 
 func domainOf(id string) string {

@@ -66,6 +66,7 @@ const (
 	KindRoomKeysBackedUp         Kind = 415
 	KindRoomKeysDeleted          Kind = 416
 	KindOneTimeKeysDiscarded     Kind = 417 // a restore discards the one-time keys a lost suffix may have handed out
+	KindRemoteDevicesResynced    Kind = 418 // a remote user's whole device list, fetched from their server (user/devices)
 
 	// Federation infrastructure: keys fetched from other servers and the
 	// outbound delivery queue.
@@ -132,6 +133,7 @@ var kindNames = map[Kind]string{
 	KindRoomKeysBackedUp:         "room_keys_backed_up",
 	KindRoomKeysDeleted:          "room_keys_deleted",
 	KindOneTimeKeysDiscarded:     "one_time_keys_discarded",
+	KindRemoteDevicesResynced:    "remote_devices_resynced",
 	KindServerKeysFetched:        "server_keys_fetched",
 	KindFederationOutbound:       "federation_outbound",
 	KindFederationDelivered:      "federation_delivered",

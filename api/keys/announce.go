@@ -94,7 +94,19 @@ func (s *Service) announceDevices(ctx context.Context, user string, devices []st
 	}
 	var rendered map[string]json.RawMessage
 	if !deleted {
-		if rendered, err = s.localDeviceKeys(user, devices, user); err != nil {
+		// Rendered as other servers see them: the name only when
+		// allow_device_name_lookup_over_federation says so.
+		rendered, err = v.QueryDevices(user, devices, visibleTo(user, user), func(dev string) (string, error) {
+			if !s.d.DeviceNamesOverFederation {
+				return "", nil
+			}
+			d, err := s.d.Accounts().Device(user, dev)
+			if err != nil || d == nil {
+				return "", err
+			}
+			return d.DisplayName, nil
+		})
+		if err != nil {
 			return err
 		}
 	}

@@ -223,6 +223,11 @@ func (s *Service) query(w http.ResponseWriter, r *http.Request, c Caller) error 
 			continue // not a user ID: no such user, no failure
 		}
 		if server != s.d.ServerName {
+			if ok, err := s.remoteFromCopy(user, req.DeviceKeys[user], c.UserID, devices, master, selfSigning); err != nil {
+				return err
+			} else if ok {
+				continue
+			}
 			if remote[server] == nil {
 				remote[server] = map[string][]string{}
 			}

@@ -61,3 +61,68 @@ func askServers[Q any](ctx context.Context, byServer map[string]Q, timeout time.
 	wg.Wait()
 	return answers, failures
 }
+
+// remoteFromCopy answers for a remote user from this server's copy of
+// their device list (projections/e2ee RemoteList) when it is known to be
+// complete; ok is false when their server must be asked instead.
+func (s *Service) remoteFromCopy(user string, wanted []string, requester string,
+	devices map[string]map[string]json.RawMessage, master, selfSigning map[string]json.RawMessage) (bool, error) {
+	l, err := s.view().RemoteList(user)
+	if err != nil || l == nil || l.Stale {
+		return false, err
+	}
+	if ok, err := s.sharedSince(user, l.ResyncedAt); err != nil || !ok {
+		return false, err
+	}
+	devs, err := l.RenderRemote(wanted)
+	if err != nil {
+		return false, err
+	}
+	devices[user] = devs
+	if l.Master != nil {
+		signed, err := s.view().WithRemoteSignatures(requester, user, l.Master)
+		if err != nil {
+			return false, err
+		}
+		master[user] = signed
+	}
+	if l.SelfSigning != nil {
+		selfSigning[user] = l.SelfSigning
+	}
+	return true, nil
+}
+
+// sharedSince reports whether a remote user has been joined, since log
+// offset at, to a room that a local user has been joined to since then
+// too. Their server sends us their device-list updates only while they
+// share a room with one of ours: a copy fetched at at is complete only if
+// that never stopped.
+func (s *Service) sharedSince(user string, at uint64) (bool, error) {
+	rv := s.d.Rooms()
+	ms, err := rv.Memberships(user)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if m.Membership != "join" || m.Offset > at {
+			continue
+		}
+		members, err := rv.MemberIDs(m.RoomID, "join")
+		if err != nil {
+			return false, err
+		}
+		for _, member := range members {
+			if !s.local(member) {
+				continue
+			}
+			lm, err := rv.Membership(member, m.RoomID)
+			if err != nil {
+				return false, err
+			}
+			if lm != nil && lm.Offset <= at {
+				return true, nil
+			}
+		}
+	}
+	return false, nil
+}

@@ -113,3 +113,27 @@ type OneTimeKeysDiscarded struct {
 	UpTo   uint64 `json:"up_to"`
 	Reason string `json:"reason,omitempty"`
 }
+
+// RemoteDevicesResynced is a remote user's whole device list as their
+// server answered GET /_matrix/federation/v1/user/devices/{userId}. The
+// federation receiver fetches it when an m.device_list_update names a
+// prev_id this server never saw (a gap), or when it holds no copy yet,
+// and records it before the EDU: the e2ee projection replaces its cached
+// copy with it, and later EDUs continue from StreamID.
+type RemoteDevicesResynced struct {
+	UserID   string         `json:"user_id"`
+	Origin   string         `json:"origin"`
+	StreamID uint64         `json:"stream_id"`
+	Devices  []RemoteDevice `json:"devices"`
+	// Master and SelfSigning are the user's cross-signing keys as their
+	// server answered (absent when they have none).
+	Master      json.RawMessage `json:"master_key,omitempty"`
+	SelfSigning json.RawMessage `json:"self_signing_key,omitempty"`
+}
+
+// RemoteDevice is one device of a RemoteDevicesResynced.
+type RemoteDevice struct {
+	DeviceID    string          `json:"device_id"`
+	Keys        json.RawMessage `json:"keys,omitempty"`
+	DisplayName string          `json:"device_display_name,omitempty"`
+}

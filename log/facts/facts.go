@@ -133,6 +133,8 @@ func New(kind englog.Kind) any {
 		return &RoomKeysDeleted{}
 	case englog.KindOneTimeKeysDiscarded:
 		return &OneTimeKeysDiscarded{}
+	case englog.KindRemoteDevicesResynced:
+		return &RemoteDevicesResynced{}
 	case englog.KindServerKeysFetched:
 		return &ServerKeysFetched{}
 	case englog.KindFederationOutbound:

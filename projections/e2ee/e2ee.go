@@ -55,6 +55,7 @@ const (
 	pBackups    = 'b' // b user -> Backups
 	pRoomKey    = 'k' // k user 0 version 0 room 0 session -> KeyBackupData JSON
 	pStreamSent = 's' // s user -> stream_id(8) of the last m.device_list_update sent for a local user
+	pRemoteList = 'R' // R user -> RemoteList (the copy of a remote user's device list)
 	pRemoteSig  = 'r' // r signer 0 target user 0 key -> signer key ID -> signature (a local user's signatures of a remote user's master key)
 	sep         = 0
 )
@@ -160,8 +161,9 @@ func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCo
 
 func (*Projection) Name() string { return "e2ee" }
 
-// Version 2: received device-list EDUs and the stream IDs sent are folded.
-func (*Projection) Version() int { return 2 }
+// Version 3: remote users' device lists are kept (received device-list
+// EDUs and resyncs folded into a copy).
+func (*Projection) Version() int { return 3 }
 
 // AfterCommit reports the users whose device lists the batch changed.
 // It decodes only user IDs; no state is read.
@@ -196,8 +198,12 @@ func changedUsersOf(e englog.Entry) []string {
 			return []string{f.UserID}
 		}
 	case englog.KindEDU:
-		if u := deviceEDUUser(e); u != "" {
+		if _, _, u := deviceEDU(e); u != "" {
 			return []string{u}
+		}
+	case englog.KindRemoteDevicesResynced:
+		if json.Unmarshal(e.Payload, &f) == nil {
+			return []string{f.UserID}
 		}
 	case englog.KindKeySignaturesUploaded:
 		if json.Unmarshal(e.Payload, &f) == nil {
@@ -218,20 +224,20 @@ const (
 	EDUSigningKeyUpdate = "m.signing_key_update"
 )
 
-// deviceEDUUser returns the user a received device-list or signing-key
-// EDU is about, or "".
-func deviceEDUUser(e englog.Entry) string {
+// deviceEDU returns the type and content of a received device-list or
+// signing-key EDU and the user it is about (user "" when it is neither).
+func deviceEDU(e englog.Entry) (eduType string, content json.RawMessage, user string) {
 	var f facts.EDU
 	if json.Unmarshal(e.Payload, &f) != nil || (f.Type != EDUDeviceListUpdate && f.Type != EDUSigningKeyUpdate) {
-		return ""
+		return "", nil, ""
 	}
 	var c struct {
 		UserID string `json:"user_id"`
 	}
 	if json.Unmarshal(f.Content, &c) != nil {
-		return ""
+		return "", nil, ""
 	}
-	return c.UserID
+	return f.Type, f.Content, c.UserID
 }
 
 // Apply folds a batch.
@@ -290,13 +296,18 @@ func (p *Projection) apply(w projections.Writer, e englog.Entry) error {
 		}
 		return removeDevices(w, f.UserID, devs, e.Offset)
 	case englog.KindEDU:
-		// A remote user's devices or cross-signing keys changed: local
-		// users sharing a room see them in device_lists.changed and query
-		// them again (remote keys are always asked for, never cached, so
-		// a gap in the remote stream needs no resync here).
-		if u := deviceEDUUser(e); u != "" {
-			return markChanged(w, u, e.Offset)
+		// A remote user's devices or cross-signing keys changed: the
+		// copy follows (remote.go), and local users sharing a room see
+		// them in device_lists.changed and query them again.
+		if typ, content, u := deviceEDU(e); u != "" {
+			return applyRemoteEDU(w, e, typ, content, u)
 		}
+	case englog.KindRemoteDevicesResynced:
+		var f facts.RemoteDevicesResynced
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return applyResync(w, e, f)
 	case englog.KindFederationOutbound:
 		return recordStreamSent(w, e)
 	case englog.KindKeysUploaded:

@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"net/url"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/engram-hs/engram/internal/testca"
+	"github.com/engram-hs/engram/internal/testserver"
+	"github.com/engram-hs/engram/stateres/signing"
+)
+
+// B keeps a copy of alice's (on A) device list, built from A's
+// m.device_list_update EDUs and resynced through A's user/devices when an
+// update's prev_id names one B never saw:
+//   - alice's first new device: B holds no copy, fetches the whole list;
+//   - bob (B) leaves the room and alice adds a device: only C hears of it
+//     (A's stream for alice moves on without B); bob rejoins, and B's
+//     copy is no longer trusted (bob did not share a room with alice the
+//     whole time), so bob's query asks A and sees the device;
+//   - alice adds one more device: its EDU's prev_id is the update B missed
+//     (a gap), so B fetches the whole list before recording it.
+//
+// Each time, with A stopped, bob's /keys/query still answers alice's
+// devices, with no failure for A: from the copy, including the device
+// whose EDU never reached B. `engram verify` replays B's copy.
+func TestRemoteDeviceListCopyResyncsOnGap(t *testing.T) {
+	ca := testca.New(t)
+	a, b, c := start(t, ca), start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	carol := register(t, c, "carol")
+	aliceID := "@alice:" + a.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"room_alias_name": "copy", "preset": "public_chat", "room_version": "11"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	for _, j := range []struct {
+		s     server
+		token string
+		user  string
+	}{{b, bob, "@bob:" + b.name}, {c, carol, "@carol:" + c.name}} {
+		if st := call(t, j.s, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#copy:"+a.name), j.token, map[string]any{}, nil); st != 200 {
+			t.Fatalf("%s joins: %d\n%s", j.user, st, j.s.Logs())
+		}
+		eventually(t, "A to see "+j.user+" joined", func() bool { return joined(t, a, alice, room.RoomID, j.user) })
+	}
+
+	// newDevice logs alice in on a new device with signed keys.
+	newDevice := func() string {
+		var login struct {
+			AccessToken string `json:"access_token"`
+			DeviceID    string `json:"device_id"`
+		}
+		if st := call(t, a, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+			"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
+			t.Fatalf("login: %d", st)
+		}
+		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+		keys := signObj(t, aliceID, "ed25519:"+login.DeviceID, priv, map[string]any{"user_id": aliceID, "device_id": login.DeviceID,
+			"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
+			"keys":       map[string]any{"ed25519:" + login.DeviceID: signing.EncodeBase64(pub), "curve25519:" + login.DeviceID: "c"}})
+		if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
+			t.Fatalf("upload: %d", st)
+		}
+		return login.DeviceID
+	}
+	type answer struct {
+		DeviceKeys map[string]map[string]map[string]any `json:"device_keys"`
+		Failures   map[string]any                       `json:"failures"`
+	}
+	query := func(s server, token string) answer {
+		var q answer
+		if st := call(t, s, "POST", "/_matrix/client/v3/keys/query", token, map[string]any{"device_keys": map[string]any{aliceID: []string{}}, "timeout": 3000}, &q); st != 200 {
+			t.Fatalf("query: %d", st)
+		}
+		return q
+	}
+	shows := func(q answer, devices ...string) bool {
+		for _, d := range devices {
+			if q.DeviceKeys[aliceID][d] == nil {
+				return false
+			}
+		}
+		return true
+	}
+	// fromCopy stops A, checks bob's answer shows the devices without
+	// asking A, and starts A again.
+	fromCopy := func(devices ...string) {
+		t.Helper()
+		a.Stop()
+		q := query(b, bob)
+		if len(q.Failures) != 0 || !shows(q, devices...) {
+			t.Fatalf("with A stopped, bob's query should answer %v from B's copy of alice's device list: %+v\n%s", devices, q, b.Logs())
+		}
+		a = startAt(t, ca, a.name, a.DataDir)
+	}
+
+	// heard waits until bob's /sync says alice's devices changed: B has
+	// recorded the EDU (and the resync it needed, appended before it).
+	var since string
+	syncB := func() []string {
+		var s struct {
+			NextBatch   string `json:"next_batch"`
+			DeviceLists struct {
+				Changed []string `json:"changed"`
+			} `json:"device_lists"`
+		}
+		path := "/_matrix/client/v3/sync?set_presence=offline&timeout=1000"
+		if since != "" {
+			path += "&since=" + url.QueryEscape(since)
+		}
+		call(t, b, "GET", path, bob, nil, &s)
+		since = s.NextBatch
+		return s.DeviceLists.Changed
+	}
+	heard := func(what string) {
+		t.Helper()
+		eventually(t, "bob's sync to show alice's "+what, func() bool { return slices.Contains(syncB(), aliceID) })
+	}
+	syncB()
+	d1 := newDevice()
+	heard("first new device")
+	fromCopy(d1)
+
+	// Bob leaves; alice's next device is news to C only.
+	if st := call(t, b, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/leave", bob, map[string]any{}, nil); st != 200 {
+		t.Fatalf("bob leaves: %d", st)
+	}
+	eventually(t, "A to see bob left", func() bool { return !joined(t, a, alice, room.RoomID, "@bob:"+b.name) })
+	d2 := newDevice()
+	eventually(t, "carol's query to show "+d2, func() bool { return shows(query(c, carol), d2) })
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID)+"?server_name="+url.QueryEscape(a.name), bob, map[string]any{}, nil); st != 200 {
+		t.Fatalf("bob rejoins: %d\n%s", st, b.Logs())
+	}
+	eventually(t, "A to see bob rejoined", func() bool { return joined(t, a, alice, room.RoomID, "@bob:"+b.name) })
+	if q := query(b, bob); !shows(q, d1, d2) {
+		t.Fatalf("after rejoining, bob's query should ask A (B's copy missed %s): %+v", d2, q)
+	}
+
+	// Alice's next update names the one B missed: B resyncs.
+	syncB()
+	d3 := newDevice()
+	heard("device after the gap")
+	fromCopy(d1, d2, d3)
+
+	b.Stop()
+	out, err := exec.Command(testserver.Binary(t), "verify", "--config", b.Config).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "e2ee") {
+		t.Fatalf("engram verify on B (its copy of alice's devices replayed): %v\n%s", err, out)
+	}
+}
