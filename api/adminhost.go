@@ -65,6 +65,16 @@ func (h adminHost) PropagateProfile(ctx context.Context, userID string) error {
 	return h.s.propagateProfile(ctx, userID)
 }
 
+func (h adminHost) DevicesWithKeys(userID string, devices []string) ([]string, error) {
+	return h.s.keys.DevicesWithKeys(userID, devices)
+}
+
+func (h adminHost) AnnounceDevices(ctx context.Context, userID string, devices []string, deleted bool) {
+	if len(devices) > 0 {
+		h.s.keys.AnnounceDevices(ctx, userID, devices, deleted)
+	}
+}
+
 // CreateRoom creates a room as the client API's createRoom does, with
 // the same code: the request is handed to it in-process.
 func (h adminHost) CreateRoom(ctx context.Context, req admin.CreateRoom) (string, error) {

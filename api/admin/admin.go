@@ -77,6 +77,13 @@ type Host interface {
 	LeaveAllRooms(ctx context.Context, userID string) error
 	// PropagateProfile sends the user's new profile to their joined rooms.
 	PropagateProfile(ctx context.Context, userID string) error
+	// DevicesWithKeys lists those of the devices that have identity keys:
+	// other servers hear of changes to those (read before a removal).
+	DevicesWithKeys(userID string, devices []string) ([]string, error)
+	// AnnounceDevices tells the servers sharing a room with the user
+	// that the devices changed or were deleted (m.device_list_update),
+	// as the client API does for its own device edits.
+	AnnounceDevices(ctx context.Context, userID string, devices []string, deleted bool)
 }
 
 // ServerNotices is Synapse's server_notices configuration: notices come

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"net/http"
@@ -547,6 +548,12 @@ func (a *API) putDevice(w http.ResponseWriter, r *http.Request, c Caller) error 
 			facts.MustEncode(englog.KindDeviceUpdated, facts.DeviceUpdated{UserID: userID, DeviceID: d.DeviceID, DisplayName: req.DisplayName})); err != nil {
 			return err
 		}
+		// The name is part of the device's keys as other servers see them.
+		withKeys, err := a.host.DevicesWithKeys(userID, []string{d.DeviceID})
+		if err != nil {
+			return err
+		}
+		a.host.AnnounceDevices(r.Context(), userID, withKeys, false)
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil
@@ -558,12 +565,25 @@ func (a *API) deleteDevice(w http.ResponseWriter, r *http.Request, c Caller) err
 		return err
 	}
 	// Synapse answers 200 for a device that does not exist.
-	id := r.PathValue("deviceId")
-	if err := a.commit(r.Context(), c, "delete_devices", userID, map[string]any{"devices": []string{id}},
-		facts.MustEncode(englog.KindDeviceRemoved, facts.DeviceRemoved{UserID: userID, DeviceIDs: []string{id}})); err != nil {
+	if err := a.removeDevices(r.Context(), c, userID, []string{r.PathValue("deviceId")}); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})
+	return nil
+}
+
+// removeDevices removes a user's devices; other servers forget those
+// that had keys (read before the removal drops them).
+func (a *API) removeDevices(ctx context.Context, c Caller, userID string, ids []string) error {
+	withKeys, err := a.host.DevicesWithKeys(userID, ids)
+	if err != nil {
+		return err
+	}
+	if err := a.commit(ctx, c, "delete_devices", userID, map[string]any{"devices": ids},
+		facts.MustEncode(englog.KindDeviceRemoved, facts.DeviceRemoved{UserID: userID, DeviceIDs: ids})); err != nil {
+		return err
+	}
+	a.host.AnnounceDevices(ctx, userID, withKeys, true)
 	return nil
 }
 
@@ -581,8 +601,7 @@ func (a *API) deleteDevices(w http.ResponseWriter, r *http.Request, c Caller) er
 	if _, err := a.localUser(userID); err != nil {
 		return err
 	}
-	if err := a.commit(r.Context(), c, "delete_devices", userID, map[string]any{"devices": req.Devices},
-		facts.MustEncode(englog.KindDeviceRemoved, facts.DeviceRemoved{UserID: userID, DeviceIDs: req.Devices})); err != nil {
+	if err := a.removeDevices(r.Context(), c, userID, req.Devices); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, struct{}{})

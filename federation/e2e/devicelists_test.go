@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -154,5 +155,110 @@ func TestRemoteDeviceListCopyResyncsOnGap(t *testing.T) {
 	out, err := exec.Command(testserver.Binary(t), "verify", "--config", b.Config).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "e2ee") {
 		t.Fatalf("engram verify on B (its copy of alice's devices replayed): %v\n%s", err, out)
+	}
+}
+
+// Device edits through the admin API reach other servers as the client
+// API's do: renaming a device of alice (A) and then deleting it are
+// m.device_list_update EDUs, so bob (B) sees alice changed in /sync and
+// B's copy of her devices shows the new name, then no device (checked
+// with A stopped: answered from the copy).
+func TestAdminDeviceEditsReachOtherServers(t *testing.T) {
+	ca := testca.New(t)
+	a := startWith(t, ca, "127.0.0.1:"+strconv.Itoa(testserver.FreePort(t)), "",
+		"registration_shared_secret: \"s3cret\"\nallow_device_name_lookup_over_federation: true\n")
+	b := start(t, ca)
+	reg := exec.Command(testserver.Binary(t), "register-user", "--config", a.Config, "--user", "root", "--admin", "--password", "pw-root")
+	if out, err := reg.CombinedOutput(); err != nil {
+		t.Fatalf("register-user: %v\n%s", err, out)
+	}
+	var rootLogin struct {
+		AccessToken string `json:"access_token"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+		"identifier": map[string]any{"type": "m.id.user", "user": "root"}, "password": "pw-root"}, &rootLogin); st != 200 {
+		t.Fatalf("root login: %d", st)
+	}
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID := "@alice:" + a.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"room_alias_name": "adm", "preset": "public_chat", "room_version": "11"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#adm:"+a.name), bob, map[string]any{}, nil); st != 200 {
+		t.Fatalf("bob joins: %d\n%s", st, b.Logs())
+	}
+	eventually(t, "A to see bob joined", func() bool { return joined(t, a, alice, room.RoomID, "@bob:"+b.name) })
+	var since string
+	heard := func(what string) {
+		t.Helper()
+		eventually(t, "bob's sync to show alice's "+what, func() bool {
+			var s struct {
+				NextBatch   string `json:"next_batch"`
+				DeviceLists struct {
+					Changed []string `json:"changed"`
+				} `json:"device_lists"`
+			}
+			call(t, b, "GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=1000&since="+url.QueryEscape(since), bob, nil, &s)
+			since = s.NextBatch
+			return slices.Contains(s.DeviceLists.Changed, aliceID)
+		})
+	}
+	var s0 struct {
+		NextBatch string `json:"next_batch"`
+	}
+	call(t, b, "GET", "/_matrix/client/v3/sync?set_presence=offline", bob, nil, &s0)
+	since = s0.NextBatch
+
+	var login struct {
+		AccessToken string `json:"access_token"`
+		DeviceID    string `json:"device_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+		"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
+		t.Fatalf("login: %d", st)
+	}
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	keys := signObj(t, aliceID, "ed25519:"+login.DeviceID, priv, map[string]any{"user_id": aliceID, "device_id": login.DeviceID,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + login.DeviceID: signing.EncodeBase64(pub), "curve25519:" + login.DeviceID: "c"}})
+	if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
+		t.Fatalf("upload: %d", st)
+	}
+	heard("new device")
+
+	devicePath := "/_synapse/admin/v2/users/" + url.PathEscape(aliceID) + "/devices/" + url.PathEscape(login.DeviceID)
+	if st := call(t, a, "PUT", devicePath, rootLogin.AccessToken, map[string]any{"display_name": "renamed by the admin"}, nil); st != 200 {
+		t.Fatalf("admin rename: %d", st)
+	}
+	heard("device renamed by the admin")
+	// answer asks B with A stopped: only B's copy can answer.
+	answer := func() map[string]map[string]any {
+		t.Helper()
+		a.Stop()
+		defer func() { a = startAt(t, ca, a.name, a.DataDir) }()
+		var q struct {
+			DeviceKeys map[string]map[string]map[string]any `json:"device_keys"`
+			Failures   map[string]any                       `json:"failures"`
+		}
+		if st := call(t, b, "POST", "/_matrix/client/v3/keys/query", bob, map[string]any{"device_keys": map[string]any{aliceID: []string{}}, "timeout": 3000}, &q); st != 200 || len(q.Failures) != 0 {
+			t.Fatalf("query with A stopped: %d %+v", st, q)
+		}
+		return q.DeviceKeys[aliceID]
+	}
+	d := answer()[login.DeviceID]
+	if u, _ := d["unsigned"].(map[string]any); u == nil || u["device_display_name"] != "renamed by the admin" {
+		t.Fatalf("B's copy of alice's device after the admin renamed it: %v", d)
+	}
+
+	if st := call(t, a, "DELETE", devicePath, rootLogin.AccessToken, nil, nil); st != 200 {
+		t.Fatalf("admin delete: %d", st)
+	}
+	heard("device deleted by the admin")
+	if devs := answer(); devs[login.DeviceID] != nil {
+		t.Fatalf("B's copy still lists the device the admin deleted: %v", devs)
 	}
 }
