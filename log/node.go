@@ -379,6 +379,13 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64) *pebble.Opti
 	// with a 256 KB memtable and doubles it only as writes come, so an idle
 	// server pays nothing.
 	o.MemTableSize = uint64(memTable)
+	// The newest on-disk format Pebble v1.1 writes (an existing data
+	// directory is ratcheted up on open, once). Pebble v2 opens nothing
+	// older than FormatFlushableIngest, and v2 is where a compaction
+	// meeting a damaged block fails instead of silently dropping the keys
+	// after it (projections.sharedTableError), so data directories must be
+	// on a v2-readable format before that upgrade.
+	o.FormatMajorVersion = pebble.FormatNewest
 	o.EnsureDefaults()
 	// Entries compress best together: zstd over 32 KiB blocks sees the
 	// JSON structure, room IDs and auth events that neighbouring entries
