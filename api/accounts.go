@@ -552,15 +552,19 @@ func (s *Server) deviceUIA(raw json.RawMessage, sess *session) error {
 // account.
 func (s *Server) passwordUIA(raw json.RawMessage, sess *session) error {
 	return s.uia.check(raw, [][]string{{"m.login.password"}}, func(stage string, a *authDict) error {
-		if s.passwordUser(a) != sess.UserID {
-			return errForbidden("Invalid username or password")
-		}
-		acc, err := s.accountsView().Account(sess.UserID)
+		user := s.passwordUser(a)
+		acc, err := s.accountsView().Account(user)
 		if err != nil {
 			return err
 		}
-		if acc == nil || !checkPassword(acc.PasswordHash, a.Password) {
+		if user == "" || acc == nil || !checkPassword(acc.PasswordHash, a.Password) {
 			return errForbidden("Invalid username or password")
+		}
+		if user != sess.UserID {
+			// Authenticated, but as someone else: a final 403, not
+			// another challenge (spec: the user must match the
+			// requester).
+			return uiaRefused{errForbidden("You authenticated as %s, not as %s", user, sess.UserID)}
 		}
 		return nil
 	})

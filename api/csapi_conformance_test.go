@@ -1,7 +1,11 @@
 package api_test
 
 import (
+	"context"
+	"net/url"
 	"testing"
+
+	"maunium.net/go/mautrix"
 )
 
 // TestFilterRefusesMalformedIDs: a filter naming rooms or senders by
@@ -40,5 +44,149 @@ func TestInvalidUTF8IsNotJSON(t *testing.T) {
 	}
 	if code, body := ts.do("POST", "/_matrix/client/v3/register", "", []byte(`{"test":"a\u00e9"}`)); code != 401 || body["flows"] == nil {
 		t.Errorf("valid UTF-8 to /register: %d %v, want 401 with flows", code, body)
+	}
+}
+
+// TestForgottenRoomIsNotReadable: after leaving and forgetting a room the
+// user reads it as someone who was never in it: /messages (even without
+// its parameters), /state and /members are 403, while a left but not
+// forgotten room stays readable up to the leave.
+func TestForgottenRoomIsNotReadable(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := bob.JoinRoomByID(context.Background(), room); err != nil {
+		t.Fatal(err)
+	}
+	say(t, bob, room, "hello")
+	if _, err := bob.LeaveRoom(context.Background(), room); err != nil {
+		t.Fatal(err)
+	}
+	p := "/_matrix/client/v3/rooms/" + url.PathEscape(room.String())
+	if code, body := ts.do("GET", p+"/messages?dir=b", bob.AccessToken, nil); code != 200 || len(body["chunk"].([]any)) == 0 {
+		t.Fatalf("a left room's /messages: %d %v, want 200 with the history", code, body)
+	}
+	if code, body := ts.do("POST", p+"/forget", bob.AccessToken, map[string]any{}); code != 200 {
+		t.Fatalf("forget: %d %v", code, body)
+	}
+	for _, path := range []string{"/messages", "/messages?dir=b", "/state", "/members", "/state/m.room.create/"} {
+		if code, body := ts.do("GET", p+path, bob.AccessToken, nil); code != 403 || body["errcode"] != "M_FORBIDDEN" {
+			t.Errorf("GET %s after forgetting: %d %v, want 403 M_FORBIDDEN", path, code, body)
+		}
+	}
+	if code, body := ts.do("POST", p+"/forget", alice.AccessToken, map[string]any{}); code != 400 || body["errcode"] != "M_UNKNOWN" {
+		t.Errorf("forgetting a joined room: %d %v, want 400 M_UNKNOWN", code, body)
+	}
+}
+
+// TestJoinedMembersKeys: every member of /joined_members has both
+// display_name and avatar_url, null where the member has none.
+func TestJoinedMembersKeys(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	code, body := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/joined_members", alice.AccessToken, nil)
+	joined, _ := body["joined"].(map[string]any)
+	me, _ := joined[alice.UserID.String()].(map[string]any)
+	if code != 200 || me == nil {
+		t.Fatalf("joined_members: %d %v", code, body)
+	}
+	if av, ok := me["avatar_url"]; !ok || av != nil {
+		t.Errorf("avatar_url of a member without one: %v (present %v), want null", av, ok)
+	}
+	if me["display_name"] != "alice" {
+		t.Errorf("display_name: %v, want alice", me["display_name"])
+	}
+}
+
+// TestCanonicalAliasChecked: m.room.canonical_alias names only valid
+// aliases (400 M_INVALID_PARAM) that point to the room (400 M_BAD_ALIAS);
+// an alias of the room is accepted, as alias and in alt_aliases.
+func TestCanonicalAliasChecked(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	room1 := createRoom(t, alice, &mautrix.ReqCreateRoom{})
+	room2 := createRoom(t, alice, &mautrix.ReqCreateRoom{})
+	alias := func(a string) string { return "#" + a + ":" + serverName }
+	for a, room := range map[string]string{"one": room1.String(), "two": room2.String()} {
+		if code, body := ts.do("PUT", "/_matrix/client/v3/directory/room/"+url.PathEscape(alias(a)), alice.AccessToken, map[string]any{"room_id": room}); code != 200 {
+			t.Fatalf("alias %s: %d %v", a, code, body)
+		}
+	}
+	put := func(content map[string]any) (int, map[string]any) {
+		return ts.do("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room2.String())+"/state/m.room.canonical_alias/", alice.AccessToken, content)
+	}
+	for _, c := range []struct {
+		content map[string]any
+		code    int
+		errcode string
+	}{
+		{map[string]any{"alias": alias("two")}, 200, ""},
+		{map[string]any{"alias": alias("two"), "alt_aliases": []string{alias("two")}}, 200, ""},
+		{map[string]any{"alias": alias("one")}, 400, "M_BAD_ALIAS"},
+		{map[string]any{"alias": alias("nowhere")}, 400, "M_BAD_ALIAS"},
+		{map[string]any{"alias": alias("two"), "alt_aliases": []string{alias("one")}}, 400, "M_BAD_ALIAS"},
+		{map[string]any{"alias": alias("two"), "alt_aliases": []string{"%not_an_alias:" + serverName}}, 400, "M_INVALID_PARAM"},
+		{map[string]any{"alias": "#no-server"}, 400, "M_INVALID_PARAM"},
+		{map[string]any{"alias": 7}, 400, "M_INVALID_PARAM"},
+		{map[string]any{}, 200, ""},
+	} {
+		code, body := put(c.content)
+		if code != c.code || (c.errcode != "" && body["errcode"] != c.errcode) {
+			t.Errorf("canonical alias %v: %d %v, want %d %s", c.content, code, body, c.code, c.errcode)
+		}
+	}
+	if code, body := ts.do("PUT", "/_matrix/client/v3/directory/room/"+url.PathEscape("#has space:"+serverName), alice.AccessToken, map[string]any{"room_id": room1.String()}); code != 400 || body["errcode"] != "M_INVALID_PARAM" {
+		t.Errorf("an alias with a space: %d %v, want 400 M_INVALID_PARAM", code, body)
+	}
+}
+
+// TestDeleteDeviceAuthAsOtherUser: deleting one's device with another
+// user's valid credentials is a final 403 and the device stays; a wrong
+// password is challenged again (401); the owner's own password deletes it.
+func TestDeleteDeviceAuthAsOtherUser(t *testing.T) {
+	ts := startServer(t)
+	ts.register("alice")
+	ts.register("bob")
+	alice, second := ts.login("alice"), ts.login("alice")
+	path := "/_matrix/client/v3/devices/" + url.PathEscape(second.DeviceID.String())
+	auth := func(user, pw string) map[string]any {
+		return map[string]any{"auth": map[string]any{"type": "m.login.password", "password": pw,
+			"identifier": map[string]any{"type": "m.id.user", "user": user}}}
+	}
+	if code, body := ts.do("DELETE", path, alice.AccessToken, auth(uid("bob").String(), "pw-bob")); code != 403 || body["errcode"] != "M_FORBIDDEN" || body["flows"] != nil {
+		t.Errorf("with bob's credentials: %d %v, want a plain 403 M_FORBIDDEN", code, body)
+	}
+	if code, body := ts.do("DELETE", path, alice.AccessToken, auth(uid("bob").String(), "wrong")); code != 401 || body["flows"] == nil {
+		t.Errorf("with a wrong password: %d %v, want 401 with flows", code, body)
+	}
+	if code, body := ts.do("GET", path, alice.AccessToken, nil); code != 200 {
+		t.Fatalf("the device after refused deletions: %d %v, want it still there", code, body)
+	}
+	if code, body := ts.do("DELETE", path, alice.AccessToken, auth("alice", "pw-alice")); code != 200 {
+		t.Errorf("with alice's own password: %d %v, want 200", code, body)
+	}
+	if code, _ := ts.do("GET", path, alice.AccessToken, nil); code != 404 {
+		t.Errorf("the deleted device: %d, want 404", code)
+	}
+}
+
+// TestJoinKeepsCustomContent: custom keys of a /join body land in the
+// membership event; membership and join_authorised_via_users_server stay
+// the server's.
+func TestJoinKeepsCustomContent(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	body := map[string]any{"foo": "bar", "membership": "leave", "reason": "hi", "join_authorised_via_users_server": alice.UserID}
+	if code, resp := ts.do("POST", "/_matrix/client/v3/join/"+url.PathEscape(room.String()), bob.AccessToken, body); code != 200 || resp["room_id"] != room.String() {
+		t.Fatalf("join: %d %v", code, resp)
+	}
+	code, c := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/state/m.room.member/"+url.PathEscape(bob.UserID.String()), alice.AccessToken, nil)
+	if code != 200 || c["foo"] != "bar" || c["membership"] != "join" || c["reason"] != "hi" || c["join_authorised_via_users_server"] != nil || c["displayname"] != "bob" {
+		t.Errorf("bob's membership content: %d %v, want foo=bar, membership join, reason hi, his display name, no authoriser", code, c)
+	}
+	if code, resp := ts.do("POST", "/_matrix/client/v3/join/"+url.PathEscape(room.String()), bob.AccessToken, map[string]any{"reason": 5}); code != 400 {
+		t.Errorf("a non-string reason: %d %v, want 400", code, resp)
 	}
 }

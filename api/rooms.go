@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"unicode"
 
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
@@ -415,6 +416,26 @@ func (s *Server) memberContent(userID, membership, reason string) (json.RawMessa
 	return mustJSON(c), nil
 }
 
+// withCustomKeys adds the keys of a /join or /knock body that the server
+// does not set itself to the membership content: clients keep their own
+// keys in their membership event. The keys with meaning in the protocol
+// (membership, profile, the restricted-join authoriser, third-party
+// invites) stay the server's.
+func withCustomKeys(content json.RawMessage, body map[string]json.RawMessage) json.RawMessage {
+	var c map[string]json.RawMessage
+	if json.Unmarshal(content, &c) != nil {
+		return content
+	}
+	for k, v := range body {
+		switch k {
+		case "membership", "displayname", "avatar_url", "reason", "join_authorised_via_users_server", "third_party_invite", "third_party_signed", "is_direct":
+			continue
+		}
+		c[k] = v
+	}
+	return mustJSON(c)
+}
+
 // ownMembership sends the requester's own join or knock into a room this
 // server knows, with the reason from the body. Joining is idempotent: an
 // already joined user sends nothing.
@@ -426,18 +447,29 @@ func (s *Server) ownMembership(w http.ResponseWriter, r *http.Request, sess *ses
 // to join through.
 func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *session, roomID, membership string, servers []string) error {
 	setRoom(r, roomID)
+	var body map[string]json.RawMessage
+	if err := readJSON(r, &body); err != nil {
+		return err
+	}
 	var req struct {
 		Reason string `json:"reason"`
 	}
-	if err := readJSON(r, &req); err != nil {
-		return err
+	if err := json.Unmarshal(mustJSON(body), &req); err != nil {
+		return errBadJSON("reason must be a string")
+	}
+	memberContent := func() (json.RawMessage, error) {
+		c, err := s.memberContent(sess.UserID, membership, req.Reason)
+		if err != nil {
+			return nil, err
+		}
+		return withCustomKeys(c, body), nil
 	}
 	room, err := s.roomsView().Room(roomID)
 	if err != nil {
 		return err
 	}
 	if room == nil && membership == "join" {
-		content, err := s.memberContent(sess.UserID, membership, req.Reason)
+		content, err := memberContent()
 		if err != nil {
 			return err
 		}
@@ -468,7 +500,7 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 			return nil
 		}
 	}
-	content, err := s.memberContent(sess.UserID, membership, req.Reason)
+	content, err := memberContent()
 	if err != nil {
 		return err
 	}
@@ -634,8 +666,12 @@ func (s *Server) stateBound(roomID, userID string) (uint64, error) {
 // requireMember checks the caller may read the room: joined now, or
 // (when allowLeft) ever a member. It returns the membership.
 func (s *Server) requireMember(roomID, userID string, allowLeft bool) (string, uint64, error) {
-	m, err := s.roomsView().Membership(userID, roomID)
+	v := s.roomsView()
+	m, err := v.Membership(userID, roomID)
 	if err != nil {
+		return "", 0, err
+	}
+	if m, err = s.unlessForgotten(v, m, userID, roomID); err != nil {
 		return "", 0, err
 	}
 	if m == nil || (m.Membership != "join" && !(allowLeft && (m.Membership == "leave" || m.Membership == "ban"))) {
@@ -705,14 +741,9 @@ func (s *Server) joinedMembers(w http.ResponseWriter, r *http.Request, sess *ses
 		}
 		_ = json.Unmarshal(e.JSON, &pdu)
 		if pdu.Content.Membership == "join" {
-			m := map[string]any{}
-			if pdu.Content.DisplayName != nil {
-				m["display_name"] = *pdu.Content.DisplayName
-			}
-			if pdu.Content.AvatarURL != nil {
-				m["avatar_url"] = *pdu.Content.AvatarURL
-			}
-			joined[pdu.StateKey] = m
+			// Both keys always, null when the member has none (what
+			// clients of a mature homeserver rely on).
+			joined[pdu.StateKey] = map[string]any{"display_name": pdu.Content.DisplayName, "avatar_url": pdu.Content.AvatarURL}
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"joined": joined})
@@ -794,6 +825,11 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 		return err
 	}
 	typ := r.PathValue("eventType")
+	if typ == "m.room.canonical_alias" && r.PathValue("stateKey") == "" {
+		if err := s.checkCanonicalAlias(r.Context(), roomID, content); err != nil {
+			return err
+		}
+	}
 	ts, err := appserviceTS(r, sess)
 	if err != nil {
 		return err
@@ -950,8 +986,10 @@ func (s *Server) getAlias(w http.ResponseWriter, r *http.Request) error {
 
 func (s *Server) putAlias(w http.ResponseWriter, r *http.Request, sess *session) error {
 	alias := r.PathValue("roomAlias")
-	if !strings.HasPrefix(alias, "#") || !strings.HasSuffix(alias, ":"+s.cfg.ServerName) {
-		return errInvalidParam("Alias must be #localpart:%s", s.cfg.ServerName)
+	// Whitespace is refused too: the grammar allows it, but an alias
+	// nobody can type or tell apart is not one to hand out.
+	if !validAlias(alias) || domainOf(alias) != s.cfg.ServerName || strings.IndexFunc(alias, unicode.IsSpace) >= 0 {
+		return errInvalidParam("Alias must be #localpart:%s, at most 255 bytes, without NUL or whitespace", s.cfg.ServerName)
 	}
 	var req struct {
 		RoomID string `json:"room_id"`

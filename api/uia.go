@@ -45,6 +45,10 @@ type uiaFlow struct {
 	Stages []string `json:"stages"`
 }
 
+// uiaRefused is a stage verdict that ends the exchange: the request is
+// refused with this error rather than challenged again.
+type uiaRefused struct{ *matrixError }
+
 // uiaStageCheck verifies one completed stage; a returned error is the
 // reason the stage failed.
 type uiaStageCheck func(stage string, a *authDict) error
@@ -124,6 +128,9 @@ func (u *uiaStore) check(raw json.RawMessage, flows [][]string, verify uiaStageC
 		fl[i] = uiaFlow{Stages: f}
 	}
 	e := &matrixError{Status: http.StatusUnauthorized}
+	if ref, ok := stageErr.(uiaRefused); ok {
+		return ref.matrixError
+	}
 	if stageErr != nil {
 		if me, ok := stageErr.(*matrixError); ok {
 			e.Code, e.Msg = me.Code, me.Msg

@@ -131,6 +131,9 @@ func (s *Server) readAccess(roomID, userID string) (uint64, *visibility, error) 
 	if err != nil {
 		return 0, nil, err
 	}
+	if m, err = s.unlessForgotten(v, m, userID, roomID); err != nil {
+		return 0, nil, err
+	}
 	upper := s.log.LastOffset()
 	switch {
 	case m != nil && (m.Membership == "join" || m.Membership == "invite"):
@@ -156,6 +159,20 @@ func (s *Server) readAccess(roomID, userID string) (uint64, *visibility, error) 
 		return 0, nil, err
 	}
 	return upper, vis, nil
+}
+
+// unlessForgotten returns nil for the membership of a user who left the
+// room and forgot it: they read it as someone who was never in it (spec:
+// a forgotten room's history is no longer retrievable by the user).
+func (s *Server) unlessForgotten(v rooms.View, m *rooms.Membership, userID, roomID string) (*rooms.Membership, error) {
+	if m == nil || (m.Membership != "leave" && m.Membership != "ban") {
+		return m, nil
+	}
+	forgotten, err := v.Forgotten(userID, roomID)
+	if err != nil || forgotten {
+		return nil, err
+	}
+	return m, nil
 }
 
 // visibleIn says whether e is an event of roomID that the reader whose
