@@ -50,7 +50,8 @@ func TestInvalidUTF8IsNotJSON(t *testing.T) {
 // TestForgottenRoomIsNotReadable: after leaving and forgetting a room the
 // user reads it as someone who was never in it: /messages (even without
 // its parameters), /state and /members are 403, while a left but not
-// forgotten room stays readable up to the leave.
+// forgotten room stays readable up to the leave. An incremental /sync
+// across the leave still shows it in rooms.leave; an initial one does not.
 func TestForgottenRoomIsNotReadable(t *testing.T) {
 	ts := startServer(t)
 	alice, bob := ts.register("alice"), ts.register("bob")
@@ -59,6 +60,7 @@ func TestForgottenRoomIsNotReadable(t *testing.T) {
 		t.Fatal(err)
 	}
 	say(t, bob, room, "hello")
+	before := ts.rawSync(bob, nil)["next_batch"].(string)
 	if _, err := bob.LeaveRoom(context.Background(), room); err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +70,18 @@ func TestForgottenRoomIsNotReadable(t *testing.T) {
 	}
 	if code, body := ts.do("POST", p+"/forget", bob.AccessToken, map[string]any{}); code != 200 {
 		t.Fatalf("forget: %d %v", code, body)
+	}
+	leftIn := func(body map[string]any) bool {
+		rooms, _ := body["rooms"].(map[string]any)
+		leave, _ := rooms["leave"].(map[string]any)
+		return leave[room.String()] != nil
+	}
+	includeLeave := `{"room":{"include_leave":true}}`
+	if !leftIn(ts.rawSync(bob, url.Values{"since": {before}, "filter": {includeLeave}})) {
+		t.Error("the incremental /sync across the leave does not show the forgotten room in rooms.leave")
+	}
+	if leftIn(ts.rawSync(bob, url.Values{"filter": {includeLeave}})) {
+		t.Error("an initial /sync with include_leave shows the forgotten room")
 	}
 	for _, path := range []string{"/messages", "/messages?dir=b", "/state", "/members", "/state/m.room.create/"} {
 		if code, body := ts.do("GET", p+path, bob.AccessToken, nil); code != 403 || body["errcode"] != "M_FORBIDDEN" {

@@ -86,11 +86,16 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				continue // the client knows it left, and did not ask for left rooms
 			}
 			// Only a left room can be forgotten (joining, knocking or an
-			// invite clears it), so joined rooms skip the read.
-			if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
-				return nil, false, nil, err
-			} else if forgotten {
-				continue
+			// invite clears it), so joined rooms skip the read. A leave
+			// after since is still sent once, forgotten or not: the
+			// client's other devices learn of it that way (as Synapse
+			// does; the spec's wording would hide it).
+			if since == 0 || m.Offset <= since {
+				if forgotten, err := rv.Forgotten(sess.UserID, m.RoomID); err != nil {
+					return nil, false, nil, err
+				} else if forgotten {
+					continue
+				}
 			}
 		}
 		switch m.Membership {
