@@ -1,10 +1,15 @@
 // Command faults is a fault campaign against a three-node Engram cluster
 // on loopback: real `engram serve` processes, concurrent senders spread
 // over the nodes (so most write through a follower, by forwarding), and a
-// fault per cycle (SIGKILL of the leader, or of a follower, then restart).
-// At the end every acknowledged event must be on every node, in the same
-// order, and `engram verify` must pass on every node. It prints one JSON
-// line; see bench/README.md.
+// fault per cycle, in turn: SIGKILL of the leader, of a follower, a
+// partition isolating the leader, then a follower (through the TCP proxies
+// every raft link goes through, proxy.go), and a slow disk under the
+// leader, then a follower (a delaying FUSE filesystem under every data
+// directory, slowdisk.go). After each cycle every node in turn is stopped,
+// checked with `engram verify` and started again (--verify-each). At the
+// end every acknowledged event must be on every node, in the same order,
+// and `engram verify` must pass on every node. It prints one JSON line;
+// see bench/README.md. It needs root (FUSE mounts and /proc of the nodes).
 //
 //	go build -o /tmp/engram ./cmd/engram
 //	go run ./bench/faults --engram /tmp/engram --cycles 20 --senders 6
@@ -25,6 +30,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -32,11 +38,26 @@ import (
 	"time"
 )
 
+// allKinds are the faults, one per cycle in this order.
+var allKinds = []string{"leader_kill", "follower_kill", "leader_partition", "follower_partition", "leader_slow_disk", "follower_slow_disk"}
+
+var opts struct {
+	kinds              string
+	partition          time.Duration
+	slowDelay, slowFor time.Duration
+	verifyEach         bool
+}
+
 func main() {
 	bin := flag.String("engram", "", "the engram binary (required)")
 	cycles := flag.Int("cycles", 10, "fault cycles")
 	senders := flag.Int("senders", 6, "concurrent senders")
 	keep := flag.Bool("keep", false, "keep the data directories")
+	flag.StringVar(&opts.kinds, "faults", strings.Join(allKinds, ","), "fault kinds, one per cycle in turn")
+	flag.DurationVar(&opts.partition, "partition", 3*time.Second, "how long a partition lasts (at least until every sender writes again)")
+	flag.DurationVar(&opts.slowDelay, "slow-disk-delay", 100*time.Millisecond, "a slow disk's wait per fsync (a tenth of it per write)")
+	flag.DurationVar(&opts.slowFor, "slow-disk-for", 4*time.Second, "how long a disk stays slow")
+	flag.BoolVar(&opts.verifyEach, "verify-each", true, "after each cycle, stop, verify and restart every node in turn")
 	flag.Parse()
 	if *bin == "" {
 		fmt.Fprintln(os.Stderr, "faults: --engram BINARY is required")
@@ -52,11 +73,28 @@ type node struct {
 	dir, cfg, listen, raft string
 	cmd                    *exec.Cmd
 	log                    *os.File
+	proxy                  *proxy    // what the other nodes dial to reach this one
+	disk                   *slowDisk // under dir/data
 }
 
 type cluster struct {
 	bin   string
 	nodes []*node
+	nw    *network
+	mu    sync.Mutex // guards pids
+	pids  [3]int
+}
+
+func (c *cluster) pid(i int) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pids[i]
+}
+
+func (c *cluster) setPid(i, pid int) {
+	c.mu.Lock()
+	c.pids[i] = pid
+	c.mu.Unlock()
 }
 
 func freeAddr() string {
@@ -88,11 +126,16 @@ func (c *cluster) start(i int) error {
 	n.cmd = exec.Command(c.bin, "serve", "--config", n.cfg)
 	n.cmd.Dir = n.dir
 	n.cmd.Stdout, n.cmd.Stderr = f, f
-	return n.cmd.Start()
+	if err := n.cmd.Start(); err != nil {
+		return err
+	}
+	c.setPid(i, n.cmd.Process.Pid)
+	return nil
 }
 
 func (c *cluster) kill(i int) {
 	n := c.nodes[i]
+	c.setPid(i, 0)
 	n.cmd.Process.Signal(syscall.SIGKILL)
 	n.cmd.Wait()
 	n.log.Close()
@@ -106,6 +149,7 @@ func (c *cluster) stop(i int) {
 	}
 	n.cmd.Process.Signal(syscall.SIGTERM)
 	n.cmd.Wait()
+	c.setPid(i, 0)
 	n.log.Close()
 	n.cmd = nil
 }
@@ -146,45 +190,119 @@ func (c *cluster) leader() (int, error) {
 	return -1, errors.New("no leader within 30 s")
 }
 
+var offsetRe = regexp.MustCompile(`log offset (\d+)`)
+
+// offset is node i's log offset as it reports it.
+func (c *cluster) offset(i int) (uint64, error) {
+	out, err := c.tool(i, "cluster", "status", "--config", c.nodes[i].cfg)
+	if err != nil {
+		return 0, err
+	}
+	m := offsetRe.FindStringSubmatch(out)
+	if m == nil {
+		return 0, fmt.Errorf("cluster status on n%d: no offset in %q", i+1, out)
+	}
+	return strconv.ParseUint(m[1], 10, 64)
+}
+
+// caughtUp waits until node i serves and has what the leader had when it
+// started serving, so the next fault does not take a quorum's last copy.
+func (c *cluster) caughtUp(i int) error {
+	if err := waitServing(c.nodes[i].listen, 60*time.Second); err != nil {
+		return err
+	}
+	var target uint64
+	deadline := time.Now().Add(60 * time.Second)
+	for target == 0 {
+		l, err := c.leader()
+		if err != nil {
+			return err
+		}
+		if target, err = c.offset(l); err != nil && time.Now().After(deadline) {
+			return err
+		}
+	}
+	for {
+		off, err := c.offset(i)
+		if err == nil && off >= target {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("n%d did not catch up with offset %d within 60 s (at %d, %v)", i+1, target, off, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// verifyRunning stops node i, runs engram verify on its data directory,
+// starts it again and waits until it has caught up.
+func (c *cluster) verifyRunning(i int) (time.Duration, error) {
+	c.stop(i)
+	t := time.Now()
+	out, verr := c.tool(i, "verify", "--config", c.nodes[i].cfg)
+	d := time.Since(t)
+	if verr == nil && !strings.Contains(out, "all projections match") {
+		verr = fmt.Errorf("verify n%d: %s", i+1, out)
+	}
+	if err := c.start(i); err != nil {
+		return d, err
+	}
+	if err := c.caughtUp(i); err != nil {
+		return d, err
+	}
+	return d, verr
+}
+
 func setup(bin string) (*cluster, string, error) {
 	root, err := os.MkdirTemp("", "engram-faults-")
 	if err != nil {
 		return nil, "", err
 	}
+
 	c := &cluster{bin: bin}
+	c.nw = newNetwork(c.pid)
 	var peers strings.Builder
 	for i := 0; i < 3; i++ {
 		n := &node{dir: filepath.Join(root, fmt.Sprintf("n%d", i+1)), listen: freeAddr(), raft: freeAddr()}
 		c.nodes = append(c.nodes, n)
-		fmt.Fprintf(&peers, "    - {id: n%d, address: %q}\n", i+1, n.raft)
+		if n.proxy, err = newProxy(c.nw, i, n.raft); err != nil {
+			return c, root, err
+		}
+		// Peers dial (and the node advertises) the proxy; it listens on raft.
+		fmt.Fprintf(&peers, "    - {id: n%d, address: %q}\n", i+1, n.proxy.addr())
 	}
 	for i, n := range c.nodes {
-		if err := os.MkdirAll(n.dir, 0o750); err != nil {
-			return nil, root, err
+		for _, d := range []string{"disk", "data"} {
+			if err := os.MkdirAll(filepath.Join(n.dir, d), 0o750); err != nil {
+				return c, root, err
+			}
+		}
+		if n.disk, err = mountSlowDisk(filepath.Join(n.dir, "disk"), filepath.Join(n.dir, "data")); err != nil {
+			return c, root, err
 		}
 		n.cfg = filepath.Join(n.dir, "engram.yaml")
 		conf := fmt.Sprintf("server_name: \"faults.local\"\ndata_dir: \"data\"\nlisten: %q\nregistration_shared_secret: \"s3cret\"\nbcrypt_rounds: 4\nrate_limiting_enabled: false\nlog_level: warn\ncluster:\n  node_id: n%d\n  raft_listen: %q\n  peers:\n%s",
 			n.listen, i+1, n.raft, peers.String())
 		if err := os.WriteFile(n.cfg, []byte(conf), 0o600); err != nil {
-			return nil, root, err
+			return c, root, err
 		}
 	}
 	if _, err := c.tool(0, "cluster", "init", "--config", c.nodes[0].cfg); err != nil {
-		return nil, root, err
+		return c, root, err
 	}
 	for i := 1; i < 3; i++ {
 		if _, err := c.tool(0, "cluster", "add-node", "--config", c.nodes[0].cfg, "--node-id", fmt.Sprintf("n%d", i+1), "--out", filepath.Join(c.nodes[i].dir, "data", "cluster")); err != nil {
-			return nil, root, err
+			return c, root, err
 		}
 	}
 	for i := range c.nodes {
 		if err := c.start(i); err != nil {
-			return nil, root, err
+			return c, root, err
 		}
 	}
 	for _, n := range c.nodes {
 		if err := waitServing(n.listen, 60*time.Second); err != nil {
-			return nil, root, err
+			return c, root, err
 		}
 	}
 	return c, root, nil
@@ -223,8 +341,11 @@ func run(bin string, cycles, senders int, keep bool) error {
 	}
 	defer func() {
 		if c != nil {
-			for i := range c.nodes {
+			for i, n := range c.nodes {
 				c.stop(i)
+				if n.disk != nil {
+					n.disk.unmount()
+				}
 			}
 		}
 	}()
@@ -285,7 +406,9 @@ func run(bin string, cycles, senders int, keep bool) error {
 					if st == 503 {
 						errs503.Add(1)
 					}
-					if st == 0 {
+					if st == 0 || st == 503 {
+						// Down, cut off or without a leader: as a
+						// load balancer would, try the next node.
 						at = (at + 1) % 3
 					}
 					time.Sleep(20 * time.Millisecond)
@@ -294,54 +417,110 @@ func run(bin string, cycles, senders int, keep bool) error {
 		}(s)
 	}
 
-	var failovers []time.Duration
-	kinds := map[string]int{}
-	for cy := 0; cy < cycles; cy++ {
-		time.Sleep(1500 * time.Millisecond)
-		l, err := c.leader()
-		if err != nil {
-			stop.Store(true)
-			wg.Wait()
-			return err
+	kinds := strings.Split(opts.kinds, ",")
+	gaps := map[string][]time.Duration{} // per kind: until every sender wrote again
+	counts := map[string]int{}
+	var slowRatios []float64 // write rate with a slow disk / before
+	var verifyTimes []time.Duration
+	verifyFailures := 0
+	// acksSince counts acknowledgements in [from, to).
+	acksSince := func(from, to time.Time) int {
+		acksMu.Lock()
+		defer acksMu.Unlock()
+		k := 0
+		for _, a := range acks {
+			for _, x := range a {
+				if !x.at.Before(from) && x.at.Before(to) {
+					k++
+				}
+			}
 		}
-		victim, kind := l, "leader_kill"
-		if cy%2 == 1 {
-			victim, kind = (l+1+cy/2%2)%3, "follower_kill"
-		}
-		kinds[kind]++
-		killed := time.Now()
-		c.kill(victim)
-		// Write availability: until every sender has an acknowledgement
-		// after the kill.
-		deadline := killed.Add(60 * time.Second)
+		return k
+	}
+	// writesBack waits until every sender has an acknowledgement after t.
+	writesBack := func(t time.Time) (time.Duration, error) {
+		deadline := t.Add(60 * time.Second)
 		var gap time.Duration
 		for s := 0; s < senders; s++ {
 			for {
 				acksMu.Lock()
 				a := acks[s]
 				acksMu.Unlock()
-				if n := len(a); n > 0 && a[n-1].at.After(killed) {
-					gap = max(gap, a[n-1].at.Sub(killed))
+				if n := len(a); n > 0 && a[n-1].at.After(t) {
+					gap = max(gap, a[n-1].at.Sub(t))
 					break
 				}
 				if time.Now().After(deadline) {
-					stop.Store(true)
-					wg.Wait()
-					return fmt.Errorf("cycle %d (%s): sender %d got no acknowledgement within 60 s", cy, kind, s)
+					return 0, fmt.Errorf("sender %d got no acknowledgement within 60 s", s)
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
 		}
-		if kind == "leader_kill" {
-			failovers = append(failovers, gap)
+		return gap, nil
+	}
+	fail := func(err error) error {
+		stop.Store(true)
+		wg.Wait()
+		return err
+	}
+	for cy := 0; cy < cycles; cy++ {
+		quiet := time.Now()
+		time.Sleep(1500 * time.Millisecond)
+		l, err := c.leader()
+		if err != nil {
+			return fail(err)
 		}
-		if err := c.start(victim); err != nil {
-			return err
+		kind := kinds[cy%len(kinds)]
+		victim := l
+		if strings.HasPrefix(kind, "follower_") {
+			victim = (l + 1 + cy/len(kinds)%2) % 3
 		}
-		if err := waitServing(c.nodes[victim].listen, 60*time.Second); err != nil {
-			return err
+		counts[kind]++
+		t := time.Now()
+		var gap time.Duration
+		switch {
+		case strings.HasSuffix(kind, "_kill"):
+			c.kill(victim)
+			if gap, err = writesBack(t); err == nil {
+				if err = c.start(victim); err == nil {
+					err = c.caughtUp(victim)
+				}
+			}
+		case strings.HasSuffix(kind, "_partition"):
+			c.nw.isolate(victim)
+			gap, err = writesBack(t)
+			time.Sleep(time.Until(t.Add(opts.partition)))
+			c.nw.heal()
+			if err == nil {
+				err = c.caughtUp(victim)
+			}
+		case strings.HasSuffix(kind, "_slow_disk"):
+			before := float64(acksSince(quiet, t)) / t.Sub(quiet).Seconds()
+			c.nodes[victim].disk.set(opts.slowDelay)
+			gap, err = writesBack(t)
+			time.Sleep(time.Until(t.Add(opts.slowFor)))
+			c.nodes[victim].disk.set(0)
+			if during := float64(acksSince(t, t.Add(opts.slowFor))) / opts.slowFor.Seconds(); before > 0 {
+				slowRatios = append(slowRatios, during/before)
+			}
+		default:
+			return fail(fmt.Errorf("unknown fault kind %q (known: %s)", kind, strings.Join(allKinds, ", ")))
 		}
+		if err != nil {
+			return fail(fmt.Errorf("cycle %d (%s n%d): %w", cy, kind, victim+1, err))
+		}
+		gaps[kind] = append(gaps[kind], gap)
 		fmt.Fprintf(os.Stderr, "cycle %d: %s n%d, writes back for every sender after %s\n", cy, kind, victim+1, gap.Round(time.Millisecond))
+		if opts.verifyEach {
+			for i := range c.nodes {
+				d, err := c.verifyRunning(i)
+				verifyTimes = append(verifyTimes, d)
+				if err != nil {
+					verifyFailures++
+					fmt.Fprintf(os.Stderr, "cycle %d: %v\n", cy, err)
+				}
+			}
+		}
 	}
 	time.Sleep(time.Second)
 	stop.Store(true)
@@ -411,22 +590,39 @@ func run(bin string, cycles, senders int, keep bool) error {
 			fmt.Fprintf(os.Stderr, "verify n%d: %v\n%s\n", i+1, err, out)
 		}
 	}
-	sort.Slice(failovers, func(i, j int) bool { return failovers[i] < failovers[j] })
-	pct := func(p float64) float64 {
-		if len(failovers) == 0 {
+	pct := func(ds []time.Duration, p float64) float64 {
+		if len(ds) == 0 {
 			return 0
 		}
-		return failovers[min(len(failovers)-1, int(p*float64(len(failovers))))].Seconds()
+		ds = append([]time.Duration(nil), ds...)
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		return ds[min(len(ds)-1, int(p*float64(len(ds))))].Seconds()
+	}
+	perKind := map[string]any{}
+	for k, ds := range gaps {
+		perKind[k] = map[string]float64{"p50_s": pct(ds, 0.5), "p99_s": pct(ds, 0.99), "max_s": pct(ds, 1)}
+	}
+	// Failover: the leader went away (killed or cut off) until every
+	// sender, wherever it was, wrote again.
+	failovers := append(append([]time.Duration(nil), gaps["leader_kill"]...), gaps["leader_partition"]...)
+	sort.Float64s(slowRatios)
+	medianRatio := 0.0
+	if len(slowRatios) > 0 {
+		medianRatio = slowRatios[len(slowRatios)/2]
 	}
 	line, _ := json.Marshal(map[string]any{
-		"bench": "faults", "cycles": cycles, "faults": kinds, "senders": senders,
+		"bench": "faults", "cycles": cycles, "faults": counts, "senders": senders,
+		"partition_s": opts.partition.Seconds(), "slow_disk_delay_ms": opts.slowDelay.Milliseconds(),
 		"acknowledged": total, "distinct_acknowledged": len(acked), "timeline": len(timelines[0]),
 		"lost": lost, "same_order_on_every_node": sameOrder, "verify_passed": verified,
-		"failover_p50_s": pct(0.5), "failover_p99_s": pct(0.99), "failover_max_s": pct(1),
+		"verify_each_cycle": opts.verifyEach, "verify_runs": len(verifyTimes), "verify_failures": verifyFailures,
+		"verify_p50_s": pct(verifyTimes, 0.5), "verify_max_s": pct(verifyTimes, 1),
+		"failover_p50_s": pct(failovers, 0.5), "failover_p99_s": pct(failovers, 0.99), "failover_max_s": pct(failovers, 1),
+		"writes_back_per_kind": perKind, "slow_disk_write_rate_ratio_median": medianRatio,
 		"answers_503": errs503.Load(),
 	})
 	fmt.Println(string(line))
-	if lost > 0 || !sameOrder || verified != 3 {
+	if lost > 0 || !sameOrder || verified != 3 || verifyFailures > 0 {
 		return errors.New("the campaign found a failure (see the JSON line)")
 	}
 	return nil
