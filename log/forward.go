@@ -15,8 +15,10 @@ import (
 	"net/http/httputil"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/raft"
 	"github.com/rs/zerolog"
 )
 
@@ -80,6 +82,42 @@ type Forwarding struct {
 
 	mu  sync.Mutex
 	srv *http.Server
+
+	// leaderless is when this node last lost its leader (unix ns), 0
+	// while it has one or has not lost one since it started.
+	leaderless atomic.Int64
+}
+
+// cutOffAfter: a node that has been without a leader this long is taken
+// to be cut off from the others rather than in an election (one takes
+// 0.5-2 s: a heartbeat timeout, then a vote), and answers a write at once
+// that it cannot take it, so a client or load balancer tries another node
+// instead of waiting out leaderWait.
+const cutOffAfter = 2 * time.Second
+
+// watchLeader keeps leaderless up to date from raft's leader changes.
+func (f *Forwarding) watchLeader() {
+	ch := make(chan raft.Observation, 64)
+	obs := raft.NewObserver(ch, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	f.n.raft.RegisterObserver(obs)
+	go func() {
+		defer f.n.raft.DeregisterObserver(obs)
+		for {
+			select {
+			case o := <-ch:
+				if o.Data.(raft.LeaderObservation).LeaderAddr == "" {
+					f.leaderless.Store(time.Now().UnixNano())
+				} else {
+					f.leaderless.Store(0)
+				}
+			case <-f.n.stop:
+				return
+			}
+		}
+	}()
 }
 
 // Forwarding returns the node's forwarding. wait blocks until what this
@@ -90,8 +128,9 @@ func (n *Node) Forwarding(wait func(ctx context.Context, offset uint64) error) *
 		wait = func(ctx context.Context, off uint64) error { return n.waitOffset(ctx, off) }
 	}
 	f := &Forwarding{n: n, wait: wait, log: n.log.With().Str("subsystem", "forward").Logger()}
-	if n.stream != nil {
+	if n.stream != nil && n.raft != nil {
 		f.trans = n.forwardTransport()
+		f.watchLeader()
 	}
 	f.ri.query = f.queryReadIndex
 	n.fwdMu.Lock()
@@ -249,11 +288,11 @@ func (t leaderTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 				return nil, err
 			}
 		}
-		var wrote bool
-		out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{WroteHeaders: func() { wrote = true }}))
-		resp, err := t.f.trans.RoundTrip(out)
+		var wrote atomic.Bool
+		out = out.WithContext(httptrace.WithClientTrace(out.Context(), &httptrace.ClientTrace{WroteHeaders: func() { wrote.Store(true) }}))
+		resp, err := t.f.sendToLeader(out, addr)
 		switch {
-		case err != nil && wrote:
+		case err != nil && wrote.Load():
 			return nil, &lostError{err}
 		case err != nil:
 			t.f.log.Debug().Err(err).Str("leader", addr).Msg("forwarding: the leader did not take the connection; waiting for the next")
@@ -273,6 +312,66 @@ func (t leaderTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
+// errLeaderMoved: while a request was on its way to the leader, this
+// node's raft stopped following that leader (an election, or this node
+// cut off from it).
+var errLeaderMoved = errors.New("this node stopped following the leader the request went to")
+
+// leaderPoll is how often a forwarded request in flight checks that its
+// node still follows the leader it went to.
+const leaderPoll = 50 * time.Millisecond
+
+// sendToLeader sends req to the leader at addr, and gives up once this
+// node no longer follows addr before the answer's headers arrive. A
+// leader behind a partition never answers and TCP would not notice for
+// minutes, while raft notices within a heartbeat timeout: the client is
+// then told to retry (the request may or may not have taken effect)
+// instead of waiting out its own timeout.
+func (f *Forwarding) sendToLeader(req *http.Request, addr string) (*http.Response, error) {
+	ctx, cancel := context.WithCancelCause(req.Context())
+	answered := make(chan struct{})
+	go func() {
+		t := time.NewTicker(leaderPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-answered:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if a, _ := f.n.raft.LeaderWithID(); string(a) != addr {
+					cancel(errLeaderMoved)
+					return
+				}
+			}
+		}
+	}()
+	resp, err := f.trans.RoundTrip(req.WithContext(ctx))
+	close(answered)
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errLeaderMoved) && req.Context().Err() == nil {
+			err = fmt.Errorf("%w (%s): %v", errLeaderMoved, addr, err)
+		}
+		cancel(nil)
+		return nil, err
+	}
+	// The body is read after this returns: cancel once it is closed.
+	resp.Body = cancelOnClose{resp.Body, func() { cancel(nil) }}
+	return resp, nil
+}
+
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel func()
+}
+
+func (c cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
 // awaitLeader is the leader's raft address, waiting for an election.
 func (f *Forwarding) awaitLeader(ctx context.Context, deadline time.Time) (string, error) {
 	for {
@@ -280,6 +379,9 @@ func (f *Forwarding) awaitLeader(ctx context.Context, deadline time.Time) (strin
 			return string(addr), nil
 		}
 		if time.Now().After(deadline) {
+			return "", errNoLeader
+		}
+		if since := f.leaderless.Load(); since != 0 && time.Since(time.Unix(0, since)) > cutOffAfter {
 			return "", errNoLeader
 		}
 		select {

@@ -110,7 +110,9 @@ func TestForwardedWritesAndReadYourWrites(t *testing.T) {
 
 // TestForwardingWithoutLeader: with no leader a write waits for an
 // election, then gets 503 with Retry-After and M_UNKNOWN; nothing is
-// appended. Reads still work from what the node has.
+// appended. A node left alone answers once it has been without a leader
+// for cutOffAfter (it is cut off, not in an election), before leaderWait.
+// Reads still work from what the node has.
 func TestForwardingWithoutLeader(t *testing.T) {
 	c := newTestCluster(t)
 	hs := forwardingCluster(t, c, appendHandler)
@@ -138,8 +140,15 @@ func TestForwardingWithoutLeader(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") == "" || e.Errcode != "M_UNKNOWN" {
 		t.Fatalf("POST without a leader: %d %q %s", rec.Code, rec.Header().Get("Retry-After"), rec.Body)
 	}
-	if took := time.Since(started); took < leaderWait/2 {
-		t.Fatalf("gave up after %s without waiting for an election", took)
+	lost := c.nodes[alone].fwd.leaderless.Load()
+	if lost == 0 {
+		t.Fatal("the node alone never saw its leader go")
+	}
+	if waited := time.Since(time.Unix(0, lost)); waited < cutOffAfter {
+		t.Fatalf("gave up %s after losing its leader, without waiting for an election (%s)", waited, cutOffAfter)
+	}
+	if took := time.Since(started); took >= leaderWait {
+		t.Fatalf("answered after %s: a node cut off from the others waited out leaderWait (%s)", took, leaderWait)
 	}
 	if last := c.nodes[alone].LastOffset(); last != 1 {
 		t.Fatalf("log at %d after a refused write, want 1", last)
