@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/bench/report"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/roomwrite"
@@ -130,7 +131,15 @@ func (s *benchServer) sync(b *testing.B, token, since string, timeout time.Durat
 	return r
 }
 
+// emitJSON prints one benchmark figure as a JSON line, with the commit,
+// the Go version, the core count and the load average at the time, so a
+// figure read later says what it was measured on.
 func emitJSON(kv map[string]any) {
+	env := report.CurrentEnv()
+	kv["commit"], kv["go"], kv["cores"] = env.Commit, env.GoVersion, env.Cores
+	if la := report.LoadAverage(); la != nil {
+		kv["loadavg"] = la
+	}
 	raw, _ := json.Marshal(kv)
 	fmt.Println(string(raw))
 }

@@ -58,6 +58,30 @@ func Percentile(ds []time.Duration, p float64) time.Duration {
 	return ds[rank-1]
 }
 
+// LoadAverage is the machine's 1, 5 and 15 minute load averages from
+// /proc/loadavg, or nil where there is none. Every figure carries it: on
+// a shared machine a figure means little without the load it was
+// measured at.
+func LoadAverage() []float64 {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return nil
+	}
+	fs := strings.Fields(string(raw))
+	if len(fs) < 3 {
+		return nil
+	}
+	out := make([]float64, 3)
+	for i := range out {
+		v, err := strconv.ParseFloat(fs[i], 64)
+		if err != nil {
+			return nil
+		}
+		out[i] = v
+	}
+	return out
+}
+
 // MS converts a duration to float milliseconds.
 func MS(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 

@@ -42,6 +42,9 @@ type Measurement struct {
 	Params map[string]string `json:"params,omitempty"`
 	Env
 	Time string `json:"time"`
+	// LoadAvg is the machine's 1, 5 and 15 minute load averages when the
+	// figure was recorded.
+	LoadAvg []float64 `json:"loadavg,omitempty"`
 }
 
 // Env describes the build and machine a figure was measured on.
@@ -125,6 +128,7 @@ func (r *Recorder) Add(name string, value float64, unit, better string) {
 	m := Measurement{
 		Bench: r.Bench, Name: name, Value: value, Unit: unit, Better: better,
 		Params: r.Params, Env: CurrentEnv(), Time: time.Now().UTC().Format(time.RFC3339),
+		LoadAvg: LoadAverage(),
 	}
 	r.all = append(r.all, m)
 	if r.out != nil {

@@ -2,6 +2,8 @@ package report
 
 import (
 	"bytes"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -69,5 +71,28 @@ func TestProcStatus(t *testing.T) {
 	}
 	if _, err := ProcStatusKB(0, "NoSuchField"); err == nil {
 		t.Fatal("unknown field read")
+	}
+}
+
+// Every recorded figure carries the load average it was measured at, read
+// from /proc/loadavg and kept through a write and a read.
+func TestMeasurementCarriesLoadAverage(t *testing.T) {
+	raw, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		t.Skip("no /proc/loadavg on this system")
+	}
+	first, _ := strconv.ParseFloat(strings.Fields(string(raw))[0], 64)
+	var buf bytes.Buffer
+	NewRecorder("load", nil, &buf).Add("sends_per_s", 1, "sends/s", HigherIsBetter)
+	ms, err := Read(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ms) != 1 || len(ms[0].LoadAvg) != 3 {
+		t.Fatalf("measurements %+v", ms)
+	}
+	// The 1-minute average moves between the two reads only slowly.
+	if got := ms[0].LoadAvg[0]; got < 0 || got > first+5 || got < first-5 {
+		t.Errorf("loadavg %v, /proc/loadavg said %v", ms[0].LoadAvg, first)
 	}
 }
