@@ -59,6 +59,49 @@ func (s *Server) hasPower(roomID, userID, what string) (bool, error) {
 func streamToken(p uint64) string { return "s" + strconv.FormatUint(p, 10) }
 func pageToken(p uint64) string   { return "t" + strconv.FormatUint(p, 10) }
 
+// After a point-in-time restore (adminstate.Restore) the positions past
+// its cut exist twice: in the lost timeline, whose tokens clients that
+// synced after the cut still hold, and in the restored one. So a token
+// past the cut names the restore it was handed out after, "s<P>_r<R>"
+// with R the offset of the Restored entry, and /sync refuses a token past
+// the cut without it (M_UNKNOWN_POS: start again without since). The
+// entries the restore appended after the cut (up to the Restored one)
+// change nothing the cut's clients could have seen, so a position among
+// them is handed out as the cut's: a restored server answers as the
+// original did at the cut.
+func (s *Server) tokenAt(prefix string, pos uint64) (string, error) {
+	rs, err := s.adminState().Restored()
+	switch {
+	case err != nil || rs == nil || pos <= rs.Cut:
+		return prefix + strconv.FormatUint(pos, 10), err
+	case pos <= rs.Offset:
+		return prefix + strconv.FormatUint(rs.Cut, 10), nil
+	}
+	return prefix + strconv.FormatUint(pos, 10) + "_r" + strconv.FormatUint(rs.Offset, 10), nil
+}
+
+// parseSince is parseToken for a /sync since token, refusing one from a
+// timeline a restore cut away.
+func (s *Server) parseSince(tok string) (uint64, error) {
+	p, err := parseToken(tok)
+	if err != nil {
+		return 0, err
+	}
+	rs, err := s.adminState().Restored()
+	if err != nil || rs == nil || p <= rs.Cut {
+		return p, err
+	}
+	var r uint64
+	if i := strings.Index(tok, "_r"); i >= 0 {
+		r, _ = strconv.ParseUint(tok[i+2:], 10, 64)
+	}
+	if r != rs.Offset {
+		return 0, merr(http.StatusBadRequest, "M_UNKNOWN_POS", fmt.Sprintf(
+			"This since token is from before the server was restored from a backup to an earlier point (log offset %d): what it follows on from is gone. Sync again without since (an initial sync)", rs.Cut))
+	}
+	return p, nil
+}
+
 func parseToken(tok string) (uint64, error) {
 	t := strings.TrimLeft(tok, "st")
 	if i := strings.IndexByte(t, '_'); i >= 0 {
@@ -333,7 +376,11 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 			senders[h.Sender] = e.Offset
 		}
 	}
-	resp := map[string]any{"start": pageToken(from), "chunk": chunk}
+	start, err := s.tokenAt("t", from)
+	if err != nil {
+		return err
+	}
+	resp := map[string]any{"start": start, "chunk": chunk}
 	if !done {
 		resp["end"] = pageToken(next)
 	}

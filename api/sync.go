@@ -64,7 +64,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 	var since uint64
 	if t := q.Get("since"); t != "" {
 		var err error
-		if since, err = parseToken(t); err != nil {
+		if since, err = s.parseSince(t); err != nil {
 			return err
 		}
 	}

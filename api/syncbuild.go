@@ -210,8 +210,12 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	if len(ad) > 0 || len(presence) > 0 || len(toDevice) > 0 || listsChanged {
 		empty = false
 	}
+	next, err := s.tokenAt("s", pos)
+	if err != nil {
+		return nil, false, nil, err
+	}
 	resp = map[string]any{
-		"next_batch":   streamToken(pos),
+		"next_batch":   next,
 		"rooms":        map[string]any{"join": join, "invite": invite, "leave": leave, "knock": knock},
 		"account_data": map[string]any{"events": ad},
 		"presence":     map[string]any{"events": presence},

@@ -32,6 +32,7 @@ const (
 	KindServerNoticeRoom   Kind = 144 // the server notices room of a user
 	KindExtremitiesDropped Kind = 145 // forward extremities of a room dropped by an admin
 	KindServerNameSet      Kind = 150 // the server name the data was created under
+	KindRestored           Kind = 151 // a point-in-time restore cut the log here: what followed the cut is gone
 
 	// Per-user data.
 	KindAccountDataSet Kind = 200
@@ -108,6 +109,7 @@ var kindNames = map[Kind]string{
 	KindServerNoticeRoom:         "server_notice_room",
 	KindExtremitiesDropped:       "extremities_dropped",
 	KindServerNameSet:            "server_name_set",
+	KindRestored:                 "restored",
 	KindAccountDataSet:           "account_data_set",
 	KindFilterStored:             "filter_stored",
 	KindToDeviceSent:             "to_device_sent",

@@ -292,7 +292,8 @@ func restoreCmd(args []string) int {
 		readErr <- nil
 	}()
 	var lastKept englog.Entry
-	discardAppended := false
+	var cut uint64
+	restoredAppended, discardAppended := false, false
 	last, err := englog.ImportLog(filepath.Join(newDir, "db"), func() (englog.Entry, bool, error) {
 		e, ok := <-entries
 		if ok {
@@ -304,14 +305,31 @@ func restoreCmd(args []string) int {
 		// clients, and which ones the restored log cannot tell: discard
 		// every key unclaimed at the cut, so none is handed out twice
 		// (facts.OneTimeKeysDiscarded; devices upload fresh ones).
+		if !discardAppended && !restoredAppended {
+			cut = lastKept.Offset
+		}
 		if rep.claimsDropped > 0 && !discardAppended {
 			discardAppended = true
-			payload, err := json.Marshal(facts.OneTimeKeysDiscarded{UpTo: lastKept.Offset, Reason: "point-in-time restore: one-time keys were claimed after the cut"})
+			payload, err := json.Marshal(facts.OneTimeKeysDiscarded{UpTo: cut, Reason: "point-in-time restore: one-time keys were claimed after the cut"})
 			if err != nil {
 				return englog.Entry{}, false, err
 			}
-			rep.discardedAt = lastKept.Offset + 1
-			return englog.Entry{Offset: lastKept.Offset + 1, Kind: englog.KindOneTimeKeysDiscarded, Time: max(lastKept.Time, time.Now().UnixMilli()), Payload: payload}, true, nil
+			rep.discardedAt = cut + 1
+			lastKept = englog.Entry{Offset: cut + 1, Kind: englog.KindOneTimeKeysDiscarded, Time: max(lastKept.Time, time.Now().UnixMilli()), Payload: payload}
+			return lastKept, true, nil
+		}
+		// Last: the original server may have gone on past the cut (past
+		// the backup's end, too), and its clients hold stream tokens from
+		// there. Mark the cut, so the restored server tells those tokens
+		// from its own (facts.Restored).
+		if !restoredAppended {
+			restoredAppended = true
+			payload, err := json.Marshal(facts.Restored{Cut: cut, Reason: "point-in-time restore"})
+			if err != nil {
+				return englog.Entry{}, false, err
+			}
+			rep.cut, rep.restoredAt = cut, lastKept.Offset+1
+			return englog.Entry{Offset: lastKept.Offset + 1, Kind: englog.KindRestored, Time: lastKept.Time, Payload: payload}, true, nil
 		}
 		return englog.Entry{}, false, nil
 	})
@@ -383,6 +401,8 @@ func restoreCmd(args []string) int {
 type restoreReport struct {
 	dropped       uint64
 	claimsDropped int    // one-time key claims after the cut
+	cut           uint64 // the last entry kept
+	restoredAt    uint64 // offset of the Restored fact the restore appended last
 	discardedAt   uint64 // offset of the OneTimeKeysDiscarded appended, 0 if none
 	rooms, users  map[string]bool
 	kinds         map[string]int
@@ -412,10 +432,7 @@ func (r *restoreReport) drop(e englog.Entry) {
 }
 
 func (r *restoreReport) print(w io.Writer, last, total uint64, took time.Duration, dir string) {
-	kept := last
-	if r.discardedAt != 0 {
-		kept--
-	}
+	kept := r.cut // the facts the restore appended follow the cut
 	fmt.Fprintf(w, "restored log offsets 1..%d into %s in %s (projections rebuilt)\n", kept, dir, took.Round(time.Millisecond))
 	fmt.Fprintf(w, "kept %d entries, dropped %d (offsets %d..%d)\n", kept, r.dropped, kept+1, total)
 	if r.discardedAt != 0 {
@@ -444,6 +461,6 @@ func (r *restoreReport) print(w io.Writer, last, total uint64, took time.Duratio
 		}
 	}
 	fmt.Fprintf(w, "start it with: engram serve --config <your engram.yaml> --data-dir %s\n", dir)
-	fmt.Fprintln(w, "note: logins after the cut are not in the restored log, so their access tokens are unknown to it (those clients log in again);")
-	fmt.Fprintln(w, "      not handled yet: clients that synced after the cut are not told to reset (M_UNKNOWN_POS)")
+	fmt.Fprintf(w, "the cut is marked (entry %d): a client whose /sync token is from after it is told to start again (400 M_UNKNOWN_POS)\n", r.restoredAt)
+	fmt.Fprintln(w, "note: logins after the cut are not in the restored log, so their access tokens are unknown to it (those clients log in again)")
 }

@@ -93,6 +93,8 @@ func New(kind englog.Kind) any {
 		return &ExtremitiesDropped{}
 	case englog.KindServerNameSet:
 		return &ServerNameSet{}
+	case englog.KindRestored:
+		return &Restored{}
 	case englog.KindAccountDataSet:
 		return &AccountDataSet{}
 	case englog.KindFilterStored:
@@ -487,6 +489,18 @@ type ServerNoticeRoom struct {
 // and signature in the log carries the first one.
 type ServerNameSet struct {
 	ServerName string `json:"server_name"`
+}
+
+// Restored: `engram restore` rebuilt this log from a backup up to offset
+// Cut and appended this entry right after it. Everything the original
+// server wrote after Cut is gone, but clients may still hold what it
+// handed out then: stream tokens past Cut name positions of the lost
+// timeline, which new entries now reuse. Tokens handed out after the
+// restore name it (its offset), so a token past Cut that does not is
+// refused (M_UNKNOWN_POS) and the client starts again.
+type Restored struct {
+	Cut    uint64 `json:"cut"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // ---- Per-user data ----

@@ -1,7 +1,7 @@
 // Package adminstate folds what server administrators decided about rooms and
 // the server out of the log: blocked rooms, room deletions and their
 // outcome, history purges, server notices rooms and the server name the
-// data was created under. (Decisions about users, such as locks and
+// data was created under, and the latest point-in-time restore. (Decisions about users, such as locks and
 // shadow bans, live with the accounts they concern.)
 package adminstate
 
@@ -22,6 +22,7 @@ const (
 	pPurge      = 'P' // P purgeID -> facts.HistoryPurged
 	pNotices    = 'n' // n user -> room ID of the user's server notices room
 	pServerName = 's' // s -> the server name of the data (the first recorded)
+	pRestored   = 'r' // r -> cut, offset (8 bytes BE each) of the latest restore
 )
 
 // Block is a blocked room.
@@ -36,7 +37,7 @@ type Projection struct{}
 func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "adminstate" }
-func (*Projection) Version() int { return 1 }
+func (*Projection) Version() int { return 2 } // 2: restores
 
 // Apply folds a batch.
 func (*Projection) Apply(w projections.Writer, entries []englog.Entry) error {
@@ -101,6 +102,12 @@ func apply(w projections.Writer, e englog.Entry) error {
 			return err // the first one recorded is the data's name
 		}
 		return w.Set([]byte{pServerName}, []byte(f.ServerName))
+	case englog.KindRestored:
+		var f facts.Restored
+		if err := facts.Decode(e, &f); err != nil {
+			return err
+		}
+		return w.Set([]byte{pRestored}, binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, f.Cut), e.Offset))
 	}
 	return nil
 }
@@ -128,6 +135,20 @@ func NewView(r projections.Reader) View { return View{r} }
 // Blocked returns the room's block, or nil when it is not blocked.
 func (v View) Blocked(roomID string) (*Block, error) {
 	return projections.GetJSON[Block](v.r, projections.Key(pBlocked, roomID))
+}
+
+// Restore is the latest point-in-time restore of the log: entries after
+// Cut were dropped and the Restored fact is at Offset.
+type Restore struct{ Cut, Offset uint64 }
+
+// Restored returns the latest restore, or nil if the log was never
+// restored.
+func (v View) Restored() (*Restore, error) {
+	b, ok, err := v.r.Get([]byte{pRestored})
+	if err != nil || !ok || len(b) != 16 {
+		return nil, err
+	}
+	return &Restore{Cut: binary.BigEndian.Uint64(b), Offset: binary.BigEndian.Uint64(b[8:])}, nil
 }
 
 // Gone reports whether the room was deleted with purge.
