@@ -327,3 +327,32 @@ func runForgerChild(specJSON string) {
 	fmt.Printf("sent %d\n", f.sent.Load())
 	os.Exit(0)
 }
+
+// TestFailureBudget: an address that failed failBurst handshakes is
+// refused until tokens come back (failRefill per second); others are not.
+func TestFailureBudget(t *testing.T) {
+	var b failureBudget
+	t0 := time.Unix(1000, 0)
+	for i := 0; i < failBurst; i++ {
+		if !b.allow("192.0.2.1", t0) {
+			t.Fatalf("refused after %d failures, want %d allowed", i, failBurst)
+		}
+		b.failed("192.0.2.1", t0)
+	}
+	if b.allow("192.0.2.1", t0) {
+		t.Fatal("allowed a handshake with the budget spent")
+	}
+	if !b.allow("192.0.2.2", t0) {
+		t.Fatal("another address was refused")
+	}
+	if !b.allow("192.0.2.1", t0.Add(time.Second/failRefill)) {
+		t.Fatal("no token came back after 1/failRefill s")
+	}
+	b.failed("192.0.2.1", t0.Add(time.Second/failRefill))
+	if b.allow("192.0.2.1", t0.Add(time.Second/failRefill)) {
+		t.Fatal("the returned token was not spent")
+	}
+	if !b.allow("192.0.2.1", t0.Add(10*time.Second)) || len(b.addrs) != 0 {
+		t.Fatalf("a refilled address is still tracked: %v", b.addrs)
+	}
+}

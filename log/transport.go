@@ -76,6 +76,71 @@ type tlsStream struct {
 
 	rejected   atomic.Uint64 // connections dropped at the handshake
 	lastWarned atomic.Int64  // unix ns of the last line about them
+	failures   failureBudget
+}
+
+// failureBudget bounds the handshakes an address may fail: each failed
+// handshake spends a token, tokens come back at failRefill per second up
+// to failBurst, and while an address has none its connections are closed
+// before any TLS work. A flood of connections without a valid certificate
+// then costs an accept and a close each, not a key exchange, a signature
+// and a certificate check, so it cannot take the CPU raft needs. Real
+// peers keep their connections open and never fail a handshake; a peer
+// sharing an address with a flooder (loopback, NAT) is held back only
+// while the flood lasts, and raft redials.
+type failureBudget struct {
+	mu    sync.Mutex
+	addrs map[string]*failTokens
+}
+
+type failTokens struct {
+	tokens float64
+	at     time.Time
+}
+
+const (
+	failBurst  = 20
+	failRefill = 10 // per second
+	failAddrs  = 4096
+)
+
+// allow says whether a connection from host may try a handshake.
+func (b *failureBudget) allow(host string, now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.addrs[host]
+	if f == nil {
+		return true
+	}
+	f.tokens = min(failBurst, f.tokens+now.Sub(f.at).Seconds()*failRefill)
+	f.at = now
+	if f.tokens >= failBurst {
+		delete(b.addrs, host) // back to full: forget it
+	}
+	return f.tokens >= 1
+}
+
+// failed spends one of host's tokens.
+func (b *failureBudget) failed(host string, now time.Time) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	f := b.addrs[host]
+	if f == nil {
+		if b.addrs == nil || len(b.addrs) >= failAddrs {
+			b.addrs = map[string]*failTokens{} // many flooders: start over rather than grow
+		}
+		f = &failTokens{tokens: failBurst, at: now}
+		b.addrs[host] = f
+	}
+	f.tokens = max(0, min(failBurst, f.tokens+now.Sub(f.at).Seconds()*failRefill)-1)
+	f.at = now
+}
+
+func remoteHost(c net.Conn) string {
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return a.IP.String()
+	}
+	return c.RemoteAddr().String()
 }
 
 func newTLSStream(addr string, adv net.Addr, conf *tls.Config, l zerolog.Logger) (*tlsStream, error) {
@@ -106,6 +171,11 @@ func (s *tlsStream) acceptLoop() {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
+		if !s.failures.allow(remoteHost(raw), time.Now()) {
+			s.rejected.Add(1)
+			raw.Close()
+			continue
+		}
 		go s.handshake(raw)
 	}
 }
@@ -115,6 +185,7 @@ func (s *tlsStream) handshake(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
 	if err := c.HandshakeContext(ctx); err != nil {
+		s.failures.failed(remoteHost(raw), time.Now())
 		total := s.rejected.Add(1)
 		// One line per 10 s at most: whoever floods the port must not
 		// flood the log too.
