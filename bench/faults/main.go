@@ -27,6 +27,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -46,6 +47,7 @@ var opts struct {
 	partition          time.Duration
 	slowDelay, slowFor time.Duration
 	verifyEach         bool
+	pause              time.Duration
 }
 
 func main() {
@@ -58,6 +60,7 @@ func main() {
 	flag.DurationVar(&opts.slowDelay, "slow-disk-delay", 100*time.Millisecond, "a slow disk's wait per fsync (a tenth of it per write)")
 	flag.DurationVar(&opts.slowFor, "slow-disk-for", 4*time.Second, "how long a disk stays slow")
 	flag.BoolVar(&opts.verifyEach, "verify-each", true, "after each cycle, stop, verify and restart every node in turn")
+	flag.DurationVar(&opts.pause, "pause", 0, "each sender's wait between sends (bounds the log's growth, and so verify's time per cycle)")
 	flag.Parse()
 	if *bin == "" {
 		fmt.Fprintln(os.Stderr, "faults: --engram BINARY is required")
@@ -352,6 +355,24 @@ func run(bin string, cycles, senders int, keep bool) error {
 	if err != nil {
 		return err
 	}
+	// Interrupted: the nodes must not outlive the FUSE filesystems this
+	// process serves under them (they would hang on their disks).
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		<-sig
+		for i, n := range c.nodes {
+			if pid := c.pid(i); pid != 0 {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			n.disk.unmount()
+		}
+		if !keep {
+			os.RemoveAll(root)
+		}
+		fmt.Fprintln(os.Stderr, "faults: interrupted")
+		os.Exit(1)
+	}()
 	l, err := c.leader()
 	if err != nil {
 		return err
@@ -401,6 +422,7 @@ func run(bin string, cycles, senders int, keep bool) error {
 						acksMu.Lock()
 						acks[s] = append(acks[s], ack{out.EventID, time.Now()})
 						acksMu.Unlock()
+						time.Sleep(opts.pause)
 						break
 					}
 					if st == 503 {
@@ -612,7 +634,7 @@ func run(bin string, cycles, senders int, keep bool) error {
 	}
 	line, _ := json.Marshal(map[string]any{
 		"bench": "faults", "cycles": cycles, "faults": counts, "senders": senders,
-		"partition_s": opts.partition.Seconds(), "slow_disk_delay_ms": opts.slowDelay.Milliseconds(),
+		"partition_s": opts.partition.Seconds(), "slow_disk_delay_ms": opts.slowDelay.Milliseconds(), "pause_ms": opts.pause.Milliseconds(),
 		"acknowledged": total, "distinct_acknowledged": len(acked), "timeline": len(timelines[0]),
 		"lost": lost, "same_order_on_every_node": sameOrder, "verify_passed": verified,
 		"verify_each_cycle": opts.verifyEach, "verify_runs": len(verifyTimes), "verify_failures": verifyFailures,
