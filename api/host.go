@@ -84,7 +84,7 @@ func (s *Server) mountMedia(deps Deps) error {
 	if mc.Repo.MaxUploadSize == 0 {
 		mc.Repo.MaxUploadSize = s.cfg.MaxUploadSize
 	}
-	repo, err := media.Open(mc.Repo, deps.Log, s.mediaH, deps.MediaStore, deps.Logger)
+	repo, err := media.Open(mc.Repo, deps.Log, s.mediaH, deps.Logger)
 	if err != nil {
 		return err
 	}

@@ -19,7 +19,6 @@ import (
 	"github.com/engram-hs/engram/internal/mxerr"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/media"
-	"github.com/engram-hs/engram/media/blobstore"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/accounts"
 	"github.com/engram-hs/engram/projections/adminstate"
@@ -49,9 +48,6 @@ type Deps struct {
 	Metrics prometheus.Registerer
 	// Remote asks other servers (federation); nil: no federation.
 	Remote Remote
-	// MediaStore is where media blobs live; nil means files under
-	// Config.Media.Repo.Dir.
-	MediaStore blobstore.Store
 }
 
 // Server is the client-server API.

@@ -68,7 +68,9 @@ func (p *peerClient) fetchFrom(ctx context.Context, r *Repo, base, hash string) 
 	if err != nil {
 		return err
 	}
-	return r.commitSpooled(ctx, sp)
+	// Into the local directory only: a bucket shared by the cluster
+	// would have had it already.
+	return r.fs.Commit(sp)
 }
 
 // PeerAuthorized says whether a blob request carries the cluster's peer

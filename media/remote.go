@@ -108,7 +108,7 @@ func (r *Repo) fetchRemote(ctx context.Context, origin, id string) (*mediaproj.M
 		return nil, fmt.Errorf("%w: %v", ErrRemote, err)
 	}
 	hash, size := sp.Hash, sp.Size
-	if err := r.commitSpooled(ctx, sp); err != nil {
+	if err := r.commitSpooled(ctx, sp, origin); err != nil {
 		return nil, err
 	}
 	ct := rm.ContentType

@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/engram-hs/engram/internal/objstore"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/media/blobstore"
@@ -95,6 +96,22 @@ type Config struct {
 	// deleted (10 min).
 	JanitorInterval time.Duration
 	JanitorGrace    time.Duration
+	// ObjectStore (media_storage_providers with Synapse's S3 provider)
+	// keeps blobs in an S3-compatible bucket too; nil: the local
+	// directory only.
+	ObjectStore *ObjectStore
+}
+
+// ObjectStore is the S3 storage provider's configuration.
+type ObjectStore struct {
+	objstore.Config // its "config:" block
+	// StoreLocal and StoreRemote (store_local, store_remote) say which
+	// blobs go to the bucket: those of local uploads, those of cached
+	// remote media (each with its thumbnails). The others stay on the
+	// local disk only. Blobs go to the bucket before the upload is
+	// answered (store_synchronous: Engram never answers for bytes that
+	// are not yet where they are meant to be).
+	StoreLocal, StoreRemote bool
 }
 
 func (c *Config) defaults() {
@@ -123,8 +140,9 @@ type Repo struct {
 	cfg    Config
 	log    englog.Log
 	h      *projections.Handle
-	fs     *blobstore.FS   // local disk: spooling, and the store unless S3 is used
-	store  blobstore.Store // where blobs live
+	fs     *blobstore.FS   // local disk: spooling, cache, and the store unless S3 is used
+	s3     *blobstore.S3   // the bucket (with fs as its cache); nil without one
+	store  blobstore.Store // where blobs are looked for: s3 when set, else fs
 	peers  *peerClient
 	logger zerolog.Logger
 	now    func() time.Time
@@ -136,9 +154,10 @@ type Repo struct {
 	thumbBusy map[string]*sync.Mutex // one generation per thumbnail at a time
 }
 
-// Open opens the repository; h is the media projection's handle, store
-// the blob store (nil: the file system under cfg.Dir/blobs).
-func Open(cfg Config, l englog.Log, h *projections.Handle, store blobstore.Store, logger zerolog.Logger) (*Repo, error) {
+// Open opens the repository; h is the media projection's handle. Blobs
+// live under cfg.Dir/blobs and, with cfg.ObjectStore, in its bucket too
+// (checked here: a bucket that cannot be reached stops the start).
+func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger) (*Repo, error) {
 	cfg.defaults()
 	if cfg.Dir == "" {
 		return nil, errors.New("media: no directory for the blob store (data_dir)")
@@ -147,11 +166,21 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, store blobstore.Store
 	if err != nil {
 		return nil, err
 	}
-	if store == nil {
-		store = fs
-	}
-	r := &Repo{cfg: cfg, log: l, h: h, fs: fs, store: store, logger: logger.With().Str("component", "media").Logger(),
+	r := &Repo{cfg: cfg, log: l, h: h, fs: fs, store: fs, logger: logger.With().Str("component", "media").Logger(),
 		now: time.Now, thumbBusy: map[string]*sync.Mutex{}}
+	if st := cfg.ObjectStore; st != nil {
+		c, err := objstore.New(st.Config)
+		if err != nil {
+			return nil, fmt.Errorf("media_storage_providers: %w", err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := c.Check(ctx); err != nil {
+			return nil, fmt.Errorf("media_storage_providers: %w", err)
+		}
+		r.s3 = blobstore.NewS3(c, fs)
+		r.store = r.s3
+	}
 	r.peers = newPeerClient(cfg.Peers, cfg.PeerSecret)
 	return r, nil
 }
@@ -270,7 +299,7 @@ func (r *Repo) Upload(ctx context.Context, user, mediaID string, body io.Reader,
 		return nil, err
 	}
 	hash, size := sp.Hash, sp.Size
-	if err := r.commitSpooled(ctx, sp); err != nil {
+	if err := r.commitSpooled(ctx, sp, r.cfg.ServerName); err != nil {
 		return nil, err
 	}
 	if mediaID == "" {
@@ -292,28 +321,18 @@ func (r *Repo) Upload(ctx context.Context, user, mediaID string, body io.Reader,
 	return m, nil
 }
 
-// commitSpooled moves a spooled file into the blob store.
-func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled) error {
-	if s, ok := r.store.(*blobstore.FS); ok && s == r.fs {
+// commitSpooled moves a spooled file into the blob store: the local
+// directory, and the bucket too when the object store takes blobs of
+// media from origin (store_local, store_remote).
+func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled, origin string) error {
+	if r.s3 == nil {
 		return r.fs.Commit(sp)
 	}
-	defer sp.Remove()
-	if ps, ok := r.store.(interface {
-		PutSpooled(context.Context, *blobstore.Spooled) error
-	}); ok {
-		return ps.PutSpooled(ctx, sp)
+	local := origin == r.cfg.ServerName
+	if local && !r.cfg.ObjectStore.StoreLocal || !local && !r.cfg.ObjectStore.StoreRemote {
+		return r.fs.Commit(sp)
 	}
-	if _, err := sp.File().Seek(0, io.SeekStart); err != nil {
-		return err
-	}
-	hash, _, err := r.store.Put(ctx, sp.File(), 0)
-	if err != nil {
-		return err
-	}
-	if hash != sp.Hash {
-		return fmt.Errorf("media: blob store stored %s for %s", hash, sp.Hash)
-	}
-	return nil
+	return r.s3.PutSpooled(ctx, sp)
 }
 
 // quotaLeft is how many bytes user may still upload under

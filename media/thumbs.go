@@ -121,7 +121,7 @@ func (r *Repo) storeThumbnail(ctx context.Context, m *mediaproj.Media, size Thum
 	sp, err := r.fs.Spool(ctx, bytes.NewReader(res.Data), 0)
 	if err == nil {
 		hash, n := sp.Hash, sp.Size
-		if err = r.commitSpooled(ctx, sp); err == nil {
+		if err = r.commitSpooled(ctx, sp, m.Origin); err == nil {
 			err = r.commit(ctx, facts.MustEncode(englog.KindThumbnailStored, facts.ThumbnailStored{
 				Origin: m.Origin, MediaID: m.MediaID, Width: size.Width, Height: size.Height, Method: size.Method,
 				ContentType: res.ContentType, Size: n, SHA256: hash}))

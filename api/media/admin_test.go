@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/url"
 	"os"
@@ -18,6 +20,7 @@ import (
 	"maunium.net/go/mautrix/event"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/internal/objstore"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 )
@@ -38,8 +41,10 @@ func (ts *testServer) registerAdmin(name string) string {
 	return r.json(ts.t)["access_token"].(string)
 }
 
-func TestMediaAdmin(t *testing.T) {
-	ts := startServer(t, nil, withSecret)
+func TestMediaAdmin(t *testing.T) { eachBackend(t, testMediaAdmin) }
+
+func testMediaAdmin(t *testing.T, be option) {
+	ts := startServer(t, be, withSecret)
 	admin := ts.registerAdmin("root")
 	alice := ts.register("alice")
 	inRoom := ts.upload(alice.AccessToken, testPNG(t, 10, 10), "image/png", "room.png")
@@ -141,8 +146,10 @@ func TestMediaAdmin(t *testing.T) {
 
 // media_retention is applied by MediaDeleted facts the janitor records;
 // blobs nothing refers to then leave the disk.
-func TestRetention(t *testing.T) {
-	ts := startServer(t, nil, func(c *api.Config) {
+func TestRetention(t *testing.T) { eachBackend(t, testRetention) }
+
+func testRetention(t *testing.T, be option) {
+	ts := startServer(t, be, func(c *api.Config) {
 		c.Media.Repo.LocalMediaLifetime = 300 * time.Millisecond
 		c.Media.Repo.JanitorInterval = 50 * time.Millisecond
 		c.Media.Repo.JanitorGrace = 100 * time.Millisecond
@@ -186,5 +193,18 @@ func TestRetention(t *testing.T) {
 	}
 	if !found {
 		t.Error("no MediaDeleted retention fact in the log")
+	}
+	if ts.bucket != nil {
+		sum := sha256.Sum256([]byte("short-lived"))
+		for {
+			_, err := ts.bucket.Stat(context.Background(), blobKey(hex.EncodeToString(sum[:])))
+			if errors.Is(err, objstore.ErrNotFound) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 20 s the blob is still in the bucket (%v)", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }

@@ -37,7 +37,7 @@ func BenchmarkUploadDownload(b *testing.B) {
 		rawR := time.Since(start).Seconds()
 		_ = got
 
-		ts := startServerIn(b, dir, nil, func(c *api.Config) { c.MaxUploadSize = 1 << 30 })
+		ts := startServerIn(b, dir, func(c *api.Config) { c.MaxUploadSize = 1 << 30 })
 		tok := ts.register("bench").AccessToken
 		start = time.Now()
 		req, _ := http.NewRequest("POST", ts.URL+"/_matrix/media/v3/upload", bytes.NewReader(data))

@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -21,8 +23,10 @@ import (
 	"maunium.net/go/mautrix"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/internal/objstore"
+	"github.com/engram-hs/engram/internal/tests3"
 	englog "github.com/engram-hs/engram/log"
-	"github.com/engram-hs/engram/media/blobstore"
+	"github.com/engram-hs/engram/media"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/roomwrite"
 )
@@ -33,25 +37,44 @@ const serverName = "media.test"
 // real log on a temporary Pebble directory, the real projection engine,
 // blobs in a temporary directory (or the given store), on 127.0.0.1.
 type testServer struct {
-	t     testing.TB
-	URL   string
-	dir   string
-	cfg   api.Config
-	api   *api.Server
-	node  *englog.Node
-	eng   *projections.Engine
-	hs    *httptest.Server
-	store blobstore.Store
+	t    testing.TB
+	URL  string
+	dir  string
+	cfg  api.Config
+	api  *api.Server
+	node *englog.Node
+	eng  *projections.Engine
+	hs   *httptest.Server
+	// bucket is the S3 bucket the server keeps blobs in, nil when it
+	// uses the local directory only.
+	bucket *objstore.Client
 }
 
 type option func(*api.Config)
 
-func startServer(t *testing.T, store blobstore.Store, opts ...option) *testServer {
-	t.Helper()
-	return startServerIn(t, t.TempDir(), store, opts...)
+// eachBackend runs a test once per blob store: the local directory
+// ("fs"), and an S3 bucket on a real S3-compatible server on loopback
+// ("s3", versitygw, configured as media_storage_providers is). With the
+// bucket, the local copies are dropped before every GET, so downloads and
+// thumbnails are read back from the bucket, and every blob left on the
+// local disk when the server stops must be in the bucket too.
+func eachBackend(t *testing.T, test func(t *testing.T, be option)) {
+	t.Run("fs", func(t *testing.T) { test(t, func(*api.Config) {}) })
+	t.Run("s3", func(t *testing.T) {
+		srv := tests3.Start(t)
+		srv.Bucket(t, "engram-media", "")
+		test(t, func(c *api.Config) {
+			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs/"), StoreLocal: true, StoreRemote: true}
+		})
+	})
 }
 
-func startServerIn(t testing.TB, dir string, store blobstore.Store, opts ...option) *testServer {
+func startServer(t *testing.T, opts ...option) *testServer {
+	t.Helper()
+	return startServerIn(t, t.TempDir(), opts...)
+}
+
+func startServerIn(t testing.TB, dir string, opts ...option) *testServer {
 	t.Helper()
 	logger := zerolog.New(io.Discard)
 	if testing.Verbose() {
@@ -79,7 +102,13 @@ func startServerIn(t testing.TB, dir string, store blobstore.Store, opts ...opti
 		node.Close()
 		t.Fatal(err)
 	}
-	srv, err := api.New(cfg, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger, MediaStore: store})
+	var bucket *objstore.Client
+	if st := cfg.Media.Repo.ObjectStore; st != nil {
+		if bucket, err = objstore.New(st.Config); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv, err := api.New(cfg, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
 	if err != nil {
 		node.Close()
 		t.Fatal(err)
@@ -97,7 +126,7 @@ func startServerIn(t testing.TB, dir string, store blobstore.Store, opts ...opti
 	hs := httptest.NewUnstartedServer(srv.Handler())
 	hs.Listener = ln
 	hs.Start()
-	ts := &testServer{t: t, URL: hs.URL, dir: dir, cfg: cfg, api: srv, node: node, eng: eng, hs: hs, store: store}
+	ts := &testServer{t: t, URL: hs.URL, dir: dir, cfg: cfg, api: srv, node: node, eng: eng, hs: hs, bucket: bucket}
 	t.Cleanup(ts.stop)
 	return ts
 }
@@ -106,12 +135,43 @@ func (ts *testServer) stop() {
 	if ts.hs == nil {
 		return
 	}
+	if ts.bucket != nil {
+		for _, h := range ts.localBlobs() {
+			if _, err := ts.bucket.Stat(context.Background(), blobKey(h)); err != nil {
+				ts.t.Errorf("blob %s is on the local disk but not in the bucket: %v", h, err)
+			}
+		}
+	}
 	ts.api.Close()
 	ts.hs.Close()
 	_ = ts.eng.Close()
 	_ = ts.node.Close()
 	ts.hs = nil
 }
+
+// localBlobs lists the hashes of the blobs in the local directory.
+func (ts *testServer) localBlobs() []string {
+	var hashes []string
+	_ = filepath.Walk(filepath.Join(ts.dir, "media", "blobs"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.Contains(p, "/blobs/tmp/") {
+			hashes = append(hashes, fi.Name())
+		}
+		return nil
+	})
+	return hashes
+}
+
+// evictLocal drops the local copies of all blobs (the bucket keeps them).
+func (ts *testServer) evictLocal() {
+	for _, h := range ts.localBlobs() {
+		if err := os.Remove(filepath.Join(ts.dir, "media", "blobs", h[0:2], h[2:4], h)); err != nil {
+			ts.t.Fatal(err)
+		}
+	}
+}
+
+// blobKey is the bucket key of a blob (under the configured prefix).
+func blobKey(hash string) string { return "blobs/" + hash[0:2] + "/" + hash[2:4] + "/" + hash }
 
 func (ts *testServer) register(name string) *mautrix.Client {
 	ts.t.Helper()
@@ -157,6 +217,9 @@ func (ts *testServer) do(method, path, token string, body io.Reader, header ...s
 	req, err := http.NewRequest(method, ts.URL+path, body)
 	if err != nil {
 		ts.t.Fatal(err)
+	}
+	if ts.bucket != nil && method == http.MethodGet {
+		ts.evictLocal()
 	}
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)

@@ -16,8 +16,10 @@ import (
 // A real client: mautrix-go uploads an avatar and an image, sets them, and
 // another user downloads the original and a thumbnail through mautrix's
 // authenticated media calls, decoding the thumbnail's dimensions.
-func TestMautrixAvatarAndImage(t *testing.T) {
-	ts := startServer(t, nil)
+func TestMautrixAvatarAndImage(t *testing.T) { eachBackend(t, testMautrixAvatarAndImage) }
+
+func testMautrixAvatarAndImage(t *testing.T, be option) {
+	ts := startServer(t, be)
 	alice, bob := ts.register("alice"), ts.register("bob")
 	ctx := context.Background()
 

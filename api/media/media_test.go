@@ -16,8 +16,10 @@ import (
 
 func queryEscape(s string) string { return url.QueryEscape(s) }
 
-func TestUploadAndDownload(t *testing.T) {
-	ts := startServer(t, nil)
+func TestUploadAndDownload(t *testing.T) { eachBackend(t, testUploadAndDownload) }
+
+func testUploadAndDownload(t *testing.T, be option) {
+	ts := startServer(t, be)
 	alice := ts.register("alice")
 	tok := alice.AccessToken
 	content := testPNG(t, 40, 20)
@@ -84,9 +86,13 @@ func TestUploadAndDownload(t *testing.T) {
 // deprecated paths after it is turned on; media uploaded after is not.
 // The mark is a fact of each item, so a rebuild keeps it.
 func TestLegacyEndpointsServeOnlyOlderMedia(t *testing.T) {
+	eachBackend(t, testLegacyEndpointsServeOnlyOlderMedia)
+}
+
+func testLegacyEndpointsServeOnlyOlderMedia(t *testing.T, be option) {
 	dir := t.TempDir()
 	off := func(c *api.Config) { c.Media.Repo.AuthenticatedMedia = false }
-	ts := startServerIn(t, dir, nil, off)
+	ts := startServerIn(t, dir, be, off)
 	alice := ts.register("alice")
 	old := ts.upload(alice.AccessToken, []byte("old file"), "text/plain", "old.txt")
 	if r := ts.do("GET", "/_matrix/media/v3/download/"+serverName+"/"+old, "", nil); r.Status != 200 || string(r.Body) != "old file" {
@@ -94,7 +100,7 @@ func TestLegacyEndpointsServeOnlyOlderMedia(t *testing.T) {
 	}
 	ts.stop()
 
-	ts = startServerIn(t, dir, nil)
+	ts = startServerIn(t, dir, be)
 	newID := ts.upload(alice.AccessToken, []byte("new file"), "text/plain", "new.txt")
 	if r := ts.do("GET", "/_matrix/media/v3/download/"+serverName+"/"+old, "", nil); r.Status != 200 || string(r.Body) != "old file" {
 		t.Errorf("legacy download of older media: %d %s", r.Status, r.Body)
@@ -110,8 +116,10 @@ func TestLegacyEndpointsServeOnlyOlderMedia(t *testing.T) {
 	}
 }
 
-func TestAsyncUpload(t *testing.T) {
-	ts := startServer(t, nil)
+func TestAsyncUpload(t *testing.T) { eachBackend(t, testAsyncUpload) }
+
+func testAsyncUpload(t *testing.T, be option) {
+	ts := startServer(t, be)
 	alice, bob := ts.register("alice"), ts.register("bob")
 	r := ts.do("POST", "/_matrix/media/v1/create", alice.AccessToken, nil)
 	if r.Status != 200 {
@@ -157,8 +165,10 @@ func TestAsyncUpload(t *testing.T) {
 	}
 }
 
-func TestUploadTooLarge(t *testing.T) {
-	ts := startServer(t, nil)
+func TestUploadTooLarge(t *testing.T) { eachBackend(t, testUploadTooLarge) }
+
+func testUploadTooLarge(t *testing.T, be option) {
+	ts := startServer(t, be)
 	tok := ts.register("alice").AccessToken
 	big := bytes.Repeat([]byte("x"), 1<<20+1)
 	r := ts.do("POST", "/_matrix/media/v3/upload", tok, bytes.NewReader(big), "Content-Type", "application/octet-stream")
@@ -181,8 +191,10 @@ func TestUploadTooLarge(t *testing.T) {
 
 // Media IDs and server names are checked against the spec's character
 // sets; file names are never paths (blobs are stored by hash).
-func TestPathTraversal(t *testing.T) {
-	ts := startServer(t, nil)
+func TestPathTraversal(t *testing.T) { eachBackend(t, testPathTraversal) }
+
+func testPathTraversal(t *testing.T, be option) {
+	ts := startServer(t, be)
 	tok := ts.register("alice").AccessToken
 	for _, p := range []string{
 		"/_matrix/client/v1/media/download/" + serverName + "/..%2F..%2Fdb",

@@ -11,7 +11,9 @@ import (
 	apimedia "github.com/engram-hs/engram/api/media"
 )
 
-func TestURLPreview(t *testing.T) {
+func TestURLPreview(t *testing.T) { eachBackend(t, testURLPreview) }
+
+func testURLPreview(t *testing.T, be option) {
 	png := testPNG(t, 279, 129)
 	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
@@ -31,7 +33,7 @@ func TestURLPreview(t *testing.T) {
 	}
 
 	// Off by default.
-	ts := startServer(t, nil)
+	ts := startServer(t, be)
 	tok := ts.register("alice").AccessToken
 	if r := preview(ts, tok, web.URL+"/page.html"); r.Status != 404 {
 		t.Errorf("disabled: %d %s", r.Status, r.Body)
@@ -40,7 +42,7 @@ func TestURLPreview(t *testing.T) {
 
 	// Loopback and link-local are refused when only the required
 	// blacklist is set.
-	ts = startServer(t, nil, func(c *api.Config) {
+	ts = startServer(t, be, func(c *api.Config) {
 		c.Media.Preview = apimedia.PreviewConfig{Enabled: true, Blacklist: []string{"10.0.0.0/8"}}
 	})
 	tok = ts.register("alice").AccessToken
@@ -54,7 +56,7 @@ func TestURLPreview(t *testing.T) {
 	// Whitelisted loopback: OpenGraph with the image stored as media; a
 	// redirect to the metadata address is still refused (checked at dial
 	// time).
-	ts = startServer(t, nil, func(c *api.Config) {
+	ts = startServer(t, be, func(c *api.Config) {
 		c.Media.Preview = apimedia.PreviewConfig{Enabled: true, Blacklist: []string{"10.0.0.0/8"}, Whitelist: []string{"127.0.0.1/32"}}
 	})
 	tok = ts.register("alice").AccessToken

@@ -21,8 +21,10 @@ import (
 	mediaproj "github.com/engram-hs/engram/projections/media"
 )
 
-func TestThumbnails(t *testing.T) {
-	ts := startServer(t, nil)
+func TestThumbnails(t *testing.T) { eachBackend(t, testThumbnails) }
+
+func testThumbnails(t *testing.T, be option) {
+	ts := startServer(t, be)
 	tok := ts.register("alice").AccessToken
 	id := ts.upload(tok, testPNG(t, 1000, 500), "image/png", "wide.png")
 	thumb := func(q string) response {
@@ -117,8 +119,10 @@ func TestThumbnails(t *testing.T) {
 
 // Hostile and broken images are refused with a Matrix error; the server
 // keeps serving.
-func TestThumbnailBadInput(t *testing.T) {
-	ts := startServer(t, nil)
+func TestThumbnailBadInput(t *testing.T) { eachBackend(t, testThumbnailBadInput) }
+
+func testThumbnailBadInput(t *testing.T, be option) {
+	ts := startServer(t, be)
 	tok := ts.register("alice").AccessToken
 	good := testPNG(t, 200, 200)
 	var zb bytes.Buffer

@@ -26,8 +26,10 @@ func NewS3(c *objstore.Client, fs *FS) *S3 { return &S3{c: c, fs: fs} }
 func s3Key(hash string) string { return "blobs/" + hash[0:2] + "/" + hash[2:4] + "/" + hash }
 
 // PutSpooled sends a spooled blob to the bucket (unless it is already
-// there) and keeps it in the local cache.
+// there) and keeps it in the local cache; the spooled file is gone
+// afterwards either way.
 func (s *S3) PutSpooled(ctx context.Context, sp *Spooled) error {
+	defer sp.Remove()
 	if _, err := s.c.Stat(ctx, s3Key(sp.Hash)); errors.Is(err, objstore.ErrNotFound) {
 		f := sp.File()
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
@@ -48,7 +50,6 @@ func (s *S3) Put(ctx context.Context, r io.Reader, max int64) (string, int64, er
 	if err != nil {
 		return "", 0, err
 	}
-	defer sp.Remove()
 	if err := s.PutSpooled(ctx, sp); err != nil {
 		return "", 0, err
 	}
