@@ -378,6 +378,11 @@ func setOption(c *Config, key string, v value, source string) error {
 		return fmt.Errorf("%s: unknown key %q", source, key)
 	}
 	if err := o.set(c, v); err != nil {
+		if !errors.Is(err, errForm) {
+			// The option says what is wrong itself (and does not
+			// echo the value, which may hold a secret).
+			return fmt.Errorf("%s: key %q: %w", source, key, err)
+		}
 		shown := v.scalar
 		if v.isList {
 			shown = "[" + strings.Join(v.list, ", ") + "]"
@@ -785,6 +790,14 @@ url_preview_enabled: false
 # media_retention:
 #   local_media_lifetime: "90d"
 #   remote_media_lifetime: "14d"
+# Blobs kept in an S3-compatible bucket as well (the local directory is
+# their cache), with the entry of Synapse's S3 storage provider:
+# media_storage_providers:
+#   - module: s3_storage_provider.S3StorageProviderBackend
+#     store_local: true
+#     store_remote: true
+#     store_synchronous: true
+#     config: {bucket: "engram-media", endpoint_url: "https://s3.example.org", region_name: "us-east-1", access_key_id: "", secret_access_key: "", prefix: ""}
 
 rate_limiting_enabled: true
 # Synapse's rate limits and defaults (server admins are exempt):

@@ -1,9 +1,16 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 
 	apimedia "github.com/engram-hs/engram/api/media"
+	"github.com/engram-hs/engram/internal/objstore"
+	"github.com/engram-hs/engram/media"
 )
 
 // mediaSettings are the media repository's keys (Synapse's names).
@@ -18,6 +25,8 @@ type mediaSettings struct {
 	RemoteLifetime      string
 	Peers               []string
 	PeerSecret          string
+	// StorageProvider is media_storage_providers' one entry (nil: none).
+	StorageProvider *media.ObjectStore
 }
 
 func init() {
@@ -56,6 +65,95 @@ var mediaOptions = []option{
 	{"media_retention.remote_media_lifetime", `a duration ("14d"), or empty to keep cached remote media forever`, lifetime(func(c *Config) *string { return &c.Media.RemoteLifetime })},
 	{"cluster.media_peers", `a list of the other nodes' client API base URLs ("http://10.0.0.2:8008")`, list(func(c *Config) *[]string { return &c.Media.Peers })},
 	{"cluster.media_secret", "a shared secret the nodes of a cluster use to fetch media blobs from each other", str(func(c *Config) *string { return &c.Media.PeerSecret })},
+	{"media_storage_providers", storageProviderForm, parseStorageProviders},
+}
+
+const storageProviderForm = `a list of one {module: s3_storage_provider.S3StorageProviderBackend, store_local: true, store_remote: true, store_synchronous: true, config: {bucket: ..., endpoint_url: ..., region_name: ..., access_key_id: ..., secret_access_key: ..., prefix: ...}}`
+
+// s3ProviderModule is the module name of Synapse's S3 storage provider
+// (synapse-s3-storage-provider), the one provider Engram implements.
+const s3ProviderModule = "s3_storage_provider.S3StorageProviderBackend"
+
+// parseStorageProviders reads media_storage_providers as Synapse's S3
+// provider documents it, so an existing entry carries over. Keys Engram
+// cannot honour are refused rather than ignored (sse_customer_key
+// ignored would store media unencrypted).
+func parseStorageProviders(c *Config, v value) error {
+	items := v.list
+	if !v.isList {
+		// The environment and flags give a JSON list.
+		if strings.TrimSpace(v.scalar) == "" {
+			c.Media.StorageProvider = nil
+			return nil
+		}
+		var raw []json.RawMessage
+		if err := json.Unmarshal([]byte(v.scalar), &raw); err != nil {
+			return errors.New("expected a JSON list of one provider entry")
+		}
+		items = nil
+		for _, r := range raw {
+			items = append(items, string(r))
+		}
+	}
+	c.Media.StorageProvider = nil
+	switch len(items) {
+	case 0:
+		return nil
+	case 1:
+	default:
+		return errors.New("Engram supports one storage provider (an S3 bucket); list only one")
+	}
+	var named struct {
+		Module string `json:"module"`
+	}
+	if err := json.Unmarshal([]byte(items[0]), &named); err != nil {
+		return fmt.Errorf("expected %s: %v", storageProviderForm, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if named.Module != s3ProviderModule {
+		return fmt.Errorf("module %q is not supported; Engram implements %s (an S3-compatible bucket)", named.Module, s3ProviderModule)
+	}
+	var p struct {
+		Module string `json:"module"`
+		// Synapse's defaults: false.
+		StoreLocal       bool `json:"store_local"`
+		StoreRemote      bool `json:"store_remote"`
+		StoreSynchronous bool `json:"store_synchronous"`
+		Config           struct {
+			Bucket          string `json:"bucket"`
+			RegionName      string `json:"region_name"`
+			EndpointURL     string `json:"endpoint_url"`
+			AccessKeyID     string `json:"access_key_id"`
+			SecretAccessKey string `json:"secret_access_key"`
+			SessionToken    string `json:"session_token"`
+			Prefix          string `json:"prefix"`
+			StorageClass    string `json:"storage_class"`
+			// The provider's upload thread pool; Engram sends one
+			// part at a time and needs none.
+			ThreadpoolSize int `json:"threadpool_size"`
+		} `json:"config"`
+	}
+	dec := json.NewDecoder(bytes.NewReader([]byte(items[0])))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		if strings.Contains(err.Error(), "unknown field") {
+			return fmt.Errorf("%v: Engram's S3 provider takes module, store_local, store_remote, store_synchronous and config {bucket, region_name, endpoint_url, access_key_id, secret_access_key, session_token, prefix, storage_class, threadpool_size} (no server-side encryption keys)", strings.TrimPrefix(err.Error(), "json: "))
+		}
+		return fmt.Errorf("expected %s: %v", storageProviderForm, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	if !p.StoreLocal && !p.StoreRemote {
+		return errors.New("the storage provider stores nothing: set store_local and/or store_remote to true")
+	}
+	oc := objstore.Config{Bucket: p.Config.Bucket, EndpointURL: p.Config.EndpointURL, Region: p.Config.RegionName,
+		AccessKeyID: p.Config.AccessKeyID, SecretAccessKey: p.Config.SecretAccessKey, SessionToken: p.Config.SessionToken,
+		Prefix: p.Config.Prefix, StorageClass: p.Config.StorageClass}
+	if _, err := objstore.New(oc); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	// store_synchronous: false lets Synapse answer before the bucket has
+	// the file; Engram always waits for the bucket, which is never less
+	// safe, so either value is accepted.
+	c.Media.StorageProvider = &media.ObjectStore{Config: oc, StoreLocal: p.StoreLocal, StoreRemote: p.StoreRemote}
+	return nil
 }
 
 func lifetime(p func(*Config) *string) func(*Config, value) error {
@@ -96,5 +194,6 @@ func (c Config) mediaConfig() apimedia.Config {
 	}
 	mc.Repo.Peers = m.Peers
 	mc.Repo.PeerSecret = m.PeerSecret
+	mc.Repo.ObjectStore = m.StorageProvider
 	return mc
 }

@@ -40,6 +40,9 @@ type Config struct {
 	// Prefix is prepended to every key ("engram/" keeps Engram's
 	// objects apart from others in a shared bucket).
 	Prefix string // prefix
+	// StorageClass is the class new objects are stored in ("STANDARD_IA");
+	// empty means the service's default (STANDARD).
+	StorageClass string // storage_class
 }
 
 // Client reads and writes objects of one bucket under one prefix.
@@ -47,6 +50,7 @@ type Client struct {
 	mc     *minio.Client
 	bucket string
 	prefix string
+	class  string
 	where  string // for error messages: "s3://bucket/prefix at endpoint"
 }
 
@@ -84,7 +88,7 @@ func New(cfg Config) (*Client, error) {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Client{mc: mc, bucket: cfg.Bucket, prefix: prefix, where: fmt.Sprintf("s3://%s/%s at %s", cfg.Bucket, prefix, host)}, nil
+	return &Client{mc: mc, bucket: cfg.Bucket, prefix: prefix, class: cfg.StorageClass, where: fmt.Sprintf("s3://%s/%s at %s", cfg.Bucket, prefix, host)}, nil
 }
 
 // String names the bucket and prefix, for logs and messages.
@@ -125,8 +129,9 @@ func (c *Client) Put(ctx context.Context, key string, r io.Reader, size int64, c
 		contentType = "application/octet-stream"
 	}
 	_, err := c.mc.PutObject(ctx, c.bucket, c.prefix+key, r, size, minio.PutObjectOptions{
-		ContentType: contentType,
-		PartSize:    PartSize,
+		ContentType:  contentType,
+		StorageClass: c.class,
+		PartSize:     PartSize,
 		// One part in flight: the memory bound above holds, and the
 		// disk or network is the limit anyway.
 		NumThreads: 1,

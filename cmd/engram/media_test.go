@@ -1,0 +1,184 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/engram-hs/engram/internal/tests3"
+)
+
+// media_storage_providers in the shape Synapse's S3 provider documents
+// (capitalised YAML booleans included), from the file and from the
+// environment; what Engram cannot honour is refused with a reason and
+// without echoing the secret.
+func TestMediaStorageProvidersConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "engram.yaml")
+	write := func(s string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`media_storage_providers:
+- module: s3_storage_provider.S3StorageProviderBackend
+  store_local: True
+  store_remote: False
+  store_synchronous: True
+  config:
+    bucket: media
+    region_name: eu-west-1
+    endpoint_url: https://s3.example.org
+    access_key_id: AKIA1
+    secret_access_key: very-secret
+    prefix: engram/
+    storage_class: STANDARD_IA
+    threadpool_size: 20
+`)
+	c, _, err := loadConfig(path, noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := c.mediaConfig().Repo.ObjectStore
+	if p == nil || !p.StoreLocal || p.StoreRemote || p.Bucket != "media" || p.Region != "eu-west-1" ||
+		p.EndpointURL != "https://s3.example.org" || p.AccessKeyID != "AKIA1" || p.SecretAccessKey != "very-secret" ||
+		p.Prefix != "engram/" || p.StorageClass != "STANDARD_IA" {
+		t.Fatalf("parsed provider: %+v", p)
+	}
+
+	write("")
+	if c, _, err := loadConfig(path, noEnv, nil); err != nil || c.mediaConfig().Repo.ObjectStore != nil {
+		t.Fatalf("no provider configured: %+v %v", c.Media.StorageProvider, err)
+	}
+	env := envOf(map[string]string{envName("media_storage_providers"): `[{"module": "s3_storage_provider.S3StorageProviderBackend", "store_remote": true, "config": {"bucket": "b"}}]`})
+	if c, _, err := loadConfig(path, env, nil); err != nil || c.Media.StorageProvider == nil || c.Media.StorageProvider.StoreLocal || !c.Media.StorageProvider.StoreRemote || c.Media.StorageProvider.Bucket != "b" {
+		t.Fatalf("from the environment: %+v %v", c.Media.StorageProvider, err)
+	}
+
+	entry := func(module, stores, config string) string {
+		return fmt.Sprintf("- module: %s\n  %s\n  config: {%s}\n", module, stores, config)
+	}
+	const s3 = "s3_storage_provider.S3StorageProviderBackend"
+	for _, c := range []struct{ yaml, want string }{
+		{entry("file_system.FileStorageProviderBackend", "store_local: true", "directory: /x"), "not supported"},
+		{entry(s3, "store_local: true", "bucket: b, secret_access_key: very-secret, sse_customer_key: very-secret"), "sse_customer_key"},
+		{entry(s3, "store_synchronous: true", "bucket: b"), "stores nothing"},
+		{entry(s3, "store_local: true", "secret_access_key: very-secret"), "no bucket"},
+		{entry(s3, "store_local: true", "bucket: b, endpoint_url: 'ftp://x'") + entry(s3, "store_local: true", "bucket: b"), "one storage provider"},
+		{entry(s3, "store_local: true", "bucket: b, endpoint_url: 'ftp://x', secret_access_key: very-secret"), "endpoint_url"},
+		{entry(s3, "store_local: true", "bucket: b, prefix: [x], secret_access_key: very-secret"), "prefix"},
+	} {
+		write("media_storage_providers:\n" + c.yaml)
+		_, _, err := loadConfig(path, noEnv, nil)
+		if err == nil || !strings.Contains(err.Error(), "media_storage_providers") || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: error %v, want one naming the key and %q", c.yaml, err, c.want)
+		} else if strings.Contains(err.Error(), "very-secret") {
+			t.Errorf("%s: the error shows the secret: %v", c.yaml, err)
+		}
+	}
+}
+
+// engram serve with media_storage_providers naming a bucket on a real
+// S3-compatible server: an upload is in the bucket under its hash, and
+// with the local copies gone it is still downloaded intact. A bucket that
+// does not exist stops the start with a message naming it.
+func TestServeMediaInS3Bucket(t *testing.T) {
+	srv := tests3.Start(t)
+	bucket := srv.Bucket(t, "engram-media", "node1/")
+	provider := func(bucket string) string {
+		return fmt.Sprintf(`media_storage_providers:
+  - module: s3_storage_provider.S3StorageProviderBackend
+    store_local: true
+    store_remote: true
+    store_synchronous: true
+    config:
+      bucket: %s
+      endpoint_url: %q
+      region_name: us-east-1
+      access_key_id: %q
+      secret_access_key: %q
+      prefix: "node1/"
+`, bucket, srv.Endpoint, srv.AccessKey, srv.SecretKey)
+	}
+	dir := t.TempDir()
+	listen := freeAddr(t)
+
+	cfg := writeConfig(t, dir, listen, provider("no-such-bucket"))
+	_, errOut, code := runTool(t, dir, nil, "serve", "--config", cfg)
+	if code == 0 || !strings.Contains(errOut, "no-such-bucket") || !strings.Contains(errOut, "does not exist") || strings.Contains(errOut, srv.SecretKey) {
+		t.Fatalf("serve with a missing bucket: exit %d\n%s", code, errOut)
+	}
+
+	cfg = writeConfig(t, dir, listen, provider("engram-media"))
+	p := startServer(t, dir, listen, nil, "--config", cfg)
+	defer p.stop()
+	if _, e, code := runTool(t, dir, nil, "register-user", "--config", cfg, "--user", "alice", "--password", "pw1"); code != 0 {
+		t.Fatalf("register-user: %d %s", code, e)
+	}
+	_, token := loginToken(t, listen, "alice", "pw1")
+	content := bytes.Repeat([]byte("engram media in a bucket "), 40000) // 1 MB
+	mxc := uploadMedia(t, listen, token, content)
+
+	sum := sha256.Sum256(content)
+	hash := hex.EncodeToString(sum[:])
+	if n, err := bucket.Stat(context.Background(), "blobs/"+hash[0:2]+"/"+hash[2:4]+"/"+hash); err != nil || n != int64(len(content)) {
+		t.Fatalf("the upload is not in the bucket under its hash: %v", err)
+	}
+	// The local copy removed, as a cache clean-up would.
+	if err := os.Remove(filepath.Join(dir, "data", "media", "blobs", hash[0:2], hash[2:4], hash)); err != nil {
+		t.Fatal(err)
+	}
+	if got := downloadMedia(t, listen, token, mxc); !bytes.Equal(got, content) {
+		t.Fatalf("download with the local copy gone: %d bytes, want %d", len(got), len(content))
+	}
+}
+
+// uploadMedia uploads content and returns its mxc URI's server/mediaId.
+func uploadMedia(t *testing.T, listen, token string, content []byte) string {
+	t.Helper()
+	req, _ := http.NewRequest("POST", "http://"+listen+"/_matrix/media/v3/upload?filename=f.bin", bytes.NewReader(content))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var out struct {
+		ContentURI string `json:"content_uri"`
+	}
+	_ = json.Unmarshal(body, &out)
+	uri, ok := strings.CutPrefix(out.ContentURI, "mxc://")
+	if resp.StatusCode != 200 || !ok {
+		t.Fatalf("upload: %d %s", resp.StatusCode, body)
+	}
+	return uri
+}
+
+// downloadMedia downloads server/mediaId through the authenticated API.
+func downloadMedia(t *testing.T, listen, token, mxc string) []byte {
+	t.Helper()
+	req, _ := http.NewRequest("GET", "http://"+listen+"/_matrix/client/v1/media/download/"+mxc, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("download %s: %d %s", mxc, resp.StatusCode, body)
+	}
+	return body
+}
