@@ -3,8 +3,12 @@ package projections
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -23,7 +27,19 @@ type clusterMember struct {
 
 func (m *clusterMember) start(t *testing.T, peers []englog.Peer) {
 	t.Helper()
-	node, err := englog.Open(englog.Config{Dir: m.dir, NodeID: m.peer.ID, RaftAddr: m.peer.Addr, Peers: peers, Logger: testLogger(t)})
+	// A restarted member binds its old port again; on a busy machine that
+	// port may meanwhile be some connection's ephemeral source port, until
+	// that connection closes.
+	deadline := time.Now().Add(10 * time.Second)
+	var node *englog.Node
+	var err error
+	for {
+		node, err = englog.Open(englog.Config{Dir: m.dir, NodeID: m.peer.ID, RaftAddr: m.peer.Addr, Peers: peers, Logger: testLogger(t)})
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("open %s: %v", m.peer.ID, err)
 	}
@@ -60,6 +76,33 @@ func leaderOf(t *testing.T, ms []*clusterMember) *clusterMember {
 	}
 	t.Fatal("no leader elected within 20s")
 	return nil
+}
+
+// appendOnLeader appends n messages on whichever member leads, again on
+// the next leader when leadership moved before they committed: raft's
+// 250 ms lease lapses on a loaded machine (two shared cores, -race), and
+// the leader found a moment ago then answers ErrNotLeader. A retried
+// append may duplicate one whose commit was not acknowledged; every node
+// holds the same log either way, which is what the digests compare.
+func appendOnLeader(t *testing.T, ms []*clusterMember, n int, room string) []uint64 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		props := make([]englog.Proposal, n)
+		for i := range props {
+			payload, _ := json.Marshal(message{Room: room, Sender: "@alice:example.org", Body: "hello " + strconv.Itoa(i)})
+			props[i] = englog.Proposal{Kind: englog.KindPDU, Payload: payload}
+		}
+		offs, err := leaderOf(t, ms).node.Append(context.Background(), props...)
+		if err == nil {
+			return offs
+		}
+		if !errors.Is(err, englog.ErrNotLeader) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		t.Logf("leadership moved during an append, again on the next leader: %v", err)
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // agree waits until every running member's projection applied upTo, then
@@ -121,18 +164,17 @@ func TestThreeNodeProjectionsAgree(t *testing.T) {
 		}
 	})
 
-	leader := leaderOf(t, ms)
 	var last uint64
 	for i := 0; i < 5; i++ {
-		offs := appendMessages(t, leader.node, 40, fmt.Sprintf("!room%d:example.org", i))
+		offs := appendOnLeader(t, ms, 40, fmt.Sprintf("!room%d:example.org", i))
 		last = offs[len(offs)-1]
 	}
 	agree(t, ms, last)
 
 	// The leader dies; the others elect a new one and writes go on.
+	leader := leaderOf(t, ms)
 	leader.stop()
-	next := leaderOf(t, ms)
-	offs := appendMessages(t, next.node, 60, "!after:example.org")
+	offs := appendOnLeader(t, ms, 60, "!after:example.org")
 	last = offs[len(offs)-1]
 	agree(t, ms, last)
 
