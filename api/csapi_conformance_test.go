@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 )
 
 // TestFilterRefusesMalformedIDs: a filter naming rooms or senders by
@@ -202,5 +203,46 @@ func TestJoinKeepsCustomContent(t *testing.T) {
 	}
 	if code, resp := ts.do("POST", "/_matrix/client/v3/join/"+url.PathEscape(room.String()), bob.AccessToken, map[string]any{"reason": 5}); code != 400 {
 		t.Errorf("a non-string reason: %d %v, want 400", code, resp)
+	}
+}
+
+// TestTxnScopedToRequestPath: a transaction ID is scoped to the device and
+// the request path: a retry in the same room answers the first event even
+// with new content, while the same ID in another room, for another event
+// type or redacting another event is a new event. The sender's copy
+// echoes the ID as the client sent it.
+func TestTxnScopedToRequestPath(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	room1 := createRoom(t, alice, &mautrix.ReqCreateRoom{})
+	room2 := createRoom(t, alice, &mautrix.ReqCreateRoom{})
+	send := func(room id.RoomID, path string, body map[string]any) string {
+		t.Helper()
+		code, resp := ts.do("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+path, alice.AccessToken, body)
+		id, _ := resp["event_id"].(string)
+		if code != 200 || id == "" {
+			t.Fatalf("PUT %s: %d %v", path, code, resp)
+		}
+		return id
+	}
+	msg := func(b string) map[string]any { return map[string]any{"msgtype": "m.text", "body": b} }
+	first := send(room1, "/send/m.room.message/abc", msg("first"))
+	if again := send(room1, "/send/m.room.message/abc", msg("second")); again != first {
+		t.Errorf("a retry in the same room answered %s, want %s", again, first)
+	}
+	other := send(room2, "/send/m.room.message/abc", msg("first"))
+	otherType := send(room1, "/send/org.example.note/abc", msg("note"))
+	if other == first || otherType == first || other == otherType {
+		t.Errorf("the same txn ID in another room (%s) or for another type (%s) reused %s", other, otherType, first)
+	}
+	r1 := send(room1, "/redact/"+url.PathEscape(first)+"/abc", map[string]any{})
+	r2 := send(room1, "/redact/"+url.PathEscape(otherType)+"/abc", map[string]any{})
+	if r1 == r2 || r1 == first || send(room1, "/redact/"+url.PathEscape(first)+"/abc", map[string]any{}) != r1 {
+		t.Errorf("redactions with one txn ID: %s and %s (retry must answer the first)", r1, r2)
+	}
+	code, ev := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room1.String())+"/event/"+url.PathEscape(r1), alice.AccessToken, nil)
+	unsigned, _ := ev["unsigned"].(map[string]any)
+	if code != 200 || unsigned["transaction_id"] != "abc" {
+		t.Errorf("the redaction's unsigned: %d %v, want transaction_id abc", code, unsigned)
 	}
 }

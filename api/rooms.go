@@ -907,7 +907,7 @@ func (s *Server) redactEvent(w http.ResponseWriter, r *http.Request, sess *sessi
 	if req.Reason != "" {
 		content["reason"] = req.Reason
 	}
-	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: "redact:" + r.PathValue("txnId")}
+	txn := &facts.TxnRef{UserID: sess.UserID, DeviceID: sess.DeviceID, TxnID: r.PathValue("txnId")}
 	id, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomRedaction, Sender: sess.UserID, Content: mustJSON(content), Redacts: targetID, RoomID: roomID}, txn)
 	if err != nil {
 		return err

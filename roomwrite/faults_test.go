@@ -100,7 +100,7 @@ func TestSendFailsOnEveryReadError(t *testing.T) {
 	}{
 		{name: "changed-at label", key: projections.Key(keyChanged, room)},
 		{name: "room record", key: projections.Key(keyRoom, room)},
-		{name: "transaction ID", key: projections.Key(keyTxn, bob, "DEV", "t1")},
+		{name: "transaction ID", key: projections.Key(keyTxn, bob, "DEV", room, "send", "m.room.message", "t1")},
 		{name: "forward extremity record", key: projections.Key(keyEvent, extID)},
 		{name: "power levels state", key: projections.Key(keyState, room, stateres.MRoomPowerLevels, "")},
 		{name: "power levels record", key: projections.Key(keyEvent, plID)},

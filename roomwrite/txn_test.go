@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/engram-hs/engram/log/facts"
+	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
 )
 
@@ -35,7 +36,7 @@ func TestTransactionMapsToTheFirstEvent(t *testing.T) {
 	}
 	first := appendWithTxn("first")
 	appendWithTxn("second")
-	got, err := r.w.View().TxnEvent(txn.UserID, txn.DeviceID, txn.TxnID)
+	got, err := r.w.View().TxnEvent(txn.UserID, txn.DeviceID, rooms.TxnScopeOf(room, "m.room.message", ""), txn.TxnID)
 	if err != nil || got != first {
 		t.Fatalf("the transaction maps to %q (%v), want the first event %s", got, err, first)
 	}

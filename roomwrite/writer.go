@@ -194,7 +194,7 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 	unlock := w.locks.Lock(proto.RoomID)
 	defer unlock()
 	if txn != nil {
-		id, err := w.View().TxnEvent(txn.UserID, txn.DeviceID, txn.TxnID)
+		id, err := w.View().TxnEvent(txn.UserID, txn.DeviceID, rooms.TxnScopeOf(proto.RoomID, proto.Type, proto.Redacts), txn.TxnID)
 		if err != nil {
 			return "", fmt.Errorf("rooms projection: transaction %s of %s/%s: %w", txn.TxnID, txn.UserID, txn.DeviceID, err)
 		}
@@ -221,7 +221,7 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 	if txn != nil {
 		// The fold decides which event a transaction ID names (the first
 		// in log order): answer from its verdict.
-		id, err := w.View().TxnEvent(txn.UserID, txn.DeviceID, txn.TxnID)
+		id, err := w.View().TxnEvent(txn.UserID, txn.DeviceID, rooms.TxnScopeOf(proto.RoomID, proto.Type, proto.Redacts), txn.TxnID)
 		if err != nil {
 			return "", fmt.Errorf("rooms projection: transaction %s of %s/%s: %w", txn.TxnID, txn.UserID, txn.DeviceID, err)
 		}

@@ -781,9 +781,7 @@ func (g *gen) redact(r *room) error {
 			continue
 		}
 		r.recent = append(r.recent[:i], r.recent[i+1:]...)
-		txn := g.txn(m.sender)
-		txn.TxnID = "redact:" + txn.TxnID
-		_, err := g.build(r, stateres.ProtoEvent{Type: stateres.MRoomRedaction, Sender: g.users[m.sender].id, Redacts: m.id, Content: json.RawMessage("{}")}, txn)
+		_, err := g.build(r, stateres.ProtoEvent{Type: stateres.MRoomRedaction, Sender: g.users[m.sender].id, Redacts: m.id, Content: json.RawMessage("{}")}, g.txn(m.sender))
 		return err
 	}
 	return g.message(r)

@@ -29,7 +29,7 @@ const (
 	pState      = 's' // s room 0 type 0 stateKey -> eventID
 	pRoom       = 'R' // R room -> Room
 	pMember     = 'm' // m user 0 room -> Membership
-	pTxn        = 'x' // x user 0 device 0 txn -> eventID
+	pTxn        = 'x' // x user 0 device 0 room 0 send|redact 0 type|target 0 txn -> eventID
 	pForgotten  = 'F' // F user 0 room -> ""
 	pAlias      = 'a' // a alias -> AliasRecord
 	pRoomAlias  = 'A' // A room 0 alias -> ""
@@ -147,7 +147,11 @@ func (*Projection) Name() string { return "rooms" }
 //
 // Version 11: the notification counters (n, N, g, G, l, T records) are
 // gone; unread counts come from the notifications projection.
-func (*Projection) Version() int { return 11 }
+//
+// Version 12: a transaction ID is scoped to the request path as well as
+// the device (the room and event type it was sent to, or the event it
+// redacts), as the spec asks: the same ID in another room is a new event.
+func (*Projection) Version() int { return 12 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -342,7 +346,7 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			// folded. Enforced here, in log order; roomwrite.Writer.Send
 			// checks it before building (a fast path under the room lock)
 			// and answers a retry from this mapping.
-			k := projections.Key(pTxn, f.Txn.UserID, f.Txn.DeviceID, f.Txn.TxnID)
+			k := txnKey(f.Txn.UserID, f.Txn.DeviceID, TxnScopeOf(ev.RoomID(), ev.Type(), ev.Redacts()), f.Txn.TxnID)
 			if _, taken, err := w.Get(k); err != nil {
 				return err
 			} else if !taken {

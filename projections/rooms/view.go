@@ -279,9 +279,27 @@ func (v View) Forgotten(userID, roomID string) (bool, error) {
 	return ok, err
 }
 
-// TxnEvent returns the event a client transaction created, or "".
-func (v View) TxnEvent(userID, deviceID, txnID string) (string, error) {
-	b, ok, err := v.r.Get(projections.Key(pTxn, userID, deviceID, txnID))
+// TxnScope is where a client transaction ID applies besides its device:
+// the request path it was sent on, which names the room and the event
+// type (PUT /send) or the redacted event (PUT /redact).
+type TxnScope struct{ room, verb, object string }
+
+// TxnScopeOf is the scope of an event sent into roomID: a redaction's is
+// its target, any other event's its type.
+func TxnScopeOf(roomID, typ, redacts string) TxnScope {
+	if typ == stateres.MRoomRedaction {
+		return TxnScope{roomID, "redact", redacts}
+	}
+	return TxnScope{roomID, "send", typ}
+}
+
+func txnKey(userID, deviceID string, sc TxnScope, txnID string) []byte {
+	return projections.Key(pTxn, userID, deviceID, sc.room, sc.verb, sc.object, txnID)
+}
+
+// TxnEvent returns the event a client transaction created in scope, or "".
+func (v View) TxnEvent(userID, deviceID string, scope TxnScope, txnID string) (string, error) {
+	b, ok, err := v.r.Get(txnKey(userID, deviceID, scope, txnID))
 	if err != nil || !ok {
 		return "", err
 	}
