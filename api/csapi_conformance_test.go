@@ -246,3 +246,62 @@ func TestTxnScopedToRequestPath(t *testing.T) {
 		t.Errorf("the redaction's unsigned: %d %v, want transaction_id abc", code, unsigned)
 	}
 }
+
+// TestSettingStateTwiceIsIdempotent: setting a state event to what its
+// sender already set it to answers the same event; new content is a new
+// event, and so is setting it back.
+func TestSettingStateTwiceIsIdempotent(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{})
+	put := func(content map[string]any) string {
+		t.Helper()
+		code, resp := ts.do("PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/state/org.example.state/", alice.AccessToken, content)
+		if code != 200 {
+			t.Fatalf("PUT state: %d %v", code, resp)
+		}
+		return resp["event_id"].(string)
+	}
+	first := put(map[string]any{"a": 1, "b": "x"})
+	if again := put(map[string]any{"b": "x", "a": 1}); again != first {
+		t.Errorf("the same state again answered %s, want %s", again, first)
+	}
+	second := put(map[string]any{"a": 2})
+	third := put(map[string]any{"a": 1, "b": "x"})
+	if second == first || third == first || third == second {
+		t.Errorf("changed state reused an event: %s %s %s", first, second, third)
+	}
+}
+
+// TestDeletingAliasUpdatesCanonicalAlias: deleting an alias takes it out
+// of the room's m.room.canonical_alias, as alias and in alt_aliases.
+func TestDeletingAliasUpdatesCanonicalAlias(t *testing.T) {
+	ts := startServer(t)
+	alice := ts.register("alice")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{})
+	one, two := "#one:"+serverName, "#two:"+serverName
+	for _, a := range []string{one, two} {
+		if code, body := ts.do("PUT", "/_matrix/client/v3/directory/room/"+url.PathEscape(a), alice.AccessToken, map[string]any{"room_id": room.String()}); code != 200 {
+			t.Fatalf("alias %s: %d %v", a, code, body)
+		}
+	}
+	state := "/_matrix/client/v3/rooms/" + url.PathEscape(room.String()) + "/state/m.room.canonical_alias/"
+	if code, body := ts.do("PUT", state, alice.AccessToken, map[string]any{"alias": one, "alt_aliases": []string{one, two}}); code != 200 {
+		t.Fatalf("canonical alias: %d %v", code, body)
+	}
+	del := func(a string) {
+		t.Helper()
+		if code, body := ts.do("DELETE", "/_matrix/client/v3/directory/room/"+url.PathEscape(a), alice.AccessToken, nil); code != 200 {
+			t.Fatalf("delete %s: %d %v", a, code, body)
+		}
+	}
+	del(one)
+	code, c := ts.do("GET", state, alice.AccessToken, nil)
+	if alt, _ := c["alt_aliases"].([]any); code != 200 || c["alias"] != nil || len(alt) != 1 || alt[0] != two {
+		t.Errorf("after deleting %s: %d %v, want only alt_aliases [%s]", one, code, c, two)
+	}
+	del(two)
+	if code, c = ts.do("GET", state, alice.AccessToken, nil); code != 200 || len(c) != 0 {
+		t.Errorf("after deleting both: %d %v, want {}", code, c)
+	}
+}

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 func (s *Server) roomRoutes() {
@@ -830,6 +832,14 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 			return err
 		}
 	}
+	if typ != stateres.MRoomMember {
+		if id, err := s.sameState(roomID, typ, r.PathValue("stateKey"), sess.UserID, content); err != nil || id != "" {
+			if err == nil {
+				writeJSON(w, http.StatusOK, map[string]string{"event_id": id})
+			}
+			return err
+		}
+	}
 	ts, err := appserviceTS(r, sess)
 	if err != nil {
 		return err
@@ -840,6 +850,31 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"event_id": id})
 	return nil
+}
+
+// sameState returns the current state event (typ, stateKey) when sender
+// sent it with this very content, else "": setting state again to what it
+// is answers the event that set it and sends nothing (as Synapse does;
+// clients retry state changes). Membership events are always sent, since
+// a repeated join or leave means something.
+func (s *Server) sameState(roomID, typ, stateKey, sender string, content json.RawMessage) (string, error) {
+	cur, err := s.roomsView().StateEvent(roomID, typ, stateKey)
+	if err != nil || cur == nil {
+		return "", err
+	}
+	h := headOf(cur)
+	if h.Sender != sender || cur.RedactedBy != "" {
+		return "", nil
+	}
+	a, err := canonicaljson.Canonicalize(h.Content, false)
+	if err != nil {
+		return "", nil
+	}
+	b, err := canonicaljson.Canonicalize(content, false)
+	if err != nil || !bytes.Equal(a, b) {
+		return "", nil
+	}
+	return cur.EventID, nil
 }
 
 func (s *Server) send(w http.ResponseWriter, r *http.Request, sess *session) error {
@@ -1067,8 +1102,47 @@ func (s *Server) deleteAlias(w http.ResponseWriter, r *http.Request, sess *sessi
 	if _, err := s.commit(r.Context(), []*projections.Handle{s.roomsH}, facts.MustEncode(englog.KindAliasRemoved, facts.AliasRemoved{Alias: alias})); err != nil {
 		return err
 	}
+	s.dropCanonicalAlias(r.Context(), a.RoomID, alias, sess.UserID)
 	writeJSON(w, http.StatusOK, struct{}{})
 	return nil
+}
+
+// dropCanonicalAlias takes a deleted alias out of the room's
+// m.room.canonical_alias (alias and alt_aliases), sent by the user who
+// deleted it. The alias is gone whatever happens here (spec: servers that
+// update the event delete the alias even when the user may not update
+// it), so a refusal is logged, not answered.
+func (s *Server) dropCanonicalAlias(ctx context.Context, roomID, alias, userID string) {
+	cur, err := s.roomsView().StateEvent(roomID, "m.room.canonical_alias", "")
+	if err != nil || cur == nil {
+		return
+	}
+	var c map[string]json.RawMessage
+	if json.Unmarshal(headOf(cur).Content, &c) != nil {
+		return
+	}
+	changed := false
+	var main string
+	if json.Unmarshal(c["alias"], &main) == nil && main == alias {
+		delete(c, "alias")
+		changed = true
+	}
+	var alt []string
+	if json.Unmarshal(c["alt_aliases"], &alt) == nil && slices.Contains(alt, alias) {
+		alt = slices.DeleteFunc(alt, func(a string) bool { return a == alias })
+		if len(alt) == 0 {
+			delete(c, "alt_aliases")
+		} else {
+			c["alt_aliases"] = mustJSON(alt)
+		}
+		changed = true
+	}
+	if !changed {
+		return
+	}
+	if _, err := s.roomWrite.Send(ctx, stateres.ProtoEvent{Type: "m.room.canonical_alias", StateKey: strptr(""), Sender: userID, Content: mustJSON(c), RoomID: roomID}, nil); err != nil {
+		s.logger.Info().Err(err).Str("room", roomID).Str("alias", alias).Str("user", userID).Msg("deleted alias stays in m.room.canonical_alias: the user may not change it")
+	}
 }
 
 func (s *Server) roomAliases(w http.ResponseWriter, r *http.Request, sess *session) error {
