@@ -270,13 +270,14 @@ func restoreCmd(args []string) int {
 	total := m.LastOffset()
 	bar := newProgressBar(os.Stderr)
 	entries := make(chan englog.Entry, 4096)
-	rep := restoreReport{rooms: map[string]bool{}, users: map[string]bool{}, kinds: map[string]int{}}
+	rep := restoreReport{rooms: map[string]bool{}, users: map[string]bool{}, kinds: map[string]int{}, logouts: newLogouts()}
 	readErr := make(chan error, 1)
 	go func() {
 		defer close(entries)
 		for _, s := range m.Segments {
 			err := englog.ReadBackupSegment(*from, s, func(e englog.Entry) bool {
 				if keep(e) && rep.dropped == 0 {
+					rep.logouts.kept(e)
 					entries <- e
 				} else {
 					rep.drop(e)
@@ -293,7 +294,7 @@ func restoreCmd(args []string) int {
 	}()
 	var lastKept englog.Entry
 	var cut uint64
-	restoredAppended, discardAppended := false, false
+	tailStarted, restoredAppended, discardAppended := false, false, false
 	last, err := englog.ImportLog(filepath.Join(newDir, "db"), func() (englog.Entry, bool, error) {
 		e, ok := <-entries
 		if ok {
@@ -301,21 +302,38 @@ func restoreCmd(args []string) int {
 			return e, true, nil
 		}
 		// The reader is done (the channel is closed after its last
-		// report). Claims in the dropped suffix handed one-time keys to
+		// report). First: a logout, a removed device, a deactivation or a
+		// password change that logged devices out after the cut must not
+		// bring their tokens back; revoke those the kept log still holds.
+		// (Revocations change nothing other users see, so they sit among
+		// the entries read as the cut's position.)
+		if !tailStarted {
+			tailStarted = true
+			cut = lastKept.Offset
+			rep.revoking = rep.logouts.revocations()
+			rep.revoked = len(rep.revoking)
+		}
+		if len(rep.revoking) > 0 {
+			payload, err := json.Marshal(rep.revoking[0])
+			if err != nil {
+				return englog.Entry{}, false, err
+			}
+			rep.revoking = rep.revoking[1:]
+			lastKept = englog.Entry{Offset: lastKept.Offset + 1, Kind: englog.KindAccessTokenRevoked, Time: lastKept.Time, Payload: payload}
+			return lastKept, true, nil
+		}
+		// Claims in the dropped suffix handed one-time keys to
 		// clients, and which ones the restored log cannot tell: discard
 		// every key unclaimed at the cut, so none is handed out twice
 		// (facts.OneTimeKeysDiscarded; devices upload fresh ones).
-		if !discardAppended && !restoredAppended {
-			cut = lastKept.Offset
-		}
 		if rep.claimsDropped > 0 && !discardAppended {
 			discardAppended = true
 			payload, err := json.Marshal(facts.OneTimeKeysDiscarded{UpTo: cut, Reason: "point-in-time restore: one-time keys were claimed after the cut"})
 			if err != nil {
 				return englog.Entry{}, false, err
 			}
-			rep.discardedAt = cut + 1
-			lastKept = englog.Entry{Offset: cut + 1, Kind: englog.KindOneTimeKeysDiscarded, Time: max(lastKept.Time, time.Now().UnixMilli()), Payload: payload}
+			rep.discardedAt = lastKept.Offset + 1
+			lastKept = englog.Entry{Offset: lastKept.Offset + 1, Kind: englog.KindOneTimeKeysDiscarded, Time: max(lastKept.Time, time.Now().UnixMilli()), Payload: payload}
 			return lastKept, true, nil
 		}
 		// Last: the original server may have gone on past the cut (past
@@ -407,6 +425,76 @@ type restoreReport struct {
 	rooms, users  map[string]bool
 	kinds         map[string]int
 	firstDropped  int64
+	logouts       *logouts
+	revoking      []facts.AccessTokenRevoked // still to append
+	revoked       int
+}
+
+// logouts gathers, for a restore, the access tokens the kept log issued
+// and what the dropped suffix did to them.
+type logouts struct {
+	issued  []facts.AccessTokenIssued // in log order
+	tokens  map[string]bool           // token hashes revoked after the cut
+	devices map[[2]string]bool        // user, device removed after the cut
+	users   map[string]bool           // users deactivated after the cut
+	except  map[string]string         // user -> the device a password change kept logged in
+}
+
+func newLogouts() *logouts {
+	return &logouts{tokens: map[string]bool{}, devices: map[[2]string]bool{}, users: map[string]bool{}, except: map[string]string{}}
+}
+
+func (l *logouts) kept(e englog.Entry) {
+	if e.Kind != englog.KindAccessTokenIssued {
+		return
+	}
+	var f facts.AccessTokenIssued
+	if facts.Decode(e, &f) == nil {
+		l.issued = append(l.issued, f)
+	}
+}
+
+func (l *logouts) dropped(e englog.Entry) {
+	switch e.Kind {
+	case englog.KindAccessTokenRevoked:
+		var f facts.AccessTokenRevoked
+		if facts.Decode(e, &f) == nil {
+			l.tokens[f.TokenSHA256] = true
+		}
+	case englog.KindDeviceRemoved:
+		var f facts.DeviceRemoved
+		if facts.Decode(e, &f) == nil {
+			for _, d := range f.DeviceIDs {
+				l.devices[[2]string{f.UserID, d}] = true
+			}
+		}
+	case englog.KindAccountDeactivated:
+		var f facts.AccountDeactivated
+		if facts.Decode(e, &f) == nil {
+			l.users[f.UserID] = true
+		}
+	case englog.KindPasswordChanged:
+		var f facts.PasswordChanged
+		if facts.Decode(e, &f) == nil && f.LogoutDevices {
+			if keep, seen := l.except[f.UserID]; seen && keep != f.KeepDeviceID {
+				l.users[f.UserID] = true // two changes keeping different devices: none stays
+			}
+			l.except[f.UserID] = f.KeepDeviceID
+		}
+	}
+}
+
+// revocations are the kept tokens the dropped suffix logged out, in the
+// order they were issued.
+func (l *logouts) revocations() []facts.AccessTokenRevoked {
+	var out []facts.AccessTokenRevoked
+	for _, t := range l.issued {
+		keep, changed := l.except[t.UserID]
+		if l.tokens[t.TokenSHA256] || l.devices[[2]string{t.UserID, t.DeviceID}] || l.users[t.UserID] || (changed && t.DeviceID != keep) {
+			out = append(out, facts.AccessTokenRevoked{UserID: t.UserID, TokenSHA256: t.TokenSHA256})
+		}
+	}
+	return out
 }
 
 func (r *restoreReport) drop(e englog.Entry) {
@@ -415,6 +503,7 @@ func (r *restoreReport) drop(e englog.Entry) {
 	}
 	r.dropped++
 	r.kinds[e.Kind.String()]++
+	r.logouts.dropped(e)
 	if e.Kind == englog.KindKeysClaimed {
 		r.claimsDropped++
 	}
@@ -435,6 +524,9 @@ func (r *restoreReport) print(w io.Writer, last, total uint64, took time.Duratio
 	kept := r.cut // the facts the restore appended follow the cut
 	fmt.Fprintf(w, "restored log offsets 1..%d into %s in %s (projections rebuilt)\n", kept, dir, took.Round(time.Millisecond))
 	fmt.Fprintf(w, "kept %d entries, dropped %d (offsets %d..%d)\n", kept, r.dropped, kept+1, total)
+	if r.revoked > 0 {
+		fmt.Fprintf(w, "%d access tokens were logged out after the cut (logouts, removed devices, deactivations, password changes): they stay revoked\n", r.revoked)
+	}
 	if r.discardedAt != 0 {
 		fmt.Fprintf(w, "%d one-time key claims were after the cut: every one-time key unclaimed at the cut is discarded (entry %d), so none is handed out twice; devices upload new ones\n", r.claimsDropped, r.discardedAt)
 	}

@@ -176,7 +176,8 @@ func readManifestLast(dir string) (uint64, error) {
 // TestRestoreToATimeResetsLaterClients: back up, keep writing, restore to
 // a time in the middle. The restored server answers the two users byte
 // for byte as the original did at that time; a login after it is unknown
-// (401 M_UNKNOWN_TOKEN) while one from before works; a /sync token handed
+// (401 M_UNKNOWN_TOKEN) while one from before works, and one from before
+// that logged out after it stays logged out; a /sync token handed
 // out after it is refused with M_UNKNOWN_POS, also once the restored log
 // has grown past the position it names, while tokens from before the cut
 // and from the restored server work; and the one-time key claimed after
@@ -193,7 +194,8 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 	}
 	alice := newRebuildClient(t, listen, "alice")
 	bob := newRebuildClient(t, listen, "bob")
-	carol := newRebuildClient(t, listen, "carol") // her keys stay out of alice's and bob's answers
+	carol := newRebuildClient(t, listen, "carol") // her keys and devices stay out of alice's and bob's answers
+	carolsLaptop := newRebuildClient(t, listen, "carol")
 	var who struct {
 		DeviceID string `json:"device_id"`
 	}
@@ -227,6 +229,7 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 		t.Fatal("bob claimed no key before the restore")
 	}
 	lateLogin := newRebuildClient(t, listen, "alice")
+	carolsLaptop.ok("POST", "/logout", map[string]any{}, nil)
 	room := traffic.rooms[alice.user][0]
 	for i := 0; i < 5; i++ {
 		alice.send(room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "after the cut " + strconv.Itoa(i)})
@@ -240,7 +243,7 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 
 	restored := filepath.Join(dir, "restored")
 	out, errOut, code := runTool(t, dir, nil, "restore", "--config", cfg, "--from", backupDir, "--to-time", cut.Format(time.RFC3339Nano), "--data-dir", restored)
-	if code != 0 || !strings.Contains(out, "M_UNKNOWN_POS") || !strings.Contains(out, "one-time key claims were after the cut") {
+	if code != 0 || !strings.Contains(out, "M_UNKNOWN_POS") || !strings.Contains(out, "one-time key claims were after the cut") || !strings.Contains(out, "1 access tokens were logged out after the cut") {
 		t.Fatalf("restore: code %d\n%s\n%s", code, out, errOut)
 	}
 	t.Logf("restore said:\n%s", out)
@@ -269,6 +272,9 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 	}
 	if st, body := alice.raw("GET", "/account/whoami", nil); st != 200 {
 		t.Errorf("an access token issued before the cut: %d %s", st, body)
+	}
+	if st, body := carolsLaptop.raw("GET", "/account/whoami", nil); st != 401 || errcode(body) != "M_UNKNOWN_TOKEN" {
+		t.Errorf("an access token issued before the cut and logged out after it: %d %s, want 401 M_UNKNOWN_TOKEN", st, body)
 	}
 
 	late, err := strconv.ParseUint(strings.TrimPrefix(lateSince, "s"), 10, 64)
