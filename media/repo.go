@@ -77,7 +77,11 @@ type Config struct {
 	// unauthenticated endpoints.
 	AuthenticatedMedia bool
 	ThumbnailSizes     []ThumbnailSize // thumbnail_sizes
-	UploadLimits       []UploadLimit   // media_upload_limits
+	// DynamicThumbnails (dynamic_thumbnails, default false): thumbnails
+	// are made at the requested size and method instead of the nearest
+	// of ThumbnailSizes (each new size is stored, as in Synapse).
+	DynamicThumbnails bool
+	UploadLimits      []UploadLimit // media_upload_limits
 	// Retention (media_retention): items older than this are deleted by
 	// a MediaDeleted fact the leader records; 0 keeps them forever.
 	LocalMediaLifetime  time.Duration // media_retention.local_media_lifetime

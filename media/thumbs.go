@@ -52,15 +52,19 @@ func (r *Repo) SelectSize(w, h int, method string) ThumbnailSize {
 	return *best
 }
 
-// Thumbnail returns the thumbnail of m for a requested box and method,
-// generating and storing it on first request. When the image is no bigger
-// than the thumbnail would be, it returns the original (the spec: never
-// upscale; serve the original content instead).
+// Thumbnail returns the thumbnail of m for a requested box and method: at
+// the nearest of thumbnail_sizes, or at the requested size itself with
+// dynamic_thumbnails. It is generated and stored on first request. When
+// the image is no bigger than the thumbnail would be, it returns the
+// original (the spec: never upscale; serve the original content instead).
 func (r *Repo) Thumbnail(ctx context.Context, m *mediaproj.Media, w, h int, method string) (*Served, error) {
 	if method != thumbnail.Crop && method != thumbnail.Scale {
 		method = thumbnail.Scale
 	}
-	size := r.SelectSize(w, h, method)
+	size := ThumbnailSize{Width: w, Height: h, Method: method}
+	if !r.cfg.DynamicThumbnails {
+		size = r.SelectSize(w, h, method)
+	}
 	if s, err := r.storedThumbnail(ctx, m, size); s != nil || err != nil {
 		return s, err
 	}

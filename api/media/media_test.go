@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/engram-hs/engram/api"
 	repomedia "github.com/engram-hs/engram/media"
@@ -254,4 +255,25 @@ func decodeDims(t *testing.T, b []byte) (int, int, string) {
 		t.Fatalf("thumbnail does not decode: %v", err)
 	}
 	return cfg.Width, cfg.Height, format
+}
+
+// media_upload_limits: what one user uploaded within the period counts
+// against the limit; other users have their own.
+func TestUploadLimits(t *testing.T) {
+	ts := startServer(t, func(c *api.Config) {
+		c.Media.Repo.UploadLimits = []repomedia.UploadLimit{{TimePeriod: time.Hour, MaxSize: 100}}
+	})
+	alice, bob := ts.register("alice").AccessToken, ts.register("bob").AccessToken
+	ts.upload(alice, bytes.Repeat([]byte("a"), 60), "text/plain", "")
+	r := ts.do("POST", "/_matrix/media/v3/upload", alice, bytes.NewReader(bytes.Repeat([]byte("b"), 60)), "Content-Type", "text/plain")
+	if r.Status != 403 || r.errcode() != "M_FORBIDDEN" {
+		t.Errorf("an upload over alice's limit: %d %s", r.Status, r.Body)
+	}
+	// Streamed (no length declared), the limit is found while reading.
+	r = ts.do("POST", "/_matrix/media/v3/upload", alice, io_NoLen(bytes.Repeat([]byte("c"), 60)), "Content-Type", "text/plain")
+	if r.Status != 403 || r.errcode() != "M_FORBIDDEN" {
+		t.Errorf("a streamed upload over alice's limit: %d %s", r.Status, r.Body)
+	}
+	ts.upload(alice, bytes.Repeat([]byte("d"), 40), "text/plain", "") // exactly the rest
+	ts.upload(bob, bytes.Repeat([]byte("e"), 100), "text/plain", "")
 }

@@ -16,7 +16,9 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/engram-hs/engram/api"
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/media"
 	"github.com/engram-hs/engram/projections"
 	mediaproj "github.com/engram-hs/engram/projections/media"
 )
@@ -114,6 +116,68 @@ func testThumbnails(t *testing.T, be option) {
 	_ = eng.Close()
 	if !bytes.Equal(before, after) {
 		t.Error("the rebuilt media projection differs")
+	}
+}
+
+// thumbnail_sizes replaces the default sizes; with dynamic_thumbnails the
+// requested size itself is made (and stored), never bigger than the image.
+func TestThumbnailSizesConfig(t *testing.T) { eachBackend(t, testThumbnailSizesConfig) }
+
+func testThumbnailSizesConfig(t *testing.T, be option) {
+	for _, c := range []struct {
+		name    string
+		sizes   []media.ThumbnailSize
+		dynamic bool
+		cases   []struct {
+			q            string
+			wantW, wantH int
+		}
+	}{
+		{name: "configured sizes", sizes: []media.ThumbnailSize{{Width: 50, Height: 50, Method: "crop"}, {Width: 200, Height: 200, Method: "scale"}},
+			cases: []struct {
+				q            string
+				wantW, wantH int
+			}{
+				{"width=32&height=32&method=crop", 50, 50},    // the one crop size, not the default 32x32
+				{"width=96&height=96&method=crop", 50, 50},    // the largest crop size
+				{"width=32&height=32&method=scale", 200, 100}, // 200x200 box, aspect kept
+			}},
+		{name: "dynamic", dynamic: true,
+			cases: []struct {
+				q            string
+				wantW, wantH int
+			}{
+				{"width=45&height=30&method=crop", 45, 30},
+				{"width=100&height=100&method=scale", 100, 50},
+				{"width=33&height=77&method=crop", 33, 77},
+				{"width=5000&height=5000&method=crop", 1000, 500}, // never bigger than the image
+			}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ts := startServer(t, be, func(cfg *api.Config) {
+				cfg.Media.Repo.ThumbnailSizes = c.sizes
+				cfg.Media.Repo.DynamicThumbnails = c.dynamic
+			})
+			tok := ts.register("alice").AccessToken
+			id := ts.upload(tok, testPNG(t, 1000, 500), "image/png", "wide.png")
+			for _, tc := range c.cases {
+				r := ts.do("GET", "/_matrix/client/v1/media/thumbnail/"+serverName+"/"+id+"?"+tc.q, tok, nil)
+				if r.Status != 200 {
+					t.Fatalf("%s: %d %s", tc.q, r.Status, r.Body)
+				}
+				if w, h, _ := decodeDims(t, r.Body); w != tc.wantW || h != tc.wantH {
+					t.Errorf("%s: %dx%d, want %dx%d", tc.q, w, h, tc.wantW, tc.wantH)
+				}
+			}
+			if !c.dynamic {
+				return
+			}
+			// Stored: the projection holds the dynamic size.
+			th, err := mediaproj.NewView(ts.api.MediaRepo().Handle().Reader()).Thumbnail(serverName, id, "crop", 45, 30)
+			if err != nil || th == nil {
+				t.Errorf("the 45x30 crop is not in the media index: %v %v", th, err)
+			}
+		})
 	}
 }
 

@@ -784,6 +784,18 @@ max_upload_size: "50M"
 # (/_matrix/client/v1/media); false also serves them without a token.
 # enable_authenticated_media: true
 # max_image_pixels: "32M"
+# Thumbnails are made at the nearest of these sizes (Synapse's defaults),
+# or at the requested size when dynamic_thumbnails is true.
+# thumbnail_sizes:
+#   - {width: 32, height: 32, method: crop}
+#   - {width: 96, height: 96, method: crop}
+#   - {width: 320, height: 240, method: scale}
+#   - {width: 640, height: 480, method: scale}
+#   - {width: 800, height: 600, method: scale}
+# dynamic_thumbnails: false
+# What one user may upload in any period (none by default):
+# media_upload_limits:
+#   - {time_period: "1h", max_size: "100M"}
 # URL previews fetch pages for clients; when enabled, the blacklist is required.
 url_preview_enabled: false
 # url_preview_ip_range_blacklist: ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "::1/128", "fe80::/10", "fc00::/7"]

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,7 +25,10 @@ type mediaSettings struct {
 	Peers               []string
 	PeerSecret          string
 	// StorageProvider is media_storage_providers' one entry (nil: none).
-	StorageProvider *media.ObjectStore
+	StorageProvider   *media.ObjectStore
+	ThumbnailSizes    []media.ThumbnailSize // nil: Synapse's default list
+	DynamicThumbnails bool
+	UploadLimits      []media.UploadLimit
 }
 
 func init() {
@@ -66,6 +68,107 @@ var mediaOptions = []option{
 	{"cluster.media_peers", `a list of the other nodes' client API base URLs ("http://10.0.0.2:8008")`, list(func(c *Config) *[]string { return &c.Media.Peers })},
 	{"cluster.media_secret", "a shared secret the nodes of a cluster use to fetch media blobs from each other", str(func(c *Config) *string { return &c.Media.PeerSecret })},
 	{"media_storage_providers", storageProviderForm, parseStorageProviders},
+	{"thumbnail_sizes", `a list of {width: 32, height: 32, method: crop or scale}`, parseThumbnailSizes},
+	{"dynamic_thumbnails", "true or false", boolean(func(c *Config) *bool { return &c.Media.DynamicThumbnails })},
+	{"media_upload_limits", `a list of {time_period: "1h", max_size: "100M"}`, parseUploadLimits},
+}
+
+// mappingItems are the entries of a list of mappings: from YAML each
+// entry as JSON, from the environment or a flag one JSON list.
+func mappingItems(v value) ([]string, error) {
+	if v.isList {
+		return v.list, nil
+	}
+	if strings.TrimSpace(v.scalar) == "" {
+		return nil, nil
+	}
+	var raw []json.RawMessage
+	if err := json.Unmarshal([]byte(v.scalar), &raw); err != nil {
+		return nil, errForm
+	}
+	items := make([]string, len(raw))
+	for i, r := range raw {
+		items[i] = string(r)
+	}
+	return items, nil
+}
+
+// strictDecode reads one JSON entry, refusing unknown fields.
+func strictDecode(item string, out any) error {
+	dec := json.NewDecoder(strings.NewReader(item))
+	dec.DisallowUnknownFields()
+	return dec.Decode(out)
+}
+
+// parseThumbnailSizes reads Synapse's thumbnail_sizes (method defaults
+// to scale, as in Synapse). An empty list keeps the default sizes.
+func parseThumbnailSizes(c *Config, v value) error {
+	items, err := mappingItems(v)
+	if err != nil {
+		return err
+	}
+	c.Media.ThumbnailSizes = nil
+	for _, it := range items {
+		var s struct {
+			Width  int    `json:"width"`
+			Height int    `json:"height"`
+			Method string `json:"method"`
+		}
+		if err := strictDecode(it, &s); err != nil || s.Width <= 0 || s.Height <= 0 || s.Width > 10000 || s.Height > 10000 {
+			return errForm
+		}
+		switch s.Method {
+		case "":
+			s.Method = "scale"
+		case "crop", "scale":
+		default:
+			return errForm
+		}
+		c.Media.ThumbnailSizes = append(c.Media.ThumbnailSizes, media.ThumbnailSize{Width: s.Width, Height: s.Height, Method: s.Method})
+	}
+	return nil
+}
+
+// parseUploadLimits reads Synapse's media_upload_limits: each entry
+// bounds what one user may upload in any time_period.
+func parseUploadLimits(c *Config, v value) error {
+	items, err := mappingItems(v)
+	if err != nil {
+		return err
+	}
+	c.Media.UploadLimits = nil
+	for _, it := range items {
+		var l struct {
+			TimePeriod json.RawMessage `json:"time_period"`
+			MaxSize    json.RawMessage `json:"max_size"`
+		}
+		if err := strictDecode(it, &l); err != nil {
+			return errForm
+		}
+		period, err := parseDuration(jsonScalar(l.TimePeriod))
+		if err != nil || period <= 0 {
+			return errForm
+		}
+		size, err := parseSize(jsonScalar(l.MaxSize))
+		if err != nil || size <= 0 {
+			return errForm
+		}
+		c.Media.UploadLimits = append(c.Media.UploadLimits, media.UploadLimit{TimePeriod: period, MaxSize: size})
+	}
+	return nil
+}
+
+// jsonScalar is a JSON string's text or a number's digits ("" otherwise).
+func jsonScalar(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil {
+		return n.String()
+	}
+	return ""
 }
 
 const storageProviderForm = `a list of one {module: s3_storage_provider.S3StorageProviderBackend, store_local: true, store_remote: true, store_synchronous: true, config: {bucket: ..., endpoint_url: ..., region_name: ..., access_key_id: ..., secret_access_key: ..., prefix: ...}}`
@@ -79,21 +182,9 @@ const s3ProviderModule = "s3_storage_provider.S3StorageProviderBackend"
 // cannot honour are refused rather than ignored (sse_customer_key
 // ignored would store media unencrypted).
 func parseStorageProviders(c *Config, v value) error {
-	items := v.list
-	if !v.isList {
-		// The environment and flags give a JSON list.
-		if strings.TrimSpace(v.scalar) == "" {
-			c.Media.StorageProvider = nil
-			return nil
-		}
-		var raw []json.RawMessage
-		if err := json.Unmarshal([]byte(v.scalar), &raw); err != nil {
-			return errors.New("expected a JSON list of one provider entry")
-		}
-		items = nil
-		for _, r := range raw {
-			items = append(items, string(r))
-		}
+	items, err := mappingItems(v)
+	if err != nil {
+		return errors.New("expected a JSON list of one provider entry")
 	}
 	c.Media.StorageProvider = nil
 	switch len(items) {
@@ -132,9 +223,7 @@ func parseStorageProviders(c *Config, v value) error {
 			ThreadpoolSize int `json:"threadpool_size"`
 		} `json:"config"`
 	}
-	dec := json.NewDecoder(bytes.NewReader([]byte(items[0])))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
+	if err := strictDecode(items[0], &p); err != nil {
 		if strings.Contains(err.Error(), "unknown field") {
 			return fmt.Errorf("%v: Engram's S3 provider takes module, store_local, store_remote, store_synchronous and config {bucket, region_name, endpoint_url, access_key_id, secret_access_key, session_token, prefix, storage_class, threadpool_size} (no server-side encryption keys)", strings.TrimPrefix(err.Error(), "json: "))
 		}
@@ -195,5 +284,8 @@ func (c Config) mediaConfig() apimedia.Config {
 	mc.Repo.Peers = m.Peers
 	mc.Repo.PeerSecret = m.PeerSecret
 	mc.Repo.ObjectStore = m.StorageProvider
+	mc.Repo.ThumbnailSizes = m.ThumbnailSizes
+	mc.Repo.DynamicThumbnails = m.DynamicThumbnails
+	mc.Repo.UploadLimits = m.UploadLimits
 	return mc
 }

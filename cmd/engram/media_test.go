@@ -11,10 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/engram-hs/engram/internal/tests3"
+	"github.com/engram-hs/engram/media"
 )
 
 // media_storage_providers in the shape Synapse's S3 provider documents
@@ -84,6 +87,72 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
 			t.Errorf("%s: error %v, want one naming the key and %q", c.yaml, err, c.want)
 		} else if strings.Contains(err.Error(), "very-secret") {
 			t.Errorf("%s: the error shows the secret: %v", c.yaml, err)
+		}
+	}
+}
+
+// thumbnail_sizes, dynamic_thumbnails and media_upload_limits in
+// Synapse's shapes, with Synapse's defaults when absent.
+func TestThumbnailAndUploadLimitConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "engram.yaml")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := loadConfig(path, noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo := c.mediaConfig().Repo
+	if repo.ThumbnailSizes != nil || repo.DynamicThumbnails || repo.UploadLimits != nil {
+		t.Fatalf("defaults: %+v %v %+v", repo.ThumbnailSizes, repo.DynamicThumbnails, repo.UploadLimits)
+	}
+	if err := os.WriteFile(path, []byte(`thumbnail_sizes:
+  - width: 64
+    height: 64
+    method: crop
+  - {width: 1024, height: 768}
+dynamic_thumbnails: True
+media_upload_limits:
+  - time_period: 1h
+    max_size: 100M
+  - {time_period: "1w", max_size: 524288000}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, _, err = loadConfig(path, noEnv, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo = c.mediaConfig().Repo
+	if want := []media.ThumbnailSize{{Width: 64, Height: 64, Method: "crop"}, {Width: 1024, Height: 768, Method: "scale"}}; !reflect.DeepEqual(repo.ThumbnailSizes, want) {
+		t.Errorf("thumbnail_sizes: %+v, want %+v", repo.ThumbnailSizes, want)
+	}
+	if !repo.DynamicThumbnails {
+		t.Error("dynamic_thumbnails: True not read")
+	}
+	if want := []media.UploadLimit{{TimePeriod: time.Hour, MaxSize: 100 << 20}, {TimePeriod: 7 * 24 * time.Hour, MaxSize: 524288000}}; !reflect.DeepEqual(repo.UploadLimits, want) {
+		t.Errorf("media_upload_limits: %+v, want %+v", repo.UploadLimits, want)
+	}
+	env := envOf(map[string]string{envName("thumbnail_sizes"): `[{"width": 10, "height": 20, "method": "crop"}]`})
+	if c, _, err := loadConfig(path, env, nil); err != nil || len(c.Media.ThumbnailSizes) != 1 || c.Media.ThumbnailSizes[0] != (media.ThumbnailSize{Width: 10, Height: 20, Method: "crop"}) {
+		t.Errorf("thumbnail_sizes from the environment: %+v %v", c.Media.ThumbnailSizes, err)
+	}
+	for _, bad := range []string{
+		"thumbnail_sizes:\n  - {width: 0, height: 32}\n",
+		"thumbnail_sizes:\n  - {width: 32, height: 32, method: zoom}\n",
+		"thumbnail_sizes:\n  - {width: 32, height: 32, methd: crop}\n",
+		"thumbnail_sizes: 32x32\n",
+		"dynamic_thumbnails: sometimes\n",
+		"media_upload_limits:\n  - {time_period: forever, max_size: 1M}\n",
+		"media_upload_limits:\n  - {time_period: 1h, max_size: lots}\n",
+		"media_upload_limits:\n  - {time_period: 1h}\n",
+	} {
+		if err := os.WriteFile(path, []byte(bad), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := loadConfig(path, noEnv, nil); err == nil {
+			t.Errorf("%q accepted", bad)
 		}
 	}
 }
