@@ -215,9 +215,20 @@ func TestServeMediaInS3Bucket(t *testing.T) {
 // uploadMedia uploads content and returns its mxc URI's server/mediaId.
 func uploadMedia(t *testing.T, listen, token string, content []byte) string {
 	t.Helper()
+	st, mxc := tryUpload(t, listen, token, "application/octet-stream", content)
+	if st != 200 {
+		t.Fatalf("upload: %d %s", st, mxc)
+	}
+	return mxc
+}
+
+// tryUpload uploads content: 200 and server/mediaId, or the status and
+// the answer.
+func tryUpload(t *testing.T, listen, token, contentType string, content []byte) (int, string) {
+	t.Helper()
 	req, _ := http.NewRequest("POST", "http://"+listen+"/_matrix/media/v3/upload?filename=f.bin", bytes.NewReader(content))
 	req.Header.Set("Authorization", "Bearer "+token)
-	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Content-Type", contentType)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -230,9 +241,9 @@ func uploadMedia(t *testing.T, listen, token string, content []byte) string {
 	_ = json.Unmarshal(body, &out)
 	uri, ok := strings.CutPrefix(out.ContentURI, "mxc://")
 	if resp.StatusCode != 200 || !ok {
-		t.Fatalf("upload: %d %s", resp.StatusCode, body)
+		return resp.StatusCode, string(body)
 	}
-	return uri
+	return 200, uri
 }
 
 // downloadMedia downloads server/mediaId through the authenticated API.
