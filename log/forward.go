@@ -402,14 +402,40 @@ func (f *Forwarding) awaitAnswer(resp *http.Response) error {
 	}
 	ctx, cancel := context.WithTimeout(resp.Request.Context(), applyWait)
 	defer cancel()
+	// A node cut off from the leader right after it answered would wait
+	// out applyWait for entries that cannot reach it: the write is done,
+	// so say so at once.
+	ctx, stopWatch := f.untilLeaderless(ctx)
+	defer stopWatch()
 	if err := f.wait(ctx, off); err != nil {
 		if resp.Request.Context().Err() != nil {
 			return err
 		}
 		f.log.Warn().Err(err).Uint64("offset", off).Uint64("applied", f.n.LastOffset()).
-			Msg("forwarding: answering before this node applied the leader's write (is it far behind? see its log)")
+			Msg("forwarding: answering before this node applied the leader's write (is it far behind or cut off from the leader? see its log)")
 	}
 	return nil
+}
+
+// untilLeaderless is ctx, cancelled once this node follows no leader.
+func (f *Forwarding) untilLeaderless(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		t := time.NewTicker(leaderPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if a, _ := f.n.raft.LeaderWithID(); a == "" {
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx, cancel
 }
 
 func (f *Forwarding) answerError(w http.ResponseWriter, r *http.Request, err error) {
