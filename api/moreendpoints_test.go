@@ -6,6 +6,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -162,6 +163,14 @@ func TestUserDirectorySearch(t *testing.T) {
 	// Everyone matches the server name; the limit truncates.
 	if _, body = search(serverName, 1); len(ids(body)) != 1 || body["limited"] != true {
 		t.Fatalf("limited: %v", body)
+	}
+	// A search by the part of the ID everyone shares finds the others,
+	// never the searcher.
+	if _, body = search("@", 0); slices.Contains(ids(body), alice.UserID.String()) || len(ids(body)) != 2 {
+		t.Fatalf("search by the sigil: %v, want bob and carol without alice herself", ids(body))
+	}
+	if _, body = search(bob.UserID.String(), 0); strings.Join(ids(body), ",") != string(bob.UserID) {
+		t.Fatalf("search by bob's ID: %v, want bob once", ids(body))
 	}
 	res, err := alice.SearchUserDirectory(ctx, "bob", 10)
 	if err != nil || len(res.Results) != 1 || res.Results[0].UserID != bob.UserID {

@@ -13,7 +13,8 @@ import (
 // User directory search (spec: users.yaml). As Synapse does by default,
 // the searchable users are those who share a joined room with the
 // searcher, and those joined to rooms published in the room directory.
-// The candidate set is computed from the rooms projection per request:
+// The searcher is not among the results (they look for others; Synapse
+// leaves them out too). The candidate set is computed from the rooms projection per request:
 // cheap for the room sizes of a small server, and no extra index to keep.
 
 const (
@@ -82,7 +83,7 @@ func (s *Server) searchUserDirectory(w http.ResponseWriter, r *http.Request, ses
 				AvatarURL   string `json:"avatar_url"`
 			}
 			_ = json.Unmarshal(h.Content, &c)
-			if c.Membership != "join" || h.StateKey == nil || found[*h.StateKey] != nil {
+			if c.Membership != "join" || h.StateKey == nil || found[*h.StateKey] != nil || *h.StateKey == sess.UserID {
 				continue
 			}
 			found[*h.StateKey] = &directoryUser{UserID: *h.StateKey, DisplayName: c.DisplayName, AvatarURL: c.AvatarURL}
