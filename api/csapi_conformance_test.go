@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"net/url"
+	"strings"
 	"testing"
 
 	"maunium.net/go/mautrix"
@@ -303,5 +304,73 @@ func TestDeletingAliasUpdatesCanonicalAlias(t *testing.T) {
 	del(two)
 	if code, c = ts.do("GET", state, alice.AccessToken, nil); code != 200 || len(c) != 0 {
 		t.Errorf("after deleting both: %d %v, want {}", code, c)
+	}
+}
+
+// TestIgnoredUsers: with bob in alice's m.ignored_user_list, his invites
+// never reach her /sync and his messages are missing from her timeline
+// and /messages, while his state events (a new display name) still arrive; carol's invite and
+// messages do. Once he is no longer ignored, his new messages arrive.
+func TestIgnoredUsers(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob, carol := ts.register("alice"), ts.register("bob"), ts.register("carol")
+	shared := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	for _, c := range []*mautrix.Client{bob, carol} {
+		if _, err := c.JoinRoomByID(ctx, shared); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ignore := func(users map[string]any) {
+		t.Helper()
+		if code, body := ts.do("PUT", "/_matrix/client/v3/user/"+url.PathEscape(alice.UserID.String())+"/account_data/m.ignored_user_list", alice.AccessToken, map[string]any{"ignored_users": users}); code != 200 {
+			t.Fatalf("ignore: %d %v", code, body)
+		}
+	}
+	ignore(map[string]any{bob.UserID.String(): map[string]any{}})
+	since := ts.rawSync(alice, nil)["next_batch"].(string)
+	bobRoom := createRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{alice.UserID}})
+	carolRoom := createRoom(t, carol, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{alice.UserID}})
+	say(t, bob, shared, "from bob")
+	say(t, carol, shared, "from carol")
+	if err := bob.SetDisplayName(ctx, "Bobby"); err != nil { // a new m.room.member event
+		t.Fatal(err)
+	}
+	bodies := func(evs []any) (out []string) {
+		for _, e := range evs {
+			e := e.(map[string]any)
+			c, _ := e["content"].(map[string]any)
+			if b, ok := c["body"].(string); ok {
+				out = append(out, b)
+			}
+			if n, ok := c["displayname"].(string); ok && e["type"] == "m.room.member" {
+				out = append(out, "member:"+n)
+			}
+		}
+		return out
+	}
+	for name, params := range map[string]url.Values{"initial": nil, "incremental": {"since": {since}}} {
+		body := ts.rawSync(alice, params)
+		rooms := body["rooms"].(map[string]any)
+		invites, _ := rooms["invite"].(map[string]any)
+		if invites[bobRoom.String()] != nil || invites[carolRoom.String()] == nil {
+			t.Errorf("%s /sync invites: %v, want carol's room %s and not bob's %s", name, invites, carolRoom, bobRoom)
+		}
+		tl := joinedRoom(t, body, shared)["timeline"].(map[string]any)["events"].([]any)
+		got := strings.Join(bodies(tl), "|")
+		if strings.Contains(got, "from bob") || !strings.Contains(got, "from carol") || !strings.Contains(got, "member:Bobby") {
+			t.Errorf("%s /sync timeline: %q, want carol's message and bob's new membership, not bob's message", name, got)
+		}
+	}
+	code, msgs := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(shared.String())+"/messages?dir=b&limit=50", alice.AccessToken, nil)
+	if got := strings.Join(bodies(msgs["chunk"].([]any)), "|"); code != 200 || strings.Contains(got, "from bob") || !strings.Contains(got, "from carol") || !strings.Contains(got, "member:Bobby") {
+		t.Errorf("/messages: %d %q, want carol's message and bob's new membership, not bob's message", code, got)
+	}
+	ignore(map[string]any{})
+	since = ts.rawSync(alice, nil)["next_batch"].(string)
+	say(t, bob, shared, "bob again")
+	tl := joinedRoom(t, ts.rawSync(alice, url.Values{"since": {since}}), shared)["timeline"].(map[string]any)["events"].([]any)
+	if got := strings.Join(bodies(tl), "|"); !strings.Contains(got, "bob again") {
+		t.Errorf("after un-ignoring, the timeline is %q, want bob's new message", got)
 	}
 }

@@ -307,6 +307,9 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	if err != nil {
 		return err
 	}
+	if err := s.ignoring(vis); err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	dir := q.Get("dir")
 	if dir != "b" && dir != "f" {
@@ -416,6 +419,9 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 		return err
 	}
 	roomID, e, upper, vis, v := ve.roomID, ve.event, ve.upper, ve.vis, ve.view
+	if err := s.ignoring(vis); err != nil {
+		return err
+	}
 	limit := 10
 	if l := r.URL.Query().Get("limit"); l != "" {
 		if limit, err = strconv.Atoi(l); err != nil || limit < 0 {

@@ -208,6 +208,8 @@ type syncOptions struct {
 	// uncached builds from the projections alone, without the sync cache:
 	// the reference the cached build is tested against.
 	uncached bool
+	// ignored: the user's m.ignored_user_list, read once per build.
+	ignored map[string]bool
 }
 
 // syncBuildSlot waits for one of the build slots: at most GOMAXPROCS

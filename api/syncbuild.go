@@ -34,6 +34,9 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	if err != nil {
 		return nil, false, nil, err
 	}
+	if opts.ignored, err = s.ignoredUsers(sess.UserID); err != nil {
+		return nil, false, nil, err
+	}
 	incremental := since != 0 && !fullState
 	// Which joined rooms may have changed after since, and the offset of
 	// the user's last account data change (below it, no account data needs
@@ -130,6 +133,11 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 				empty = empty && !changed
 			}
 		case "invite":
+			if ignored, err := s.invitedByIgnored(rv, m, opts.ignored); err != nil {
+				return nil, false, nil, err
+			} else if ignored {
+				continue // spec: invites from ignored users are not sent
+			}
 			if m.Offset > since || since == 0 {
 				ir, err := s.strippedState(rv, m)
 				if err != nil {
@@ -252,6 +260,9 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		limit = max(*tf.Limit, 0)
 	}
 	vis, err := s.syncVisibility(v, roomID, sess.UserID, opts.uncached)
+	if vis != nil {
+		vis.ignored = opts.ignored
+	}
 	if err != nil {
 		return nil, false, err
 	}
@@ -550,6 +561,19 @@ func (s *Server) syncVisibility(v rooms.View, roomID, userID string, uncached bo
 		return nil, err
 	}
 	return &visibility{v: v, userID: userID, hv: hv.([]stateChange), members: members.([]stateChange)}, nil
+}
+
+// invitedByIgnored reports whether the invite m was sent by one of the
+// ignored users.
+func (s *Server) invitedByIgnored(v rooms.View, m rooms.Membership, ignored map[string]bool) (bool, error) {
+	if len(ignored) == 0 {
+		return false, nil
+	}
+	e, err := v.Event(m.EventID)
+	if err != nil || e == nil {
+		return false, err
+	}
+	return ignored[headOf(e).Sender], nil
 }
 
 // strippedState is the stripped state an invitee or knocker sees (spec:

@@ -18,6 +18,38 @@ type visibility struct {
 	userID  string
 	hv      []stateChange // history_visibility changes, oldest first
 	members []stateChange // the user's membership changes, oldest first
+	// ignored are the senders whose non-state events the reader does
+	// not get (their m.ignored_user_list): set where events are served
+	// to the reader's client (/sync, /messages, /context).
+	ignored map[string]bool
+}
+
+// ignoredUsers is the set of users in userID's m.ignored_user_list (spec:
+// "Ignoring Users"); nil when there are none.
+func (s *Server) ignoredUsers(userID string) (map[string]bool, error) {
+	rec, err := s.userdataView().AccountData(userID, "", "m.ignored_user_list")
+	if err != nil || rec == nil {
+		return nil, err
+	}
+	var c struct {
+		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
+	}
+	if json.Unmarshal(rec.Content, &c) != nil || len(c.IgnoredUsers) == 0 {
+		return nil, nil
+	}
+	out := make(map[string]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
+	}
+	return out, nil
+}
+
+// ignoring makes vis hide the non-state events of the reader's ignored
+// users.
+func (s *Server) ignoring(vis *visibility) error {
+	ignored, err := s.ignoredUsers(vis.userID)
+	vis.ignored = ignored
+	return err
 }
 
 type stateChange struct {
@@ -96,6 +128,13 @@ func (vis *visibility) allowed(hv, membership string, off uint64) bool {
 func (vis *visibility) canSee(e *rooms.Event) bool {
 	if vis == nil {
 		return true
+	}
+	if len(vis.ignored) > 0 {
+		// State events of ignored users are still sent (spec), so that
+		// the room looks the same to everyone.
+		if h := headOf(e); h.StateKey == nil && vis.ignored[h.Sender] {
+			return false
+		}
 	}
 	hv, mem := before(vis.hv, e.Offset), before(vis.members, e.Offset)
 	if vis.allowed(hv, mem, e.Offset) {
