@@ -3,10 +3,12 @@ package api_test
 import (
 	"context"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 )
 
@@ -372,5 +374,50 @@ func TestIgnoredUsers(t *testing.T) {
 	tl := joinedRoom(t, ts.rawSync(alice, url.Values{"since": {since}}), shared)["timeline"].(map[string]any)["events"].([]any)
 	if got := strings.Join(bodies(tl), "|"); !strings.Contains(got, "bob again") {
 		t.Errorf("after un-ignoring, the timeline is %q, want bob's new message", got)
+	}
+}
+
+// TestPresenceOfNewlySharedUsers: an incremental /sync carries the
+// presence of users who began to share a room with the syncing user
+// since the token, although it was set before: the room's members for a
+// user who joins, the joiner for the members already there. The next
+// incremental /sync does not repeat it.
+func TestPresenceOfNewlySharedUsers(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	for _, c := range []*mautrix.Client{alice, bob} {
+		if err := c.SetPresence(ctx, mautrix.ReqPresence{Presence: event.PresenceOnline, StatusMsg: "here"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	sync := func(c *mautrix.Client, since string) (string, []string) {
+		body := ts.rawSync(c, url.Values{"since": {since}})
+		var senders []string
+		if p, ok := body["presence"].(map[string]any); ok {
+			for _, e := range p["events"].([]any) {
+				senders = append(senders, e.(map[string]any)["sender"].(string))
+			}
+		}
+		return body["next_batch"].(string), senders
+	}
+	aliceSince := ts.rawSync(alice, nil)["next_batch"].(string)
+	bobSince := ts.rawSync(bob, nil)["next_batch"].(string)
+	if _, err := bob.JoinRoomByID(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if bobSince, got = sync(bob, bobSince); !slices.Contains(got, alice.UserID.String()) {
+		t.Errorf("bob's incremental /sync after joining: presence of %v, want alice's", got)
+	}
+	if aliceSince, got = sync(alice, aliceSince); !slices.Contains(got, bob.UserID.String()) {
+		t.Errorf("alice's incremental /sync after bob joined: presence of %v, want bob's", got)
+	}
+	if _, got = sync(bob, bobSince); slices.Contains(got, alice.UserID.String()) {
+		t.Errorf("bob's next incremental /sync repeats alice's presence: %v", got)
+	}
+	if _, got = sync(alice, aliceSince); slices.Contains(got, bob.UserID.String()) {
+		t.Errorf("alice's next incremental /sync repeats bob's presence: %v", got)
 	}
 }

@@ -203,7 +203,11 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 		}
 		ad = append(ad, map[string]any{"type": "m.push_rules", "content": content})
 	}
-	presence, err := s.presenceSection(sess, f, rv, joinedRooms, since, pos, now)
+	var membersChanged func(string) bool
+	if listsHint != nil {
+		membersChanged = listsHint.MembersChanged
+	}
+	presence, err := s.presenceSection(sess, f, rv, ms, joinedRooms, membersChanged, since, pos, now)
 	if err != nil {
 		return nil, false, nil, err
 	}
@@ -563,6 +567,78 @@ func (s *Server) syncVisibility(v rooms.View, roomID, userID string, uncached bo
 	return &visibility{v: v, userID: userID, hv: hv.([]stateChange), members: members.([]stateChange)}, nil
 }
 
+// maxMemberScan bounds the timeline events newlySharing reads per room;
+// past it the room's members are read instead.
+const maxMemberScan = 200
+
+// newlySharing adds to into the users who began to share a joined room
+// with user in (since, pos]: everyone in a room the user joined then, and
+// whoever joined one of the user's rooms then. membersChanged (nil: ask
+// the projection) says which rooms' members may have changed after since.
+func (s *Server) newlySharing(rv rooms.View, user string, ms []rooms.Membership, membersChanged func(string) bool, since, pos uint64, into map[string]bool) error {
+	for _, m := range ms {
+		if m.Membership != "join" || m.Offset > pos {
+			continue
+		}
+		if m.Offset > since {
+			members, err := rv.MemberIDs(m.RoomID, "join")
+			if err != nil {
+				return err
+			}
+			for _, u := range members {
+				into[u] = true
+			}
+			continue
+		}
+		if membersChanged != nil {
+			if !membersChanged(m.RoomID) {
+				continue
+			}
+		} else if at, err := rv.ChangedAt(m.RoomID); err != nil {
+			return err
+		} else if at <= since {
+			continue
+		}
+		tl, err := rv.Timeline(m.RoomID, since, true, maxMemberScan+1, pos)
+		if err != nil {
+			return err
+		}
+		var users []string
+		if len(tl) > maxMemberScan {
+			if users, err = rv.MemberIDs(m.RoomID, "join"); err != nil {
+				return err
+			}
+		} else {
+			for _, te := range tl {
+				e, err := rv.Event(te.EventID)
+				if err != nil {
+					return err
+				}
+				if e == nil {
+					continue
+				}
+				if h := headOf(e); h.Type == stateres.MRoomMember && h.StateKey != nil {
+					users = append(users, *h.StateKey)
+				}
+			}
+		}
+		for _, u := range users {
+			if into[u] {
+				continue
+			}
+			um, err := rv.Membership(u, m.RoomID)
+			if err != nil {
+				return err
+			}
+			if um != nil && um.Membership == "join" && um.Offset > since && um.Offset <= pos {
+				into[u] = true
+			}
+		}
+	}
+	delete(into, user)
+	return nil
+}
+
 // invitedByIgnored reports whether the invite m was sent by one of the
 // ignored users.
 func (s *Server) invitedByIgnored(v rooms.View, m rooms.Membership, ignored map[string]bool) (bool, error) {
@@ -618,9 +694,14 @@ func stripped(e *rooms.Event) map[string]any {
 // a joined room with them whose presence changed visibly in (since, pos];
 // on an initial sync, of all of them. The content is derived now
 // (presenceContent), so idle and offline show as such.
-func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, joinedRooms []string, since, pos uint64, now int64) ([]map[string]any, error) {
+func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms []rooms.Membership, joinedRooms []string, membersChanged func(string) bool, since, pos uint64, now int64) ([]map[string]any, error) {
 	uv := s.userdataView()
 	var candidates []string
+	// newly are the users who began to share a room with the user in
+	// (since, pos]: their presence is sent whenever it was set, since the
+	// client has not seen it (spec: presence of the users one shares a
+	// room with).
+	newly := map[string]bool{}
 	if since == 0 {
 		users := map[string]bool{sess.UserID: true}
 		for _, roomID := range joinedRooms {
@@ -647,6 +728,14 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, jo
 				candidates = append(candidates, u)
 			}
 		}
+		if err := s.newlySharing(rv, sess.UserID, ms, membersChanged, since, pos, newly); err != nil {
+			return nil, err
+		}
+		for u := range newly {
+			if !slices.Contains(candidates, u) {
+				candidates = append(candidates, u)
+			}
+		}
 		slices.Sort(candidates)
 	}
 	out := []map[string]any{}
@@ -658,7 +747,7 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, jo
 		if err != nil {
 			return nil, err
 		}
-		if p == nil || p.Offset <= since || p.Offset > pos {
+		if p == nil || (p.Offset <= since && !newly[u]) || p.Offset > pos {
 			continue
 		}
 		out = append(out, map[string]any{"type": "m.presence", "sender": u, "content": presenceContent(p, now)})
