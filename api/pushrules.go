@@ -97,9 +97,20 @@ func pushKindParam(r *http.Request) (string, error) {
 
 func errRuleNotFound() error { return errNotFound("The push rule was not found.") }
 
+// existingRuleKind is the kind of a path naming an existing rule. Under
+// a kind this server does not have (such as an unstable MSC's) there is
+// no such rule: 404, which clients probing for optional rules expect.
+func existingRuleKind(r *http.Request) (string, error) {
+	k := r.PathValue("kind")
+	if !slices.Contains(push.Kinds, k) {
+		return "", errRuleNotFound()
+	}
+	return k, nil
+}
+
 // findRule locates a rule of the given kind in the user's ruleset.
 func (s *Server) findRule(r *http.Request, sess *session) (rs push.Ruleset, kind string, idx int, err error) {
-	kind, err = pushKindParam(r)
+	kind, err = existingRuleKind(r)
 	if err != nil {
 		return rs, "", -1, err
 	}
@@ -274,7 +285,7 @@ func (s *Server) putPushRule(w http.ResponseWriter, r *http.Request, sess *sessi
 }
 
 func (s *Server) deletePushRule(w http.ResponseWriter, r *http.Request, sess *session) error {
-	kind, err := pushKindParam(r)
+	kind, err := existingRuleKind(r)
 	if err != nil {
 		return err
 	}
@@ -300,7 +311,7 @@ func (s *Server) deletePushRule(w http.ResponseWriter, r *http.Request, sess *se
 
 // setRuleField edits one existing rule (enabled or actions).
 func (s *Server) setRuleField(w http.ResponseWriter, r *http.Request, sess *session, set func(*push.Rule)) error {
-	kind, err := pushKindParam(r)
+	kind, err := existingRuleKind(r)
 	if err != nil {
 		return err
 	}

@@ -148,7 +148,10 @@ func TestPushRules(t *testing.T) {
 		{"PUT", base + "content/nope/actions", map[string]any{"actions": []any{}}, 404, "M_NOT_FOUND"},
 		{"DELETE", base + "content/nope", nil, 404, "M_NOT_FOUND"},
 		{"DELETE", base + "override/.m.rule.master", nil, 400, "M_UNKNOWN"},
-		{"GET", base + "bogus/x", nil, 400, "M_INVALID_PARAM"},
+		{"GET", base + "bogus/x", nil, 404, "M_NOT_FOUND"}, // no rule under a kind this server lacks
+		{"GET", base + "postcontent/.io.element.msc4306.rule.subscribed_thread", nil, 404, "M_NOT_FOUND"},
+		{"PUT", base + "postcontent/x/enabled", map[string]any{"enabled": false}, 404, "M_NOT_FOUND"},
+		{"PUT", base + "bogus/x", map[string]any{"actions": []any{}}, 400, "M_INVALID_PARAM"},
 		{"PUT", base + "override/.mine", map[string]any{"actions": []any{}}, 400, "M_INVALID_PARAM"},
 		{"PUT", base + "override/a%5Cb", map[string]any{"actions": []any{}}, 400, "M_INVALID_PARAM"},
 		{"PUT", base + "content/x", map[string]any{"actions": []any{}}, 400, "M_MISSING_PARAM"},
