@@ -13,7 +13,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/klauspost/compress/zstd"
 	"github.com/rs/zerolog"
 )
@@ -242,7 +242,7 @@ func ImportLog(dir string, next func() (Entry, bool, error)) (last uint64, err e
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return 0, err
 	}
-	opts := pebbleOptions(zerolog.Nop(), nil, 0)
+	opts := pebbleOptions(zerolog.Nop(), nil, 0, &tableDamage{})
 	db, err := pebble.Open(dir, opts)
 	opts.Cache.Unref()
 	if err != nil {

@@ -193,7 +193,7 @@ func BenchmarkDiskRatio(b *testing.B) {
 	if err := db.Flush(); err != nil {
 		b.Fatal(err)
 	}
-	if err := db.Compact([]byte{0}, []byte{0xff}, true); err != nil {
+	if err := db.Compact(context.Background(), []byte{0}, []byte{0xff}, true); err != nil {
 		b.Fatal(err)
 	}
 	logBytes, err := db.EstimateDiskUsage(prefixEntry, prefixEnd(prefixEntry))

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/hashicorp/raft"
 	"github.com/rs/zerolog"
 )

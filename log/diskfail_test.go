@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cockroachdb/pebble/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/rs/zerolog"
 )
 
@@ -75,13 +75,13 @@ func (f failingSyncFS) wrap(file vfs.File, name string, err error) (vfs.File, er
 	return failingSyncFile{File: file, failing: f.failing}, nil
 }
 
-func (f failingSyncFS) Create(name string) (vfs.File, error) {
-	file, err := f.FS.Create(name)
+func (f failingSyncFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	file, err := f.FS.Create(name, category)
 	return f.wrap(file, name, err)
 }
 
-func (f failingSyncFS) ReuseForWrite(oldname, newname string) (vfs.File, error) {
-	file, err := f.FS.ReuseForWrite(oldname, newname)
+func (f failingSyncFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	file, err := f.FS.ReuseForWrite(oldname, newname, category)
 	return f.wrap(file, newname, err)
 }
 

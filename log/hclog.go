@@ -52,6 +52,10 @@ func (p pebbleLogger) Infof(format string, args ...interface{}) {
 	p.l.Debug().Msg(fmt.Sprintf(format, args...))
 }
 
+func (p pebbleLogger) Errorf(format string, args ...interface{}) {
+	p.l.Error().Msg(fmt.Sprintf(format, args...))
+}
+
 func (p pebbleLogger) Fatalf(format string, args ...interface{}) {
 	msg := fmt.Sprintf(format, args...)
 	p.l.Error().Msg(msg)

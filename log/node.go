@@ -13,9 +13,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cockroachdb/pebble"
-	"github.com/cockroachdb/pebble/bloom"
-	"github.com/cockroachdb/pebble/vfs"
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
+	"github.com/cockroachdb/pebble/v2/sstable"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/hashicorp/raft"
 	"github.com/klauspost/compress/zstd"
 	"github.com/prometheus/client_golang/prometheus"
@@ -86,6 +87,7 @@ type Node struct {
 	dec    *zstd.Decoder
 	met    *metrics
 	guard  diskGuard
+	damage tableDamage
 	space  *diskSpace
 	state  *stateFile
 
@@ -145,7 +147,8 @@ func Open(cfg Config) (*Node, error) {
 	if n.space, err = newDiskSpace(cfg.Dir, cfg.statfs, cfg.DiskReserve, n.log); err != nil {
 		return nil, err
 	}
-	opts := pebbleOptions(n.log, cfg.fs, cfg.MemoryTarget)
+	n.damage.stop = n.stop
+	opts := pebbleOptions(n.log, cfg.fs, cfg.MemoryTarget, &n.damage)
 	// Take Pebble's lock once first: the ballast must not be touched under
 	// another engram running on this directory.
 	lock, err := opts.FS.Lock(filepath.Join(cfg.Dir, "LOCK"))
@@ -163,6 +166,9 @@ func Open(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n.db, err = pebble.Open(cfg.Dir, opts)
+	n.damage.mu.Lock()
+	n.damage.db = n.db
+	n.damage.mu.Unlock()
 	// The DB holds its own reference to the cache; drop ours either way.
 	opts.Cache.Unref()
 	if err != nil {
@@ -290,6 +296,10 @@ func (n *Node) openError(err error) error {
 		return fmt.Errorf("log: the disk holding %s is full (%s free): Pebble needs room to replay its write-ahead log; free space on that filesystem and start again: %w", dir, humanBytes(free), err)
 	case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EACCES), strings.Contains(err.Error(), "lock held by current process"):
 		return fmt.Errorf("log: %s is locked by another process (another engram running on it?): %w", dir, err)
+	case strings.Contains(err.Error(), "no longer supported"):
+		// Directories written before engram moved to Pebble v2 that were
+		// never opened by a build that ratchets their format (18de910).
+		return fmt.Errorf("log: %s was written by an older engram in an on-disk format this one cannot read: start it once with an engram built from commit 18de910 (or any build from then until the Pebble v2 move), stop it, then start this one: %w", dir, err)
 	case pebble.IsCorruptionError(err):
 		return fmt.Errorf("%w: Pebble found damaged files in %s (a write-ahead log or table failed its checksum; the error names the file): "+
 			"restore the data directory from a backup, or on a cluster wipe it and let the node resync from a peer: %v", ErrCorrupt, dir, err)
@@ -352,12 +362,15 @@ func raftConfig(single bool) *raft.Config {
 
 // pebbleOptions configures the shared Pebble DB; memoryTarget sizes its
 // memtables and block cache (see PebbleMemory).
-func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64) *pebble.Options {
+func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64, damage *tableDamage) *pebble.Options {
 	if fs == nil {
 		fs = vfs.Default
 	}
 	memTable, blockCache := PebbleMemory(memoryTarget)
-	o := &pebble.Options{Logger: pebbleLogger{l.With().Str("subsystem", "pebble").Logger()}, FS: walFS{fs}}
+	pl := l.With().Str("subsystem", "pebble").Logger()
+	o := &pebble.Options{Logger: pebbleLogger{pl}, FS: walFS{fs}}
+	damage.l = pl
+	o.EventListener = &pebble.EventListener{DataCorruption: damage.report}
 	// Pebble's default 8 MB block cache is also charged for the memtables,
 	// which leaves nothing for blocks: every read that misses the memtable
 	// decompresses a whole block again (measured: replay of the rooms
@@ -379,12 +392,10 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64) *pebble.Opti
 	// with a 256 KB memtable and doubles it only as writes come, so an idle
 	// server pays nothing.
 	o.MemTableSize = uint64(memTable)
-	// The newest on-disk format Pebble v1.1 writes (an existing data
-	// directory is ratcheted up on open, once). Pebble v2 opens nothing
-	// older than FormatFlushableIngest, and v2 is where a compaction
-	// meeting a damaged block fails instead of silently dropping the keys
-	// after it (projections.sharedTableError), so data directories must be
-	// on a v2-readable format before that upgrade.
+	// The newest stable on-disk format (an existing data directory is
+	// ratcheted up on open, once). Healing a damaged projection excises
+	// its dead generation (DB.Excise), which needs virtual sstables
+	// (FormatVirtualSSTables).
 	o.FormatMajorVersion = pebble.FormatNewest
 	o.EnsureDefaults()
 	// Entries compress best together: zstd over 32 KiB blocks sees the
@@ -399,9 +410,9 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64) *pebble.Opti
 		// Point reads of keys that do not exist (a projection's "is this
 		// new?" checks) skip tables whose filter says no.
 		o.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-		o.Levels[i].Compression = pebble.SnappyCompression
+		o.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.SnappyCompression }
 		if i >= len(o.Levels)-2 {
-			o.Levels[i].Compression = pebble.ZstdCompression
+			o.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.ZstdCompression }
 		}
 	}
 	return o
@@ -508,6 +519,7 @@ func (n *Node) shutdown() error {
 	if n.dec != nil {
 		n.dec.Close()
 	}
+	n.damage.wg.Wait()
 	if n.db != nil {
 		// Flush the unsynced event-log writes so a clean restart has
 		// nothing to re-apply.

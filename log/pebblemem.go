@@ -3,7 +3,7 @@ package log
 import (
 	"strings"
 
-	"github.com/cockroachdb/pebble/vfs"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // DefaultMemoryTarget is the memory budget (Config.MemoryTarget) when none
@@ -43,16 +43,16 @@ type walFS struct{ vfs.FS }
 
 func isWAL(name string) bool { return strings.HasSuffix(name, ".log") }
 
-func (fs walFS) Create(name string) (vfs.File, error) {
-	f, err := fs.FS.Create(name)
+func (fs walFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.Create(name, category)
 	if err != nil || !isWAL(name) {
 		return f, err
 	}
 	return noPreallocFile{f}, nil
 }
 
-func (fs walFS) ReuseForWrite(oldname, newname string) (vfs.File, error) {
-	f, err := fs.FS.ReuseForWrite(oldname, newname)
+func (fs walFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	f, err := fs.FS.ReuseForWrite(oldname, newname, category)
 	if err != nil || !isWAL(newname) {
 		return f, err
 	}

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/rs/zerolog"
 )
 
@@ -85,6 +85,12 @@ func recoverLog(db *pebble.DB, guard *diskGuard, logger zerolog.Logger, verifyTa
 		}
 	}
 	if err := it.Error(); err != nil {
+		if pebble.IsCorruptionError(err) {
+			// A table block holding entries failed its checksum: nothing
+			// after it can be read, so no cut can be trusted.
+			return r, fmt.Errorf("%w: the log entries from offset %d on cannot be read (%w): "+
+				"stop this node and restore its data directory from a backup, or wipe it and let it resync from a peer", ErrCorrupt, want, err)
+		}
 		return r, err
 	}
 

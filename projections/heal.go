@@ -9,7 +9,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // Self-healing. The log is the truth and every projection is a fold of it,
@@ -71,72 +71,14 @@ type damageReader interface {
 }
 
 // tableFile pulls the table file out of Pebble's checksum error
-// ("pebble/table: invalid table 000123 (checksum mismatch at ...)").
-var tableFile = regexp.MustCompile(`invalid table (\d+)`)
+// ("pebble: file 000123: block 369592/1880: crc32c checksum mismatch").
+var tableFile = regexp.MustCompile(`pebble: file (\d+)`)
 
 func damagedFile(err error) string {
-	var shared *sharedTableError
-	if errors.As(err, &shared) {
-		return shared.File
-	}
 	if m := tableFile.FindStringSubmatch(err.Error()); m != nil {
 		return m[1] + ".sst"
 	}
 	return ""
-}
-
-// sharedTableError is the cause given to a projection that is rebuilt
-// because its records share a table with another projection's damaged
-// block. Pebble v1.1 compacts such a table without noticing the damage
-// and silently drops records that follow the damaged block in it (seen
-// with the search projection's records after a rooms block was damaged;
-// reproduced with a bare Pebble: 1,021 of 2,000 live keys gone, the
-// compaction reporting success). So every projection with records in the
-// table folds the log again into a fresh generation, before the table is
-// compacted away, instead of serving what a compaction may have emptied.
-type sharedTableError struct {
-	File  string // the table, "000123.sst"
-	Owner string // the projection whose block in it is damaged
-}
-
-func (e *sharedTableError) Error() string {
-	return fmt.Sprintf("table %s, which holds damaged data of projection %s, holds records of this projection too, and compacting that table can drop them", e.File, e.Owner)
-}
-
-func (e *sharedTableError) Unwrap() error { return ErrDamaged }
-
-// healSharers starts healing every other projection whose serving
-// generation has records in file, the table where owner's damage was
-// found (see sharedTableError). Offline, or when the table is gone
-// already, it does nothing.
-func (e *Engine) healSharers(owner *Handle, file string) {
-	tables, err := e.db.SSTables()
-	if err != nil {
-		e.logger.Warn().Err(err).Str("file", file).Msg("listing the tables to find the projections that share the damaged one failed; only the damaged projection is rebuilt")
-		return
-	}
-	var smallest, largest []byte
-	for _, level := range tables {
-		for _, t := range level {
-			if t.FileNum.String()+".sst" == file {
-				smallest, largest = t.Smallest.UserKey, t.Largest.UserKey
-			}
-		}
-	}
-	if smallest == nil {
-		return
-	}
-	for _, h := range e.Handles() {
-		if h == owner {
-			continue
-		}
-		h.rw.RLock()
-		prefix := h.servingPrefix
-		h.rw.RUnlock()
-		if end := prefixEnd(prefix); bytes.Compare(prefix, largest) <= 0 && (end == nil || bytes.Compare(smallest, end) < 0) {
-			h.reportDamage(prefix, &sharedTableError{File: file, Owner: owner.name})
-		}
-	}
 }
 
 const (
@@ -214,21 +156,12 @@ func (h *Handle) reportDamage(gen []byte, err error) error {
 	if file != "" {
 		ev = ev.Str("file", file)
 	}
-	var shared *sharedTableError
-	if errors.As(err, &shared) {
-		ev.Str("damaged_projection", shared.Owner).
-			Msgf("projection %s: its records share table %s with damaged data of projection %s; rebuilding it from the log too, requests that need it answer 503 until it serves again", h.name, file, shared.Owner)
-	} else {
-		ev.Err(err).Msgf("projection %s: its stored data is damaged (a failed checksum or an undecodable record); rebuilding it from the log now, requests that need it answer 503 until it serves again", h.name)
-	}
+	ev.Err(err).Msgf("projection %s: its stored data is damaged (a failed checksum or an undecodable record); rebuilding it from the log now, requests that need it answer 503 until it serves again", h.name)
 	h.e.metrics.heals.WithLabelValues(h.name).Inc()
 	if wake != nil {
 		wake()
 	}
 	h.broadcast()
-	if file != "" && shared == nil {
-		h.e.healSharers(h, file)
-	}
 	return &HealingError{Projection: h.name, RetryAfter: healRetryDefault, Cause: err}
 }
 
@@ -295,18 +228,19 @@ func (e *Engine) healHandle(ctx context.Context, h *Handle) error {
 	h.broadcast()
 	e.logger.Warn().Str("projection", h.name).Uint64("applied", h.meta.Applied).Dur("took", time.Since(start)).
 		Msgf("projection %s rebuilt from the log after damage; it serves again", h.name)
-	// The switch deleted the damaged generation with a range tombstone;
-	// compacting its range now rewrites the damaged table without the
-	// dead data (a compaction skips what the tombstone covers), so the
-	// damage leaves the disk instead of waiting for Pebble to get there.
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		if err := e.db.Compact(damaged, prefixEnd(damaged), false); err != nil {
-			e.logger.Warn().Err(err).Str("projection", h.name).
-				Msg("compacting the damaged generation away failed; it is deleted and no longer read, and Pebble compacts it later; `engram verify` checks every table")
-		}
-	}()
+	// The switch deleted the damaged generation with a range tombstone,
+	// but the damaged block is still in its table, and every compaction of
+	// that table fails on it (Pebble retries them, and stops no other
+	// work). Excising the generation's range cuts it out of the table: the
+	// records of other projections in the same table stay, in a virtual
+	// table that no longer reaches the damaged block, and the damaged file
+	// goes once nothing references it. A damaged block that straddles into
+	// another projection's range stays until that projection reads it and
+	// heals in turn.
+	if err := e.db.Excise(ctx, pebble.KeyRange{Start: damaged, End: prefixEnd(damaged)}); err != nil {
+		e.logger.Warn().Err(err).Str("projection", h.name).
+			Msg("cutting the damaged generation out of its table failed; it is deleted and no longer read, but compactions of that table keep failing on the damage until it is gone: run `engram verify` with the server stopped, and restore from a backup if it reports damage")
+	}
 	return nil
 }
 

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"io"
 
-	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // pebbleReader is what a DB, a snapshot and an indexed batch have in common.

@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/rs/zerolog"
 
 	englog "github.com/engram-hs/engram/log"
@@ -247,7 +248,7 @@ func (p *progressBar) done() {
 func verifyCmd(args []string) int {
 	code, err := verifyRun(args)
 	if err != nil {
-		if pebble.IsCorruptionError(err) {
+		if pebble.IsCorruptionError(err) || errors.Is(err, englog.ErrCorrupt) {
 			return fail(1, "DISK DAMAGE (not a bug in Engram): %v\nA file in the data directory failed its checksum; the error names it. If it holds only projection data, `engram rebuild` rebuilds that from the log; if `engram log tail` fails too, restore the data directory from a backup (engram restore)", err)
 		}
 		return fail(1, "%v", err)
