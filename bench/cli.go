@@ -5,6 +5,7 @@
 //	engram bench replay   --log DIR
 //	engram bench load     --url URL [--users K --rooms R --duration D --rate X --pid PID]
 //	engram bench redrive  --log DIR --url URL --speed 1x|10x|max
+//	engram bench media    --url URL [--size 200M --files 5 --pid PID]
 //	engram bench compare  A.jsonl B.jsonl
 //
 // Every measurement is one JSON line on stdout (or appended to --json
@@ -30,6 +31,7 @@ import (
 
 	"github.com/engram-hs/engram/bench/generate"
 	"github.com/engram-hs/engram/bench/load"
+	"github.com/engram-hs/engram/bench/media"
 	"github.com/engram-hs/engram/bench/redrive"
 	"github.com/engram-hs/engram/bench/replay"
 	"github.com/engram-hs/engram/bench/report"
@@ -43,6 +45,7 @@ Commands:
   replay    rebuild every projection from a log and time it (--log DIR)
   load      drive a Matrix homeserver through the client API (--url URL)
   redrive   re-drive a recorded log's client inputs against a server (--log DIR --url URL --speed 1x|10x|max)
+  media     upload and download large files through a server's media API, with its RSS (--url URL --pid PID)
   compare   print the ratios of matching measurements of two runs (A.jsonl B.jsonl)
 
 Run "engram bench <command> -h" for the flags of a command.
@@ -71,6 +74,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = c.load(ctx, args[1:])
 	case "redrive":
 		err = c.redrive(ctx, args[1:])
+	case "media":
+		err = c.media(ctx, args[1:])
 	case "compare":
 		err = c.compare(args[1:])
 	default:
@@ -264,6 +269,66 @@ func (c *cli) load(ctx context.Context, args []string) error {
 	}
 	c.done(rec)
 	return nil
+}
+
+func (c *cli) media(ctx context.Context, args []string) error {
+	fs, jsonOut := c.flags("media")
+	var o media.Options
+	fs.StringVar(&o.URL, "url", "", "client API base URL of the homeserver (registration must be open)")
+	size := fs.String("size", "200M", "bytes per file, or with a K, M or G suffix")
+	fs.IntVar(&o.Files, "files", 5, "files uploaded one after another, then each downloaded")
+	fs.IntVar(&o.PID, "pid", 0, "process ID of the server, to report its RSS (Linux)")
+	fs.StringVar(&o.Prefix, "prefix", "", "username (default: benchmedia + random)")
+	if err := c.parse(fs, args); err != nil {
+		return err
+	}
+	if o.URL == "" {
+		fmt.Fprintln(c.stderr, "--url is required")
+		return errUsage
+	}
+	n, err := parseBytes(*size)
+	if err != nil {
+		fmt.Fprintln(c.stderr, err)
+		return errUsage
+	}
+	o.Size = n
+	rec, closeRec, err := c.recorder("media", o.Params(), *jsonOut)
+	if err != nil {
+		return err
+	}
+	defer closeRec()
+	res, err := media.Run(ctx, o, rec)
+	if err != nil {
+		return err
+	}
+	c.done(rec)
+	if o.PID != 0 {
+		verdict := "within"
+		if res.GrowthMB() >= media.TargetGrowthMB {
+			verdict = "OVER"
+		}
+		fmt.Fprintf(c.stderr, "server RSS growth %.1f MB: %s the %d MB target\n", res.GrowthMB(), verdict, media.TargetGrowthMB)
+	}
+	return nil
+}
+
+// parseBytes reads a size: bytes, or a number with a K, M or G suffix
+// (powers of 1024).
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	case strings.HasSuffix(s, "G"):
+		mult, s = 1<<30, strings.TrimSuffix(s, "G")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("--size %q: want a positive number of bytes, optionally with K, M or G", s)
+	}
+	return n * mult, nil
 }
 
 func (c *cli) redrive(ctx context.Context, args []string) error {

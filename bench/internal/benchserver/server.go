@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"net/http/httptest"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -46,12 +47,17 @@ func Start(t testing.TB, dir, serverName string) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := api.New(api.Config{
+	cfg := api.Config{
 		ServerName:                            serverName,
 		EnableRegistration:                    true,
 		EnableRegistrationWithoutVerification: true,
 		BcryptCost:                            bcrypt.MinCost,
-	}, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
+		MaxUploadSize:                         1 << 30,
+	}
+	// The media repository (bench media), outside the log's directory.
+	cfg.Media.Repo.Dir = filepath.Join(t.TempDir(), "media")
+	cfg.Media.Repo.AuthenticatedMedia = true
+	srv, err := api.New(cfg, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
