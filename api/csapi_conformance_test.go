@@ -421,3 +421,43 @@ func TestPresenceOfNewlySharedUsers(t *testing.T) {
 		t.Errorf("alice's next incremental /sync repeats bob's presence: %v", got)
 	}
 }
+
+// TestMembersAt: /members?at= answers the members as of a /sync or
+// pagination token: bob, who joined later, is not among them.
+func TestMembersAt(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	say(t, alice, room, "hello")
+	body := ts.rawSync(alice, url.Values{"filter": {`{"room":{"timeline":{"limit":1}}}`}})
+	next := body["next_batch"].(string)
+	prev := joinedRoom(t, body, room)["timeline"].(map[string]any)["prev_batch"].(string)
+	if _, err := bob.JoinRoomByID(context.Background(), room); err != nil {
+		t.Fatal(err)
+	}
+	say(t, bob, room, "hello back")
+	members := func(query string) []string {
+		t.Helper()
+		code, resp := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/members"+query, alice.AccessToken, nil)
+		if code != 200 {
+			t.Fatalf("members%s: %d %v", query, code, resp)
+		}
+		var out []string
+		for _, e := range resp["chunk"].([]any) {
+			out = append(out, e.(map[string]any)["state_key"].(string))
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, tok := range []string{next, prev} {
+		if got := members("?at=" + url.QueryEscape(tok)); !slices.Equal(got, []string{alice.UserID.String()}) {
+			t.Errorf("members at %s: %v, want only alice", tok, got)
+		}
+	}
+	if got := members(""); len(got) != 2 {
+		t.Errorf("members now: %v, want alice and bob", got)
+	}
+	if code, _ := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/members?at=nonsense", alice.AccessToken, nil); code != 400 {
+		t.Errorf("members at a malformed token: %d, want 400", code)
+	}
+}

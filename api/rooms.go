@@ -692,6 +692,15 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request, sess *session) 
 		return err
 	}
 	q := r.URL.Query()
+	if at := q.Get("at"); at != "" {
+		// A /sync or pagination token: the members as of that point,
+		// which includes the event at the token's position.
+		pos, err := parseToken(at)
+		if err != nil {
+			return err
+		}
+		before = min(before, pos+1)
+	}
 	v := s.roomsView()
 	evs, err := v.StateBefore(roomID, stateres.MRoomMember, before)
 	if err != nil {
