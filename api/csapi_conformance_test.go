@@ -461,3 +461,46 @@ func TestMembersAt(t *testing.T) {
 		t.Errorf("members at a malformed token: %d, want 400", code)
 	}
 }
+
+// TestUnsignedMembership: events served to a reader carry their
+// membership at the event (unsigned.membership): leave before they
+// joined, join from their join on, in /sync, /messages and /event alike.
+func TestUnsignedMembership(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	pre := say(t, alice, room, "prejoin")
+	if _, err := bob.JoinRoomByID(context.Background(), room); err != nil {
+		t.Fatal(err)
+	}
+	post := say(t, alice, room, "postjoin")
+	check := func(where string, evs []any) {
+		t.Helper()
+		seenJoin := false
+		for _, e := range evs {
+			e := e.(map[string]any)
+			if e["type"] == "m.room.member" && e["state_key"] == bob.UserID.String() {
+				seenJoin = true
+			}
+			want := "leave"
+			if seenJoin {
+				want = "join"
+			}
+			if got := e["unsigned"].(map[string]any)["membership"]; got != want {
+				t.Errorf("%s: %s %v has unsigned.membership %v, want %s", where, e["type"], e["event_id"], got, want)
+			}
+		}
+		if !seenJoin {
+			t.Errorf("%s: bob's join is missing", where)
+		}
+	}
+	check("/sync", joinedRoom(t, ts.rawSync(bob, nil), room)["timeline"].(map[string]any)["events"].([]any))
+	_, msgs := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/messages?dir=f&limit=50", bob.AccessToken, nil)
+	check("/messages", msgs["chunk"].([]any))
+	for id, want := range map[id.EventID]string{pre: "leave", post: "join"} {
+		_, ev := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/event/"+url.PathEscape(id.String()), bob.AccessToken, nil)
+		if got := ev["unsigned"].(map[string]any)["membership"]; got != want {
+			t.Errorf("/event %s: unsigned.membership %v, want %s", id, got, want)
+		}
+	}
+}

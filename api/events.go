@@ -5,12 +5,42 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/stateres"
 )
 
 // clientEvent formats a stored event for clients (spec: ClientEvent). When
 // forDevice is the sending device, unsigned.transaction_id is included.
 func (s *Server) clientEvent(v rooms.View, rec *rooms.Event, sess *session, withRoomID bool) map[string]any {
 	return s.formatClientEvent(v, rec, sess, withRoomID, true)
+}
+
+// membershipAt is unsigned.membership (spec v1.11): the reader's
+// membership just after the event (its own change included), "leave"
+// before they had any.
+func membershipAt(v rooms.View, rec *rooms.Event, userID string) (string, error) {
+	id, err := v.StateAt(rec.RoomID, stateres.MRoomMember, userID, rec.Offset+1)
+	if err != nil || id == "" {
+		return "leave", err
+	}
+	e := rec
+	if id != rec.EventID {
+		if e, err = v.Event(id); err != nil || e == nil {
+			return "leave", err
+		}
+	}
+	return membershipValue(headOf(e).Content), nil
+}
+
+// membershipValue is the membership of m.room.member content, "leave"
+// when it has none.
+func membershipValue(content json.RawMessage) string {
+	var c struct {
+		Membership string `json:"membership"`
+	}
+	if json.Unmarshal(content, &c) != nil || c.Membership == "" {
+		return "leave"
+	}
+	return c.Membership
 }
 
 // formatClientEvent is clientEvent, with bundled aggregations
@@ -51,6 +81,11 @@ func (s *Server) formatClientEvent(v rooms.View, rec *rooms.Event, sess *session
 	}
 	if sess != nil && rec.Txn != nil && rec.Txn.UserID == sess.UserID && rec.Txn.DeviceID == sess.DeviceID {
 		unsigned["transaction_id"] = rec.Txn.TxnID
+	}
+	if sess != nil {
+		if m, err := membershipAt(v, rec, sess.UserID); err == nil {
+			unsigned["membership"] = m
+		}
 	}
 	if rec.Replaces != "" {
 		unsigned["replaces_state"] = rec.Replaces

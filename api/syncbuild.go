@@ -289,7 +289,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	senders := map[string]bool{sess.UserID: true}
 	inTimeline := map[string]bool{}
 	for _, e := range evs {
-		timeline = append(timeline, s.syncClientEvent(v, e, sess, opts.uncached))
+		timeline = append(timeline, s.syncClientEvent(v, e, sess, vis, opts.uncached))
 		senders[headOf(e).Sender] = true
 		inTimeline[e.EventID] = true
 	}
@@ -348,7 +348,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 			if lazy && member {
 				s.lazy.remember(sess, roomID, e.EventID)
 			}
-			state = append(state, s.syncClientEvent(v, e, sess, opts.uncached))
+			state = append(state, s.syncClientEvent(v, e, sess, vis, opts.uncached))
 		}
 	}
 
@@ -477,7 +477,7 @@ type formattedEvent struct {
 // syncClientEvent is clientEvent, with the reader-independent part of the
 // event formatted once per room position and shared by every member's
 // build.
-func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, uncached bool) map[string]any {
+func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vis *visibility, uncached bool) map[string]any {
 	if uncached || e.RedactedBy != "" {
 		// A redacted event carries its redaction, with an age of its own:
 		// rare enough to format each time.
@@ -503,6 +503,17 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, un
 	}
 	if e.Txn != nil && e.Txn.UserID == sess.UserID && e.Txn.DeviceID == sess.DeviceID {
 		unsigned["transaction_id"] = e.Txn.TxnID
+	}
+	// The reader's membership changes are at hand in vis (cached with
+	// the room's members): no read per event.
+	if vis == nil {
+		if m, err := membershipAt(v, e, sess.UserID); err == nil {
+			unsigned["membership"] = m
+		}
+	} else if m := before(vis.members, e.Offset+1); m != "" {
+		unsigned["membership"] = m
+	} else {
+		unsigned["membership"] = "leave"
 	}
 	if rel := s.bundledRelations(v, e, sess); rel != nil {
 		unsigned["m.relations"] = rel
