@@ -504,3 +504,36 @@ func TestUnsignedMembership(t *testing.T) {
 		}
 	}
 }
+
+// TestRejectedInviteInLeave: an invitee who rejects an invite sees the
+// room in rooms.leave of their next incremental /sync with their leave in
+// its timeline, in a "joined"-visibility room too.
+func TestRejectedInviteInLeave(t *testing.T) {
+	ts := startServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	for _, hv := range []string{"joined", "shared"} {
+		room := createRoom(t, bob, &mautrix.ReqCreateRoom{Preset: "private_chat", InitialState: []*event.Event{{
+			Type: event.StateHistoryVisibility, StateKey: new(string), Content: event.Content{Raw: map[string]any{"history_visibility": hv}},
+		}}})
+		since := ts.rawSync(alice, nil)["next_batch"].(string)
+		if _, err := bob.InviteUser(context.Background(), room, &mautrix.ReqInviteUser{UserID: alice.UserID}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.LeaveRoom(context.Background(), room); err != nil {
+			t.Fatal(err)
+		}
+		body := ts.rawSync(alice, url.Values{"since": {since}})
+		lr, _ := body["rooms"].(map[string]any)["leave"].(map[string]any)[room.String()].(map[string]any)
+		found := false
+		if lr != nil {
+			for _, e := range lr["timeline"].(map[string]any)["events"].([]any) {
+				e := e.(map[string]any)
+				c, _ := e["content"].(map[string]any)
+				found = found || (e["type"] == "m.room.member" && e["state_key"] == alice.UserID.String() && c["membership"] == "leave")
+			}
+		}
+		if !found {
+			t.Errorf("%s room: alice's incremental /sync after rejecting has rooms.leave %v, want her leave in the timeline", hv, lr)
+		}
+	}
+}

@@ -154,7 +154,11 @@ func (vis *visibility) canSee(e *rooms.Event) bool {
 		return vis.allowed(after, mem, e.Offset)
 	case h.Type == stateres.MRoomMember && *h.StateKey == vis.userID:
 		after, _ := c["membership"].(string)
-		return vis.allowed(hv, after, e.Offset)
+		// Their own leave is always theirs to see, whatever the
+		// visibility: without it an invitee who rejects an invite (or
+		// is kicked from a "joined" room) never sees the room go from
+		// /sync (as Synapse does).
+		return after == "leave" || vis.allowed(hv, after, e.Offset)
 	}
 	return false
 }
