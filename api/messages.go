@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -103,15 +104,38 @@ func (s *Server) parseSince(tok string) (uint64, error) {
 }
 
 func parseToken(tok string) (uint64, error) {
+	p, err := parsePos(tok)
+	return p.Offset, err
+}
+
+// A pagination token inside backfilled history (rooms.Pos with a Seq
+// short of rooms.PosEnd) is "t<P>.<seq>": after offset P's event and the
+// history placed there up to seq. "t<P>" is the position after all of P.
+func posToken(p rooms.Pos) string {
+	if p.Seq == rooms.PosEnd {
+		return pageToken(p.Offset)
+	}
+	return pageToken(p.Offset) + "." + strconv.FormatUint(p.Seq, 10)
+}
+
+func parsePos(tok string) (rooms.Pos, error) {
 	t := strings.TrimLeft(tok, "st")
 	if i := strings.IndexByte(t, '_'); i >= 0 {
 		t = t[:i]
 	}
+	seq := rooms.PosEnd
+	if off, s, ok := strings.Cut(t, "."); ok {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil || n == rooms.PosEnd {
+			return rooms.Pos{}, errInvalidParam("Invalid pagination token %q", tok)
+		}
+		t, seq = off, n
+	}
 	p, err := strconv.ParseUint(t, 10, 64)
 	if err != nil || t == "" {
-		return 0, errInvalidParam("Invalid pagination token %q", tok)
+		return rooms.Pos{}, errInvalidParam("Invalid pagination token %q", tok)
 	}
-	return p, nil
+	return rooms.Pos{Offset: p, Seq: seq}, nil
 }
 
 // roomEventFilter is the subset of the spec's RoomEventFilter applied to
@@ -220,61 +244,101 @@ func headOf(e *rooms.Event) eventHead {
 	return h
 }
 
-// page walks a room's timeline from token position pos in one direction,
+// page walks a room's timeline from position pos in one direction,
 // collecting up to limit events the filter allows and the user may see
-// (vis; nil: no check), never past bound
-// (exclusive lower bound when walking backwards; inclusive upper bound
-// when forwards, 0 = none). It returns the events in walking order and the
-// position to continue from, or done when the timeline is exhausted.
-func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, limit int, bound uint64, f *roomEventFilter, vis *visibility) (evs []*rooms.Event, next uint64, done bool, err error) {
+// (vis; nil: no check), never past bound (exclusive when walking
+// backwards, inclusive forwards). It returns the events in walking order
+// and the position to continue from, or done when the timeline is
+// exhausted. Walking backwards (ctx set), it fills gaps in the room's
+// history as it meets them (backfill).
+func (s *Server) pageAt(ctx context.Context, v rooms.View, roomID string, pos rooms.Pos, forward bool, limit int, bound rooms.Pos, f *roomEventFilter, vis *visibility) (evs []*rooms.Event, next rooms.Pos, done bool, err error) {
+	return s.walk(ctx, v, roomID, pos, forward, limit, bound, f, vis, true)
+}
+
+// page is pageAt over the events as they arrived, without backfilled
+// history (a stream reader's view: /sync, /context, search context), with
+// offsets for positions: walking backwards from pos takes offsets <= pos
+// down to bound exclusive; forwards offsets > pos up to bound inclusive
+// (0: none).
+func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, limit int, bound uint64, f *roomEventFilter, vis *visibility) ([]*rooms.Event, uint64, bool, error) {
+	from, to := rooms.Pos{Offset: pos, Seq: rooms.PosEnd}, rooms.Pos{Offset: bound, Seq: rooms.PosEnd}
+	if forward {
+		from.Seq = 0
+		if bound == 0 {
+			to.Offset = ^uint64(0)
+		}
+	}
+	evs, next, done, err := s.walk(context.TODO(), v, roomID, from, forward, limit, to, f, vis, false)
+	return evs, next.Offset, done, err
+}
+
+func (s *Server) walk(ctx context.Context, v rooms.View, roomID string, pos rooms.Pos, forward bool, limit int, bound rooms.Pos, f *roomEventFilter, vis *visibility, history bool) (evs []*rooms.Event, next rooms.Pos, done bool, err error) {
 	const batch = 100
 	scanned := 0
 	// An admin's history purge (api/admin) hides the non-state events up
 	// to an offset.
 	purged, err := s.adminState().PurgedUpTo(roomID)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, rooms.Pos{}, false, err
 	}
+	fill := history && !forward && s.roomFed != nil
 	for len(evs) < limit {
 		var tl []rooms.TimelineEntry
-		if forward {
-			tl, err = v.Timeline(roomID, pos, true, batch, bound)
-		} else {
-			tl, err = v.Timeline(roomID, pos+1, false, batch, bound)
+		switch {
+		case history:
+			tl, err = v.Page(roomID, pos, forward, batch, bound)
+		case forward:
+			b := bound.Offset
+			if b == ^uint64(0) {
+				b = 0 // unbounded
+			}
+			tl, err = v.Timeline(roomID, pos.Offset, true, batch, b)
+		default:
+			tl, err = v.Timeline(roomID, pos.Offset+1, false, batch, bound.Offset)
 		}
 		if err != nil {
-			return nil, 0, false, err
+			return nil, rooms.Pos{}, false, err
 		}
 		if len(tl) == 0 {
 			return evs, pos, true, nil
 		}
-		for _, te := range tl {
-			if forward {
-				pos = te.Offset
-			} else {
-				pos = te.Offset - 1
-			}
+	entries:
+		for i, te := range tl {
 			e, err := v.Event(te.EventID)
 			if err != nil {
-				return nil, 0, false, err
+				return nil, rooms.Pos{}, false, err
 			}
 			if e == nil {
 				// The fold writes a timeline entry and its record in one
 				// batch: a missing record is corruption, not a gap.
-				return nil, 0, false, fmt.Errorf("rooms projection: timeline of %s at offset %d names event %s, which has no record; rebuild it with `engram rebuild --projection rooms`", roomID, te.Offset, te.EventID)
+				return nil, rooms.Pos{}, false, fmt.Errorf("rooms projection: timeline of %s at offset %d names event %s, which has no record; rebuild it with `engram rebuild --projection rooms`", roomID, te.Offset, te.EventID)
 			}
-			h, err := decodeHead(e)
-			if err != nil {
-				return nil, 0, false, err
-			}
-			if te.Offset <= purged && h.StateKey == nil {
-				continue
-			}
-			if f.allows(h.Type, h.Sender, h.Content) && vis.canSee(e) {
-				evs = append(evs, e)
-				if len(evs) == limit {
-					return evs, pos, false, nil
+			if fill {
+				if filled, err := s.fillGap(ctx, v, roomID, te, e, tl[i+1:]); err != nil {
+					return nil, rooms.Pos{}, false, err
+				} else if filled {
+					// History now lies just before te: read on from there.
+					v = s.roomsView()
+					pos = te.Before()
+					if err := s.keepEvent(&evs, e, te, purged, f, vis); err != nil {
+						return nil, rooms.Pos{}, false, err
+					}
+					if len(evs) == limit {
+						return evs, pos, false, nil
+					}
+					break entries
 				}
+			}
+			if forward {
+				pos = te.At()
+			} else {
+				pos = te.Before()
+			}
+			if err := s.keepEvent(&evs, e, te, purged, f, vis); err != nil {
+				return nil, rooms.Pos{}, false, err
+			}
+			if len(evs) == limit {
+				return evs, pos, false, nil
 			}
 		}
 		scanned += len(tl)
@@ -285,6 +349,30 @@ func (s *Server) page(v rooms.View, roomID string, pos uint64, forward bool, lim
 		}
 	}
 	return evs, pos, false, nil
+}
+
+// keepEvent appends e to evs when it is shown: not purged, allowed by the
+// filter and visible to the reader.
+func (s *Server) keepEvent(evs *[]*rooms.Event, e *rooms.Event, te rooms.TimelineEntry, purged uint64, f *roomEventFilter, vis *visibility) error {
+	h, err := decodeHead(e)
+	if err != nil {
+		return err
+	}
+	if te.Offset <= purged && h.StateKey == nil {
+		return nil
+	}
+	if !f.allows(h.Type, h.Sender, h.Content) {
+		return nil
+	}
+	if te.Seq > 0 {
+		if !vis.canSeeHistorical(e) {
+			return nil
+		}
+	} else if !vis.canSee(e) {
+		return nil
+	}
+	*evs = append(*evs, e)
+	return nil
 }
 
 func parseFilterParam(raw string) (*roomEventFilter, error) {
@@ -330,42 +418,40 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	if f != nil && f.Limit != nil && *f.Limit < limit {
 		limit = *f.Limit
 	}
-	var from uint64
+	top := rooms.Pos{Offset: upper, Seq: rooms.PosEnd}
+	var from rooms.Pos
 	if t := q.Get("from"); t != "" {
-		if from, err = parseToken(t); err != nil {
+		if from, err = parsePos(t); err != nil {
 			return err
 		}
-	} else if forward {
-		from = 0
-	} else {
-		from = upper
+	} else if !forward {
+		from = top
 	}
-	var bound uint64 // backward: stop at the 'to' token; forward: at 'to' or upper
+	var bound rooms.Pos // backward: stop at the 'to' token; forward: at 'to' or upper
 	if forward {
-		bound = upper
+		bound = top
 	}
 	if t := q.Get("to"); t != "" {
-		to, err := parseToken(t)
+		to, err := parsePos(t)
 		if err != nil {
 			return err
 		}
-		if forward {
-			bound = min(bound, to)
-		} else {
+		if !forward || to.Less(bound) {
 			bound = to
 		}
 	}
-	if !forward && from > upper {
-		from = upper
+	if !forward && top.Less(from) {
+		from = top
 	}
 	v := s.roomsView()
 	var evs []*rooms.Event
 	next, done := from, true
 	if limit > 0 {
-		evs, next, done, err = s.page(v, roomID, from, forward, limit, bound, f, vis)
+		evs, next, done, err = s.pageAt(r.Context(), v, roomID, from, forward, limit, bound, f, vis)
 		if err != nil {
 			return err
 		}
+		v = s.roomsView() // backfill may have moved it
 	}
 	chunk := make([]map[string]any, 0, len(evs))
 	senders := map[string]uint64{} // sender -> offset of their newest event in the chunk
@@ -379,13 +465,15 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 			senders[h.Sender] = e.Offset
 		}
 	}
-	start, err := s.tokenAt("t", from)
-	if err != nil {
-		return err
+	start := posToken(from)
+	if from.Seq == rooms.PosEnd {
+		if start, err = s.tokenAt("t", from.Offset); err != nil {
+			return err
+		}
 	}
 	resp := map[string]any{"start": start, "chunk": chunk}
 	if !done {
-		resp["end"] = pageToken(next)
+		resp["end"] = posToken(next)
 	}
 	if f != nil && f.LazyLoadMembers {
 		// Each sender's membership as it was at their event in the chunk.
@@ -483,4 +571,53 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 		"start": pageToken(startPos), "end": pageToken(endPos), "state": conv(stateEvs),
 	})
 	return nil
+}
+
+// canSeeHistorical is canSee for a backfilled event, which sits before
+// every offset after its place: the state it is judged by is the state
+// at it, not the room's history of current state.
+func (vis *visibility) canSeeHistorical(e *rooms.Event) bool {
+	if vis == nil {
+		return true
+	}
+	state, ok, err := vis.v.StateIDsBefore(e.EventID)
+	if err != nil || !ok {
+		return false
+	}
+	value := func(typ, stateKey, field string) string {
+		id := state[stateres.StateKeyTuple{Type: typ, StateKey: stateKey}]
+		if id == "" {
+			return ""
+		}
+		se, err := vis.v.Event(id)
+		if err != nil || se == nil {
+			return ""
+		}
+		var c map[string]any
+		_ = json.Unmarshal(headOf(se).Content, &c)
+		v, _ := c[field].(string)
+		return v
+	}
+	hv := value(stateres.MRoomHistoryVisibility, "", "history_visibility")
+	mem := value(stateres.MRoomMember, vis.userID, "membership")
+	// History precedes what arrived here: any join of the reader's that
+	// this server folded came after the event ("shared").
+	if vis.allowed(hv, mem, 0) {
+		return true
+	}
+	h := headOf(e)
+	if h.StateKey == nil {
+		return false
+	}
+	var c map[string]any
+	_ = json.Unmarshal(h.Content, &c)
+	switch {
+	case h.Type == stateres.MRoomHistoryVisibility && *h.StateKey == "":
+		after, _ := c["history_visibility"].(string)
+		return vis.allowed(after, mem, 0)
+	case h.Type == stateres.MRoomMember && *h.StateKey == vis.userID:
+		after, _ := c["membership"].(string)
+		return vis.allowed(hv, after, 0)
+	}
+	return false
 }

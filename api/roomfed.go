@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"time"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
@@ -28,6 +29,11 @@ type RoomFederation interface {
 	// invite, rescinding a knock) through the first of servers that
 	// answers; it returns once the leave is folded.
 	LeaveRoom(ctx context.Context, roomID string, servers []string, userID string) error
+	// Backfill fetches the history before the timeline entry gap, whose
+	// event names the missing prev_events this server does not hold,
+	// from the room's other servers, and records what passes the checks
+	// just before gap; it returns how many events it placed.
+	Backfill(ctx context.Context, roomID string, gap rooms.TimelineEntry, missing []string) (int, error)
 }
 
 // SetRoomFederation installs the federation side of room actions (the
@@ -61,6 +67,38 @@ func joinServers(r *http.Request, roomID string, fromAlias []string) []string {
 		add(d)
 	}
 	return out
+}
+
+// leftRoom reports whether this server holds the room but none of its
+// users is joined any more: its copy of the room stopped at the last
+// leave, so a join goes through a server still in the room (make_join),
+// not onto the stale state here.
+func (s *Server) leftRoom(roomID string) bool {
+	if s.roomFed == nil {
+		return false
+	}
+	joined, err := s.roomsView().MemberIDs(roomID, "join")
+	if err != nil {
+		return false
+	}
+	resident := false
+	for _, u := range joined {
+		if domainOf(u) == s.cfg.ServerName {
+			return false
+		}
+		resident = true
+	}
+	return resident
+}
+
+// residentServers are the servers of the room's joined members as this
+// server last saw them.
+func (s *Server) residentServers(roomID string) []string {
+	servers, err := s.roomsView().ServersInRoom(roomID, "")
+	if err != nil {
+		return nil
+	}
+	return servers
 }
 
 // joinRemote joins a room this server does not hold, over federation.
@@ -169,4 +207,46 @@ func (s *Server) leaveRemote(r *http.Request, sess *session, roomID string) erro
 		return remoteErr(strings.Join(servers, ", "), err)
 	}
 	return nil
+}
+
+// backfillTimeout bounds the time one /messages request spends filling a
+// gap: a reader waits for history, not for a dead server.
+const backfillTimeout = 20 * time.Second
+
+// fillGap fills the gap in a room's history just before the timeline
+// entry te (event e), when its event names prev_events this server does
+// not hold in the room's DAG: rest is what the walk reads next (an event
+// there is held). It reports whether history was placed before te.
+func (s *Server) fillGap(ctx context.Context, v rooms.View, roomID string, te rooms.TimelineEntry, e *rooms.Event, rest []rooms.TimelineEntry) (bool, error) {
+	p, err := e.PDU()
+	if err != nil {
+		return false, err
+	}
+	var missing []string
+	for _, id := range p.PrevEventIDs() {
+		if len(rest) > 0 && rest[0].EventID == id {
+			continue
+		}
+		pe, err := v.Event(id)
+		if err != nil {
+			return false, err
+		}
+		if pe == nil || (pe.Outlier && pe.Rejected == "") {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) == 0 {
+		return false, nil
+	}
+	bctx, cancel := context.WithTimeout(ctx, backfillTimeout)
+	defer cancel()
+	n, err := s.roomFed.Backfill(bctx, roomID, te, missing)
+	if err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		s.logger.Warn().Err(err).Str("room_id", roomID).Str("event_id", e.EventID).Msg("could not backfill the room's history before this event; a reader paging there asks again after a minute")
+		return false, nil
+	}
+	return n > 0, nil
 }

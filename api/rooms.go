@@ -470,12 +470,13 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 	if err != nil {
 		return err
 	}
-	if room == nil && membership == "join" {
+	if membership == "join" && (room == nil || s.leftRoom(roomID)) {
 		content, err := memberContent()
 		if err != nil {
 			return err
 		}
 		servers = append(servers, s.inviterServers(sess.UserID, roomID)...)
+		servers = append(servers, s.residentServers(roomID)...)
 		var extra map[string]any
 		_ = json.Unmarshal(content, &extra)
 		if err := s.joinRemote(r, sess, roomID, servers, extra); err != nil {

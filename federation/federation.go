@@ -88,6 +88,10 @@ type Server struct {
 	recvOnce sync.Once
 	recv     *receive.Receiver
 	txns     txnCache
+	// gapsTried: when each gap in a room's history (named by the event
+	// after it) was last asked for with /backfill (backfill.go).
+	gapsMu    sync.Mutex
+	gapsTried map[string]time.Time
 }
 
 // New builds the handler root and registers every route.

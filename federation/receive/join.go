@@ -40,6 +40,10 @@ func (r *Receiver) Join(ctx context.Context, origin string, version *stateres.Ro
 	if err != nil {
 		return Verdict{}, err
 	}
+	// The state origin sent is the room's current state before the join,
+	// also when this server held the room before (a rejoin after its last
+	// user left): what it held then is stale.
+	d.fresh, d.extremities = true, nil
 	if resp.Event != nil {
 		ev, err := stateres.ParseEvent(version, resp.Event)
 		if err != nil || ev.EventID() != join.EventID() {

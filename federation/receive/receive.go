@@ -148,6 +148,9 @@ type decider struct {
 	// fresh: the room is not known here yet (a join in progress); its
 	// current state is the state before the join.
 	fresh bool
+	// historical: the events are history (backfill): no soft-fail check
+	// against the current state, and they never become extremities.
+	historical bool
 }
 
 func newDecider(view rooms.View, version *stateres.RoomVersion, roomID string) (*decider, error) {
@@ -405,6 +408,9 @@ func (d *decider) decide(c *candidate) Verdict {
 	var recordedState rooms.StateMap
 	if recorded {
 		recordedState = before
+	}
+	if d.historical {
+		return record(Accepted, "", after, recordedState)
 	}
 	// Step 6: soft-fail against the current state.
 	cur, err := d.currentState()

@@ -160,6 +160,50 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			fmt.Fprintf(&b, "%s: %s\n", names[i], h.describeVerdict(v))
 		}
 		return b.String()
+	case "backfill":
+		// backfill before=X names...: the named events as an answer to
+		// /backfill, to fill the gap before timeline entry X.
+		var before string
+		d.ScanArgs(t, "before", &before)
+		v := rooms.NewView(h.h.Reader(), h.node)
+		gap, ok := h.timelineEntry(t, v, h.id(t, before))
+		if !ok {
+			t.Fatalf("%s is not in the timeline", before)
+		}
+		var pdus []json.RawMessage
+		for _, n := range strings.Fields(d.Input) {
+			pdus = append(pdus, h.raw[h.id(t, n)])
+		}
+		h.entries = nil
+		verdicts, placed, err := h.recv.Backfill(context.Background(), "b.test", h.roomID, gap, pdus)
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		var b strings.Builder
+		for _, e := range h.entries {
+			fmt.Fprintf(&b, "recorded %s\n", h.describeEntry(e))
+		}
+		for _, v := range verdicts {
+			fmt.Fprintf(&b, "%s: %s\n", h.name(v.EventID), h.describeVerdict(v))
+		}
+		fmt.Fprintf(&b, "placed %d\n", placed)
+		return b.String()
+	case "timeline":
+		// The room's timeline, historical entries included, oldest first.
+		v := rooms.NewView(h.h.Reader(), h.node)
+		tl, err := v.Page(h.roomID, rooms.Pos{}, true, 1000, rooms.Pos{Offset: ^uint64(0), Seq: rooms.PosEnd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, te := range tl {
+			n := h.name(te.EventID)
+			if te.Seq > 0 {
+				n += "*"
+			}
+			names = append(names, n)
+		}
+		return strings.Join(names, " ")
 	case "state":
 		var name string
 		var m rooms.StateMap
@@ -589,6 +633,9 @@ func (h *harness) describeEntry(e facts.PDU) string {
 	default:
 		parts = append(parts, "accepted")
 	}
+	if e.Backfill != nil {
+		parts = append(parts, "historical")
+	}
 	if e.StateBefore != nil {
 		var st []string
 		for _, tr := range e.StateBefore {
@@ -611,4 +658,18 @@ func (h *harness) describeVerdict(v Verdict) string {
 		s += ": " + h.names_(v.Reason)
 	}
 	return s
+}
+
+// timelineEntry finds an event's entry in the room's timeline.
+func (h *harness) timelineEntry(t *testing.T, v rooms.View, id string) (rooms.TimelineEntry, bool) {
+	tl, err := v.Page(h.roomID, rooms.Pos{}, true, 1000, rooms.Pos{Offset: ^uint64(0), Seq: rooms.PosEnd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, te := range tl {
+		if te.EventID == id {
+			return te, true
+		}
+	}
+	return rooms.TimelineEntry{}, false
 }

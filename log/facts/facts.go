@@ -196,6 +196,21 @@ type PDU struct {
 	// fold uses it instead of resolving the prev_events' states, so it
 	// never needs the network.
 	StateBefore [][3]string `json:"state_before,omitempty"`
+	// Backfill, when set, marks a historical event: fetched with
+	// /backfill to fill a gap in the room's history here, it is placed in
+	// the room's timeline at Place (before the event whose missing
+	// prev_events it is), has a state like any event in the DAG, but
+	// changes neither the current state nor the forward extremities, and
+	// notifies no one.
+	Backfill *TimelinePlace `json:"backfill,omitempty"`
+}
+
+// TimelinePlace is a position in a room's timeline between two log
+// offsets: after every event at offset After, and after the historical
+// events placed there with a lower Seq (1 <= Seq < MaxUint64).
+type TimelinePlace struct {
+	After uint64 `json:"after"`
+	Seq   uint64 `json:"seq"`
 }
 
 // TxnRef names the client transaction that created an event.

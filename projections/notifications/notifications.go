@@ -321,8 +321,8 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			return err
 		}
 	}
-	if f.Outlier || f.SoftFailed {
-		return nil
+	if f.Outlier || f.SoftFailed || f.Backfill != nil {
+		return nil // backfilled history notifies no one and moves no counts
 	}
 	if _, seen, err := b.w.Get(projections.Key(pEvent, id)); err != nil || seen {
 		return err // a duplicate: already folded

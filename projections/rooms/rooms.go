@@ -25,7 +25,7 @@ import (
 // endian so that keys sort by stream position.
 const (
 	pEvent      = 'e' // e eventID -> Event, binary (records.go); or a placeholder holding redactions seen before it
-	pTimeline   = 't' // t room 0 offset -> eventID
+	pTimeline   = 't' // t room 0 offset -> eventID; t room 0 offset seq -> eventID for a historical event placed after offset (facts.TimelinePlace)
 	pState      = 's' // s room 0 type 0 stateKey -> eventID
 	pRoom       = 'R' // R room -> Room
 	pMember     = 'm' // m user 0 room -> Membership
@@ -200,6 +200,13 @@ func offsetKey(prefix byte, room string, off uint64) []byte {
 	return binary.BigEndian.AppendUint64(k, off)
 }
 
+// placeKey is the timeline key of a historical event: the key of the
+// offset it follows with its sequence number appended, so that it sorts
+// after that offset's own event and before the next offset's.
+func placeKey(room string, p facts.TimelinePlace) []byte {
+	return binary.BigEndian.AppendUint64(offsetKey(pTimeline, room, p.After), p.Seq)
+}
+
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 	b := newBatch(w, p.log)
@@ -290,6 +297,9 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		rec.pending = old.pending
 	}
 	inDAG := f.Rejected == "" && !f.SoftFailed && !f.Outlier
+	// A historical event (backfilled) is in the DAG with a state of its
+	// own, at its place in the timeline, but older than the current state.
+	historical := inDAG && f.Backfill != nil
 	// Soft-failed events have a state (a later event may cite them as a
 	// prev event) but do not advance the room's current state.
 	hasState := f.Rejected == "" && !f.Outlier
@@ -299,7 +309,7 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		if err != nil {
 			return err
 		}
-		if inDAG && ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
+		if inDAG && !historical && ev.Type() == stateres.MRoomCreate && ev.StateKey() != nil && *ev.StateKey() == "" {
 			fresh := &Room{RoomID: roomID, Version: version.ID, Creator: ev.Sender()}
 			if room != nil {
 				fresh.MaxTS, fresh.PendingRedactions = room.MaxTS, room.PendingRedactions
@@ -324,7 +334,7 @@ func (b *batch) applyPDU(e englog.Entry) error {
 				return err
 			}
 			rec.hasState, rec.before, rec.after, rec.Replaces = true, before, after, replaces
-			if inDAG {
+			if inDAG && !historical {
 				changes, err := b.advanceCurrent(room, ev, before, after)
 				if err != nil {
 					return err
@@ -336,7 +346,13 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			b.dirtyRoom(roomID)
 		}
 	}
-	if inDAG {
+	if historical {
+		// Before the events at later offsets, so neither /sync's position
+		// nor any reader's wake-up moves.
+		if err := w.Set(placeKey(roomID, *f.Backfill), []byte(id)); err != nil {
+			return err
+		}
+	} else if inDAG {
 		if err := w.Set(offsetKey(pTimeline, roomID, e.Offset), []byte(id)); err != nil {
 			return err
 		}

@@ -310,6 +310,88 @@ func (v View) TxnEvent(userID, deviceID string, scope TxnScope, txnID string) (s
 type TimelineEntry struct {
 	Offset  uint64
 	EventID string
+	// Seq is non-zero for a historical (backfilled) event: it sits after
+	// the event at Offset, ordered by Seq (facts.TimelinePlace).
+	Seq uint64
+}
+
+// Pos is a position between timeline entries: after the entry at
+// Offset and after the historical entries placed there with a Seq up to
+// Seq. Seq 0 is just after the event at Offset itself; PosEnd after
+// everything at Offset, which is what a stream token names.
+type Pos struct {
+	Offset, Seq uint64
+}
+
+// PosEnd is the Seq of the position after all entries at an offset.
+const PosEnd = ^uint64(0)
+
+// At is the position just after the entry (for the walk forwards).
+func (te TimelineEntry) At() Pos { return Pos{te.Offset, te.Seq} }
+
+// Before is the position just before the entry (for the walk backwards).
+func (te TimelineEntry) Before() Pos {
+	if te.Seq > 0 {
+		return Pos{te.Offset, te.Seq - 1}
+	}
+	if te.Offset == 0 {
+		return Pos{}
+	}
+	return Pos{te.Offset - 1, PosEnd}
+}
+
+// Less orders positions.
+func (p Pos) Less(q Pos) bool {
+	return p.Offset < q.Offset || (p.Offset == q.Offset && p.Seq < q.Seq)
+}
+
+// after reports whether the entry lies after the position.
+func (te TimelineEntry) after(p Pos) bool { return p.Less(te.At()) }
+
+// seekKey is the first key after position p.
+func (p Pos) seekKey(roomID string) []byte {
+	switch p.Seq {
+	case PosEnd:
+		return offsetKey(pTimeline, roomID, p.Offset+1)
+	default:
+		return binary.BigEndian.AppendUint64(offsetKey(pTimeline, roomID, p.Offset), p.Seq+1)
+	}
+}
+
+// Page returns up to limit timeline entries of a room, historical ones
+// included, walking forwards from position from (entries after it, up to
+// bound inclusive) or backwards (entries up to from, down to bound
+// exclusive), in walking order.
+func (v View) Page(roomID string, from Pos, forward bool, limit int, bound Pos) ([]TimelineEntry, error) {
+	lower := append(projections.Key(pTimeline, roomID), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
+	var out []TimelineEntry
+	read := func() TimelineEntry {
+		k := it.Key()[len(lower):]
+		te := TimelineEntry{Offset: binary.BigEndian.Uint64(k[:8]), EventID: string(it.Value())}
+		if len(k) >= 16 {
+			te.Seq = binary.BigEndian.Uint64(k[8:16])
+		}
+		return te
+	}
+	if forward {
+		for ok := it.SeekGE(from.seekKey(roomID)); ok && len(out) < limit; ok = it.Next() {
+			te := read()
+			if te.after(bound) {
+				break
+			}
+			out = append(out, te)
+		}
+	} else {
+		for ok := it.SeekLT(from.seekKey(roomID)); ok && len(out) < limit; ok = it.Prev() {
+			te := read()
+			if !te.after(bound) {
+				break
+			}
+			out = append(out, te)
+		}
+	}
+	return out, it.Close()
 }
 
 // Timeline returns up to limit timeline entries of a room with offsets in
@@ -321,6 +403,9 @@ func (v View) Timeline(roomID string, from uint64, forward bool, limit int, boun
 	// iterator back twice, and two later readers then share it.
 	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var out []TimelineEntry
+	// Historical entries (longer keys) are left out: /sync and the
+	// other stream readers show what arrived, not what was backfilled.
+	historical := func() bool { return len(it.Key()) > len(lower)+8 }
 	read := func() TimelineEntry {
 		k := it.Key()
 		return TimelineEntry{Offset: binary.BigEndian.Uint64(k[len(k)-8:]), EventID: string(it.Value())}
@@ -328,6 +413,9 @@ func (v View) Timeline(roomID string, from uint64, forward bool, limit int, boun
 	if forward {
 		// Entries with offset > from and <= bound (0: unbounded).
 		for ok := it.SeekGE(offsetKey(pTimeline, roomID, from+1)); ok && len(out) < limit; ok = it.Next() {
+			if historical() {
+				continue
+			}
 			te := read()
 			if bound != 0 && te.Offset > bound {
 				break
@@ -337,6 +425,9 @@ func (v View) Timeline(roomID string, from uint64, forward bool, limit int, boun
 	} else {
 		// Entries with offset < from and > bound, newest first.
 		for ok := it.SeekLT(offsetKey(pTimeline, roomID, from)); ok && len(out) < limit; ok = it.Prev() {
+			if historical() {
+				continue
+			}
 			te := read()
 			if te.Offset <= bound {
 				break
