@@ -26,6 +26,19 @@ type tableDamage struct {
 	db   *pebble.DB // nil until open, and for ImportLog
 	stop <-chan struct{}
 	wg   sync.WaitGroup
+	// checkers are told of every newly damaged table (see OnTableDamage).
+	checkers []func(lower, upper []byte)
+}
+
+// OnTableDamage registers fn to be told the key range [lower, upper) of
+// every table Pebble newly finds damaged, on a goroutine of its own. A
+// read that meets damage fails and says so to whoever made it, but a
+// compaction that meets it tells no one: this is how the projections
+// learn of damage in their data that no request has read yet.
+func (n *Node) OnTableDamage(fn func(lower, upper []byte)) {
+	n.damage.mu.Lock()
+	defer n.damage.mu.Unlock()
+	n.damage.checkers = append(n.damage.checkers, fn)
 }
 
 func (d *tableDamage) report(info pebble.DataCorruptionInfo) {
@@ -40,6 +53,25 @@ func (d *tableDamage) report(info pebble.DataCorruptionInfo) {
 	d.seen[info.Path] = true
 	l := d.l.With().Str("file", info.Path).Str("bounds", info.Bounds.String()).Logger()
 	l.Error().AnErr("error", info.Details).Msg("a table is damaged (a block failed its checksum): reads of what the block holds fail and compactions stop at it; projections rebuild themselves from the log when they meet it; checking whether log entries are in the damaged part")
+	if d.db == nil {
+		return // met while opening: Open fails with the damage
+	}
+	select {
+	case <-d.stop:
+		return // closing: nothing may start reading now
+	default:
+	}
+	upper := info.Bounds.End.Key
+	if info.Bounds.End.IsUpperBoundFor(bytes.Compare, upper) { // inclusive
+		upper = append(append([]byte(nil), upper...), 0)
+	}
+	for _, fn := range d.checkers {
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			fn(info.Bounds.Start, upper)
+		}()
+	}
 	start := info.Bounds.Start
 	if bytes.Compare(start, prefixEntry) < 0 {
 		start = prefixEntry
@@ -49,11 +81,8 @@ func (d *tableDamage) report(info pebble.DataCorruptionInfo) {
 		l.Info().Msg("the damaged table holds no log entries: only projection data, which heals itself")
 		return
 	}
-	if d.db == nil {
-		return // met while opening: Open fails with the damage
-	}
-	if !info.Bounds.End.IsUpperBoundFor(bytes.Compare, end) {
-		end = append(append([]byte(nil), info.Bounds.End.Key...), 0) // inclusive end
+	if bytes.Compare(upper, end) < 0 {
+		end = upper
 	}
 	d.wg.Add(1)
 	go d.checkEntries(l, start, end)

@@ -370,7 +370,18 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64, damage *tabl
 	pl := l.With().Str("subsystem", "pebble").Logger()
 	o := &pebble.Options{Logger: pebbleLogger{pl}, FS: walFS{fs}}
 	damage.l = pl
-	o.EventListener = &pebble.EventListener{DataCorruption: damage.report}
+	o.EventListener = &pebble.EventListener{
+		DataCorruption: damage.report,
+		BackgroundError: func(err error) {
+			if pebble.IsCorruptionError(err) {
+				// Pebble retries the compaction that met the damage;
+				// DataCorruption reported it once already.
+				pl.Debug().Err(err).Msg("background error")
+				return
+			}
+			pl.Error().Err(err).Msg("background error")
+		},
+	}
 	// Pebble's default 8 MB block cache is also charged for the memtables,
 	// which leaves nothing for blocks: every read that misses the memtable
 	// decompresses a whole block again (measured: replay of the rooms

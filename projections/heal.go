@@ -275,3 +275,53 @@ type damageAwareIter struct {
 }
 
 func (i damageAwareIter) Close() error { return i.r.check(i.Iterator.Close()) }
+
+// CheckTable reads the records of every serving projection in the key
+// range [lower, upper) of a table the store found damaged, and starts
+// healing each projection whose records there are unreadable. The store
+// calls it (log.Node.OnTableDamage) when a compaction meets damage that no
+// request has read yet: the projection then heals at once, instead of
+// when a request first needs the damaged records, and its damaged
+// generation is excised, which lets compactions of that table go on.
+func (e *Engine) CheckTable(lower, upper []byte) {
+	e.mu.Lock()
+	if !e.started || e.closed {
+		e.mu.Unlock()
+		return
+	}
+	e.wg.Add(1) // Close waits: the DB must stay open while this reads
+	e.mu.Unlock()
+	defer e.wg.Done()
+	for _, h := range e.Handles() {
+		h.rw.RLock()
+		prefix := h.servingPrefix
+		h.rw.RUnlock()
+		lo, hi := prefix, prefixEnd(prefix)
+		if bytes.Compare(lower, lo) > 0 {
+			lo = lower
+		}
+		if hi == nil || bytes.Compare(upper, hi) < 0 {
+			hi = upper
+		}
+		if bytes.Compare(lo, hi) >= 0 {
+			continue
+		}
+		if err := e.readRange(lo, hi); IsDamage(err) {
+			h.reportDamage(prefix, err)
+		}
+	}
+}
+
+// readRange reads every key and value in [lower, upper).
+func (e *Engine) readRange(lower, upper []byte) error {
+	it, err := e.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		if _, err := it.ValueAndErr(); err != nil {
+			break
+		}
+	}
+	return it.Close()
+}

@@ -1,25 +1,20 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	binenc "encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
-	"github.com/cockroachdb/pebble/v2/sstable"
-	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/engram-hs/engram/internal/pebbletest"
 )
 
 // TestDamagedProjectionHealsItself flips 64 bytes in a table block that
@@ -193,94 +188,5 @@ func damageRoomsEventBlock(t *testing.T, dbDir string) string {
 	events := binenc.BigEndian.AppendUint32([]byte("Prooms\x00"), m.Gen)
 	events = append(events, 'e')
 
-	ssts, _ := filepath.Glob(filepath.Join(dbDir, "*.sst"))
-	for _, path := range ssts {
-		if off, ok := eventsOnlyBlock(t, path, events); ok {
-			b, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for i := off; i < off+64; i++ {
-				b[i] ^= 0xff
-			}
-			if err := os.WriteFile(path, b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-			return filepath.Base(path)
-		}
-	}
-	t.Fatalf("no table holds a data block of rooms event records only (tables: %v)", ssts)
-	return ""
-}
-
-// eventsOnlyBlock finds, in the table at path, a data block whose keys all
-// start with prefix, and returns an offset in its middle.
-func eventsOnlyBlock(t *testing.T, path string, prefix []byte) (int, bool) {
-	f, err := vfs.Default.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	readable, err := sstable.NewSimpleReadable(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := sstable.NewReader(context.Background(), readable, sstable.ReaderOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	layout, err := r.Layout()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The verbose description lists each block ("data  offset: N
-	// length: L") followed by its records; fmtKV adds each record's key.
-	desc := layout.Describe(true, r, func(k *pebble.InternalKey, _ []byte) string {
-		return fmt.Sprintf("KEY %x", k.UserKey)
-	})
-	type block struct {
-		off, length int
-		keys, ok    int
-	}
-	var blocks []*block
-	var cur *block
-	header := regexp.MustCompile(`(\S+)  offset: (\d+)  length: (\d+)`)
-	for _, line := range strings.Split(desc, "\n") {
-		if m := header.FindStringSubmatch(line); m != nil {
-			cur = nil // another kind of block
-			if m[1] == "data" {
-				off, _ := strconv.Atoi(m[2])
-				length, _ := strconv.Atoi(m[3])
-				cur = &block{off: off, length: length}
-				blocks = append(blocks, cur)
-			}
-			continue
-		}
-		if i := strings.Index(line, "KEY "); i >= 0 && cur != nil {
-			k, _ := hexDecode(line[i+4:])
-			cur.keys++
-			if bytes.HasPrefix(k, prefix) {
-				cur.ok++
-			}
-		}
-	}
-	for _, b := range blocks {
-		if b.keys > 0 && b.ok == b.keys && b.length > 256 {
-			return b.off + b.length/2 - 32, true
-		}
-	}
-	return 0, false
-}
-
-func hexDecode(s string) ([]byte, error) {
-	s = strings.TrimSpace(s)
-	out := make([]byte, len(s)/2)
-	for i := range out {
-		v, err := strconv.ParseUint(s[2*i:2*i+2], 16, 8)
-		if err != nil {
-			return nil, err
-		}
-		out[i] = byte(v)
-	}
-	return out, nil
+	return pebbletest.DamageBlock(t, dbDir, events)
 }

@@ -124,6 +124,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	engine := projections.NewEngine(node, node.DB(), logger, reg)
+	node.OnTableDamage(engine.CheckTable)
 	fedClient, err := newFederationClient(cfg, key, logger)
 	if err != nil {
 		node.Close()
