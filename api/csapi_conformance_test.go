@@ -537,3 +537,55 @@ func TestRejectedInviteInLeave(t *testing.T) {
 		}
 	}
 }
+
+// TestV12CreatorsAndLevels: in a room version 12 room the default
+// tombstone level is 150; power levels naming a creator are 400; bad
+// additional_creators are 400 M_BAD_JSON; a trusted_private_chat's
+// invitees join the requested additional_creators; no one sends a second
+// m.room.create (400).
+func TestV12CreatorsAndLevels(t *testing.T) {
+	ts := startServer(t)
+	alice, bob, carol := ts.register("alice"), ts.register("bob"), ts.register("carol")
+	create := func(body map[string]any) (int, map[string]any) {
+		body["room_version"] = "12"
+		return ts.do("POST", "/_matrix/client/v3/createRoom", alice.AccessToken, body)
+	}
+	code, resp := create(map[string]any{})
+	room, _ := resp["room_id"].(string)
+	if code != 200 {
+		t.Fatalf("createRoom: %d %v", code, resp)
+	}
+	state := "/_matrix/client/v3/rooms/" + url.PathEscape(room) + "/state/"
+	_, pl := ts.do("GET", state+"m.room.power_levels/", alice.AccessToken, nil)
+	if ev, _ := pl["events"].(map[string]any); ev["m.room.tombstone"] != float64(150) {
+		t.Errorf("tombstone level %v, want 150", ev["m.room.tombstone"])
+	}
+	if code, resp := ts.do("PUT", state+"m.room.power_levels/", alice.AccessToken, map[string]any{"users": map[string]int{alice.UserID.String(): 100}}); code != 400 || resp["errcode"] != "M_BAD_JSON" {
+		t.Errorf("power levels naming the creator: %d %v, want 400 M_BAD_JSON", code, resp)
+	}
+	if code, resp := ts.do("PUT", state+"m.room.create/", alice.AccessToken, map[string]any{"room_version": "12", "entropy": 1}); code != 400 {
+		t.Errorf("a second m.room.create: %d %v, want 400", code, resp)
+	}
+	for _, bad := range []any{"@bob:test.local", []any{42}, []any{"not-a-user"}, []any{"@x:dom$ain.com"}} {
+		if code, resp := create(map[string]any{"creation_content": map[string]any{"additional_creators": bad}}); code != 400 || resp["errcode"] != "M_BAD_JSON" {
+			t.Errorf("additional_creators %v: %d %v, want 400 M_BAD_JSON", bad, code, resp)
+		}
+	}
+	if code, resp := create(map[string]any{"power_level_content_override": map[string]any{"users": map[string]int{alice.UserID.String(): 100}}}); code != 400 || resp["errcode"] != "M_INVALID_ROOM_STATE" {
+		t.Errorf("power_level_content_override naming the creator: %d %v, want 400 M_INVALID_ROOM_STATE", code, resp)
+	}
+	code, resp = create(map[string]any{"preset": "trusted_private_chat", "invite": []string{bob.UserID.String()},
+		"creation_content": map[string]any{"additional_creators": []string{carol.UserID.String()}}})
+	if code != 200 {
+		t.Fatalf("trusted_private_chat: %d %v", code, resp)
+	}
+	_, cc := ts.do("GET", "/_matrix/client/v3/rooms/"+url.PathEscape(resp["room_id"].(string))+"/state/m.room.create/", alice.AccessToken, nil)
+	var got []string
+	for _, u := range cc["additional_creators"].([]any) {
+		got = append(got, u.(string))
+	}
+	slices.Sort(got)
+	if want := []string{bob.UserID.String(), carol.UserID.String()}; !slices.Equal(got, want) {
+		t.Errorf("additional_creators %v, want %v", got, want)
+	}
+}

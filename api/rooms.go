@@ -18,6 +18,7 @@ import (
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/auth"
 	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
@@ -115,6 +116,11 @@ func (s *Server) checkCreateRoom(req *createRoomReq) (version *stateres.RoomVers
 			return nil, "", "", errInvalidParam("Invalid user ID %q in invite", u)
 		}
 	}
+	if version.PrivilegedCreators {
+		if err := creatorsRequest(req, preset); err != nil {
+			return nil, "", "", err
+		}
+	}
 	if req.RoomAliasName != "" {
 		if strings.ContainsAny(req.RoomAliasName, ":# ") {
 			return nil, "", "", errInvalidParam("room_alias_name must be a localpart without ':' or '#'")
@@ -122,6 +128,58 @@ func (s *Server) checkCreateRoom(req *createRoomReq) (version *stateres.RoomVers
 		alias = "#" + req.RoomAliasName + ":" + s.cfg.ServerName
 	}
 	return version, preset, alias, nil
+}
+
+// creatorsRequest checks creation_content.additional_creators of a room
+// version with privileged creators (400 M_BAD_JSON unless an array of
+// user IDs) and, for trusted_private_chat, adds the invitees to it
+// (spec: createRoom, creation_content). The power levels may not name a
+// creator (400 M_INVALID_ROOM_STATE): their level is fixed.
+func creatorsRequest(req *createRoomReq, preset string) error {
+	var creators []string
+	if raw, ok := req.CreationContent["additional_creators"]; ok {
+		list, ok := raw.([]any)
+		if !ok {
+			return errBadJSON("creation_content.additional_creators must be an array of user IDs")
+		}
+		for _, u := range list {
+			s, ok := u.(string)
+			if !ok || !validUserID(s) {
+				return errBadJSON("creation_content.additional_creators: %v is not a valid user ID", u)
+			}
+			creators = append(creators, s)
+		}
+	}
+	if preset == "trusted_private_chat" {
+		for _, u := range req.Invite {
+			if !slices.Contains(creators, u) {
+				creators = append(creators, u)
+			}
+		}
+		if len(creators) > 0 {
+			cc := maps.Clone(req.CreationContent)
+			if cc == nil {
+				cc = map[string]any{}
+			}
+			cc["additional_creators"] = creators
+			req.CreationContent = cc
+		}
+	}
+	if users, ok := req.PowerLevelContentOverride["users"].(map[string]any); ok {
+		for u := range users {
+			if slices.Contains(creators, u) {
+				return merr(http.StatusBadRequest, "M_INVALID_ROOM_STATE", "power_level_content_override.users names %s, a room creator, whose level is fixed", u)
+			}
+		}
+	}
+	return nil
+}
+
+// validUserID checks the user ID grammar loosely, as for historical user
+// IDs: "@", a non-empty localpart, ":", a server name, at most 255 bytes.
+func validUserID(u string) bool {
+	local, server, ok := strings.Cut(strings.TrimPrefix(u, "@"), ":")
+	return strings.HasPrefix(u, "@") && ok && local != "" && len(u) <= 255 && validServerName(server)
 }
 
 // initialPowerLevels is a new room's power levels content: the creator
@@ -132,12 +190,17 @@ func initialPowerLevels(version *stateres.RoomVersion, preset, creator string, r
 	if !version.PrivilegedCreators {
 		users[creator] = 100
 	}
-	if preset == "trusted_private_chat" {
+	if preset == "trusted_private_chat" && !version.PrivilegedCreators {
+		// From v12 the invitees are additional creators instead
+		// (creatorsRequest), whose level is not in users.
 		for _, u := range req.Invite {
-			if !(version.PrivilegedCreators && u == creator) {
-				users[u] = 100
-			}
+			users[u] = 100
 		}
+	}
+	tombstone := 100
+	if version.PrivilegedCreators {
+		// Upgrading is above state_default from v12 (spec: createRoom).
+		tombstone = 150
 	}
 	invitePL := 0
 	if preset == "public_chat" {
@@ -147,7 +210,7 @@ func initialPowerLevels(version *stateres.RoomVersion, preset, creator string, r
 		"users": users, "users_default": 0,
 		"events": map[string]any{
 			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": tombstone,
 			"m.room.server_acl": 100, "m.room.encryption": 100,
 		},
 		"events_default": 0, "state_default": 50, "ban": 50, "kick": 50, "redact": 50,
@@ -211,11 +274,11 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	}
 	b, roomID, err := s.startRoom(version, req.CreationContent, sess.UserID)
 	if err != nil {
-		return err
+		return invalidRoomState(err)
 	}
 	setRoom(r, roomID)
 	if err := s.addInitialState(b, version, preset, alias, &req, sess.UserID); err != nil {
-		return err
+		return invalidRoomState(err)
 	}
 	inviteContent := map[string]any{"membership": "invite"}
 	if req.IsDirect {
@@ -228,7 +291,7 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			continue
 		}
 		if _, err := b.Add(stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(u), Sender: sess.UserID, Content: mustJSON(inviteContent)}); err != nil {
-			return err
+			return invalidRoomState(err)
 		}
 	}
 
@@ -261,6 +324,17 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
+}
+
+// invalidRoomState turns the auth rules' refusal of one of a new room's
+// own events (403) into createRoom's answer for it: the initial state the
+// request implies is invalid (spec: 400 M_INVALID_ROOM_STATE).
+func invalidRoomState(err error) error {
+	var me *mxerr.Error
+	if errors.As(err, &me) && me.Status == http.StatusForbidden {
+		return merr(http.StatusBadRequest, "M_INVALID_ROOM_STATE", "The initial state of the room is invalid: %s", me.Msg)
+	}
+	return err
 }
 
 // startRoom starts a new room with its create event and returns its
@@ -842,6 +916,14 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 			return err
 		}
 	}
+	if typ == stateres.MRoomCreate {
+		return errBadJSON("A room has one m.room.create event, sent when it was created; upgrade the room to change its version or creators")
+	}
+	if typ == stateres.MRoomPowerLevels && r.PathValue("stateKey") == "" {
+		if err := s.checkCreatorsNotInUsers(roomID, content); err != nil {
+			return err
+		}
+	}
 	if typ != stateres.MRoomMember {
 		if id, err := s.sameState(roomID, typ, r.PathValue("stateKey"), sess.UserID, content); err != nil || id != "" {
 			if err == nil {
@@ -859,6 +941,37 @@ func (s *Server) putState(w http.ResponseWriter, r *http.Request, sess *session)
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"event_id": id})
+	return nil
+}
+
+// checkCreatorsNotInUsers refuses power levels that name a creator of a
+// room whose creators are privileged (v12): their level is fixed, so the
+// request is malformed (400) rather than merely unauthorised.
+func (s *Server) checkCreatorsNotInUsers(roomID string, content json.RawMessage) error {
+	v := s.roomsView()
+	room, err := v.Room(roomID)
+	if err != nil || room == nil {
+		return err
+	}
+	version, ok := stateres.Version(room.Version)
+	if !ok || !version.PrivilegedCreators {
+		return nil
+	}
+	create, err := v.StatePDU(roomID, stateres.MRoomCreate, "")
+	if err != nil || create == nil {
+		return err
+	}
+	var c struct {
+		Users map[string]json.RawMessage `json:"users"`
+	}
+	if json.Unmarshal(content, &c) != nil {
+		return nil // the auth rules judge malformed power levels
+	}
+	for _, u := range auth.ParsePowerLevels(version, create, nil).Creators() {
+		if _, named := c.Users[u]; named {
+			return errBadJSON("users names %s, a creator of the room, whose power level is fixed", u)
+		}
+	}
 	return nil
 }
 
