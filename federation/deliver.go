@@ -13,8 +13,12 @@ import (
 
 // RoomDelivery queues this server's room events for the rooms' other
 // servers: those with a joined member before the event, and the server
-// of any user a membership event is about (an invite, a kick or a ban
-// reaches the user's server even though it is not in the room). It is
+// of any user a membership event is about (a kick or a ban reaches the
+// user's server even though it is not in the room). An invite is not
+// pushed to the invitee's server: /invite gave it the event already, and
+// a server with no joined member cannot fetch the event's history
+// (get_missing_events answers it 403), so Dendrite, pushed the invite
+// while its user's join was under way, rejected it and then the room. It is
 // the roomwrite.Outbound that cmd/engram installs: the delivery entry is
 // appended with the events.
 func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at []int, total int) ([]englog.Proposal, error) {
@@ -47,7 +51,7 @@ func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at [
 					ri.dests[domainOf(u)] = true
 				}
 			}
-			if head.Type == stateres.MRoomMember && head.StateKey != nil {
+			if head.Type == stateres.MRoomMember && head.StateKey != nil && membershipOf(f.Event) != "invite" {
 				ri.dests[domainOf(*head.StateKey)] = true
 			}
 			ri.at = append(ri.at, at[i])
@@ -75,4 +79,15 @@ func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at [
 		}
 		return out, nil
 	}
+}
+
+// membershipOf is a membership event's content.membership.
+func membershipOf(event json.RawMessage) string {
+	var m struct {
+		Content struct {
+			Membership string `json:"membership"`
+		} `json:"content"`
+	}
+	_ = json.Unmarshal(event, &m)
+	return m.Content.Membership
 }
