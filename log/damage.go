@@ -3,6 +3,7 @@ package log
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -61,18 +62,20 @@ func (d *tableDamage) report(info pebble.DataCorruptionInfo) {
 		return // closing: nothing may start reading now
 	default:
 	}
-	upper := info.Bounds.End.Key
+	// The goroutines below outlive this call: copy the bounds.
+	lower := append([]byte(nil), info.Bounds.Start...)
+	upper := append([]byte(nil), info.Bounds.End.Key...)
 	if info.Bounds.End.IsUpperBoundFor(bytes.Compare, upper) { // inclusive
-		upper = append(append([]byte(nil), upper...), 0)
+		upper = append(upper, 0)
 	}
 	for _, fn := range d.checkers {
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			fn(info.Bounds.Start, upper)
+			fn(lower, upper)
 		}()
 	}
-	start := info.Bounds.Start
+	start := lower
 	if bytes.Compare(start, prefixEntry) < 0 {
 		start = prefixEntry
 	}
@@ -99,6 +102,7 @@ func (d *tableDamage) checkEntries(l zerolog.Logger, lower, upper []byte) {
 		return
 	}
 	var last uint64
+	var valueErr error
 	n := 0
 	for it.First(); it.Valid(); it.Next() {
 		select {
@@ -107,7 +111,7 @@ func (d *tableDamage) checkEntries(l zerolog.Logger, lower, upper []byte) {
 			return
 		default:
 		}
-		if _, err := it.ValueAndErr(); err != nil {
+		if _, valueErr = it.ValueAndErr(); valueErr != nil {
 			break
 		}
 		if k := it.Key(); len(k) == len(prefixEntry)+8 {
@@ -115,7 +119,7 @@ func (d *tableDamage) checkEntries(l zerolog.Logger, lower, upper []byte) {
 		}
 		n++
 	}
-	if err := it.Close(); err != nil {
+	if err := errors.Join(valueErr, it.Close()); err != nil {
 		l.Error().Err(err).Uint64("last_readable_offset", last).
 			Msg("log entries are damaged: acknowledged entries after last_readable_offset in this table cannot be read; on a cluster, stop this node, wipe its data directory and let it resync from a peer, else restore from a backup (engram restore); `engram verify` shows what is readable")
 		return

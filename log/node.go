@@ -530,6 +530,10 @@ func (n *Node) shutdown() error {
 	if n.dec != nil {
 		n.dec.Close()
 	}
+	// A report in progress holds the lock while it starts its checks;
+	// once it is released, every later report sees stop closed.
+	n.damage.mu.Lock()
+	n.damage.mu.Unlock()
 	n.damage.wg.Wait()
 	if n.db != nil {
 		// Flush the unsynced event-log writes so a clean restart has

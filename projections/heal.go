@@ -318,10 +318,11 @@ func (e *Engine) readRange(lower, upper []byte) error {
 	if err != nil {
 		return err
 	}
+	var valueErr error
 	for it.First(); it.Valid(); it.Next() {
-		if _, err := it.ValueAndErr(); err != nil {
+		if _, valueErr = it.ValueAndErr(); valueErr != nil {
 			break
 		}
 	}
-	return it.Close()
+	return errors.Join(valueErr, it.Close())
 }
