@@ -598,26 +598,7 @@ func (vis *visibility) canSeeHistorical(e *rooms.Event) bool {
 		v, _ := c[field].(string)
 		return v
 	}
-	hv := value(stateres.MRoomHistoryVisibility, "", "history_visibility")
-	mem := value(stateres.MRoomMember, vis.userID, "membership")
 	// History precedes what arrived here: any join of the reader's that
-	// this server folded came after the event ("shared").
-	if vis.allowed(hv, mem, 0) {
-		return true
-	}
-	h := headOf(e)
-	if h.StateKey == nil {
-		return false
-	}
-	var c map[string]any
-	_ = json.Unmarshal(h.Content, &c)
-	switch {
-	case h.Type == stateres.MRoomHistoryVisibility && *h.StateKey == "":
-		after, _ := c["history_visibility"].(string)
-		return vis.allowed(after, mem, 0)
-	case h.Type == stateres.MRoomMember && *h.StateKey == vis.userID:
-		after, _ := c["membership"].(string)
-		return vis.allowed(hv, after, 0)
-	}
-	return false
+	// this server folded came after the event ("shared"), hence offset 0.
+	return vis.canSeeGiven(e, value(stateres.MRoomHistoryVisibility, "", "history_visibility"), value(stateres.MRoomMember, vis.userID, "membership"), 0)
 }

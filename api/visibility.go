@@ -129,6 +129,13 @@ func (vis *visibility) canSee(e *rooms.Event) bool {
 	if vis == nil {
 		return true
 	}
+	return vis.canSeeGiven(e, before(vis.hv, e.Offset), before(vis.members, e.Offset), e.Offset)
+}
+
+// canSeeGiven reports whether the user may see e, given the history
+// visibility and the user's membership in the state before it; at is the
+// log offset the visibility rules compare joins with.
+func (vis *visibility) canSeeGiven(e *rooms.Event, hv, mem string, at uint64) bool {
 	if len(vis.ignored) > 0 {
 		// State events of ignored users are still sent (spec), so that
 		// the room looks the same to everyone.
@@ -136,8 +143,7 @@ func (vis *visibility) canSee(e *rooms.Event) bool {
 			return false
 		}
 	}
-	hv, mem := before(vis.hv, e.Offset), before(vis.members, e.Offset)
-	if vis.allowed(hv, mem, e.Offset) {
+	if vis.allowed(hv, mem, at) {
 		return true
 	}
 	h := headOf(e)
@@ -151,14 +157,14 @@ func (vis *visibility) canSee(e *rooms.Event) bool {
 	switch {
 	case h.Type == stateres.MRoomHistoryVisibility && *h.StateKey == "":
 		after, _ := c["history_visibility"].(string)
-		return vis.allowed(after, mem, e.Offset)
+		return vis.allowed(after, mem, at)
 	case h.Type == stateres.MRoomMember && *h.StateKey == vis.userID:
 		after, _ := c["membership"].(string)
 		// Their own leave is always theirs to see, whatever the
 		// visibility: without it an invitee who rejects an invite (or
 		// is kicked from a "joined" room) never sees the room go from
 		// /sync (as Synapse does).
-		return after == "leave" || vis.allowed(hv, after, e.Offset)
+		return after == "leave" || vis.allowed(hv, after, at)
 	}
 	return false
 }
