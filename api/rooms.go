@@ -1044,17 +1044,30 @@ func (s *Server) redactEvent(w http.ResponseWriter, r *http.Request, sess *sessi
 	if err != nil {
 		return err
 	}
-	if target == nil || target.RoomID != roomID {
+	if target != nil && target.RoomID != roomID {
 		return errNotFound("Event not found")
 	}
-	tp, err := target.PDU()
-	if err != nil {
-		return err
+	own := false
+	if target != nil {
+		tp, err := target.PDU()
+		if err != nil {
+			return err
+		}
+		own = tp.Sender() == sess.UserID
 	}
 	// From room v3 on the auth rules accept any redaction; the server
 	// applies one only from the original sender or a user with the redact
-	// level, so it refuses the others here (spec: m.room.redaction).
-	if tp.Sender() != sess.UserID {
+	// level, so it refuses the others here (spec: m.room.redaction). A
+	// user with the redact level may redact an event this server has not
+	// seen (another server's, not received yet): the redaction waits for
+	// it wherever it arrives.
+	if target == nil {
+		if ok, err := s.hasPower(roomID, sess.UserID, "redact"); err != nil {
+			return err
+		} else if !ok {
+			return errNotFound("Event not found")
+		}
+	} else if !own {
 		if ok, err := s.hasPower(roomID, sess.UserID, "redact"); err != nil {
 			return err
 		} else if !ok {

@@ -17,7 +17,8 @@ import (
 // Collection is local to each node: a blob the projection lists as free
 // for longer than the grace period is deleted from this node's store. The
 // grace covers an upload that stored its blob (deduplicated against a
-// free one) and has not yet recorded its fact.
+// free one, which refreshes the blob's modification time) and has not yet
+// recorded its fact.
 
 const retentionBatch = 1000
 
@@ -82,6 +83,12 @@ func (r *Repo) collect(ctx context.Context, firstFree map[string]time.Time, now 
 			continue
 		}
 		if now.Sub(seen) < r.cfg.JanitorGrace {
+			continue
+		}
+		// Stored again lately (an upload of the same bytes deduplicated
+		// against this free blob, its fact not yet folded): it is about
+		// to be referenced. The grace is counted from that store.
+		if m := r.fs.ModTime(h); !m.IsZero() && now.Sub(m) < r.cfg.JanitorGrace {
 			continue
 		}
 		if ref, err := r.View().Referenced(h); err != nil || ref {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -289,6 +290,15 @@ func TestInteropWithDendrite(t *testing.T) {
 		t.Fatalf("createRoom on Dendrite: %d %+v", st, room)
 	}
 	dRoom := room.RoomID
+	// History before Engram joins, which Engram backfills from Dendrite.
+	var history []string
+	for i := range 15 {
+		body := fmt.Sprintf("Dendrite's history %02d", i)
+		if st := call(t, d.server, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(dRoom)+"/send/m.room.message/h"+fmt.Sprint(i), dave, map[string]string{"msgtype": "m.text", "body": body}, nil); st != 200 {
+			t.Fatalf("dave sends history: %d", st)
+		}
+		history = append(history, body)
+	}
 	if st := call(t, e, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#dhall:"+d.name), alice, map[string]any{}, &room); st != 200 || room.RoomID != dRoom {
 		t.Fatalf("Engram joins Dendrite's room by alias: %d %+v\nEngram's log:\n%s", st, room, e.Logs())
 	}
@@ -331,6 +341,18 @@ func TestInteropWithDendrite(t *testing.T) {
 			es, ds = roomState(t, e, alice, roomID), roomState(t, d.server, dave, roomID)
 			return len(es) > 0 && maps.Equal(es, ds)
 		})
+	}
+
+	// Alice pages back through the history of Dendrite's room from before
+	// her join: Engram fetched it from Dendrite with /backfill.
+	evs, _ := pageBack(t, e, alice, dRoom, "", 6)
+	got := bodies(evs)
+	slices.Reverse(got)
+	if len(got) < len(history) || !slices.Equal(got[:len(history)], history) {
+		t.Fatalf("alice's history of Dendrite's room: %q, want it to start with %q", got, history)
+	}
+	if last := evs[len(evs)-1]; last.Type != "m.room.create" {
+		t.Fatalf("alice's history of Dendrite's room ends at %s, not the create event", last.Type)
 	}
 
 	if got := displayName(t, e, alice, daveID); got != "Dave of Dendrite" {
