@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -578,6 +579,14 @@ func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 	err := b.Commit(pebble.NoSync)
 	if err == nil {
 		h.servingPrefix = dataPrefix(h.name, next.Gen)
+		// Damage found in the generation just deleted is gone with it, and
+		// is cleared before applied moves: a WaitApplied that returns must
+		// be followed by reads that succeed.
+		h.heal.mu.Lock()
+		if h.heal.cause != nil && bytes.Equal(h.heal.gen, old) {
+			h.heal.cause, h.heal.gen = nil, nil
+		}
+		h.heal.mu.Unlock()
 		for _, ch := range []chan struct{}{h.ready, h.rebuilt} {
 			select {
 			case <-ch:

@@ -222,10 +222,7 @@ func (e *Engine) healHandle(ctx context.Context, h *Handle) error {
 		}
 		return fmt.Errorf("projections: rebuilding %q from the log after damage (%v) failed: %w; if the log itself is damaged (`engram log tail` fails), restore the data directory from a backup (engram restore)", h.name, cause, err)
 	}
-	h.heal.mu.Lock()
-	h.heal.cause, h.heal.gen = nil, nil
-	h.heal.mu.Unlock()
-	h.broadcast()
+	// switchToShadow cleared the damage together with the switch.
 	e.logger.Warn().Str("projection", h.name).Uint64("applied", h.meta.Applied).Dur("took", time.Since(start)).
 		Msgf("projection %s rebuilt from the log after damage; it serves again", h.name)
 	// The switch deleted the damaged generation with a range tombstone,
