@@ -151,6 +151,14 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 		if v.EventID == "" {
 			continue
 		}
+		if v.Dropped || v.Outcome != receive.Accepted {
+			outcome := v.Outcome.String()
+			if v.Dropped {
+				outcome = "dropped"
+			}
+			s.logger.Info().Str("origin", origin).Str("event_id", v.EventID).Str("outcome", outcome).Str("reason", v.Reason).
+				Msg("received PDU not accepted")
+		}
 		// A PDU that fails the authorization rules was processed: it is
 		// recorded as rejected, and the sender learns nothing it could
 		// act on (the spec: no error means "processed successfully"), as

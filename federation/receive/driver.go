@@ -233,7 +233,7 @@ func (u *run) fetch(ctx context.Context, id string) (*candidate, error) {
 // leaves the data missing; the core then rejects the event for it.
 func (u *run) prepare(ctx context.Context, c *candidate, fetchMissing bool) error {
 	if c.outlier || c.ev.Type() == stateres.MRoomCreate {
-		return u.ensureAuth(ctx, c.ev, 0)
+		return u.ensureAuth(ctx, c.ev)
 	}
 	// Missing predecessors first: an auth event that is also one of them
 	// must enter the DAG, not be fetched as an outlier.
@@ -262,7 +262,7 @@ func (u *run) prepare(ctx context.Context, c *candidate, fetchMissing bool) erro
 		}
 		missing = u.missingPrevs(c.ev)
 	}
-	if err := u.ensureAuth(ctx, c.ev, 0); err != nil {
+	if err := u.ensureAuth(ctx, c.ev); err != nil {
 		return err
 	}
 	// A gap remains: ask the origin for the state at each missing prev
@@ -291,23 +291,38 @@ func (u *run) missingPrevs(ev stateres.PDU) []string {
 }
 
 // ensureAuth decides, as outliers, the auth events of ev that are not
-// known yet, fetching them (and their auth events first).
-func (u *run) ensureAuth(ctx context.Context, ev stateres.PDU, depth int) error {
-	if depth > 64 {
-		return nil // a chain this deep is forged; the core rejects what is missing
-	}
-	for _, id := range ev.AuthEventIDs() {
-		if u.d.known(id) {
+// known yet, and theirs: it fetches the whole unknown part of ev's auth
+// chain first and then decides it oldest first. The walk is iterative:
+// chains are naturally long (each membership event of a user names the
+// one before it, so a user who changed their display name 250 times has
+// a chain of 250), and a depth limit would leave the oldest of them
+// undecided and so reject every newer one. What one run may fetch is
+// bounded by maxFetchedPerRoom; an event that cannot be fetched stays
+// missing and the core rejects whatever names it.
+func (u *run) ensureAuth(ctx context.Context, ev stateres.PDU) error {
+	var cands []*candidate
+	seen := map[string]bool{}
+	queue := slices.Clone(ev.AuthEventIDs())
+	for len(queue) > 0 {
+		id := queue[0]
+		queue = queue[1:]
+		if seen[id] || u.d.known(id) {
 			continue
 		}
+		seen[id] = true
 		a, err := u.fetch(ctx, id)
 		if err != nil {
-			continue // missing: the core rejects ev naming it
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			continue
 		}
-		if err := u.ensureAuth(ctx, a.ev, depth+1); err != nil {
-			return err
-		}
-		if !u.d.known(id) {
+		cands = append(cands, a)
+		queue = append(queue, a.ev.AuthEventIDs()...)
+	}
+	for _, i := range authOrder(cands) {
+		a := cands[i]
+		if !u.d.known(a.ev.EventID()) {
 			a.outlier = true
 			u.d.decide(a)
 		}
@@ -338,7 +353,7 @@ func (u *run) fetchStateAt(ctx context.Context, p string) error {
 	}
 	for _, i := range authOrder(cands) {
 		c := cands[i]
-		if err := u.ensureAuth(ctx, c.ev, 0); err != nil {
+		if err := u.ensureAuth(ctx, c.ev); err != nil {
 			return err
 		}
 		if !u.d.known(c.ev.EventID()) {
