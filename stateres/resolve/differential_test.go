@@ -123,6 +123,73 @@ func randomFork(t *testing.T, rng *rand.Rand, version string) (*testRoom, []map[
 	return r, sets
 }
 
+// shallowFork builds a room that every user has joined, forks it into two
+// to four branches, and lets each branch change a few distinct state keys
+// once each (membership, power levels, join rules, topic; some by senders
+// the rules reject, some forced through). No branch supersedes its own
+// changes, so the events the branches disagree on are the conflicted
+// state set itself, and the senders' memberships, though in the auth
+// difference, are in the unconflicted state too: where gomatrixserverlib
+// departs from the spec (see TestDifferentialAgainstGomatrixserverlib),
+// the results rarely differ, and almost every case agrees with it.
+// randomFork's deeper forks reach more of the algorithm, and about one
+// of its cases in six differs where a departure applies.
+func shallowFork(t *testing.T, rng *rand.Rand, version string) (*testRoom, []map[stateres.StateKeyTuple]string) {
+	r, b := createRoom(t, version, alice, map[string]int{mod: 50, bob: 100}, 1000)
+	ts := int64(1100)
+	for _, u := range randomUsers[1:] {
+		ts += 10
+		b.send("", u, stateres.MRoomMember, sk(u), member("join"), ts)
+	}
+	ts += 1000
+	branches := []*branch{b, b.fork()}
+	for len(branches) < 4 && rng.IntN(2) == 0 {
+		branches = append(branches, b.fork())
+	}
+	for _, br := range branches {
+		touched := map[int]bool{}
+		for n := 1 + rng.IntN(3); n > 0; n-- {
+			kind := rng.IntN(5)
+			if touched[kind] {
+				continue
+			}
+			touched[kind] = true
+			at := ts + int64(rng.IntN(20))*10
+			user := randomUsers[rng.IntN(len(randomUsers))]
+			target := randomUsers[1+rng.IntN(len(randomUsers)-1)]
+			force := rng.IntN(8) == 0
+			switch kind {
+			case 0:
+				membership := []string{"leave", "ban", "invite"}[rng.IntN(3)]
+				br.sendForce("", user, stateres.MRoomMember, sk(target), member(membership), at, force)
+			case 1:
+				levels := map[string]any{}
+				if !r.version.PrivilegedCreators {
+					levels[alice] = 100
+				}
+				for _, u := range randomUsers[1:] {
+					if rng.IntN(2) == 0 {
+						levels[u] = []int{0, 50, 75, 100}[rng.IntN(4)]
+					}
+				}
+				br.sendForce("", user, stateres.MRoomPowerLevels, sk(""), powerContent(levels), at, force)
+			case 2:
+				rule := []string{"public", "invite"}[rng.IntN(2)]
+				br.sendForce("", user, stateres.MRoomJoinRules, sk(""), map[string]any{"join_rule": rule}, at, force)
+			case 3:
+				br.sendForce("", user, "m.room.topic", sk(""), map[string]any{"topic": fmt.Sprint(at)}, at, force)
+			case 4:
+				br.sendForce("", user, "m.room.name", sk(""), map[string]any{"name": fmt.Sprint(at)}, at, force)
+			}
+		}
+	}
+	sets := make([]map[stateres.StateKeyTuple]string, len(branches))
+	for i, br := range branches {
+		sets[i] = br.stateSet()
+	}
+	return r, sets
+}
+
 func randomAction(rng *rand.Rand, r *testRoom, b *branch, base int64) {
 	// Coarse timestamps make ties, so that event IDs break them.
 	ts := base + int64(rng.IntN(20))*10
@@ -174,8 +241,9 @@ func randomAction(rng *rand.Rand, r *testRoom, b *branch, base int64) {
 // rules.
 //
 // gomatrixserverlib departs from the spec in ways that change results, and
-// this package follows the spec. The cases where a departure can matter are
-// recognised from this package's trace and not compared (they are counted):
+// this package follows the spec. Every case is compared; a disagreement is
+// excused (and counted, and the count bounded) only when this package's
+// trace shows that one of these departures applies to the case:
 //
 //   - Iterative auth checks, fallback to auth_events: when a key the rules
 //     need is missing from the partial state, the spec takes the event from
@@ -196,72 +264,94 @@ func randomAction(rng *rand.Rand, r *testRoom, b *branch, base int64) {
 //     succeeds and agrees on conflict-free cases.
 //
 // Its other departures (reverse topological ordering built from the latest
-// events backwards; mainline position 0 instead of ∞ for events without a
-// power levels ancestor on the mainline, plus a step-count tie-break) did not
-// change any compared result; a mismatch caused by them would fail the test
-// and must then be documented here.
+// events backwards, following only auth events inside the set; mainline
+// position 0 instead of ∞ for events without a power levels ancestor on the
+// mainline, plus a step-count tie-break) are not recognised from the trace,
+// so a disagreement they cause fails the test. They cause none with these
+// seeds; with other seeds (each room version seeded apart, tried once)
+// six cases of about 2,000 differed, and the two traced by hand were the
+// ordering departure. Recognising it (or emulating the departures to check
+// each excuse) would let the seeds vary.
 func TestDifferentialAgainstGomatrixserverlib(t *testing.T) {
 	rounds := 100
 	if testing.Short() {
 		rounds = 25
 	}
+	generators := []struct {
+		name string
+		fork func(*testing.T, *rand.Rand, string) (*testRoom, []map[stateres.StateKeyTuple]string)
+	}{
+		{"deep", randomFork},
+		{"shallow", shallowFork},
+	}
 	for _, v := range stateres.KnownVersions() {
-		t.Run("v"+v, func(t *testing.T) {
-			compared, skipped, oraclePanics := 0, 0, 0
-			for seed := 0; seed < rounds; seed++ {
-				rng := rand.New(rand.NewPCG(uint64(seed), 42))
-				r, sets := randomFork(t, rng, v)
-				var usedFallback, beyondConflicted bool
-				conflicts := 0
-				got, err := resolveTraced(r.version, sets, r, gmslAuthCheck, func(format string, args ...any) {
+		for _, g := range generators {
+			t.Run("v"+v+"/"+g.name, func(t *testing.T) {
+				var compared, excused, conflictFree, oraclePanics int
+				for seed := 0; seed < rounds; seed++ {
+					rng := rand.New(rand.NewPCG(uint64(seed), 42))
+					r, sets := g.fork(t, rng, v)
+					var usedFallback, beyondConflicted bool
+					conflicts := 0
+					got, err := resolveTraced(r.version, sets, r, gmslAuthCheck, func(format string, args ...any) {
+						switch {
+						case strings.HasPrefix(format, "fallback"):
+							usedFallback = true
+						case strings.HasPrefix(format, "sets:"):
+							beyondConflicted = args[0] != args[1]
+							conflicts = args[0].(int)
+						}
+					})
+					if err != nil {
+						t.Fatalf("seed %d: %v", seed, err)
+					}
+					want, err := oracleResolve(t, r, sets)
+					if err != nil {
+						if r.version.StateRes == stateres.StateResV21 && strings.Contains(err.Error(), "missing resolved create event") {
+							oraclePanics++
+							continue
+						}
+						t.Fatalf("seed %d: oracle failed: %v", seed, err)
+					}
+					diff := diffStates(r, got, want)
 					switch {
-					case strings.HasPrefix(format, "fallback"):
-						usedFallback = true
-					case strings.HasPrefix(format, "sets:"):
-						beyondConflicted = args[0] != args[1]
-						conflicts = args[0].(int)
+					case diff == "" && conflicts == 0 && r.version.StateRes != stateres.StateResV1:
+						conflictFree++
+					case diff == "":
+						compared++
+					case usedFallback || beyondConflicted:
+						// A case where a documented departure applies, and
+						// the results differ: excused, and counted.
+						excused++
+					default:
+						t.Errorf("seed %d: differs from gomatrixserverlib (trace it with RESOLVE_TRACE='%s %s %d'):\n%s", seed, v, g.name, seed, diff)
 					}
-				})
-				if err != nil {
-					t.Fatalf("seed %d: %v", seed, err)
 				}
-				want, err := oracleResolve(t, r, sets)
-				if err != nil {
-					if r.version.StateRes == stateres.StateResV21 && strings.Contains(err.Error(), "missing resolved create event") {
-						oraclePanics++
-						continue
+				t.Logf("agreed on %d with conflicts and %d without; excused %d for known oracle departures; oracle panics %d", compared, conflictFree, excused, oraclePanics)
+				// Guards against the comparison silently becoming vacuous,
+				// or the excuses covering for a bug. v1 has no oracle
+				// departure, so every case must agree. In v2 most cases
+				// with a conflict agree even where a departure applies; a
+				// case is excused only when it differs and a departure
+				// applies, which about one deep case in six does. v2.1
+				// compares no conflict at all (the oracle panics), so its
+				// conflicts rest on the hand-built TestV12* and TestV21*
+				// cases, worked from the spec's algorithm.
+				switch version, _ := stateres.Version(v); version.StateRes {
+				case stateres.StateResV1:
+					if compared != rounds {
+						t.Errorf("v1: %d of %d random cases agreed, want all", compared, rounds)
 					}
-					t.Fatalf("seed %d: oracle failed: %v", seed, err)
+				case stateres.StateResV2:
+					if compared < rounds*6/10 {
+						t.Errorf("only %d of %d random cases with conflicts agreed (want at least %d); adjust the generator", compared, rounds, rounds*6/10)
+					}
+					if excused > rounds/4 {
+						t.Errorf("%d of %d disagreements excused as oracle departures (at most %d expected): check that the departures still explain them", excused, rounds, rounds/4)
+					}
 				}
-				if usedFallback || beyondConflicted {
-					skipped++
-					continue
-				}
-				if conflicts > 0 || r.version.StateRes == stateres.StateResV1 {
-					compared++
-				}
-				if diff := diffStates(r, got, want); diff != "" {
-					t.Errorf("seed %d: differs from gomatrixserverlib (trace it with RESOLVE_TRACE='%s %d'):\n%s", seed, v, seed, diff)
-				}
-			}
-			t.Logf("compared %d with conflicts, skipped for known oracle departures %d, oracle panics %d", compared, skipped, oraclePanics)
-			// Guard against the comparison silently becoming vacuous. v1
-			// has no oracle departure, so every case is compared; v2
-			// compares about 11 in 100 (the rest hit a documented
-			// departure); v2.1 compares no conflict at all (the oracle
-			// panics), so its conflicts rest on the hand-built TestV12* and
-			// TestV21* cases, worked from the spec's algorithm.
-			switch version, _ := stateres.Version(v); version.StateRes {
-			case stateres.StateResV1:
-				if compared != rounds {
-					t.Errorf("v1: %d of %d random cases compared, want all", compared, rounds)
-				}
-			case stateres.StateResV2:
-				if compared < rounds/10 {
-					t.Errorf("only %d of %d random cases were comparable (want at least %d); adjust the generator", compared, rounds, rounds/10)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 
@@ -281,19 +371,23 @@ func diffStates(r *testRoom, got, want map[stateres.StateKeyTuple]string) string
 }
 
 // TestDifferentialTrace prints one random case in detail:
-// RESOLVE_TRACE='version seed' go test -run DifferentialTrace -v
+// RESOLVE_TRACE='version deep|shallow seed' go test -run DifferentialTrace -v
 func TestDifferentialTrace(t *testing.T) {
 	spec := os.Getenv("RESOLVE_TRACE")
 	if spec == "" {
-		t.Skip("set RESOLVE_TRACE='version seed' to trace one random case")
+		t.Skip("set RESOLVE_TRACE='version deep|shallow seed' to trace one random case")
 	}
-	var v string
+	var v, generator string
 	var seed uint64
-	if _, err := fmt.Sscanf(spec, "%s %d", &v, &seed); err != nil {
+	if _, err := fmt.Sscanf(spec, "%s %s %d", &v, &generator, &seed); err != nil {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(seed, 42))
-	r, sets := randomFork(t, rng, v)
+	fork := randomFork
+	if generator == "shallow" {
+		fork = shallowFork
+	}
+	r, sets := fork(t, rng, v)
 	short := func(id string) string {
 		if len(id) > 6 {
 			return id[:6]
