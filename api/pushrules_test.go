@@ -38,7 +38,7 @@ func TestPushRules(t *testing.T) {
 	}
 	global := body["global"].(map[string]any)
 	wantOverride := []string{".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.member_event",
-		".m.rule.is_user_mention", ".m.rule.is_room_mention", ".m.rule.tombstone", ".m.rule.reaction", ".m.rule.room.server_acl", ".m.rule.suppress_edits",
+		".m.rule.is_user_mention", ".m.rule.contains_display_name", ".m.rule.is_room_mention", ".m.rule.roomnotif", ".m.rule.tombstone", ".m.rule.reaction", ".m.rule.room.server_acl", ".m.rule.suppress_edits",
 		".org.matrix.msc3930.rule.poll_response"}
 	wantUnderride := []string{".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one", ".m.rule.message", ".m.rule.encrypted",
 		".org.matrix.msc3930.rule.poll_start_one_to_one", ".org.matrix.msc3930.rule.poll_start", ".org.matrix.msc3930.rule.poll_end_one_to_one", ".org.matrix.msc3930.rule.poll_end"}
@@ -48,7 +48,10 @@ func TestPushRules(t *testing.T) {
 	if got := ruleIDs(t, global, "underride"); !slices.Equal(got, wantUnderride) {
 		t.Fatalf("underride defaults = %v, want %v", got, wantUnderride)
 	}
-	for _, k := range []string{"content", "room", "sender"} {
+	if got := ruleIDs(t, global, "content"); !slices.Equal(got, []string{".m.rule.contains_user_name"}) {
+		t.Fatalf("content defaults = %v, want the legacy user-name rule", got)
+	}
+	for _, k := range []string{"room", "sender"} {
 		if got := ruleIDs(t, global, k); len(got) != 0 {
 			t.Fatalf("%s defaults = %v, want none", k, got)
 		}
@@ -81,7 +84,7 @@ func TestPushRules(t *testing.T) {
 		t.Fatalf("PUT bun before pie: %d %v", st, body)
 	}
 	_, body = ts.do("GET", "/_matrix/client/v3/pushrules/global/", tok, nil)
-	if got, want := ruleIDs(t, body, "content"), []string{"bun", "pie", "cake", "tart"}; !slices.Equal(got, want) {
+	if got, want := ruleIDs(t, body, "content"), []string{"bun", "pie", "cake", "tart", ".m.rule.contains_user_name"}; !slices.Equal(got, want) {
 		t.Fatalf("content order = %v, want %v", got, want)
 	}
 	// A user override sits after the master rule, before the other defaults.
@@ -195,7 +198,7 @@ func TestPushRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rules.Content) != 3 || rules.Content[0].RuleID != "bun" {
+	if len(rules.Content) != 4 || rules.Content[0].RuleID != "bun" || rules.Content[3].RuleID != ".m.rule.contains_user_name" {
 		t.Fatalf("mautrix GetPushRules: %+v", rules.Content)
 	}
 	// Rules are per user.

@@ -78,6 +78,8 @@ type Event struct {
 	// body is content.body lower-cased, when a string.
 	body    string
 	hasBody bool
+	// mentions: content has an m.mentions object (intentional mentions)
+	mentions bool
 }
 
 // ParseEvent parses an event's JSON (client or federation format).
@@ -93,6 +95,7 @@ func ParseEvent(raw []byte) (*Event, error) {
 		if b, ok := c["body"].(string); ok {
 			ev.body, ev.hasBody = strings.ToLower(b), true
 		}
+		_, ev.mentions = c["m.mentions"].(map[string]any)
 	}
 	return ev, nil
 }
@@ -143,7 +146,9 @@ type compiledRule struct {
 	id    string
 	conds []cond // all must hold; a rule that can never match has never=true
 	never bool
-	res   Result
+	// legacy: a legacy mention rule, skipped for events with m.mentions
+	legacy bool
+	res    Result
 }
 
 type cond struct {
@@ -166,7 +171,7 @@ func Compile(rs Ruleset) *Compiled {
 		if !r.Enabled {
 			return
 		}
-		cr := compiledRule{id: r.RuleID, res: actionsResult(r.RuleID, r.Actions)}
+		cr := compiledRule{id: r.RuleID, res: actionsResult(r.RuleID, r.Actions), legacy: r.Default && LegacyMentionRules[r.RuleID]}
 		if conds == nil && len(r.Conditions) > 0 {
 			if err := json.Unmarshal(r.Conditions, &conds); err != nil {
 				cr.never = true // conditions not a list of objects: never match
@@ -356,7 +361,7 @@ func actionsResult(id string, actions []json.RawMessage) Result {
 func (c *Compiled) Evaluate(ev *Event, ctx *Context) (Result, bool) {
 	for i := range c.rules {
 		r := &c.rules[i]
-		if r.never {
+		if r.never || r.legacy && ev.mentions {
 			continue
 		}
 		match := true

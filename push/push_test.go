@@ -58,6 +58,15 @@ func TestDefaultRules(t *testing.T) {
 		{"poll start", `{"type":"org.matrix.msc3381.poll.start","content":{}}`, group, ".org.matrix.msc3930.rule.poll_start", true, false, ""},
 		{"poll response", `{"type":"org.matrix.msc3381.poll.response","content":{}}`, group, ".org.matrix.msc3930.rule.poll_response", false, false, ""},
 		{"custom event", `{"type":"org.example","content":{}}`, group, "", false, false, ""},
+		// Legacy mention rules: only for events without m.mentions.
+		{"user ID in the body", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"Hello @me:example.org!"}}`, group, ".m.rule.contains_user_name", true, true, "default"},
+		{"localpart inside a word", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"meme time"}}`, group, ".m.rule.message", true, false, ""},
+		{"user ID in the body with m.mentions", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"Hello @me:example.org!","m.mentions":{}}}`, group, ".m.rule.message", true, false, ""},
+		{"display name in the body", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"ask me myself, please"}}`, group, ".m.rule.contains_display_name", true, true, "default"},
+		{"display name in the body with m.mentions", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"ask me myself","m.mentions":{"user_ids":[]}}}`, group, ".m.rule.message", true, false, ""},
+		{"@room by an admin", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"@room lunch"}}`, admin, ".m.rule.roomnotif", true, true, ""},
+		{"@room without permission", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"@room lunch"}}`, group, ".m.rule.message", true, false, ""},
+		{"@room by an admin with m.mentions", `{"type":"m.room.message","content":{"msgtype":"m.text","body":"@room lunch","m.mentions":{}}}`, admin, ".m.rule.message", true, false, ""},
 	} {
 		r, ok := rs.Evaluate(ev(t, tc.event), tc.ctx)
 		if tc.rule == "" {

@@ -139,8 +139,9 @@ func New(serverName string) *Projection {
 func (*Projection) Name() string { return Name }
 
 // Version 2: notifications carry their log time (At) for retention, and
-// unread entries below the unthreaded floor are deleted.
-func (*Projection) Version() int { return 2 }
+// unread entries below the unthreaded floor are deleted. Version 3: the
+// legacy mention rules are server defaults again (push.Defaults).
+func (*Projection) Version() int { return 3 }
 
 // AfterCommit wakes the gateway sender.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
