@@ -138,8 +138,11 @@ func (s *Server) inviteRemote(ctx context.Context, sender, roomID, target string
 	return err
 }
 
-// inviteRoomState is the stripped state sent with an invite (spec:
-// "stripped state"): what the invitee's client shows before joining.
+// inviteRoomState is the state sent with an invite over federation: what
+// the invitee's client shows before joining. Since spec v1.16 (MSC4311)
+// its entries are PDUs formatted for the room's version, which the
+// invitee's server can check (signatures, same room), and the create
+// event is always among them.
 func inviteRoomState(v rooms.View, roomID, sender string) []json.RawMessage {
 	var out []json.RawMessage
 	for _, k := range [][2]string{{stateres.MRoomCreate, ""}, {stateres.MRoomJoinRules, ""}, {"m.room.name", ""}, {"m.room.avatar", ""},
@@ -148,11 +151,20 @@ func inviteRoomState(v rooms.View, roomID, sender string) []json.RawMessage {
 		if err != nil || e == nil {
 			continue
 		}
-		h := headOf(e)
-		b, err := json.Marshal(map[string]any{"type": h.Type, "state_key": k[1], "sender": h.Sender, "content": h.Content})
-		if err == nil {
-			out = append(out, b)
-		}
+		out = append(out, append(json.RawMessage(nil), e.JSON...))
+	}
+	return out
+}
+
+// strippedCreate is the create event as an invitee's or knocker's client
+// sees it in stripped state: complete (MSC4311, spec v1.16), with its ID,
+// room and timestamp, so a client can tell the room's version, type and
+// creators and when it was made.
+func strippedCreate(e *rooms.Event) map[string]any {
+	out := stripped(e)
+	out["event_id"], out["room_id"] = e.EventID, e.RoomID
+	if ts := canonicaljson.Get(e.JSON, "origin_server_ts"); len(ts) > 0 {
+		out["origin_server_ts"] = json.RawMessage(ts)
 	}
 	return out
 }
@@ -172,12 +184,38 @@ func remoteStrippedState(v rooms.View, m rooms.Membership) (map[string]any, erro
 		}
 		if json.Unmarshal(u, &us) == nil {
 			for _, e := range us.InviteRoomState {
-				evs = append(evs, e)
+				if c := clientStripped(e); c != nil {
+					evs = append(evs, c)
+				}
 			}
 		}
 	}
 	evs = append(evs, stripped(inv))
 	return map[string]any{"events": evs}, nil
+}
+
+// clientStripped is one entry of the stripped state another server sent
+// (PDUs since spec v1.16, stripped events before) as this server's own
+// stripped state shows it: type, state_key, sender and content, and for
+// the create event also its ID, room and timestamp when present; nil for
+// an entry that is not an event object.
+func clientStripped(raw json.RawMessage) map[string]any {
+	var e map[string]json.RawMessage
+	if json.Unmarshal(raw, &e) != nil || e["type"] == nil {
+		return nil
+	}
+	keep := []string{"type", "state_key", "sender", "content"}
+	var typ string
+	if json.Unmarshal(e["type"], &typ) == nil && typ == stateres.MRoomCreate {
+		keep = append(keep, "event_id", "room_id", "origin_server_ts")
+	}
+	out := map[string]any{}
+	for _, k := range keep {
+		if v, ok := e[k]; ok {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // inviterServers is the server of whoever invited userID to a room this

@@ -37,6 +37,14 @@ func TestRoomLifecycleAndSync(t *testing.T) {
 	types := []string{}
 	for _, e := range inv.State.Events {
 		types = append(types, e.Type.Type)
+		// The create event is complete (MSC4311, spec v1.16); the others
+		// stay stripped.
+		if e.Type.Type == "m.room.create" && (e.Timestamp == 0 || e.ID == "" || e.RoomID != room.RoomID) {
+			t.Errorf("stripped create event is not complete: %+v", e)
+		}
+		if e.Type.Type == "m.room.name" && (e.Timestamp != 0 || e.ID != "") {
+			t.Errorf("stripped name event has more than stripped state: %+v", e)
+		}
 	}
 	if !slices.Contains(types, "m.room.create") || !slices.Contains(types, "m.room.member") || !slices.Contains(types, "m.room.name") {
 		t.Fatalf("invite_state types = %v", types)

@@ -375,6 +375,11 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		if rc[rr.EventID][rr.ReceiptType] == nil {
 			rc[rr.EventID][rr.ReceiptType] = map[string]any{}
 		}
+		// One receipt per user, type and event: with both an unthreaded
+		// and a threaded one there, the unthreaded one (MSC4102).
+		if prev, ok := rc[rr.EventID][rr.ReceiptType][rr.UserID].(map[string]any); ok && prev["thread_id"] == nil {
+			continue
+		}
 		info := map[string]any{"ts": rr.TS}
 		if rr.ThreadID != "" {
 			info["thread_id"] = rr.ThreadID
@@ -678,7 +683,9 @@ func (s *Server) strippedState(v rooms.View, m rooms.Membership) (map[string]any
 		if err != nil {
 			return nil, err
 		}
-		if e != nil {
+		if e != nil && typ == stateres.MRoomCreate {
+			evs = append(evs, strippedCreate(e))
+		} else if e != nil {
 			evs = append(evs, stripped(e))
 		}
 	}

@@ -43,7 +43,9 @@ func (s *Server) unreadCounts(userID, roomID string, withThreads bool) (map[stri
 		return nil, nil, err
 	}
 	out := map[string]uint64{"notification_count": main.Notifications, "highlight_count": main.Highlights}
-	if !withThreads {
+	if !withThreads || len(threads) == 0 {
+		// No thread with unread notifications: the key is left out, as
+		// Synapse does (clients read a missing thread as none unread).
 		return out, nil, nil
 	}
 	th := map[string]any{}

@@ -106,14 +106,14 @@ func TestUnreadNotifications(t *testing.T) {
 		f, _ := json.Marshal(map[string]any{"room": map[string]any{"timeline": map[string]any{"unread_thread_notifications": true}}})
 		jr := joinedRoom(t, ts.rawSync(bob, url.Values{"filter": {string(f)}}), room.RoomID)
 		th, _ := jr["unread_thread_notifications"].(map[string]any)
-		if th == nil {
-			t.Fatalf("unread_thread_notifications missing: %v", jr)
-		}
 		return jr["unread_notifications"].(map[string]any), th
 	}
 	main, th := threaded()
 	if n, _ := counts(t, main); n != 1 {
 		t.Fatalf("main timeline count %d, want 1", n)
+	}
+	if th == nil {
+		t.Fatal("unread_thread_notifications missing with a thread unread")
 	}
 	if n, _ := counts(t, th[root.String()]); n != 1 {
 		t.Fatalf("thread count %v", th)
@@ -122,11 +122,47 @@ func TestUnreadNotifications(t *testing.T) {
 		t.Fatal(err)
 	}
 	main, th = threaded()
-	if n, _ := counts(t, main); n != 1 || th[root.String()] != nil {
+	if n, _ := counts(t, main); n != 1 || th != nil {
 		t.Fatalf("after the threaded receipt: main %v, threads %v", main, th)
+	}
+	// Without thread counts the room's count drops too: the reply was read
+	// by its thread's receipt.
+	if n, _ := unread(); n != 1 {
+		t.Fatalf("without thread counts after the threaded receipt: %d, want 1", n)
 	}
 	if _, ok := joinedRoom(t, ts.rawSync(bob, nil), room.RoomID)["unread_thread_notifications"]; ok {
 		t.Fatal("unread_thread_notifications sent without being requested")
+	}
+
+	// An unthreaded and a threaded receipt on the same event: /sync shows
+	// one receipt for bob there, the unthreaded one (MSC4102), in either
+	// order of sending.
+	for i, threads := range [][]string{{"", root.String()}, {"main", ""}} {
+		ev := say(t, alice, room.RoomID, fmt.Sprintf("receipts %d", i))
+		if i == 0 {
+			// the unthreaded receipt for a thread event: the reply's thread
+			ev = reply.EventID
+		}
+		for _, th := range threads {
+			content := map[string]any{}
+			if th != "" {
+				content["thread_id"] = th
+			}
+			if err := bob.SendReceipt(ctx, room.RoomID, ev, event.ReceiptTypeRead, content); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var info map[string]any
+		eph, _ := joinedRoom(t, ts.rawSync(bob, nil), room.RoomID)["ephemeral"].(map[string]any)
+		evs, _ := eph["events"].([]any)
+		for _, e := range evs {
+			if m := e.(map[string]any); m["type"] == "m.receipt" {
+				info, _ = m["content"].(map[string]any)[ev.String()].(map[string]any)["m.read"].(map[string]any)[bob.UserID.String()].(map[string]any)
+			}
+		}
+		if info == nil || info["thread_id"] != nil {
+			t.Fatalf("receipts %v on %s: bob's receipt in /sync is %v, want the unthreaded one", threads, ev, info)
+		}
 	}
 }
 

@@ -230,8 +230,10 @@ func TestInviteAcrossServers(t *testing.T) {
 			Invite map[string]struct {
 				InviteState struct {
 					Events []struct {
-						Type    string         `json:"type"`
-						Content map[string]any `json:"content"`
+						Type       string         `json:"type"`
+						Content    map[string]any `json:"content"`
+						OriginTS   int64          `json:"origin_server_ts"`
+						Signatures map[string]any `json:"signatures"`
 					} `json:"events"`
 				} `json:"invite_state"`
 			} `json:"invite"`
@@ -242,11 +244,22 @@ func TestInviteAcrossServers(t *testing.T) {
 		_, ok := sync.Rooms.Invite[room.RoomID]
 		return ok
 	})
-	named := false
+	named, created := false, false
 	for _, e := range sync.Rooms.Invite[room.RoomID].InviteState.Events {
 		if e.Type == "m.room.name" && e.Content["name"] == "Private" {
 			named = true
 		}
+		// A sent the state as PDUs (spec v1.16); bob's client sees it
+		// stripped, the create event complete (MSC4311).
+		if e.Type == "m.room.create" && e.OriginTS > 0 {
+			created = true
+		}
+		if e.Signatures != nil {
+			t.Errorf("stripped state shows a PDU's signatures: %+v", e)
+		}
+	}
+	if !created {
+		t.Errorf("the invite's stripped state has no complete create event: %+v", sync.Rooms.Invite[room.RoomID])
 	}
 	if !named {
 		t.Fatalf("the invite's stripped state has no room name: %+v", sync.Rooms.Invite[room.RoomID])

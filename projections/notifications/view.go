@@ -103,9 +103,11 @@ type Count struct {
 // Unread counts a user's unread notifications in a room (spec:
 // unread_notifications). With threads, the main timeline and each thread
 // with unread notifications are counted apart against their own threaded
-// receipts (spec: unread_thread_notifications); without, every unread
-// notification counts, read up to the newer of the unthreaded and the
-// main timeline's receipt.
+// receipts (spec: unread_thread_notifications); without, the counts are
+// for the whole room, each notification still read by its own thread's
+// receipt (the main timeline's for events outside threads), as Synapse
+// counts: a client that reads a thread with a threaded receipt sees the
+// room's count drop even when it did not ask for counts per thread.
 func (v View) Unread(userID, roomID string, withThreads bool) (Count, map[string]Count, error) {
 	f, err := v.floors(userID, roomID)
 	if err != nil {
@@ -126,12 +128,12 @@ func (v View) Unread(userID, roomID string, withThreads bool) (Count, map[string
 		}
 		off := binary.BigEndian.Uint64(k[len(prefix):])
 		thread, hl := string(val[1:]), val[0] == 1
+		if off <= f[thread] {
+			continue
+		}
 		scope := ScopeMain
 		if withThreads {
 			scope = thread
-		}
-		if off <= f[scope] {
-			continue
 		}
 		c := &main
 		var tc Count
