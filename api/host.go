@@ -99,7 +99,7 @@ func (s *Server) mountMedia(deps Deps) error {
 }
 
 // StartMediaJanitor runs media retention and blob collection (media.Repo.Run)
-// until Close; the binary calls it once the projections caught up (never
+// until Close, which waits for it to stop; the binary calls it once the projections caught up (never
 // in offline tools, whose projections may be mid-rebuild).
 func (s *Server) StartMediaJanitor() {
 	if s.media == nil {
@@ -107,7 +107,7 @@ func (s *Server) StartMediaJanitor() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() { <-s.closed; cancel() }()
-	go s.media.Run(ctx)
+	s.background.Go(func() { s.media.Run(ctx) })
 }
 
 // MediaRepo is the media repository (nil when none is configured), for

@@ -110,6 +110,10 @@ type Server struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	// background is the goroutines that read the store until Close (the
+	// media janitor); Close waits for them, so that the store can be
+	// closed after it.
+	background sync.WaitGroup
 }
 
 // New builds the API and registers its projections on deps.Engine; call it
@@ -201,12 +205,14 @@ func New(cfg Config, deps Deps) (*Server, error) {
 // Handler serves every client-server endpoint.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Close releases long-polls; it does not close the log or the engine.
+// Close releases long-polls and waits for the background work (the media
+// janitor) to stop; it does not close the log or the engine.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		s.notifier.wakeAll()
 	})
+	s.background.Wait()
 }
 
 // dispatch routes to the method+path mux, and tells an unknown path (404)
