@@ -146,3 +146,49 @@ func keys[V any](m map[id.RoomID]V) []id.RoomID {
 	}
 	return out
 }
+
+// A room joined after the since token comes whole, with limited set (the
+// client pages back from prev_batch for the history before it), even when
+// the filter leaves fewer events than the limit; the next incremental
+// sync of that room is not limited.
+func TestNewlyJoinedRoomTimelineIsLimited(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := alice.SendText(ctx, room.RoomID, "before "+string(rune('a'+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	filter := `{"room":{"timeline":{"limit":10,"types":["m.room.message"]},"state":{"types":[]}}}`
+	first, err := bob.SyncRequest(ctx, 0, "", filter, false, "offline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	joined, err := bob.SyncRequest(ctx, 0, first.NextBatch, filter, false, "offline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jr := joined.Rooms.Join[room.RoomID]
+	if jr == nil || len(jr.Timeline.Events) != 3 || !jr.Timeline.Limited {
+		t.Fatalf("newly joined room: %+v, want its 3 messages, limited", jr)
+	}
+	if _, err := alice.SendText(ctx, room.RoomID, "after"); err != nil {
+		t.Fatal(err)
+	}
+	next, err := bob.SyncRequest(ctx, 5000, joined.NextBatch, filter, false, "offline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	jr = next.Rooms.Join[room.RoomID]
+	if jr == nil || len(jr.Timeline.Events) != 1 || jr.Timeline.Limited {
+		t.Fatalf("next sync: %+v, want the one new message, not limited", jr)
+	}
+}

@@ -279,6 +279,21 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if limited {
 		evs = evs[:limit]
 	}
+	// A room joined after since is new to the client: its timeline is
+	// limited (there is history before it to page back to), as Synapse
+	// marks it, whatever the filter let through.
+	if roomSince == 0 && since != 0 {
+		limited = true
+	}
+	// A gap in the room's history here (an event received over federation
+	// whose prev_events this server lacks) cuts the timeline: the client
+	// gets the events after the gap with limited set, and pages back
+	// across it with prev_batch (which backfills).
+	if cut, err := s.timelineGap(v, evs); err != nil {
+		return nil, false, err
+	} else if cut < len(evs) {
+		evs, limited = evs[:cut], true
+	}
 	slices.Reverse(evs)
 	timelineStart := upper + 1
 	if len(evs) > 0 {
@@ -430,6 +445,38 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		out["unread_thread_notifications"] = threads
 	}
 	return out, changed, nil
+}
+
+// timelineGap finds the newest gap in a sync timeline (evs, newest
+// first): the number of events to keep, those after the first event found
+// with a prev_event this server does not hold in the room's DAG (unknown,
+// or only an outlier); len(evs) when there is none. This server's own
+// events are built on events it holds, so only remote senders' events are
+// checked, and a prev that is the next older event of the page costs no
+// read.
+func (s *Server) timelineGap(v rooms.View, evs []*rooms.Event) (int, error) {
+	for i, e := range evs {
+		if domainOf(headOf(e).Sender) == s.cfg.ServerName {
+			continue
+		}
+		p, err := e.PDU()
+		if err != nil {
+			return 0, err
+		}
+		for _, id := range p.PrevEventIDs() {
+			if i+1 < len(evs) && evs[i+1].EventID == id {
+				continue
+			}
+			pe, err := v.Event(id)
+			if err != nil {
+				return 0, err
+			}
+			if pe == nil || (pe.Outlier && pe.Rejected == "") {
+				return i + 1, nil
+			}
+		}
+	}
+	return len(evs), nil
 }
 
 // roomSummary gives member counts and up to five heroes (spec: room
