@@ -314,6 +314,24 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 	// same position: the cached state is not that start's.
 	three := 3
 	ts.build(alice, 0, func() *syncFilter { f := &syncFilter{}; f.Room.Timeline = &roomEventFilter{Limit: &three}; return f }())
+	// A limited incremental timeline in a room whose state did not change
+	// after the token (no state read: the clock says so), then with a
+	// state change before the timeline's start, which its state section
+	// must carry.
+	quiet := ts.node.LastOffset()
+	for i := range 12 {
+		ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/quiet%d", rooms[121], i), alice.token, map[string]any{"msgtype": "m.text", "body": "quiet"}, nil)
+	}
+	if _, resp, clocked := ts.build(alice, quiet, nil); !clocked || !bytes.Contains(resp, []byte(`"limited":true`)) || !bytes.Contains(resp, []byte(`"state":{"events":[]}`)) {
+		t.Fatalf("limited sync of a room with quiet state (clocked %v): %s", clocked, resp)
+	}
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.topic/", rooms[121]), alice.token, map[string]any{"topic": "changed"}, nil)
+	for i := range 12 {
+		ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/loud%d", rooms[121], i), alice.token, map[string]any{"msgtype": "m.text", "body": "loud"}, nil)
+	}
+	if _, resp, _ := ts.build(alice, quiet, nil); !bytes.Contains(resp, []byte(`"topic":"changed"`)) {
+		t.Fatalf("limited sync after a topic change lacks it in state: %s", resp)
+	}
 	// The same through /sync itself, from the first token: every room
 	// changed above, once.
 	var r struct {
@@ -322,8 +340,8 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 		} `json:"rooms"`
 	}
 	ts.call("GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=0&since="+url.QueryEscape(first.NextBatch), alice.token, nil, &r)
-	if len(r.Rooms.Join) != 8 {
-		t.Fatalf("/sync since the first token: %d joined rooms, want 8", len(r.Rooms.Join))
+	if len(r.Rooms.Join) != 9 {
+		t.Fatalf("/sync since the first token: %d joined rooms, want 9", len(r.Rooms.Join))
 	}
 }
 

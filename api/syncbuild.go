@@ -207,7 +207,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	if listsHint != nil {
 		membersChanged = listsHint.MembersChanged
 	}
-	presence, err := s.presenceSection(sess, f, rv, ms, joinedRooms, membersChanged, since, pos, now)
+	presence, err := s.presenceSection(sess, f, rv, ms, joinedRooms, membersChanged, since, pos, now, opts.uncached)
 	if err != nil {
 		return nil, false, nil, err
 	}
@@ -328,7 +328,16 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		stateAt = upper + 1
 	}
 	state := []map[string]any{}
-	if whole || limited || lazy || opts.useStateAfter {
+	// A limited incremental timeline sends the state events that changed
+	// after since, before the timeline: none when the room's current
+	// state has not changed since the token (the change clock says so
+	// without a read), so the room's whole state is not read to find
+	// nothing; O(what changed).
+	stateQuiet := false
+	if limited && !whole && !lazy && !opts.useStateAfter && !opts.uncached {
+		s.syncCache.clock.Read(func(c synccache.View) { stateQuiet = c.Covers(since) && c.StateChangedAt(roomID) <= since })
+	}
+	if (whole || limited || lazy || opts.useStateAfter) && !stateQuiet {
 		var at []*rooms.Event
 		if whole || limited || opts.useStateAfter {
 			at, err = s.stateBefore(v, roomID, stateAt, opts.uncached)
@@ -484,27 +493,10 @@ func (s *Server) timelineGap(v rooms.View, evs []*rooms.Event) (int, error) {
 // records, not member events; the member lists are the same for every
 // member and cached per room until its members change.
 func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (map[string]any, error) {
-	read := func() (any, error) {
-		joined, err := v.MemberIDs(roomID, "join")
-		if err != nil {
-			return nil, err
-		}
-		invited, err := v.MemberIDs(roomID, "invite")
-		return [2][]string{joined, invited}, err
-	}
-	var lists any
-	var err error
-	if uncached {
-		lists, err = read()
-	} else {
-		var at uint64
-		s.syncCache.clock.Read(func(c synccache.View) { at = c.MembersChangedAt(roomID) })
-		lists, err = s.syncCache.parts.Get(synccache.PartKey{Kind: "members", Room: roomID}, at, read)
-	}
+	joined, invited, err := s.memberLists(v, roomID, uncached)
 	if err != nil {
 		return nil, err
 	}
-	joined, invited := lists.([2][]string)[0], lists.([2][]string)[1]
 	// Heroes in state key order, joined or invited, as before.
 	all := append(slices.Clone(joined), invited...)
 	slices.Sort(all)
@@ -515,6 +507,54 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (
 		}
 	}
 	return map[string]any{"m.joined_member_count": len(joined), "m.invited_member_count": len(invited), "m.heroes": heroes}, nil
+}
+
+// memberLists are the room's joined and invited members
+// (rooms.View.MemberIDs, a point read per member), cached per room until
+// its members change: the same for every member's build in between.
+func (s *Server) memberLists(v rooms.View, roomID string, uncached bool) (joined, invited []string, err error) {
+	read := func() (any, error) {
+		joined, err := v.MemberIDs(roomID, "join")
+		if err != nil {
+			return nil, err
+		}
+		invited, err := v.MemberIDs(roomID, "invite")
+		return [2][]string{joined, invited}, err
+	}
+	var lists any
+	if uncached {
+		lists, err = read()
+	} else {
+		var at uint64
+		s.syncCache.clock.Read(func(c synccache.View) { at = c.MembersChangedAt(roomID) })
+		lists, err = s.syncCache.parts.Get(synccache.PartKey{Kind: "members", Room: roomID}, at, read)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return lists.([2][]string)[0], lists.([2][]string)[1], nil
+}
+
+// sharesJoinedRoom is rooms.View.SharesJoinedRoom from other's cached
+// memberships: no read once they are cached, however many co-members'
+// syncs ask about other after one presence change.
+func (s *Server) sharesJoinedRoom(rv rooms.View, self, other string, joinedRooms []string, uncached bool) (bool, error) {
+	if uncached {
+		return rv.SharesJoinedRoom(self, other, joinedRooms)
+	}
+	if other == self {
+		return true, nil
+	}
+	ms, err := s.memberships(other)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range ms {
+		if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // formattedEvent is the part of a client event every reader gets: all
@@ -535,8 +575,15 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 		// rare enough to format each time.
 		return s.clientEvent(v, e, sess, false)
 	}
+	// What is formatted depends on the event alone, but for the
+	// prev_content of a state event that replaced another (a redaction of
+	// that one changes it): only those are formatted again after the
+	// room's next event. The rest stay cached however busy the room is;
+	// a redacted event itself never comes from the cache (above).
 	var at uint64
-	s.syncCache.clock.Read(func(c synccache.View) { at = c.EventsChangedAt(e.RoomID) })
+	if e.Replaces != "" {
+		s.syncCache.clock.Read(func(c synccache.View) { at = c.EventsChangedAt(e.RoomID) })
+	}
 	f := s.syncCache.events.Get(e.EventID, at, func() any {
 		ev := s.formatClientEvent(v, e, nil, false, false)
 		var ts int64
@@ -638,13 +685,13 @@ const maxMemberScan = 200
 // with user in (since, pos]: everyone in a room the user joined then, and
 // whoever joined one of the user's rooms then. membersChanged (nil: ask
 // the projection) says which rooms' members may have changed after since.
-func (s *Server) newlySharing(rv rooms.View, user string, ms []rooms.Membership, membersChanged func(string) bool, since, pos uint64, into map[string]bool) error {
+func (s *Server) newlySharing(rv rooms.View, user string, ms []rooms.Membership, membersChanged func(string) bool, since, pos uint64, into map[string]bool, uncached bool) error {
 	for _, m := range ms {
 		if m.Membership != "join" || m.Offset > pos {
 			continue
 		}
 		if m.Offset > since {
-			members, err := rv.MemberIDs(m.RoomID, "join")
+			members, _, err := s.memberLists(rv, m.RoomID, uncached)
 			if err != nil {
 				return err
 			}
@@ -668,7 +715,7 @@ func (s *Server) newlySharing(rv rooms.View, user string, ms []rooms.Membership,
 		}
 		var users []string
 		if len(tl) > maxMemberScan {
-			if users, err = rv.MemberIDs(m.RoomID, "join"); err != nil {
+			if users, _, err = s.memberLists(rv, m.RoomID, uncached); err != nil {
 				return err
 			}
 		} else {
@@ -759,7 +806,7 @@ func stripped(e *rooms.Event) map[string]any {
 // a joined room with them whose presence changed visibly in (since, pos];
 // on an initial sync, of all of them. The content is derived now
 // (presenceContent), so idle and offline show as such.
-func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms []rooms.Membership, joinedRooms []string, membersChanged func(string) bool, since, pos uint64, now int64) ([]map[string]any, error) {
+func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms []rooms.Membership, joinedRooms []string, membersChanged func(string) bool, since, pos uint64, now int64, uncached bool) ([]map[string]any, error) {
 	uv := s.userdataView()
 	var candidates []string
 	// newly are the users who began to share a room with the user in
@@ -770,7 +817,7 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms
 	if since == 0 {
 		users := map[string]bool{sess.UserID: true}
 		for _, roomID := range joinedRooms {
-			members, err := rv.MemberIDs(roomID, "join")
+			members, _, err := s.memberLists(rv, roomID, uncached)
 			if err != nil {
 				return nil, err
 			}
@@ -787,13 +834,13 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms
 			return nil, err
 		}
 		for _, u := range changed {
-			if ok, err := rv.SharesJoinedRoom(sess.UserID, u, joinedRooms); err != nil {
+			if ok, err := s.sharesJoinedRoom(rv, sess.UserID, u, joinedRooms, uncached); err != nil {
 				return nil, err
 			} else if ok {
 				candidates = append(candidates, u)
 			}
 		}
-		if err := s.newlySharing(rv, sess.UserID, ms, membersChanged, since, pos, newly); err != nil {
+		if err := s.newlySharing(rv, sess.UserID, ms, membersChanged, since, pos, newly, uncached); err != nil {
 			return nil, err
 		}
 		for u := range newly {

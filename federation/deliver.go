@@ -43,12 +43,15 @@ func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at [
 				ri = &roomItems{dests: map[string]bool{}}
 				byRoom[head.RoomID] = ri
 				order = append(order, head.RoomID)
-				joined, err := view.MemberIDs(head.RoomID, "join")
+				// Other servers only (this one is never a destination):
+				// a room of local users costs no membership reads, which
+				// per send grew with the room's members.
+				servers, err := view.JoinedServers(head.RoomID, q.ServerName())
 				if err != nil {
 					return nil, err
 				}
-				for _, u := range joined {
-					ri.dests[domainOf(u)] = true
+				for _, d := range servers {
+					ri.dests[d] = true
 				}
 			}
 			if head.Type == stateres.MRoomMember && head.StateKey != nil && membershipOf(f.Event) != "invite" {

@@ -274,6 +274,9 @@ func (q *Queue) Proposal(destinations []string, items ...facts.OutboundItem) (en
 	return p, err == nil, err
 }
 
+// ServerName is this server's name, never a destination.
+func (q *Queue) ServerName() string { return q.cfg.ServerName }
+
 // MarkUp brings a destination back: a down mark is lifted (recorded in
 // the log) and any backoff is forgotten, so pending items go now. Call it
 // when the destination contacted us or a local user acted towards it. It

@@ -86,3 +86,54 @@ func TestSharesJoinedRoom(t *testing.T) {
 		t.Fatalf("the log gives no contrast: %d pairs share a room, %d do not", shared, apart)
 	}
 }
+
+// TestJoinedServers: over a generated log, JoinedServers names exactly the
+// servers of each room's joined members (ServersInRoom, which reads every
+// member), and none when the one server is skipped.
+func TestJoinedServers(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := generate.Run(ctx, dir, generate.Options{Seed: 12, Users: 30, Rooms: 10, Events: 1500, Logger: zerolog.Nop()}); err != nil {
+		t.Fatal(err)
+	}
+	node, err := englog.Open(englog.Config{Dir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	engine := projections.NewEngine(node, node.DB(), zerolog.Nop(), nil)
+	defer engine.Close()
+	h := engine.Register(rooms.New(node, nil))
+	if err := engine.Rebuild(ctx, "rooms"); err != nil {
+		t.Fatal(err)
+	}
+	v := rooms.NewView(h.Reader(), node)
+	ids, err := v.RoomIDs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	withMembers := 0
+	for _, room := range ids {
+		want, err := v.ServersInRoom(room, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := v.JoinedServers(room, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, want) {
+			t.Fatalf("JoinedServers(%s) = %v, the joined members' servers are %v", room, got, want)
+		}
+		if len(want) > 0 {
+			withMembers++
+		}
+		if skipped, err := v.JoinedServers(room, "bench.localhost"); err != nil || len(skipped) != 0 {
+			t.Fatalf("JoinedServers(%s) skipping the only server = %v, %v", room, skipped, err)
+		}
+	}
+	if withMembers == 0 {
+		t.Fatal("no room with joined members in the generated log")
+	}
+}

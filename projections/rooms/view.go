@@ -87,6 +87,40 @@ func (v View) MemberIDs(roomID string, memberships ...string) ([]string, error) 
 	return out, nil
 }
 
+// JoinedServers lists the servers other than skip with a joined member
+// in the room, in no order. A server's membership is read only until one
+// of its users is found joined, and skip's users are never read: for a
+// room of this server's own users (skip), no membership read at all,
+// where MemberIDs reads one per member.
+func (v View) JoinedServers(roomID, skip string) ([]string, error) {
+	lower := append(projections.Key(pState, roomID, stateres.MRoomMember), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
+	var users []string
+	for ok := it.First(); ok; ok = it.Next() {
+		users = append(users, string(it.Key()[len(lower):]))
+	}
+	if err := it.Close(); err != nil {
+		return nil, err
+	}
+	found := map[string]bool{}
+	var out []string
+	for _, u := range users {
+		_, d, ok := strings.Cut(u, ":")
+		if !ok || d == skip || found[d] {
+			continue
+		}
+		m, err := v.Membership(u, roomID)
+		if err != nil {
+			return nil, err
+		}
+		if m != nil && m.Membership == "join" {
+			found[d] = true
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
 // Room returns a room, or nil when unknown.
 func (v View) Room(roomID string) (*Room, error) {
 	return projections.GetJSON[Room](v.r, projections.Key(pRoom, roomID))
