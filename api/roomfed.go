@@ -43,7 +43,8 @@ func (s *Server) SetRoomFederation(f RoomFederation) { s.roomFed = f }
 
 // joinServers lists the servers to try for a remote join: the client's
 // via (and deprecated server_name) parameters, the alias's servers, then
-// the room ID's server (rooms before v12 name their creator's server).
+// when none of those names one, the room ID's server (rooms before v12
+// name their creator's server).
 func joinServers(r *http.Request, roomID string, fromAlias []string) []string {
 	q := r.URL.Query()
 	var out []string
@@ -63,7 +64,10 @@ func joinServers(r *http.Request, roomID string, fromAlias []string) []string {
 	for _, v := range fromAlias {
 		add(v)
 	}
-	if _, d, ok := strings.Cut(roomID, ":"); ok {
+	if _, d, ok := strings.Cut(roomID, ":"); ok && len(out) == 0 {
+		// Only when nothing else names a server: the client's list is
+		// what it asked for (a restricted join through a server that
+		// cannot authorise it fails, rather than going elsewhere).
 		add(d)
 	}
 	return out

@@ -581,7 +581,16 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 	if err != nil {
 		return err
 	}
-	if _, err := s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil); err != nil {
+	_, err = s.roomWrite.Send(r.Context(), stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: strptr(sess.UserID), Sender: sess.UserID, Content: content, RoomID: roomID}, nil)
+	var me *mxerr.Error
+	if membership == "join" && s.roomFed != nil && errors.As(err, &me) && me.Code == roomwrite.ErrUnableToGrantJoin {
+		// A restricted room where no user of this server may invite: a
+		// server of the room that has one authorises the join (make_join).
+		var extra map[string]any
+		_ = json.Unmarshal(content, &extra)
+		err = s.joinRemote(r, sess, roomID, append(servers, s.residentServers(roomID)...), extra)
+	}
+	if err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})

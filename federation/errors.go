@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+
+	"github.com/engram-hs/engram/internal/mxerr"
 )
 
 // Error is a Matrix error answer of the federation API.
@@ -28,11 +30,14 @@ func errUnauthorized(format string, args ...any) *Error {
 	return Errorf(http.StatusUnauthorized, "M_UNAUTHORIZED", format, args...)
 }
 
-// writeError answers with err: an *Error as is, anything else 500
+// writeError answers with err: an *Error (or the room write path's
+// *mxerr.Error) as is, anything else 500
 // M_UNKNOWN (the details belong in the log, not in the answer).
 func writeError(w http.ResponseWriter, err error) {
 	var e *Error
-	if !errors.As(err, &e) {
+	if me := (*mxerr.Error)(nil); errors.As(err, &me) {
+		e = &Error{Status: me.Status, Code: me.Code, Msg: me.Msg}
+	} else if !errors.As(err, &e) {
 		e = Errorf(http.StatusInternalServerError, "M_UNKNOWN", "Internal error")
 	}
 	writeJSON(w, e.Status, map[string]string{"errcode": e.Code, "error": e.Msg})

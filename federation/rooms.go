@@ -17,6 +17,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/rooms"
+	"github.com/engram-hs/engram/roomwrite"
 	"github.com/engram-hs/engram/stateres"
 	"github.com/engram-hs/engram/stateres/auth"
 )
@@ -698,7 +699,7 @@ func (s *Server) makeMembership(membership string) AuthedFunc {
 		}
 		lookup := v.LookupIn(cur)
 		if membership == "join" {
-			via, err := s.authorisingUser(v, version, roomID, userID, cur, lookup)
+			via, err := roomwrite.JoinAuthoriser(v, version, s.cfg.ServerName, roomID, userID, lookup)
 			if err != nil {
 				return err
 			}
@@ -752,67 +753,6 @@ func (s *Server) buildOnCurrent(v rooms.View, version *stateres.RoomVersion, roo
 type stateLookup func(typ, sk string) stateres.PDU
 
 func (f stateLookup) StateEvent(typ, sk string) stateres.PDU { return f(typ, sk) }
-
-// authorisingUser decides a restricted join (spec: "Restricted rooms"):
-// when the join rule is restricted and the user is neither joined nor
-// invited, the join needs a local user who can invite, and the user must
-// be joined to one of the rooms the rule allows.
-func (s *Server) authorisingUser(v rooms.View, version *stateres.RoomVersion, roomID, userID string, cur rooms.StateMap, lookup func(typ, sk string) stateres.PDU) (string, error) {
-	jr := lookup(stateres.MRoomJoinRules, "")
-	if jr == nil || !version.RestrictedJoins {
-		return "", nil
-	}
-	var rule struct {
-		JoinRule string `json:"join_rule"`
-		Allow    []struct {
-			Type   string `json:"type"`
-			RoomID string `json:"room_id"`
-		} `json:"allow"`
-	}
-	_ = json.Unmarshal(jr.Content(), &rule)
-	if rule.JoinRule != "restricted" && rule.JoinRule != "knock_restricted" {
-		return "", nil
-	}
-	if m := lookup(stateres.MRoomMember, userID); m != nil {
-		var c struct {
-			Membership string `json:"membership"`
-		}
-		_ = json.Unmarshal(m.Content(), &c)
-		if c.Membership == "join" || c.Membership == "invite" {
-			return "", nil
-		}
-	}
-	allowed, canJudge := false, false
-	for _, a := range rule.Allow {
-		if a.Type != "m.room_membership" {
-			continue
-		}
-		if r, _ := v.Room(a.RoomID); r != nil {
-			canJudge = true
-		}
-		if m, _ := v.Membership(userID, a.RoomID); m != nil && m.Membership == "join" {
-			allowed = true
-		}
-	}
-	if !allowed {
-		if !canJudge {
-			return "", Errorf(http.StatusBadRequest, "M_UNABLE_TO_GRANT_JOIN", "This server is in none of the rooms whose members may join %s", roomID)
-		}
-		return "", Errorf(http.StatusForbidden, "M_UNABLE_TO_AUTHORISE_JOIN", "%s is not joined to any room whose members may join %s", userID, roomID)
-	}
-	// A local joined user with the power to invite.
-	joined, err := v.MemberIDs(roomID, "join")
-	if err != nil {
-		return "", err
-	}
-	pl := auth.ParsePowerLevels(version, lookup(stateres.MRoomCreate, ""), lookup(stateres.MRoomPowerLevels, ""))
-	for _, u := range joined {
-		if domainOf(u) == s.cfg.ServerName && pl.UserLevel(u).AtLeast(pl.Invite()) {
-			return u, nil
-		}
-	}
-	return "", Errorf(http.StatusBadRequest, "M_UNABLE_TO_GRANT_JOIN", "No user of this server in %s may invite", roomID)
-}
 
 // receiveMembership checks a membership event a remote server completed
 // from our template and runs it through the receiver.

@@ -88,6 +88,9 @@ func (b *Builder) Add(proto stateres.ProtoEvent) (*stateres.Event, error) {
 	if proto.Content == nil {
 		proto.Content = json.RawMessage("{}")
 	}
+	if err := b.withAuthoriser(&proto); err != nil {
+		return nil, err
+	}
 	if err := b.loadAuthState(&proto); err != nil {
 		return nil, err
 	}
