@@ -278,6 +278,10 @@ func TestAdminRoomsNoticesLimits(t *testing.T) {
 	for id := range invites {
 		noticeRoom = id
 	}
+	// The invite cannot be rejected.
+	if st, b := ts.do("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(noticeRoom)+"/leave", bob.AccessToken, map[string]any{}); st != 403 || b["errcode"] != "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM" {
+		t.Fatalf("bob rejects the notices invite: %d %v", st, b)
+	}
 	if st, b := ts.do("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(noticeRoom)+"/join", bob.AccessToken, map[string]any{}); st != 200 {
 		t.Fatalf("bob joins the notices room: %d %v", st, b)
 	}
@@ -290,6 +294,25 @@ func TestAdminRoomsNoticesLimits(t *testing.T) {
 	_, jr := ts.do("GET", "/_matrix/client/v3/joined_rooms", bob.AccessToken, nil)
 	if n := len(jr["joined_rooms"].([]any)); n != 2 {
 		t.Fatalf("bob is in %d rooms, want his room and one notices room", n)
+	}
+	// Having left it, bob is invited back to the same room by the next
+	// notice; a PUT with a transaction ID sends it once.
+	if st, b := ts.do("POST", "/_matrix/client/v3/rooms/"+url.PathEscape(noticeRoom)+"/leave", bob.AccessToken, map[string]any{}); st != 200 {
+		t.Fatalf("bob leaves the joined notices room: %d %v", st, b)
+	}
+	notice := map[string]any{"user_id": "@bob:" + serverName, "content": map[string]any{"msgtype": "m.text", "body": "again"}}
+	st1, b1 := ts.do("PUT", "/_synapse/admin/v1/send_server_notice/t1", adm, notice)
+	st2, b2 := ts.do("PUT", "/_synapse/admin/v1/send_server_notice/t1", adm, notice)
+	if st1 != 200 || st2 != 200 || b1["event_id"] == nil || b1["event_id"] != b2["event_id"] {
+		t.Fatalf("send_server_notice with a txn twice: %d %v, %d %v", st1, b1, st2, b2)
+	}
+	if st3, b3 := ts.do("PUT", "/_synapse/admin/v1/send_server_notice/t2", adm, notice); st3 != 200 || b3["event_id"] == b1["event_id"] {
+		t.Fatalf("another txn: %d %v", st3, b3)
+	}
+	_, sync = ts.do("GET", "/_matrix/client/v3/sync", bob.AccessToken, nil)
+	invites, _ = sync["rooms"].(map[string]any)["invite"].(map[string]any)
+	if _, ok := invites[noticeRoom]; !ok || len(invites) != 1 {
+		t.Fatalf("after leaving and a notice, bob's invites are %v, want the same notices room", invites)
 	}
 
 	// v2 delete with status; the room is blocked for joins.

@@ -53,8 +53,8 @@ func (h adminHost) Reports() reports.View                  { return h.s.Reports(
 func (h adminHost) State() adminstate.View                 { return h.s.adminState() }
 func (h adminHost) HashPassword(pw string) (string, error) { return h.s.hashPassword(pw) }
 
-func (h adminHost) SendEvent(ctx context.Context, proto stateres.ProtoEvent) (string, error) {
-	return h.s.roomWrite.Send(ctx, proto, nil)
+func (h adminHost) SendEvent(ctx context.Context, proto stateres.ProtoEvent, txn *facts.TxnRef) (string, error) {
+	return h.s.roomWrite.Send(ctx, proto, txn)
 }
 
 func (h adminHost) LeaveAllRooms(ctx context.Context, userID string) error {

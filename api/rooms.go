@@ -676,6 +676,14 @@ func (s *Server) leave(w http.ResponseWriter, r *http.Request, sess *session) er
 		writeJSON(w, http.StatusOK, struct{}{}) // already out: leaving again changes nothing
 		return nil
 	} else if m.Membership == "invite" || m.Membership == "knock" {
+		// The invite to one's server notices room cannot be rejected
+		// (Synapse's rule): notices must reach the user. Leaving after
+		// joining is allowed; the next notice invites them again.
+		if notices, err := s.adminState().NoticesRoom(sess.UserID); err != nil {
+			return err
+		} else if m.Membership == "invite" && notices == roomID {
+			return mxerr.New(http.StatusForbidden, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM", "You cannot reject the invite to your server notices room; join it to read the notices")
+		}
 		if room, err := s.roomsView().Room(roomID); err != nil {
 			return err
 		} else if room == nil {

@@ -69,8 +69,9 @@ type Host interface {
 	// HashPassword hashes with the server's bcrypt cost.
 	HashPassword(pw string) (string, error)
 	// SendEvent builds, authorises and commits one event through the room
-	// write path and returns its ID.
-	SendEvent(ctx context.Context, proto stateres.ProtoEvent) (string, error)
+	// write path and returns its ID; with a client transaction (txn not
+	// nil), a retry returns the event the first attempt created.
+	SendEvent(ctx context.Context, proto stateres.ProtoEvent, txn *facts.TxnRef) (string, error)
 	// CreateRoom creates a room through the room write path.
 	CreateRoom(ctx context.Context, req CreateRoom) (string, error)
 	// LeaveAllRooms makes the user leave (or decline) every room.

@@ -62,7 +62,13 @@ func (a *API) sendServerNotice(w http.ResponseWriter, r *http.Request, c Caller)
 	if err != nil {
 		return err
 	}
-	eventID, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: roomID, Type: req.Type, StateKey: req.StateKey, Sender: sys, Content: req.Content})
+	// PUT with a transaction ID: a retry answers the notice it sent
+	// (scoped to the admin's device and, through the room, the user).
+	var txn *facts.TxnRef
+	if id := r.PathValue("txnId"); id != "" {
+		txn = &facts.TxnRef{UserID: c.UserID, DeviceID: c.DeviceID, TxnID: "send_server_notice/" + id}
+	}
+	eventID, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: roomID, Type: req.Type, StateKey: req.StateKey, Sender: sys, Content: req.Content}, txn)
 	if err != nil {
 		return err
 	}
@@ -96,19 +102,33 @@ func (a *API) ensureSystemUser(r *http.Request, c Caller) (string, error) {
 	return sys, nil
 }
 
-// noticesRoom returns the user's notices room, creating one (and inviting
-// the user) when there is none or the user left it.
+// noticesRoom returns the user's notices room: the one they have, with a
+// new invite when they left it (as Synapse does: one room per user, so
+// earlier notices stay together), or a new one with the user invited
+// when there is none (or the system user is no longer in it).
 func (a *API) noticesRoom(r *http.Request, c Caller, sys, userID string) (string, error) {
 	roomID, err := a.host.State().NoticesRoom(userID)
 	if err != nil {
 		return "", err
 	}
 	if roomID != "" {
-		m, err := a.host.Rooms().Membership(userID, roomID)
+		rv := a.host.Rooms()
+		m, err := rv.Membership(userID, roomID)
 		if err != nil {
 			return "", err
 		}
 		if m != nil && (m.Membership == "join" || m.Membership == "invite") {
+			return roomID, nil
+		}
+		sm, err := rv.Membership(sys, roomID)
+		if err != nil {
+			return "", err
+		}
+		if sm != nil && sm.Membership == "join" && (m == nil || m.Membership == "leave") {
+			if _, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: roomID, Type: stateres.MRoomMember, StateKey: &userID, Sender: sys,
+				Content: mustJSON(map[string]string{"membership": "invite"})}, nil); err != nil {
+				return "", err
+			}
 			return roomID, nil
 		}
 	}

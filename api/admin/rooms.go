@@ -449,7 +449,7 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 		}
 		d.NewRoomID = newRoom
 		if _, err := a.host.SendEvent(ctx, stateres.ProtoEvent{RoomID: newRoom, Type: "m.room.message", Sender: req.NewRoomUserID,
-			Content: mustJSON(map[string]string{"msgtype": "m.text", "body": msg})}); err != nil {
+			Content: mustJSON(map[string]string{"msgtype": "m.text", "body": msg})}, nil); err != nil {
 			return nil, err
 		}
 	}
@@ -463,7 +463,7 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 			continue
 		}
 		if _, err := a.host.SendEvent(ctx, stateres.ProtoEvent{RoomID: id, Type: stateres.MRoomMember, StateKey: &u, Sender: u,
-			Content: mustJSON(map[string]string{"membership": "leave"})}); err != nil {
+			Content: mustJSON(map[string]string{"membership": "leave"})}, nil); err != nil {
 			d.FailedToKick = append(d.FailedToKick, u)
 			continue
 		}
@@ -510,11 +510,11 @@ func (a *API) moveInto(r *http.Request, inviter, roomID, userID string) error {
 		return nil
 	}
 	if _, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: roomID, Type: stateres.MRoomMember, StateKey: &userID, Sender: inviter,
-		Content: mustJSON(map[string]string{"membership": "invite"})}); err != nil {
+		Content: mustJSON(map[string]string{"membership": "invite"})}, nil); err != nil {
 		return err
 	}
 	_, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: roomID, Type: stateres.MRoomMember, StateKey: &userID, Sender: userID,
-		Content: mustJSON(map[string]string{"membership": "join"})})
+		Content: mustJSON(map[string]string{"membership": "join"})}, nil)
 	return err
 }
 
@@ -778,7 +778,7 @@ func (a *API) makeRoomAdmin(w http.ResponseWriter, r *http.Request, c Caller) er
 	if !creators[target] && users[target] < level {
 		users[target] = level
 		pl["users"] = mustJSON(users)
-		if _, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: room.RoomID, Type: stateres.MRoomPowerLevels, StateKey: new(string), Sender: actor, Content: mustJSON(pl)}); err != nil {
+		if _, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: room.RoomID, Type: stateres.MRoomPowerLevels, StateKey: new(string), Sender: actor, Content: mustJSON(pl)}, nil); err != nil {
 			return err
 		}
 	}
@@ -795,7 +795,7 @@ func (a *API) makeRoomAdmin(w http.ResponseWriter, r *http.Request, c Caller) er
 		}
 		if jr.JoinRule != "public" && (m == nil || m.Membership != "invite") {
 			if _, err := a.host.SendEvent(r.Context(), stateres.ProtoEvent{RoomID: room.RoomID, Type: stateres.MRoomMember, StateKey: &target, Sender: actor,
-				Content: mustJSON(map[string]string{"membership": "invite"})}); err != nil {
+				Content: mustJSON(map[string]string{"membership": "invite"})}, nil); err != nil {
 				return err
 			}
 		}
