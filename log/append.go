@@ -301,9 +301,13 @@ func (n *Node) checkAcknowledged(single bool) error {
 		return nil
 	}
 	if !single {
-		n.log.Warn().Uint64("acknowledged", acked).Uint64("last_offset", last).
-			Uint64("missing_from", last+1).Uint64("missing_to", acked).
-			Msg("log: this node had acknowledged entries its log no longer holds (damaged write-ahead log?); they are refilled from the cluster's peers")
+		// A cluster node writes its event log without syncing: its raft
+		// log is the durable copy, and raft applies what the event log
+		// lost again once it learns the commit index from the leader,
+		// after Open. So a short event log here is expected after a
+		// crash; it is news only if it stays short.
+		n.done.Add(1)
+		go n.awaitRefill(acked, last)
 		return nil
 	}
 	if !n.cfg.AcceptDataLoss {
@@ -312,6 +316,31 @@ func (n *Node) checkAcknowledged(single bool) error {
 	n.log.Error().Uint64("missing_from", last+1).Uint64("missing_to", acked).
 		Msg("log: acknowledged entries are missing and the operator accepted their loss; later entries take their offsets")
 	return n.state.set(keyAcked, u64Bytes(last))
+}
+
+// refillPatience is how long a cluster node waits, after opening short of
+// what it acknowledged, for raft to apply those entries again before it
+// warns.
+const refillPatience = 2 * time.Minute
+
+// awaitRefill waits until the entries up to acked, acknowledged before a
+// crash and missing from the event log at Open, are applied again, and
+// says what happened: an info line once they are back, a warning if they
+// are not back within refillPatience.
+func (n *Node) awaitRefill(acked, last uint64) {
+	defer n.done.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), refillPatience)
+	defer cancel()
+	err := n.Wait(ctx, acked-1)
+	switch {
+	case err == nil:
+		n.log.Info().Uint64("from", last+1).Uint64("to", acked).
+			Msg("log: the acknowledged entries the event log lost at the last stop (its unsynced tail) were applied again from the raft log")
+	case errors.Is(err, context.DeadlineExceeded):
+		n.log.Warn().Uint64("acknowledged", acked).Uint64("last_offset", n.LastOffset()).
+			Uint64("missing_from", n.LastOffset()+1).Uint64("missing_to", acked).Dur("waited", refillPatience).
+			Msg("log: this node acknowledged entries its log still does not hold; they come back from the cluster's peers once this node reaches the leader: check that it does (engram cluster status), and if its raft log was damaged, wipe its data directory and let it resync")
+	}
 }
 
 // ErrLostAcknowledged: entries this node acknowledged are missing from its
