@@ -115,6 +115,18 @@ func TestProjectionsAreAFunctionOfTheLog(t *testing.T) {
 	}
 	ts.api.Close()
 	ts.hs.Close()
+	// Closing the engine stops its appliers where they are; the live
+	// digest must be of the whole log, as the replay's is, so wait for
+	// every projection to fold the last entry first (on a loaded machine
+	// the last writes were still being applied).
+	end := ts.node.LastOffset()
+	waitCtx, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	for _, h := range ts.eng.Handles() {
+		if err := h.WaitApplied(waitCtx, end); err != nil {
+			t.Fatalf("projection %s did not reach offset %d: %v", h.Name(), end, err)
+		}
+	}
+	cancelWait()
 	if err := ts.eng.Close(); err != nil {
 		t.Fatal(err)
 	}
