@@ -23,7 +23,7 @@ func (s *Server) newKeys() *keys.Service {
 		Logger:                    s.logger,
 		Commit:                    s.commit,
 		ReadJSON:                  readJSON,
-		ParseToken:                parseToken,
+		ParseToken:                s.parseOffsetToken,
 		Accounts:                  s.accountsView,
 		Rooms:                     s.roomsView,
 		PasswordUIA: func(auth json.RawMessage, c keys.Caller) error {

@@ -64,32 +64,64 @@ func pageToken(p uint64) string   { return "t" + strconv.FormatUint(p, 10) }
 // its cut exist twice: in the lost timeline, whose tokens clients that
 // synced after the cut still hold, and in the restored one. So a token
 // past the cut names the restore it was handed out after, "s<P>_r<R>"
-// with R the offset of the Restored entry, and /sync refuses a token past
-// the cut without it (M_UNKNOWN_POS: start again without since). The
-// entries the restore appended after the cut (up to the Restored one)
-// change nothing the cut's clients could have seen, so a position among
-// them is handed out as the cut's: a restored server answers as the
-// original did at the cut.
+// with R the offset of the Restored entry, and every endpoint that reads
+// a token refuses one past the cut without it (parseTokenAt): /sync with
+// M_UNKNOWN_POS (start again without since), /messages and the others
+// with M_INVALID_PARAM, instead of reading the restored timeline from a
+// position that meant something else in the lost one. The entries the
+// restore appended after the cut (up to the Restored one) change nothing
+// the cut's clients could have seen, so a position among them is handed
+// out as the cut's: a restored server answers as the original did at the
+// cut.
 func (s *Server) tokenAt(prefix string, pos uint64) (string, error) {
+	return s.posTokenAt(prefix, rooms.Pos{Offset: pos, Seq: rooms.PosEnd})
+}
+
+// posTokenAt is tokenAt for a position that may lie inside backfilled
+// history (posToken's "t<P>.<seq>").
+func (s *Server) posTokenAt(prefix string, p rooms.Pos) (string, error) {
 	rs, err := s.adminState().Restored()
+	if err != nil {
+		return "", err
+	}
+	tok := prefix + strings.TrimPrefix(posToken(p), "t")
 	switch {
-	case err != nil || rs == nil || pos <= rs.Cut:
-		return prefix + strconv.FormatUint(pos, 10), err
-	case pos <= rs.Offset:
+	case rs == nil || p.Offset <= rs.Cut:
+		return tok, nil
+	case p.Offset <= rs.Offset:
 		return prefix + strconv.FormatUint(rs.Cut, 10), nil
 	}
-	return prefix + strconv.FormatUint(pos, 10) + "_r" + strconv.FormatUint(rs.Offset, 10), nil
+	return tok + "_r" + strconv.FormatUint(rs.Offset, 10), nil
 }
 
 // parseSince is parseToken for a /sync since token, refusing one from a
 // timeline a restore cut away.
 func (s *Server) parseSince(tok string) (uint64, error) {
-	p, err := parseToken(tok)
+	p, err := s.parseTokenAt(tok, "M_UNKNOWN_POS", "Sync again without since (an initial sync)")
+	return p.Offset, err
+}
+
+// parsePageToken is parsePos for a pagination token (/messages,
+// /relations, /threads, /members?at=, /keys/changes), refusing one from
+// a timeline a restore cut away.
+func (s *Server) parsePageToken(tok string) (rooms.Pos, error) {
+	return s.parseTokenAt(tok, "M_INVALID_PARAM", "Page again without from, or from a token of a sync made since the restore")
+}
+
+// parseOffsetToken is parsePageToken for the endpoints that page by log
+// offset only.
+func (s *Server) parseOffsetToken(tok string) (uint64, error) {
+	p, err := s.parsePageToken(tok)
+	return p.Offset, err
+}
+
+func (s *Server) parseTokenAt(tok, errcode, advice string) (rooms.Pos, error) {
+	p, err := parsePos(tok)
 	if err != nil {
-		return 0, err
+		return p, err
 	}
 	rs, err := s.adminState().Restored()
-	if err != nil || rs == nil || p <= rs.Cut {
+	if err != nil || rs == nil || p.Offset <= rs.Cut {
 		return p, err
 	}
 	var r uint64
@@ -97,8 +129,8 @@ func (s *Server) parseSince(tok string) (uint64, error) {
 		r, _ = strconv.ParseUint(tok[i+2:], 10, 64)
 	}
 	if r != rs.Offset {
-		return 0, merr(http.StatusBadRequest, "M_UNKNOWN_POS", fmt.Sprintf(
-			"This since token is from before the server was restored from a backup to an earlier point (log offset %d): what it follows on from is gone. Sync again without since (an initial sync)", rs.Cut))
+		return rooms.Pos{}, merr(http.StatusBadRequest, errcode, fmt.Sprintf(
+			"This token is from before the server was restored from a backup to an earlier point (log offset %d): the timeline it points into is gone. %s", rs.Cut, advice))
 	}
 	return p, nil
 }
@@ -421,7 +453,7 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	top := rooms.Pos{Offset: upper, Seq: rooms.PosEnd}
 	var from rooms.Pos
 	if t := q.Get("from"); t != "" {
-		if from, err = parsePos(t); err != nil {
+		if from, err = s.parsePageToken(t); err != nil {
 			return err
 		}
 	} else if !forward {
@@ -432,7 +464,7 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 		bound = top
 	}
 	if t := q.Get("to"); t != "" {
-		to, err := parsePos(t)
+		to, err := s.parsePageToken(t)
 		if err != nil {
 			return err
 		}
@@ -465,15 +497,15 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 			senders[h.Sender] = e.Offset
 		}
 	}
-	start := posToken(from)
-	if from.Seq == rooms.PosEnd {
-		if start, err = s.tokenAt("t", from.Offset); err != nil {
-			return err
-		}
+	start, err := s.posTokenAt("t", from)
+	if err != nil {
+		return err
 	}
 	resp := map[string]any{"start": start, "chunk": chunk}
 	if !done {
-		resp["end"] = posToken(next)
+		if resp["end"], err = s.posTokenAt("t", next); err != nil {
+			return err
+		}
 	}
 	if f != nil && f.LazyLoadMembers {
 		// Each sender's membership as it was at their event in the chunk.
@@ -566,9 +598,17 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 		}
 		stateEvs = kept
 	}
+	start, err := s.tokenAt("t", startPos)
+	if err != nil {
+		return err
+	}
+	end, err := s.tokenAt("t", endPos)
+	if err != nil {
+		return err
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"event": s.clientEvent(v, e, sess, true), "events_before": conv(before), "events_after": conv(after),
-		"start": pageToken(startPos), "end": pageToken(endPos), "state": conv(stateEvs),
+		"start": start, "end": end, "state": conv(stateEvs),
 	})
 	return nil
 }

@@ -66,13 +66,13 @@ func (s *Server) getRelations(w http.ResponseWriter, r *http.Request, sess *sess
 	var from, to uint64
 	var hasFrom, hasTo bool
 	if t := q.Get("from"); t != "" {
-		if from, err = parseToken(t); err != nil {
+		if from, err = s.parseOffsetToken(t); err != nil {
 			return err
 		}
 		hasFrom = true
 	}
 	if t := q.Get("to"); t != "" {
-		if to, err = parseToken(t); err != nil {
+		if to, err = s.parseOffsetToken(t); err != nil {
 			return err
 		}
 		hasTo = true
@@ -153,10 +153,12 @@ func (s *Server) getRelations(w http.ResponseWriter, r *http.Request, sess *sess
 	}
 	out := map[string]any{"chunk": chunk}
 	if more {
+		next := last - 1
 		if forward {
-			out["next_batch"] = pageToken(last)
-		} else {
-			out["next_batch"] = pageToken(last - 1)
+			next = last
+		}
+		if out["next_batch"], err = s.tokenAt("t", next); err != nil {
+			return err
 		}
 	}
 	if hasFrom {
@@ -206,7 +208,7 @@ func (s *Server) getThreads(w http.ResponseWriter, r *http.Request, sess *sessio
 	limit = min(limit, 100)
 	var before uint64
 	if t := q.Get("from"); t != "" {
-		if before, err = parseToken(t); err != nil {
+		if before, err = s.parseOffsetToken(t); err != nil {
 			return err
 		}
 		before++ // the token is the last activity already listed, minus one
@@ -256,7 +258,9 @@ func (s *Server) getThreads(w http.ResponseWriter, r *http.Request, sess *sessio
 	}
 	out := map[string]any{"chunk": chunk}
 	if more {
-		out["next_batch"] = pageToken(lastActivity - 1)
+		if out["next_batch"], err = s.tokenAt("t", lastActivity-1); err != nil {
+			return err
+		}
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

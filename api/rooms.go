@@ -787,7 +787,7 @@ func (s *Server) members(w http.ResponseWriter, r *http.Request, sess *session) 
 	if at := q.Get("at"); at != "" {
 		// A /sync or pagination token: the members as of that point,
 		// which includes the event at the token's position.
-		pos, err := parseToken(at)
+		pos, err := s.parseOffsetToken(at)
 		if err != nil {
 			return err
 		}

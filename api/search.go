@@ -135,9 +135,17 @@ func (h *searchHost) Context(userID, roomID, eventID string, before, after int, 
 		}
 		return out
 	}
+	startTok, err := h.s.tokenAt("t", start)
+	if err != nil {
+		return nil, err
+	}
+	endTok, err := h.s.tokenAt("t", end)
+	if err != nil {
+		return nil, err
+	}
 	c := map[string]any{
 		"events_before": conv(evsBefore), "events_after": conv(evsAfter),
-		"start": pageToken(start), "end": pageToken(end),
+		"start": startTok, "end": endTok,
 	}
 	if profiles {
 		info := map[string]any{}

@@ -299,7 +299,10 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if len(evs) > 0 {
 		timelineStart = evs[0].Offset
 	}
-	prevBatch := pageToken(timelineStart - 1)
+	prevBatch, err := s.tokenAt("t", timelineStart-1)
+	if err != nil {
+		return nil, false, err
+	}
 	timeline := make([]map[string]any, 0, len(evs))
 	senders := map[string]bool{sess.UserID: true}
 	inTimeline := map[string]bool{}

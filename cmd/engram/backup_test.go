@@ -235,6 +235,14 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 		alice.send(room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "after the cut " + strconv.Itoa(i)})
 	}
 	lateSince := alice.sinceToken()
+	// A /messages page token into the timeline past the cut.
+	var latePage struct {
+		End string `json:"end"`
+	}
+	alice.ok("GET", "/rooms/"+url.PathEscape(room)+"/messages?dir=b&limit=2", nil, &latePage)
+	if latePage.End == "" {
+		t.Fatal("/messages before the backup gave no end token")
+	}
 	backupDir := filepath.Join(dir, "backup")
 	if out, errOut, code := runTool(t, dir, nil, "backup", "--config", cfg, "--to", backupDir); code != 0 {
 		t.Fatalf("backup: code %d\n%s\n%s", code, out, errOut)
@@ -286,6 +294,13 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 		if st, body := alice.raw("GET", "/sync?timeout=0&since="+url.QueryEscape(lateSince), nil); st != 400 || errcode(body) != "M_UNKNOWN_POS" {
 			t.Errorf("%s: /sync with a token from after the cut (%s): %d %s, want 400 M_UNKNOWN_POS", when, lateSince, st, body)
 		}
+		// Paging from a token of the lost timeline would read the
+		// restored one from a position that meant something else.
+		for _, tok := range []string{latePage.End, lateSince} {
+			if st, body := alice.raw("GET", "/rooms/"+url.PathEscape(room)+"/messages?dir=b&limit=2&from="+url.QueryEscape(tok), nil); st != 400 || errcode(body) != "M_INVALID_PARAM" {
+				t.Errorf("%s: /messages from a token from after the cut (%s): %d %s, want 400 M_INVALID_PARAM", when, tok, st, body)
+			}
+		}
 	}
 	refused("right after the restore")
 	// The restored log grows past the position the old token names.
@@ -320,6 +335,27 @@ func TestRestoreToATimeResetsLaterClients(t *testing.T) {
 	evs := inc.Rooms.Join[room].Timeline.Events
 	if len(evs) != 1 || evs[0].EventID != sent {
 		t.Errorf("an incremental /sync from the restored server's token %s: %+v, want just %s", fresh, evs, sent)
+	}
+	// So do its page tokens past the cut: back from the newest event,
+	// one page then the next.
+	var page struct {
+		End   string `json:"end"`
+		Chunk []struct {
+			EventID string `json:"event_id"`
+		} `json:"chunk"`
+	}
+	alice.ok("GET", "/rooms/"+url.PathEscape(room)+"/messages?dir=b&limit=1", nil, &page)
+	if len(page.Chunk) != 1 || page.Chunk[0].EventID != sent || !strings.Contains(page.End, "_r") {
+		t.Errorf("/messages on the restored server: %+v, want %s and an end token naming the restore", page, sent)
+	}
+	var next struct {
+		Chunk []struct {
+			Content struct{ Body string } `json:"content"`
+		} `json:"chunk"`
+	}
+	alice.ok("GET", "/rooms/"+url.PathEscape(room)+"/messages?dir=b&limit=1&from="+url.QueryEscape(page.End), nil, &next)
+	if len(next.Chunk) != 1 || !strings.HasPrefix(next.Chunk[0].Content.Body, "restored ") {
+		t.Errorf("/messages from the restored server's end token %s: %+v, want the message before %s", page.End, next.Chunk, sent)
 	}
 
 	if again := claim(bob); again == claimed {
