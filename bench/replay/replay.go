@@ -27,6 +27,9 @@ import (
 // Options of a replay.
 type Options struct {
 	Dir string // the log's data directory
+	// MemoryTarget is the log's memory budget (englog.Config.MemoryTarget);
+	// 0 is what a server uses by default.
+	MemoryTarget int64
 	// Projections to rebuild; all of them when empty.
 	Projections []string
 	Logger      zerolog.Logger
@@ -56,6 +59,10 @@ type Result struct {
 	// log's PDUs (their "event"), which the events' share of it stores.
 	DiskBytes      int64
 	EventJSONBytes int64
+	// FlushedBytes and CompactedBytes are what Pebble wrote to tables
+	// during the rebuild: by flushing memtables, and by compacting tables
+	// (their ratio to the flushed bytes is the write amplification).
+	FlushedBytes, CompactedBytes int64
 	// LogDiskBytes and RaftDiskBytes are the event log's and the Raft
 	// log's shares of the disk (Pebble's estimates).
 	LogDiskBytes, RaftDiskBytes int64
@@ -80,7 +87,7 @@ func (c *countingLog) Read(from uint64, max int) ([]englog.Entry, error) {
 // Run rebuilds the projections of the log in opts.Dir and records its
 // figures in rec (may be nil).
 func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, error) {
-	node, err := englog.Open(englog.Config{Dir: opts.Dir, Logger: opts.Logger})
+	node, err := englog.Open(englog.Config{Dir: opts.Dir, Logger: opts.Logger, MemoryTarget: opts.MemoryTarget})
 	if err != nil {
 		return nil, fmt.Errorf("replay: open the log in %s: %w", opts.Dir, err)
 	}
@@ -127,6 +134,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		// The workload is the log: runs over logs of one size compare.
 		rec.SetParam("entries", strconv.FormatUint(res.Entries, 10))
 	}
+	before := node.DB().Metrics().Total()
 	start = time.Now()
 	cpuStart := cpuTime()
 	if err := engine.Rebuild(ctx, names...); err != nil {
@@ -134,6 +142,9 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	}
 	res.Duration = time.Since(start)
 	res.CPU = cpuTime() - cpuStart
+	after := node.DB().Metrics().Total()
+	res.FlushedBytes = int64(after.TableBytesFlushed - after.TableBytesIn - (before.TableBytesFlushed - before.TableBytesIn))
+	res.CompactedBytes = int64(after.TableBytesCompacted - before.TableBytesCompacted)
 	for _, name := range names {
 		dig, err := engine.Digest(name)
 		if err != nil {
@@ -207,6 +218,8 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		rec.Add("events_per_cpu_s", float64(res.Entries)/res.CPU.Seconds(), "events/s", report.HigherIsBetter)
 		rec.Add("bytes_read", float64(res.BytesRead), "bytes", "")
 		rec.Add("read_mb_per_s", float64(res.BytesRead)/1e6/res.Duration.Seconds(), "MB/s", report.HigherIsBetter)
+		rec.Add("flushed_mb", float64(res.FlushedBytes)/1e6, "MB", "")
+		rec.Add("compacted_mb", float64(res.CompactedBytes)/1e6, "MB", report.LowerIsBetter)
 		rec.Add("peak_rss_mb", float64(res.PeakRSSKB)/1024, "MB", report.LowerIsBetter)
 		rec.Add("disk_mb", float64(res.DiskBytes)/1e6, "MB", report.LowerIsBetter)
 		rec.Add("disk_bytes_per_entry", float64(res.DiskBytes)/float64(max(res.Entries, 1)), "bytes", report.LowerIsBetter)
