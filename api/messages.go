@@ -502,7 +502,11 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 		return err
 	}
 	resp := map[string]any{"start": start, "chunk": chunk}
-	if !done {
+	// The spec omits end once no further events are available. A page
+	// that holds events still gets one, as Synapse answers and as
+	// Complement (TestRoomImageRoundtrip) and clients expect: paging on
+	// from it gives an empty chunk without end, which is where they stop.
+	if !done || len(chunk) > 0 {
 		if resp["end"], err = s.posTokenAt("t", next); err != nil {
 			return err
 		}

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"testing"
 	"time"
@@ -309,5 +310,36 @@ func TestPublicRoomDirectory(t *testing.T) {
 	st, body = ts.do("GET", "/_matrix/client/v3/directory/room/%23lobby:"+serverName, "", nil)
 	if st != 200 || body["room_id"] != string(pub.RoomID) {
 		t.Fatalf("alias lookup: %d %v", st, body)
+	}
+}
+
+// TestMessagesEndOnTheLastPage: a page that holds events carries an end
+// token even when it reaches the start of the room (as Synapse answers,
+// and Complement's TestRoomImageRoundtrip expects); paging on from it
+// gives an empty chunk without end, where clients stop.
+func TestMessagesEndOnTheLastPage(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice := ts.register("alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	say(t, alice, room.RoomID, "no url")
+	file, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.file", "body": "a.png", "url": "mxc://example.org/abc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID.String()) + "/messages?dir=b&filter=" + url.QueryEscape(`{"contains_url":true}`)
+	code, body := ts.do("GET", path, alice.AccessToken, nil)
+	chunk, _ := body["chunk"].([]any)
+	end, _ := body["end"].(string)
+	if code != 200 || len(chunk) != 1 || chunk[0].(map[string]any)["event_id"] != file.EventID.String() || end == "" {
+		t.Fatalf("the only page: %d %v, want the file event and an end token", code, body)
+	}
+	code, body = ts.do("GET", path+"&from="+url.QueryEscape(end), alice.AccessToken, nil)
+	chunk, _ = body["chunk"].([]any)
+	if _, hasEnd := body["end"]; code != 200 || len(chunk) != 0 || hasEnd {
+		t.Fatalf("paging on from the last page's end: %d %v, want an empty chunk without end", code, body)
 	}
 }
