@@ -234,6 +234,7 @@ func (e *Engine) prepare(h *Handle) (rebuilding bool, err error) {
 			if m, err = e.newShadow(h.name, m, want); err != nil {
 				return false, err
 			}
+			h.written = newWrittenKeys(m.ShadowGen)
 		}
 		rebuilding = true
 		readable := false
@@ -512,7 +513,11 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 	start := time.Now()
 	b := e.db.NewIndexedBatch()
 	defer b.Close()
-	if err := h.p.Apply(newBatchWriter(b, dataPrefix(h.name, gen)), entries); err != nil {
+	var written *writtenKeys
+	if shadow && h.written != nil && h.written.gen == gen {
+		written = h.written
+	}
+	if err := h.p.Apply(newBatchWriter(b, dataPrefix(h.name, gen), written), entries); err != nil {
 		return fmt.Errorf("projections: %q failed to apply offsets %d..%d: %w", h.name, from, entries[len(entries)-1].Offset, err)
 	}
 	last := entries[len(entries)-1].Offset
@@ -600,6 +605,7 @@ func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 		return fmt.Errorf("projections: switching %q to its rebuilt generation: %w", h.name, err)
 	}
 	h.meta = next
+	h.written = nil // live writes would grow it without end
 	if h.after != nil && len(lastBatch) > 0 {
 		h.after.AfterCommit(lastBatch)
 	}
@@ -661,6 +667,7 @@ func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 			return err
 		}
 		h.meta = m
+		h.written = newWrittenKeys(m.ShadowGen)
 	}
 	if len(hs) == 0 {
 		return nil
@@ -780,6 +787,9 @@ type Handle struct {
 	// meta is owned by the goroutine applying the projection (or by
 	// Rebuild); nobody else touches it.
 	meta meta
+	// written, owned like meta, remembers the keys written to the shadow
+	// generation this process created, while it is being built.
+	written *writtenKeys
 
 	// rw orders readers that resolve the serving generation (and open a
 	// snapshot or iterator on it) against the switch to a rebuilt one,

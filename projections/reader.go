@@ -26,8 +26,11 @@ func (s scoped) abs(key []byte) []byte {
 	return append(k, key...)
 }
 
-func (s scoped) Get(key []byte) ([]byte, bool, error) {
-	v, closer, err := s.r.Get(s.abs(key))
+func (s scoped) Get(key []byte) ([]byte, bool, error) { return s.getAbs(s.abs(key)) }
+
+// getAbs reads an absolute key.
+func (s scoped) getAbs(key []byte) ([]byte, bool, error) {
+	v, closer, err := s.r.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return nil, false, nil
 	}
@@ -93,17 +96,35 @@ func (e errIterator) Close() error     { return e.err }
 
 // batchWriter is the Writer handed to Apply: an indexed batch scoped to
 // the generation being written, so Apply reads its own pending writes.
+// written, when set, holds every key ever written to the generation: a
+// Get of a key it never held skips the DB.
 type batchWriter struct {
 	scoped
-	b *pebble.Batch
+	b       *pebble.Batch
+	written *writtenKeys
 }
 
-func newBatchWriter(b *pebble.Batch, prefix []byte) *batchWriter {
-	return &batchWriter{scoped: scoped{r: b, prefix: prefix}, b: b}
+func newBatchWriter(b *pebble.Batch, prefix []byte, written *writtenKeys) *batchWriter {
+	return &batchWriter{scoped: scoped{r: b, prefix: prefix}, b: b, written: written}
 }
 
-func (w *batchWriter) Set(key, value []byte) error { return w.b.Set(w.abs(key), value, nil) }
-func (w *batchWriter) Delete(key []byte) error     { return w.b.Delete(w.abs(key), nil) }
+func (w *batchWriter) Get(key []byte) ([]byte, bool, error) {
+	k := w.abs(key)
+	if w.written != nil && !w.written.mayHold(k) {
+		return nil, false, nil
+	}
+	return w.getAbs(k)
+}
+
+func (w *batchWriter) Set(key, value []byte) error {
+	k := w.abs(key)
+	if w.written != nil {
+		w.written.add(k)
+	}
+	return w.b.Set(k, value, nil)
+}
+
+func (w *batchWriter) Delete(key []byte) error { return w.b.Delete(w.abs(key), nil) }
 
 func (w *batchWriter) DeleteRange(start, end []byte) error {
 	hi := prefixEnd(w.prefix)
