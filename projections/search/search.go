@@ -94,7 +94,14 @@ func (p *Projection) Name() string { return "search" }
 
 // Version 1: bleve upside_down index of m.room.message bodies, names and
 // topics; Han, Kana and Hangul as bigrams and single characters.
-func (p *Projection) Version() int { return 1 }
+// Version 2: a term no document holds any more has no dictionary row
+// (version 1 kept it with a count of zero).
+func (p *Projection) Version() int { return 2 }
+
+// ReadsVersion: a version 1 index answers queries as version 2 does (a
+// dictionary row with a count of zero matches nothing), so it serves
+// while version 2 is rebuilt.
+func (*Projection) ReadsVersion(stored int) bool { return stored == 1 }
 
 // open opens bleve over the store as it is now (the pending batch during
 // Apply): an existing index loads its field numbers and document count,
@@ -143,13 +150,21 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 			}
 		}
 	}
-	b := &batch{idx: p.idx, b: p.idx.NewBatch(), docs: map[string]bool{}}
+	b := &batch{idx: p.idx, b: p.idx.NewBatch()}
 	for _, e := range entries {
 		if e.Kind != englog.KindPDU {
 			continue
 		}
 		if err := p.applyPDU(w, b, e); err != nil {
 			return err
+		}
+		// bleve holds a batch's analysed documents until it writes
+		// them: bound the memory of a rebuild's big batches. Where a
+		// bleve batch ends does not change the keyspace (batch.delete).
+		if b.b.Size() >= maxBleveBatch {
+			if err := b.flush(); err != nil {
+				return err
+			}
 		}
 	}
 	if err := b.flush(); err != nil {
@@ -163,11 +178,13 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 	return nil
 }
 
+// maxBleveBatch is the most documents indexed in one bleve batch.
+const maxBleveBatch = 1000
+
 // batch collects the index operations of an Apply.
 type batch struct {
-	idx  bleve.Index
-	b    *bleve.Batch
-	docs map[string]bool // documents b indexes
+	idx bleve.Index
+	b   *bleve.Batch
 }
 
 func (b *batch) flush() error {
@@ -180,26 +197,20 @@ func (b *batch) flush() error {
 	// A new batch, not Reset: bleve's upside_down may still be reading
 	// the old one's map on a goroutine of its own when Batch returns.
 	b.b = b.idx.NewBatch()
-	clear(b.docs)
 	return nil
 }
 
-func (b *batch) index(doc *document.Document) error {
-	b.docs[doc.ID()] = true
-	return b.b.IndexAdvanced(doc)
-}
+func (b *batch) index(doc *document.Document) error { return b.b.IndexAdvanced(doc) }
 
-// delete removes a document. One that this batch indexes is indexed
-// first: a bleve batch keeps one operation per document, and an index
-// then a delete collapsing into nothing would leave the term dictionary
-// without the counts (now zero) that folding them in separate batches
-// leaves: the keyspace must not depend on where batches begin.
+// delete removes a document. One that this batch indexes is dropped from
+// it instead: bleve then never sees it (a deletion of a document it does
+// not hold changes nothing). Folding the index and the deletion in
+// separate batches leaves the same keyspace, since a term's dictionary row
+// is deleted when its count falls to zero (kvWriter.ExecuteBatch): the
+// keyspace does not depend on where batches begin. (Version 1 flushed the
+// batch before such a deletion; a redaction of a recent message made most
+// of a rebuild's bleve batches, each merging the counts of its terms.)
 func (b *batch) delete(id string) error {
-	if b.docs[id] {
-		if err := b.flush(); err != nil {
-			return err
-		}
-	}
 	b.b.Delete(id)
 	return nil
 }

@@ -3,6 +3,7 @@ package search
 import (
 	"bytes"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -212,6 +213,16 @@ func (w *kvWriter) ExecuteBatch(b store.KVBatch) error {
 		merged, ok := w.s.mo.FullMerge([]byte(k), old, eb.Merger.Merges[k])
 		if !ok {
 			return fmt.Errorf("search: bleve merge of key %q failed", k)
+		}
+		// A term no document holds any more leaves no row: the keyspace
+		// is then the same whether a document was indexed and deleted in
+		// two batches or dropped from one before bleve saw it
+		// (batch.delete).
+		if count, n := binary.Uvarint(merged); n == len(merged) && count == 0 {
+			if err := pw.Delete(ik); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := pw.Set(ik, merged); err != nil {
 			return err
