@@ -30,13 +30,42 @@ func (r *Repo) Run(ctx context.Context) {
 	for {
 		r.applyRetention(ctx, r.now())
 		r.collect(ctx, firstFree, r.now())
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+		r.TrimCache(ctx)
+		for again := true; again; {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				again = false
+			case <-r.trimNow:
+				r.TrimCache(ctx)
+			}
 		}
 	}
 }
+
+// TrimCache keeps the local copies of a bucket's blobs within
+// LocalCacheMaxSize (see blobstore.S3.TrimCache).
+func (r *Repo) TrimCache(ctx context.Context) {
+	if r.s3 == nil {
+		return
+	}
+	r.cacheAdded.Store(0)
+	max := r.cfg.ObjectStore.LocalCacheMaxSize
+	left, err := r.s3.TrimCache(ctx, max, r.keepLocal)
+	switch {
+	case ctx.Err() != nil:
+	case err != nil:
+		r.logger.Warn().Err(err).Msg("media: could not trim the local cache of the bucket's blobs; will retry")
+	case left > max:
+		r.logger.Warn().Int64("bytes", left).Int64("local_cache_max_size", max).
+			Msg("media: the local cache is over its bound with blobs that are not (yet) in the bucket; check that the bucket takes uploads")
+	}
+}
+
+// keepLocal says whether a blob's local copy must stay although the
+// bucket holds it.
+func (r *Repo) keepLocal(hash string) bool { return false }
 
 func (r *Repo) applyRetention(ctx context.Context, now time.Time) {
 	if r.cfg.LocalMediaLifetime <= 0 && r.cfg.RemoteMediaLifetime <= 0 {

@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -116,7 +117,16 @@ type ObjectStore struct {
 	// answered (store_synchronous: Engram never answers for bytes that
 	// are not yet where they are meant to be).
 	StoreLocal, StoreRemote bool
+	// LocalCacheMaxSize bounds the local copies of blobs (the provider
+	// entry's local_cache_max_size; 0 means DefaultLocalCacheMaxSize):
+	// past it, the least recently used blobs that are safely in the bucket
+	// are dropped from the local disk, and fetched again when asked for.
+	// A blob not yet in the bucket is never dropped.
+	LocalCacheMaxSize int64
 }
+
+// DefaultLocalCacheMaxSize is the local cache's bound with a bucket.
+const DefaultLocalCacheMaxSize = 10 << 30
 
 func (c *Config) defaults() {
 	if c.MaxImagePixels <= 0 {
@@ -137,6 +147,11 @@ func (c *Config) defaults() {
 	if c.MaxPendingUploads <= 0 {
 		c.MaxPendingUploads = 5
 	}
+	if c.ObjectStore != nil && c.ObjectStore.LocalCacheMaxSize <= 0 {
+		st := *c.ObjectStore
+		st.LocalCacheMaxSize = DefaultLocalCacheMaxSize
+		c.ObjectStore = &st
+	}
 }
 
 // Repo is the media repository of one node.
@@ -156,6 +171,12 @@ type Repo struct {
 
 	thumbMu   sync.Mutex
 	thumbBusy map[string]*sync.Mutex // one generation per thumbnail at a time
+
+	// cacheAdded counts the bytes put in the local cache since it was
+	// last trimmed; past a tenth of the bound, trimNow asks the janitor
+	// to trim it at once rather than at its next tick.
+	cacheAdded atomic.Int64
+	trimNow    chan struct{}
 }
 
 // Open opens the repository; h is the media projection's handle. Blobs
@@ -171,7 +192,7 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger
 		return nil, err
 	}
 	r := &Repo{cfg: cfg, log: l, h: h, fs: fs, store: fs, logger: logger.With().Str("component", "media").Logger(),
-		now: time.Now, thumbBusy: map[string]*sync.Mutex{}}
+		now: time.Now, thumbBusy: map[string]*sync.Mutex{}, trimNow: make(chan struct{}, 1)}
 	if st := cfg.ObjectStore; st != nil {
 		c, err := objstore.New(st.Config)
 		if err != nil {
@@ -183,6 +204,7 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger
 			return nil, fmt.Errorf("media_storage_providers: %w", err)
 		}
 		r.s3 = blobstore.NewS3(c, fs)
+		r.s3.OnCached = r.cached
 		r.store = r.s3
 	}
 	r.peers = newPeerClient(cfg.Peers, cfg.PeerSecret)
@@ -337,6 +359,16 @@ func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled, origin 
 		return r.fs.Commit(sp)
 	}
 	return r.s3.PutSpooled(ctx, sp)
+}
+
+// cached counts bytes added to the local cache of a bucket's blobs.
+func (r *Repo) cached(n int64) {
+	if r.cacheAdded.Add(n) > r.cfg.ObjectStore.LocalCacheMaxSize/10 {
+		select {
+		case r.trimNow <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // quotaLeft is how many bytes user may still upload under

@@ -6,9 +6,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
@@ -99,5 +101,86 @@ func TestS3MissingBucketRefused(t *testing.T) {
 	_, err = api.New(cfg, api.Deps{Log: node, Engine: eng, Rooms: rw, Logger: logger})
 	if err == nil || !strings.Contains(err.Error(), "media_storage_providers") || !strings.Contains(err.Error(), "does not exist") {
 		t.Fatalf("start with a missing bucket: %v", err)
+	}
+}
+
+// With a bucket, the local copies are a cache bounded by
+// local_cache_max_size: past it the least recently used blobs that are in
+// the bucket leave the local disk (and are fetched again, verified, when
+// asked for), the recently used ones stay, and a blob that is not in the
+// bucket (store_local: false keeps local uploads out of it) is never
+// dropped, whatever the bound.
+func TestS3LocalCacheIsBounded(t *testing.T) {
+	srv := tests3.Start(t)
+	srv.Bucket(t, "engram-media", "")
+	const blobSize = 64 << 10
+	const bound = 3*blobSize + blobSize/2 // room for three blobs
+	withCache := func(storeLocal bool) option {
+		return func(c *api.Config) {
+			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "cache/"), StoreLocal: storeLocal, StoreRemote: true,
+				LocalCacheMaxSize: bound}
+		}
+	}
+	localBytes := func(ts *testServer) (n int64) {
+		for _, h := range ts.localBlobs() {
+			if fi, err := os.Stat(filepath.Join(ts.dir, "media", "blobs", h[0:2], h[2:4], h)); err == nil {
+				n += fi.Size()
+			}
+		}
+		return n
+	}
+	blob := func(i int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, blobSize) }
+	hashOf := func(b []byte) string { s := sha256.Sum256(b); return hex.EncodeToString(s[:]) }
+
+	ts := startServer(t, withCache(true))
+	// GETs here read the cache as it is (the harness would empty it).
+	bucket := ts.bucket
+	ts.bucket = nil
+	tok := ts.register("alice").AccessToken
+	var ids []string
+	for i := range 6 {
+		ids = append(ids, ts.upload(tok, blob(i), "application/octet-stream", ""))
+		// The first upload is read again and again: the most recently
+		// used, it must stay.
+		if r := ts.do("GET", "/_matrix/client/v1/media/download/"+serverName+"/"+ids[0], tok, nil); r.Status != 200 {
+			t.Fatalf("download: %d", r.Status)
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for localBytes(ts) > bound && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if n := localBytes(ts); n > bound {
+		t.Fatalf("the local cache holds %d bytes, over its bound of %d", n, bound)
+	}
+	local := map[string]bool{}
+	for _, h := range ts.localBlobs() {
+		local[h] = true
+	}
+	if !local[hashOf(blob(0))] || !local[hashOf(blob(5))] {
+		t.Errorf("the most recently used blobs left the cache (local: %v)", local)
+	}
+	if local[hashOf(blob(1))] {
+		t.Errorf("the least recently used blob is still local, over the bound")
+	}
+	// Every file is still served, the dropped ones from the bucket.
+	for i, id := range ids {
+		if r := ts.do("GET", "/_matrix/client/v1/media/download/"+serverName+"/"+id, tok, nil); r.Status != 200 || !bytes.Equal(r.Body, blob(i)) {
+			t.Fatalf("download of file %d after the trim: %d, %d bytes", i, r.Status, len(r.Body))
+		}
+	}
+	ts.bucket = bucket // every blob left local must be in the bucket
+	ts.stop()
+
+	// Blobs only on this disk stay, though over the bound.
+	only := startServer(t, withCache(false))
+	only.bucket = nil // nothing of local uploads is meant to be in the bucket
+	tok = only.register("bob").AccessToken
+	for i := range 6 {
+		only.upload(tok, blob(10+i), "application/octet-stream", "")
+	}
+	only.api.MediaRepo().TrimCache(context.Background())
+	if n := localBytes(only); n != 6*blobSize {
+		t.Fatalf("blobs in no bucket were dropped from the only disk that holds them: %d of %d bytes left", n, 6*blobSize)
 	}
 }

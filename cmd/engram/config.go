@@ -809,6 +809,9 @@ url_preview_enabled: false
 #     store_local: true
 #     store_remote: true
 #     store_synchronous: true
+#     # the local copies' bound: past it, the least recently used blobs
+#     # that are safely in the bucket leave the local disk
+#     local_cache_max_size: "10G"
 #     config: {bucket: "engram-media", endpoint_url: "https://s3.example.org", region_name: "us-east-1", access_key_id: "", secret_access_key: "", prefix: ""}
 
 rate_limiting_enabled: true

@@ -209,7 +209,9 @@ func parseStorageProviders(c *Config, v value) error {
 		StoreLocal       bool `json:"store_local"`
 		StoreRemote      bool `json:"store_remote"`
 		StoreSynchronous bool `json:"store_synchronous"`
-		Config           struct {
+		// Engram's own: the bound of the local copies ("10G").
+		LocalCacheMaxSize json.RawMessage `json:"local_cache_max_size"`
+		Config            struct {
 			Bucket          string `json:"bucket"`
 			RegionName      string `json:"region_name"`
 			EndpointURL     string `json:"endpoint_url"`
@@ -225,12 +227,18 @@ func parseStorageProviders(c *Config, v value) error {
 	}
 	if err := strictDecode(items[0], &p); err != nil {
 		if strings.Contains(err.Error(), "unknown field") {
-			return fmt.Errorf("%v: Engram's S3 provider takes module, store_local, store_remote, store_synchronous and config {bucket, region_name, endpoint_url, access_key_id, secret_access_key, session_token, prefix, storage_class, threadpool_size} (no server-side encryption keys)", strings.TrimPrefix(err.Error(), "json: "))
+			return fmt.Errorf("%v: Engram's S3 provider takes module, store_local, store_remote, store_synchronous, local_cache_max_size and config {bucket, region_name, endpoint_url, access_key_id, secret_access_key, session_token, prefix, storage_class, threadpool_size} (no server-side encryption keys)", strings.TrimPrefix(err.Error(), "json: "))
 		}
 		return fmt.Errorf("expected %s: %v", storageProviderForm, strings.TrimPrefix(err.Error(), "json: "))
 	}
 	if !p.StoreLocal && !p.StoreRemote {
 		return errors.New("the storage provider stores nothing: set store_local and/or store_remote to true")
+	}
+	var cacheMax int64
+	if raw := strings.Trim(string(p.LocalCacheMaxSize), `"`); raw != "" && raw != "null" {
+		if cacheMax, err = parseSize(raw); err != nil || cacheMax == 0 {
+			return fmt.Errorf("local_cache_max_size %s: want a size in bytes, or with a K, M or G suffix (\"10G\")", p.LocalCacheMaxSize)
+		}
 	}
 	oc := objstore.Config{Bucket: p.Config.Bucket, EndpointURL: p.Config.EndpointURL, Region: p.Config.RegionName,
 		AccessKeyID: p.Config.AccessKeyID, SecretAccessKey: p.Config.SecretAccessKey, SessionToken: p.Config.SessionToken,
@@ -241,7 +249,7 @@ func parseStorageProviders(c *Config, v value) error {
 	// store_synchronous: false lets Synapse answer before the bucket has
 	// the file; Engram always waits for the bucket, which is never less
 	// safe, so either value is accepted.
-	c.Media.StorageProvider = &media.ObjectStore{Config: oc, StoreLocal: p.StoreLocal, StoreRemote: p.StoreRemote}
+	c.Media.StorageProvider = &media.ObjectStore{Config: oc, StoreLocal: p.StoreLocal, StoreRemote: p.StoreRemote, LocalCacheMaxSize: cacheMax}
 	return nil
 }
 

@@ -38,6 +38,7 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
   store_local: True
   store_remote: False
   store_synchronous: True
+  local_cache_max_size: 2G
   config:
     bucket: media
     region_name: eu-west-1
@@ -55,7 +56,7 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
 	p := c.mediaConfig().Repo.ObjectStore
 	if p == nil || !p.StoreLocal || p.StoreRemote || p.Bucket != "media" || p.Region != "eu-west-1" ||
 		p.EndpointURL != "https://s3.example.org" || p.AccessKeyID != "AKIA1" || p.SecretAccessKey != "very-secret" ||
-		p.Prefix != "engram/" || p.StorageClass != "STANDARD_IA" {
+		p.Prefix != "engram/" || p.StorageClass != "STANDARD_IA" || p.LocalCacheMaxSize != 2<<30 {
 		t.Fatalf("parsed provider: %+v", p)
 	}
 
@@ -66,6 +67,8 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
 	env := envOf(map[string]string{envName("media_storage_providers"): `[{"module": "s3_storage_provider.S3StorageProviderBackend", "store_remote": true, "config": {"bucket": "b"}}]`})
 	if c, _, err := loadConfig(path, env, nil); err != nil || c.Media.StorageProvider == nil || c.Media.StorageProvider.StoreLocal || !c.Media.StorageProvider.StoreRemote || c.Media.StorageProvider.Bucket != "b" {
 		t.Fatalf("from the environment: %+v %v", c.Media.StorageProvider, err)
+	} else if c.Media.StorageProvider.LocalCacheMaxSize != 0 {
+		t.Fatalf("local_cache_max_size not given, yet %d (the repository's default applies)", c.Media.StorageProvider.LocalCacheMaxSize)
 	}
 
 	entry := func(module, stores, config string) string {
@@ -76,6 +79,8 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
 		{entry("file_system.FileStorageProviderBackend", "store_local: true", "directory: /x"), "not supported"},
 		{entry(s3, "store_local: true", "bucket: b, secret_access_key: very-secret, sse_customer_key: very-secret"), "sse_customer_key"},
 		{entry(s3, "store_synchronous: true", "bucket: b"), "stores nothing"},
+		{entry(s3, "store_local: true\n  local_cache_max_size: lots", "bucket: b"), "local_cache_max_size"},
+		{entry(s3, "store_local: true\n  local_cache_max_size: 0", "bucket: b"), "local_cache_max_size"},
 		{entry(s3, "store_local: true", "secret_access_key: very-secret"), "no bucket"},
 		{entry(s3, "store_local: true", "bucket: b, endpoint_url: 'ftp://x'") + entry(s3, "store_local: true", "bucket: b"), "one storage provider"},
 		{entry(s3, "store_local: true", "bucket: b, endpoint_url: 'ftp://x', secret_access_key: very-secret"), "endpoint_url"},

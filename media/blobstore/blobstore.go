@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -184,7 +185,8 @@ func (s *FS) Open(_ context.Context, hash string) (Blob, int64, error) {
 	if !ValidHash(hash) {
 		return nil, 0, ErrNotFound
 	}
-	f, err := os.Open(s.path(hash))
+	p := s.path(hash)
+	f, err := os.Open(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, 0, ErrNotFound
 	}
@@ -196,7 +198,57 @@ func (s *FS) Open(_ context.Context, hash string) (Blob, int64, error) {
 		f.Close()
 		return nil, 0, fmt.Errorf("blobstore: %w", err)
 	}
+	// The access time orders a cache's least-recently-used blobs
+	// (set here: mounts with noatime or relatime would not keep it); the
+	// modification time says when the blob was last stored and is kept.
+	_ = os.Chtimes(p, time.Now(), st.ModTime())
 	return f, st.Size(), nil
+}
+
+// LocalBlob is one blob on the local disk, as FS.Walk lists it.
+type LocalBlob struct {
+	Hash string
+	Size int64
+	Used time.Time // last opened or stored
+}
+
+// Walk calls fn with every blob in the store (not uploads in progress),
+// in no particular order, until fn returns false.
+func (s *FS) Walk(fn func(LocalBlob) bool) error {
+	stop := errors.New("stop")
+	err := filepath.WalkDir(s.dir, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) {
+				return nil // deleted while walking
+			}
+			return err
+		}
+		if d.IsDir() {
+			if p == filepath.Join(s.dir, "tmp") {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		name := d.Name()
+		if !ValidHash(name) || !strings.HasSuffix(filepath.Dir(p), filepath.Join(name[0:2], name[2:4])) {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return nil // deleted while walking
+		}
+		if !fn(LocalBlob{Hash: name, Size: fi.Size(), Used: accessTime(fi)}) {
+			return stop
+		}
+		return nil
+	})
+	if errors.Is(err, stop) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("blobstore: list %s: %w", s.dir, err)
+	}
+	return nil
 }
 
 // Delete implements Store.

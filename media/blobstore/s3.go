@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/engram-hs/engram/internal/objstore"
 )
@@ -18,6 +19,15 @@ import (
 type S3 struct {
 	c  *objstore.Client
 	fs *FS
+	// OnCached, when set, is told the size of each blob put in the local
+	// cache (so its owner can trim the cache before its next round).
+	OnCached func(size int64)
+}
+
+func (s *S3) cached(n int64) {
+	if s.OnCached != nil {
+		s.OnCached(n)
+	}
 }
 
 // NewS3 stores blobs in c, with fs as spool and cache.
@@ -41,7 +51,12 @@ func (s *S3) PutSpooled(ctx context.Context, sp *Spooled) error {
 	} else if err != nil {
 		return err
 	}
-	return s.fs.Commit(sp)
+	size := sp.Size
+	if err := s.fs.Commit(sp); err != nil {
+		return err
+	}
+	s.cached(size)
+	return nil
 }
 
 // Put implements Store.
@@ -61,25 +76,38 @@ func (s *S3) Open(ctx context.Context, hash string) (Blob, int64, error) {
 	if !ValidHash(hash) {
 		return nil, 0, ErrNotFound
 	}
-	if b, n, err := s.fs.Open(ctx, hash); !errors.Is(err, ErrNotFound) {
-		return b, n, err
+	for attempt := 0; ; attempt++ {
+		if b, n, err := s.fs.Open(ctx, hash); !errors.Is(err, ErrNotFound) || attempt == 2 {
+			return b, n, err
+		}
+		// Fetched into the cache, and then open it (again, should the
+		// cache have been trimmed of it in between).
+		if err := s.fetch(ctx, hash); err != nil {
+			return nil, 0, err
+		}
 	}
+}
+
+// fetch copies a blob from the bucket into the local cache, verified.
+func (s *S3) fetch(ctx context.Context, hash string) error {
 	o, _, err := s.c.Get(ctx, s3Key(hash))
 	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, 0, ErrNotFound
+		return ErrNotFound
 	}
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	defer o.Close()
 	sp, err := VerifyingCopy(ctx, s.fs, o, hash, 0)
 	if err != nil {
-		return nil, 0, fmt.Errorf("blobstore: blob %s in %s: %w", hash, s.c, err)
+		return fmt.Errorf("blobstore: blob %s in %s: %w", hash, s.c, err)
 	}
+	size := sp.Size
 	if err := s.fs.Commit(sp); err != nil {
-		return nil, 0, err
+		return err
 	}
-	return s.fs.Open(ctx, hash)
+	s.cached(size)
+	return nil
 }
 
 // Delete implements Store: from the bucket and the cache.
@@ -95,3 +123,45 @@ func (s *S3) Delete(ctx context.Context, hash string) error {
 
 // EvictLocal drops the local copy of a blob (the bucket keeps it).
 func (s *S3) EvictLocal(ctx context.Context, hash string) error { return s.fs.Delete(ctx, hash) }
+
+// TrimCache drops the least recently used local copies until the local
+// blobs take at most max bytes. A copy is dropped only when the bucket
+// holds the blob (checked there, at its size) and keep does not hold it
+// back (an upload still pending, a blob whose bucket copy is being
+// collected or was lost): a blob that is not safely in the bucket is never
+// dropped, so the cache may stay above max until it is. It returns the
+// bytes the local blobs take afterwards.
+func (s *S3) TrimCache(ctx context.Context, max int64, keep func(hash string) bool) (int64, error) {
+	var blobs []LocalBlob
+	var total int64
+	if err := s.fs.Walk(func(b LocalBlob) bool {
+		blobs = append(blobs, b)
+		total += b.Size
+		return true
+	}); err != nil {
+		return 0, err
+	}
+	if total <= max {
+		return total, nil
+	}
+	sort.Slice(blobs, func(i, j int) bool { return blobs[i].Used.Before(blobs[j].Used) })
+	for _, b := range blobs {
+		if total <= max {
+			break
+		}
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		if keep(b.Hash) {
+			continue
+		}
+		if n, err := s.c.Stat(ctx, s3Key(b.Hash)); err != nil || n != b.Size {
+			continue // not (or not wholly) in the bucket: this copy is the one
+		}
+		if err := s.fs.Delete(ctx, b.Hash); err != nil {
+			return total, err
+		}
+		total -= b.Size
+	}
+	return total, nil
+}
