@@ -65,7 +65,17 @@ func (r *Repo) TrimCache(ctx context.Context) {
 
 // keepLocal says whether a blob's local copy must stay although the
 // bucket holds it.
-func (r *Repo) keepLocal(hash string) bool { return false }
+func (r *Repo) keepLocal(hash string) bool {
+	r.heldMu.Lock()
+	held := r.held[hash] > 0
+	r.heldMu.Unlock()
+	if held {
+		return true
+	}
+	// Collected from the bucket, or being: this copy may be the last.
+	st, err := r.View().BucketState(hash)
+	return err != nil || st != nil
+}
 
 func (r *Repo) applyRetention(ctx context.Context, now time.Time) {
 	if r.cfg.LocalMediaLifetime <= 0 && r.cfg.RemoteMediaLifetime <= 0 {
@@ -105,6 +115,7 @@ func (r *Repo) collect(ctx context.Context, firstFree map[string]time.Time, now 
 			delete(firstFree, h)
 		}
 	}
+	var fromBucket []string
 	for h := range free {
 		seen, ok := firstFree[h]
 		if !ok {
@@ -123,10 +134,24 @@ func (r *Repo) collect(ctx context.Context, firstFree map[string]time.Time, now 
 		if ref, err := r.View().Referenced(h); err != nil || ref {
 			continue
 		}
-		if err := r.store.Delete(ctx, h); err != nil {
+		// The local copy; the bucket's goes by the log (collectBucket).
+		if err := r.fs.Delete(ctx, h); err != nil {
 			r.logger.Warn().Err(err).Str("sha256", h).Msg("media: could not delete an unreferenced blob")
 			continue
 		}
+		if r.s3 != nil {
+			fromBucket = append(fromBucket, h)
+			continue
+		}
 		delete(firstFree, h)
+	}
+	if r.s3 != nil {
+		r.collectBucket(ctx, fromBucket, now)
+		for _, h := range fromBucket {
+			if st, err := r.View().BucketState(h); err == nil && st != nil && st.State == mediaproj.StateDeleted {
+				delete(firstFree, h)
+			}
+		}
+		r.restoreBucket(ctx)
 	}
 }

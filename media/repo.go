@@ -177,6 +177,13 @@ type Repo struct {
 	// to trim it at once rather than at its next tick.
 	cacheAdded atomic.Int64
 	trimNow    chan struct{}
+
+	heldMu sync.Mutex
+	held   map[string]int // blobs uploads still need locally (holdLocal)
+
+	// afterBlobStored, in tests, runs between an upload's storing of its
+	// blob and the recording of its fact.
+	afterBlobStored func()
 }
 
 // Open opens the repository; h is the media projection's handle. Blobs
@@ -192,7 +199,7 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger
 		return nil, err
 	}
 	r := &Repo{cfg: cfg, log: l, h: h, fs: fs, store: fs, logger: logger.With().Str("component", "media").Logger(),
-		now: time.Now, thumbBusy: map[string]*sync.Mutex{}, trimNow: make(chan struct{}, 1)}
+		now: time.Now, thumbBusy: map[string]*sync.Mutex{}, trimNow: make(chan struct{}, 1), held: map[string]int{}}
 	if st := cfg.ObjectStore; st != nil {
 		c, err := objstore.New(st.Config)
 		if err != nil {
@@ -325,8 +332,12 @@ func (r *Repo) Upload(ctx context.Context, user, mediaID string, body io.Reader,
 		return nil, err
 	}
 	hash, size := sp.Hash, sp.Size
+	defer r.holdLocal(hash)()
 	if err := r.commitSpooled(ctx, sp, r.cfg.ServerName); err != nil {
 		return nil, err
+	}
+	if r.afterBlobStored != nil {
+		r.afterBlobStored()
 	}
 	if mediaID == "" {
 		mediaID = newMediaID()
@@ -344,18 +355,30 @@ func (r *Repo) Upload(ctx context.Context, user, mediaID string, body io.Reader,
 		// A racing upload to the same reservation won.
 		return nil, ErrOverwrite
 	}
+	if r.inBucket(r.cfg.ServerName) {
+		if err := r.ensureInBucket(ctx, hash); err != nil {
+			return nil, err
+		}
+	}
 	return m, nil
+}
+
+// inBucket says whether blobs of media from origin go to the bucket.
+func (r *Repo) inBucket(origin string) bool {
+	if r.s3 == nil {
+		return false
+	}
+	if origin == r.cfg.ServerName {
+		return r.cfg.ObjectStore.StoreLocal
+	}
+	return r.cfg.ObjectStore.StoreRemote
 }
 
 // commitSpooled moves a spooled file into the blob store: the local
 // directory, and the bucket too when the object store takes blobs of
 // media from origin (store_local, store_remote).
 func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled, origin string) error {
-	if r.s3 == nil {
-		return r.fs.Commit(sp)
-	}
-	local := origin == r.cfg.ServerName
-	if local && !r.cfg.ObjectStore.StoreLocal || !local && !r.cfg.ObjectStore.StoreRemote {
+	if !r.inBucket(origin) {
 		return r.fs.Commit(sp)
 	}
 	return r.s3.PutSpooled(ctx, sp)

@@ -165,3 +165,24 @@ func (s *S3) TrimCache(ctx context.Context, max int64, keep func(hash string) bo
 	}
 	return total, nil
 }
+
+// DeleteRemote deletes a blob's object from the bucket (not the local
+// copy); a missing object is not an error.
+func (s *S3) DeleteRemote(ctx context.Context, hash string) error {
+	if !ValidHash(hash) {
+		return nil
+	}
+	return s.c.Delete(ctx, s3Key(hash))
+}
+
+// UploadLocal sends the local copy of a blob to the bucket, whether or not
+// the bucket has it (a collection may have deleted it since it was
+// there). ErrNotFound: there is no local copy.
+func (s *S3) UploadLocal(ctx context.Context, hash string) error {
+	b, n, err := s.fs.Open(ctx, hash)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return s.c.Put(ctx, s3Key(hash), b, n, "")
+}

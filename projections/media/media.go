@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/log/facts"
@@ -26,6 +27,61 @@ const (
 	pPending = 'p' // p userID 0 mediaID -> "" (reserved, not yet uploaded)
 	pRefs    = 'h' // h sha256 -> number of records naming the blob (8 BE)
 	pFree    = 'g' // g sha256 -> offset (8 BE) at which its last record went
+	pBucket  = 'b' // b sha256 -> BucketState (absent: the bucket holds it, or never had it)
+)
+
+// The server facts (log.KindServerFact) of the collection of blobs from a
+// bucket several nodes share. The log orders a collection against the
+// uploads that name the same blob; the bucket alone cannot: a node's
+// upload may find the object there (and not send it again) just before
+// another node deletes it.
+//
+// A collector records BlobsCollecting; the fold marks each blob that is
+// still unreferenced as being collected by that entry, and only the node
+// whose entry it was deletes the object, and only while the blob is still
+// unreferenced. It then records BlobsCollected: each deleted blob is
+// marked deleted (an upload that names it after the mark must send it
+// again), each kept one unmarked. A node that sends a referenced, deleted
+// blob to the bucket again records BlobsRestored.
+const (
+	FactBlobsCollecting = "media.blobs_collecting"
+	FactBlobsCollected  = "media.blobs_collected"
+	FactBlobsRestored   = "media.blobs_restored"
+)
+
+// BlobsCollecting: the writer means to delete these blobs from the
+// bucket, decided at TS (Unix ms).
+type BlobsCollecting struct {
+	SHA256 []string `json:"sha256"`
+	TS     int64    `json:"ts"`
+}
+
+// BlobsCollected ends the collection the BlobsCollecting at Offset began:
+// Deleted were deleted from the bucket (or may have been), Kept were not.
+type BlobsCollected struct {
+	Offset  uint64   `json:"offset"`
+	Deleted []string `json:"deleted,omitempty"`
+	Kept    []string `json:"kept,omitempty"`
+}
+
+// BlobsRestored: these blobs, marked deleted, are in the bucket again.
+type BlobsRestored struct {
+	SHA256 []string `json:"sha256"`
+}
+
+// BucketState is where a blob's bucket copy stands when it is not simply
+// there.
+type BucketState struct {
+	// State is "collecting" (the entry at Offset began deleting it) or
+	// "deleted" (that collection deleted it).
+	State  string `json:"state"`
+	Offset uint64 `json:"offset"`
+	TS     int64  `json:"ts"` // BlobsCollecting.TS
+}
+
+const (
+	StateCollecting = "collecting"
+	StateDeleted    = "deleted"
 )
 
 // Media is one media item.
@@ -69,7 +125,12 @@ type Projection struct{}
 func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "media" }
-func (*Projection) Version() int { return 1 }
+func (*Projection) Version() int { return 2 }
+
+// ReadsVersion: version 2 added the bucket states (no entry before it
+// had any), so version 1 answers every query the same while version 2 is
+// rebuilt.
+func (*Projection) ReadsVersion(stored int) bool { return stored == 1 }
 
 func mediaKey(origin, id string) []byte { return projections.Key(pMedia, origin, id) }
 func thumbPrefix(origin, id string) []byte {
@@ -87,6 +148,7 @@ func userKey(user string, created int64, id string) []byte {
 func pendingKey(user, id string) []byte { return projections.Key(pPending, user, id) }
 func refsKey(hash string) []byte        { return projections.Key(pRefs, hash) }
 func freeKey(hash string) []byte        { return projections.Key(pFree, hash) }
+func bucketKey(hash string) []byte      { return projections.Key(pBucket, hash) }
 
 // Apply folds a batch.
 func (*Projection) Apply(w projections.Writer, entries []englog.Entry) error {
@@ -117,6 +179,11 @@ func (*Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 			var f facts.MediaDeleted
 			if err = facts.Decode(e, &f); err == nil {
 				err = applyDeleted(w, e, f)
+			}
+		case englog.KindServerFact:
+			var f facts.ServerFact
+			if err = facts.Decode(e, &f); err == nil {
+				err = applyServerFact(w, e, f)
 			}
 		}
 		if err != nil {
@@ -256,6 +323,73 @@ func applyDeleted(w projections.Writer, e englog.Entry, f facts.MediaDeleted) er
 		p := thumbPrefix(ref.Origin, ref.MediaID)
 		if err := w.DeleteRange(p, projections.PrefixEnd(p)); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+func applyServerFact(w projections.Writer, e englog.Entry, f facts.ServerFact) error {
+	switch f.Type {
+	case FactBlobsCollecting:
+		var c BlobsCollecting
+		if err := json.Unmarshal(f.Data, &c); err != nil {
+			return nil // not one of ours to fail on: a malformed fact collects nothing
+		}
+		for _, h := range c.SHA256 {
+			n, err := refs(w, h)
+			if err != nil {
+				return err
+			}
+			st, err := projections.GetJSON[BucketState](w, bucketKey(h))
+			if err != nil {
+				return err
+			}
+			if n > 0 || st != nil && st.State == StateCollecting {
+				continue // named again meanwhile, or another collection is under way
+			}
+			if err := projections.PutJSON(w, bucketKey(h), BucketState{State: StateCollecting, Offset: e.Offset, TS: c.TS}); err != nil {
+				return err
+			}
+		}
+	case FactBlobsCollected:
+		var c BlobsCollected
+		if err := json.Unmarshal(f.Data, &c); err != nil {
+			return nil
+		}
+		for _, h := range append(c.Deleted, c.Kept...) {
+			st, err := projections.GetJSON[BucketState](w, bucketKey(h))
+			if err != nil {
+				return err
+			}
+			if st == nil || st.State != StateCollecting || st.Offset != c.Offset {
+				continue
+			}
+			if slices.Contains(c.Kept, h) {
+				err = w.Delete(bucketKey(h))
+			} else {
+				st.State = StateDeleted
+				err = projections.PutJSON(w, bucketKey(h), st)
+			}
+			if err != nil {
+				return err
+			}
+		}
+	case FactBlobsRestored:
+		var c BlobsRestored
+		if err := json.Unmarshal(f.Data, &c); err != nil {
+			return nil
+		}
+		for _, h := range c.SHA256 {
+			st, err := projections.GetJSON[BucketState](w, bucketKey(h))
+			if err != nil {
+				return err
+			}
+			// A collection begun since is not undone: its deleter decides.
+			if st != nil && st.State == StateDeleted {
+				if err := w.Delete(bucketKey(h)); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil
@@ -419,4 +553,28 @@ func (v View) FreeBlobs(limit int) (map[string]uint64, error) {
 		}
 	}
 	return out, it.Close()
+}
+
+// BucketState returns where the bucket copy of a blob stands, or nil when
+// no collection touched it since it was last there.
+func (v View) BucketState(hash string) (*BucketState, error) {
+	return projections.GetJSON[BucketState](v.r, bucketKey(hash))
+}
+
+// BucketStates calls fn with every blob a collection marked, until fn
+// returns false.
+func (v View) BucketStates(fn func(hash string, st BucketState) bool) error {
+	p := []byte{pBucket}
+	it := v.r.Iter(p, projections.PrefixEnd(p))
+	defer it.Close()
+	for ok := it.First(); ok; ok = it.Next() {
+		var st BucketState
+		if err := json.Unmarshal(it.Value(), &st); err != nil {
+			return fmt.Errorf("media: corrupt record %q: %w", it.Key(), err)
+		}
+		if !fn(string(it.Key()[1:]), st) {
+			break
+		}
+	}
+	return nil
 }
