@@ -48,7 +48,7 @@ func TestBucketCollectionRacesAnUploadOfTheSameBytes(t *testing.T) {
 	const grace = time.Minute
 	open := func(name string) *Repo {
 		r, err := Open(Config{ServerName: "shared.test", Dir: filepath.Join(dir, name), JanitorGrace: grace,
-			ObjectStore: &ObjectStore{Config: srv.Config("shared", ""), StoreLocal: true}}, node, h, logger)
+			ObjectStore: &ObjectStore{Config: srv.Config("shared", ""), StoreLocal: true, Synchronous: true}}, node, h, logger)
 		if err != nil {
 			t.Fatal(err)
 		}

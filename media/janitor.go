@@ -3,6 +3,7 @@ package media
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	englog "github.com/engram-hs/engram/log"
@@ -26,6 +27,15 @@ const retentionBatch = 1000
 func (r *Repo) Run(ctx context.Context) {
 	tick := time.NewTicker(r.cfg.JanitorInterval)
 	defer tick.Stop()
+	if r.s3 != nil {
+		var uploads sync.WaitGroup
+		defer uploads.Wait()
+		uploads.Go(func() {
+			r.s3.RunUploads(ctx, func(h string, err error) {
+				r.logger.Warn().Err(err).Str("sha256", h).Msg("media: could not send a blob to the bucket (store_synchronous: false); will retry")
+			})
+		})
+	}
 	firstFree := map[string]time.Time{}
 	for {
 		r.applyRetention(ctx, r.now())
@@ -69,7 +79,7 @@ func (r *Repo) keepLocal(hash string) bool {
 	r.heldMu.Lock()
 	held := r.held[hash] > 0
 	r.heldMu.Unlock()
-	if held {
+	if held || r.s3.Pending(hash) {
 		return true
 	}
 	// Collected from the bucket, or being: this copy may be the last.

@@ -113,9 +113,7 @@ type ObjectStore struct {
 	// StoreLocal and StoreRemote (store_local, store_remote) say which
 	// blobs go to the bucket: those of local uploads, those of cached
 	// remote media (each with its thumbnails). The others stay on the
-	// local disk only. Blobs go to the bucket before the upload is
-	// answered (store_synchronous: Engram never answers for bytes that
-	// are not yet where they are meant to be).
+	// local disk only.
 	StoreLocal, StoreRemote bool
 	// LocalCacheMaxSize bounds the local copies of blobs (the provider
 	// entry's local_cache_max_size; 0 means DefaultLocalCacheMaxSize):
@@ -123,6 +121,11 @@ type ObjectStore struct {
 	// are dropped from the local disk, and fetched again when asked for.
 	// A blob not yet in the bucket is never dropped.
 	LocalCacheMaxSize int64
+	// Synchronous (store_synchronous, Synapse's default false): an upload
+	// is answered once its blob is in the bucket. Otherwise it is answered
+	// once the blob is on the local disk, and sent to the bucket in the
+	// background, retried until it is there, across restarts.
+	Synchronous bool
 }
 
 // DefaultLocalCacheMaxSize is the local cache's bound with a bucket.
@@ -212,6 +215,11 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger
 		}
 		r.s3 = blobstore.NewS3(c, fs)
 		r.s3.OnCached = r.cached
+		if !st.Synchronous {
+			if err := r.s3.UploadLater(cfg.Dir + "/s3-pending"); err != nil {
+				return nil, err
+			}
+		}
 		r.store = r.s3
 	}
 	r.peers = newPeerClient(cfg.Peers, cfg.PeerSecret)
@@ -355,7 +363,7 @@ func (r *Repo) Upload(ctx context.Context, user, mediaID string, body io.Reader,
 		// A racing upload to the same reservation won.
 		return nil, ErrOverwrite
 	}
-	if r.inBucket(r.cfg.ServerName) {
+	if r.inBucket(r.cfg.ServerName) && r.cfg.ObjectStore.Synchronous {
 		if err := r.ensureInBucket(ctx, hash); err != nil {
 			return nil, err
 		}
@@ -378,8 +386,11 @@ func (r *Repo) inBucket(origin string) bool {
 // directory, and the bucket too when the object store takes blobs of
 // media from origin (store_local, store_remote).
 func (r *Repo) commitSpooled(ctx context.Context, sp *blobstore.Spooled, origin string) error {
-	if !r.inBucket(origin) {
+	switch {
+	case !r.inBucket(origin):
 		return r.fs.Commit(sp)
+	case !r.cfg.ObjectStore.Synchronous:
+		return r.s3.PutLater(sp)
 	}
 	return r.s3.PutSpooled(ctx, sp)
 }

@@ -64,7 +64,7 @@ func eachBackend(t *testing.T, test func(t *testing.T, be option)) {
 		srv := tests3.Start(t)
 		srv.Bucket(t, "engram-media", "")
 		test(t, func(c *api.Config) {
-			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs/"), StoreLocal: true, StoreRemote: true}
+			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs/"), StoreLocal: true, StoreRemote: true, Synchronous: true}
 		})
 	})
 }

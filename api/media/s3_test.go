@@ -34,7 +34,7 @@ func TestS3MediaBackend(t *testing.T) {
 	bucket := srv.Bucket(t, "engram-media", "hs1")
 	withBucket := func(storeLocal bool) option {
 		return func(c *api.Config) {
-			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs1"), StoreLocal: storeLocal, StoreRemote: true}
+			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs1"), StoreLocal: storeLocal, StoreRemote: true, Synchronous: true}
 		}
 	}
 	ts := startServer(t, withBucket(true))
@@ -118,7 +118,7 @@ func TestS3LocalCacheIsBounded(t *testing.T) {
 	withCache := func(storeLocal bool) option {
 		return func(c *api.Config) {
 			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "cache/"), StoreLocal: storeLocal, StoreRemote: true,
-				LocalCacheMaxSize: bound}
+				Synchronous: true, LocalCacheMaxSize: bound}
 		}
 	}
 	localBytes := func(ts *testServer) (n int64) {
@@ -182,5 +182,88 @@ func TestS3LocalCacheIsBounded(t *testing.T) {
 	only.api.MediaRepo().TrimCache(context.Background())
 	if n := localBytes(only); n != 6*blobSize {
 		t.Fatalf("blobs in no bucket were dropped from the only disk that holds them: %d of %d bytes left", n, 6*blobSize)
+	}
+}
+
+// store_synchronous, against a real S3 server that is stopped and started
+// again: a synchronous upload is answered only once its blob is in the
+// bucket, so with the bucket down it fails; an asynchronous one is
+// answered once the blob is on the local disk (downloads work at once),
+// goes to the bucket in the background, and a pending upload survives a
+// restart of the server: sent once the bucket is back.
+func TestS3StoreSynchronous(t *testing.T) {
+	srv := tests3.Start(t)
+	bucket := srv.Bucket(t, "engram-media", "")
+	provider := func(sync bool) option {
+		return func(c *api.Config) {
+			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "sync/"), StoreLocal: true, StoreRemote: true, Synchronous: sync}
+		}
+	}
+	key := func(content []byte) string {
+		s := sha256.Sum256(content)
+		return "sync/" + blobKey(hex.EncodeToString(s[:]))
+	}
+	inBucket := func(content []byte, within time.Duration) bool {
+		deadline := time.Now().Add(within)
+		for {
+			if n, err := bucket.Stat(context.Background(), key(content)); err == nil && n == int64(len(content)) {
+				return true
+			}
+			if time.Now().After(deadline) {
+				return false
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	// Synchronous: in the bucket when answered; no bucket, no answer.
+	syncDir := t.TempDir()
+	ts := startServerIn(t, syncDir, provider(true))
+	tok := ts.register("alice").AccessToken
+	first := []byte("synchronous upload")
+	ts.upload(tok, first, "text/plain", "")
+	if !inBucket(first, 0) {
+		t.Fatal("a synchronous upload was answered before its blob was in the bucket")
+	}
+	srv.Stop()
+	ts.bucket = nil
+	if r := ts.do("POST", "/_matrix/media/v3/upload", tok, bytes.NewReader([]byte("no bucket")), "Content-Type", "text/plain"); r.Status == 200 {
+		t.Fatalf("a synchronous upload was answered 200 while the bucket was down: %s", r.Body)
+	}
+	ts.stop()
+	srv.Restart()
+
+	// Asynchronous: answered from the local disk, then in the bucket.
+	dir := t.TempDir()
+	ts = startServerIn(t, dir, provider(false))
+	ts.bucket = nil // checked here, as the uploads go up
+	tok = ts.register("bob").AccessToken
+	second := []byte("asynchronous upload")
+	ts.upload(tok, second, "text/plain", "")
+	if !inBucket(second, 30*time.Second) {
+		t.Fatal("an asynchronous upload never reached the bucket")
+	}
+
+	// The bucket goes down: uploads are still answered and served, and a
+	// restart of the server with the upload pending does not lose it.
+	srv.Stop()
+	third := []byte("pending while the bucket is down, across a restart")
+	id := ts.upload(tok, third, "text/plain", "")
+	if r := ts.do("GET", "/_matrix/client/v1/media/download/"+serverName+"/"+id, tok, nil); r.Status != 200 || !bytes.Equal(r.Body, third) {
+		t.Fatalf("download of an upload pending for the bucket: %d %q", r.Status, r.Body)
+	}
+	ts.stop()
+	srv.Restart()
+	if inBucket(third, 0) {
+		t.Fatal("the bucket was down, yet it holds the upload made meanwhile: the test shows nothing")
+	}
+	ts = startServerIn(t, dir, provider(false))
+	if !inBucket(third, 30*time.Second) {
+		t.Fatal("the upload pending at the restart never reached the bucket")
+	}
+	// And the restarted server serves it from the bucket alone.
+	ts.evictLocal()
+	if r := ts.do("GET", "/_matrix/client/v1/media/download/"+serverName+"/"+id, tok, nil); r.Status != 200 || !bytes.Equal(r.Body, third) {
+		t.Fatalf("download from the bucket after the pending upload went up: %d %q", r.Status, r.Body)
 	}
 }

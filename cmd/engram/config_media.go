@@ -246,10 +246,8 @@ func parseStorageProviders(c *Config, v value) error {
 	if _, err := objstore.New(oc); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	// store_synchronous: false lets Synapse answer before the bucket has
-	// the file; Engram always waits for the bucket, which is never less
-	// safe, so either value is accepted.
-	c.Media.StorageProvider = &media.ObjectStore{Config: oc, StoreLocal: p.StoreLocal, StoreRemote: p.StoreRemote, LocalCacheMaxSize: cacheMax}
+	c.Media.StorageProvider = &media.ObjectStore{Config: oc, StoreLocal: p.StoreLocal, StoreRemote: p.StoreRemote,
+		Synchronous: p.StoreSynchronous, LocalCacheMaxSize: cacheMax}
 	return nil
 }
 

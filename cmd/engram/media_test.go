@@ -56,7 +56,7 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
 	p := c.mediaConfig().Repo.ObjectStore
 	if p == nil || !p.StoreLocal || p.StoreRemote || p.Bucket != "media" || p.Region != "eu-west-1" ||
 		p.EndpointURL != "https://s3.example.org" || p.AccessKeyID != "AKIA1" || p.SecretAccessKey != "very-secret" ||
-		p.Prefix != "engram/" || p.StorageClass != "STANDARD_IA" || p.LocalCacheMaxSize != 2<<30 {
+		p.Prefix != "engram/" || p.StorageClass != "STANDARD_IA" || p.LocalCacheMaxSize != 2<<30 || !p.Synchronous {
 		t.Fatalf("parsed provider: %+v", p)
 	}
 
@@ -67,8 +67,8 @@ func TestMediaStorageProvidersConfig(t *testing.T) {
 	env := envOf(map[string]string{envName("media_storage_providers"): `[{"module": "s3_storage_provider.S3StorageProviderBackend", "store_remote": true, "config": {"bucket": "b"}}]`})
 	if c, _, err := loadConfig(path, env, nil); err != nil || c.Media.StorageProvider == nil || c.Media.StorageProvider.StoreLocal || !c.Media.StorageProvider.StoreRemote || c.Media.StorageProvider.Bucket != "b" {
 		t.Fatalf("from the environment: %+v %v", c.Media.StorageProvider, err)
-	} else if c.Media.StorageProvider.LocalCacheMaxSize != 0 {
-		t.Fatalf("local_cache_max_size not given, yet %d (the repository's default applies)", c.Media.StorageProvider.LocalCacheMaxSize)
+	} else if c.Media.StorageProvider.LocalCacheMaxSize != 0 || c.Media.StorageProvider.Synchronous {
+		t.Fatalf("local_cache_max_size and store_synchronous not given, yet %+v (the defaults are the repository's and Synapse's, false)", c.Media.StorageProvider)
 	}
 
 	entry := func(module, stores, config string) string {

@@ -72,6 +72,13 @@ type Server struct {
 	AccessKey string
 	SecretKey string
 	Dir       string // the posix backend's root: one directory per bucket
+
+	t      testing.TB
+	bin    string
+	meta   string
+	addr   string
+	stop   func()
+	stopMu sync.Mutex
 }
 
 // Config is an objstore configuration for bucket under prefix on s.
@@ -114,34 +121,74 @@ func Start(t testing.TB) *Server {
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for attempt := 0; ; attempt++ {
-		addr := freeAddr(t)
-		cmd := exec.Command(bin, "--port", addr, "--access", s.AccessKey, "--secret", s.SecretKey, "--quiet",
-			"posix", "--sidecar", filepath.Join(dir, "meta"), s.Dir)
-		var out strings.Builder
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := os.MkdirAll(filepath.Join(dir, "meta"), 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		if err := waitListening(addr, exited); err != nil {
-			_ = cmd.Process.Kill()
-			if attempt < 3 {
-				continue // the port was taken between freeAddr and the bind
-			}
-			t.Fatalf("tests3: the gateway did not start: %v\n%s", err, out.String())
-		}
-		t.Cleanup(func() {
-			_ = cmd.Process.Kill()
-			<-exited
-		})
-		s.Endpoint = "http://" + addr
-		return s
+	s.t, s.bin, s.meta = t, bin, filepath.Join(dir, "meta")
+	if err := os.MkdirAll(s.meta, 0o700); err != nil {
+		t.Fatal(err)
 	}
+	for attempt := 0; ; attempt++ {
+		err := s.run(freeAddr(t))
+		if err == nil {
+			break
+		}
+		if attempt == 3 {
+			t.Fatal(err)
+		}
+		// The port was taken between freeAddr and the bind.
+	}
+	s.Endpoint = "http://" + s.addr
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func (s *Server) run(addr string) error {
+	cmd := exec.Command(s.bin, "--port", addr, "--access", s.AccessKey, "--secret", s.SecretKey, "--quiet",
+		"posix", "--sidecar", s.meta, s.Dir)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	if err := waitListening(addr, exited); err != nil {
+		_ = cmd.Process.Kill()
+		<-exited
+		return fmt.Errorf("tests3: the gateway did not start: %v\n%s", err, out.String())
+	}
+	s.stopMu.Lock()
+	s.addr = addr
+	s.stop = func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	s.stopMu.Unlock()
+	return nil
+}
+
+// Stop stops the gateway (the bucket's contents stay, for Restart): to
+// show what a server does while its bucket cannot be reached.
+func (s *Server) Stop() {
+	s.stopMu.Lock()
+	stop := s.stop
+	s.stop = nil
+	s.stopMu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
+
+// Restart starts a stopped gateway again on its address, with what its
+// buckets held.
+func (s *Server) Restart() {
+	s.t.Helper()
+	var err error
+	for attempt := 0; attempt < 50; attempt++ {
+		if err = s.run(s.addr); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // the address may linger a moment
+	}
+	s.t.Fatal(err)
 }
 
 func freeAddr(t testing.TB) string {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"sort"
+	"time"
 
 	"github.com/engram-hs/engram/internal/objstore"
 )
@@ -22,6 +25,9 @@ type S3 struct {
 	// OnCached, when set, is told the size of each blob put in the local
 	// cache (so its owner can trim the cache before its next round).
 	OnCached func(size int64)
+
+	pending string        // markers of blobs PutLater stored and the bucket may not have yet
+	wake    chan struct{} // RunUploads: something new is pending
 }
 
 func (s *S3) cached(n int64) {
@@ -31,7 +37,7 @@ func (s *S3) cached(n int64) {
 }
 
 // NewS3 stores blobs in c, with fs as spool and cache.
-func NewS3(c *objstore.Client, fs *FS) *S3 { return &S3{c: c, fs: fs} }
+func NewS3(c *objstore.Client, fs *FS) *S3 { return &S3{c: c, fs: fs, wake: make(chan struct{}, 1)} }
 
 func s3Key(hash string) string { return "blobs/" + hash[0:2] + "/" + hash[2:4] + "/" + hash }
 
@@ -185,4 +191,125 @@ func (s *S3) UploadLocal(ctx context.Context, hash string) error {
 	}
 	defer b.Close()
 	return s.c.Put(ctx, s3Key(hash), b, n, "")
+}
+
+// UploadLater keeps its pending uploads (PutLater) as marker files in dir,
+// so that they survive a restart.
+func (s *S3) UploadLater(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("blobstore: create %s: %w", dir, err)
+	}
+	s.pending = dir
+	return nil
+}
+
+// PutLater stores a spooled blob locally and leaves sending it to the
+// bucket to RunUploads (store_synchronous: false). The pending upload is
+// durable before the blob is: after a crash a blob whose upload was not
+// done is still marked, and the local cache keeps it until it is.
+func (s *S3) PutLater(sp *Spooled) error {
+	defer sp.Remove()
+	if s.pending == "" {
+		return errors.New("blobstore: PutLater without UploadLater")
+	}
+	marker := filepath.Join(s.pending, sp.Hash)
+	f, err := os.OpenFile(marker, os.O_CREATE|os.O_WRONLY, 0o600)
+	if err == nil {
+		err = f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err == nil {
+		err = syncDir(s.pending)
+	}
+	if err != nil {
+		return fmt.Errorf("blobstore: record a pending upload: %w", err)
+	}
+	size := sp.Size
+	if err := s.fs.Commit(sp); err != nil {
+		return err
+	}
+	s.cached(size)
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Pending says whether a blob's upload to the bucket is still to be done.
+func (s *S3) Pending(hash string) bool {
+	if s.pending == "" || !ValidHash(hash) {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(s.pending, hash))
+	return err == nil
+}
+
+// RunUploads sends pending uploads (PutLater's, also those left by an
+// earlier run) to the bucket until ctx is done, retrying failures with a
+// backoff from 1 s to 5 min; report is told of each failure.
+func (s *S3) RunUploads(ctx context.Context, report func(hash string, err error)) {
+	if s.pending == "" {
+		return
+	}
+	backoff := time.Duration(0)
+	for {
+		failed := false
+		ents, err := os.ReadDir(s.pending)
+		if err != nil {
+			report("", err)
+			failed = true
+		}
+		for _, e := range ents {
+			if ctx.Err() != nil {
+				return
+			}
+			h := e.Name()
+			if !ValidHash(h) {
+				continue
+			}
+			if err := s.uploadPending(ctx, h); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				report(h, err)
+				failed = true
+				continue
+			}
+			_ = os.Remove(filepath.Join(s.pending, h))
+		}
+		wait := time.Minute
+		if failed {
+			backoff = min(max(2*backoff, time.Second), 5*time.Minute)
+			wait = backoff
+		} else {
+			backoff = 0
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-s.wake:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+}
+
+func (s *S3) uploadPending(ctx context.Context, h string) error {
+	b, n, err := s.fs.Open(ctx, h)
+	if errors.Is(err, ErrNotFound) {
+		return nil // collected meanwhile: nothing left to send
+	}
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	if have, err := s.c.Stat(ctx, s3Key(h)); err == nil && have == n {
+		return nil
+	}
+	return s.c.Put(ctx, s3Key(h), b, n, "")
 }
