@@ -2,8 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"image"
 	"image/color"
 	"image/png"
@@ -14,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/engram-hs/engram/internal/tests3"
 )
 
 // A follower serves a file uploaded through the leader, on three engram
@@ -138,4 +142,74 @@ func clusterPNG(t *testing.T, w, h int) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// Three engram serve processes share one S3 bucket (versitygw on
+// loopback, store_synchronous: false) and no node names media peers: a
+// file uploaded through the leader is in the bucket and a follower serves
+// it from there, with its thumbnail; a file uploaded through a follower
+// (its fact forwarded to the leader) is served by the leader. Every blob
+// ends up in the bucket once, by its hash.
+func TestClusterSharesABucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	srv := tests3.Start(t)
+	bucket := srv.Bucket(t, "cluster-media", "")
+	c := newServeCluster(t, fmt.Sprintf(`media_storage_providers:
+  - module: s3_storage_provider.S3StorageProviderBackend
+    store_local: true
+    store_remote: true
+    store_synchronous: false
+    config: {bucket: cluster-media, endpoint_url: %q, region_name: us-east-1, access_key_id: %q, secret_access_key: %q, prefix: "c/"}
+`, srv.Endpoint, srv.AccessKey, srv.SecretKey))
+	l := c.leader()
+	f := (l + 1) % 3
+	if o, e, code := runTool(t, c.dirs[l], nil, "register-user", "--config", c.cfgs[l], "--user", "alice", "--password", "pw1"); code != 0 {
+		t.Fatalf("register-user: %d\n%s\n%s", code, o, e)
+	}
+	_, token := loginToken(t, c.listen[l], "alice", "pw1")
+	inBucket := func(content []byte) {
+		t.Helper()
+		sum := sha256.Sum256(content)
+		h := hex.EncodeToString(sum[:])
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			n, err := bucket.Stat(context.Background(), "c/blobs/"+h[0:2]+"/"+h[2:4]+"/"+h)
+			if err == nil && n == int64(len(content)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("blob %s never reached the bucket: %d bytes, %v", h, n, err)
+			}
+		}
+	}
+	served := func(node int, path string, want []byte) []byte {
+		t.Helper()
+		var st int
+		var body []byte
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			st, body = mediaGet(t, c.listen[node], token, path)
+			if st == 200 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if st != 200 || want != nil && !bytes.Equal(body, want) {
+			t.Fatalf("node %d, %s: %d, %d bytes", node, path, st, len(body))
+		}
+		return body
+	}
+
+	img := clusterPNG(t, 300, 200)
+	id := clusterUpload(t, c.listen[l], token, "image/png", img)
+	inBucket(img)
+	served(f, "/_matrix/client/v1/media/download/"+id, img)
+	thumb := served(f, "/_matrix/client/v1/media/thumbnail/"+id+"?width=32&height=32&method=crop", nil)
+	if cfg, _, err := image.DecodeConfig(bytes.NewReader(thumb)); err != nil || cfg.Width != 32 || cfg.Height != 32 {
+		t.Errorf("follower thumbnail: %v %+v", err, cfg)
+	}
+
+	doc := []byte("uploaded through a follower")
+	id = clusterUpload(t, c.listen[f], token, "text/plain", doc)
+	inBucket(doc)
+	served(l, "/_matrix/client/v1/media/download/"+id, doc)
 }
