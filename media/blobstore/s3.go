@@ -181,15 +181,19 @@ func (s *S3) DeleteRemote(ctx context.Context, hash string) error {
 	return s.c.Delete(ctx, s3Key(hash))
 }
 
-// UploadLocal sends the local copy of a blob to the bucket, whether or not
-// the bucket has it (a collection may have deleted it since it was
-// there). ErrNotFound: there is no local copy.
+// UploadLocal sends the local copy of a blob to the bucket unless the
+// bucket has it now. (The caller knows no deletion of it is under way:
+// an object seen before a deletion ended could still go.) ErrNotFound:
+// there is no local copy.
 func (s *S3) UploadLocal(ctx context.Context, hash string) error {
 	b, n, err := s.fs.Open(ctx, hash)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
+	if have, err := s.c.Stat(ctx, s3Key(hash)); err == nil && have == n {
+		return nil
+	}
 	return s.c.Put(ctx, s3Key(hash), b, n, "")
 }
 
