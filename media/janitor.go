@@ -60,16 +60,25 @@ func (r *Repo) TrimCache(ctx context.Context) {
 	if r.s3 == nil {
 		return
 	}
-	r.cacheAdded.Store(0)
+	added := r.cacheAdded.Swap(0)
 	max := r.cfg.ObjectStore.LocalCacheMaxSize
+	if used := r.cacheUsed.Load(); used >= 0 && used+added <= max {
+		r.cacheUsed.Store(used + added)
+		return
+	}
 	left, err := r.s3.TrimCache(ctx, max, r.keepLocal)
+	if err == nil {
+		r.cacheUsed.Store(left)
+	} else {
+		r.cacheUsed.Store(-1)
+	}
 	switch {
 	case ctx.Err() != nil:
 	case err != nil:
 		r.logger.Warn().Err(err).Msg("media: could not trim the local cache of the bucket's blobs; will retry")
 	case left > max:
 		r.logger.Warn().Int64("bytes", left).Int64("local_cache_max_size", max).
-			Msg("media: the local cache is over its bound with blobs that are not (yet) in the bucket; check that the bucket takes uploads")
+			Msg("media: the local cache is over local_cache_max_size with blobs that are not (yet) in the bucket: uploads still pending (check that the bucket takes them), or media that store_local or store_remote keeps out of it")
 	}
 }
 

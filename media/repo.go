@@ -180,6 +180,11 @@ type Repo struct {
 	// to trim it at once rather than at its next tick.
 	cacheAdded atomic.Int64
 	trimNow    chan struct{}
+	// cacheUsed is an upper bound of the local cache's bytes as of the
+	// last trim (what was measured then plus what was added since; -1:
+	// not measured yet): a trim that cannot be needed skips the walk of
+	// the directory.
+	cacheUsed atomic.Int64
 
 	heldMu sync.Mutex
 	held   map[string]int // blobs uploads still need locally (holdLocal)
@@ -214,7 +219,7 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger
 			return nil, fmt.Errorf("media_storage_providers: %w", err)
 		}
 		r.s3 = blobstore.NewS3(c, fs)
-		r.s3.OnCached = r.cached
+		fs.OnStored = r.cached
 		if !st.Synchronous {
 			if err := r.s3.UploadLater(cfg.Dir + "/s3-pending"); err != nil {
 				return nil, err
@@ -222,6 +227,7 @@ func Open(cfg Config, l englog.Log, h *projections.Handle, logger zerolog.Logger
 		}
 		r.store = r.s3
 	}
+	r.cacheUsed.Store(-1)
 	r.peers = newPeerClient(cfg.Peers, cfg.PeerSecret)
 	return r, nil
 }

@@ -64,6 +64,10 @@ func ValidHash(h string) bool {
 // with uploads in progress under <dir>/tmp.
 type FS struct {
 	dir string
+	// OnStored, when set, is told the size of each blob newly stored
+	// (not one deduplicated against a stored copy), so that a cache's
+	// owner knows how much it grew.
+	OnStored func(size int64)
 }
 
 // NewFS opens (creating it when needed) a store under dir. Temporary
@@ -164,7 +168,13 @@ func (s *FS) Commit(sp *Spooled) error {
 		_ = os.Remove(name)
 		return fmt.Errorf("blobstore: %w", err)
 	}
-	return syncDir(dir)
+	if err := syncDir(dir); err != nil {
+		return err
+	}
+	if s.OnStored != nil {
+		s.OnStored(sp.Size)
+	}
+	return nil
 }
 
 // Put implements Store.

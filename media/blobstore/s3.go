@@ -20,20 +20,10 @@ import (
 // from the bucket, checked against its hash, cached, and served from
 // disk, so bytes are never served unverified and memory stays flat.
 type S3 struct {
-	c  *objstore.Client
-	fs *FS
-	// OnCached, when set, is told the size of each blob put in the local
-	// cache (so its owner can trim the cache before its next round).
-	OnCached func(size int64)
-
+	c       *objstore.Client
+	fs      *FS
 	pending string        // markers of blobs PutLater stored and the bucket may not have yet
 	wake    chan struct{} // RunUploads: something new is pending
-}
-
-func (s *S3) cached(n int64) {
-	if s.OnCached != nil {
-		s.OnCached(n)
-	}
 }
 
 // NewS3 stores blobs in c, with fs as spool and cache.
@@ -57,12 +47,7 @@ func (s *S3) PutSpooled(ctx context.Context, sp *Spooled) error {
 	} else if err != nil {
 		return err
 	}
-	size := sp.Size
-	if err := s.fs.Commit(sp); err != nil {
-		return err
-	}
-	s.cached(size)
-	return nil
+	return s.fs.Commit(sp)
 }
 
 // Put implements Store.
@@ -108,12 +93,7 @@ func (s *S3) fetch(ctx context.Context, hash string) error {
 	if err != nil {
 		return fmt.Errorf("blobstore: blob %s in %s: %w", hash, s.c, err)
 	}
-	size := sp.Size
-	if err := s.fs.Commit(sp); err != nil {
-		return err
-	}
-	s.cached(size)
-	return nil
+	return s.fs.Commit(sp)
 }
 
 // Delete implements Store: from the bucket and the cache.
@@ -230,11 +210,9 @@ func (s *S3) PutLater(sp *Spooled) error {
 	if err != nil {
 		return fmt.Errorf("blobstore: record a pending upload: %w", err)
 	}
-	size := sp.Size
 	if err := s.fs.Commit(sp); err != nil {
 		return err
 	}
-	s.cached(size)
 	select {
 	case s.wake <- struct{}{}:
 	default:
