@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -111,5 +112,96 @@ func TestBucketCollectionRacesAnUploadOfTheSameBytes(t *testing.T) {
 	a.collect(ctx, firstFree, time.Now().Add(10*grace))
 	if _, err := bucket.Stat(ctx, key); err != nil {
 		t.Fatalf("a referenced blob was collected: %v", err)
+	}
+}
+
+// The fold of the collection facts, entry by entry: a referenced blob is
+// never marked; a second collection does not take over one under way; the
+// end of a collection applies only to the collection it names; a restore
+// clears only a deletion that is over.
+func TestBucketCollectionFold(t *testing.T) {
+	dir := t.TempDir()
+	logger := zerolog.Nop()
+	node, err := englog.Open(englog.Config{Dir: filepath.Join(dir, "db"), Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+	eng := projections.NewEngine(node, node.DB(), logger, prometheus.NewRegistry())
+	h := eng.Register(mediaproj.New())
+	ctx := context.Background()
+	if err := eng.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer eng.Close()
+	r, err := Open(Config{ServerName: "fold.test", Dir: filepath.Join(dir, "media")}, node, h, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := func(s string) string {
+		m, err := r.Upload(ctx, "@a:fold.test", "", bytes.NewReader([]byte(s)), int64(len(s)), "text/plain", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.SHA256
+	}
+	record := func(typ string, v any) uint64 {
+		offs, err := node.Append(ctx, serverFact(typ, v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.WaitApplied(ctx, offs[0]); err != nil {
+			t.Fatal(err)
+		}
+		return offs[0]
+	}
+	state := func(hash string) string {
+		st, err := r.View().BucketState(hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%s@%d", st.State, st.Offset)
+	}
+	used := up("still referenced")
+	m, err := r.Upload(ctx, "@a:fold.test", "", bytes.NewReader([]byte("free")), 4, "text/plain", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := m.SHA256
+	if err := r.commit(ctx, facts.MustEncode(englog.KindMediaDeleted, facts.MediaDeleted{Media: []facts.MediaRef{{Origin: m.Origin, MediaID: m.MediaID}}})); err != nil {
+		t.Fatal(err)
+	}
+
+	c1 := record(mediaproj.FactBlobsCollecting, mediaproj.BlobsCollecting{SHA256: []string{used, free}, TS: 1})
+	if got, want := state(used)+" "+state(free), fmt.Sprintf("- collecting@%d", c1); got != want {
+		t.Fatalf("after a collection began: %s, want %s", got, want)
+	}
+	record(mediaproj.FactBlobsCollecting, mediaproj.BlobsCollecting{SHA256: []string{free}, TS: 2})
+	if got, want := state(free), fmt.Sprintf("collecting@%d", c1); got != want {
+		t.Fatalf("a second collection took over: %s, want %s", got, want)
+	}
+	record(mediaproj.FactBlobsCollected, mediaproj.BlobsCollected{Offset: c1 + 1000, Deleted: []string{free}})
+	if got, want := state(free), fmt.Sprintf("collecting@%d", c1); got != want {
+		t.Fatalf("the end of another collection applied: %s, want %s", got, want)
+	}
+	record(mediaproj.FactBlobsRestored, mediaproj.BlobsRestored{SHA256: []string{free}})
+	if got, want := state(free), fmt.Sprintf("collecting@%d", c1); got != want {
+		t.Fatalf("a restore undid a collection under way: %s, want %s", got, want)
+	}
+	record(mediaproj.FactBlobsCollected, mediaproj.BlobsCollected{Offset: c1, Deleted: []string{free}})
+	if got, want := state(free), fmt.Sprintf("deleted@%d", c1); got != want {
+		t.Fatalf("after the collection ended: %s, want %s", got, want)
+	}
+	record(mediaproj.FactBlobsRestored, mediaproj.BlobsRestored{SHA256: []string{free}})
+	if got := state(free); got != "-" {
+		t.Fatalf("after a restore: %s", got)
+	}
+	c2 := record(mediaproj.FactBlobsCollecting, mediaproj.BlobsCollecting{SHA256: []string{free}, TS: 3})
+	record(mediaproj.FactBlobsCollected, mediaproj.BlobsCollected{Offset: c2, Kept: []string{free}})
+	if got := state(free); got != "-" {
+		t.Fatalf("a blob the collection kept is still marked: %s", got)
 	}
 }
