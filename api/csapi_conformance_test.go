@@ -432,6 +432,14 @@ func TestMembersAt(t *testing.T) {
 	body := ts.rawSync(alice, url.Values{"filter": {`{"room":{"timeline":{"limit":1}}}`}})
 	next := body["next_batch"].(string)
 	prev := joinedRoom(t, body, room)["timeline"].(map[string]any)["prev_batch"].(string)
+	// A first /sync whose timeline holds the whole room (Complement's
+	// TestGetRoomMembersAtPoint): its prev_batch is a point with members,
+	// the sync's own position as Synapse gives it, not before the create.
+	full := joinedRoom(t, ts.rawSync(alice, nil), room)["timeline"].(map[string]any)
+	if full["limited"] != false {
+		t.Fatalf("the default timeline of a room of 6 events is limited: %v", full)
+	}
+	fullPrev := full["prev_batch"].(string)
 	if _, err := bob.JoinRoomByID(context.Background(), room); err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +457,7 @@ func TestMembersAt(t *testing.T) {
 		slices.Sort(out)
 		return out
 	}
-	for _, tok := range []string{next, prev} {
+	for _, tok := range []string{next, prev, fullPrev} {
 		if got := members("?at=" + url.QueryEscape(tok)); !slices.Equal(got, []string{alice.UserID.String()}) {
 			t.Errorf("members at %s: %v, want only alice", tok, got)
 		}

@@ -299,7 +299,15 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if len(evs) > 0 {
 		timelineStart = evs[0].Offset
 	}
-	prevBatch, err := s.tokenAt("t", timelineStart-1)
+	prevPos := timelineStart - 1
+	if roomSince == 0 && !limited {
+		// As Synapse gives it: a first timeline that holds all of the
+		// room's history the client may see carries the sync's own position as prev_batch,
+		// so /members?at= it reads the members as the client now has
+		// them (not the empty room before its create event).
+		prevPos = upper
+	}
+	prevBatch, err := s.tokenAt("t", prevPos)
 	if err != nil {
 		return nil, false, err
 	}
