@@ -60,13 +60,22 @@ type option func(*api.Config)
 // local disk when the server stops must be in the bucket too.
 func eachBackend(t *testing.T, test func(t *testing.T, be option)) {
 	t.Run("fs", func(t *testing.T) { test(t, func(*api.Config) {}) })
-	t.Run("s3", func(t *testing.T) {
-		srv := tests3.Start(t)
-		srv.Bucket(t, "engram-media", "")
-		test(t, func(c *api.Config) {
-			c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs/"), StoreLocal: true, StoreRemote: true, Synchronous: true}
+	for _, sync := range []bool{true, false} {
+		name := "s3"
+		if !sync {
+			// store_synchronous: false, the default: the blobs go up in
+			// the background (the harness waits for them before it
+			// drops the local copies).
+			name = "s3-async"
+		}
+		t.Run(name, func(t *testing.T) {
+			srv := tests3.Start(t)
+			srv.Bucket(t, "engram-media", "")
+			test(t, func(c *api.Config) {
+				c.Media.Repo.ObjectStore = &media.ObjectStore{Config: srv.Config("engram-media", "hs/"), StoreLocal: true, StoreRemote: true, Synchronous: sync}
+			})
 		})
-	})
+	}
 }
 
 func startServer(t *testing.T, opts ...option) *testServer {
@@ -137,7 +146,7 @@ func (ts *testServer) stop() {
 	}
 	if ts.bucket != nil {
 		for _, h := range ts.localBlobs() {
-			if _, err := ts.bucket.Stat(context.Background(), blobKey(h)); err != nil {
+			if err := ts.waitInBucket(h); err != nil {
 				ts.t.Errorf("blob %s is on the local disk but not in the bucket: %v", h, err)
 			}
 		}
@@ -161,9 +170,32 @@ func (ts *testServer) localBlobs() []string {
 	return hashes
 }
 
-// evictLocal drops the local copies of all blobs (the bucket keeps them).
+// waitInBucket waits until the bucket holds a blob: at once with
+// store_synchronous, within 30 s of background uploads without.
+func (ts *testServer) waitInBucket(h string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	if ts.cfg.Media.Repo.ObjectStore.Synchronous {
+		deadline = time.Now()
+	}
+	for {
+		_, err := ts.bucket.Stat(context.Background(), blobKey(h))
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// evictLocal drops the local copies of all blobs (the bucket keeps them;
+// without store_synchronous, once the background uploads put them
+// there).
 func (ts *testServer) evictLocal() {
 	for _, h := range ts.localBlobs() {
+		if ts.bucket != nil {
+			if err := ts.waitInBucket(h); err != nil {
+				ts.t.Fatalf("blob %s never reached the bucket: %v", h, err)
+			}
+		}
 		if err := os.Remove(filepath.Join(ts.dir, "media", "blobs", h[0:2], h[2:4], h)); err != nil {
 			ts.t.Fatal(err)
 		}

@@ -259,8 +259,10 @@ func decodeDims(t *testing.T, b []byte) (int, int, string) {
 
 // media_upload_limits: what one user uploaded within the period counts
 // against the limit; other users have their own.
-func TestUploadLimits(t *testing.T) {
-	ts := startServer(t, func(c *api.Config) {
+func TestUploadLimits(t *testing.T) { eachBackend(t, testUploadLimits) }
+
+func testUploadLimits(t *testing.T, be option) {
+	ts := startServer(t, be, func(c *api.Config) {
 		c.Media.Repo.UploadLimits = []repomedia.UploadLimit{{TimePeriod: time.Hour, MaxSize: 100}}
 	})
 	alice, bob := ts.register("alice").AccessToken, ts.register("bob").AccessToken
