@@ -256,6 +256,36 @@ func TestFirstStartWithoutConfig(t *testing.T) {
 	if v.Server.Name != "Engram" || v.Server.Version == "" {
 		t.Fatalf("federation version = %+v", v)
 	}
+	// The client port serves the federation and key APIs as well, with
+	// the spec's answers for unknown paths (404) and methods (405).
+	v.Server.Name = ""
+	getJSON(t, http.DefaultClient, "http://"+listen+"/_matrix/federation/v1/version", &v)
+	if v.Server.Name != "Engram" {
+		t.Fatalf("federation version on the client port = %+v", v)
+	}
+	for _, c := range []struct {
+		method, path string
+		status       int
+	}{
+		{"PUT", "/_matrix/federation/v1/version", 405},
+		{"PUT", "/_matrix/key/v2/query", 405},
+		{"GET", "/_matrix/federation/v1/unknown", 404},
+		{"GET", "/_matrix/key/v2/unknown", 404},
+		{"PUT", "/_matrix/client/v3/login", 405},
+		{"GET", "/_matrix/client/v3/unknown", 404},
+	} {
+		req, _ := http.NewRequest(c.method, "http://"+listen+c.path, strings.NewReader("{}"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e struct{ Errcode string }
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != c.status || e.Errcode != "M_UNRECOGNIZED" {
+			t.Errorf("%s %s on the client port: %d %s, want %d M_UNRECOGNIZED", c.method, c.path, resp.StatusCode, e.Errcode, c.status)
+		}
+	}
 	name, keyID, _ := serverKey(t, fed)
 	if name != "localhost" || keyID != keys[0].ID {
 		t.Fatalf("key response for %q with key %q; want localhost and %q", name, keyID, keys[0].ID)

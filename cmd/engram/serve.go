@@ -213,6 +213,15 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	clientMux.Handle("GET /_engram/backup/log", backupHandler(cfg.RegistrationSharedSecret, node))
 	clientMux.Handle("POST /_engram/cluster/", clusterOpsHandler(cfg.RegistrationSharedSecret, node))
 	clientMux.Handle("/", fwd.Handler("client", apiSrv.Handler()))
+	if cfg.FederationListen != "" {
+		// The client listener serves the federation and key APIs too, as
+		// a Synapse listener with the client and federation resources
+		// does: a reverse proxy may send both to one port, and an unknown
+		// method on a known federation path is 405 there, not 404.
+		fedHandler := fwd.Handler("federation", fed.server.Handler())
+		clientMux.Handle("/_matrix/federation/", fedHandler)
+		clientMux.Handle("/_matrix/key/", fedHandler)
+	}
 
 	type listener struct {
 		name string
