@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/engram-hs/engram/bench/generate"
+	"github.com/engram-hs/engram/bench/report"
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/projections/search"
@@ -105,8 +106,15 @@ func BenchmarkSearch(b *testing.B) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func emit(name string, v float64, unit, better string, params map[string]string) {
-	b, _ := json.Marshal(map[string]any{"bench": "search", "name": name, "value": v, "unit": unit, "better": better,
-		"params": params, "cores": runtime.NumCPU(), "go": runtime.Version()})
+	// The commit and the load average at the time, so a figure read later
+	// says what it was measured on (the machine is shared).
+	env := report.CurrentEnv()
+	kv := map[string]any{"bench": "search", "name": name, "value": v, "unit": unit, "better": better,
+		"params": params, "cores": runtime.NumCPU(), "go": runtime.Version(), "commit": env.Commit}
+	if la := report.LoadAverage(); la != nil {
+		kv["loadavg"] = la
+	}
+	b, _ := json.Marshal(kv)
 	fmt.Println(string(b))
 }
 
