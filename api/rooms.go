@@ -556,6 +556,7 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 		if err := s.joinRemote(r, sess, roomID, servers, extra); err != nil {
 			return err
 		}
+		s.keys.AnnounceJoin(r.Context(), sess.UserID, roomID)
 		writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 		return nil
 	}
@@ -592,6 +593,9 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 	}
 	if err != nil {
 		return err
+	}
+	if membership == "join" {
+		s.keys.AnnounceJoin(r.Context(), sess.UserID, roomID)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil

@@ -46,6 +46,12 @@ func FederationEDU(ownServer string, servers []string, eduType string, content a
 // sharingServers lists the other servers with a user joined to one of
 // user's joined rooms.
 func (s *Service) sharingServers(user string) ([]string, error) {
+	return s.sharingServersBut(user, "")
+}
+
+// sharingServersBut is sharingServers without the room except (when
+// not empty).
+func (s *Service) sharingServersBut(user, except string) ([]string, error) {
 	rv := s.d.Rooms()
 	ms, err := rv.Memberships(user)
 	if err != nil {
@@ -53,7 +59,7 @@ func (s *Service) sharingServers(user string) ([]string, error) {
 	}
 	servers := map[string]bool{}
 	for _, m := range ms {
-		if m.Membership != "join" {
+		if m.Membership != "join" || m.RoomID == except {
 			continue
 		}
 		members, err := rv.MemberIDs(m.RoomID, "join")
@@ -142,6 +148,62 @@ func (s *Service) announceDevices(ctx context.Context, user string, devices []st
 	}
 	_, err = s.d.Commit(ctx, []*projections.Handle{s.h}, props...)
 	return err
+}
+
+// AnnounceJoin tells the servers of a room a local user has just joined
+// about the user's devices when one of them shares no other room with
+// the user (spec, server-server "Device Management": updates are sent
+// when a user joins a room with servers not already receiving their
+// device list): those servers start tracking from this update, and the
+// first one they see names a prev_id they lack, so they resync through
+// user/devices. The update goes to every server sharing a room, so the
+// stream stays without gaps for those that already track the user; a
+// join that brings no new server sends nothing. Failures are logged, as
+// for AnnounceDevices.
+func (s *Service) AnnounceJoin(ctx context.Context, user, roomID string) {
+	err := func() error {
+		if !s.local(user) {
+			return nil
+		}
+		before, err := s.sharingServersBut(user, roomID)
+		if err != nil {
+			return err
+		}
+		members, err := s.d.Rooms().MemberIDs(roomID, "join")
+		if err != nil {
+			return err
+		}
+		newServer := false
+		for _, u := range members {
+			if srv := serverOf(u); srv != s.d.ServerName && srv != "" && !slices.Contains(before, srv) {
+				newServer = true
+				break
+			}
+		}
+		if !newServer {
+			return nil
+		}
+		devs, err := s.d.Accounts().Devices(user)
+		if err != nil || len(devs) == 0 {
+			return err
+		}
+		ids := make([]string, len(devs))
+		for i, d := range devs {
+			ids[i] = d.DeviceID
+		}
+		slices.Sort(ids)
+		if err := s.announceDevices(ctx, user, ids, false); err != nil {
+			return err
+		}
+		// Their cross-signing keys are part of the list they now track.
+		if cs, err := s.view().QueryCrossSigning(user, func(signer string) bool { return signer == user }); err == nil && cs.Master != nil {
+			s.announceCrossSigning(ctx, user)
+		}
+		return nil
+	}()
+	if err != nil {
+		s.d.Logger.Warn().Err(err).Str("user", user).Str("room", roomID).Msg("could not queue device list updates for the servers of a joined room; they learn the devices when they next query them")
+	}
 }
 
 // announceCrossSigning queues an m.signing_key_update with the user's

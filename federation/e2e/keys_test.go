@@ -423,3 +423,55 @@ func TestDeviceNamesOverFederation(t *testing.T) {
 		t.Fatalf("bob sees his own device named %q", n)
 	}
 }
+
+// TestJoinAnnouncesDevicesToTheRoomsServers: when alice (A) joins a room
+// on B, with which she shared no room before, A sends B her device list
+// (spec, "Device Management": a server newly sharing a room with a user
+// gets their devices), so B keeps a copy: once A is down, bob's
+// /keys/query on B still finds alice's device, with no failure for A.
+// (Without the update B holds no copy and asks A each time.)
+func TestJoinAnnouncesDevicesToTheRoomsServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID := "@alice:" + a.name
+	var who struct {
+		DeviceID string `json:"device_id"`
+	}
+	call(t, a, "GET", "/_matrix/client/v3/account/whoami", alice, nil, &who)
+	keys := map[string]any{"user_id": aliceID, "device_id": who.DeviceID,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + who.DeviceID: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "curve25519:" + who.DeviceID: "c"},
+		"signatures": map[string]any{}}
+	if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", alice, map[string]any{"device_keys": keys}, nil); st != 200 {
+		t.Fatalf("upload: %d", st)
+	}
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/createRoom", bob, map[string]any{"room_alias_name": "lobby", "preset": "public_chat", "room_version": "11"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#lobby:"+b.name), alice, map[string]any{}, nil); st != 200 {
+		t.Fatalf("alice joins: %d\n%s", st, a.Logs())
+	}
+	eventually(t, "B to see alice joined", func() bool { return joined(t, b, bob, room.RoomID, aliceID) })
+
+	// While A is up, B answers either from its copy or by asking A; with
+	// A down only the copy answers.
+	var q struct {
+		DeviceKeys map[string]map[string]any `json:"device_keys"`
+		Failures   map[string]any            `json:"failures"`
+	}
+	eventually(t, "bob's query to show alice's device", func() bool {
+		call(t, b, "POST", "/_matrix/client/v3/keys/query", bob, map[string]any{"device_keys": map[string]any{aliceID: []string{}}}, &q)
+		return q.DeviceKeys[aliceID][who.DeviceID] != nil
+	})
+	a.Stop()
+	eventually(t, "B to answer alice's devices from its copy with A down", func() bool {
+		q.DeviceKeys, q.Failures = nil, nil
+		call(t, b, "POST", "/_matrix/client/v3/keys/query", bob, map[string]any{"device_keys": map[string]any{aliceID: []string{}}, "timeout": 2000}, &q)
+		return q.DeviceKeys[aliceID][who.DeviceID] != nil && len(q.Failures) == 0
+	})
+}
