@@ -322,6 +322,10 @@ func (s *Server) createRoom(w http.ResponseWriter, r *http.Request, sess *sessio
 			return err
 		}
 	}
+	// A room created as another's successor (a manual upgrade, with
+	// creation_content.predecessor): the creator's rules for the old room
+	// come along.
+	s.carryPushRules(r.Context(), sess.UserID, roomID)
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil
 }
@@ -557,6 +561,7 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 			return err
 		}
 		s.keys.AnnounceJoin(r.Context(), sess.UserID, roomID)
+		s.carryPushRules(r.Context(), sess.UserID, roomID)
 		writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 		return nil
 	}
@@ -596,6 +601,7 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 	}
 	if membership == "join" {
 		s.keys.AnnounceJoin(r.Context(), sess.UserID, roomID)
+		s.carryPushRules(r.Context(), sess.UserID, roomID)
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 	return nil

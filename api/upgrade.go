@@ -93,6 +93,7 @@ func (s *Server) upgradeRoom(w http.ResponseWriter, r *http.Request, sess *sessi
 	if _, err := s.roomWrite.Commit(r.Context(), props...); err != nil {
 		return err
 	}
+	s.carryPushRules(r.Context(), sess.UserID, newRoomID)
 	writeJSON(w, http.StatusOK, map[string]string{"replacement_room": newRoomID})
 	return nil
 }
