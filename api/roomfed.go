@@ -22,6 +22,10 @@ type RoomFederation interface {
 	// through the first of servers that lets it, with extra added to
 	// the join's content; it returns once the join is folded.
 	JoinRoom(ctx context.Context, roomID string, servers []string, userID string, extra map[string]any) error
+	// KnockRoom knocks for the local userID on a room this server does
+	// not hold, through the first of servers that lets it, with extra
+	// added to the knock's content; it returns once the knock is folded.
+	KnockRoom(ctx context.Context, roomID string, servers []string, userID string, extra map[string]any) error
 	// Invite has the invitee's server sign an invite built here and
 	// returns the event with both signatures.
 	Invite(ctx context.Context, ev *stateres.Event, strippedState []json.RawMessage) (*stateres.Event, error)
@@ -112,6 +116,19 @@ func (s *Server) joinRemote(r *http.Request, sess *session, roomID string, fromA
 	}
 	servers := joinServers(r, roomID, fromAlias)
 	if err := s.roomFed.JoinRoom(r.Context(), roomID, servers, sess.UserID, content); err != nil {
+		return remoteErr(strings.Join(servers, ", "), err)
+	}
+	return nil
+}
+
+// knockRemote knocks on a room this server does not hold, over
+// federation, through the client's via/server_name or the room's server.
+func (s *Server) knockRemote(r *http.Request, sess *session, roomID string, content map[string]any) error {
+	if s.roomFed == nil {
+		return errNotFound("Room %s is not known to this server, and it does not federate", roomID)
+	}
+	servers := joinServers(r, roomID, nil)
+	if err := s.roomFed.KnockRoom(r.Context(), roomID, servers, sess.UserID, content); err != nil {
 		return remoteErr(strings.Join(servers, ", "), err)
 	}
 	return nil
@@ -227,8 +244,13 @@ func clientStripped(raw json.RawMessage) map[string]any {
 func (s *Server) inviterServers(userID, roomID string) []string {
 	v := s.roomsView()
 	m, err := v.Membership(userID, roomID)
-	if err != nil || m == nil || m.Membership != "invite" {
+	if err != nil || m == nil || (m.Membership != "invite" && m.Membership != "knock") {
 		return nil
+	}
+	if m.Membership == "knock" {
+		// A knock is the user's own event: rescind it through the
+		// room's server.
+		return []string{domainOf(roomID)}
 	}
 	e, err := v.Event(m.EventID)
 	if err != nil || e == nil {

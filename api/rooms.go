@@ -565,8 +565,21 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 		writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
 		return nil
 	}
+	if membership == "knock" && (room == nil || s.leftRoom(roomID)) {
+		content, err := memberContent()
+		if err != nil {
+			return err
+		}
+		var extra map[string]any
+		_ = json.Unmarshal(content, &extra)
+		if err := s.knockRemote(r, sess, roomID, extra); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"room_id": roomID})
+		return nil
+	}
 	if room == nil {
-		return errNotFound("Room %s is not known to this server (%s over federation is not available yet)", roomID, membership)
+		return errNotFound("Room %s is not known to this server", roomID)
 	}
 	switch membership {
 	case "knock":

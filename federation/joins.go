@@ -13,6 +13,7 @@ import (
 	"github.com/engram-hs/engram/federation/transport"
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // The client side of joins: a local user joins a room this server is not
@@ -217,5 +218,67 @@ func (s *Server) leaveThrough(ctx context.Context, server, roomID, userID string
 		return remoteErr(err, server)
 	}
 	_, err = s.deps.Rooms.Receive(ctx, []facts.PDU{{RoomVersion: version.ID, Event: ev.JSON(), EventID: ev.EventID(), Outlier: true}})
+	return err
+}
+
+// KnockRoom knocks for the local user on a room this server does not
+// hold, through the first of servers that answers (make_knock, build and
+// sign, send_knock), adding extra (reason, displayname...) to the knock's
+// content. The knock is recorded as an outlier carrying the stripped
+// state the resident server answered with (unsigned.invite_room_state,
+// as an invite's), so the user's membership becomes knock and /sync shows
+// the room under knock. A refusal (403) is not retried elsewhere.
+func (s *Server) KnockRoom(ctx context.Context, roomID string, servers []string, userID string, extra map[string]any) error {
+	if s.deps.Client == nil {
+		return errNoClient
+	}
+	var last error = &RemoteError{Status: http.StatusNotFound, Errcode: "M_NOT_FOUND", Message: "No server to knock on " + roomID + " through: give server_name or via"}
+	for _, server := range servers {
+		if server == "" || server == s.cfg.ServerName {
+			continue
+		}
+		err := s.knockThrough(ctx, server, roomID, userID, extra)
+		if err == nil {
+			return nil
+		}
+		last = err
+		var re *RemoteError
+		if errors.As(err, &re) && re.Status == http.StatusForbidden {
+			return err
+		}
+	}
+	return last
+}
+
+func (s *Server) knockThrough(ctx context.Context, server, roomID, userID string, extra map[string]any) error {
+	q := url.Values{}
+	for _, v := range stateres.KnownVersions() {
+		q.Add("ver", v)
+	}
+	version, ev, err := s.buildFromTemplate(ctx, server, "make_knock", roomID, userID, "knock", "?"+q.Encode(), extra)
+	if err != nil {
+		return err
+	}
+	var out struct {
+		KnockRoomState []json.RawMessage `json:"knock_room_state"`
+	}
+	if err := s.deps.Client.DoJSON(ctx, transport.Request{Destination: server, Method: "PUT",
+		Path: "/_matrix/federation/v1/send_knock/" + transport.PathEscape(roomID) + "/" + transport.PathEscape(ev.EventID()), Body: json.RawMessage(ev.JSON())}, &out); err != nil {
+		return remoteErr(err, server)
+	}
+	stored := ev.JSON()
+	if len(out.KnockRoomState) > 0 {
+		// unsigned is outside hashes and signatures.
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(stored, &obj); err == nil {
+			obj["unsigned"], _ = json.Marshal(map[string]any{"invite_room_state": out.KnockRoomState})
+			if b, err := json.Marshal(obj); err == nil {
+				if canon, err := canonicaljson.Canonicalize(b, version.StrictCanonicalJSON); err == nil {
+					stored = canon
+				}
+			}
+		}
+	}
+	_, err = s.deps.Rooms.Receive(ctx, []facts.PDU{{RoomVersion: version.ID, Event: stored, EventID: ev.EventID(), Outlier: true}})
 	return err
 }
