@@ -58,7 +58,13 @@ func JoinAuthoriser(v rooms.View, version *stateres.RoomVersion, serverName, roo
 		}
 	}
 	allowed, canJudge := false, false
-	for _, roomID := range allowedRooms(jr.Content()) {
+	allow := allowedRooms(jr.Content())
+	if len(allow) == 0 {
+		// No room's members may join, so every server judges alike: a
+		// knock_restricted room without an allow list is a knock room.
+		canJudge = true
+	}
+	for _, roomID := range allow {
 		// Only a room this server is still in says who is in it: the
 		// copy of a room all its users left stopped at their leave.
 		if in, err := resident(v, roomID, serverName); err != nil {

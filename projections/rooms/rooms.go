@@ -151,7 +151,10 @@ func (*Projection) Name() string { return "rooms" }
 // Version 12: a transaction ID is scoped to the request path as well as
 // the device (the room and event type it was sent to, or the event it
 // redacts), as the spec asks: the same ID in another room is a new event.
-func (*Projection) Version() int { return 12 }
+//
+// Version 13: an outlier knock of a room not held here (a knock sent
+// through the room's server) is the knocker's membership.
+func (*Projection) Version() int { return 13 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -385,6 +388,24 @@ func (b *batch) applyPDU(e englog.Entry) error {
 			// and nothing else: the outliers of a join's auth chain hold
 			// old leaves that must not touch anyone's membership.
 			switch contentString(ev.Content(), "membership") {
+			case "knock":
+				// A knock sent through another server (KnockRoom): the
+				// knocker's membership, so that their /sync shows it
+				// under knock. It replaces no invite, join or ban: an
+				// old knock of a join's auth chain must not undo them.
+				if room, err := b.room(roomID); err != nil {
+					return err
+				} else if room == nil {
+					cur, err := projections.GetJSON[Membership](w, projections.Key(pMember, *ev.StateKey(), roomID))
+					if err != nil {
+						return err
+					}
+					if cur == nil || cur.Membership == "leave" || cur.Membership == "knock" {
+						if err := applyMembership(w, ev, *ev.StateKey(), e.Offset); err != nil {
+							return err
+						}
+					}
+				}
 			case "invite":
 				if room, err := b.room(roomID); err != nil {
 					return err
