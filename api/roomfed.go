@@ -38,6 +38,10 @@ type RoomFederation interface {
 	// from the room's other servers, and records what passes the checks
 	// just before gap; it returns how many events it placed.
 	Backfill(ctx context.Context, roomID string, gap rooms.TimelineEntry, missing []string) (int, error)
+	// TimestampToEvent asks the room's other servers for the event
+	// closest to ts in direction dir ("f" or "b"); found is false when
+	// none had one.
+	TimestampToEvent(ctx context.Context, roomID string, ts int64, dir string) (eventID string, originTS int64, found bool, err error)
 }
 
 // SetRoomFederation installs the federation side of room actions (the

@@ -113,6 +113,7 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.keyRoutes()
 	s.queryRoutes()
 	s.roomRoutes()
+	s.timestampRoutes()
 	s.e2eeRoutes()
 	s.hierarchyRoutes()
 	return s, nil
