@@ -537,6 +537,37 @@ func (s *Server) messages(w http.ResponseWriter, r *http.Request, sess *session)
 	return nil
 }
 
+// historicalScan bounds the entries read to find where a backfilled event
+// was placed: it lies before the gap its backfill filled, and that gap is
+// at most the entries appended between the gap and the backfill away.
+const historicalScan = 10000
+
+// historicalEntry finds the timeline entry of e when e is backfilled
+// history (its record's offset is the backfill's, and its place is among
+// the history entries placed before the gap); historical is false for an
+// event whose timeline entry is at its own offset.
+func historicalEntry(v rooms.View, roomID string, e *rooms.Event) (te rooms.TimelineEntry, historical bool, err error) {
+	own, err := v.Timeline(roomID, e.Offset-1, true, 1, e.Offset)
+	if err != nil || len(own) == 1 && own[0].EventID == e.EventID || e.Outlier {
+		return te, false, err
+	}
+	from := rooms.Pos{Offset: e.Offset, Seq: rooms.PosEnd}
+	for scanned := 0; scanned < historicalScan; {
+		entries, err := v.Page(roomID, from, false, 500, rooms.Pos{})
+		if err != nil || len(entries) == 0 {
+			return te, false, err
+		}
+		for _, x := range entries {
+			if x.EventID == e.EventID {
+				return x, x.Seq > 0, nil
+			}
+			from = x.Before()
+		}
+		scanned += len(entries)
+	}
+	return te, false, nil
+}
+
 func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *session) error {
 	ve, err := s.visibleEvent(r, sess)
 	if err != nil {
@@ -557,13 +588,46 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 	if err != nil {
 		return err
 	}
-	before, startPos, _, err := s.page(v, roomID, e.Offset-1, false, limit/2, 0, f, vis)
+	te, historical, err := historicalEntry(v, roomID, e)
 	if err != nil {
 		return err
 	}
-	after, endPos, _, err := s.page(v, roomID, e.Offset, true, limit-limit/2, upper, f, vis)
-	if err != nil {
-		return err
+	var (
+		before, after []*rooms.Event
+		start, end    string
+	)
+	if historical {
+		// A backfilled event sits inside the history placed before a gap:
+		// the pages around it, and their tokens, are positions in that
+		// history (as /messages pages it), not log offsets.
+		var startPos, endPos rooms.Pos
+		if before, startPos, _, err = s.pageAt(r.Context(), v, roomID, te.Before(), false, limit/2, rooms.Pos{}, f, vis); err != nil {
+			return err
+		}
+		v = s.roomsView() // backfill may have moved it
+		if after, endPos, _, err = s.pageAt(r.Context(), v, roomID, te.At(), true, limit-limit/2, rooms.Pos{Offset: upper, Seq: rooms.PosEnd}, f, vis); err != nil {
+			return err
+		}
+		if start, err = s.posTokenAt("t", startPos); err != nil {
+			return err
+		}
+		if end, err = s.posTokenAt("t", endPos); err != nil {
+			return err
+		}
+	} else {
+		var startPos, endPos uint64
+		if before, startPos, _, err = s.page(v, roomID, e.Offset-1, false, limit/2, 0, f, vis); err != nil {
+			return err
+		}
+		if after, endPos, _, err = s.page(v, roomID, e.Offset, true, limit-limit/2, upper, f, vis); err != nil {
+			return err
+		}
+		if start, err = s.tokenAt("t", startPos); err != nil {
+			return err
+		}
+		if end, err = s.tokenAt("t", endPos); err != nil {
+			return err
+		}
 	}
 	conv := func(evs []*rooms.Event) []map[string]any {
 		out := make([]map[string]any, 0, len(evs))
@@ -601,14 +665,6 @@ func (s *Server) eventContext(w http.ResponseWriter, r *http.Request, sess *sess
 			}
 		}
 		stateEvs = kept
-	}
-	start, err := s.tokenAt("t", startPos)
-	if err != nil {
-		return err
-	}
-	end, err := s.tokenAt("t", endPos)
-	if err != nil {
-		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"event": s.clientEvent(v, e, sess, true), "events_before": conv(before), "events_after": conv(after),

@@ -51,7 +51,9 @@ func timestampToEvent(t *testing.T, s server, token, roomID string, ts int64, di
 // it, going forwards (where B's own answer would be the join) and
 // backwards (where B has none), and backfill what A names: /context on it
 // then works on B, and /messages back from there reaches the message
-// before it. A time before the room existed finds nothing on either.
+// before it (and not the message itself: /context's tokens are positions
+// in the backfilled history). A time before the room existed finds
+// nothing on either.
 func TestTimestampToEventAcrossServers(t *testing.T) {
 	ca := testca.New(t)
 	a, b := start(t, ca), start(t, ca)
@@ -99,12 +101,17 @@ func TestTimestampToEventAcrossServers(t *testing.T) {
 			EventID string `json:"event_id"`
 		} `json:"event"`
 		Start string `json:"start"`
+		End   string `json:"end"`
 	}
 	if st := call(t, b, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/context/"+url.PathEscape(second)+"?limit=0", bob, nil, &ctx); st != 200 || ctx.Event.EventID != second || ctx.Start == "" {
 		t.Fatalf("B /context on the second message: %d %+v", st, ctx)
 	}
 	evs, _ := pageBack(t, b, bob, roomID, ctx.Start, 10)
-	if got := bodies(evs); !slices.Contains(got, "first") {
-		t.Fatalf("B /messages back from before the second message: %q, want the first message", got)
+	if got := bodies(evs); !slices.Equal(got, []string{"first"}) {
+		t.Fatalf("B /messages back from before the second message (/context's start): %q, want only the first message", got)
+	}
+	evs, _ = pageBack(t, b, bob, roomID, ctx.End, 10)
+	if got := bodies(evs); !slices.Equal(got, []string{"second", "first"}) {
+		t.Fatalf("B /messages back from after the second message (/context's end): %q, want the second and the first message", got)
 	}
 }
