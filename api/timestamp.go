@@ -59,7 +59,7 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request, sess *
 	}
 	v := s.roomsView()
 	te, at, found, err := v.EventAtTimestamp(roomID, ts, dir == "f", rooms.Pos{Offset: bound, Seq: rooms.PosEnd},
-		func(e *rooms.Event) (bool, error) { return vis.canSee(e), nil })
+		func(te rooms.TimelineEntry, e *rooms.Event) (bool, error) { return visibleEntry(vis, te, e), nil })
 	if err != nil {
 		return err
 	}
@@ -78,17 +78,28 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request, sess *
 			if err != nil {
 				s.logger.Warn().Err(err).Str("room_id", roomID).Msg("could not ask the room's other servers for the event at a timestamp; answering from this server's copy")
 			}
-			if ok && rid != id && (!found || dir == "f" && rts < at || dir == "b" && rts > at) {
-				held, err := s.backfillEvent(r.Context(), roomID, rid)
+			if ok && rid != id && (!found || closer(dir, ts, rts, at)) {
+				rts, held, err := s.backfillEvent(r.Context(), roomID, rid)
 				if err != nil {
 					return err
 				}
-				// An event that could not be fetched is still the
-				// answer: its ID is what the room's servers agree on.
-				if !held {
-					s.logger.Warn().Str("room_id", roomID).Str("event_id", rid).Msg("the event another server found at a timestamp could not be backfilled; /context on it fails until a /messages walk reaches it")
+				if held {
+					// Judged by the state at it, now that it is here.
+					if held, err = s.visibleNow(roomID, sess.UserID, rid); err != nil {
+						return err
+					}
 				}
-				id, at, found = rid, rts, true
+				// Only an event this server now holds, in this room and on
+				// the asked side of ts by its own origin_server_ts (not the
+				// other server's claim), replaces the local answer.
+				switch {
+				case !held:
+					s.logger.Warn().Str("room_id", roomID).Str("event_id", rid).Msg("the event another server found at a timestamp could not be backfilled, or the user may not see it; answering from this server's copy")
+				case dir == "f" && rts < ts, dir == "b" && rts > ts:
+					s.logger.Warn().Str("room_id", roomID).Str("event_id", rid).Int64("ts", ts).Int64("origin_server_ts", rts).Msg("another server named an event on the wrong side of the timestamp; answering from this server's copy")
+				case !found || closer(dir, ts, rts, at):
+					id, at, found = rid, rts, true
+				}
 			}
 		}
 	}
@@ -97,6 +108,37 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request, sess *
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"event_id": id, "origin_server_ts": at})
 	return nil
+}
+
+// visibleEntry is whether the reader may see the event of a timeline
+// entry: backfilled history is judged by the state at it.
+func visibleEntry(vis *visibility, te rooms.TimelineEntry, e *rooms.Event) bool {
+	if te.Seq > 0 {
+		return vis.canSeeHistorical(e)
+	}
+	return vis.canSee(e)
+}
+
+// visibleNow is whether userID may see the room's event eventID, with a
+// view that holds what a backfill just placed.
+func (s *Server) visibleNow(roomID, userID, eventID string) (bool, error) {
+	v := s.roomsView()
+	e, err := v.Event(eventID)
+	if err != nil || e == nil {
+		return false, err
+	}
+	vis, err := s.newVisibility(v, roomID, userID)
+	if err != nil {
+		return false, err
+	}
+	te, historical, err := historicalEntry(v, roomID, e)
+	if err != nil {
+		return false, err
+	}
+	if !historical {
+		te = rooms.TimelineEntry{Offset: e.Offset, EventID: e.EventID}
+	}
+	return visibleEntry(vis, te, e), nil
 }
 
 // otherServers are the servers other than this one with members joined.
@@ -151,32 +193,47 @@ func missingPrevs(v rooms.View, eventID string) ([]string, error) {
 
 // backfillEvent fills the gaps in the room's timeline, earliest first,
 // until eventID is placed in it or a fill places nothing; it reports
-// whether the event is held in the timeline.
-func (s *Server) backfillEvent(ctx context.Context, roomID, eventID string) (bool, error) {
-	ctx, cancel := context.WithTimeout(ctx, backfillTimeout)
+// whether the event is held in the room's timeline, and its
+// origin_server_ts.
+func (s *Server) backfillEvent(parent context.Context, roomID, eventID string) (int64, bool, error) {
+	ctx, cancel := context.WithTimeout(parent, backfillTimeout)
 	defer cancel()
-	inTimeline := func(v rooms.View) (bool, error) {
-		e, err := v.Event(eventID)
-		return e != nil && !e.Outlier, err
+	held := func() (int64, bool, error) {
+		e, err := s.roomsView().Event(eventID)
+		if err != nil || e == nil || e.Outlier || e.Rejected != "" || e.RoomID != roomID {
+			return 0, false, err
+		}
+		p, err := e.PDU()
+		if err != nil {
+			return 0, false, err
+		}
+		return p.OriginServerTS(), true, nil
 	}
 	for range 10 {
-		v := s.roomsView()
-		if ok, err := inTimeline(v); ok || err != nil {
-			return ok, err
+		if ts, ok, err := held(); ok || err != nil {
+			return ts, ok, err
 		}
-		gap, missing, err := s.firstGap(v, roomID)
+		gap, missing, err := s.firstGap(s.roomsView(), roomID)
 		if err != nil || missing == nil {
-			return false, err
+			return 0, false, err
 		}
 		n, err := s.roomFed.Backfill(ctx, roomID, gap, missing)
 		if err != nil || n == 0 {
-			if ctx.Err() != nil {
-				return false, ctx.Err()
-			}
-			return false, nil
+			// The reader went away: stop. Otherwise (no server had
+			// more, or the time ran out) the event is not held.
+			return 0, false, parent.Err()
 		}
 	}
-	return inTimeline(s.roomsView())
+	return held()
+}
+
+// closer reports whether an event at a is a better answer than one at b
+// for a search from ts in direction dir (both on the asked side).
+func closer(dir string, ts, a, b int64) bool {
+	if dir == "f" {
+		return a < b
+	}
+	return a > b
 }
 
 // firstGap is the earliest timeline entry whose event names prev_events

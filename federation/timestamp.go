@@ -41,7 +41,7 @@ func (s *Server) timestampToEvent(w http.ResponseWriter, r *http.Request, origin
 		return err
 	}
 	te, at, ok, err := v.EventAtTimestamp(roomID, ts, dir == "f", rooms.Pos{Offset: s.deps.Log.LastOffset(), Seq: rooms.PosEnd},
-		func(e *rooms.Event) (bool, error) { return eventVisibleTo(v, e.EventID, origin) })
+		func(_ rooms.TimelineEntry, e *rooms.Event) (bool, error) { return eventVisibleTo(v, e.EventID, origin) })
 	if err != nil {
 		return err
 	}

@@ -114,4 +114,45 @@ func TestTimestampToEventAcrossServers(t *testing.T) {
 	if got := bodies(evs); !slices.Equal(got, []string{"second", "first"}) {
 		t.Fatalf("B /messages back from after the second message (/context's end): %q, want the second and the first message", got)
 	}
+
+	// In a room whose history is shown to members only from their join,
+	// the messages before bob's join are found neither on B nor through
+	// A: forwards from the message's time, bob's own join is the answer.
+	var hidden struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"room_alias_name": "jumpjoined", "preset": "public_chat",
+		"initial_state": []any{map[string]any{"type": "m.room.history_visibility", "state_key": "", "content": map[string]any{"history_visibility": "joined"}}}}, &hidden); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	time.Sleep(5 * time.Millisecond)
+	_, secretTS := sendTextID(t, a, alice, hidden.RoomID, "before bob could see")
+	time.Sleep(5 * time.Millisecond)
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#jumpjoined:"+a.name), bob, map[string]any{}, nil); st != 200 {
+		t.Fatalf("join: %d", st)
+	}
+	eventually(t, "bob's join on B", func() bool {
+		return call(t, b, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(hidden.RoomID)+"/state/m.room.member/"+url.PathEscape("@bob:"+b.name), bob, nil, nil) == 200
+	})
+	if st, id := timestampToEvent(t, b, bob, hidden.RoomID, secretTS, "f"); st != 200 {
+		t.Fatalf("B, forwards from the hidden message's time: %d %s, want bob's join", st, id)
+	} else {
+		var ev struct {
+			Type     string `json:"type"`
+			StateKey string `json:"state_key"`
+		}
+		if st := call(t, b, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(hidden.RoomID)+"/event/"+url.PathEscape(id), bob, nil, &ev); st != 200 || ev.Type != "m.room.member" || ev.StateKey != "@bob:"+b.name {
+			t.Fatalf("B, forwards from the hidden message's time: %s, a %s (%d), want bob's join", id, ev.Type, st)
+		}
+	}
+	if st, id := timestampToEvent(t, b, bob, hidden.RoomID, secretTS, "b"); st == 200 {
+		var ev struct {
+			Type    string         `json:"type"`
+			Content map[string]any `json:"content"`
+		}
+		call(t, b, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(hidden.RoomID)+"/event/"+url.PathEscape(id), bob, nil, &ev)
+		if ev.Type == "m.room.message" {
+			t.Fatalf("B, backwards from the hidden message's time: %s, the message bob may not see", id)
+		}
+	}
 }

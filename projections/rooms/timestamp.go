@@ -9,8 +9,9 @@ import "encoding/json"
 // sender's claim and is not ordered along the timeline, so every entry up
 // to bound is read, backfilled history included. Ties keep the first
 // event in timeline order going forwards and the last going backwards.
-// visible says which events the asker may see; ok is false when none fits.
-func (v View) EventAtTimestamp(roomID string, ts int64, forward bool, bound Pos, visible func(*Event) (bool, error)) (best TimelineEntry, bestTS int64, ok bool, err error) {
+// visible says which events the asker may see (an entry with a Seq is
+// backfilled history); ok is false when none fits.
+func (v View) EventAtTimestamp(roomID string, ts int64, forward bool, bound Pos, visible func(TimelineEntry, *Event) (bool, error)) (best TimelineEntry, bestTS int64, ok bool, err error) {
 	const batch = 500
 	from := Pos{}
 	for {
@@ -27,7 +28,7 @@ func (v View) EventAtTimestamp(roomID string, ts int64, forward bool, bound Pos,
 			if e == nil || e.Rejected != "" {
 				continue
 			}
-			if see, err := visible(e); err != nil {
+			if see, err := visible(te, e); err != nil {
 				return best, 0, false, err
 			} else if !see {
 				continue
