@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"crypto/ed25519"
-	"crypto/rand"
 	"net/url"
 	"os/exec"
 	"slices"
@@ -12,7 +10,6 @@ import (
 
 	"github.com/engram-hs/engram/internal/testca"
 	"github.com/engram-hs/engram/internal/testserver"
-	"github.com/engram-hs/engram/stateres/signing"
 )
 
 // B keeps a copy of alice's (on A) device list, built from A's
@@ -63,13 +60,7 @@ func TestRemoteDeviceListCopyResyncsOnGap(t *testing.T) {
 			"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
 			t.Fatalf("login: %d", st)
 		}
-		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-		keys := signObj(t, aliceID, "ed25519:"+login.DeviceID, priv, map[string]any{"user_id": aliceID, "device_id": login.DeviceID,
-			"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
-			"keys":       map[string]any{"ed25519:" + login.DeviceID: signing.EncodeBase64(pub), "curve25519:" + login.DeviceID: "c"}})
-		if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
-			t.Fatalf("upload: %d", st)
-		}
+		uploadDeviceKeys(t, a, login.AccessToken, aliceID, login.DeviceID)
 		return login.DeviceID
 	}
 	type answer struct {
@@ -221,13 +212,7 @@ func TestAdminDeviceEditsReachOtherServers(t *testing.T) {
 		"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
 		t.Fatalf("login: %d", st)
 	}
-	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-	keys := signObj(t, aliceID, "ed25519:"+login.DeviceID, priv, map[string]any{"user_id": aliceID, "device_id": login.DeviceID,
-		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
-		"keys":       map[string]any{"ed25519:" + login.DeviceID: signing.EncodeBase64(pub), "curve25519:" + login.DeviceID: "c"}})
-	if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
-		t.Fatalf("upload: %d", st)
-	}
+	uploadDeviceKeys(t, a, login.AccessToken, aliceID, login.DeviceID)
 	heard("new device")
 
 	devicePath := "/_synapse/admin/v2/users/" + url.PathEscape(aliceID) + "/devices/" + url.PathEscape(login.DeviceID)

@@ -193,13 +193,7 @@ func TestDeviceListsAndToDeviceAcrossServers(t *testing.T) {
 		"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
 		t.Fatalf("login: %d", st)
 	}
-	keys := map[string]any{"user_id": aliceID, "device_id": login.DeviceID,
-		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
-		"keys":       map[string]any{"ed25519:" + login.DeviceID: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "curve25519:" + login.DeviceID: "c"},
-		"signatures": map[string]any{}}
-	if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
-		t.Fatalf("upload: %d", st)
-	}
+	uploadDeviceKeys(t, a, login.AccessToken, aliceID, login.DeviceID)
 	since := s0.NextBatch
 	changedFor := func(user string) bool {
 		var s struct {
@@ -297,6 +291,19 @@ func newCrossKeys(t *testing.T, user string) crossKeys {
 	return ck
 }
 
+// uploadDeviceKeys uploads device keys for userID's deviceID, signed
+// with a fresh ed25519 key of the device.
+func uploadDeviceKeys(t *testing.T, s server, token, userID, deviceID string) {
+	t.Helper()
+	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
+	keys := signObj(t, userID, "ed25519:"+deviceID, priv, map[string]any{"user_id": userID, "device_id": deviceID,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
+		"keys":       map[string]any{"ed25519:" + deviceID: signing.EncodeBase64(pub), "curve25519:" + deviceID: "c"}})
+	if st := call(t, s, "POST", "/_matrix/client/v3/keys/upload", token, map[string]any{"device_keys": keys}, nil); st != 200 {
+		t.Fatalf("upload: %d", st)
+	}
+}
+
 // signObj signs a JSON object as user's key keyID.
 func signObj(t *testing.T, user, keyID string, priv ed25519.PrivateKey, obj map[string]any) map[string]any {
 	t.Helper()
@@ -386,13 +393,7 @@ func TestDeviceNamesOverFederation(t *testing.T) {
 			"identifier": map[string]any{"type": "m.id.user", "user": user}, "password": "pw-" + user}, &login); st != 200 {
 			t.Fatalf("login: %d", st)
 		}
-		pub, priv, _ := ed25519.GenerateKey(rand.Reader)
-		keys := signObj(t, login.UserID, "ed25519:"+login.DeviceID, priv, map[string]any{"user_id": login.UserID, "device_id": login.DeviceID,
-			"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
-			"keys":       map[string]any{"ed25519:" + login.DeviceID: signing.EncodeBase64(pub), "curve25519:" + login.DeviceID: "c"}})
-		if st := call(t, s, "POST", "/_matrix/client/v3/keys/upload", login.AccessToken, map[string]any{"device_keys": keys}, nil); st != 200 {
-			t.Fatalf("upload: %d", st)
-		}
+		uploadDeviceKeys(t, s, login.AccessToken, login.UserID, login.DeviceID)
 		return login.AccessToken, login.UserID, login.DeviceID
 	}
 	alice, aliceID, aliceDev := device(a, "alice")
@@ -440,13 +441,7 @@ func TestJoinAnnouncesDevicesToTheRoomsServers(t *testing.T) {
 		DeviceID string `json:"device_id"`
 	}
 	call(t, a, "GET", "/_matrix/client/v3/account/whoami", alice, nil, &who)
-	keys := map[string]any{"user_id": aliceID, "device_id": who.DeviceID,
-		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2"},
-		"keys":       map[string]any{"ed25519:" + who.DeviceID: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "curve25519:" + who.DeviceID: "c"},
-		"signatures": map[string]any{}}
-	if st := call(t, a, "POST", "/_matrix/client/v3/keys/upload", alice, map[string]any{"device_keys": keys}, nil); st != 200 {
-		t.Fatalf("upload: %d", st)
-	}
+	uploadDeviceKeys(t, a, alice, aliceID, who.DeviceID)
 	var room struct {
 		RoomID string `json:"room_id"`
 	}
