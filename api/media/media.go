@@ -114,7 +114,9 @@ func matrixErr(err error) error {
 	case errors.Is(err, repomedia.ErrTooLarge):
 		return mxerr.New(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "The file is larger than this server's max_upload_size")
 	case errors.Is(err, repomedia.ErrQuota):
-		return mxerr.New(http.StatusForbidden, "M_FORBIDDEN", "Upload limit reached: you uploaded too much recently (media_upload_limits); try again later")
+		// Synapse answers 400 M_RESOURCE_LIMIT_EXCEEDED here (a plain
+		// error: no limit_type or admin_contact), so clients see the same.
+		return mxerr.New(http.StatusBadRequest, "M_RESOURCE_LIMIT_EXCEEDED", "Media upload limit exceeded (media_upload_limits): you uploaded too much recently; try again later")
 	case errors.Is(err, repomedia.ErrNotYetUploaded):
 		return mxerr.New(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
 	case errors.Is(err, repomedia.ErrOverwrite):

@@ -267,15 +267,23 @@ func testUploadLimits(t *testing.T, be option) {
 	})
 	alice, bob := ts.register("alice").AccessToken, ts.register("bob").AccessToken
 	ts.upload(alice, bytes.Repeat([]byte("a"), 60), "text/plain", "")
-	r := ts.do("POST", "/_matrix/media/v3/upload", alice, bytes.NewReader(bytes.Repeat([]byte("b"), 60)), "Content-Type", "text/plain")
-	if r.Status != 403 || r.errcode() != "M_FORBIDDEN" {
-		t.Errorf("an upload over alice's limit: %d %s", r.Status, r.Body)
+	// Synapse's answer: 400 M_RESOURCE_LIMIT_EXCEEDED.
+	overLimit := func(what string, r response) {
+		t.Helper()
+		if r.Status != 400 || r.errcode() != "M_RESOURCE_LIMIT_EXCEEDED" {
+			t.Errorf("%s: %d %s", what, r.Status, r.Body)
+		}
 	}
+	overLimit("an upload over alice's limit", ts.do("POST", "/_matrix/media/v3/upload", alice, bytes.NewReader(bytes.Repeat([]byte("b"), 60)), "Content-Type", "text/plain"))
 	// Streamed (no length declared), the limit is found while reading.
-	r = ts.do("POST", "/_matrix/media/v3/upload", alice, io_NoLen(bytes.Repeat([]byte("c"), 60)), "Content-Type", "text/plain")
-	if r.Status != 403 || r.errcode() != "M_FORBIDDEN" {
-		t.Errorf("a streamed upload over alice's limit: %d %s", r.Status, r.Body)
+	overLimit("a streamed upload over alice's limit", ts.do("POST", "/_matrix/media/v3/upload", alice, io_NoLen(bytes.Repeat([]byte("c"), 60)), "Content-Type", "text/plain"))
+	// The asynchronous upload to a created media ID meets the same limit.
+	r := ts.do("POST", "/_matrix/media/v1/create", alice, nil)
+	if r.Status != 200 {
+		t.Fatalf("create: %d %s", r.Status, r.Body)
 	}
+	id := strings.TrimPrefix(r.json(t)["content_uri"].(string), "mxc://"+serverName+"/")
+	overLimit("an asynchronous upload over alice's limit", ts.do("PUT", "/_matrix/media/v3/upload/"+serverName+"/"+id, alice, bytes.NewReader(bytes.Repeat([]byte("f"), 60)), "Content-Type", "text/plain"))
 	ts.upload(alice, bytes.Repeat([]byte("d"), 40), "text/plain", "") // exactly the rest
 	ts.upload(bob, bytes.Repeat([]byte("e"), 100), "text/plain", "")
 }
