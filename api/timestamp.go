@@ -13,8 +13,9 @@ import (
 // room_event_by_timestamp.yaml): the event closest to a timestamp in one
 // direction. dir=f finds the earliest event at or after ts, dir=b the
 // latest at or before it. origin_server_ts is the sender's claim and is
-// not ordered along the timeline, so the whole visible timeline is
-// considered, not just a prefix.
+// not ordered along the timeline, so the search seeks the rooms
+// projection's index by origin_server_ts (rooms.View.EventAtTimestamp)
+// and judges visibility only for the candidates nearest ts.
 //
 // This server's copy of a room it joined over federation starts at the
 // join: the history before it is a gap. When the answer here is none, or

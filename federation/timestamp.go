@@ -17,6 +17,9 @@ import (
 // a timestamp in one direction, among those this server holds, for a
 // server in the room. A server asks it when its own copy of the room has
 // a gap where the answer may lie (typically the history before it joined).
+// The search seeks the index by origin_server_ts and computes the asking
+// server's visibility only for the candidates nearest ts (stepping over
+// those it may not see), not for every event of the room.
 
 func (s *Server) timestampRoutes() {
 	if s.deps.Rooms == nil || s.deps.Log == nil || s.deps.Keys == nil {

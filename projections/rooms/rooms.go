@@ -37,6 +37,7 @@ const (
 	pStateHist  = 'h' // h room 0 type 0 stateKey 0 offset -> eventID (every state change)
 	pChanged    = 'C' // C room -> offset (8 bytes) of the room's newest timeline event
 	pUnfoldable = 'U' // U offset -> Unfoldable (a PDU entry this fold refused to fold)
+	pTimeTS     = 'o' // o room 0 origin_server_ts (8 bytes, sign flipped) offset [seq] -> eventID: the timeline by its events' timestamps (timestamp.go)
 	sep         = 0
 )
 
@@ -154,7 +155,10 @@ func (*Projection) Name() string { return "rooms" }
 //
 // Version 13: an outlier knock of a room not held here (a knock sent
 // through the room's server) is the knocker's membership.
-func (*Projection) Version() int { return 13 }
+//
+// Version 14: the timeline indexed by origin_server_ts (o records), so
+// timestamp_to_event seeks instead of reading the whole room.
+func (*Projection) Version() int { return 14 }
 
 // AfterCommit tells onCommit what the batch touched. It decodes only the
 // few fields it needs, so the fold pays nothing for it.
@@ -355,8 +359,14 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		if err := w.Set(placeKey(roomID, *f.Backfill), []byte(id)); err != nil {
 			return err
 		}
+		if err := w.Set(tsKey(roomID, ev.OriginServerTS(), placeKey(roomID, *f.Backfill)), []byte(id)); err != nil {
+			return err
+		}
 	} else if inDAG {
 		if err := w.Set(offsetKey(pTimeline, roomID, e.Offset), []byte(id)); err != nil {
+			return err
+		}
+		if err := w.Set(tsKey(roomID, ev.OriginServerTS(), offsetKey(pTimeline, roomID, e.Offset)), []byte(id)); err != nil {
 			return err
 		}
 		b.changed(roomID, e.Offset)

@@ -22,7 +22,7 @@ import (
 // testDAG builds a room's events by hand, on any branch: each event is
 // built on the state the test gives it, so forks are explicit.
 type testDAG struct {
-	t      *testing.T
+	t      testing.TB
 	v      *stateres.RoomVersion
 	key    ed25519.PrivateKey
 	roomID string
@@ -30,7 +30,7 @@ type testDAG struct {
 	events map[string]stateres.PDU
 }
 
-func newTestDAG(t *testing.T, version string) *testDAG {
+func newTestDAG(t testing.TB, version string) *testDAG {
 	v, ok := stateres.Version(version)
 	if !ok {
 		t.Fatalf("unknown room version %s", version)
@@ -71,7 +71,7 @@ func (d *testDAG) build(state rooms.StateMap, prevs []stateres.PDU, typ, sender 
 
 func sk(s string) *string { return &s }
 
-func pduProposal(t *testing.T, ev stateres.PDU, mod func(*facts.PDU)) englog.Proposal {
+func pduProposal(t testing.TB, ev stateres.PDU, mod func(*facts.PDU)) englog.Proposal {
 	f := facts.PDU{RoomVersion: ev.Version().ID, Event: ev.JSON(), EventID: ev.EventID()}
 	if mod != nil {
 		mod(&f)
