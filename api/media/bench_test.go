@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/engram-hs/engram/api"
+	"github.com/engram-hs/engram/bench/report"
 	"github.com/engram-hs/engram/internal/tests3"
 	"github.com/engram-hs/engram/media"
 )
@@ -75,7 +76,8 @@ func BenchmarkUploadDownload(b *testing.B) {
 		mb := float64(size) / (1 << 20)
 		line, _ := json.Marshal(map[string]any{"bench": "media_upload_download", "size_mib": 64,
 			"raw_write_mb_s": mb / rawW, "raw_read_mb_s": mb / rawR, "upload_mb_s": mb / upW, "download_mb_s": mb / dlR,
-			"upload_vs_raw_write": rawW / upW, "download_vs_raw_read": rawR / dlR})
+			"upload_vs_raw_write": rawW / upW, "download_vs_raw_read": rawR / dlR,
+			"commit": report.CurrentEnv().Commit, "loadavg": report.LoadAverage()})
 		fmt.Fprintln(os.Stderr, string(line))
 		ts.stop()
 	}

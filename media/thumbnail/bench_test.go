@@ -9,6 +9,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/engram-hs/engram/bench/report"
 )
 
 // BenchmarkThumbnail: thumbnails per second of a 1600x1200 photo-sized
@@ -38,7 +40,7 @@ func BenchmarkThumbnail(b *testing.B) {
 			}
 			el := time.Since(start).Seconds()
 			line, _ := json.Marshal(map[string]any{"bench": "thumbnail", "case": c.name, "source": "1600x1200",
-				"n": b.N, "thumbnails_per_s": float64(b.N) / el})
+				"n": b.N, "thumbnails_per_s": float64(b.N) / el, "commit": report.CurrentEnv().Commit, "loadavg": report.LoadAverage()})
 			fmt.Fprintln(os.Stderr, string(line))
 		})
 	}
