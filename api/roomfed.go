@@ -81,6 +81,13 @@ func joinServers(r *http.Request, roomID string, fromAlias []string) []string {
 	return out
 }
 
+// namesServers reports whether the client named servers to join
+// through (via, or the deprecated server_name).
+func namesServers(r *http.Request) bool {
+	q := r.URL.Query()
+	return len(q["via"]) > 0 || len(q["server_name"]) > 0
+}
+
 // leftRoom reports whether this server holds the room but none of its
 // users is joined any more: its copy of the room stopped at the last
 // leave, so a join goes through a server still in the room (make_join),

@@ -553,8 +553,16 @@ func (s *Server) ownMembershipVia(w http.ResponseWriter, r *http.Request, sess *
 		if err != nil {
 			return err
 		}
+		named := len(servers) > 0 || namesServers(r)
 		servers = append(servers, s.inviterServers(sess.UserID, roomID)...)
-		servers = append(servers, s.residentServers(roomID)...)
+		if !named {
+			// The servers of this server's stale copy only when neither
+			// the client nor an alias names any: the client's list is
+			// what it asked to join through (a restricted join through
+			// a server that cannot authorise it fails, rather than
+			// going elsewhere).
+			servers = append(servers, s.residentServers(roomID)...)
+		}
 		var extra map[string]any
 		_ = json.Unmarshal(content, &extra)
 		if err := s.joinRemote(r, sess, roomID, servers, extra); err != nil {
