@@ -93,6 +93,11 @@ func (s *Server) formatClientEvent(v rooms.View, rec *rooms.Event, sess *session
 			var pp map[string]json.RawMessage
 			if json.Unmarshal(prev.JSON, &pp) == nil && pp["content"] != nil {
 				unsigned["prev_content"] = pp["content"]
+				// Who set the replaced state (Synapse's prev_sender):
+				// clients show "invited by" on the join that follows.
+				if pp["sender"] != nil {
+					unsigned["prev_sender"] = pp["sender"]
+				}
 			}
 		}
 	}

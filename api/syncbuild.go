@@ -162,6 +162,20 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			if err != nil {
 				return nil, false, nil, err
 			}
+			if since == 0 || m.Offset > since {
+				// A leave of a room this server does not hold (an invite
+				// rejected through the inviter's server, or rescinded
+				// there) is in no timeline here: it is the left room's
+				// timeline, so the client sees the room left.
+				if e, err := rv.Event(m.EventID); err != nil {
+					return nil, false, nil, err
+				} else if e != nil && e.Outlier {
+					if tl, ok := lr["timeline"].(map[string]any); ok {
+						evs, _ := tl["events"].([]map[string]any)
+						tl["events"] = append(evs, s.clientEvent(rv, e, sess, false))
+					}
+				}
+			}
 			delete(lr, "ephemeral")
 			delete(lr, "unread_notifications")
 			delete(lr, "unread_thread_notifications")

@@ -142,6 +142,12 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 				continue
 			}
 		}
+		if id, handled, err := s.outOfBandLeave(r.Context(), raw); err != nil {
+			return err
+		} else if handled {
+			results[id] = map[string]any{}
+			continue
+		}
 		allowed = append(allowed, raw)
 	}
 	verdicts, err := s.receiver().Transaction(r.Context(), origin, allowed)
@@ -179,6 +185,61 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 	s.txns.put(key, resp)
 	writeJSON(w, http.StatusOK, resp)
 	return nil
+}
+
+// outOfBandLeave records a leave (or ban) of a local user invited to a
+// room this server does not hold, sent by the inviter: the invite
+// rescinded. The room's
+// servers send it here because it is about our user, but the receiver
+// drops events of rooms not held; like the invite before it, the leave
+// is checked as far as it can be without the room (signatures, content
+// hash) and recorded as an outlier, so the user's membership becomes
+// leave and /sync shows the room left. handled is false for any other
+// PDU, which goes to the receiver.
+func (s *Server) outOfBandLeave(ctx context.Context, raw json.RawMessage) (eventID string, handled bool, err error) {
+	var head struct {
+		RoomID   string  `json:"room_id"`
+		Type     string  `json:"type"`
+		StateKey *string `json:"state_key"`
+	}
+	if json.Unmarshal(raw, &head) != nil || head.Type != stateres.MRoomMember || head.StateKey == nil || domainOf(*head.StateKey) != s.cfg.ServerName {
+		return "", false, nil
+	}
+	v := s.view()
+	if room, err := v.Room(head.RoomID); err != nil || room != nil {
+		return "", false, err
+	}
+	m, err := v.Membership(*head.StateKey, head.RoomID)
+	if err != nil || m == nil || m.Membership != "invite" {
+		return "", false, err
+	}
+	prev, err := v.Event(m.EventID)
+	if err != nil || prev == nil {
+		return "", false, err
+	}
+	version, ok := stateres.Version(prev.Version)
+	if !ok {
+		return "", false, nil
+	}
+	ev, err := stateres.ParseEvent(version, raw)
+	if err != nil {
+		return "", false, nil
+	}
+	if ms := membershipOf(ev.JSON()); ms != "leave" && ms != "ban" {
+		return "", false, nil
+	}
+	if invite, err := prev.PDU(); err != nil || invite.Sender() != ev.Sender() {
+		// Only the inviter rescinds out of band: this server cannot
+		// check anyone else's power in a room it does not hold.
+		return "", false, nil
+	}
+	if s.deps.Keys.VerifyEvent(ctx, ev) != nil || ev.CheckContentHash() != nil {
+		return "", false, nil // the receiver answers it (dropped: room not held)
+	}
+	if _, err := s.deps.Rooms.Receive(ctx, []facts.PDU{{RoomVersion: version.ID, Event: ev.JSON(), EventID: ev.EventID(), Outlier: true}}); err != nil {
+		return "", false, err
+	}
+	return ev.EventID(), true, nil
 }
 
 // eventIDOf is the event ID of a raw PDU of a known room ("" when it does
