@@ -85,7 +85,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			continue
 		}
 		if m.Membership == "leave" || m.Membership == "ban" {
-			if !((since != 0 && m.Offset > since) || (f.Room.IncludeLeave && (since == 0 || fullState))) {
+			if !((since != 0 && m.Offset > since) || ((since == 0 || fullState) && (f.Room.IncludeLeave || s.removedByOther(rv, sess.UserID, m)))) {
 				continue // the client knows it left, and did not ask for left rooms
 			}
 			// Only a left room can be forgotten (joining, knocking or an
@@ -249,6 +249,18 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 	}
 	maps.Copy(resp, e2ee) // device_lists, device_one_time_keys_count, device_unused_fallback_key_types
 	return resp, empty, joinedRooms, nil
+}
+
+// removedByOther reports whether a leave or ban membership was someone
+// else's doing (a kick or a ban): a full sync shows such rooms even
+// without include_leave, as Synapse does, so a client that missed the
+// moment still learns why the room went away.
+func (s *Server) removedByOther(rv rooms.View, userID string, m rooms.Membership) bool {
+	if m.Membership == "ban" {
+		return true
+	}
+	e, err := rv.Event(m.EventID)
+	return err == nil && e != nil && headOf(e).Sender != userID
 }
 
 // roomChangedSince reports whether anything of a joined room a sync

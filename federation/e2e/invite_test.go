@@ -168,3 +168,70 @@ func TestInvitesRescindedRejectedAndJoinedAcrossServers(t *testing.T) {
 		t.Fatalf("bob's join on B: found %v, unsigned %+v, want prev_content.membership invite and prev_sender %s", found, ev.Unsigned, aliceID)
 	}
 }
+
+// A user of A banned from a room of B, and one kicked from it: a full
+// /sync on A without include_leave still shows each room under leave
+// with the ban or kick in its timeline (as Synapse does), so a client
+// that starts after it learns why the room went away. A room the user
+// left by themselves stays out of it.
+func TestFullSyncShowsRoomsBannedOrKickedFrom(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID := "@alice:" + a.name
+	rooms := map[string]string{}
+	for _, how := range []string{"ban", "kick", "leave"} {
+		var room struct {
+			RoomID string `json:"room_id"`
+		}
+		if st := call(t, b, "POST", "/_matrix/client/v3/createRoom", bob, map[string]any{"preset": "public_chat"}, &room); st != 200 {
+			t.Fatalf("createRoom: %d", st)
+		}
+		if st := call(t, a, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID)+"?server_name="+url.QueryEscape(b.name), alice, map[string]any{}, nil); st != 200 {
+			t.Fatalf("alice joins: %d", st)
+		}
+		if how == "leave" {
+			if st := call(t, a, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/leave", alice, map[string]any{}, nil); st != 200 {
+				t.Fatalf("alice leaves: %d", st)
+			}
+		} else if st := call(t, b, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/"+how, bob, map[string]any{"user_id": aliceID}, nil); st != 200 {
+			t.Fatalf("bob %ss alice: %d", how, st)
+		}
+		rooms[how] = room.RoomID
+	}
+	want := map[string]string{"ban": "@bob:" + b.name + " ban", "kick": "@bob:" + b.name + " leave"}
+	eventually(t, "alice's full /sync to show the ban and the kick", func() bool {
+		var out struct {
+			Rooms struct {
+				Leave map[string]struct {
+					Timeline struct {
+						Events []struct {
+							Type     string         `json:"type"`
+							StateKey string         `json:"state_key"`
+							Sender   string         `json:"sender"`
+							Content  map[string]any `json:"content"`
+						} `json:"events"`
+					} `json:"timeline"`
+				} `json:"leave"`
+			} `json:"rooms"`
+		}
+		if st := call(t, a, "GET", "/_matrix/client/v3/sync", alice, nil, &out); st != 200 {
+			t.Fatalf("sync: %d", st)
+		}
+		if _, ok := out.Rooms.Leave[rooms["leave"]]; ok {
+			t.Fatal("a full /sync without include_leave shows a room alice left by herself")
+		}
+		for how, w := range want {
+			found := false
+			for _, e := range out.Rooms.Leave[rooms[how]].Timeline.Events {
+				m, _ := e.Content["membership"].(string)
+				found = found || (e.Type == "m.room.member" && e.StateKey == aliceID && e.Sender+" "+m == w)
+			}
+			if !found {
+				return false
+			}
+		}
+		return true
+	})
+}
