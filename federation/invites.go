@@ -141,10 +141,35 @@ func (s *Server) receiveInvite(r *http.Request, origin, roomVersion string, raw 
 		if _, err := s.deps.Rooms.Receive(r.Context(), []facts.PDU{{RoomVersion: version.ID, Event: stored, EventID: signed.EventID(), Outlier: true}}); err != nil {
 			return nil, err
 		}
+	} else if resident, err := s.resident(roomID); err != nil {
+		return nil, err
+	} else if !resident {
+		// Held from before all our users left (a banned user unbanned,
+		// say): the inviting server sends the invite in no transaction,
+		// as we have no joined member, so it is received here, checked
+		// against our copy as any PDU (its prev events are usually
+		// held: the room's servers send us what concerns our users).
+		if _, err := s.receiver().Room(r.Context(), origin, roomID, []json.RawMessage{stored}); err != nil {
+			return nil, err
+		}
 	}
 	// In a room held here, the invite arrives with the room's events
 	// (the inviting server sends it in a transaction next).
 	return signed, nil
+}
+
+// resident reports whether a user of this server is joined to the room.
+func (s *Server) resident(roomID string) (bool, error) {
+	joined, err := s.view().MemberIDs(roomID, "join")
+	if err != nil {
+		return false, err
+	}
+	for _, u := range joined {
+		if domainOf(u) == s.cfg.ServerName {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Invite asks the invitee's server to sign an invite this server built

@@ -235,3 +235,42 @@ func TestFullSyncShowsRoomsBannedOrKickedFrom(t *testing.T) {
 		return true
 	})
 }
+
+// A user of A banned from a room of B (so A, with no joined user left,
+// holds a copy it is no longer sent the room's events for), unbanned and
+// invited again: A records the invite against its copy, alice's /sync
+// shows it, and she joins through B.
+func TestInviteAfterUnbanAcrossServers(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID := "@alice:" + a.name
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, b, "POST", "/_matrix/client/v3/createRoom", bob, map[string]any{"preset": "public_chat"}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	roomPath := "/_matrix/client/v3/rooms/" + url.PathEscape(room.RoomID)
+	if st := call(t, a, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID)+"?server_name="+url.QueryEscape(b.name), alice, map[string]any{}, nil); st != 200 {
+		t.Fatalf("alice joins: %d", st)
+	}
+	for _, how := range []string{"ban", "unban"} {
+		if st := call(t, b, "POST", roomPath+"/"+how, bob, map[string]any{"user_id": aliceID}, nil); st != 200 {
+			t.Fatalf("bob %ss alice: %d", how, st)
+		}
+	}
+	eventually(t, "A to hold the unban", func() bool {
+		got := leftTimeline(t, a, alice, room.RoomID, aliceID)
+		return len(got) > 0 && got[len(got)-1] == "@bob:"+b.name+" leave"
+	})
+	if st := call(t, b, "POST", roomPath+"/invite", bob, map[string]any{"user_id": aliceID}, nil); st != 200 {
+		t.Fatalf("bob invites alice: %d", st)
+	}
+	eventually(t, "alice's /sync on A to show the invite", func() bool { return invited(t, a, alice, room.RoomID) })
+	if st := call(t, a, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room.RoomID)+"?server_name="+url.QueryEscape(b.name), alice, map[string]any{}, nil); st != 200 {
+		t.Fatalf("alice accepts the invite: %d\nA's log:\n%s", st, a.Logs())
+	}
+	eventually(t, "B to show alice joined", func() bool { return joined(t, b, bob, room.RoomID, aliceID) })
+}
