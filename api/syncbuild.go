@@ -85,7 +85,15 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 			continue
 		}
 		if m.Membership == "leave" || m.Membership == "ban" {
-			if !((since != 0 && m.Offset > since) || ((since == 0 || fullState) && (f.Room.IncludeLeave || s.removedByOther(rv, sess.UserID, m)))) {
+			show := since != 0 && m.Offset > since
+			if !show && (since == 0 || fullState) {
+				if show = f.Room.IncludeLeave; !show {
+					if show, err = s.removedByOther(rv, sess.UserID, m); err != nil {
+						return nil, false, nil, err
+					}
+				}
+			}
+			if !show {
 				continue // the client knows it left, and did not ask for left rooms
 			}
 			// Only a left room can be forgotten (joining, knocking or an
@@ -255,12 +263,15 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 // else's doing (a kick or a ban): a full sync shows such rooms even
 // without include_leave, as Synapse does, so a client that missed the
 // moment still learns why the room went away.
-func (s *Server) removedByOther(rv rooms.View, userID string, m rooms.Membership) bool {
+func (s *Server) removedByOther(rv rooms.View, userID string, m rooms.Membership) (bool, error) {
 	if m.Membership == "ban" {
-		return true
+		return true, nil
 	}
 	e, err := rv.Event(m.EventID)
-	return err == nil && e != nil && headOf(e).Sender != userID
+	if err != nil {
+		return false, err
+	}
+	return e != nil && headOf(e).Sender != userID, nil
 }
 
 // roomChangedSince reports whether anything of a joined room a sync

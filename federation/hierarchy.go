@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/url"
-	"strings"
 
 	"github.com/engram-hs/engram/projections/rooms"
 )
@@ -35,18 +34,7 @@ func serverMayView(v rooms.View, sum *rooms.RoomSummary, origin string) (bool, e
 	if sum.Peekable() {
 		return true, nil
 	}
-	in := func(roomID string) (bool, error) {
-		ids, err := v.MemberIDs(roomID, "join")
-		if err != nil {
-			return false, err
-		}
-		for _, id := range ids {
-			if strings.HasSuffix(id, ":"+origin) {
-				return true, nil
-			}
-		}
-		return false, nil
-	}
+	in := func(roomID string) (bool, error) { return v.HasJoinedMember(roomID, origin) }
 	if ok, err := in(sum.RoomID); err != nil || ok {
 		return ok, err
 	}

@@ -141,7 +141,7 @@ func (s *Server) receiveInvite(r *http.Request, origin, roomVersion string, raw 
 		if _, err := s.deps.Rooms.Receive(r.Context(), []facts.PDU{{RoomVersion: version.ID, Event: stored, EventID: signed.EventID(), Outlier: true}}); err != nil {
 			return nil, err
 		}
-	} else if resident, err := s.resident(roomID); err != nil {
+	} else if resident, err := s.view().HasJoinedMember(roomID, s.cfg.ServerName); err != nil {
 		return nil, err
 	} else if !resident {
 		// Held from before all our users left (a banned user unbanned,
@@ -156,20 +156,6 @@ func (s *Server) receiveInvite(r *http.Request, origin, roomVersion string, raw 
 	// In a room held here, the invite arrives with the room's events
 	// (the inviting server sends it in a transaction next).
 	return signed, nil
-}
-
-// resident reports whether a user of this server is joined to the room.
-func (s *Server) resident(roomID string) (bool, error) {
-	joined, err := s.view().MemberIDs(roomID, "join")
-	if err != nil {
-		return false, err
-	}
-	for _, u := range joined {
-		if domainOf(u) == s.cfg.ServerName {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // Invite asks the invitee's server to sign an invite this server built

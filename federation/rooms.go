@@ -130,9 +130,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 	// PDUs of rooms whose server ACL bans origin are refused one by one.
 	var allowed []json.RawMessage
 	for _, raw := range txn.PDUs {
-		var head struct {
-			RoomID string `json:"room_id"`
-		}
+		var head pduHead
 		_ = json.Unmarshal(raw, &head)
 		if head.RoomID != "" {
 			if err := s.CheckServerACL(r, head.RoomID, origin); err != nil {
@@ -142,7 +140,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 				continue
 			}
 		}
-		if id, handled, err := s.outOfBandLeave(r.Context(), raw); err != nil {
+		if id, handled, err := s.outOfBandLeave(r.Context(), raw, head); err != nil {
 			return err
 		} else if handled {
 			results[id] = map[string]any{}
@@ -187,6 +185,14 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 	return nil
 }
 
+// pduHead is what send reads of each received PDU before the receiver
+// parses it in full (decoded once per PDU).
+type pduHead struct {
+	RoomID   string  `json:"room_id"`
+	Type     string  `json:"type"`
+	StateKey *string `json:"state_key"`
+}
+
 // outOfBandLeave records a leave (or ban) of a local user invited to a
 // room this server does not hold, sent by the inviter: the invite
 // rescinded. The room's
@@ -196,13 +202,8 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, origin string) err
 // hash) and recorded as an outlier, so the user's membership becomes
 // leave and /sync shows the room left. handled is false for any other
 // PDU, which goes to the receiver.
-func (s *Server) outOfBandLeave(ctx context.Context, raw json.RawMessage) (eventID string, handled bool, err error) {
-	var head struct {
-		RoomID   string  `json:"room_id"`
-		Type     string  `json:"type"`
-		StateKey *string `json:"state_key"`
-	}
-	if json.Unmarshal(raw, &head) != nil || head.Type != stateres.MRoomMember || head.StateKey == nil || domainOf(*head.StateKey) != s.cfg.ServerName {
+func (s *Server) outOfBandLeave(ctx context.Context, raw json.RawMessage, head pduHead) (eventID string, handled bool, err error) {
+	if head.Type != stateres.MRoomMember || head.StateKey == nil || domainOf(*head.StateKey) != s.cfg.ServerName {
 		return "", false, nil
 	}
 	v := s.view()
@@ -403,14 +404,8 @@ func domainOf(id string) string {
 // inRoom reports whether origin may read the room: one of its users is
 // joined to it now, or the room is world-readable.
 func (s *Server) inRoom(v rooms.View, roomID, origin string) (bool, error) {
-	joined, err := v.MemberIDs(roomID, "join")
-	if err != nil {
-		return false, err
-	}
-	for _, u := range joined {
-		if domainOf(u) == origin {
-			return true, nil
-		}
+	if joined, err := v.HasJoinedMember(roomID, origin); err != nil || joined {
+		return joined, err
 	}
 	hv, err := v.StateEvent(roomID, stateres.MRoomHistoryVisibility, "")
 	if err != nil || hv == nil {

@@ -132,6 +132,11 @@ func TestJoinedServers(t *testing.T) {
 		if skipped, err := v.JoinedServers(room, "bench.localhost"); err != nil || len(skipped) != 0 {
 			t.Fatalf("JoinedServers(%s) skipping the only server = %v, %v", room, skipped, err)
 		}
+		for _, server := range []string{"bench.localhost", "localhost", "other.example"} {
+			if got, err := v.HasJoinedMember(room, server); err != nil || got != slices.Contains(want, server) {
+				t.Fatalf("HasJoinedMember(%s, %s) = %v, %v; the joined members' servers are %v", room, server, got, err, want)
+			}
+		}
 	}
 	if withMembers == 0 {
 		t.Fatal("no room with joined members in the generated log")

@@ -87,6 +87,33 @@ func (v View) MemberIDs(roomID string, memberships ...string) ([]string, error) 
 	return out, nil
 }
 
+// HasJoinedMember reports whether a user of server is joined to the
+// room. Only that server's users' memberships are read, up to the first
+// joined one.
+func (v View) HasJoinedMember(roomID, server string) (bool, error) {
+	lower := append(projections.Key(pState, roomID, stateres.MRoomMember), sep)
+	it := v.r.Iter(lower, projections.PrefixEnd(lower))
+	var users []string
+	for ok := it.First(); ok; ok = it.Next() {
+		if u := string(it.Key()[len(lower):]); strings.HasSuffix(u, ":"+server) && strings.IndexByte(u, ':') == len(u)-len(server)-1 {
+			users = append(users, u)
+		}
+	}
+	if err := it.Close(); err != nil {
+		return false, err
+	}
+	for _, u := range users {
+		m, err := v.Membership(u, roomID)
+		if err != nil {
+			return false, err
+		}
+		if m != nil && m.Membership == "join" {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // JoinedServers lists the servers other than skip with a joined member
 // in the room, in no order. A server's membership is read only until one
 // of its users is found joined, and skip's users are never read: for a
