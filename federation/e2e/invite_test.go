@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"net/url"
+	"slices"
 	"testing"
 
 	"github.com/engram-hs/engram/internal/testca"
@@ -11,6 +12,14 @@ import (
 // leftTimeline is the membership events for userID in the timeline of
 // roomID under rooms.leave of token's /sync on s (with left rooms).
 func leftTimeline(t *testing.T, s server, token, roomID, userID string) []string {
+	t.Helper()
+	return leftMemberships(t, s, token, userID, true)[roomID]
+}
+
+// leftMemberships maps every room under rooms.leave of token's full /sync
+// on s (include_leave as given) to its timeline's membership events for
+// userID, each as "sender membership".
+func leftMemberships(t *testing.T, s server, token, userID string, includeLeave bool) map[string][]string {
 	t.Helper()
 	var out struct {
 		Rooms struct {
@@ -26,15 +35,18 @@ func leftTimeline(t *testing.T, s server, token, roomID, userID string) []string
 			} `json:"leave"`
 		} `json:"rooms"`
 	}
-	filter, _ := json.Marshal(map[string]any{"room": map[string]any{"include_leave": true}})
+	filter, _ := json.Marshal(map[string]any{"room": map[string]any{"include_leave": includeLeave}})
 	if st := call(t, s, "GET", "/_matrix/client/v3/sync?filter="+url.QueryEscape(string(filter)), token, nil, &out); st != 200 {
 		t.Fatalf("sync: %d", st)
 	}
-	var got []string
-	for _, e := range out.Rooms.Leave[roomID].Timeline.Events {
-		if e.Type == "m.room.member" && e.StateKey == userID {
-			m, _ := e.Content["membership"].(string)
-			got = append(got, e.Sender+" "+m)
+	got := map[string][]string{}
+	for roomID, r := range out.Rooms.Leave {
+		got[roomID] = nil
+		for _, e := range r.Timeline.Events {
+			if e.Type == "m.room.member" && e.StateKey == userID {
+				m, _ := e.Content["membership"].(string)
+				got[roomID] = append(got[roomID], e.Sender+" "+m)
+			}
 		}
 	}
 	return got
@@ -202,33 +214,12 @@ func TestFullSyncShowsRoomsBannedOrKickedFrom(t *testing.T) {
 	}
 	want := map[string]string{"ban": "@bob:" + b.name + " ban", "kick": "@bob:" + b.name + " leave"}
 	eventually(t, "alice's full /sync to show the ban and the kick", func() bool {
-		var out struct {
-			Rooms struct {
-				Leave map[string]struct {
-					Timeline struct {
-						Events []struct {
-							Type     string         `json:"type"`
-							StateKey string         `json:"state_key"`
-							Sender   string         `json:"sender"`
-							Content  map[string]any `json:"content"`
-						} `json:"events"`
-					} `json:"timeline"`
-				} `json:"leave"`
-			} `json:"rooms"`
-		}
-		if st := call(t, a, "GET", "/_matrix/client/v3/sync", alice, nil, &out); st != 200 {
-			t.Fatalf("sync: %d", st)
-		}
-		if _, ok := out.Rooms.Leave[rooms["leave"]]; ok {
+		left := leftMemberships(t, a, alice, aliceID, false)
+		if _, ok := left[rooms["leave"]]; ok {
 			t.Fatal("a full /sync without include_leave shows a room alice left by herself")
 		}
 		for how, w := range want {
-			found := false
-			for _, e := range out.Rooms.Leave[rooms[how]].Timeline.Events {
-				m, _ := e.Content["membership"].(string)
-				found = found || (e.Type == "m.room.member" && e.StateKey == aliceID && e.Sender+" "+m == w)
-			}
-			if !found {
+			if !slices.Contains(left[rooms[how]], w) {
 				return false
 			}
 		}

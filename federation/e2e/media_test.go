@@ -12,6 +12,7 @@ import (
 	"image/png"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,6 +38,43 @@ func get(t *testing.T, s server, path, token string) (int, []byte, http.Header) 
 	return resp.StatusCode, b, resp.Header
 }
 
+// gradientPNG is a w x h PNG whose pixels all differ (so thumbnails of
+// it are not trivially small), with the given blue.
+func gradientPNG(w, h int, blue uint8) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	for y := 0; y < h; y++ {
+		for x := 0; x < w; x++ {
+			img.Set(x, y, color.RGBA{uint8(x), uint8(y), blue, 255})
+		}
+	}
+	var buf bytes.Buffer
+	_ = png.Encode(&buf, img)
+	return buf.Bytes()
+}
+
+// uploadPNG uploads content as name to s for token's user and returns its
+// mxc URI's server and media ID, which must be s's.
+func uploadPNG(t *testing.T, s server, token, name string, content []byte) (mxcServer, mediaID string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.URL+"/_matrix/media/v3/upload?filename="+url.QueryEscape(name), bytes.NewReader(content))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "image/png")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var up struct {
+		URI string `json:"content_uri"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&up)
+	resp.Body.Close()
+	mxcServer, mediaID, _ = strings.Cut(strings.TrimPrefix(up.URI, "mxc://"), "/")
+	if err != nil || resp.StatusCode != 200 || !strings.HasPrefix(up.URI, "mxc://") || mxcServer != s.name || mediaID == "" {
+		t.Fatalf("upload: %d %q %v", resp.StatusCode, up.URI, err)
+	}
+	return mxcServer, mediaID
+}
+
 // A second server serves a remote image and its thumbnail to its own
 // users: fetched once over the federation media endpoint (multipart),
 // cached (it keeps serving with the origin gone), thumbnailed locally.
@@ -46,34 +84,8 @@ func TestRemoteMediaBetweenTwoServers(t *testing.T) {
 	alice := register(t, a, "alice")
 	bob := register(t, b, "bob")
 
-	img := image.NewRGBA(image.Rect(0, 0, 640, 480))
-	for y := 0; y < 480; y++ {
-		for x := 0; x < 640; x++ {
-			img.Set(x, y, color.RGBA{uint8(x), uint8(y), 128, 255})
-		}
-	}
-	var buf bytes.Buffer
-	_ = png.Encode(&buf, img)
-	content := buf.Bytes()
-	req, _ := http.NewRequest("POST", a.URL+"/_matrix/media/v3/upload?filename=photo.png", bytes.NewReader(content))
-	req.Header.Set("Authorization", "Bearer "+alice)
-	req.Header.Set("Content-Type", "image/png")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	uri := string(raw)
-	i := strings.Index(uri, "mxc://")
-	if resp.StatusCode != 200 || i < 0 {
-		t.Fatalf("upload: %d %s", resp.StatusCode, raw)
-	}
-	mxc := strings.TrimSuffix(strings.TrimSuffix(uri[i+len("mxc://"):], "}"), `"`)
-	server, id, _ := strings.Cut(mxc, "/")
-	if server != a.name {
-		t.Fatalf("mxc %q", mxc)
-	}
+	content := gradientPNG(640, 480, 128)
+	server, id := uploadPNG(t, a, alice, "photo.png", content)
 
 	st, body, h := get(t, b, "/_matrix/client/v1/media/download/"+server+"/"+id, bob)
 	if st != 200 || !bytes.Equal(body, content) {
@@ -137,31 +149,8 @@ func TestRemoteMediaStoredInS3(t *testing.T) {
 	alice := register(t, a, "alice")
 	bob := register(t, b, "bob")
 
-	img := image.NewRGBA(image.Rect(0, 0, 320, 240))
-	for y := 0; y < 240; y++ {
-		for x := 0; x < 320; x++ {
-			img.Set(x, y, color.RGBA{uint8(x), uint8(y), 64, 255})
-		}
-	}
-	var buf bytes.Buffer
-	_ = png.Encode(&buf, img)
-	content := buf.Bytes()
-	req, _ := http.NewRequest("POST", a.URL+"/_matrix/media/v3/upload?filename=s3.png", bytes.NewReader(content))
-	req.Header.Set("Authorization", "Bearer "+alice)
-	req.Header.Set("Content-Type", "image/png")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var up struct {
-		URI string `json:"content_uri"`
-	}
-	err = json.NewDecoder(resp.Body).Decode(&up)
-	resp.Body.Close()
-	server, id, _ := strings.Cut(strings.TrimPrefix(up.URI, "mxc://"), "/")
-	if err != nil || resp.StatusCode != 200 || server != a.name || id == "" {
-		t.Fatalf("upload: %d %q %v", resp.StatusCode, up.URI, err)
-	}
+	content := gradientPNG(320, 240, 64)
+	server, id := uploadPNG(t, a, alice, "s3.png", content)
 	dl := "/_matrix/client/v1/media/download/" + server + "/" + id
 
 	st, body, h := get(t, b, dl, bob)
