@@ -26,6 +26,10 @@ const (
 	pPending = 'p' // p eventID -> roomID: a redaction seen before the event
 	pThread  = 't' // t roomID 0x00 latest offset(BE) 0x00 rootID -> nil: threads by activity
 	pRoot    = 'T' // T rootID -> Thread (JSON)
+	// h parentID -> number of children (uint64 BE), absent when none:
+	// HasChildren is a point read (bloom-filtered when absent, the common
+	// case) where a scan of the c prefix costs an iterator per event.
+	pHas = 'h'
 )
 
 const sep = 0
@@ -70,7 +74,9 @@ type Projection struct{}
 func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "relations" }
-func (*Projection) Version() int { return 1 }
+
+// Version 2: the h keys (children counts).
+func (*Projection) Version() int { return 2 }
 
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
@@ -160,6 +166,9 @@ func add(w projections.Writer, ev stateres.PDU, off uint64) error {
 	if err := projections.PutJSON(w, projections.Key(pRel, id), relation{Parent: rel.EventID, RelType: rel.RelType, Room: ev.RoomID(), Offset: off}); err != nil {
 		return err
 	}
+	if err := countChildren(w, rel.EventID, +1); err != nil {
+		return err
+	}
 	if rel.RelType == RelThread {
 		return updateThread(w, ev.RoomID(), rel.EventID)
 	}
@@ -220,8 +229,34 @@ func redact(w projections.Writer, target, room string) error {
 	if err := w.Delete(rk); err != nil {
 		return err
 	}
+	if err := countChildren(w, rel.Parent, -1); err != nil {
+		return err
+	}
 	if rel.RelType == RelThread {
 		return updateThread(w, room, rel.Parent)
 	}
 	return nil
+}
+
+// countChildren adds delta to parent's children count, deleting the key
+// at zero so that "no children" is an absent key.
+func countChildren(w projections.Writer, parent string, delta int) error {
+	k := projections.Key(pHas, parent)
+	raw, ok, err := w.Get(k)
+	if err != nil {
+		return err
+	}
+	var n uint64
+	if ok && len(raw) == 8 {
+		n = binary.BigEndian.Uint64(raw)
+	}
+	switch {
+	case delta > 0:
+		n += uint64(delta)
+	case n > uint64(-delta):
+		n -= uint64(-delta)
+	default:
+		return w.Delete(k)
+	}
+	return w.Set(k, binary.BigEndian.AppendUint64(nil, n))
 }

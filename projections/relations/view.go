@@ -39,12 +39,11 @@ func sortByOffset(cs []Child) {
 }
 
 // HasChildren reports whether any event relates to parent (a cheap test
-// before building bundled aggregations).
+// before building bundled aggregations): one point read of the children
+// count, which most events lack.
 func (v View) HasChildren(parent string) (bool, error) {
-	prefix := append(projections.Key(pChild, parent), sep)
-	it := v.r.Iter(prefix, projections.PrefixEnd(prefix))
-	ok := it.First()
-	return ok, it.Close()
+	_, ok, err := v.r.Get(projections.Key(pHas, parent))
+	return ok, err
 }
 
 // Thread returns a thread root's summary, or nil.
