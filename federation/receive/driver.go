@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 
 	"github.com/engram-hs/engram/federation/keys"
@@ -151,6 +152,19 @@ func (r *Receiver) Room(ctx context.Context, origin, roomID string, pdus []json.
 		if err := run.prepare(ctx, c, true); err != nil {
 			return nil, err
 		}
+		// A pushed event still cut off from the room's history after
+		// get_missing_events is not taken in, and its gap is not bridged
+		// with state_ids (only the oldest events get_missing_events
+		// brought are, in prepare): were it accepted, it could become the
+		// room's only forward extremity, and the origin's word alone
+		// would then be the room's state. It is not recorded either, so
+		// it is taken in once it arrives with its predecessors (Synapse
+		// answers such a PDU the same way).
+		if gap := run.missingPrevs(c.ev); len(gap) > 0 && c.ev.Type() != stateres.MRoomCreate {
+			verdicts[i] = Verdict{EventID: c.ev.EventID(), Dropped: true,
+				Reason: fmt.Sprintf("prev events %s could not be fetched from %s", strings.Join(gap, ", "), origin)}
+			continue
+		}
 		verdicts[i] = d.decide(c)
 	}
 	if len(d.entries) > 0 {
@@ -229,16 +243,20 @@ func (u *run) fetch(ctx context.Context, id string) (*candidate, error) {
 
 // prepare makes sure the core can decide on c: its auth events (and
 // theirs) are decided, and the state after each of its prev events is
-// known, fetching from the origin what is missing. A fetch that fails
-// leaves the data missing; the core then rejects the event for it.
-func (u *run) prepare(ctx context.Context, c *candidate, fetchMissing bool) error {
+// known, fetching from the origin what is missing. A pushed event
+// (pushed: a transaction's) gets its missing predecessors with
+// get_missing_events; the events that brings, and a backfill's, get the
+// state after theirs with state_ids. A fetch that fails leaves the data
+// missing; the core then rejects the event for it (the caller drops a
+// pushed one instead).
+func (u *run) prepare(ctx context.Context, c *candidate, pushed bool) error {
 	if c.outlier || c.ev.Type() == stateres.MRoomCreate {
 		return u.ensureAuth(ctx, c.ev)
 	}
 	// Missing predecessors first: an auth event that is also one of them
 	// must enter the DAG, not be fetched as an outlier.
 	missing := u.missingPrevs(c.ev)
-	if len(missing) > 0 && fetchMissing {
+	if len(missing) > 0 && pushed {
 		raws, err := u.r.Peer.MissingEvents(ctx, u.origin, u.d.roomID, u.d.extremities, []string{c.ev.EventID()}, missingEventsLimit)
 		if err == nil {
 			var got []*candidate
@@ -261,6 +279,9 @@ func (u *run) prepare(ctx context.Context, c *candidate, fetchMissing bool) erro
 			}
 		}
 		missing = u.missingPrevs(c.ev)
+	}
+	if len(missing) > 0 && pushed {
+		return nil // the caller drops it: see Room
 	}
 	if err := u.ensureAuth(ctx, c.ev); err != nil {
 		return err

@@ -43,6 +43,8 @@ import (
 //	resolve names...               state resolution run directly over the states after them
 //	verify                         a rebuild of the projection equals the live fold
 //	hide names...                  get_missing_events no longer returns these
+//	unhide names...                it returns them again
+//	requests                       the get_missing_events and state_ids requests made since the last requests
 //
 // An event line is: name type sender state_key content [prev=a,b]
 // [auth=a,b] [forge=sig|hash] [pad=N]. state_key "-" means none, "" an
@@ -77,6 +79,7 @@ type harness struct {
 	after   map[string]rooms.StateMap  // the state after each event, as the origin sees it
 	before  map[string]rooms.StateMap
 	hidden  map[string]bool
+	asked   []string // get_missing_events and state_ids requests, for "requests"
 	last    string
 	entries []facts.PDU // recorded by the last receive
 }
@@ -133,6 +136,18 @@ func (h *harness) run(t *testing.T, d *datadriven.TestData) string {
 			h.hidden[h.id(t, n)] = true
 		}
 		return "ok"
+	case "unhide":
+		for _, n := range strings.Fields(d.Input) {
+			delete(h.hidden, h.id(t, n))
+		}
+		return "ok"
+	case "requests":
+		out := strings.Join(h.asked, "\n")
+		h.asked = nil
+		if out == "" {
+			return "none"
+		}
+		return out
 	case "receive":
 		origin := "b.test"
 		d.MaybeScanArgs(t, "from", &origin)
@@ -373,6 +388,7 @@ func (p *fakePeer) Event(_ context.Context, _ string, id string) (json.RawMessag
 // MissingEvents walks back from latest through prev_events, not past
 // earliest, as the spec describes; oldest first.
 func (p *fakePeer) MissingEvents(_ context.Context, _, _ string, earliest, latest []string, limit int) ([]json.RawMessage, error) {
+	p.h.asked = append(p.h.asked, "get_missing_events latest="+p.names(latest))
 	stop := map[string]bool{}
 	for _, e := range earliest {
 		stop[e] = true
@@ -407,7 +423,16 @@ func (p *fakePeer) MissingEvents(_ context.Context, _, _ string, earliest, lates
 	return raws, nil
 }
 
+func (p *fakePeer) names(ids []string) string {
+	var ns []string
+	for _, id := range ids {
+		ns = append(ns, p.h.name(id))
+	}
+	return strings.Join(ns, ",")
+}
+
 func (p *fakePeer) StateIDs(_ context.Context, _, _, eventID string) ([]string, []string, error) {
+	p.h.asked = append(p.h.asked, "state_ids at="+p.h.name(eventID))
 	st, ok := p.h.before[eventID]
 	if !ok {
 		return nil, nil, errHidden
