@@ -5,8 +5,10 @@ package api
 // long-poll) is in sync.go.
 
 import (
+	"cmp"
 	"encoding/json"
 	"maps"
+	"math"
 	"slices"
 	"time"
 
@@ -312,6 +314,15 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if err != nil {
 		return nil, false, err
 	}
+	// A room new to the client gets its latest events by depth, as
+	// Synapse picks them: where the DAG forked, an event that arrived last
+	// may sit lower in it than those before it.
+	var skipped []*rooms.Event
+	if roomSince == 0 && limit > 0 && !depthOrdered(evs) {
+		if evs, skipped, err = s.latestByDepth(v, roomID, upper, limit, tf, vis); err != nil {
+			return nil, false, err
+		}
+	}
 	limited := len(evs) > limit
 	if limited {
 		evs = evs[:limit]
@@ -333,8 +344,8 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	}
 	slices.Reverse(evs)
 	timelineStart := upper + 1
-	if len(evs) > 0 {
-		timelineStart = evs[0].Offset
+	for _, e := range evs { // the first, unless latestByDepth ordered them
+		timelineStart = min(timelineStart, e.Offset)
 	}
 	prevPos := timelineStart - 1
 	if roomSince == 0 && !limited {
@@ -389,6 +400,9 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		var at []*rooms.Event
 		if whole || limited || opts.useStateAfter {
 			at, err = s.stateBefore(v, roomID, stateAt, opts.uncached)
+			if err == nil && len(skipped) > 0 && !opts.useStateAfter {
+				at, err = s.withSkippedState(v, roomID, at, skipped, timelineStart, upper, opts.uncached)
+			}
 		} else {
 			at, err = s.membersAt(v, roomID, slices.Sorted(maps.Keys(senders)), stateAt) // lazy only: the senders suffice
 		}
@@ -502,6 +516,106 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		out["unread_thread_notifications"] = threads
 	}
 	return out, changed, nil
+}
+
+// depthOrdered says whether evs (newest first) are also in descending
+// depth: then the latest events by depth are the latest that arrived.
+func depthOrdered(evs []*rooms.Event) bool {
+	low := int64(math.MaxInt64)
+	for _, e := range evs {
+		p, err := e.PDU()
+		if err != nil {
+			return true // the caller's reads report it
+		}
+		if p.Depth() > low {
+			return false
+		}
+		low = min(low, p.Depth())
+	}
+	return true
+}
+
+// depthWindow is how many of a room's latest events latestByDepth
+// orders by depth, beyond the timeline's limit.
+const depthWindow = 50
+
+// latestByDepth reads the room's last limit+depthWindow+1 events the
+// filter lets through (up to upper) and returns them ordered by depth,
+// then arrival, newest first (more than limit: the timeline is limited),
+// and the state events among them that arrived later than the oldest
+// of the first limit but rank below them (the state section carries
+// those: no timeline shows them).
+func (s *Server) latestByDepth(v rooms.View, roomID string, upper uint64, limit int, tf *roomEventFilter, vis *visibility) ([]*rooms.Event, []*rooms.Event, error) {
+	evs, _, _, err := s.page(v, roomID, upper, false, limit+depthWindow+1, 0, tf, vis)
+	if err != nil {
+		return nil, nil, err
+	}
+	depth := func(e *rooms.Event) int64 {
+		p, _ := e.PDU() // depthOrdered read every one of them already
+		if p == nil {
+			return 0
+		}
+		return p.Depth()
+	}
+	slices.SortStableFunc(evs, func(a, b *rooms.Event) int {
+		if c := cmp.Compare(depth(b), depth(a)); c != 0 {
+			return c
+		}
+		return cmp.Compare(b.Offset, a.Offset)
+	})
+	if len(evs) <= limit {
+		return evs, nil, nil
+	}
+	oldest := evs[0].Offset
+	for _, e := range evs[1:limit] {
+		oldest = min(oldest, e.Offset)
+	}
+	var skipped []*rooms.Event
+	for _, e := range evs[limit:] {
+		if e.Offset > oldest && headOf(e).StateKey != nil {
+			skipped = append(skipped, e)
+		}
+	}
+	return evs, skipped, nil
+}
+
+// withSkippedState adds to the state at the timeline's start (at) the
+// skipped state events (latestByDepth) that are still the room's
+// current state at upper, in place of what at has for their type and
+// state key.
+func (s *Server) withSkippedState(v rooms.View, roomID string, at, skipped []*rooms.Event, timelineStart, upper uint64, uncached bool) ([]*rooms.Event, error) {
+	cur, err := s.stateBefore(v, roomID, upper+1, uncached)
+	if err != nil {
+		return nil, err
+	}
+	current := make(map[string]bool, len(cur))
+	for _, e := range cur {
+		current[e.EventID] = true
+	}
+	type key struct{ typ, sk string }
+	add := map[key]*rooms.Event{}
+	for _, e := range skipped {
+		if h := headOf(e); current[e.EventID] && e.Offset >= timelineStart {
+			add[key{h.Type, *h.StateKey}] = e
+		}
+	}
+	if len(add) == 0 {
+		return at, nil
+	}
+	out := make([]*rooms.Event, 0, len(at)+len(add))
+	for _, e := range at {
+		h := headOf(e)
+		if h.StateKey != nil && add[key{h.Type, *h.StateKey}] != nil {
+			continue
+		}
+		out = append(out, e)
+	}
+	for _, e := range skipped {
+		if h := headOf(e); add[key{h.Type, *h.StateKey}] == e {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 // timelineGap finds the newest gap in a sync timeline (evs, newest
