@@ -7,7 +7,9 @@
 //  4. auth against the event's own auth_events;
 //  5. auth against the state before the event, which needs its
 //     prev_events: missing ones are fetched with get_missing_events,
-//     and when a gap remains, the state at them with state_ids;
+//     and when a gap remains before the oldest events that brought (or
+//     a backfill's), the state at them with state_ids; a pushed event
+//     that get_missing_events leaves cut off is dropped;
 //  6. soft-fail against the room's current state.
 //
 // Decide, then record: every verdict (accepted, rejected with its reason,
