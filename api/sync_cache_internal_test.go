@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 	"golang.org/x/crypto/bcrypt"
@@ -376,5 +377,93 @@ func TestClockHorizonAfterSkippedOffsets(t *testing.T) {
 	ts.s.syncCache.clock.Read(func(v synccache.View) { covered = v.Covers(last) })
 	if !covered {
 		t.Fatal("the clock does not cover the tokens after the skipped batch")
+	}
+}
+
+// A sync that waited for a build slot builds up to what was folded
+// meanwhile: with every slot taken, alice's sync (a message already
+// waiting for it) reads its position and queues; a second message is
+// committed and folded; once the slots free up, the one response carries
+// both messages rather than the first alone (the second would have woken
+// another sync at once).
+func TestSyncBuildTakesWhatWasFoldedWhileWaiting(t *testing.T) {
+	ts := startSyncTestServer(t)
+	alice := ts.register("alice")
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/createRoom", alice.token, map[string]any{"preset": "private_chat"}, &room)
+	var first struct {
+		NextBatch string `json:"next_batch"`
+	}
+	ts.call("GET", "/_matrix/client/v3/sync?set_presence=offline", alice.token, nil, &first)
+	send := func(n int) {
+		ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t%d", room.RoomID, n), alice.token, map[string]any{"msgtype": "m.text", "body": fmt.Sprint("message ", n)}, nil)
+	}
+	slots := cap(ts.s.syncCache.builds)
+	for range slots {
+		ts.s.syncCache.builds <- struct{}{}
+	}
+	freed := false
+	free := func() {
+		if !freed {
+			freed = true
+			for range slots {
+				<-ts.s.syncCache.builds
+			}
+		}
+	}
+	defer free()
+	send(1)
+	done := make(chan *httptest.ResponseRecorder)
+	go func() {
+		req := httptest.NewRequest("GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=10000&since="+url.QueryEscape(first.NextBatch), nil)
+		req.Header.Set("Authorization", "Bearer "+alice.token)
+		rec := httptest.NewRecorder()
+		ts.s.Handler().ServeHTTP(rec, req)
+		done <- rec
+	}()
+	// The sync registers its wake-up right before reading its position,
+	// then waits for the projections (caught up) and for a slot.
+	for registered := false; !registered; time.Sleep(5 * time.Millisecond) {
+		ts.s.notifier.mu.Lock()
+		registered = len(ts.s.notifier.byUser[alice.sess.UserID]) > 0
+		ts.s.notifier.mu.Unlock()
+	}
+	time.Sleep(100 * time.Millisecond)
+	send(2)
+	pos := ts.node.LastOffset()
+	for _, h := range append(ts.s.syncHandles(), ts.s.notificationsH) {
+		if err := h.WaitApplied(context.Background(), pos); err != nil {
+			t.Fatal(err)
+		}
+	}
+	free()
+	rec := <-done
+	if rec.Code != http.StatusOK {
+		t.Fatalf("sync: %d %s", rec.Code, rec.Body)
+	}
+	var resp struct {
+		Rooms struct {
+			Join map[string]struct {
+				Timeline struct {
+					Events []struct {
+						Content struct {
+							Body string `json:"body"`
+						} `json:"content"`
+					} `json:"events"`
+				} `json:"timeline"`
+			} `json:"join"`
+		} `json:"rooms"`
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), &resp); err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	for _, e := range resp.Rooms.Join[room.RoomID].Timeline.Events {
+		bodies = append(bodies, e.Content.Body)
+	}
+	if !slices.Equal(bodies, []string{"message 1", "message 2"}) {
+		t.Errorf("timeline of the sync that waited for a slot = %q, want both messages", bodies)
 	}
 }
