@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/blevesearch/bleve/v2"
+	"github.com/blevesearch/bleve/v2/search"
 	"github.com/blevesearch/bleve/v2/search/query"
 
 	"github.com/engram-hs/engram/projections"
@@ -109,42 +110,57 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 	if len(keys) == 0 {
 		keys = TextFields
 	}
-	must := make([]query.Query, 0, len(terms)+4)
-	for _, t := range terms {
-		alts := make([]query.Query, 0, len(keys))
-		for _, k := range keys {
-			tq := bleve.NewTermQuery(t)
-			tq.SetField(k)
-			alts = append(alts, tq)
-		}
-		must = append(must, bleve.NewDisjunctionQuery(alts...))
-	}
-	must = append(must, anyOf(fieldRoom, q.Rooms))
+	var filters, not []query.Query
 	if len(q.Senders) > 0 {
-		must = append(must, anyOf(fieldSender, q.Senders))
+		filters = append(filters, anyOf(fieldSender, q.Senders))
 	}
 	if len(q.Types) > 0 {
-		must = append(must, anyOf(fieldType, q.Types))
+		filters = append(filters, anyOf(fieldType, q.Types))
 	}
-	bq := bleve.NewBooleanQuery()
-	bq.AddMust(must...)
 	if len(q.NotSenders) > 0 {
-		bq.AddMustNot(anyOf(fieldSender, q.NotSenders))
+		not = append(not, anyOf(fieldSender, q.NotSenders))
 	}
 	if len(q.NotTypes) > 0 {
-		bq.AddMustNot(anyOf(fieldType, q.NotTypes))
+		not = append(not, anyOf(fieldType, q.NotTypes))
+	}
+	// roomsQuery matches the events of the rooms with these codes whose
+	// text holds every term, within the filter's senders and types.
+	roomsQuery := func(codes [][]byte) query.Query {
+		all := make([]query.Query, 0, len(terms))
+		for _, t := range terms {
+			alts := make([]query.Query, 0, len(keys))
+			for _, k := range keys {
+				alts = append(alts, newRoomTermQuery(t, k, codes))
+			}
+			if len(alts) == 1 {
+				all = append(all, alts[0])
+			} else {
+				all = append(all, bleve.NewDisjunctionQuery(alts...))
+			}
+		}
+		if len(filters) == 0 && len(not) == 0 {
+			if len(all) == 1 {
+				return all[0]
+			}
+			return bleve.NewConjunctionQuery(all...)
+		}
+		bq := bleve.NewBooleanQuery()
+		bq.AddMust(append(all, filters...)...)
+		bq.AddMustNot(not...)
+		return bq
 	}
 
 	limit := q.Limit
 	if limit <= 0 {
 		limit = 10
 	}
-	req := bleve.NewSearchRequestOptions(bq, limit, 0, false)
-	req.Fields = []string{fieldRoom, fieldEventID}
+	req := bleve.NewSearchRequestOptions(roomsQuery(roomCodes(q.Rooms)), limit, 0, false)
 	if q.Recent {
-		req.SortBy([]string{"-_id"})
+		// Newest first needs no score: bleve then skips scoring.
+		req.Sort = search.SortOrder{&sortRecent{desc: true}}
+		req.Score = bleve.ScoreNone
 	} else {
-		req.SortBy([]string{"-_score", "-_id"})
+		req.Sort = search.SortOrder{&search.SortScore{Desc: true}, &sortRecent{desc: true}}
 	}
 	if q.Next != "" {
 		kind, val, ok := strings.Cut(q.Next, ":")
@@ -161,37 +177,56 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 			return nil, ErrBadToken
 		}
 	}
-	if q.WithRoomCounts {
-		req.AddFacet("rooms", bleve.NewFacetRequest(fieldRoom, len(q.Rooms)))
-	}
 
 	// The index is read under the lock that keeps Apply (which may reopen
 	// it) out.
 	s.p.mu.RLock()
+	defer s.p.mu.RUnlock()
 	sr, err := s.p.idx.SearchInContext(ctx, req)
-	s.p.mu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("search: %w", err)
 	}
 	res.Total = sr.Total
+	if q.WithRoomCounts {
+		// A count per room: each reads that room's runs of postings only.
+		res.RoomCounts = map[string]int{}
+		for _, room := range q.Rooms {
+			if _, done := res.RoomCounts[room]; done {
+				continue
+			}
+			cr := bleve.NewSearchRequestOptions(roomsQuery(roomCodes([]string{room})), 0, 0, false)
+			cr.Score = bleve.ScoreNone
+			c, err := s.p.idx.SearchInContext(ctx, cr)
+			if err != nil {
+				return nil, fmt.Errorf("search: %w", err)
+			}
+			if c.Total > 0 {
+				res.RoomCounts[room] = int(c.Total)
+			}
+		}
+	}
+	// What each hit is: a row of this projection, not bleve's stored
+	// fields.
+	r, release := s.h.Snapshot()
+	defer release()
 	for _, h := range sr.Hits {
-		room, _ := h.Fields[fieldRoom].(string)
-		ev, _ := h.Fields[fieldEventID].(string)
-		res.Hits = append(res.Hits, Hit{EventID: ev, RoomID: room, Offset: OffsetOf(h.ID), Rank: h.Score})
+		v, ok, err := r.Get(projections.Key(pHit, h.ID))
+		if err != nil {
+			return nil, err
+		}
+		if !ok {
+			continue // redacted since bleve's read (a newer snapshot)
+		}
+		room, ev, _ := cut(v)
+		res.Hits = append(res.Hits, Hit{EventID: ev, RoomID: room, Offset: offsetOf(h.ID), Rank: h.Score})
 	}
 	// A full page has a next_batch (the next one may be empty), as clients
 	// expect from Synapse.
 	if len(sr.Hits) == limit {
 		if q.Recent {
-			res.Next = "r:" + sr.Hits[len(sr.Hits)-1].ID
+			res.Next = "r:" + offsetPart(sr.Hits[len(sr.Hits)-1].ID)
 		} else {
 			res.Next = "k:" + strconv.Itoa(req.From+limit)
-		}
-	}
-	if f := sr.Facets["rooms"]; f != nil && f.Terms != nil {
-		res.RoomCounts = map[string]int{}
-		for _, t := range f.Terms.Terms() {
-			res.RoomCounts[t.Term] = t.Count
 		}
 	}
 	return res, nil

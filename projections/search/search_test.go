@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"slices"
 	"strings"
 	"testing"
@@ -341,4 +342,93 @@ func roomOf(t *testing.T, entries []englog.Entry) string {
 	}
 	t.Fatal("the generated log has no message")
 	return ""
+}
+
+// TestSearchOverSomeRooms searches a subset of a log's rooms (every other
+// one, so that the runs read are apart in the index) for one word and for
+// two (each room's postings of both words intersected), in both orders and
+// across pages, and checks the hits and the counts per room against the
+// log.
+func TestSearchOverSomeRooms(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := generate.Run(ctx, dir, generate.Options{Seed: 7, Users: 40, Rooms: 9, Events: 2500, Logger: zerolog.Nop()}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := englog.Open(englog.Config{Dir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	entries, err := l.Read(1, int(l.LastOffset()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, s := openEngine(t, l, l.DB())
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Handles()[0].WaitApplied(ctx, l.LastOffset()); err != nil {
+		t.Fatal(err)
+	}
+	for _, term := range []string{"coffee", "the", "the a", "matrix room"} {
+		var want map[string]string
+		var rooms []string
+		for i, w := range strings.Fields(term) {
+			hits, rs := expected(t, entries, w)
+			if i == 0 {
+				want, rooms = hits, rs
+				continue
+			}
+			for id := range want {
+				if _, ok := hits[id]; !ok {
+					delete(want, id)
+				}
+			}
+		}
+		var some []string
+		for i, r := range rooms {
+			if i%2 == 1 {
+				some = append(some, r)
+			}
+		}
+		counts := map[string]int{}
+		for id, r := range want {
+			if !slices.Contains(some, r) {
+				delete(want, id)
+				continue
+			}
+			counts[r]++
+		}
+		if len(want) == 0 {
+			t.Fatalf("%q: no hits in the chosen rooms: pick other words", term)
+		}
+		for _, recent := range []bool{true, false} {
+			got := searchAll(t, s, search.Query{Term: term, Rooms: some, Recent: recent, Limit: 9})
+			if len(got) != len(want) {
+				t.Errorf("%q (recent=%v): %d hits, want %d", term, recent, len(got), len(want))
+			}
+			for id, room := range want {
+				if got[id] != room {
+					t.Errorf("%q (recent=%v): %s (room %s) not found", term, recent, id, room)
+					break
+				}
+			}
+			res, err := s.Search(ctx, search.Query{Term: term, Rooms: some, Recent: recent, Limit: 5, WithRoomCounts: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if int(res.Total) != len(want) {
+				t.Errorf("%q (recent=%v): total %d, want %d", term, recent, res.Total, len(want))
+			}
+			if !maps.Equal(res.RoomCounts, counts) {
+				t.Errorf("%q (recent=%v): counts per room %v, want %v", term, recent, res.RoomCounts, counts)
+			}
+			for i := 1; recent && i < len(res.Hits); i++ {
+				if res.Hits[i].Offset >= res.Hits[i-1].Offset {
+					t.Errorf("%q: recent hits out of order: %d then %d", term, res.Hits[i-1].Offset, res.Hits[i].Offset)
+				}
+			}
+		}
+	}
 }
