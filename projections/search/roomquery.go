@@ -41,7 +41,11 @@ func (q *roomTermQuery) Searcher(ctx context.Context, i index.IndexReader, _ map
 	if err != nil {
 		return nil, err
 	}
-	return &roomSearcher{Searcher: s, codes: q.codes}, nil
+	rs := &roomSearcher{Searcher: s, codes: q.codes}
+	if s.Count() == 0 {
+		rs.room = len(rs.codes) // no document holds the term: no seek per room
+	}
+	return rs, nil
 }
 
 // roomSearcher restricts a term searcher to the runs of some rooms.
