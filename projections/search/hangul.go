@@ -18,7 +18,16 @@ type hangulFilter struct{}
 func isHangul(r rune) bool { return unicode.Is(unicode.Hangul, r) }
 
 func (hangulFilter) Filter(input analysis.TokenStream) analysis.TokenStream {
-	out := make(analysis.TokenStream, 0, len(input))
+	i := 0
+	for i < len(input) && (input[i].Type != analysis.AlphaNumeric || !containsHangul(input[i].Term)) {
+		i++
+	}
+	if i == len(input) {
+		return input // no Hangul: most text, left as it is without a copy
+	}
+	out := make(analysis.TokenStream, 0, len(input)+1)
+	out = append(out, input[:i]...)
+	input = input[i:]
 	for _, tok := range input {
 		if tok.Type != analysis.AlphaNumeric || !containsHangul(tok.Term) {
 			out = append(out, tok)
