@@ -162,8 +162,10 @@ func New(onCommit func(Touched)) *Projection { return &Projection{onCommit: onCo
 func (*Projection) Name() string { return "e2ee" }
 
 // Version 3: remote users' device lists are kept (received device-list
-// EDUs and resyncs folded into a copy).
-func (*Projection) Version() int { return 3 }
+// EDUs and resyncs folded into a copy). Version 4: a resync that leaves
+// the copy as it was, or an update the copy already holds, does not put
+// the user in device_lists.changed.
+func (*Projection) Version() int { return 4 }
 
 // AfterCommit reports the users whose device lists the batch changed.
 // It decodes only user IDs; no state is read.

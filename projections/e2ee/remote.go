@@ -1,6 +1,7 @@
 package e2ee
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 
@@ -142,7 +143,27 @@ func applyResync(w projections.Writer, e englog.Entry, f facts.RemoteDevicesResy
 	if err := projections.PutJSON(w, remoteKey(f.UserID), l); err != nil {
 		return err
 	}
+	if old != nil && !old.Stale && sameList(*old, l) {
+		return nil // nothing local users could have seen differs
+	}
 	return markChanged(w, f.UserID, e.Offset)
+}
+
+// sameList reports whether two copies hold the same devices, keys, names
+// and cross-signing keys. A resync that leaves the copy as it was is no
+// news for local users (a server announcing its user's devices when the
+// user joins a room makes this server fetch the list it already holds).
+func sameList(a, b RemoteList) bool {
+	if len(a.Devices) != len(b.Devices) || !bytes.Equal(a.Master, b.Master) || !bytes.Equal(a.SelfSigning, b.SelfSigning) {
+		return false
+	}
+	for id, d := range a.Devices {
+		o, ok := b.Devices[id]
+		if !ok || o.DisplayName != d.DisplayName || !bytes.Equal(o.Keys, d.Keys) {
+			return false
+		}
+	}
+	return true
 }
 
 // applyRemoteEDU folds a received m.device_list_update or
@@ -153,12 +174,16 @@ func applyRemoteEDU(w projections.Writer, e englog.Entry, eduType string, conten
 	if err != nil {
 		return err
 	}
+	news := true
 	if l != nil {
 		switch eduType {
 		case EDUDeviceListUpdate:
 			u, ok := ParseDeviceListUpdate(content)
 			switch {
 			case !ok || u.StreamID <= l.StreamID:
+				// Already applied (a retried transaction, or an update
+				// the resync recorded just before it already held).
+				news = ok && l.Stale
 			case l.Stale || !u.Follows(l.StreamID):
 				l.Stale = true
 				l.StreamID = u.StreamID
@@ -196,6 +221,9 @@ func applyRemoteEDU(w projections.Writer, e englog.Entry, eduType string, conten
 		if err := projections.PutJSON(w, remoteKey(user), l); err != nil {
 			return err
 		}
+	}
+	if !news {
+		return nil
 	}
 	return markChanged(w, user, e.Offset)
 }
