@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -406,5 +408,192 @@ func TestCrossSigning(t *testing.T) {
 	}
 	if len(q["user_signing_keys"].(map[string]any)) != 0 {
 		t.Fatalf("alice's user-signing key shown to bob: %v", q["user_signing_keys"])
+	}
+}
+
+// TestE2EEBadInput: each malformed, unsigned, misdirected or oversized
+// request to the key and backup endpoints gets the spec's error, and
+// leaves every key as it was: what bob's /keys/query shows of alice, her
+// devices' one-time key counts and fallback key, bob's /keys/changes
+// (nothing of alice changed) and both of alice's backup versions.
+// Then the claim bound's edge, and racing claims of a device's last key.
+func TestE2EEBadInput(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	alice2 := ts.login("alice")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	ad, ad2 := newE2EEDevice(t, alice), newE2EEDevice(t, alice2)
+	const keysPath, backupPath = "/_matrix/client/v3/keys/", "/_matrix/client/v3/room_keys/"
+	mustOK := func(what string, code int, body map[string]any) {
+		t.Helper()
+		if code != 200 {
+			t.Fatalf("%s: %d %v", what, code, body)
+		}
+	}
+	code, body := ts.do("POST", keysPath+"upload", alice.AccessToken, map[string]any{"device_keys": ad.deviceKeys(t), "one_time_keys": ad.otks(t, "a", 3),
+		"fallback_keys": map[string]any{"signed_curve25519:fb": ad.sign(t, map[string]any{"key": "fallback", "fallback": true})}})
+	mustOK("alice's upload", code, body)
+	code, body = ts.do("POST", keysPath+"upload", alice2.AccessToken, map[string]any{"device_keys": ad2.deviceKeys(t), "one_time_keys": ad2.otks(t, "b", 2)})
+	mustOK("alice's second device's upload", code, body)
+	createBackup := map[string]any{"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": map[string]any{"public_key": "pk"}}
+	backupKey := func(first int) map[string]any {
+		return map[string]any{"first_message_index": first, "forwarded_count": 0, "is_verified": false, "session_data": map[string]any{"ciphertext": fmt.Sprint("c", first)}}
+	}
+	code, body = ts.do("POST", backupPath+"version", alice.AccessToken, createBackup)
+	mustOK("backup version 1", code, body)
+	code, body = ts.do("PUT", backupPath+"keys/!r:x/s1?version=1", alice.AccessToken, backupKey(3))
+	mustOK("key in version 1", code, body)
+	code, body = ts.do("POST", backupPath+"version", alice.AccessToken, createBackup)
+	mustOK("backup version 2", code, body)
+	code, body = ts.do("PUT", backupPath+"keys/!r:x/s1?version=2", alice.AccessToken, backupKey(5))
+	mustOK("key in version 2", code, body)
+	from := ts.rawSync(bob, nil)["next_batch"].(string)
+
+	// state is everything a bad request must leave alone.
+	state := func() map[string]any {
+		t.Helper()
+		out := map[string]any{}
+		read := func(name, method, path, token string, body any) {
+			t.Helper()
+			code, b := ts.do(method, path, token, body)
+			if code != 200 {
+				t.Fatalf("reading %s: %d %v", name, code, b)
+			}
+			out[name] = b
+		}
+		read("query", "POST", keysPath+"query", bob.AccessToken, map[string]any{"device_keys": map[string]any{ad.user: []string{}}})
+		read("counts", "POST", keysPath+"upload", alice.AccessToken, map[string]any{})
+		read("counts2", "POST", keysPath+"upload", alice2.AccessToken, map[string]any{})
+		read("changes", "GET", keysPath+"changes?from="+url.QueryEscape(from), bob.AccessToken, nil)
+		read("backup", "GET", backupPath+"version", alice.AccessToken, nil)
+		read("keys1", "GET", backupPath+"keys?version=1", alice.AccessToken, nil)
+		read("keys2", "GET", backupPath+"keys?version=2", alice.AccessToken, nil)
+		s := ts.rawSync(alice, nil)
+		out["fallback"] = s["device_unused_fallback_key_types"]
+		return out
+	}
+	before := state()
+	if n := before["counts"].(map[string]any)["one_time_key_counts"].(map[string]any)["signed_curve25519"]; n != 3.0 {
+		t.Fatalf("alice's count before: %v", before["counts"])
+	}
+
+	deviceKeys := func(mutate func(map[string]any)) map[string]any {
+		dk := ad.deviceKeys(t)
+		mutate(dk)
+		return map[string]any{"device_keys": dk}
+	}
+	bigClaim := map[string]any{ad.device: "signed_curve25519"}
+	for i := range 9_999 {
+		bigClaim[fmt.Sprintf("NODEV%04d", i)] = "signed_curve25519"
+	}
+	_, otherKey, _ := ed25519.GenerateKey(rand.Reader)
+	for _, tc := range []struct {
+		name         string
+		token        string
+		method, path string
+		body         any
+		status       int
+		errcode      string
+	}{
+		{"device keys not an object", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"device_keys": "keys"}, 400, "M_BAD_JSON"},
+		{"request not JSON", alice.AccessToken, "POST", keysPath + "upload", `{"device_keys": {`, 400, "M_NOT_JSON"},
+		{"device keys without keys", alice.AccessToken, "POST", keysPath + "upload", deviceKeys(func(dk map[string]any) { delete(dk, "keys") }), 400, "M_BAD_JSON"},
+		{"device keys without signatures", alice.AccessToken, "POST", keysPath + "upload", deviceKeys(func(dk map[string]any) { delete(dk, "signatures") }), 400, "M_BAD_JSON"},
+		{"device keys changed after signing", alice.AccessToken, "POST", keysPath + "upload", deviceKeys(func(dk map[string]any) { dk["algorithms"] = []string{"m.olm.v1.curve25519-aes-sha2"} }), 400, "M_INVALID_PARAM"},
+		{"device keys signed by another key", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"device_keys": signWith(t, ad.user, "ed25519:"+ad.device, otherKey,
+			map[string]any{"user_id": ad.user, "device_id": ad.device, "algorithms": []string{"m.megolm.v1.aes-sha2"}, "keys": map[string]any{"ed25519:" + ad.device: ad.pub}})}, 400, "M_INVALID_PARAM"},
+		{"ed25519 key not a key", alice.AccessToken, "POST", keysPath + "upload", deviceKeys(func(dk map[string]any) { dk["keys"] = map[string]any{"ed25519:" + ad.device: "AAAA"} }), 400, "M_INVALID_PARAM"},
+		{"keys of another user's device", bob.AccessToken, "POST", keysPath + "upload", map[string]any{"device_keys": ad.deviceKeys(t)}, 400, "M_INVALID_PARAM"},
+		{"keys of one's other device", alice2.AccessToken, "POST", keysPath + "upload", map[string]any{"device_keys": ad.deviceKeys(t)}, 400, "M_INVALID_PARAM"},
+		{"upload path naming another device", alice2.AccessToken, "POST", keysPath + "upload/" + ad.device, map[string]any{"one_time_keys": ad2.otks(t, "c", 1)}, 400, "M_INVALID_PARAM"},
+		{"unsigned one-time key", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"one_time_keys": map[string]any{"signed_curve25519:u": map[string]any{"key": "k"}}}, 400, "M_BAD_JSON"},
+		{"one-time key signed by another key", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"one_time_keys": map[string]any{
+			"signed_curve25519:o": signWith(t, ad.user, "ed25519:"+ad.device, otherKey, map[string]any{"key": "k"})}}, 400, "M_INVALID_PARAM"},
+		{"one-time key ID without algorithm", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"one_time_keys": map[string]any{"noalgorithm": "k"}}, 400, "M_INVALID_PARAM"},
+		{"another key under a taken ID", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"one_time_keys": map[string]any{
+			"signed_curve25519:a0": ad.sign(t, map[string]any{"key": "another"})}}, 400, "M_INVALID_PARAM"},
+		{"two fallback keys of one algorithm", alice.AccessToken, "POST", keysPath + "upload", map[string]any{"fallback_keys": map[string]any{
+			"signed_curve25519:f1": ad.sign(t, map[string]any{"key": "f1", "fallback": true}), "signed_curve25519:f2": ad.sign(t, map[string]any{"key": "f2", "fallback": true})}}, 400, "M_INVALID_PARAM"},
+		{"query with device IDs as an object", bob.AccessToken, "POST", keysPath + "query", map[string]any{"device_keys": map[string]any{ad.user: map[string]any{ad.device: true}}}, 400, "M_BAD_JSON"},
+		{"claim of 10,000 keys", bob.AccessToken, "POST", keysPath + "claim", map[string]any{"one_time_keys": map[string]any{ad.user: bigClaim}}, 413, "M_TOO_LARGE"},
+		{"claim without an algorithm", bob.AccessToken, "POST", keysPath + "claim", map[string]any{"one_time_keys": map[string]any{ad.user: map[string]any{ad.device: ""}}}, 400, "M_INVALID_PARAM"},
+		{"claim without one_time_keys", bob.AccessToken, "POST", keysPath + "claim", map[string]any{}, 400, "M_MISSING_PARAM"},
+		{"backup key to the old version", alice.AccessToken, "PUT", backupPath + "keys/!r:x/s1?version=1", backupKey(0), 403, "M_WRONG_ROOM_KEYS_VERSION"},
+		{"backup room to the old version", alice.AccessToken, "PUT", backupPath + "keys/!r:x?version=1", map[string]any{"sessions": map[string]any{"s1": backupKey(0)}}, 403, "M_WRONG_ROOM_KEYS_VERSION"},
+		{"backup of all rooms to the old version", alice.AccessToken, "PUT", backupPath + "keys?version=1", map[string]any{"rooms": map[string]any{"!r:x": map[string]any{"sessions": map[string]any{"s1": backupKey(0)}}}}, 403, "M_WRONG_ROOM_KEYS_VERSION"},
+		{"backup to a version that never was", alice.AccessToken, "PUT", backupPath + "keys/!r:x/s1?version=9", backupKey(0), 404, "M_NOT_FOUND"},
+		{"backup without a version", alice.AccessToken, "PUT", backupPath + "keys/!r:x/s1", backupKey(0), 400, "M_MISSING_PARAM"},
+		{"backup key that is not KeyBackupData", alice.AccessToken, "PUT", backupPath + "keys/!r:x/s1?version=2", map[string]any{"session_data": map[string]any{}}, 400, "M_BAD_JSON"},
+		{"backup of another user's version", bob.AccessToken, "PUT", backupPath + "keys/!r:x/s1?version=2", backupKey(0), 404, "M_NOT_FOUND"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, body := ts.do(tc.method, tc.path, tc.token, tc.body)
+			if code != tc.status || body["errcode"] != tc.errcode {
+				t.Fatalf("got %d %v, want %d %s", code, body, tc.status, tc.errcode)
+			}
+			if tc.errcode == "M_WRONG_ROOM_KEYS_VERSION" && body["current_version"] != "2" {
+				t.Fatalf("current_version: %v", body)
+			}
+			if after := state(); !reflect.DeepEqual(before, after) {
+				t.Fatalf("the refused request changed what is stored:\nbefore %v\nafter  %v", before, after)
+			}
+		})
+	}
+
+	// The bound: 5,000 keys in one claim are served (one key for the one
+	// real device, none for the others).
+	edge := map[string]any{ad.device: "signed_curve25519"}
+	for i := range 4_999 {
+		edge[fmt.Sprintf("NODEV%04d", i)] = "signed_curve25519"
+	}
+	code, body = ts.do("POST", keysPath+"claim", bob.AccessToken, map[string]any{"one_time_keys": map[string]any{ad.user: edge}})
+	if ids := claimedIDs(body, ad.user, ad.device); code != 200 || len(ids) != 1 || !strings.HasPrefix(ids[0], "signed_curve25519:a") {
+		t.Fatalf("claim of 5,000 keys: %d %v", code, ids)
+	}
+	if reflect.DeepEqual(before, state()) {
+		t.Fatal("a served claim left alice's count as it was: the comparison above sees nothing")
+	}
+
+	// The last key of a device, claimed by 12 clients at once: one gets
+	// it, the others get nothing for that device (it has no fallback key)
+	// and no error, and no key is left.
+	code, body = ts.do("POST", keysPath+"upload", alice2.AccessToken, map[string]any{"one_time_keys": ad2.otks(t, "last", 1)})
+	mustOK("upload", code, body)
+	for range 2 {
+		_, body = ts.do("POST", keysPath+"claim", bob.AccessToken, claimBody(ad2.user, ad2.device))
+		if ids := claimedIDs(body, ad2.user, ad2.device); len(ids) != 1 || ids[0] == "signed_curve25519:last0" {
+			t.Fatalf("the older keys go first: %v", body)
+		}
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var got []string
+	for range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, body := ts.do("POST", keysPath+"claim", bob.AccessToken, claimBody(ad2.user, ad2.device))
+			mu.Lock()
+			defer mu.Unlock()
+			if code != 200 {
+				t.Errorf("racing claim: %d %v", code, body)
+			}
+			got = append(got, claimedIDs(body, ad2.user, ad2.device)...)
+		}()
+	}
+	wg.Wait()
+	if len(got) != 1 || got[0] != "signed_curve25519:last0" {
+		t.Fatalf("12 racing claims of the last key handed out %v", got)
+	}
+	code, body = ts.do("POST", keysPath+"upload", alice2.AccessToken, map[string]any{})
+	if n := body["one_time_key_counts"].(map[string]any)["signed_curve25519"]; code != 200 || (n != nil && n != 0.0) {
+		t.Fatalf("keys left after the last was claimed: %d %v", code, body)
 	}
 }
