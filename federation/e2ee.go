@@ -62,6 +62,16 @@ func (s *Server) userDevices(w http.ResponseWriter, r *http.Request, origin stri
 	if domainOf(user) != s.cfg.ServerName {
 		return errInvalidParam("%s is not a user of this server", user)
 	}
+	// The answer's stream_id must cover every update already sent: the
+	// asker fetches when an update does not follow its copy, and an
+	// answer older than that update (the projection not yet at the queued
+	// entry) would leave its copy stale. So the view first catches up
+	// with the log.
+	if s.deps.E2EE != nil && s.deps.Log != nil {
+		if err := s.deps.E2EE.WaitApplied(r.Context(), s.deps.Log.LastOffset()); err != nil {
+			return err
+		}
+	}
 	v, err := s.e2eeView()
 	if err != nil {
 		return err

@@ -266,6 +266,13 @@ func TestJoinIsOneDeviceListChange(t *testing.T) {
 	}
 	call(t, b, "GET", "/_matrix/client/v3/account/whoami", bob, nil, &who)
 	uploadDeviceKeys(t, b, bob, bobID, who.DeviceID)
+	// And a device without keys (as Complement's users have): B announces
+	// it too, and A's resync on that announcement lists only devices with
+	// keys; what alice can see is the same, so it is no news either.
+	if st := call(t, b, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+		"identifier": map[string]any{"type": "m.id.user", "user": "bob"}, "password": "pw-bob"}, nil); st != 200 {
+		t.Fatalf("bob's second login: %d", st)
+	}
 	var room struct {
 		RoomID string `json:"room_id"`
 	}

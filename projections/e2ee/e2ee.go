@@ -163,8 +163,9 @@ func (*Projection) Name() string { return "e2ee" }
 
 // Version 3: remote users' device lists are kept (received device-list
 // EDUs and resyncs folded into a copy). Version 4: a resync that leaves
-// the copy as it was, or an update the copy already holds, does not put
-// the user in device_lists.changed.
+// what local users see of the copy as it was (devices without keys are
+// not shown), or an update the copy already holds, does not put the user
+// in device_lists.changed.
 func (*Projection) Version() int { return 4 }
 
 // AfterCommit reports the users whose device lists the batch changed.

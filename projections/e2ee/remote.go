@@ -149,26 +149,44 @@ func applyResync(w projections.Writer, e englog.Entry, f facts.RemoteDevicesResy
 	return markChanged(w, f.UserID, e.Offset)
 }
 
-// sameList reports whether two copies hold the same devices, keys, names
-// and cross-signing keys. A resync that leaves the copy as it was is no
-// news for local users (a server announcing its user's devices when the
-// user joins a room makes this server fetch the list it already holds).
+// sameList reports whether two copies show local users the same devices,
+// keys, names and cross-signing keys. A resync that leaves the copy as it
+// was is no news for local users (a server announcing its user's devices
+// when the user joins a room makes this server fetch the list it already
+// holds).
 func sameList(a, b RemoteList) bool {
-	if len(a.Devices) != len(b.Devices) || !bytes.Equal(a.Master, b.Master) || !bytes.Equal(a.SelfSigning, b.SelfSigning) {
+	if !bytes.Equal(a.Master, b.Master) || !bytes.Equal(a.SelfSigning, b.SelfSigning) {
 		return false
 	}
 	for id, d := range a.Devices {
 		o, ok := b.Devices[id]
-		if !ok || o.DisplayName != d.DisplayName || !bytes.Equal(o.Keys, d.Keys) {
+		if !sameDevice(d, true, o, ok) {
+			return false
+		}
+	}
+	for id, o := range b.Devices {
+		if _, ok := a.Devices[id]; !ok && !sameDevice(RemoteDevice{}, false, o, true) {
 			return false
 		}
 	}
 	return true
 }
 
+// sameDevice reports whether local users see a device the same in two
+// copies (ok: the copy lists it). A device without keys is not shown
+// (RenderRemote leaves it out), whatever its name.
+func sameDevice(a RemoteDevice, aok bool, b RemoteDevice, bok bool) bool {
+	aok, bok = aok && len(a.Keys) > 0, bok && len(b.Keys) > 0
+	if !aok || !bok {
+		return aok == bok
+	}
+	return a.DisplayName == b.DisplayName && bytes.Equal(a.Keys, b.Keys)
+}
+
 // applyRemoteEDU folds a received m.device_list_update or
-// m.signing_key_update into the copy (when there is one); either way the
-// user's local co-members see them in device_lists.changed.
+// m.signing_key_update into the copy (when there is one); the user's
+// local co-members see it in device_lists.changed unless the copy held
+// it already.
 func applyRemoteEDU(w projections.Writer, e englog.Entry, eduType string, content json.RawMessage, user string) error {
 	l, err := projections.GetJSON[RemoteList](w, remoteKey(user))
 	if err != nil {

@@ -129,6 +129,24 @@ func TestRemoteDeviceListCopy(t *testing.T) {
 	if l := copyOf(); !l.Stale {
 		t.Fatalf("an update with no prev_id over a copy did not make it stale: %+v", l)
 	}
+
+	// Resyncs that differ only by a device without keys (not shown to
+	// local users) are no news; one that renames a shown device is.
+	resync := func(stream uint64, devs ...facts.RemoteDevice) englog.Proposal {
+		return facts.MustEncode(englog.KindRemoteDevicesResynced, facts.RemoteDevicesResynced{UserID: u, Origin: "remote", StreamID: stream, Devices: devs})
+	}
+	appendAll(resync(20, facts.RemoteDevice{DeviceID: "A", Keys: keys(u, "A")}, facts.RemoteDevice{DeviceID: "K", DisplayName: "no keys"}))
+	if l := copyOf(); l.Stale || !changed() {
+		t.Fatalf("the resync of a stale copy: %+v, changed: %v", l, changed())
+	}
+	appendAll(resync(21, facts.RemoteDevice{DeviceID: "A", Keys: keys(u, "A")}))
+	if changed() {
+		t.Fatal("a resync that dropped only a device without keys marked the user changed")
+	}
+	appendAll(resync(22, facts.RemoteDevice{DeviceID: "A", Keys: keys(u, "A"), DisplayName: "laptop"}))
+	if !changed() {
+		t.Fatal("a resync that renamed a device did not mark the user changed")
+	}
 }
 
 func TestDeviceListUpdateFollows(t *testing.T) {
