@@ -101,3 +101,69 @@ func TestNotificationRetention(t *testing.T) {
 }
 
 func head(s []uint64) []uint64 { return s[:min(len(s), 5)] }
+
+// TestFoldIndependentOfBatches folds a generated history as live traffic
+// does, one entry per batch (so the projection's memo of room records and
+// power levels carries across every batch), and compares the keyspace
+// with a rebuild of the same log by a fresh projection in big batches.
+func TestFoldIndependentOfBatches(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	if _, err := generate.Run(ctx, src, generate.Options{Seed: 5, Users: 10, Rooms: 5, Events: 600, Logger: zerolog.Nop()}); err != nil {
+		t.Fatal(err)
+	}
+	gen, err := englog.Open(englog.Config{Dir: src, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := gen.Read(1, int(gen.LastOffset()))
+	gen.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := englog.Open(englog.Config{Dir: t.TempDir(), Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	live := projections.NewEngine(l, l.DB(), zerolog.Nop(), nil)
+	h := live.Register(notifications.New("bench.localhost"))
+	if err := live.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		offs, err := l.Append(ctx, englog.Proposal{Kind: e.Kind, Payload: e.Payload})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.WaitApplied(ctx, offs[0]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := live.Digest(notifications.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := notifications.NewView(h.Reader()).Notifications(generate.UserID("bench.localhost", 1), 0, 1<<30, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(n) == 0 {
+		t.Fatal("the generated history notifies no one: it exercises nothing")
+	}
+	live.Close()
+
+	fresh := projections.NewEngine(l, l.DB(), zerolog.Nop(), nil)
+	defer fresh.Close()
+	fresh.Register(notifications.New("bench.localhost"))
+	if err := fresh.Rebuild(ctx, notifications.Name); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fresh.Digest(notifications.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("a rebuild in big batches gives digest %x, the fold one entry per batch %x", got, want)
+	}
+}
