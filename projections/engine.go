@@ -70,6 +70,8 @@ type Engine struct {
 	rebuildBatchEntries int
 	rebuildBatchBytes   int
 
+	tail tailCache
+
 	mu       sync.Mutex
 	handles  []*Handle
 	byName   map[string]*Handle
@@ -330,7 +332,7 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 			}
 			continue
 		}
-		entries, err := e.readBatch(h.name, h.meta.Applied+1, e.batchEntries, e.batchBytes)
+		entries, err := e.readTail(h.name, h.meta.Applied+1, e.batchEntries, e.batchBytes)
 		if err != nil {
 			return err
 		}
@@ -485,6 +487,29 @@ func (e *Engine) readBatch(name string, from uint64, max, maxBytes int) ([]englo
 	if err != nil {
 		return nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", from, name, err)
 	}
+	return checkBatch(name, from, entries, maxBytes)
+}
+
+// readTail is readBatch for a projection following the log: the entries
+// another projection read moments ago come from the shared tail cache,
+// and what it lacks is read from the log once and added to it.
+func (e *Engine) readTail(name string, from uint64, max, maxBytes int) ([]englog.Entry, error) {
+	entries := e.tail.get(from, max)
+	next := from + uint64(len(entries))
+	if len(entries) < max && next <= e.log.LastOffset() {
+		more, err := e.log.Read(next, max-len(entries))
+		if err != nil {
+			return nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", next, name, err)
+		}
+		e.tail.put(more)
+		entries = append(entries, more...)
+	}
+	return checkBatch(name, from, entries, maxBytes)
+}
+
+// checkBatch checks that entries hold consecutive offsets from from and
+// cuts them at maxBytes of payload (beyond the first).
+func checkBatch(name string, from uint64, entries []englog.Entry, maxBytes int) ([]englog.Entry, error) {
 	size := 0
 	for i, en := range entries {
 		if en.Offset != from+uint64(i) {
