@@ -505,3 +505,87 @@ func TestMetricsReportLag(t *testing.T) {
 		t.Fatalf("lag after catch-up = %v, want 0", got)
 	}
 }
+
+// TestIdleBatchesDeferTheCheckpoint: batches that write nothing (entries
+// of kinds the projection does not fold) advance what readers see without
+// a commit; the checkpoint on disk follows with the next batch that
+// writes, or once it trails by checkpointLag; a restart folds the entries
+// in between again and ends where a fresh replay does.
+func TestIdleBatchesDeferTheCheckpoint(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	appendMessages(t, f.log, 10, "!a:x")
+	others := func(n int) uint64 {
+		t.Helper()
+		props := make([]englog.Proposal, n)
+		for i := range props {
+			props[i] = englog.Proposal{Kind: englog.KindEDU, Payload: []byte(`{}`)}
+		}
+		offs, err := f.log.Append(ctx, props...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return offs[len(offs)-1]
+	}
+	e, hs := f.engine(t, &timeline{name: "timeline", version: 1})
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() uint64 {
+		t.Helper()
+		m, ok, err := e.loadMeta("timeline")
+		if err != nil || !ok {
+			t.Fatalf("meta: %v %v", ok, err)
+		}
+		return m.Applied
+	}
+	wait := func(off uint64) {
+		t.Helper()
+		if err := hs[0].WaitApplied(ctx, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := stored(); got != 10 {
+		t.Fatalf("checkpoint after Start %d, want 10", got)
+	}
+	for range 5 {
+		wait(others(10))
+	}
+	if got, applied := stored(), hs[0].Applied(); got != 10 || applied != 60 {
+		t.Fatalf("after idle batches: checkpoint %d (want 10, deferred), applied %d (want 60)", got, applied)
+	}
+	offs := appendMessages(t, f.log, 5, "!b:x")
+	wait(offs[4])
+	if got := stored(); got != 65 {
+		t.Fatalf("after a batch that writes: checkpoint %d, want 65", got)
+	}
+	last := others(checkpointLag + 150)
+	wait(last)
+	if got := stored(); got <= 65 || last-got >= checkpointLag {
+		t.Fatalf("after %d idle entries: checkpoint %d, applied %d: it may trail by less than %d", checkpointLag+150, got, last, checkpointLag)
+	}
+	restartFrom := stored()
+	e.Close()
+
+	p2 := &timeline{name: "timeline", version: 1}
+	e2, hs2 := f.engine(t, p2)
+	if got := hs2[0].Applied(); got != restartFrom {
+		t.Fatalf("Applied after restart before Start = %d, want the checkpoint %d", got, restartFrom)
+	}
+	if err := e2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := hs2[0].Applied(); got != last {
+		t.Fatalf("Applied after Start %d, want %d", got, last)
+	}
+	if starts := p2.applyStarts(); len(starts) == 0 || starts[0] != restartFrom+1 {
+		t.Fatalf("after restart, first Apply started at %v, want %d", starts, restartFrom+1)
+	}
+	d, err := e2.Digest("timeline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := freshDigest(t, f.log, &timeline{name: "timeline", version: 1}); !bytes.Equal(d, want) {
+		t.Fatalf("digest after restart %x != fresh replay %x", d, want)
+	}
+}
