@@ -166,7 +166,11 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 		kind, val, ok := strings.Cut(q.Next, ":")
 		switch {
 		case ok && kind == "r" && q.Recent && len(val) == 16:
-			req.SearchAfter = []string{val}
+			off, err := strconv.ParseUint(val, 16, 64)
+			if err != nil {
+				return nil, ErrBadToken
+			}
+			req.SearchAfter = []string{offsetBytes(off)}
 		case ok && kind == "k" && !q.Recent:
 			from, err := strconv.Atoi(val)
 			if err != nil || from < 0 {
@@ -224,7 +228,7 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 	// expect from Synapse.
 	if len(sr.Hits) == limit {
 		if q.Recent {
-			res.Next = "r:" + offsetPart(sr.Hits[len(sr.Hits)-1].ID)
+			res.Next = fmt.Sprintf("r:%016x", offsetOf(sr.Hits[len(sr.Hits)-1].ID))
 		} else {
 			res.Next = "k:" + strconv.Itoa(req.From+limit)
 		}

@@ -11,12 +11,10 @@ package search
 
 import (
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"sort"
-	"strconv"
 	"sync"
 
 	"github.com/blevesearch/bleve/v2"
@@ -37,7 +35,7 @@ import (
 // Keyspace.
 const (
 	pIndex   = 'B' // B <bleve key> -> bleve's row (store.go)
-	pDoc     = 'D' // D eventID -> docID 0x00 roomID, for each indexed event
+	pDoc     = 'D' // D eventID -> docID roomID, for each indexed event
 	pPending = 'R' // R eventID -> roomID: a redaction seen before its target
 	pApplied = 'A' // A -> last offset folded (uint64 BE), for opening the index for reads
 	pHit     = 'H' // H docID -> roomID 0x00 eventID: what a hit is, without bleve's stored fields
@@ -88,15 +86,19 @@ var (
 //
 // roomCode is a hash of the room ID, fixed-length so that no code is the
 // prefix of another: it needs no state to assign and no read to find. Two
-// rooms whose codes collided (2^-72) would share a run of postings; a hit
+// rooms whose codes collided (2^-56) would share a run of postings; a hit
 // names its true room (pHit) and the caller checks what the user may see.
+// Seven bits a byte: see docID.
 func roomCode(roomID string) string {
 	sum := sha256.Sum256([]byte(roomID))
-	return base64.RawURLEncoding.EncodeToString(sum[:9])
+	code := sum[:roomCodeLen]
+	for i := range code {
+		code[i] &= 0x7f
+	}
+	return string(code)
 }
 
-// roomCodeLen is the length of a room code (9 bytes in base64).
-const roomCodeLen = 12
+const roomCodeLen = 8
 
 // Projection is the search index.
 type Projection struct {
@@ -121,7 +123,9 @@ func (p *Projection) Name() string { return "search" }
 // field; a hit's room and event ID in pHit rows instead of bleve's stored
 // fields. Versions 1 and 2 cannot answer version 3's queries: searches
 // wait for the rebuild.
-func (p *Projection) Version() int { return 3 }
+// Version 4: document IDs are binary, 16 bytes (version 3's were 28
+// characters, in every posting's key).
+func (p *Projection) Version() int { return 4 }
 
 // open opens bleve over the store as it is now (the pending batch during
 // Apply): an existing index loads its field numbers and document count,
@@ -258,14 +262,34 @@ func (p *Projection) seedSchema() error {
 }
 
 // docID groups documents by room (roomCode), then orders them by log
-// offset: the offset part is the recency order (sortRecent).
+// offset: the offset part sorts as the offsets do, which is the recency
+// order (sortRecent). Binary, 16 bytes as version 2's hex offsets were: a
+// document ID is in every posting's key. upside_down ends a document ID
+// at a 0xff byte in some rows (the back index), so every byte holds seven
+// bits.
 func docID(roomID string, offset uint64) string {
-	return fmt.Sprintf("%s%016x", roomCode(roomID), offset)
+	return roomCode(roomID) + offsetBytes(offset)
 }
 
-// offsetPart is the offset of a document ID in hexadecimal.
+const docIDLen = roomCodeLen + offsetLen
+
+// offsetLen bytes of seven bits each: offsets below 2^56.
+const offsetLen = 8
+
+// offsetBytes encodes an offset in seven bits a byte, most significant
+// first (so the encodings sort as the offsets do).
+func offsetBytes(offset uint64) string {
+	var b [offsetLen]byte
+	for i := offsetLen - 1; i >= 0; i-- {
+		b[i] = byte(offset & 0x7f)
+		offset >>= 7
+	}
+	return string(b[:])
+}
+
+// offsetPart is the offset of a document ID as offsetBytes encodes it.
 func offsetPart(id string) string {
-	if len(id) < roomCodeLen {
+	if len(id) != docIDLen {
 		return id
 	}
 	return id[roomCodeLen:]
@@ -273,7 +297,13 @@ func offsetPart(id string) string {
 
 // offsetOf is the log offset of a document ID.
 func offsetOf(id string) uint64 {
-	n, _ := strconv.ParseUint(offsetPart(id), 16, 64)
+	if len(id) != docIDLen {
+		return 0
+	}
+	var n uint64
+	for _, c := range []byte(id[roomCodeLen:]) {
+		n = n<<7 | uint64(c)
+	}
 	return n
 }
 
@@ -331,7 +361,7 @@ func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) er
 	if err := w.Set(projections.Key(pHit, did), append(append([]byte(roomID), 0), id...)); err != nil {
 		return err
 	}
-	return w.Set(dk, append(append([]byte(did), 0), roomID...))
+	return w.Set(dk, append([]byte(did), roomID...))
 }
 
 // redact removes the target's text from the index, when the target is an
@@ -346,7 +376,10 @@ func (p *Projection) redact(w projections.Writer, b *batch, targetID, roomID str
 	if !ok {
 		return w.Set(projections.Key(pPending, targetID), []byte(roomID))
 	}
-	did, room, _ := cut(v)
+	if len(v) < docIDLen {
+		return fmt.Errorf("search: bad document row for %s", targetID)
+	}
+	did, room := string(v[:docIDLen]), string(v[docIDLen:])
 	if room != roomID {
 		return nil
 	}
