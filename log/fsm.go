@@ -85,6 +85,10 @@ type fsm struct {
 	wake chan struct{} // closed and replaced on every append
 
 	onApply func(entries int) // metrics hook; may be nil
+	onErase func()            // wakes the erasure housekeeping; may be nil
+	// dueMu orders the erasure housekeeping's read-then-clear of
+	// keyEraseDue against an apply that extends it.
+	dueMu sync.Mutex
 }
 
 func newFSM(db *pebble.DB, dec *zstd.Decoder, guard *diskGuard, last, applied uint64) *fsm {
@@ -127,6 +131,7 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 	defer b.Close()
 	off, applied, lastTime := f.lastOffset.Load(), f.applied.Load(), f.lastTime.Load()
 	startOff, startApplied := off, applied
+	var erases []pendingErase
 	for i, l := range logs {
 		if l.Index <= applied {
 			// Idempotence by raft index: a restart re-applies entries whose
@@ -152,10 +157,29 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 			if err := b.Set(entryKey(off), encodeStored(off, e.flags, e.kind, ms, l.Index, e.payload), nil); err != nil {
 				return f.fail(resp, err)
 			}
+			if e.kind == KindErase {
+				erases = append(erases, pendingErase{off: off, raftIndex: l.Index, flags: e.flags, payload: e.payload})
+			}
 		}
 	}
 	if applied == startApplied {
 		return resp
+	}
+	if len(erases) > 0 {
+		// Held until the commit: the housekeeping must not clear a due
+		// this batch extends.
+		f.dueMu.Lock()
+		defer f.dueMu.Unlock()
+		due, err := f.applyErasures(b, erases, batchValues(logs, startApplied, startOff, off))
+		if err == nil && due.raftIndex != 0 {
+			var prev eraseDue
+			if prev, err = readEraseDue(f.db); err == nil {
+				err = b.Set(keyEraseDue, prev.merge(due).encode(), nil)
+			}
+		}
+		if err != nil {
+			return f.fail(resp, err)
+		}
 	}
 	if err := b.Set(keyApplied, u64Bytes(applied), nil); err != nil {
 		return f.fail(resp, err)
@@ -175,7 +199,41 @@ func (f *fsm) ApplyBatch(logs []*raft.Log) []interface{} {
 			f.onApply(int(off - startOff))
 		}
 	}
+	if len(erases) > 0 && f.onErase != nil {
+		f.onErase()
+	}
 	return resp
+}
+
+// batchValues returns a lookup of the stored values this ApplyBatch wrote
+// (offsets (startOff, endOff]), built on first use: only an erasure that
+// names an entry of its own batch needs it, which happens when a restart
+// re-applies both.
+func batchValues(logs []*raft.Log, startApplied, startOff, endOff uint64) func(uint64) []byte {
+	var vals map[uint64][]byte
+	return func(target uint64) []byte {
+		if target <= startOff || target > endOff {
+			return nil
+		}
+		if vals == nil {
+			vals = map[uint64][]byte{}
+			off := startOff
+			for _, l := range logs {
+				if l.Index <= startApplied || l.Type != raft.LogCommand {
+					continue
+				}
+				ms, entries, err := decodeCmd(l.Data)
+				if err != nil {
+					continue
+				}
+				for _, e := range entries {
+					off++
+					vals[off] = encodeStored(off, e.flags, e.kind, ms, l.Index, e.payload)
+				}
+			}
+		}
+		return vals[target]
+	}
 }
 
 // fail trips the guard: the event log on this node is now behind its raft
@@ -287,6 +345,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	snapApplied := binary.BigEndian.Uint64(hdr[len(snapMagic)+8:])
 	local := f.lastOffset.Load()
 	var lastTime int64
+	var due eraseDue // local content the snapshot holds erased
 	b := f.db.NewBatch()
 	defer func() { b.Close() }()
 	for off := uint64(1); off <= last; off++ {
@@ -308,12 +367,18 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 			if err != nil {
 				return fmt.Errorf("log: reading local entry %d during restore: %w", off, err)
 			}
-			same := len(mine) >= 4 && string(mine[:4]) == string(v[:4])
+			same, replace := sameEntry(f.dec, off, mine, v)
 			closer.Close()
 			if !same {
 				return fmt.Errorf("%w: entry %d differs from the leader's snapshot: this node's log diverged; wipe its data directory and let it resync", ErrCorrupt, off)
 			}
-			continue
+			if !replace {
+				continue
+			}
+			// The leader erased this entry at a raft index this node
+			// never applied (its raft log was compacted away): take the
+			// tombstone, and clean the disk after it.
+			due = due.merge(eraseDue{raftIndex: snapApplied, first: off, last: off})
 		}
 		if err := b.Set(entryKey(off), v, nil); err != nil {
 			return err
@@ -333,6 +398,17 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if err := b.Set(keyApplied, u64Bytes(applied), nil); err != nil {
 		return err
 	}
+	if due.raftIndex != 0 {
+		f.dueMu.Lock()
+		defer f.dueMu.Unlock()
+		prev, err := readEraseDue(f.db)
+		if err != nil {
+			return err
+		}
+		if err := b.Set(keyEraseDue, prev.merge(due).encode(), nil); err != nil {
+			return err
+		}
+	}
 	// Sync: raft will drop its log up to the snapshot, so nothing could
 	// re-apply these entries after a crash.
 	if err := f.guard.do("restoring a snapshot", func() error { return b.Commit(pebble.Sync) }); err != nil {
@@ -342,6 +418,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	if last > local {
 		f.lastTime.Store(lastTime)
 		f.published(last)
+	}
+	if due.raftIndex != 0 && f.onErase != nil {
+		f.onErase()
 	}
 	return nil
 }

@@ -33,6 +33,8 @@ const (
 	KindExtremitiesDropped Kind = 145 // forward extremities of a room dropped by an admin
 	KindServerNameSet      Kind = 150 // the server name the data was created under
 	KindRestored           Kind = 151 // a point-in-time restore cut the log here: what followed the cut is gone
+	KindErase              Kind = 152 // entries erased: rewritten as tombstones (log.Erasure, erase.go)
+	KindErased             Kind = 153 // how Read presents an erased entry (log.Tombstone); never appended
 
 	// Per-user data.
 	KindAccountDataSet Kind = 200
@@ -110,6 +112,8 @@ var kindNames = map[Kind]string{
 	KindExtremitiesDropped:       "extremities_dropped",
 	KindServerNameSet:            "server_name_set",
 	KindRestored:                 "restored",
+	KindErase:                    "erase",
+	KindErased:                   "erased",
 	KindAccountDataSet:           "account_data_set",
 	KindFilterStored:             "filter_stored",
 	KindToDeviceSent:             "to_device_sent",

@@ -90,6 +90,12 @@ type Node struct {
 	damage tableDamage
 	space  *diskSpace
 	state  *stateFile
+	wal    walFS // Pebble's filesystem, for the erasure's WAL scrub
+
+	// Erasure housekeeping (eraser.go).
+	eraseWake chan struct{}
+	eraseMu   sync.Mutex
+	eraseDone chan struct{} // closed and replaced after each pass
 
 	// Group commit: Append hands requests to the batcher, which packs all
 	// waiting ones into one raft command; the completer answers them in
@@ -135,6 +141,9 @@ func Open(cfg Config) (*Node, error) {
 		inflight: make(chan inflightCmd, 256),
 		acks:     make(chan ackBatch, 256),
 		stop:     make(chan struct{}),
+
+		eraseWake: make(chan struct{}, 1),
+		eraseDone: make(chan struct{}),
 	}
 	ok := false
 	defer func() {
@@ -149,6 +158,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.damage.stop = n.stop
 	opts := pebbleOptions(n.log, cfg.fs, cfg.MemoryTarget, &n.damage)
+	n.wal = opts.FS.(walFS)
 	// Take Pebble's lock once first: the ballast must not be touched under
 	// another engram running on this directory.
 	lock, err := opts.FS.Lock(filepath.Join(cfg.Dir, "LOCK"))
@@ -194,6 +204,7 @@ func Open(cfg Config) (*Node, error) {
 	}
 	n.fsm = newFSM(n.db, n.dec, &n.guard, rec.last, rec.applied)
 	n.fsm.lastTime.Store(rec.lastTime)
+	n.fsm.onErase = n.wakeEraser
 	if cfg.Metrics != nil {
 		if n.met, err = newMetrics(cfg.Metrics); err != nil {
 			return nil, err
@@ -269,10 +280,11 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("log: starting raft: %w", err)
 	}
 	n.release = make(chan struct{}, maxInflightCmds)
-	n.done.Add(3)
+	n.done.Add(4)
 	go n.batcher()
 	go n.completer()
 	go n.acker()
+	go n.eraser() // also resumes the housekeeping a stop interrupted
 
 	if single {
 		if err := n.awaitReady(30 * time.Second); err != nil {
@@ -368,7 +380,7 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64, damage *tabl
 	}
 	memTable, blockCache := PebbleMemory(memoryTarget)
 	pl := l.With().Str("subsystem", "pebble").Logger()
-	o := &pebble.Options{Logger: pebbleLogger{pl}, FS: walFS{fs}}
+	o := &pebble.Options{Logger: pebbleLogger{pl}, FS: walFS{FS: fs, scrub: &walScrub{}}}
 	damage.l = pl
 	o.EventListener = &pebble.EventListener{
 		DataCorruption: damage.report,
@@ -488,7 +500,11 @@ func (n *Node) Read(from uint64, max int) ([]Entry, error) {
 			return out, fmt.Errorf("%w at offset %d: %v: restore the data directory from a backup", ErrCorrupt, want, err)
 		}
 		e := Entry{Offset: want, Kind: se.kind, Time: se.time}
-		if se.flags&flagZstd != 0 {
+		if se.flags&flagErased != 0 {
+			if e, err = erasedEntry(want, se); err != nil {
+				return out, fmt.Errorf("%w at offset %d: %v", ErrCorrupt, want, err)
+			}
+		} else if se.flags&flagZstd != 0 {
 			if e.Payload, err = n.dec.DecodeAll(se.payload, nil); err != nil {
 				return out, fmt.Errorf("%w at offset %d: payload does not decompress: %v", ErrCorrupt, want, err)
 			}

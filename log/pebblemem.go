@@ -1,7 +1,10 @@
 package log
 
 import (
+	"errors"
+	"os"
 	"strings"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 )
@@ -39,7 +42,23 @@ func PebbleMemory(target int64) (memTable, blockCache int64) {
 // every group commit either way, and recycled WALs (reused in place, the
 // case Pebble optimises) are already allocated up to what they held, so
 // the reservation buys little: without it a WAL takes what it holds.
-type walFS struct{ vfs.FS }
+//
+// It also takes part in erasure (eraser.go): WAL files keep whatever they
+// once held until they are overwritten, and Pebble reuses obsolete ones
+// in place, so a reused file's tail still holds older writes. While an
+// erasure scrubs the WALs (scrub.armed), a WAL is never reused but created
+// afresh; and a recycled WAL the scrub deleted is created afresh too.
+type walFS struct {
+	vfs.FS
+	scrub *walScrub
+}
+
+// walScrub orders the erasure's deletion of obsolete WALs against Pebble
+// reusing them.
+type walScrub struct {
+	mu    sync.Mutex
+	armed bool
+}
 
 func isWAL(name string) bool { return strings.HasSuffix(name, ".log") }
 
@@ -52,8 +71,23 @@ func (fs walFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, e
 }
 
 func (fs walFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
+	if !isWAL(newname) || fs.scrub == nil {
+		return fs.FS.ReuseForWrite(oldname, newname, category)
+	}
+	fs.scrub.mu.Lock()
+	defer fs.scrub.mu.Unlock()
+	if fs.scrub.armed {
+		if err := fs.FS.Remove(oldname); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+		return fs.Create(newname, category)
+	}
 	f, err := fs.FS.ReuseForWrite(oldname, newname, category)
-	if err != nil || !isWAL(newname) {
+	if errors.Is(err, os.ErrNotExist) {
+		// A scrub deleted this recycled WAL; Pebble still listed it.
+		return fs.Create(newname, category)
+	}
+	if err != nil {
 		return f, err
 	}
 	return noPreallocFile{f}, nil

@@ -21,11 +21,13 @@ import (
 //	'L' 's' name           raft stable store of old versions (moved to the state file, stable.go)
 //	'L' 'm' name           log meta (applied raft index, verified mark)
 var (
-	prefixEntry  = []byte{'L', 'e'}
-	prefixRaft   = []byte{'L', 'r'}
-	prefixStable = []byte{'L', 's'}
-	keyApplied   = []byte{'L', 'm', 'a'} // last raft index folded into the event log
-	keyVerified  = []byte{'L', 'm', 'v'} // entries <= this offset passed a checksum scan at Open
+	prefixEntry   = []byte{'L', 'e'}
+	prefixRaft    = []byte{'L', 'r'}
+	prefixStable  = []byte{'L', 's'}
+	keyApplied    = []byte{'L', 'm', 'a'} // last raft index folded into the event log
+	keyVerified   = []byte{'L', 'm', 'v'} // entries <= this offset passed a checksum scan at Open
+	keyEraseDue   = []byte{'L', 'm', 'e'} // erasure housekeeping still to do (eraseDue)
+	keyEraseScrub = []byte{'L', 'm', 'w'} // written by the eraser so that a flush rotates the WAL
 )
 
 func u64Key(prefix []byte, n uint64) []byte {
@@ -50,7 +52,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Stored entry layout (the value under 'L' 'e' offset):
 //
 //	[0:4]   CRC32C over be64(offset) || value[4:]
-//	[4]     flags (flagZstd: payload is zstd-compressed)
+//	[4]     flags (flagZstd: payload is zstd-compressed; flagErased: a tombstone, erase.go)
 //	[5:7]   kind, big-endian
 //	[7:15]  time, Unix ms, big-endian
 //	[15:23] raft index of the command that carried the entry

@@ -95,6 +95,10 @@ func New(kind englog.Kind) any {
 		return &ServerNameSet{}
 	case englog.KindRestored:
 		return &Restored{}
+	case englog.KindErase:
+		return &englog.Erasure{}
+	case englog.KindErased:
+		return &englog.Tombstone{}
 	case englog.KindAccountDataSet:
 		return &AccountDataSet{}
 	case englog.KindFilterStored:
