@@ -347,6 +347,16 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 			}
 			continue
 		}
+		if i := slices.IndexFunc(entries, func(en englog.Entry) bool { return en.Kind == englog.KindErase }); i == 0 {
+			// The serving generation may hold what the erasure removed
+			// from the log: fold the rewritten log afresh (heal.go).
+			if err := e.refoldAfterErasure(ctx, h, entries[0].Offset); err != nil {
+				return err
+			}
+			continue
+		} else if i > 0 {
+			entries = entries[:i]
+		}
 		if err := e.applyBatch(h, false, entries); err != nil {
 			if IsDamage(err) {
 				// What Apply read of the projection is damaged: nothing

@@ -323,3 +323,63 @@ func (e *Engine) readRange(lower, upper []byte) error {
 	}
 	return errors.Join(valueErr, it.Close())
 }
+
+// refoldAfterErasure rebuilds h from the log, which the erase entry at
+// offset rewrote (englog.KindErase: the entries it names read as
+// tombstones, whose fold is a no-op), into a fresh generation, switches to
+// it and compacts the old one away, so that nothing the erasure removed
+// stays in the projection, in its tables or in the write-ahead logs. The
+// serving generation has applied everything before the erase entry and
+// not the entry itself: a restart during the rebuild drops the partial
+// generation (prepare) and this runs again. Every projection does this,
+// whether or not it folded what was erased: replay must equal the live
+// projection (engram verify), and only a fold of the rewritten log is
+// sure to.
+//
+// Meanwhile the old generation keeps serving, frozen just before the
+// erase entry: reads do not wait, and WaitApplied for the erase entry or
+// later waits for the switch. What was erased stays hidden meanwhile by
+// what the admin recorded before the erasure (adminstate: a deleted room,
+// a purged history).
+func (e *Engine) refoldAfterErasure(ctx context.Context, h *Handle, offset uint64) error {
+	start := time.Now()
+	m := h.meta
+	old := dataPrefix(h.name, m.Gen)
+	var err error
+	if m.ShadowGen != 0 {
+		if m, err = e.dropShadow(h.name, m); err != nil {
+			return err
+		}
+	}
+	if m, err = e.newShadow(h.name, m, h.p.Version()); err != nil {
+		return err
+	}
+	h.meta = m
+	h.written = newWrittenKeys(m.ShadowGen)
+	h.rw.Lock()
+	h.rebuilt = make(chan struct{}) // engram verify waits for the switch
+	h.rw.Unlock()
+	e.logger.Info().Str("projection", h.name).Uint64("erase_offset", offset).
+		Msg("entries were erased from the log: rebuilding the projection from the rewritten log; it serves its state before the erasure meanwhile")
+	if err := e.replayShadows(ctx, []*Handle{h}, nil); err != nil {
+		return err
+	}
+	// The switch deleted the old generation with a range tombstone; its
+	// values stay in the tables (and the write-ahead logs) until these
+	// are rewritten.
+	if err := e.db.Compact(ctx, old, prefixEnd(old), false); err != nil {
+		return fmt.Errorf("projections: compacting %q's generation from before an erasure: %w", h.name, err)
+	}
+	if s, ok := e.log.(walScrubber); ok {
+		if err := s.ScrubWALs(); err != nil {
+			return fmt.Errorf("projections: removing the write-ahead logs after rebuilding %q after an erasure: %w", h.name, err)
+		}
+	}
+	e.logger.Info().Str("projection", h.name).Uint64("erase_offset", offset).Dur("took", time.Since(start)).
+		Msg("projection rebuilt after an erasure")
+	return nil
+}
+
+// walScrubber is implemented by a log whose store can remove its old
+// write-ahead logs (englog.Node).
+type walScrubber interface{ ScrubWALs() error }
