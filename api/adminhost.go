@@ -47,6 +47,7 @@ func (h adminHost) Commit(ctx context.Context, props ...englog.Proposal) ([]uint
 	return s.commit(ctx, []*projections.Handle{s.accountsH, s.roomsH, s.userdataH, s.reportsH, s.adminH}, props...)
 }
 
+func (h adminHost) Log() englog.Log                        { return h.s.log }
 func (h adminHost) Accounts() accounts.View                { return h.s.accountsView() }
 func (h adminHost) Rooms() rooms.View                      { return h.s.roomsView() }
 func (h adminHost) Reports() reports.View                  { return h.s.Reports() }

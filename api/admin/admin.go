@@ -62,6 +62,8 @@ type Host interface {
 	// Commit appends the proposals in one batch and waits until every
 	// projection the API answers from has applied them.
 	Commit(ctx context.Context, props ...englog.Proposal) ([]uint64, error)
+	// Log is the log, read to decide what a purge erases.
+	Log() englog.Log
 	Accounts() accounts.View
 	Rooms() rooms.View
 	Reports() reports.View

@@ -412,7 +412,8 @@ func statusJSON(d *facts.RoomDeleted) map[string]any {
 // (through the room write path), into a new room of new_room_user_id's
 // when given; the room's local aliases are removed and it leaves the
 // directory; it is blocked when asked, and with purge it is no longer
-// listed. The events stay in the log, which is never rewritten.
+// listed and its events are erased from the log, every projection and
+// the disk (erase.go).
 func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) {
 	var req deleteRequest
 	if err := readJSON(r, &req); err != nil {
@@ -458,14 +459,21 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 	if err != nil {
 		return nil, err
 	}
+	leaves := map[uint64]bool{} // kept by a purge
 	for _, u := range members {
 		if !a.isLocal(u) {
 			continue
 		}
-		if _, err := a.host.SendEvent(ctx, stateres.ProtoEvent{RoomID: id, Type: stateres.MRoomMember, StateKey: &u, Sender: u,
-			Content: mustJSON(map[string]string{"membership": "leave"})}, nil); err != nil {
+		leaveID, err := a.host.SendEvent(ctx, stateres.ProtoEvent{RoomID: id, Type: stateres.MRoomMember, StateKey: &u, Sender: u,
+			Content: mustJSON(map[string]string{"membership": "leave"})}, nil)
+		if err != nil {
 			d.FailedToKick = append(d.FailedToKick, u)
 			continue
+		}
+		if ev, err := rv.Event(leaveID); err != nil {
+			return nil, err
+		} else if ev != nil {
+			leaves[ev.Offset] = true
 		}
 		d.KickedUsers = append(d.KickedUsers, u)
 		if d.NewRoomID != "" {
@@ -498,6 +506,16 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 	}
 	props = append(props, facts.MustEncode(englog.KindRoomDeleted, *d))
 	changes := map[string]any{"block": req.Block, "purge": d.Purge, "kicked_users": d.KickedUsers, "new_room_id": d.NewRoomID}
+	if d.Purge {
+		// After the deletion fact, which hides the room while the
+		// projections are folded again without it.
+		erase, n, err := a.purgeRoomEntries(id, d.DeleteID, leaves)
+		if err != nil {
+			return nil, err
+		}
+		props = append(props, erase)
+		changes["erased_entries"] = n
+	}
 	if err := a.commit(ctx, c, "delete_room", id, changes, props...); err != nil {
 		return nil, err
 	}
@@ -560,7 +578,9 @@ func (a *API) deleteStatus(w http.ResponseWriter, deleteID string) error {
 
 // purgeHistory is POST /v1/purge_history/{roomId}[/{eventId}]: clients no
 // longer get the room's non-state events before the given event (or
-// timestamp) from /messages. The log keeps them.
+// timestamp) from /messages, and those events are erased from the log,
+// every projection and the disk (erase.go), except redactions and, unless
+// delete_local_events, local users' events, as in Synapse.
 func (a *API) purgeHistory(w http.ResponseWriter, r *http.Request, c Caller) error {
 	var req struct {
 		DeleteLocalEvents bool   `json:"delete_local_events"`
@@ -598,8 +618,16 @@ func (a *API) purgeHistory(w http.ResponseWriter, r *http.Request, c Caller) err
 		return mxerr.MissingParam("must specify purge_up_to_event_id or purge_up_to_ts")
 	}
 	f := facts.HistoryPurged{RoomID: room.RoomID, PurgeID: randomID(12), UpTo: upTo}
-	if err := a.commit(r.Context(), c, "purge_history", room.RoomID, map[string]any{"up_to_offset": upTo, "event_id": eventID, "purge_up_to_ts": req.PurgeUpToTS},
-		facts.MustEncode(englog.KindHistoryPurged, f)); err != nil {
+	// After the purge fact, which hides the events while the projections
+	// are folded again without them.
+	erase, n, err := a.purgeHistoryEntries(room.RoomID, f.PurgeID, upTo, req.DeleteLocalEvents)
+	if err != nil {
+		return err
+	}
+	changes := map[string]any{"up_to_offset": upTo, "event_id": eventID, "purge_up_to_ts": req.PurgeUpToTS,
+		"delete_local_events": req.DeleteLocalEvents, "erased_entries": n}
+	if err := a.commit(r.Context(), c, "purge_history", room.RoomID, changes,
+		facts.MustEncode(englog.KindHistoryPurged, f), erase); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"purge_id": f.PurgeID})
