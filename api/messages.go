@@ -340,6 +340,16 @@ func (s *Server) walk(ctx context.Context, v rooms.View, roomID string, pos room
 			if err != nil {
 				return nil, rooms.Pos{}, false, err
 			}
+			if e == nil && te.Offset <= purged {
+				// Erased by the purge (api/admin) while the projection is
+				// rebuilt without it.
+				if forward {
+					pos = te.At()
+				} else {
+					pos = te.Before()
+				}
+				continue
+			}
 			if e == nil {
 				// The fold writes a timeline entry and its record in one
 				// batch: a missing record is corruption, not a gap.

@@ -3,6 +3,7 @@ package rooms
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -163,13 +164,21 @@ func (v View) Event(eventID string) (*Event, error) {
 		if hit := v.cache.get(&e.Event); hit != nil {
 			return hit, nil
 		}
-		if err := v.loadJSON(&e.Event); err != nil {
+		if err := v.loadJSON(&e.Event); errors.Is(err, errErased) {
+			// An admin's purge erased it from the log; this projection
+			// is being rebuilt without it (projections/heal.go) and
+			// serves its older state meanwhile: the event is gone.
+			return nil, nil
+		} else if err != nil {
 			return nil, err
 		}
 		v.cache.put(&e.Event)
 	}
 	return &e.Event, nil
 }
+
+// errErased: the log entry that carried an event was erased.
+var errErased = errors.New("rooms: the event's log entry was erased")
 
 // loadJSON reads the event's JSON from the log entry that carried it,
 // redacted when a redaction applies.
@@ -183,6 +192,9 @@ func (v View) loadJSON(e *Event) error {
 	es, err := v.log.Read(e.Offset, 1)
 	if err != nil {
 		return fmt.Errorf("rooms: reading event %s at log offset %d: %w", e.EventID, e.Offset, err)
+	}
+	if len(es) == 1 && es[0].Offset == e.Offset && es[0].Kind == englog.KindErased {
+		return errErased
 	}
 	if len(es) != 1 || es[0].Offset != e.Offset || es[0].Kind != englog.KindPDU {
 		return mismatch("holds no PDU")
