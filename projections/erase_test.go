@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
 	"testing"
 	"time"
 
@@ -123,4 +126,85 @@ func containsOffset(offs []uint64, o uint64) bool {
 		}
 	}
 	return false
+}
+
+// TestThreeNodeErasure: every node of a cluster erases, rebuilds its
+// projections from the rewritten log into the same state, and keeps
+// nothing of what was erased on its disk.
+func TestThreeNodeErasure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	var ms []*clusterMember
+	var peers []englog.Peer
+	for i, a := range freeAddrs(t, 3) {
+		p := englog.Peer{ID: fmt.Sprintf("n%d", i+1), Addr: a}
+		peers = append(peers, p)
+		ms = append(ms, &clusterMember{peer: p, dir: t.TempDir()})
+	}
+	for _, m := range ms {
+		m.start(t, peers)
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+		}
+	})
+	appendOnLeader(t, ms, 30, "!keep:x")
+	const marker = "cluster-erase-4b7d"
+	payload, _ := json.Marshal(message{Room: "!gone:x", Sender: "@bob:x", Body: marker})
+	props := []englog.Proposal{{Kind: englog.KindPDU, Payload: payload}, {Kind: englog.KindPDU, Payload: payload}}
+	secret := proposeOnLeader(t, ms, props...)
+	agree(t, ms, secret[len(secret)-1])
+	proposeOnLeader(t, ms, englog.EraseProposal("room_deleted", "d1", secret))
+	offs := appendOnLeader(t, ms, 5, "!keep:x")
+	agree(t, ms, offs[len(offs)-1])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, m := range ms {
+		if got := roomCount(t, m.h.Reader(), "!gone:x"); got != 0 {
+			t.Fatalf("%s: the erased room counts %d", m.peer.ID, got)
+		}
+		if err := m.node.WaitErasures(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if hits, err := englog.FilesStillHolding(ctx, m.dir, m.node.DB(), []byte(marker)); err != nil || len(hits) > 0 {
+			t.Fatalf("%s still holds the erased text in %v (%v)", m.peer.ID, hits, err)
+		}
+	}
+}
+
+// proposeOnLeader appends props on whichever member leads (again on the
+// next one when leadership moved).
+func proposeOnLeader(t *testing.T, ms []*clusterMember, props ...englog.Proposal) []uint64 {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		offs, err := leaderOf(t, ms).node.Append(context.Background(), props...)
+		if err == nil {
+			return offs
+		}
+		if !errors.Is(err, englog.ErrNotLeader) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	var ls []net.Listener
+	for i := 0; i < n; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ls = append(ls, l) // held until all are taken: n distinct ports
+		out = append(out, l.Addr().String())
+	}
+	for _, l := range ls {
+		l.Close()
+	}
+	return out
 }
