@@ -22,9 +22,11 @@ import (
 // read through its blocks (decompressed) and every key version in it is
 // checked, since its compressed bytes would hide the needle from a plain
 // search. Files that vanish while it runs (Pebble deleting obsolete ones)
-// are skipped.
+// are skipped; a table that does not read is reported in the error, after
+// every other file was searched.
 func FilesHolding(dir string, needle []byte) ([]string, error) {
 	var hits []string
+	var unread []error // tables that did not read (one being written, on a running server)
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) {
@@ -47,7 +49,8 @@ func FilesHolding(dir string, needle []byte) ([]string, error) {
 			if found, err = tableHolds(path, needle); errors.Is(err, os.ErrNotExist) {
 				return nil
 			} else if err != nil {
-				return fmt.Errorf("reading table %s: %w", path, err)
+				// Go on with the other files: the hits found are hits.
+				unread = append(unread, fmt.Errorf("reading table %s: %w", path, err))
 			}
 		}
 		if found {
@@ -55,7 +58,7 @@ func FilesHolding(dir string, needle []byte) ([]string, error) {
 		}
 		return nil
 	})
-	return hits, err
+	return hits, errors.Join(append(unread, err)...)
 }
 
 func tableHolds(path string, needle []byte) (bool, error) {
@@ -100,12 +103,21 @@ func tableHolds(path string, needle []byte) (bool, error) {
 // waits (until ctx is done) while the only hits are tables db no longer
 // uses, which Pebble deletes in the background, and returns at once when
 // a WAL, a live table or any other file holds needle. db may be nil (the
-// store is another process's): then every hit is waited on.
+// store is another process's): then every hit is waited on. A table that
+// does not read (one Pebble is still writing) is read again.
 func FilesStillHolding(ctx context.Context, dir string, db *pebble.DB, needle []byte) ([]string, error) {
 	for {
 		hits, err := FilesHolding(dir, needle)
-		if err != nil || len(hits) == 0 {
-			return hits, err
+		if err != nil {
+			select {
+			case <-ctx.Done():
+				return hits, err
+			case <-time.After(20 * time.Millisecond):
+				continue
+			}
+		}
+		if len(hits) == 0 {
+			return nil, nil
 		}
 		if db != nil {
 			levels, err := db.SSTables()
