@@ -29,13 +29,10 @@ type pduHead struct {
 	Sender   string  `json:"sender"`
 }
 
-// roomEntries returns the offsets, up to upTo, of the room's events (PDU
-// entries) for which keep says false. The whole log is read: a room's
-// events are not only those of its timeline (outliers of a join's auth
-// chain, rejected and soft-failed events, an invite received before the
-// join).
-func (a *API) roomEntries(roomID string, upTo uint64, keep func(pduHead) bool) ([]uint64, error) {
-	needle := []byte(roomID)
+// entriesWhere returns the offsets, up to upTo, of the entries that
+// mention needle and that pick takes, reading the whole log.
+func (a *API) entriesWhere(upTo uint64, needle string, pick func(englog.Entry) bool) ([]uint64, error) {
+	n := []byte(needle)
 	var offs []uint64
 	for from := uint64(1); from <= upTo; {
 		es, err := a.host.Log().Read(from, int(min(eraseScanPage, upTo-from+1)))
@@ -46,24 +43,47 @@ func (a *API) roomEntries(roomID string, upTo uint64, keep func(pduHead) bool) (
 			break
 		}
 		for _, e := range es {
-			if e.Kind != englog.KindPDU || !bytes.Contains(e.Payload, needle) {
-				continue
-			}
-			var p facts.PDU
-			if err := facts.Decode(e, &p); err != nil {
-				continue // not folded either: nothing of it is served
-			}
-			var h pduHead
-			if json.Unmarshal(p.Event, &h) != nil || h.RoomID != roomID {
-				continue
-			}
-			if !keep(h) {
+			if bytes.Contains(e.Payload, n) && pick(e) {
 				offs = append(offs, e.Offset)
 			}
 		}
 		from = es[len(es)-1].Offset + 1
 	}
 	return offs, nil
+}
+
+// roomEntries returns the offsets, up to upTo, of the room's events (PDU
+// entries) for which keep says false. The whole log is read: a room's
+// events are not only those of its timeline (outliers of a join's auth
+// chain, rejected and soft-failed events, an invite received before the
+// join).
+func (a *API) roomEntries(roomID string, upTo uint64, keep func(pduHead) bool) ([]uint64, error) {
+	return a.entriesWhere(upTo, roomID, func(e englog.Entry) bool {
+		if e.Kind != englog.KindPDU {
+			return false
+		}
+		var p facts.PDU
+		if facts.Decode(e, &p) != nil {
+			return false // not folded either: nothing of it is served
+		}
+		var h pduHead
+		return json.Unmarshal(p.Event, &h) == nil && h.RoomID == roomID && !keep(h)
+	})
+}
+
+// eraseUserEntries is the erasure of a deactivation with erase: the
+// profiles the user set (display names, avatars), which the deactivation
+// only clears from the accounts projection. Their messages stay, and so
+// do the member events that carried their profile into rooms.
+func (a *API) eraseUserEntries(userID string) (englog.Proposal, int, error) {
+	offs, err := a.entriesWhere(a.host.Log().LastOffset(), userID, func(e englog.Entry) bool {
+		var p facts.ProfileSet
+		return e.Kind == englog.KindProfileSet && facts.Decode(e, &p) == nil && p.UserID == userID
+	})
+	if err != nil {
+		return englog.Proposal{}, 0, err
+	}
+	return englog.EraseProposal("user_erased", userID, offs), len(offs), nil
 }
 
 // purgeRoomEntries is the erasure of a room deleted with purge: every

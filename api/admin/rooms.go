@@ -513,7 +513,9 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 		if err != nil {
 			return nil, err
 		}
-		props = append(props, erase)
+		if n > 0 { // an erasure costs every projection a replay
+			props = append(props, erase)
+		}
 		changes["erased_entries"] = n
 	}
 	if err := a.commit(ctx, c, "delete_room", id, changes, props...); err != nil {
@@ -626,8 +628,11 @@ func (a *API) purgeHistory(w http.ResponseWriter, r *http.Request, c Caller) err
 	}
 	changes := map[string]any{"up_to_offset": upTo, "event_id": eventID, "purge_up_to_ts": req.PurgeUpToTS,
 		"delete_local_events": req.DeleteLocalEvents, "erased_entries": n}
-	if err := a.commit(r.Context(), c, "purge_history", room.RoomID, changes,
-		facts.MustEncode(englog.KindHistoryPurged, f), erase); err != nil {
+	props := []englog.Proposal{facts.MustEncode(englog.KindHistoryPurged, f)}
+	if n > 0 { // an erasure costs every projection a replay
+		props = append(props, erase)
+	}
+	if err := a.commit(r.Context(), c, "purge_history", room.RoomID, changes, props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"purge_id": f.PurgeID})

@@ -436,13 +436,25 @@ func (a *API) deactivate(w http.ResponseWriter, r *http.Request, c Caller) error
 }
 
 // deactivateUser leaves every room through the room write path, then
-// records the deactivation (devices and tokens go with it).
+// records the deactivation (devices and tokens go with it); with erase,
+// the user's profiles are erased from the log too (erase.go).
 func (a *API) deactivateUser(r *http.Request, c Caller, userID string, erase bool) error {
 	if err := a.host.LeaveAllRooms(r.Context(), userID); err != nil {
 		return err
 	}
-	return a.commit(r.Context(), c, "deactivate", userID, map[string]any{"deactivated": true, "erase": erase},
-		facts.MustEncode(englog.KindAccountDeactivated, facts.AccountDeactivated{UserID: userID, Erase: erase}))
+	changes := map[string]any{"deactivated": true, "erase": erase}
+	props := []englog.Proposal{facts.MustEncode(englog.KindAccountDeactivated, facts.AccountDeactivated{UserID: userID, Erase: erase})}
+	if erase {
+		p, n, err := a.eraseUserEntries(userID)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			props = append(props, p)
+			changes["erased_entries"] = n
+		}
+	}
+	return a.commit(r.Context(), c, "deactivate", userID, changes, props...)
 }
 
 func (a *API) shadowBan(ban bool) adminHandler {
