@@ -367,3 +367,46 @@ func TestClusterErasesOnEveryNode(t *testing.T) {
 		t.Fatal("the lagging node caught up without a snapshot; the snapshot path went untested")
 	}
 }
+
+// A node stopped between an erasure and its housekeeping finishes the
+// housekeeping when it starts again.
+func TestErasureHousekeepingResumesAfterARestart(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	quiet := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	n, err := Open(Config{Dir: dir, Logger: quiet, noEraser: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var secrets []uint64
+	for i := 0; i < 5; i++ {
+		offs, err := n.Append(ctx, Proposal{Kind: KindPDU, Payload: secretPayload("r", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		secrets = append(secrets, offs[0])
+	}
+	if err := n.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Append(ctx, EraseProposal("test", "", secrets)); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	marker := []byte("MARKER-7c1e")
+	if hits, _ := FilesHolding(dir, marker); len(hits) == 0 {
+		t.Fatal("without its housekeeping the erasure left nothing on disk: this test tests nothing")
+	}
+	n = openSingle(t, dir)
+	defer n.Close()
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := n.WaitErasures(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if hits := holding(t, n, marker); len(hits) > 0 {
+		t.Fatalf("after a restart the secrets are still in %v", hits)
+	}
+}

@@ -67,6 +67,9 @@ type Config struct {
 	fs vfs.FS
 	// statfs replaces the free-space probe (tests simulate a full disk).
 	statfs statfsFunc
+	// noEraser keeps the erasure housekeeping from running (tests stop
+	// a node between an erasure and its housekeeping).
+	noEraser bool
 }
 
 // Peer is a raft voter.
@@ -280,11 +283,14 @@ func Open(cfg Config) (*Node, error) {
 		return nil, fmt.Errorf("log: starting raft: %w", err)
 	}
 	n.release = make(chan struct{}, maxInflightCmds)
-	n.done.Add(4)
+	n.done.Add(3)
 	go n.batcher()
 	go n.completer()
 	go n.acker()
-	go n.eraser() // also resumes the housekeeping a stop interrupted
+	if !cfg.noEraser {
+		n.done.Add(1)
+		go n.eraser() // also resumes the housekeeping a stop interrupted
+	}
 
 	if single {
 		if err := n.awaitReady(30 * time.Second); err != nil {
