@@ -349,7 +349,11 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 		}
 		if i := slices.IndexFunc(entries, func(en englog.Entry) bool { return en.Kind == englog.KindErase }); i == 0 {
 			// The serving generation may hold what the erasure removed
-			// from the log: fold the rewritten log afresh (heal.go).
+			// from the log: fold the rewritten log afresh (heal.go). The
+			// tail cache may hold the erased entries as they were: it
+			// starts over, so their content does not stay in memory
+			// (the rebuild itself reads the log, never the cache).
+			e.tail.reset()
 			if err := e.refoldAfterErasure(ctx, h, entries[0].Offset); err != nil {
 				return err
 			}

@@ -81,3 +81,11 @@ func (c *tailCache) put(es []englog.Entry) {
 	}
 	c.entries = append([]englog.Entry(nil), c.entries[drop:]...)
 }
+
+// reset empties the cache (after an erasure: what it holds may be content
+// the log no longer has).
+func (c *tailCache) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.entries, c.bytes = nil, 0
+}
