@@ -1,13 +1,22 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/engram-hs/engram/bench/report"
 	"github.com/engram-hs/engram/internal/testca"
 	"github.com/engram-hs/engram/internal/testserver"
 )
@@ -355,4 +364,149 @@ func TestJoinIsOneDeviceListChange(t *testing.T) {
 	if slices.Contains(changed, bobID) {
 		t.Fatalf("after the sync that told alice of bob's join, bob's devices did not change, yet device_lists.changed named him again: %v\n%s", changed, a.Logs())
 	}
+}
+
+// BenchmarkRemoteDeviceListFanout500Rooms is BenchmarkDeviceListFanout500Rooms
+// (api) across two servers: alice (A) is in 500 rooms whose other members
+// are users of B, each in rooms/members of them, and long-poll B's /sync;
+// she logs in a new device and uploads its keys. The figure is the time
+// from the upload until every member's /sync lists her in
+// device_lists.changed (the slowest of them): A queues one
+// m.device_list_update for B, B records it and wakes its members. One
+// untimed device first, so that B holds its copy of alice's list (the
+// first update makes B fetch it whole).
+func BenchmarkRemoteDeviceListFanout500Rooms(b *testing.B) {
+	for _, members := range []int{50, 500} {
+		b.Run(fmt.Sprintf("members=%d", members), func(b *testing.B) { benchRemoteDeviceListFanout(b, 500, members) })
+	}
+}
+
+func benchRemoteDeviceListFanout(b *testing.B, roomsN, members int) {
+	ca := testca.New(b)
+	a, bs := start(b, ca), start(b, ca)
+	alice := register(b, a, "alice")
+	aliceID := "@alice:" + a.name
+	rooms := make([]string, roomsN)
+	for i := range rooms {
+		var r struct {
+			RoomID string `json:"room_id"`
+		}
+		if st := call(b, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"preset": "public_chat", "room_version": "11"}, &r); st != 200 {
+			b.Fatalf("createRoom: %d", st)
+		}
+		rooms[i] = r.RoomID
+	}
+	tokens := make([]string, members)
+	for i := range tokens {
+		tokens[i] = register(b, bs, fmt.Sprintf("m%d", i))
+	}
+	// Remote joins, four at a time (each is make_join and send_join to A).
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	work := make(chan int, roomsN)
+	for j := range roomsN {
+		work <- j
+	}
+	close(work)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				path := "/_matrix/client/v3/join/" + url.PathEscape(rooms[j]) + "?server_name=" + url.QueryEscape(a.name)
+				if st := call(b, bs, "POST", path, tokens[j%members], map[string]any{}, nil); st != 200 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d remote joins failed\n%s", n, bs.Logs())
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: members + 8}}
+	defer client.CloseIdleConnections()
+	// fanout adds a device of alice and returns how long until every
+	// member's /sync on B showed it.
+	fanout := func() time.Duration {
+		sinces := make([]string, members)
+		for k, tok := range tokens {
+			var s struct {
+				NextBatch string `json:"next_batch"`
+			}
+			call(b, bs, "GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=0", tok, nil, &s)
+			sinces[k] = s.NextBatch
+		}
+		var login struct {
+			AccessToken string `json:"access_token"`
+			DeviceID    string `json:"device_id"`
+		}
+		if st := call(b, a, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+			"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
+			b.Fatalf("login: %d", st)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		seenAt := make([]time.Time, members)
+		var polls, waiting sync.WaitGroup
+		waiting.Add(members)
+		for k, tok := range tokens {
+			polls.Add(1)
+			go func() {
+				defer polls.Done()
+				since, first := sinces[k], true
+				for ctx.Err() == nil {
+					req, _ := http.NewRequestWithContext(ctx, "GET", bs.URL+"/_matrix/client/v3/sync?set_presence=offline&timeout=60000&since="+url.QueryEscape(since), nil)
+					req.Header.Set("Authorization", "Bearer "+tok)
+					if first {
+						waiting.Done()
+						first = false
+					}
+					resp, err := client.Do(req)
+					if err != nil {
+						return
+					}
+					var r struct {
+						NextBatch   string `json:"next_batch"`
+						DeviceLists struct {
+							Changed []string `json:"changed"`
+						} `json:"device_lists"`
+					}
+					_ = json.NewDecoder(resp.Body).Decode(&r)
+					resp.Body.Close()
+					if slices.Contains(r.DeviceLists.Changed, aliceID) {
+						seenAt[k] = time.Now()
+						return
+					}
+					since = r.NextBatch
+				}
+			}()
+		}
+		waiting.Wait()
+		time.Sleep(time.Duration(members) * time.Millisecond) // the long-polls reach B and wait
+		t0 := time.Now()
+		uploadDeviceKeys(b, a, login.AccessToken, aliceID, login.DeviceID)
+		polls.Wait()
+		slowest := time.Duration(0)
+		for k, at := range seenAt {
+			if at.IsZero() {
+				b.Fatalf("member %d never saw alice's new device\n%s", k, bs.Logs())
+			}
+			slowest = max(slowest, at.Sub(t0))
+		}
+		return slowest
+	}
+	fanout() // B fetches alice's list whole on the first update
+	rec := report.NewRecorder("remote_device_list_fanout", map[string]string{"rooms": strconv.Itoa(roomsN), "members": strconv.Itoa(members),
+		"rooms_per_member": strconv.Itoa(roomsN / members), "servers": "2"}, os.Stdout)
+	load0 := report.LoadAverage()
+	var all []time.Duration
+	b.ResetTimer()
+	for range b.N {
+		all = append(all, fanout())
+	}
+	b.StopTimer()
+	rec.SetParam("loadavg_start", fmt.Sprint(load0))
+	rec.Add("all_seen_p50_ms", report.MS(report.Percentile(all, 50)), "ms", report.LowerIsBetter)
+	rec.Add("all_seen_max_ms", report.MS(report.Percentile(all, 100)), "ms", report.LowerIsBetter)
 }

@@ -24,7 +24,7 @@ import (
 	"github.com/engram-hs/engram/stateres/signing"
 )
 
-func testKey(t *testing.T) signing.Key {
+func testKey(t testing.TB) signing.Key {
 	k, err := signing.GenerateKey(rand.Reader, "t")
 	if err != nil {
 		t.Fatal(err)
@@ -37,20 +37,20 @@ type server struct {
 	name string
 }
 
-func start(t *testing.T, ca *testca.CA) server {
+func start(t testing.TB, ca *testca.CA) server {
 	t.Helper()
 	return startAt(t, ca, fmt.Sprintf("127.0.0.1:%d", testserver.FreePort(t)), "")
 }
 
 // startAt starts a server named name (its federation address) on dir
 // ("" for a new one): a restart keeps both.
-func startAt(t *testing.T, ca *testca.CA, name, dir string) server {
+func startAt(t testing.TB, ca *testca.CA, name, dir string) server {
 	t.Helper()
 	return startWith(t, ca, name, dir, "")
 }
 
 // startWith is startAt with extra config lines.
-func startWith(t *testing.T, ca *testca.CA, name, dir, extraYAML string) server {
+func startWith(t testing.TB, ca *testca.CA, name, dir, extraYAML string) server {
 	t.Helper()
 	s := testserver.Start(t, testserver.Options{ServerName: name, DataDir: dir, ExtraYAML: extraYAML + fmt.Sprintf(`federation_listen: %q
 federation_tls_ca_cert: %q
@@ -65,13 +65,13 @@ federation:
 }
 
 // call makes a client-server request and decodes the answer.
-func call(t *testing.T, s server, method, path, token string, body any, out any) int {
+func call(t testing.TB, s server, method, path, token string, body any, out any) int {
 	t.Helper()
 	return callURL(t, s.URL, method, path, token, body, out)
 }
 
 // callURL makes a client-server request to the server at base.
-func callURL(t *testing.T, base, method, path, token string, body any, out any) int {
+func callURL(t testing.TB, base, method, path, token string, body any, out any) int {
 	t.Helper()
 	var rd io.Reader
 	if body != nil {
@@ -96,7 +96,7 @@ func callURL(t *testing.T, base, method, path, token string, body any, out any) 
 	return resp.StatusCode
 }
 
-func register(t *testing.T, s server, user string) string {
+func register(t testing.TB, s server, user string) string {
 	t.Helper()
 	var out struct {
 		AccessToken string `json:"access_token"`

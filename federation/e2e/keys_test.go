@@ -293,7 +293,7 @@ func newCrossKeys(t *testing.T, user string) crossKeys {
 
 // uploadDeviceKeys uploads device keys for userID's deviceID, signed
 // with a fresh ed25519 key of the device.
-func uploadDeviceKeys(t *testing.T, s server, token, userID, deviceID string) {
+func uploadDeviceKeys(t testing.TB, s server, token, userID, deviceID string) {
 	t.Helper()
 	pub, priv, _ := ed25519.GenerateKey(rand.Reader)
 	keys := signObj(t, userID, "ed25519:"+deviceID, priv, map[string]any{"user_id": userID, "device_id": deviceID,
@@ -305,7 +305,7 @@ func uploadDeviceKeys(t *testing.T, s server, token, userID, deviceID string) {
 }
 
 // signObj signs a JSON object as user's key keyID.
-func signObj(t *testing.T, user, keyID string, priv ed25519.PrivateKey, obj map[string]any) map[string]any {
+func signObj(t testing.TB, user, keyID string, priv ed25519.PrivateKey, obj map[string]any) map[string]any {
 	t.Helper()
 	raw, _ := json.Marshal(obj)
 	signed, err := signing.SignJSON(user, keyID, priv, raw)
