@@ -613,7 +613,18 @@ func (s *Server) deactivate(w http.ResponseWriter, r *http.Request, sess *sessio
 	if err := s.leaveAllRooms(r.Context(), sess.UserID); err != nil {
 		return err
 	}
-	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, facts.MustEncode(englog.KindAccountDeactivated, facts.AccountDeactivated{UserID: sess.UserID, Erase: req.Erase})); err != nil {
+	props := []englog.Proposal{facts.MustEncode(englog.KindAccountDeactivated, facts.AccountDeactivated{UserID: sess.UserID, Erase: req.Erase})}
+	if req.Erase {
+		// The same erasure as the admin API's deactivation with erase.
+		p, n, err := s.admin.UserErasure(sess.UserID)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			props = append(props, p)
+		}
+	}
+	if _, err := s.commit(r.Context(), []*projections.Handle{s.accountsH}, props...); err != nil {
 		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"id_server_unbind_result": "no-support"})

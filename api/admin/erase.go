@@ -71,6 +71,12 @@ func (a *API) roomEntries(roomID string, upTo uint64, keep func(pduHead) bool) (
 	})
 }
 
+// UserErasure is eraseUserEntries for the client API's own deactivation
+// with erase (/account/deactivate), so that both routes erase the same.
+func (a *API) UserErasure(userID string) (englog.Proposal, int, error) {
+	return a.eraseUserEntries(userID)
+}
+
 // eraseUserEntries is the erasure of a deactivation with erase: the
 // profiles the user set (display names, avatars), which the deactivation
 // only clears from the accounts projection. Their messages stay, and so
