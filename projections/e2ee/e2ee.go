@@ -166,7 +166,7 @@ func (*Projection) Name() string { return "e2ee" }
 // what local users see of the copy as it was (devices without keys are
 // not shown), or an update the copy already holds, does not put the user
 // in device_lists.changed.
-func (*Projection) Version() int { return 4 }
+func (*Projection) Version() int { return 5 }
 
 // AfterCommit reports the users whose device lists the batch changed.
 // It decodes only user IDs; no state is read.

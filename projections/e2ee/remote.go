@@ -203,6 +203,14 @@ func applyRemoteEDU(w projections.Writer, e englog.Entry, eduType string, conten
 				// the resync recorded just before it already held).
 				news = ok && l.Stale
 			case l.Stale || !u.Follows(l.StreamID):
+				// A first update (no prev_id) over a copy fetched before
+				// the user's server had sent any (stream 0), repeating
+				// what the copy holds for the device, is how that server
+				// announces its user's devices after joining a room with
+				// us: the copy turns stale all the same (the fetch it
+				// calls for may have failed), but local users are not
+				// told of a change they would not see.
+				news = l.StreamID != 0 || len(u.PrevID) != 0 || !repeatsCopy(*l, u, user)
 				l.Stale = true
 				l.StreamID = u.StreamID
 			case u.Deleted:
@@ -244,6 +252,20 @@ func applyRemoteEDU(w projections.Writer, e englog.Entry, eduType string, conten
 		return nil
 	}
 	return markChanged(w, user, e.Offset)
+}
+
+// repeatsCopy reports whether an update shows local users a device as
+// the copy already does.
+func repeatsCopy(l RemoteList, u DeviceListUpdate, user string) bool {
+	if u.Deleted {
+		return false
+	}
+	rd := RemoteDevice{DisplayName: u.DisplayName}
+	if KeysFor(u.Keys, user, u.DeviceID) {
+		rd.Keys = u.Keys
+	}
+	d, ok := l.Devices[u.DeviceID]
+	return sameDevice(d, ok, rd, true)
 }
 
 // RemoteList returns the copy of a remote user's device list, or nil.

@@ -147,6 +147,28 @@ func TestRemoteDeviceListCopy(t *testing.T) {
 	if !changed() {
 		t.Fatal("a resync that renamed a device did not mark the user changed")
 	}
+
+	// A copy fetched at stream 0 (before the user's server sent any
+	// update), then that server's first update (no prev_id) announcing a
+	// device as the copy holds it, its fetch having failed: the copy is
+	// stale, but nothing changed for local users. A first update naming
+	// a device the copy lacks is news.
+	for _, tc := range []struct {
+		user, dev string
+		news      bool
+	}{{"@s:remote", "A", false}, {"@n:remote", "NEW", true}} {
+		appendAll(facts.MustEncode(englog.KindRemoteDevicesResynced, facts.RemoteDevicesResynced{UserID: tc.user, Origin: "remote", StreamID: 0,
+			Devices: []facts.RemoteDevice{{DeviceID: "A", Keys: keys(tc.user, "A")}}}))
+		raw, _ := json.Marshal(map[string]any{"user_id": tc.user, "device_id": tc.dev, "stream_id": 1, "keys": keys(tc.user, tc.dev)})
+		appendAll(facts.MustEncode(englog.KindEDU, facts.EDU{Type: e2ee.EDUDeviceListUpdate, Origin: "remote", Content: raw}))
+		l, err := v.RemoteList(tc.user)
+		if err != nil || l == nil || !l.Stale {
+			t.Fatalf("%s: a first update over a stream-0 copy left it %+v (%v)", tc.user, l, err)
+		}
+		if at, err := v.ChangedAt(tc.user); err != nil || (at == last) != tc.news {
+			t.Fatalf("%s: the first update's news = %v, want %v (%v)", tc.user, at == last, tc.news, err)
+		}
+	}
 }
 
 func TestDeviceListUpdateFollows(t *testing.T) {
