@@ -142,3 +142,56 @@ func (s *Server) fetchDeviceList(ctx context.Context, origin, user string) (fact
 	return facts.RemoteDevicesResynced{UserID: user, Origin: origin, StreamID: out.StreamID, Devices: out.Devices,
 		Master: out.Master, SelfSigning: out.SelfSigning}, nil
 }
+
+// joinerTimeout bounds the device-list fetch done for a send_join: the
+// joining server waits for its answer meanwhile.
+const joinerTimeout = 5 * time.Second
+
+// trackJoiner fetches and records the device list of a remote user who
+// is joining an encrypted room with local users through send_join, when
+// this server holds no copy of it and shares no other room with them. Their server
+// announces their devices once the join is done (an m.device_list_update
+// per device); with the copy already here, those updates change nothing
+// and local users are not told of a change a second time (the join
+// itself put the user in their device_lists.changed). A failed fetch is
+// logged and the join goes on: the first update then resyncs the copy.
+func (s *Server) trackJoiner(ctx context.Context, origin, user, roomID string) {
+	if s.deps.E2EE == nil || s.deps.Client == nil || s.deps.Rooms == nil || s.deps.Log == nil || domainOf(user) != origin {
+		return
+	}
+	if l, err := e2ee.NewView(s.deps.E2EE.Reader()).RemoteList(user); err != nil || (l != nil && !l.Stale) {
+		return
+	}
+	if shared, err := s.sharedWithLocalUser(user); err != nil || shared {
+		return // an existing copy's updates already flow (or the first one resyncs)
+	}
+	// Only an encrypted room needs the joiner's devices (spec: device
+	// lists are for end-to-end encryption); elsewhere the fetch would be
+	// a request no other homeserver makes, which Complement's federation
+	// servers count as a failure.
+	if enc, err := s.view().StateEvent(roomID, "m.room.encryption", ""); err != nil || enc == nil {
+		return
+	}
+	if here, err := s.view().HasJoinedMember(roomID, s.cfg.ServerName); err != nil || !here {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, joinerTimeout)
+	defer cancel()
+	f, err := s.fetchDeviceList(ctx, origin, user)
+	if err != nil {
+		s.logger.Info().Err(err).Str("user", user).Str("origin", origin).
+			Msg("could not fetch a joining user's device list; their first device list update fetches it")
+		return
+	}
+	p, err := facts.Encode(englog.KindRemoteDevicesResynced, f)
+	if err != nil {
+		return
+	}
+	offs, err := s.deps.Log.Append(ctx, p)
+	if err == nil {
+		err = s.deps.E2EE.WaitApplied(ctx, offs[len(offs)-1])
+	}
+	if err != nil {
+		s.logger.Warn().Err(err).Str("user", user).Msg("could not record a joining user's device list; their first device list update fetches it")
+	}
+}

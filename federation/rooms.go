@@ -854,6 +854,9 @@ func (s *Server) receiveMembership(r *http.Request, origin, membership string) (
 			return v, nil, err
 		}
 	}
+	if membership == "join" {
+		s.trackJoiner(r.Context(), origin, ev.Sender(), roomID)
+	}
 	verdicts, err := s.receiver().Room(r.Context(), origin, roomID, []json.RawMessage{ev.JSON()})
 	if err != nil {
 		return v, nil, err

@@ -257,6 +257,116 @@ func TestAdminDeviceEditsReachOtherServers(t *testing.T) {
 	}
 }
 
+// A remote user joining an encrypted room through send_join is news once:
+// alice (A) sees bob (B) in device_lists.changed for the join, and B's announcement of
+// bob's devices after the join (one m.device_list_update per device) does
+// not put him there a second time, since A's copy of his list already
+// holds those devices (A fetched it during the send_join). Alice's own new
+// device afterwards shows alone. Before, the announcement arriving just
+// after alice's sync named bob again.
+func TestJoinIsOneDeviceListChange(t *testing.T) {
+	ca := testca.New(t)
+	a, b := start(t, ca), start(t, ca)
+	alice := register(t, a, "alice")
+	bob := register(t, b, "bob")
+	aliceID, bobID := "@alice:"+a.name, "@bob:"+b.name
+	var who struct {
+		DeviceID string `json:"device_id"`
+	}
+	call(t, b, "GET", "/_matrix/client/v3/account/whoami", bob, nil, &who)
+	uploadDeviceKeys(t, b, bob, bobID, who.DeviceID)
+	// And a device without keys (as Complement's users have): B announces
+	// it too, and A's resync on that announcement lists only devices with
+	// keys; what alice can see is the same, so it is no news either.
+	if st := call(t, b, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+		"identifier": map[string]any{"type": "m.id.user", "user": "bob"}, "password": "pw-bob"}, nil); st != 200 {
+		t.Fatalf("bob's second login: %d", st)
+	}
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/createRoom", alice, map[string]any{"room_alias_name": "once", "preset": "public_chat", "room_version": "11",
+		"initial_state": []map[string]any{{"type": "m.room.encryption", "state_key": "", "content": map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}}}}, &room); st != 200 {
+		t.Fatalf("createRoom: %d", st)
+	}
+	type syncAnswer struct {
+		NextBatch   string `json:"next_batch"`
+		DeviceLists struct {
+			Changed []string `json:"changed"`
+		} `json:"device_lists"`
+		Rooms struct {
+			Join map[string]struct {
+				Timeline struct {
+					Events []struct {
+						Sender  string         `json:"sender"`
+						Content map[string]any `json:"content"`
+					} `json:"events"`
+				} `json:"timeline"`
+			} `json:"join"`
+		} `json:"rooms"`
+	}
+	syncA := func(since string, timeout int) syncAnswer {
+		var s syncAnswer
+		path := "/_matrix/client/v3/sync?set_presence=offline&timeout=" + strconv.Itoa(timeout)
+		if since != "" {
+			path += "&since=" + url.QueryEscape(since)
+		}
+		if st := call(t, a, "GET", path, alice, nil, &s); st != 200 {
+			t.Fatalf("sync: %d", st)
+		}
+		return s
+	}
+	before := syncA("", 0).NextBatch
+	if st := call(t, b, "POST", "/_matrix/client/v3/join/"+url.PathEscape("#once:"+a.name), bob, map[string]any{}, nil); st != 200 {
+		t.Fatalf("bob joins: %d\n%s", st, b.Logs())
+	}
+	// Right after the join: alice is told bob's devices changed (B's
+	// announcement is most likely still on its way).
+	first := syncA(before, 0)
+	if !slices.Contains(first.DeviceLists.Changed, bobID) {
+		t.Fatalf("alice's sync after bob joined should name him in device_lists.changed: %+v", first.DeviceLists)
+	}
+	// Two messages from bob, the second sent once alice saw the first:
+	// B's transactions to A go one after the other, so by the time the
+	// second arrives the announcement queued at the join was recorded.
+	var changed []string
+	since := first.NextBatch
+	for i, body := range []string{"one", "two"} {
+		if st := call(t, b, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(room.RoomID)+"/send/m.room.message/m"+strconv.Itoa(i), bob, map[string]any{"msgtype": "m.text", "body": body}, nil); st != 200 {
+			t.Fatalf("bob sends: %d", st)
+		}
+		eventually(t, "alice to see bob's message "+body, func() bool {
+			s := syncA(since, 1000)
+			since = s.NextBatch
+			changed = append(changed, s.DeviceLists.Changed...)
+			for _, ev := range s.Rooms.Join[room.RoomID].Timeline.Events {
+				if ev.Sender == bobID && ev.Content["body"] == body {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	var login struct {
+		AccessToken string `json:"access_token"`
+		DeviceID    string `json:"device_id"`
+	}
+	if st := call(t, a, "POST", "/_matrix/client/v3/login", "", map[string]any{"type": "m.login.password",
+		"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "pw-alice"}, &login); st != 200 {
+		t.Fatalf("login: %d", st)
+	}
+	uploadDeviceKeys(t, a, login.AccessToken, aliceID, login.DeviceID)
+	eventually(t, "alice's sync to show her new device", func() bool {
+		s := syncA(since, 1000)
+		since = s.NextBatch
+		changed = append(changed, s.DeviceLists.Changed...)
+		return slices.Contains(s.DeviceLists.Changed, aliceID)
+	})
+	if slices.Contains(changed, bobID) {
+		t.Fatalf("after the sync that told alice of bob's join, bob's devices did not change, yet device_lists.changed named him again: %v\n%s", changed, a.Logs())
+	}
+}
+
 // BenchmarkRemoteDeviceListFanout500Rooms is BenchmarkDeviceListFanout500Rooms
 // (api) across two servers: alice (A) is in 500 rooms whose other members
 // are users of B, each in rooms/members of them, and long-poll B's /sync;
