@@ -106,14 +106,8 @@ func (s *Server) sharedWithLocalUser(user string) (bool, error) {
 		if m.Membership != "join" {
 			continue
 		}
-		members, err := rv.MemberIDs(m.RoomID, "join")
-		if err != nil {
-			return false, err
-		}
-		for _, member := range members {
-			if domainOf(member) == s.cfg.ServerName {
-				return true, nil
-			}
+		if here, err := rv.HasJoinedMember(m.RoomID, s.cfg.ServerName); err != nil || here {
+			return here, err
 		}
 	}
 	return false, nil
@@ -149,12 +143,13 @@ const joinerTimeout = 5 * time.Second
 
 // trackJoiner fetches and records the device list of a remote user who
 // is joining an encrypted room with local users through send_join, when
-// this server holds no copy of it and shares no other room with them. Their server
-// announces their devices once the join is done (an m.device_list_update
-// per device); with the copy already here, those updates change nothing
-// and local users are not told of a change a second time (the join
-// itself put the user in their device_lists.changed). A failed fetch is
-// logged and the join goes on: the first update then resyncs the copy.
+// this server holds no copy of it and shares no other room with them.
+// Their server announces their devices once the join is done (an
+// m.device_list_update per device); with the copy already here, those
+// updates change nothing and local users are not told of a change a
+// second time (the join itself put the user in their
+// device_lists.changed). A failed fetch is logged and the join goes on:
+// the first update then resyncs the copy.
 func (s *Server) trackJoiner(ctx context.Context, origin, user, roomID string) {
 	if s.deps.E2EE == nil || s.deps.Client == nil || s.deps.Rooms == nil || s.deps.Log == nil || domainOf(user) != origin {
 		return
