@@ -722,12 +722,7 @@ func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 		if !ok {
 			m = meta{Version: h.p.Version(), Gen: 1, NextGen: 2}
 		}
-		if m.ShadowGen != 0 {
-			if m, err = e.dropShadow(h.name, m); err != nil {
-				return err
-			}
-		}
-		if m, err = e.newShadow(h.name, m, h.p.Version()); err != nil {
+		if m, err = e.freshShadow(h, m); err != nil {
 			return err
 		}
 		h.meta = m

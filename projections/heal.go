@@ -202,12 +202,7 @@ func (e *Engine) healHandle(ctx context.Context, h *Handle) error {
 	m := h.meta
 	damaged := dataPrefix(h.name, m.Gen)
 	var err error
-	if m.ShadowGen != 0 {
-		if m, err = e.dropShadow(h.name, m); err != nil {
-			return err
-		}
-	}
-	if m, err = e.newShadow(h.name, m, h.p.Version()); err != nil {
+	if m, err = e.freshShadow(h, m); err != nil {
 		return err
 	}
 	h.meta = m
@@ -346,12 +341,7 @@ func (e *Engine) refoldAfterErasure(ctx context.Context, h *Handle, offset uint6
 	m := h.meta
 	old := dataPrefix(h.name, m.Gen)
 	var err error
-	if m.ShadowGen != 0 {
-		if m, err = e.dropShadow(h.name, m); err != nil {
-			return err
-		}
-	}
-	if m, err = e.newShadow(h.name, m, h.p.Version()); err != nil {
+	if m, err = e.freshShadow(h, m); err != nil {
 		return err
 	}
 	h.meta = m
@@ -383,3 +373,15 @@ func (e *Engine) refoldAfterErasure(ctx context.Context, h *Handle, offset uint6
 // walScrubber is implemented by a log whose store can remove its old
 // write-ahead logs (englog.Node).
 type walScrubber interface{ ScrubWALs() error }
+
+// freshShadow gives h a new, empty shadow generation to fold into, after
+// dropping the one it had (a rebuild cut short).
+func (e *Engine) freshShadow(h *Handle, m meta) (meta, error) {
+	if m.ShadowGen != 0 {
+		var err error
+		if m, err = e.dropShadow(h.name, m); err != nil {
+			return m, err
+		}
+	}
+	return e.newShadow(h.name, m, h.p.Version())
+}
