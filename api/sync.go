@@ -237,8 +237,9 @@ func syncBuildSlots() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 // builds (and encodings) take at most half the cores however many
 // long-polls wake, so that the writes (sends, the projections' folds) keep
 // theirs; with one build per core, a thousand woken syncers took 87% of
-// the CPU and sends fell to 15% of their rate. A build is a short burst of reads; waiting for a slot costs a
-// long-poll little, a starved send costs its sender the whole wait.
+// the CPU and sends fell to 15% of their rate. A build is a short burst
+// of reads; waiting for a slot costs a long-poll little, a starved send
+// costs its sender the whole wait.
 // Call release once the build's CPU work is done.
 func (s *Server) syncBuildSlot(ctx context.Context) (release func(), err error) {
 	select {

@@ -71,17 +71,12 @@ func (a *API) roomEntries(roomID string, upTo uint64, keep func(pduHead) bool) (
 	})
 }
 
-// UserErasure is eraseUserEntries for the client API's own deactivation
-// with erase (/account/deactivate), so that both routes erase the same.
-func (a *API) UserErasure(userID string) (englog.Proposal, int, error) {
-	return a.eraseUserEntries(userID)
-}
-
-// eraseUserEntries is the erasure of a deactivation with erase: the
+// UserErasure is the erasure of a deactivation with erase, by an admin
+// or by the user's own /account/deactivate (api), so both erase the same: the
 // profiles the user set (display names, avatars), which the deactivation
 // only clears from the accounts projection. Their messages stay, and so
 // do the member events that carried their profile into rooms.
-func (a *API) eraseUserEntries(userID string) (englog.Proposal, int, error) {
+func (a *API) UserErasure(userID string) (englog.Proposal, int, error) {
 	offs, err := a.entriesWhere(a.host.Log().LastOffset(), userID, func(e englog.Entry) bool {
 		var p facts.ProfileSet
 		return e.Kind == englog.KindProfileSet && facts.Decode(e, &p) == nil && p.UserID == userID

@@ -445,7 +445,7 @@ func (a *API) deactivateUser(r *http.Request, c Caller, userID string, erase boo
 	changes := map[string]any{"deactivated": true, "erase": erase}
 	props := []englog.Proposal{facts.MustEncode(englog.KindAccountDeactivated, facts.AccountDeactivated{UserID: userID, Erase: erase})}
 	if erase {
-		p, n, err := a.eraseUserEntries(userID)
+		p, n, err := a.UserErasure(userID)
 		if err != nil {
 			return err
 		}
