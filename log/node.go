@@ -70,6 +70,9 @@ type Config struct {
 	// noEraser keeps the erasure housekeeping from running (tests stop
 	// a node between an erasure and its housekeeping).
 	noEraser bool
+	// noTrimmer keeps the raft log trimming from running (tests make a
+	// long raft log to find at Open).
+	noTrimmer bool
 }
 
 // Peer is a raft voter.
@@ -99,6 +102,8 @@ type Node struct {
 	eraseWake chan struct{}
 	eraseMu   sync.Mutex
 	eraseDone chan struct{} // closed and replaced after each pass
+
+	trimWake chan struct{} // raft log trimming (trim.go)
 
 	// Group commit: Append hands requests to the batcher, which packs all
 	// waiting ones into one raft command; the completer answers them in
@@ -147,6 +152,7 @@ func Open(cfg Config) (*Node, error) {
 
 		eraseWake: make(chan struct{}, 1),
 		eraseDone: make(chan struct{}),
+		trimWake:  make(chan struct{}, 1),
 	}
 	ok := false
 	defer func() {
@@ -200,6 +206,7 @@ func Open(cfg Config) (*Node, error) {
 	if n.store, err = newRaftStore(n.db, &n.guard, n.space, n.state, stateCreated); err != nil {
 		return nil, err
 	}
+	n.store.onTrim = n.wakeTrimmer // a no-op until the trimmer runs
 	raftFirst, _ := n.store.FirstIndex()
 	rec, err := recoverLog(n.db, &n.guard, n.log, verifyTail, raftFirst)
 	if err != nil {
@@ -296,6 +303,16 @@ func Open(cfg Config) (*Node, error) {
 		if err := n.awaitReady(30 * time.Second); err != nil {
 			return nil, err
 		}
+	}
+	if !cfg.Offline && !cfg.noTrimmer {
+		// Started once ready, so that its first pass finds a single node's
+		// raft log re-applied and can snapshot it.
+		keep := int64(raftKeepCluster)
+		if single {
+			keep = raftKeepSingle
+		}
+		n.done.Add(1)
+		go n.trimmer(keep)
 	}
 	if err := n.checkAcknowledged(single); err != nil {
 		return nil, err

@@ -122,6 +122,11 @@ type raftStore struct {
 	state *stateFile    // raft's stable store
 	syncs atomic.Uint64 // durable raft writes, for benchmarks
 
+	// sinceTrim counts the record bytes stored since the trimmer was last
+	// woken (onTrim, may be nil), every raftTrimEvery bytes (trim.go).
+	sinceTrim atomic.Int64
+	onTrim    func()
+
 	mu          sync.Mutex
 	first, last uint64 // cached bounds of the raft log; 0 when empty
 }
@@ -231,8 +236,11 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 	}
 	b := s.db.NewBatch()
 	defer b.Close()
+	var size int64
 	for _, l := range logs {
-		if err := b.Set(raftKey(l.Index), encodeRaftLog(l), nil); err != nil {
+		v := encodeRaftLog(l)
+		size += int64(len(v))
+		if err := b.Set(raftKey(l.Index), v, nil); err != nil {
 			return err
 		}
 	}
@@ -251,6 +259,10 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 		}
 	}
 	s.mu.Unlock()
+	if s.sinceTrim.Add(size) >= raftTrimEvery && s.onTrim != nil {
+		s.sinceTrim.Store(0)
+		s.onTrim()
+	}
 	return nil
 }
 

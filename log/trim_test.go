@@ -1,0 +1,172 @@
+package log
+
+import (
+	"bytes"
+	"context"
+	"math/rand"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// raftLogBytes is what the raft log's records hold (logical bytes).
+func raftLogBytes(t *testing.T, n *Node) (held int64, first uint64) {
+	t.Helper()
+	first, _ = n.store.FirstIndex()
+	it, err := n.db.NewIter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	for ok := it.SeekGE(prefixRaft); ok && bytes.HasPrefix(it.Key(), prefixRaft); ok = it.Next() {
+		held += int64(len(it.Value()))
+	}
+	return held, first
+}
+
+// appendIncompressible appends count entries of size random bytes (the
+// proposer's zstd cannot shrink them), in commands of perCmd entries.
+func appendIncompressible(t *testing.T, n *Node, rng *rand.Rand, count, size, perCmd int) [][]byte {
+	t.Helper()
+	var all [][]byte
+	for len(all) < count {
+		var props []Proposal
+		for i := 0; i < perCmd && len(all) < count; i++ {
+			p := make([]byte, size)
+			rng.Read(p)
+			all = append(all, p)
+			props = append(props, Proposal{Kind: KindPDU, Payload: p})
+		}
+		if _, err := n.Append(context.Background(), props...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return all
+}
+
+func checkTrimmedEntries(t *testing.T, n *Node, want [][]byte) {
+	t.Helper()
+	got, err := n.Read(1, len(want)+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("read %d entries, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i].Payload, want[i]) {
+			t.Fatalf("entry %d differs after trimming", i+1)
+		}
+	}
+}
+
+// awaitTrimmed waits (the trimmer runs in the background) until the raft
+// log no longer starts at index 1.
+func awaitTrimmed(t *testing.T, n *Node) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if first, _ := n.store.FirstIndex(); first > 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			held, first := raftLogBytes(t, n)
+			t.Fatalf("raft log never trimmed: %d bytes from index %d", held, first)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A live single node keeps its raft log to about raftKeepSingle bytes
+// beyond what was stored since the last pass, whatever the command size,
+// and every entry stays readable, before and after a restart.
+func TestRaftLogTrimmedWhileAppending(t *testing.T) {
+	dir := t.TempDir()
+	n := openSingle(t, dir)
+	rng := rand.New(rand.NewSource(1))
+	// 3 x raftTrimEvery in commands of 64 entries of 4 KiB.
+	want := appendIncompressible(t, n, rng, 3*raftTrimEvery/4096, 4096, 64)
+	awaitTrimmed(t, n)
+	// Past the last wake, at most raftTrimEvery more was stored; one pass
+	// may still be running, so wait for it to settle.
+	var held int64
+	var first uint64
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		held, first = raftLogBytes(t, n)
+		if held <= raftKeepSingle+raftTrimEvery+maxCmdBytes || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if limit := int64(raftKeepSingle + raftTrimEvery + maxCmdBytes); held > limit {
+		t.Fatalf("raft log holds %d bytes (from index %d), want <= %d", held, first, limit)
+	}
+	checkTrimmedEntries(t, n, want)
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n = openSingle(t, dir)
+	defer n.Close()
+	checkTrimmedEntries(t, n, want)
+	// Appends after the restart continue the same log.
+	more := appendIncompressible(t, n, rng, 10, 100, 10)
+	checkTrimmedEntries(t, n, append(want, more...))
+}
+
+// A raft log found long at Open (an older build kept it, or entries came in
+// few large commands) is trimmed to raftKeepSingle and its tables
+// compacted, without losing an entry.
+func TestRaftLogTrimmedAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	quiet := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	n, err := Open(Config{Dir: dir, Logger: quiet, noTrimmer: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(2))
+	// Few, large commands: raft's own compaction (by command count) keeps
+	// them all.
+	want := appendIncompressible(t, n, rng, 2*raftTrimEvery/4096, 4096, 512)
+	if err := n.DB().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := raftLogBytes(t, n)
+	if before < 2*raftTrimEvery {
+		t.Fatalf("raft log holds %d bytes before the restart, want >= %d", before, 2*raftTrimEvery)
+	}
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	n = openSingle(t, dir)
+	awaitTrimmed(t, n)
+	held, first := raftLogBytes(t, n)
+	if held > raftKeepSingle+maxCmdBytes {
+		t.Fatalf("raft log holds %d bytes from index %d after Open, want <= %d", held, first, raftKeepSingle+maxCmdBytes)
+	}
+	// The first pass compacts what it deleted: the tables hold little more
+	// than what is kept.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		disk, err := n.DB().EstimateDiskUsage(prefixRaft, prefixEnd(prefixRaft))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if disk <= 2*(raftKeepSingle+maxCmdBytes) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("raft log still takes %d bytes on disk after its trim", disk)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	checkTrimmedEntries(t, n, want)
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n = openSingle(t, dir)
+	defer n.Close()
+	checkTrimmedEntries(t, n, want)
+}
