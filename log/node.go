@@ -104,6 +104,7 @@ type Node struct {
 	eraseDone chan struct{} // closed and replaced after each pass
 
 	trimWake chan struct{} // raft log trimming (trim.go)
+	trimKeep int64         // bytes of raft records a trim keeps
 
 	// Group commit: Append hands requests to the batcher, which packs all
 	// waiting ones into one raft command; the completer answers them in
@@ -206,6 +207,9 @@ func Open(cfg Config) (*Node, error) {
 	if n.store, err = newRaftStore(n.db, &n.guard, n.space, n.state, stateCreated); err != nil {
 		return nil, err
 	}
+	single := cfg.RaftAddr == ""
+	memTable, _ := PebbleMemory(cfg.MemoryTarget)
+	n.trimKeep, n.store.trimEvery = raftTrimSizes(memTable, single)
 	n.store.onTrim = n.wakeTrimmer // a no-op until the trimmer runs
 	raftFirst, _ := n.store.FirstIndex()
 	rec, err := recoverLog(n.db, &n.guard, n.log, verifyTail, raftFirst)
@@ -231,7 +235,6 @@ func Open(cfg Config) (*Node, error) {
 	n.snaps = &lazySnapshotStore{FileSnapshotStore: files, dir: snapDir, fsm: n.fsm}
 	n.snaps.removeStale()
 
-	single := cfg.RaftAddr == ""
 	rc := raftConfig(single)
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.Logger = hlog
@@ -307,12 +310,8 @@ func Open(cfg Config) (*Node, error) {
 	if !cfg.Offline && !cfg.noTrimmer {
 		// Started once ready, so that its first pass finds a single node's
 		// raft log re-applied and can snapshot it.
-		keep := int64(raftKeepCluster)
-		if single {
-			keep = raftKeepSingle
-		}
 		n.done.Add(1)
-		go n.trimmer(keep)
+		go n.trimmer(n.trimKeep)
 	}
 	if err := n.checkAcknowledged(single); err != nil {
 		return nil, err

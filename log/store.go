@@ -123,8 +123,9 @@ type raftStore struct {
 	syncs atomic.Uint64 // durable raft writes, for benchmarks
 
 	// sinceTrim counts the record bytes stored since the trimmer was last
-	// woken (onTrim, may be nil), every raftTrimEvery bytes (trim.go).
+	// woken (onTrim, may be nil), every trimEvery bytes (trim.go).
 	sinceTrim atomic.Int64
+	trimEvery int64
 	onTrim    func()
 
 	mu          sync.Mutex
@@ -259,7 +260,7 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 		}
 	}
 	s.mu.Unlock()
-	if s.sinceTrim.Add(size) >= raftTrimEvery && s.onTrim != nil {
+	if s.onTrim != nil && s.sinceTrim.Add(size) >= s.trimEvery {
 		s.sinceTrim.Store(0)
 		s.onTrim()
 	}
@@ -270,8 +271,12 @@ func (s *raftStore) StoreLogs(logs []*raft.Log) error {
 // after a snapshot and to drop a conflicting suffix; it never touches the
 // event log, which is never truncated by compaction.
 func (s *raftStore) DeleteRange(min, max uint64) error {
+	return s.deleteRange(min, max, pebble.Sync)
+}
+
+func (s *raftStore) deleteRange(min, max uint64, sync *pebble.WriteOptions) error {
 	if err := s.guard.do("compacting the raft log", func() error {
-		return s.db.DeleteRange(raftKey(min), raftKey(max+1), pebble.Sync)
+		return s.db.DeleteRange(raftKey(min), raftKey(max+1), sync)
 	}); err != nil {
 		return err
 	}

@@ -21,16 +21,27 @@ import (
 // Once applied and covered by a snapshot (which syncs the event log), a
 // command is needed only by a follower catching up from before it; a
 // follower further behind gets the snapshot instead. So the trimmer keeps
-// the newest raft records by bytes (raftKeep: a single node has no
-// follower, a cluster keeps a catch-up window), and runs after every
-// raftTrimEvery bytes of records stored and once at Open. Records deleted
-// while still in the memtable are never written to a table at all, which
-// also halves what a live server flushes and compacts.
-const (
-	raftKeepSingle  = 4 << 20
-	raftKeepCluster = 64 << 20
-	raftTrimEvery   = 8 << 20
-)
+// the newest raft records by bytes (a single node, which has no follower,
+// little; a cluster raftKeepCluster, its catch-up window), and runs after
+// every trimEvery bytes of records stored and once at Open.
+//
+// trimEvery is an eighth of a memtable: the records a pass deletes are
+// then mostly still in the memtable (which also holds their entries and
+// the projections' writes), and are never written to a table at all, so
+// the raft log stops doubling what a live server flushes and compacts.
+// Each pass costs a raft snapshot (lazy: a few small synced writes).
+const raftKeepCluster = 64 << 20
+
+// raftTrimSizes returns how many bytes of raft records a node keeps and
+// how many are stored between two trims, from its memtable size.
+func raftTrimSizes(memTable int64, single bool) (keep, every int64) {
+	every = max(memTable/8, 256<<10)
+	keep = every
+	if !single {
+		keep = raftKeepCluster
+	}
+	return keep, every
+}
 
 func (n *Node) wakeTrimmer() {
 	select {
@@ -39,8 +50,8 @@ func (n *Node) wakeTrimmer() {
 	}
 }
 
-// trimmer trims the raft log whenever raftTrimEvery bytes of records were
-// stored since the last pass, and once at start.
+// trimmer trims the raft log to keep bytes whenever the store woke it, and
+// once at start.
 func (n *Node) trimmer(keep int64) {
 	defer n.done.Done()
 	// The first pass compacts what it deletes: a raft log found long at
@@ -87,7 +98,9 @@ func (n *Node) trimRaftLog(keep int64, compact bool) (uint64, error) {
 	if last < first {
 		return 0, nil
 	}
-	if err := n.store.DeleteRange(first, last); err != nil {
+	// Not synced: a crash that loses the deletion only brings back records
+	// that the next pass deletes again.
+	if err := n.store.deleteRange(first, last, pebble.NoSync); err != nil {
 		return 0, fmt.Errorf("deleting the raft log up to %d: %w", last, err)
 	}
 	if compact {

@@ -78,29 +78,30 @@ func awaitTrimmed(t *testing.T, n *Node) {
 	}
 }
 
-// A live single node keeps its raft log to about raftKeepSingle bytes
+// A live single node keeps its raft log to about trimKeep bytes
 // beyond what was stored since the last pass, whatever the command size,
 // and every entry stays readable, before and after a restart.
 func TestRaftLogTrimmedWhileAppending(t *testing.T) {
 	dir := t.TempDir()
 	n := openSingle(t, dir)
 	rng := rand.New(rand.NewSource(1))
-	// 3 x raftTrimEvery in commands of 64 entries of 4 KiB.
-	want := appendIncompressible(t, n, rng, 3*raftTrimEvery/4096, 4096, 64)
+	keep, every := n.trimKeep, n.store.trimEvery
+	// 3 x (keep + every) in commands of 64 entries of 4 KiB.
+	want := appendIncompressible(t, n, rng, int(3*(keep+every)/4096), 4096, 64)
 	awaitTrimmed(t, n)
-	// Past the last wake, at most raftTrimEvery more was stored; one pass
+	// Past the last wake, at most every more was stored; one pass
 	// may still be running, so wait for it to settle.
 	var held int64
 	var first uint64
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		held, first = raftLogBytes(t, n)
-		if held <= raftKeepSingle+raftTrimEvery+maxCmdBytes || time.Now().After(deadline) {
+		if held <= keep+every+maxCmdBytes || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if limit := int64(raftKeepSingle + raftTrimEvery + maxCmdBytes); held > limit {
+	if limit := keep + every + maxCmdBytes; held > limit {
 		t.Fatalf("raft log holds %d bytes (from index %d), want <= %d", held, first, limit)
 	}
 	checkTrimmedEntries(t, n, want)
@@ -116,7 +117,7 @@ func TestRaftLogTrimmedWhileAppending(t *testing.T) {
 }
 
 // A raft log found long at Open (an older build kept it, or entries came in
-// few large commands) is trimmed to raftKeepSingle and its tables
+// few large commands) is trimmed to trimKeep and its tables
 // compacted, without losing an entry.
 func TestRaftLogTrimmedAtOpen(t *testing.T) {
 	dir := t.TempDir()
@@ -128,13 +129,15 @@ func TestRaftLogTrimmedAtOpen(t *testing.T) {
 	rng := rand.New(rand.NewSource(2))
 	// Few, large commands: raft's own compaction (by command count) keeps
 	// them all.
-	want := appendIncompressible(t, n, rng, 2*raftTrimEvery/4096, 4096, 512)
+	memTable, _ := PebbleMemory(0)
+	keep, every := raftTrimSizes(memTable, true)
+	want := appendIncompressible(t, n, rng, int(2*(keep+every)/4096), 4096, 512)
 	if err := n.DB().Flush(); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := raftLogBytes(t, n)
-	if before < 2*raftTrimEvery {
-		t.Fatalf("raft log holds %d bytes before the restart, want >= %d", before, 2*raftTrimEvery)
+	if before < 2*(keep+every) {
+		t.Fatalf("raft log holds %d bytes before the restart, want >= %d", before, 2*(keep+every))
 	}
 	if err := n.Close(); err != nil {
 		t.Fatal(err)
@@ -143,8 +146,8 @@ func TestRaftLogTrimmedAtOpen(t *testing.T) {
 	n = openSingle(t, dir)
 	awaitTrimmed(t, n)
 	held, first := raftLogBytes(t, n)
-	if held > raftKeepSingle+maxCmdBytes {
-		t.Fatalf("raft log holds %d bytes from index %d after Open, want <= %d", held, first, raftKeepSingle+maxCmdBytes)
+	if held > keep+maxCmdBytes {
+		t.Fatalf("raft log holds %d bytes from index %d after Open, want <= %d", held, first, keep+maxCmdBytes)
 	}
 	// The first pass compacts what it deleted: the tables hold little more
 	// than what is kept.
@@ -154,7 +157,7 @@ func TestRaftLogTrimmedAtOpen(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if disk <= 2*(raftKeepSingle+maxCmdBytes) {
+		if disk <= uint64(2*(keep+maxCmdBytes)) {
 			break
 		}
 		if time.Now().After(deadline) {
