@@ -166,6 +166,47 @@ func TestUnreadNotifications(t *testing.T) {
 	}
 }
 
+// TestDisplayNameHighlights: a message naming a member's display name in
+// the room (without m.mentions) highlights them, with the name their
+// member event holds when it is sent: a rename in the room moves it.
+func TestDisplayNameHighlights(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob := ts.register("alice"), ts.register("bob")
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	rename := func(name string) {
+		t.Helper()
+		if _, err := bob.SendStateEvent(ctx, room.RoomID, event.StateMember, bob.UserID.String(),
+			map[string]any{"membership": "join", "displayname": name}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unread := func() (int, int) {
+		t.Helper()
+		return counts(t, joinedRoom(t, ts.rawSync(bob, nil), room.RoomID)["unread_notifications"])
+	}
+	rename("Bobby Tables")
+	say(t, alice, room.RoomID, "hello bobby tables")
+	if n, h := unread(); n != 1 || h != 1 {
+		t.Fatalf("a message naming bob's display name: %d/%d, want 1/1", n, h)
+	}
+	rename("Robert")
+	say(t, alice, room.RoomID, "hello bobby tables")
+	if n, h := unread(); n != 2 || h != 1 {
+		t.Fatalf("the old name after a rename: %d/%d, want 2/1", n, h)
+	}
+	say(t, alice, room.RoomID, "hello Robert")
+	if n, h := unread(); n != 3 || h != 2 {
+		t.Fatalf("the new name after a rename: %d/%d, want 3/2", n, h)
+	}
+}
+
 func memberKeys(t *testing.T, section any) map[string]bool {
 	t.Helper()
 	out := map[string]bool{}

@@ -41,11 +41,12 @@ const Name = "notifications"
 const (
 	pRoom    = 'r' // r room -> roomRec
 	pMember  = 'm' // m room 0 user -> memberRec
-	pLocal   = 'j' // j room 0 user -> "" (local users joined)
+	pLocal   = 'j' // j room 0 user -> display name (local users joined)
 	pState   = 'o' // o eventID -> event JSON (create, power levels and member events, for federated joins' state)
 	pEvent   = 'e' // e eventID -> offset(8) (events of rooms with local members)
 	pRules   = 'u' // u user -> m.push_rules content
 	pNotif   = 'a' // a user 0 offset(8) -> Notification
+	pOldest  = 'b' // b user -> at(8): the log time of the user's first notification kept
 	pUnread  = 'n' // n user 0 room 0 offset(8) -> highlight(1) thread
 	pFloor   = 'f' // f user 0 room 0 thread -> offset(8) read up to ("" unthreaded)
 	pPusher  = 'p' // p user 0 appID 0 pushkey -> Pusher
@@ -162,8 +163,12 @@ func (*Projection) Name() string { return Name }
 
 // Version 2: notifications carry their log time (At) for retention, and
 // unread entries below the unthreaded floor are deleted. Version 3: the
-// legacy mention rules are server defaults again (push.Defaults).
-func (*Projection) Version() int { return 3 }
+// legacy mention rules are server defaults again (push.Defaults). Version
+// 4: a joined local member's row holds their display name, and each user
+// with notifications has the log time of the first one kept (pOldest), so
+// that evaluating an event reads no member record per target and adding a
+// notification scans for expired ones only when one has expired.
+func (*Projection) Version() int { return 4 }
 
 // AfterCommit wakes the gateway sender.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -263,7 +268,13 @@ type roomState struct {
 	rec     *roomRec
 	version *stateres.RoomVersion
 	pl      *auth.PowerLevels
-	locals  []string // nil: not loaded
+	locals  []localMember // nil: not loaded
+}
+
+// localMember is a joined local member and their display name in the room
+// (what contains_display_name matches).
+type localMember struct {
+	userID, displayName string
 }
 
 func (b *batch) room(roomID string) (*roomState, error) {
@@ -336,15 +347,15 @@ func (b *batch) powerLevels(roomID string, rs *roomState) *auth.PowerLevels {
 	return rs.pl
 }
 
-func (b *batch) locals(roomID string, rs *roomState) ([]string, error) {
+func (b *batch) locals(roomID string, rs *roomState) ([]localMember, error) {
 	if rs.locals != nil {
 		return rs.locals, nil
 	}
 	prefix := projections.Key(pLocal, roomID, "")
 	it := b.w.Iter(prefix, projections.PrefixEnd(prefix))
-	out := []string{}
+	out := []localMember{}
 	for ok := it.First(); ok; ok = it.Next() {
-		out = append(out, string(it.Key()[len(prefix):]))
+		out = append(out, localMember{userID: string(it.Key()[len(prefix):]), displayName: string(it.Value())})
 	}
 	rs.locals = out
 	return out, it.Close()
@@ -485,23 +496,23 @@ func (b *batch) applyState(roomID string, rs *roomState, typ, stateKey string, r
 			return err
 		}
 		joined := c.Membership == "join"
+		if b.p.local(stateKey) && (joined != wasJoined || joined && old.DisplayName != dn) {
+			rs.locals = nil
+			lk := projections.Key(pLocal, roomID, stateKey)
+			if joined {
+				err = b.w.Set(lk, []byte(dn))
+			} else {
+				err = b.w.Delete(lk)
+			}
+			if err != nil {
+				return err
+			}
+		}
 		if joined != wasJoined {
 			if joined {
 				rs.rec.Joined++
 			} else {
 				rs.rec.Joined--
-			}
-			if b.p.local(stateKey) {
-				rs.locals = nil
-				lk := projections.Key(pLocal, roomID, stateKey)
-				if joined {
-					err = b.w.Set(lk, nil)
-				} else {
-					err = b.w.Delete(lk)
-				}
-				if err != nil {
-					return err
-				}
 			}
 			return b.saveRoom(roomID, rs)
 		}
@@ -524,9 +535,9 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 			return err
 		}
 	}
-	targets := make([]string, 0, len(users)+1)
+	targets := make([]localMember, 0, len(users)+1)
 	for _, u := range users {
-		if u != sender {
+		if u.userID != sender {
 			targets = append(targets, u)
 		}
 	}
@@ -536,7 +547,17 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 			Membership string `json:"membership"`
 		}
 		if json.Unmarshal(ev.Content(), &c) == nil && c.Membership == "invite" {
-			targets = append(targets, *ev.StateKey())
+			// Not joined, so not among the locals: their display name is
+			// the one their member record holds, if any.
+			invitee := localMember{userID: *ev.StateKey()}
+			m, err := projections.GetJSON[memberRec](b.w, projections.Key(pMember, roomID, invitee.userID))
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				invitee.displayName = m.DisplayName
+			}
+			targets = append(targets, invitee)
 		}
 	}
 	if len(targets) == 0 {
@@ -562,19 +583,13 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 	if json.Unmarshal(ev.Content(), &rel) == nil && rel.RelatesTo.RelType == "m.thread" && rel.RelatesTo.EventID != "" {
 		thread = rel.RelatesTo.EventID
 	}
-	for _, u := range targets {
+	for _, t := range targets {
+		u := t.userID
 		rules, err := b.p.compiled(b.w, u)
 		if err != nil {
 			return err
 		}
-		m, err := projections.GetJSON[memberRec](b.w, projections.Key(pMember, roomID, u))
-		if err != nil {
-			return err
-		}
-		ctx.UserID, ctx.DisplayName = u, ""
-		if m != nil {
-			ctx.DisplayName = m.DisplayName
-		}
+		ctx.UserID, ctx.DisplayName = u, t.displayName
 		res, ok := rules.Evaluate(pev, &ctx)
 		if !ok || !res.Notify {
 			continue
@@ -582,7 +597,7 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 		n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
 			Actions: actionsOf(res), Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
 			Type: ev.Type(), Sender: sender, At: e.Time}
-		if err := b.pruneNotifications(u, e.Time-Retention); err != nil {
+		if err := b.pruneNotifications(u, e.Time-Retention, e.Time); err != nil {
 			return err
 		}
 		if err := projections.PutJSON(b.w, withOffset(projections.Key(pNotif, u), e.Offset), n); err != nil {
@@ -649,49 +664,85 @@ func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compil
 }
 
 // pruneNotifications deletes a user's oldest notifications from before
-// cutoff (log time), at most prunePerAdd of them.
-func (b *batch) pruneNotifications(userID string, cutoff int64) error {
+// cutoff (log time), at most prunePerAdd of them, before a notification at
+// log time at is added. The user's pOldest record (the log time of their
+// first notification kept) says whether any has expired without reading
+// the notifications: under live traffic none has, and the scan it saves
+// (an iterator and a decode per notification) was a sixth of the fold's
+// evaluation.
+func (b *batch) pruneNotifications(userID string, cutoff, at int64) error {
+	k := projections.Key(pOldest, userID)
+	oldest, kept, err := getOffset(b.w, k)
+	if err != nil || kept && int64(oldest) >= cutoff {
+		return err
+	}
 	prefix := projections.Key(pNotif, userID, "")
-	return b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
-		var n struct {
-			At int64 `json:"at"`
-		}
-		if err := json.Unmarshal(v, &n); err != nil {
-			return false, fmt.Errorf("notifications: corrupt record %q: %w", k, err)
-		}
-		return n.At < cutoff, nil
+	first, err := b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
+		t, err := notificationAt(k, v)
+		return t < cutoff, err
 	})
+	if err != nil {
+		return err
+	}
+	next := at // none left: the one being added is the first
+	if first != nil {
+		if next, err = notificationAt(first.key, first.value); err != nil {
+			return err
+		}
+	}
+	return b.w.Set(k, offsetBytes(uint64(next)))
+}
+
+// notificationAt is a stored notification's log time.
+func notificationAt(k, v []byte) (int64, error) {
+	var n struct {
+		At int64 `json:"at"`
+	}
+	if err := json.Unmarshal(v, &n); err != nil {
+		return 0, fmt.Errorf("notifications: corrupt record %q: %w", k, err)
+	}
+	return n.At, nil
+}
+
+// keptKey is the first key deleteLeading kept, with its value.
+type keptKey struct {
+	key   []byte
+	value []byte
 }
 
 // deleteLeading deletes the keys in [start, end) from the first one on,
 // while del says so (nil: every key) and at most limit of them (0: no
-// limit). Point deletes, not a range deletion: reads of an indexed batch
-// that holds range deletions re-fragment them on every Get.
-func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte) (bool, error)) error {
+// limit), and returns the first key it kept (nil: none is left). Point
+// deletes, not a range deletion: reads of an indexed batch that holds
+// range deletions re-fragment them on every Get.
+func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte) (bool, error)) (*keptKey, error) {
 	it := b.w.Iter(start, end)
 	var keys [][]byte
-	for ok := it.First(); ok && (limit == 0 || len(keys) < limit); ok = it.Next() {
-		if del != nil {
-			yes, err := del(it.Key(), it.Value())
-			if err != nil {
+	var first *keptKey
+	for ok := it.First(); ok; ok = it.Next() {
+		yes := limit == 0 || len(keys) < limit
+		if yes && del != nil {
+			var err error
+			if yes, err = del(it.Key(), it.Value()); err != nil {
 				it.Close()
-				return err
+				return nil, err
 			}
-			if !yes {
-				break
-			}
+		}
+		if !yes {
+			first = &keptKey{key: slices.Clone(it.Key()), value: slices.Clone(it.Value())}
+			break
 		}
 		keys = append(keys, slices.Clone(it.Key()))
 	}
 	if err := it.Close(); err != nil {
-		return err
+		return nil, err
 	}
 	for _, k := range keys {
 		if err := b.w.Delete(k); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return nil
+	return first, nil
 }
 
 func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
@@ -705,7 +756,7 @@ func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
 		// entries up to there never count again (View.Unread starts above
 		// the unthreaded floor), so they go.
 		prefix := projections.Key(pUnread, userID, roomID, "")
-		if err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil); err != nil {
+		if _, err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil); err != nil {
 			return err
 		}
 	}
