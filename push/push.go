@@ -11,11 +11,14 @@
 package push
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // Rule is a push rule as the API stores and serves it. Conditions stay
@@ -75,6 +78,9 @@ type Result struct {
 // Event is a parsed event: its JSON as nested maps.
 type Event struct {
 	root map[string]any
+	// lazy holds the raw values of top-level members left undecoded
+	// (lazyMembers), by name; a lookup that reaches one decodes it.
+	lazy map[string][]byte
 	// body is content.body lower-cased, when a string.
 	body    string
 	hasBody bool
@@ -82,16 +88,24 @@ type Event struct {
 	mentions bool
 }
 
-// ParseEvent parses an event's JSON (client or federation format).
+// lazyMembers are the top-level members of a federation-format event that
+// no default rule reads: half of a message's bytes (signatures, hashes,
+// auth and prev event IDs), which the fold parsed for every event it
+// evaluated. A rule whose path starts at one still sees it.
+var lazyMembers = map[string]bool{"signatures": true, "hashes": true, "auth_events": true, "prev_events": true}
+
+// ParseEvent parses an event's JSON (client or federation format). The
+// event must not change while the Event is in use (lookups may read it).
 func ParseEvent(raw []byte) (*Event, error) {
-	var root map[string]any
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
-	dec.UseNumber()
-	if err := dec.Decode(&root); err != nil {
-		return nil, fmt.Errorf("push: event is not a JSON object: %w", err)
+	ev, ok := parseCanonical(raw)
+	if !ok {
+		var root map[string]any
+		if err := decodeJSON(raw, &root); err != nil {
+			return nil, fmt.Errorf("push: event is not a JSON object: %w", err)
+		}
+		ev = &Event{root: root}
 	}
-	ev := &Event{root: root}
-	if c, ok := root["content"].(map[string]any); ok {
+	if c, ok := ev.root["content"].(map[string]any); ok {
 		if b, ok := c["body"].(string); ok {
 			ev.body, ev.hasBody = strings.ToLower(b), true
 		}
@@ -100,9 +114,57 @@ func ParseEvent(raw []byte) (*Event, error) {
 	return ev, nil
 }
 
+// decodeJSON decodes raw into v, numbers as json.Number.
+func decodeJSON(raw []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	return dec.Decode(v)
+}
+
+// parseCanonical parses an event in canonical JSON (stored events are)
+// member by member, leaving the lazyMembers raw; false: raw is not
+// canonical JSON, for the general decoder.
+func parseCanonical(raw []byte) (*Event, bool) {
+	ev := &Event{root: map[string]any{}}
+	err := canonicaljson.ObjectEach(raw, func(key, value []byte) error {
+		k, err := canonicaljson.Unquote(key)
+		if err != nil {
+			return err
+		}
+		if lazyMembers[k] {
+			if ev.lazy == nil {
+				ev.lazy = map[string][]byte{}
+			}
+			ev.lazy[k] = value
+			return nil
+		}
+		switch c := value[0]; {
+		case c == '"': // most members are strings: no decoder for them
+			ev.root[k], err = canonicaljson.Unquote(value)
+		case c == '-' || c >= '0' && c <= '9':
+			ev.root[k] = json.Number(value)
+		default:
+			var v any
+			err = decodeJSON(value, &v)
+			ev.root[k] = v
+		}
+		return err
+	})
+	return ev, err == nil
+}
+
 // lookup follows a split dotted path.
 func (e *Event) lookup(path []string) (any, bool) {
 	var cur any = e.root
+	if len(path) > 0 {
+		if raw, ok := e.lazy[path[0]]; ok {
+			var v any
+			if decodeJSON(raw, &v) != nil {
+				return nil, false
+			}
+			cur = map[string]any{path[0]: v}
+		}
+	}
 	for _, p := range path {
 		m, ok := cur.(map[string]any)
 		if !ok {

@@ -252,3 +252,40 @@ func TestRawConditions(t *testing.T) {
 		}
 	}
 }
+
+// TestParseEventCanonicalAndNot: an event parsed from its canonical JSON
+// (members decoded one by one, signatures and the like only when a rule
+// reads them) matches exactly as the same event with whitespace, which
+// the general decoder parses.
+func TestParseEventCanonicalAndNot(t *testing.T) {
+	const canonical = `{"auth_events":["$a"],"content":{"body":"Hello","n":12,"nested":{"k":true}},"depth":7,"hashes":{"sha256":"abc"},"origin_server_ts":1700000000000,"prev_events":["$p"],"room_id":"!r:x","sender":"@s:x","signatures":{"x":{"ed25519:k":"sig"}},"type":"m.room.message"}`
+	spaced := `{ "auth_events": ["$a"], "content": {"body": "Hello", "n": 12, "nested": {"k": true}}, "depth": 7, "hashes": {"sha256": "abc"},
+		"origin_server_ts": 1700000000000, "prev_events": ["$p"], "room_id": "!r:x", "sender": "@s:x", "signatures": {"x": {"ed25519:k": "sig"}}, "type": "m.room.message" }`
+	a, b := ev(t, canonical), ev(t, spaced)
+	if a.lazy == nil || b.lazy != nil {
+		t.Fatalf("lazy members: canonical %v, spaced %v; want the canonical one's left raw only", a.lazy, b.lazy)
+	}
+	for _, path := range []string{"type", "sender", "room_id", "depth", "origin_server_ts", "content.body", "content.n", "content.nested.k",
+		"hashes.sha256", "signatures.x.ed25519:k", "auth_events", "prev_events", "content.missing", "signatures.y", "type.x"} {
+		va, oka := a.lookup(SplitPath(path))
+		vb, okb := b.lookup(SplitPath(path))
+		if oka != okb || fmt.Sprint(va) != fmt.Sprint(vb) || fmt.Sprintf("%T", va) != fmt.Sprintf("%T", vb) {
+			t.Errorf("%s: canonical %T %v (%v), spaced %T %v (%v)", path, va, va, oka, vb, vb, okb)
+		}
+	}
+	if !a.hasBody || a.body != "hello" {
+		t.Errorf("canonical body %q (%v)", a.body, a.hasBody)
+	}
+}
+
+// BenchmarkParseEvent parses a message as the notifications fold gets it
+// from the log (federation format, canonical JSON, as the load tool sends).
+func BenchmarkParseEvent(b *testing.B) {
+	raw := []byte(`{"auth_events":["$d5eqauO6V-TBo8kGH-GahyV-fjp9gd13Z6dhabehRQU","$SZMS_vRbNuHDyiG84CxmGbDVHqtxleEq6ZJFYjQaPx4","$3Y60ttQTDU3AV-ZWeEcfA6PaFHtoHkI5JqycA82482U"],"content":{"bench_id":"15456","body":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx","msgtype":"m.text"},"depth":163,"hashes":{"sha256":"etEiSNeH6jztTjp7acI1LXjWPKlNbFNnpMj5jmdJz7Q"},"origin_server_ts":1796421382817,"prev_events":["$K-vbkFDLLDTFKa9VqreZTCzXNJyBC8crwCXSYkGypGc"],"room_id":"!fVTRqn55O-FvcMRm:bench.localhost","sender":"@benchbe84e7_s119:bench.localhost","signatures":{"bench.localhost":{"ed25519:a_89fd":"6j7IfQZh+b3xddk8c5KDHzSud4U4IZxD6HnpxtvoTWPI27idqb+1+9O/+FHhH+gWjaNYQN43220HRTO3oEc9Dw"}},"type":"m.room.message"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := ParseEvent(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
