@@ -321,7 +321,7 @@ var options = []option{
 		c.DiskBallast = n
 		return nil
 	}},
-	{"memory_target", `a size of at least 32M ("128M", "1G") that the storage caches are sized from, or empty for 128M`, func(c *Config, v value) error {
+	{"memory_target", `a size of at least 32M ("128M", "1G") that the storage caches and the Go memory limit are sized from, or empty for 128M`, func(c *Config, v value) error {
 		if v.isList {
 			return errForm
 		}
