@@ -10,6 +10,7 @@
 package search
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -60,6 +61,15 @@ var TextFields = []string{FieldBody, FieldName, FieldTopic}
 // numbers them alike.
 var allFields = []string{FieldBody, FieldName, FieldTopic, fieldSender, fieldType}
 
+// fieldNums are bleve's numbers of allFields (checkFieldNumbers).
+var fieldNums = func() map[string]uint16 {
+	m := make(map[string]uint16, len(allFields))
+	for i, f := range allFields {
+		m[f] = uint16(i)
+	}
+	return m
+}()
+
 // Analyzers. Indexing emits CJK bigrams and the single characters too, so
 // a one-character query matches; queries use bigrams only (a run of one
 // character still yields that character), so a two-character word must
@@ -107,7 +117,8 @@ type Projection struct {
 	mu      sync.RWMutex
 	store   *kvStore
 	idx     bleve.Index
-	applied uint64 // the last offset folded into idx's state, 0 unknown
+	ci      *countedIndex // idx's index, which the fold writes (indexWriter)
+	applied uint64        // the last offset folded into idx's state, 0 unknown
 }
 
 // New returns the projection. Wire it to its handle with Searcher.
@@ -136,11 +147,21 @@ func (p *Projection) open() error {
 		p.idx = nil
 	}
 	m := bleve.NewIndexMapping()
-	idx, err := bleve.NewUsing("", m, upsidedown.Name, storeName, map[string]interface{}{configKey: p.store})
+	idx, err := bleve.NewUsing("", m, indexTypeName, storeName, map[string]interface{}{configKey: p.store})
 	if err != nil {
 		return fmt.Errorf("search: opening the index: %w", err)
 	}
-	p.idx = idx
+	ii, err := idx.Advanced()
+	if err != nil {
+		_ = idx.Close()
+		return fmt.Errorf("search: opening the index: %w", err)
+	}
+	ci, ok := ii.(*countedIndex)
+	if !ok {
+		_ = idx.Close()
+		return fmt.Errorf("search: the index is a %T", ii)
+	}
+	p.idx, p.ci = idx, ci
 	return nil
 }
 
@@ -173,25 +194,20 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 				return err
 			}
 		}
+		if err := checkFieldNumbers(w); err != nil {
+			return err
+		}
 	}
-	b := &batch{idx: p.idx, b: p.idx.NewBatch()}
+	x := newIndexWriter(w, p.ci)
 	for _, e := range entries {
 		if e.Kind != englog.KindPDU {
 			continue
 		}
-		if err := p.applyPDU(w, b, e); err != nil {
+		if err := p.applyPDU(w, x, e); err != nil {
 			return err
 		}
-		// bleve holds a batch's analysed documents until it writes
-		// them: bound the memory of a rebuild's big batches. Where a
-		// bleve batch ends does not change the keyspace (batch.delete).
-		if b.b.Size() >= maxBleveBatch {
-			if err := b.flush(); err != nil {
-				return err
-			}
-		}
 	}
-	if err := b.flush(); err != nil {
+	if err := x.finish(); err != nil {
 		return err
 	}
 	last := entries[len(entries)-1].Offset
@@ -199,43 +215,6 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		return err
 	}
 	p.applied = last
-	return nil
-}
-
-// maxBleveBatch is the most documents indexed in one bleve batch.
-const maxBleveBatch = 1000
-
-// batch collects the index operations of an Apply.
-type batch struct {
-	idx bleve.Index
-	b   *bleve.Batch
-}
-
-func (b *batch) flush() error {
-	if b.b.Size() == 0 {
-		return nil
-	}
-	if err := b.idx.Batch(b.b); err != nil {
-		return fmt.Errorf("search: indexing: %w", err)
-	}
-	// A new batch, not Reset: bleve's upside_down may still be reading
-	// the old one's map on a goroutine of its own when Batch returns.
-	b.b = b.idx.NewBatch()
-	return nil
-}
-
-func (b *batch) index(doc *document.Document) error { return b.b.IndexAdvanced(doc) }
-
-// delete removes a document. One that this batch indexes is dropped from
-// it instead: bleve then never sees it (a deletion of a document it does
-// not hold changes nothing). Folding the index and the deletion in
-// separate batches leaves the same keyspace, since a term's dictionary row
-// is deleted when its count falls to zero (kvWriter.ExecuteBatch): the
-// keyspace does not depend on where batches begin. (Version 1 flushed the
-// batch before such a deletion; a redaction of a recent message made most
-// of a rebuild's bleve batches, each merging the counts of its terms.)
-func (b *batch) delete(id string) error {
-	b.b.Delete(id)
 	return nil
 }
 
@@ -259,6 +238,32 @@ func (p *Projection) seedSchema() error {
 	b = p.idx.NewBatch()
 	b.Delete(seedID)
 	return p.idx.Batch(b)
+}
+
+// checkFieldNumbers checks that the index numbers its fields as fieldNums
+// says, which indexWriter writes without asking bleve.
+func checkFieldNumbers(r projections.Reader) error {
+	for _, name := range allFields {
+		want := upsidedown.NewFieldRow(fieldNums[name], name)
+		v, ok, err := r.Get(indexKey(want.Key()))
+		if err != nil {
+			return err
+		}
+		if !ok || !bytes.Equal(v, want.Value()) {
+			return fmt.Errorf("search: the index does not number field %q %d", name, fieldNums[name])
+		}
+	}
+	lo := indexKey([]byte{'f'})
+	it := r.Iter(lo, projections.PrefixEnd(lo))
+	defer it.Close()
+	n := 0
+	for ok := it.First(); ok; ok = it.Next() {
+		n++
+	}
+	if n != len(allFields) {
+		return fmt.Errorf("search: the index has %d fields, the projection %d", n, len(allFields))
+	}
+	return nil
 }
 
 // docID groups documents by room (roomCode), then orders them by log
@@ -307,7 +312,7 @@ func offsetOf(id string) uint64 {
 	return n
 }
 
-func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) error {
+func (p *Projection) applyPDU(w projections.Writer, x *indexWriter, e englog.Entry) error {
 	f, err := projections.DecodePDU(e)
 	if err != nil {
 		return err
@@ -325,7 +330,7 @@ func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) er
 	}
 	id, roomID := ev.EventID(), ev.RoomID()
 	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {
-		return p.redact(w, b, ev.Redacts(), roomID)
+		return p.redact(w, x, ev.Redacts(), roomID)
 	}
 	text := searchableText(ev)
 	if text == nil {
@@ -347,15 +352,16 @@ func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) er
 		}
 	}
 	did := docID(roomID, e.Offset)
-	doc := document.NewDocument(did)
+	fields := make([]textField, 0, 3)
 	for _, fl := range TextFields {
 		if t, ok := text[fl]; ok {
-			doc.AddField(document.NewTextFieldCustom(fl, nil, []byte(t), index.IndexField, indexAnalyzer))
+			fields = append(fields, textField{num: fieldNums[fl], analyzer: indexAnalyzer, text: t})
 		}
 	}
-	doc.AddField(document.NewTextFieldCustom(fieldSender, nil, []byte(ev.Sender()), index.IndexField, keywordAnalyzer))
-	doc.AddField(document.NewTextFieldCustom(fieldType, nil, []byte(ev.Type()), index.IndexField, keywordAnalyzer))
-	if err := b.index(doc); err != nil {
+	fields = append(fields,
+		textField{num: fieldNums[fieldSender], analyzer: keywordAnalyzer, text: ev.Sender()},
+		textField{num: fieldNums[fieldType], analyzer: keywordAnalyzer, text: ev.Type()})
+	if err := x.add(did, fields); err != nil {
 		return err
 	}
 	if err := w.Set(projections.Key(pHit, did), append(append([]byte(roomID), 0), id...)); err != nil {
@@ -367,7 +373,7 @@ func (p *Projection) applyPDU(w projections.Writer, b *batch, e englog.Entry) er
 // redact removes the target's text from the index, when the target is an
 // event of the same room; a redaction of an event not seen yet is kept
 // until it arrives.
-func (p *Projection) redact(w projections.Writer, b *batch, targetID, roomID string) error {
+func (p *Projection) redact(w projections.Writer, x *indexWriter, targetID, roomID string) error {
 	dk := projections.Key(pDoc, targetID)
 	v, ok, err := w.Get(dk)
 	if err != nil {
@@ -383,7 +389,7 @@ func (p *Projection) redact(w projections.Writer, b *batch, targetID, roomID str
 	if room != roomID {
 		return nil
 	}
-	if err := b.delete(did); err != nil {
+	if err := x.remove(did); err != nil {
 		return err
 	}
 	if err := w.Delete(projections.Key(pHit, did)); err != nil {

@@ -214,10 +214,10 @@ func (w *kvWriter) ExecuteBatch(b store.KVBatch) error {
 		if !ok {
 			return fmt.Errorf("search: bleve merge of key %q failed", k)
 		}
-		// A term no document holds any more leaves no row: the keyspace
-		// is then the same whether a document was indexed and deleted in
-		// two batches or dropped from one before bleve saw it
-		// (batch.delete).
+		// A term no document holds any more leaves no row, as
+		// indexWriter.finish does. (The fold's documents are written by
+		// indexWriter; bleve's Batch writes only the seed document of a
+		// fresh index, seedSchema.)
 		if count, n := binary.Uvarint(merged); n == len(merged) && count == 0 {
 			if err := pw.Delete(ik); err != nil {
 				return err
