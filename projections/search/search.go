@@ -199,13 +199,8 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		}
 	}
 	x := newIndexWriter(w, p.ci)
-	for _, e := range entries {
-		if e.Kind != englog.KindPDU {
-			continue
-		}
-		if err := p.applyPDU(w, x, e); err != nil {
-			return err
-		}
+	if err := prepareAll(entries, func(d pdu) error { return p.apply(w, x, d) }); err != nil {
+		return err
 	}
 	if err := x.finish(); err != nil {
 		return err
@@ -312,30 +307,69 @@ func offsetOf(id string) uint64 {
 	return n
 }
 
-func (p *Projection) applyPDU(w projections.Writer, x *indexWriter, e englog.Entry) error {
+// pdu is what the fold does with one PDU entry, worked out without the
+// keyspace (prepare), so that entries are prepared concurrently; apply
+// then decides with the keyspace, in log order.
+type pdu struct {
+	eventID, roomID string
+	redacts         string   // the target of a redaction
+	doc             *docRows // the rows of a searchable event
+	did             string   // its document ID
+}
+
+// prepare decodes a PDU entry and, for a searchable event, analyses its
+// text into the rows indexWriter writes. A zero pdu is an entry the fold
+// skips.
+func prepare(e englog.Entry) (pdu, error) {
 	f, err := projections.DecodePDU(e)
 	if err != nil {
-		return err
+		return pdu{}, err
 	}
 	if f.Rejected != "" || f.SoftFailed || f.Outlier {
-		return nil
+		return pdu{}, nil
 	}
 	version, ok := stateres.Version(f.RoomVersion)
 	if !ok {
-		return nil
+		return pdu{}, nil
 	}
 	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
 	if err != nil {
-		return nil // malformed PDUs were refused before proposing
+		return pdu{}, nil // malformed PDUs were refused before proposing
 	}
-	id, roomID := ev.EventID(), ev.RoomID()
+	out := pdu{eventID: ev.EventID(), roomID: ev.RoomID()}
 	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {
-		return p.redact(w, x, ev.Redacts(), roomID)
+		out.redacts = ev.Redacts()
+		return out, nil
 	}
 	text := searchableText(ev)
 	if text == nil {
+		return pdu{}, nil
+	}
+	out.did = docID(out.roomID, e.Offset)
+	fields := make([]textField, 0, 3)
+	for _, fl := range TextFields {
+		if t, ok := text[fl]; ok {
+			fields = append(fields, textField{num: fieldNums[fl], analyzer: indexAnalyzer, text: t})
+		}
+	}
+	fields = append(fields,
+		textField{num: fieldNums[fieldSender], analyzer: keywordAnalyzer, text: ev.Sender()},
+		textField{num: fieldNums[fieldType], analyzer: keywordAnalyzer, text: ev.Type()})
+	if out.doc, err = prepareDoc(out.did, fields); err != nil {
+		return pdu{}, err
+	}
+	return out, nil
+}
+
+// apply folds a prepared PDU.
+func (p *Projection) apply(w projections.Writer, x *indexWriter, d pdu) error {
+	if d.redacts != "" {
+		return p.redact(w, x, d.redacts, d.roomID)
+	}
+	if d.doc == nil {
 		return nil
 	}
+	id, roomID := d.eventID, d.roomID
 	dk := projections.Key(pDoc, id)
 	if _, ok, err := w.Get(dk); err != nil || ok {
 		return err // indexed already (a duplicate)
@@ -351,23 +385,13 @@ func (p *Projection) applyPDU(w projections.Writer, x *indexWriter, e englog.Ent
 			return nil // redacted before it arrived
 		}
 	}
-	did := docID(roomID, e.Offset)
-	fields := make([]textField, 0, 3)
-	for _, fl := range TextFields {
-		if t, ok := text[fl]; ok {
-			fields = append(fields, textField{num: fieldNums[fl], analyzer: indexAnalyzer, text: t})
-		}
-	}
-	fields = append(fields,
-		textField{num: fieldNums[fieldSender], analyzer: keywordAnalyzer, text: ev.Sender()},
-		textField{num: fieldNums[fieldType], analyzer: keywordAnalyzer, text: ev.Type()})
-	if err := x.add(did, fields); err != nil {
+	if err := x.write(d.doc); err != nil {
 		return err
 	}
-	if err := w.Set(projections.Key(pHit, did), append(append([]byte(roomID), 0), id...)); err != nil {
+	if err := w.Set(projections.Key(pHit, d.did), append(append([]byte(roomID), 0), id...)); err != nil {
 		return err
 	}
-	return w.Set(dk, append([]byte(did), roomID...))
+	return w.Set(dk, append([]byte(d.did), roomID...))
 }
 
 // redact removes the target's text from the index, when the target is an

@@ -105,25 +105,32 @@ type textField struct {
 
 // indexWriter writes the index rows of one Apply into its batch.
 type indexWriter struct {
-	w     projections.Writer
-	idx   *countedIndex
-	dict  map[string]int64 // dictionary row key -> change of its count
-	docs  int64            // documents added less documents removed
-	key   []byte           // scratch
-	value []byte           // scratch
+	w    projections.Writer
+	idx  *countedIndex
+	dict map[string]int64 // dictionary row key -> change of its count
+	docs int64            // documents added less documents removed
+	key  []byte           // scratch
 }
 
 func newIndexWriter(w projections.Writer, idx *countedIndex) *indexWriter {
 	return &indexWriter{w: w, idx: idx, dict: map[string]int64{}}
 }
 
-// add indexes a new document (its ID is new: it holds its log offset) as
-// bleve's Batch did: per field, a term frequency row for each distinct
-// term with its frequency and the field's norm (no term vectors, nothing
-// stored), one back index row listing the terms of each field, sorted,
-// and one more document for each term's dictionary counter.
-func (x *indexWriter) add(docID string, fields []textField) error {
+// docRows are the index rows of one new document (prepareDoc).
+type docRows struct {
+	kvs  [][2][]byte // term frequency rows and the back index row, keys with pIndex
+	dict []string    // the dictionary row key of each term
+}
+
+// prepareDoc lays out the rows of a new document (its ID is new: it holds
+// its log offset) as bleve's Batch did: per field, a term frequency row
+// for each distinct term with its frequency and the field's norm (no term
+// vectors, nothing stored), one back index row listing the terms of each
+// field, sorted, and one more document for each term's dictionary
+// counter. It reads nothing, so documents are prepared concurrently.
+func prepareDoc(docID string, fields []textField) (*docRows, error) {
 	id := []byte(docID)
+	out := &docRows{}
 	row := upsidedown.BackIndexRowValue{TermsEntries: make([]*upsidedown.BackIndexTermsEntry, 0, len(fields))}
 	for _, f := range fields {
 		tokens := f.analyzer.Analyze([]byte(f.text))
@@ -133,10 +140,13 @@ func (x *indexWriter) add(docID string, fields []textField) error {
 		for t, tf := range freqs {
 			terms = append(terms, t)
 			tfr := upsidedown.NewTermFrequencyRow(tf.Term, f.num, id, uint64(tf.Frequency()), norm)
-			if err := x.set(tfr); err != nil {
-				return err
-			}
-			x.count(f.num, tf.Term, 1)
+			k := make([]byte, 1+tfr.KeySize())
+			k[0] = pIndex
+			n, _ := tfr.KeyTo(k[1:])
+			v := make([]byte, tfr.ValueSize())
+			m, _ := tfr.ValueTo(v)
+			out.kvs = append(out.kvs, [2][]byte{k[:1+n], v[:m]})
+			out.dict = append(out.dict, string(upsidedown.NewDictionaryRow(tf.Term, f.num, 0).Key()))
 		}
 		slices.Sort(terms)
 		row.TermsEntries = append(row.TermsEntries, &upsidedown.BackIndexTermsEntry{Field: proto.Uint32(uint32(f.num)), Terms: terms})
@@ -146,10 +156,21 @@ func (x *indexWriter) add(docID string, fields []textField) error {
 	})
 	v, err := proto.MarshalOptions{Deterministic: true}.Marshal(&row)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := x.w.Set(indexKey(upsidedown.NewBackIndexRow(id, nil, nil).Key()), v); err != nil {
-		return err
+	out.kvs = append(out.kvs, [2][]byte{indexKey(upsidedown.NewBackIndexRow(id, nil, nil).Key()), v})
+	return out, nil
+}
+
+// write writes a prepared document's rows.
+func (x *indexWriter) write(d *docRows) error {
+	for _, kv := range d.kvs {
+		if err := x.w.Set(kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	for _, k := range d.dict {
+		x.dict[k]++
 	}
 	x.docs++
 	return nil
@@ -189,15 +210,6 @@ func (x *indexWriter) remove(docID string) error {
 	}
 	x.docs--
 	return nil
-}
-
-func (x *indexWriter) set(tfr *upsidedown.TermFrequencyRow) error {
-	x.key = append(x.key[:0], pIndex)
-	x.key = slices.Grow(x.key, tfr.KeySize())[:1+tfr.KeySize()]
-	n, _ := tfr.KeyTo(x.key[1:])
-	x.value = slices.Grow(x.value[:0], tfr.ValueSize())[:tfr.ValueSize()]
-	m, _ := tfr.ValueTo(x.value)
-	return x.w.Set(x.key[:1+n], x.value[:m])
 }
 
 func (x *indexWriter) count(field uint16, term []byte, delta int64) {
