@@ -110,18 +110,16 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 	if len(keys) == 0 {
 		keys = TextFields
 	}
+	keys = fieldsOfTypes(keys, q.Types, q.NotTypes)
+	if len(keys) == 0 {
+		return res, nil // no searched field holds text of the types asked for
+	}
 	var filters, not []query.Query
 	if len(q.Senders) > 0 {
 		filters = append(filters, anyOf(fieldSender, q.Senders))
 	}
-	if len(q.Types) > 0 {
-		filters = append(filters, anyOf(fieldType, q.Types))
-	}
 	if len(q.NotSenders) > 0 {
 		not = append(not, anyOf(fieldSender, q.NotSenders))
-	}
-	if len(q.NotTypes) > 0 {
-		not = append(not, anyOf(fieldType, q.NotTypes))
 	}
 	// roomsQuery matches the events of the rooms with these codes whose
 	// text holds every term, within the filter's senders and types.
@@ -234,6 +232,52 @@ func (s *Searcher) Search(ctx context.Context, q Query) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// fieldsOfTypes are the keys whose event type (fieldTypes) is one of
+// types (any, when empty) and none of notTypes.
+func fieldsOfTypes(keys, types, notTypes []string) []string {
+	if len(types) == 0 && len(notTypes) == 0 {
+		return keys
+	}
+	matchesAny := func(t string, patterns []string) bool {
+		for _, p := range patterns {
+			if globMatch(p, t) {
+				return true
+			}
+		}
+		return false
+	}
+	var out []string
+	for _, k := range keys {
+		t := fieldTypes[k]
+		if (len(types) == 0 || matchesAny(t, types)) && !matchesAny(t, notTypes) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// globMatch reports whether s matches pattern, where '*' matches any
+// sequence of characters (spec: filter types and not_types).
+func globMatch(pattern, s string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	last := parts[len(parts)-1]
+	for _, part := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, part)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(part):]
+	}
+	return len(s) >= len(last) && strings.HasSuffix(s, last)
 }
 
 func anyOf(field string, values []string) query.Query {

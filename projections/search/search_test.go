@@ -493,3 +493,64 @@ func TestRanksSurviveARestart(t *testing.T) {
 		t.Fatalf("ranks after the fold differ from those after a restart:\n%v\n%v", folded, reopened)
 	}
 }
+
+// TestTypeFilters checks filters on event types (patterns with '*'),
+// which choose the text fields searched: each field holds the text of one
+// type. The same searches by keys give the expected hits.
+func TestTypeFilters(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if _, err := generate.Run(ctx, dir, generate.Options{Seed: 3, Users: 30, Rooms: 5, Events: 3000, Logger: zerolog.Nop()}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := englog.Open(englog.Config{Dir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	entries, err := l.Read(1, int(l.LastOffset()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, s := openEngine(t, l, l.DB())
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Handles()[0].WaitApplied(ctx, l.LastOffset()); err != nil {
+		t.Fatal(err)
+	}
+	const word = "the"
+	all, rooms := expected(t, entries, word)
+	q := search.Query{Term: word, Rooms: rooms, Limit: 50}
+	byKeys := func(keys ...string) map[string]string {
+		q := q
+		q.Keys = keys
+		return searchAll(t, s, q)
+	}
+	byTypes := func(types, notTypes []string) map[string]string {
+		q := q
+		q.Types, q.NotTypes = types, notTypes
+		return searchAll(t, s, q)
+	}
+	body, topic := byKeys(search.FieldBody), byKeys(search.FieldTopic)
+	if len(body) == 0 || len(topic) == 0 || len(body)+len(topic)+len(byKeys(search.FieldName)) != len(all) {
+		t.Fatalf("%d hits in bodies, %d in topics, %d in all: pick another word or log", len(body), len(topic), len(all))
+	}
+	for _, c := range []struct {
+		name            string
+		types, notTypes []string
+		want            map[string]string
+	}{
+		{"topic", []string{"m.room.topic"}, nil, topic},
+		{"message by pattern", []string{"*.mess*ge"}, nil, body},
+		{"all by pattern", []string{"m.room.*"}, nil, all},
+		{"not the message", nil, []string{"m.room.message"}, byKeys(search.FieldName, search.FieldTopic)},
+		{"topic, not names", []string{"m.room.topic", "m.room.name"}, []string{"*name"}, topic},
+		{"none", []string{"m.reaction"}, nil, map[string]string{}},
+		{"nothing left", []string{"m.room.message"}, []string{"*"}, map[string]string{}},
+	} {
+		if got := byTypes(c.types, c.notTypes); !maps.Equal(got, c.want) {
+			t.Errorf("%s: %d hits, want %d", c.name, len(got), len(c.want))
+		}
+	}
+}
