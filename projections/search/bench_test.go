@@ -34,6 +34,9 @@ import (
 //	ENGRAM_BENCH_DB=DIR    keep the projection's store in DIR: a later run
 //	                       over the same log and DIR skips the fold (no
 //	                       index figures) and times the searches only
+//	ENGRAM_BENCH_COMPACT=1 compact the projection's key range after the
+//	                       fold, before the searches (is the p99 right after
+//	                       a rebuild the compactions still owed?)
 //
 // go test -run '^$' -bench BenchmarkSearch -benchtime 1x ./projections/search/
 func BenchmarkSearch(b *testing.B) {
@@ -83,6 +86,13 @@ func BenchmarkSearch(b *testing.B) {
 		params := map[string]string{"entries": fmt.Sprint(entries)}
 		emit("index_entries_per_s", float64(entries)/secs, "entries/s", "higher", params)
 		emit("index_entries_per_cpu_s", float64(entries)/(cpuSeconds()-cpu0), "entries/cpu-s", "higher", params)
+	}
+	if fold && os.Getenv("ENGRAM_BENCH_COMPACT") != "" {
+		start := time.Now()
+		if err := db.Compact(ctx, []byte("Psearch\x00"), []byte("Psearch\x01"), true); err != nil {
+			b.Fatal(err)
+		}
+		emit("compact_s", time.Since(start).Seconds(), "s", "lower", map[string]string{"entries": fmt.Sprint(entries)})
 	}
 	if err := e.Start(ctx); err != nil {
 		b.Fatal(err)
