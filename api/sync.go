@@ -258,6 +258,7 @@ type syncCache struct {
 	members *synccache.Members
 	parts   *synccache.Parts
 	events  *synccache.Events
+	related *synccache.Events // event ID -> whether anything relates to it (relations.View.HasChildren)
 	builds  chan struct{}
 }
 
@@ -276,6 +277,7 @@ func (s *Server) newSyncCache() {
 		members: synccache.NewMembers(maxCachedMembers),
 		parts:   synccache.NewParts(),
 		events:  synccache.NewEvents(maxCachedEvents),
+		related: synccache.NewEvents(maxCachedEvents),
 		builds:  make(chan struct{}, syncBuildSlots()),
 	}
 	c.clock.Attach(s.roomsH.Name(), s.roomsH.Applied())
@@ -283,6 +285,7 @@ func (s *Server) newSyncCache() {
 	c.clock.OnReset(c.members.Reset)
 	c.clock.OnReset(c.parts.Reset)
 	c.clock.OnReset(c.events.Reset)
+	c.clock.OnReset(c.related.Reset)
 	s.syncCache = c
 }
 

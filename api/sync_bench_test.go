@@ -266,3 +266,100 @@ func BenchmarkInitialSync500Rooms(b *testing.B) {
 	b.StopTimer()
 	emitJSON(map[string]any{"bench": "initial_sync", "rooms": 500, "syncs": len(lats), "p50_ms": pct(lats, 50), "p99_ms": pct(lats, 99), "cpu_ms_per_sync": (cpuMS() - cpu0) / float64(len(lats))})
 }
+
+// BenchmarkManySyncersOneSend: 200 users, each joined to the same 20
+// rooms, long-poll /sync (set_presence=offline, so only the sends wake
+// them); another member sends one message per iteration into one of the
+// rooms and the iteration ends when every syncer has received it. Every
+// send wakes all 200 syncers, each of which builds one room's section with
+// the one new event: the per-syncer cost of a woken build, which the
+// many-syncers load (issue 14) multiplies. The figures are the wall time
+// from the send to the last delivery and the process's CPU per woken
+// syncer (client and server).
+func BenchmarkManySyncersOneSend(b *testing.B) {
+	const syncers, roomCount = 200, 20
+	srv := startBenchServer(b)
+	sender := srv.register(b, "sender")
+	roomIDs := make([]string, roomCount)
+	for i := range roomIDs {
+		roomIDs[i] = srv.createRoom(b, sender)
+	}
+	tokens := make([]string, syncers)
+	for i := range tokens {
+		tokens[i] = srv.register(b, fmt.Sprintf("syncer%d", i))
+		for _, room := range roomIDs {
+			srv.call(b, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), tokens[i], map[string]any{}, nil)
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: syncers + 10}}
+	ctx, cancel := context.WithCancel(context.Background())
+	// got receives, per response, the event IDs it carried.
+	got := make(chan []string, syncers*4)
+	var wg sync.WaitGroup
+	for _, tok := range tokens {
+		since := srv.sync(b, tok, "", 0).NextBatch
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				req, _ := http.NewRequestWithContext(ctx, "GET", srv.url+"/_matrix/client/v3/sync?set_presence=offline&timeout=30000&since="+url.QueryEscape(since), nil)
+				req.Header.Set("Authorization", "Bearer "+tok)
+				resp, err := client.Do(req)
+				if err != nil {
+					return
+				}
+				var r struct {
+					NextBatch string `json:"next_batch"`
+					Rooms     struct {
+						Join map[string]struct {
+							Timeline struct {
+								Events []struct {
+									EventID string `json:"event_id"`
+								} `json:"events"`
+							} `json:"timeline"`
+						} `json:"join"`
+					} `json:"rooms"`
+				}
+				err = json.NewDecoder(resp.Body).Decode(&r)
+				resp.Body.Close()
+				if err != nil {
+					return
+				}
+				since = r.NextBatch
+				var ids []string
+				for _, jr := range r.Rooms.Join {
+					for _, e := range jr.Timeline.Events {
+						ids = append(ids, e.EventID)
+					}
+				}
+				if len(ids) > 0 {
+					got <- ids
+				}
+			}
+		}()
+	}
+	time.Sleep(500 * time.Millisecond) // let the long-polls register
+	lats := make([]time.Duration, 0, b.N)
+	cpu0 := cpuMS()
+	b.ResetTimer()
+	for i := range b.N {
+		var sent struct {
+			EventID string `json:"event_id"`
+		}
+		t0 := time.Now()
+		srv.call(b, "PUT", fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/m.room.message/m%d", url.PathEscape(roomIDs[i%roomCount]), i), sender, map[string]any{"msgtype": "m.text", "body": fmt.Sprintf("message %d", i)}, &sent)
+		for delivered := 0; delivered < syncers; {
+			for _, id := range <-got {
+				if id == sent.EventID {
+					delivered++
+				}
+			}
+		}
+		lats = append(lats, time.Since(t0))
+	}
+	b.StopTimer()
+	cpu := cpuMS() - cpu0
+	cancel()
+	wg.Wait()
+	emitJSON(map[string]any{"bench": "many_syncers_one_send", "syncers": syncers, "rooms": roomCount, "sends": len(lats), "p50_ms": pct(lats, 50), "p99_ms": pct(lats, 99), "cpu_ms_per_send": cpu / float64(len(lats)), "cpu_us_per_woken_syncer": 1000 * cpu / float64(len(lats)*syncers)})
+}

@@ -299,9 +299,15 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 	// An initial sync, whose rooms' summaries and visibility come from the
 	// caches the builds above filled, is the uncached one too.
 	// Twice: the second from the state the first left in the cache.
+	// The edit of the message, whose "nothing relates to it" the
+	// "message" step's build kept, is bundled with it now.
 	for range 2 {
-		if joined, _, _ := ts.build(alice, 0, nil); len(joined) != 200 {
+		joined, resp, _ := ts.build(alice, 0, nil)
+		if len(joined) != 200 {
 			t.Fatalf("initial sync: %d joined rooms, want 200", len(joined))
+		}
+		if !bytes.Contains(resp, []byte(`"m.replace":{`)) {
+			t.Fatalf("initial sync: the edited message has no bundled edit: %s", resp)
 		}
 	}
 	// A message in a room moves its timeline's start: its cached state

@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/engram-hs/engram/api/keys"
@@ -181,7 +182,7 @@ func (s *Server) buildSync(sess *session, f *syncFilter, since, pos uint64, full
 					return nil, false, nil, err
 				} else if e != nil && e.Outlier {
 					if tl, ok := lr["timeline"].(map[string]any); ok {
-						evs, _ := tl["events"].([]map[string]any)
+						evs, _ := tl["events"].([]any)
 						tl["events"] = append(evs, s.clientEvent(rv, e, sess, false))
 					}
 				}
@@ -359,7 +360,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if err != nil {
 		return nil, false, err
 	}
-	timeline := make([]map[string]any, 0, len(evs))
+	timeline := make([]any, 0, len(evs))
 	senders := map[string]bool{sess.UserID: true}
 	inTimeline := map[string]bool{}
 	for _, e := range evs {
@@ -386,7 +387,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 	if opts.useStateAfter {
 		stateAt = upper + 1
 	}
-	state := []map[string]any{}
+	state := []any{}
 	// A limited incremental timeline sends the state events that changed
 	// after since, before the timeline: none when the room's current
 	// state has not changed since the token (the change clock says so
@@ -719,19 +720,25 @@ func (s *Server) sharesJoinedRoom(rv rooms.View, self, other string, joinedRooms
 	return false, nil
 }
 
-// formattedEvent is the part of a client event every reader gets: all
-// but unsigned.age (the reader's clock), unsigned.transaction_id (the
-// sending device's) and the bundled relations (a thread's depend on the
-// reader).
+// formattedEvent is the part of a client event every reader gets,
+// encoded once: all but unsigned.age (the reader's clock),
+// unsigned.membership (the reader's), unsigned.transaction_id (the sending
+// device's) and the bundled relations (a thread's depend on the reader).
+// "unsigned" sorts after every other key of a client event, and the
+// reader's unsigned keys around the shared ones, so a reader's event is
+// head, then its unsigned object, then "}": the bytes json.Marshal gives
+// the whole event as a map (TestIncrementalSyncCachedMatchesUncached).
 type formattedEvent struct {
-	event map[string]any
-	ts    int64 // origin_server_ts
+	head     []byte // the event without unsigned and its closing brace: `{"content":…,"type":"…"`
+	unsigned []byte // the shared unsigned members, without braces (prev_content, prev_sender, replaces_state)
+	ts       int64  // origin_server_ts
 }
 
-// syncClientEvent is clientEvent, with the reader-independent part of the
-// event formatted once per room position and shared by every member's
-// build.
-func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vis *visibility, uncached bool) map[string]any {
+// syncClientEvent is clientEvent, encoded, with the reader-independent
+// part formatted and encoded once per room position and shared by every
+// member's build; what is the reader's (age, membership, transaction_id,
+// bundled relations) is added per build.
+func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vis *visibility, uncached bool) any {
 	if uncached || e.RedactedBy != "" {
 		// A redacted event carries its redaction, with an age of its own:
 		// rare enough to format each time.
@@ -742,9 +749,19 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 	// that one changes it): only those are formatted again after the
 	// room's next event. The rest stay cached however busy the room is;
 	// a redacted event itself never comes from the cache (above).
-	var at uint64
+	// Whether anything relates to the event changes only with an event in
+	// its room (the spec keeps a relation within its room): that answer is
+	// kept until the room's next event, once the relations fold has caught
+	// up with it.
+	var at, roomAt uint64
+	var relCovered bool
+	relApplied := s.relationsH.Applied()
+	s.syncCache.clock.Read(func(c synccache.View) {
+		roomAt = c.EventsChangedAt(e.RoomID)
+		relCovered = c.Covers(relApplied) && relApplied >= roomAt
+	})
 	if e.Replaces != "" {
-		s.syncCache.clock.Read(func(c synccache.View) { at = c.EventsChangedAt(e.RoomID) })
+		at = roomAt
 	}
 	f := s.syncCache.events.Get(e.EventID, at, func() any {
 		ev := s.formatClientEvent(v, e, nil, false, false)
@@ -754,32 +771,75 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 		}
 		unsigned := ev["unsigned"].(map[string]any)
 		delete(unsigned, "age")
-		return formattedEvent{event: ev, ts: ts}
+		delete(ev, "unsigned")
+		head, _ := json.Marshal(ev)
+		shared, _ := json.Marshal(unsigned)
+		return formattedEvent{head: head[:len(head)-1], unsigned: shared[1 : len(shared)-1], ts: ts}
 	}).(formattedEvent)
-	out := maps.Clone(f.event)
-	unsigned := maps.Clone(f.event["unsigned"].(map[string]any))
-	out["unsigned"] = unsigned
-	if age := time.Now().UnixMilli() - f.ts; f.ts > 0 {
-		unsigned["age"] = age
+	related := s.syncCache.related.GetKeep(e.EventID, roomAt, func() (any, bool) {
+		ok, err := s.relationsView().HasChildren(e.EventID)
+		return ok || err != nil, err == nil && relCovered
+	}).(bool)
+
+	out := make([]byte, 0, len(f.head)+len(f.unsigned)+128)
+	out = append(out, f.head...)
+	out = append(out, `,"unsigned":{`...)
+	// member starts the next unsigned member, in key order.
+	member := func(key string) {
+		if out[len(out)-1] != '{' {
+			out = append(out, ',')
+		}
+		out = appendJSONString(out, key)
+		out = append(out, ':')
 	}
-	if e.Txn != nil && e.Txn.UserID == sess.UserID && e.Txn.DeviceID == sess.DeviceID {
-		unsigned["transaction_id"] = e.Txn.TxnID
+	if f.ts > 0 {
+		member("age")
+		out = strconv.AppendInt(out, time.Now().UnixMilli()-f.ts, 10)
+	}
+	if related {
+		if rel := s.bundledRelations(v, e, sess); rel != nil {
+			raw, err := json.Marshal(rel)
+			if err == nil {
+				member("m.relations")
+				out = append(out, raw...)
+			}
+		}
 	}
 	// The reader's membership changes are at hand in vis (cached with
 	// the room's members): no read per event.
+	membership := "leave"
 	if vis == nil {
-		if m, err := membershipAt(v, e, sess.UserID); err == nil {
-			unsigned["membership"] = m
+		m, err := membershipAt(v, e, sess.UserID)
+		if err != nil {
+			membership = ""
+		} else {
+			membership = m
 		}
 	} else if m := before(vis.members, e.Offset+1); m != "" {
-		unsigned["membership"] = m
-	} else {
-		unsigned["membership"] = "leave"
+		membership = m
 	}
-	if rel := s.bundledRelations(v, e, sess); rel != nil {
-		unsigned["m.relations"] = rel
+	if membership != "" {
+		member("membership")
+		out = appendJSONString(out, membership)
 	}
-	return out
+	if len(f.unsigned) > 0 {
+		if out[len(out)-1] != '{' {
+			out = append(out, ',')
+		}
+		out = append(out, f.unsigned...)
+	}
+	if e.Txn != nil && e.Txn.UserID == sess.UserID && e.Txn.DeviceID == sess.DeviceID {
+		member("transaction_id")
+		out = appendJSONString(out, e.Txn.TxnID)
+	}
+	out = append(out, "}}"...)
+	return json.RawMessage(out)
+}
+
+// appendJSONString appends s encoded as json.Marshal encodes a string.
+func appendJSONString(dst []byte, s string) []byte {
+	raw, _ := json.Marshal(s)
+	return append(dst, raw...)
 }
 
 // maxCachedState bounds the state a room's cached StateBefore may hold:

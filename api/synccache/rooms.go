@@ -91,6 +91,13 @@ func NewEvents(max int) *Events { return &Events{max: max, entries: map[string]p
 // Get returns the formatted event under key at the room's position at,
 // formatting it with format on a miss.
 func (e *Events) Get(key string, at uint64, format func() any) any {
+	return e.GetKeep(key, at, func() (any, bool) { return format(), true })
+}
+
+// GetKeep is Get where compute also says whether to keep what it computed
+// (false: it may be out of date for at, so the next reader computes it
+// again).
+func (e *Events) GetKeep(key string, at uint64, compute func() (v any, keep bool)) any {
 	e.mu.Lock()
 	p, ok := e.entries[key]
 	epoch := e.epoch
@@ -98,7 +105,10 @@ func (e *Events) Get(key string, at uint64, format func() any) any {
 	if ok && p.at == at {
 		return p.v
 	}
-	v := format()
+	v, keep := compute()
+	if !keep {
+		return v
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.epoch == epoch {
