@@ -473,3 +473,13 @@ func TestSyncBuildTakesWhatWasFoldedWhileWaiting(t *testing.T) {
 		t.Errorf("timeline of the sync that waited for a slot = %q, want both messages", bodies)
 	}
 }
+
+// appendJSONString gives json.Marshal's bytes for every string, those it
+// quotes as they are and those that need escapes.
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "join", "m1234.5", `a"b`, `back\slash`, "<b>&", "tab\there", "\x00", "é", "\u2028", string([]byte{0xff})} {
+		if got, want := appendJSONString([]byte("x"), s), append([]byte("x"), must(json.Marshal(s))...); !bytes.Equal(got, want) {
+			t.Errorf("%q: %s, want %s", s, got, want)
+		}
+	}
+}

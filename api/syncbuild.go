@@ -836,10 +836,19 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 	return json.RawMessage(out)
 }
 
-// appendJSONString appends s encoded as json.Marshal encodes a string.
+// appendJSONString appends s encoded as json.Marshal encodes a string:
+// quoted as is when it needs no escape (memberships, transaction IDs,
+// keys), else through json.Marshal.
 func appendJSONString(dst []byte, s string) []byte {
-	raw, _ := json.Marshal(s)
-	return append(dst, raw...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			raw, _ := json.Marshal(s)
+			return append(dst, raw...)
+		}
+	}
+	dst = append(dst, '"')
+	dst = append(dst, s...)
+	return append(dst, '"')
 }
 
 // maxCachedState bounds the state a room's cached StateBefore may hold:
