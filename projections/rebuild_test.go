@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
+
 	englog "github.com/engram-hs/engram/log"
 )
 
@@ -136,4 +138,75 @@ func (entryCounter) Apply(w Writer, entries []englog.Entry) error {
 		n = binary.BigEndian.Uint64(v)
 	}
 	return w.Set([]byte("n"), binary.BigEndian.AppendUint64(nil, n+uint64(len(entries))))
+}
+
+// tablesAboveBottom counts the tables of the levels above the bottom one
+// that hold keys of prefix's range.
+func tablesAboveBottom(t *testing.T, db *pebble.DB, prefix []byte) int {
+	t.Helper()
+	levels, err := db.SSTables()
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := prefixEnd(prefix)
+	n := 0
+	for _, tables := range levels[:len(levels)-1] {
+		for _, tb := range tables {
+			if bytes.Compare(tb.Smallest.UserKey, end) < 0 && bytes.Compare(tb.Largest.UserKey, prefix) >= 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// TestRebuildSettles: after a rebuild the new generation is compacted into
+// the bottom level, by Settle offline and in the background when a server
+// rebuilds a projection at start; the projection's contents do not change.
+func TestRebuildSettles(t *testing.T) {
+	f := newFixture(t)
+	appendMessages(t, f.log, 3000, "!a:x")
+	e, _ := f.engine(t, &timeline{name: "a", version: 1})
+	if err := e.Rebuild(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := mustDigest(t, e, "a")
+	prefix := dataPrefix("a", e.byName["a"].meta.Gen)
+	if err := f.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := tablesAboveBottom(t, f.db, prefix); n == 0 {
+		t.Fatal("the flushed generation is in the bottom level already: the test shows nothing")
+	}
+	if err := e.Settle(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := tablesAboveBottom(t, f.db, prefix); n != 0 {
+		t.Errorf("after Settle %d tables above the bottom level hold the generation", n)
+	}
+	if got := mustDigest(t, e, "a"); !bytes.Equal(got, want) {
+		t.Error("Settle changed the projection")
+	}
+	e.Close()
+
+	// A server finding version 2 registered rebuilds at start, then
+	// settles the new generation while serving.
+	live, hs := f.engine(t, &timeline{name: "a", version: 2})
+	if err := live.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := hs[0].WaitRebuilt(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	prefix = dataPrefix("a", hs[0].meta.Gen)
+	deadline := time.Now().Add(20 * time.Second)
+	for tablesAboveBottom(t, f.db, prefix) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("20 s after the rebuild %d tables above the bottom level still hold the new generation", tablesAboveBottom(t, f.db, prefix))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
