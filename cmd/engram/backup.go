@@ -407,6 +407,11 @@ func restoreCmd(args []string) int {
 		return fail(1, "rebuilding the projections: %v", err)
 	}
 	bar.done()
+	if err := e.Settle(ctx); err != nil {
+		release()
+		node.Close()
+		return fail(1, "compacting the rebuilt projections: %v", err)
+	}
 	release()
 	if err := node.Close(); err != nil {
 		return fail(1, "%v", err)
