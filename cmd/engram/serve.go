@@ -117,6 +117,7 @@ func logConfig(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer,
 func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) error {
 	cfg := l.cfg
 	setGC(cfg.MemoryTarget, os.LookupEnv, logger)
+	go trimMalloc(ctx)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
