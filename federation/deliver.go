@@ -9,6 +9,7 @@ import (
 	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // RoomDelivery queues this server's room events for the rooms' other
@@ -30,23 +31,19 @@ func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at [
 		byRoom := map[string]*roomItems{}
 		var order []string
 		for i, f := range events {
-			var head struct {
-				RoomID   string  `json:"room_id"`
-				Type     string  `json:"type"`
-				StateKey *string `json:"state_key"`
-			}
-			if json.Unmarshal(f.Event, &head) != nil || head.RoomID == "" {
+			head, ok := headOf(f.Event)
+			if !ok || head.roomID == "" {
 				continue
 			}
-			ri := byRoom[head.RoomID]
+			ri := byRoom[head.roomID]
 			if ri == nil {
 				ri = &roomItems{dests: map[string]bool{}}
-				byRoom[head.RoomID] = ri
-				order = append(order, head.RoomID)
+				byRoom[head.roomID] = ri
+				order = append(order, head.roomID)
 				// Other servers only (this one is never a destination):
 				// a room of local users costs no membership reads, which
 				// per send grew with the room's members.
-				servers, err := view.JoinedServers(head.RoomID, q.ServerName())
+				servers, err := view.JoinedServers(head.roomID, q.ServerName())
 				if err != nil {
 					return nil, err
 				}
@@ -54,8 +51,8 @@ func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at [
 					ri.dests[d] = true
 				}
 			}
-			if head.Type == stateres.MRoomMember && head.StateKey != nil && membershipOf(f.Event) != "invite" {
-				ri.dests[domainOf(*head.StateKey)] = true
+			if head.typ == stateres.MRoomMember && head.hasStateKey && head.membership != "invite" {
+				ri.dests[domainOf(head.stateKey)] = true
 			}
 			ri.at = append(ri.at, at[i])
 		}
@@ -82,6 +79,54 @@ func RoomDelivery(q *queue.Queue) func(view rooms.View, events []facts.PDU, at [
 		}
 		return out, nil
 	}
+}
+
+// eventHead is what RoomDelivery routes an event by.
+type eventHead struct {
+	roomID, typ, stateKey string
+	hasStateKey           bool
+	membership            string // content.membership of an m.room.member event
+}
+
+// headOf reads an event's routing fields from its canonical JSON (the log
+// holds events canonical) with the member reader, not json.Unmarshal: a
+// delivery is decided for every local event sent, and only these few
+// fields of it are wanted. ok is false for JSON that is not an object.
+func headOf(event []byte) (h eventHead, ok bool) {
+	var content []byte
+	err := canonicaljson.ObjectEach(event, func(key, value []byte) error {
+		var err error
+		switch string(key) {
+		case `"room_id"`:
+			h.roomID, err = unquoteString(value)
+		case `"type"`:
+			h.typ, err = unquoteString(value)
+		case `"state_key"`:
+			h.stateKey, err = unquoteString(value)
+			h.hasStateKey = err == nil && value[0] == '"'
+		case `"content"`:
+			content = value
+		}
+		return err
+	})
+	if err != nil {
+		return eventHead{}, false
+	}
+	if h.typ == stateres.MRoomMember && len(content) > 0 && content[0] == '{' {
+		if m := canonicaljson.Get(content, "membership"); len(m) > 0 && m[0] == '"' {
+			h.membership, _ = canonicaljson.Unquote(m)
+		}
+	}
+	return h, true
+}
+
+// unquoteString is a JSON string's value, "" for any other JSON value (as
+// json.Unmarshal into a string field left it).
+func unquoteString(v []byte) (string, error) {
+	if len(v) == 0 || v[0] != '"' {
+		return "", nil
+	}
+	return canonicaljson.Unquote(v)
 }
 
 // membershipOf is a membership event's content.membership.
