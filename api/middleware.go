@@ -126,17 +126,31 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 // limit, M_NOT_JSON when not JSON, M_BAD_JSON when not an object of the
 // expected shape. An empty body reads as {}.
 func readJSON(r *http.Request, v any) error {
+	body, err := readBody(r)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(body, v)
+}
+
+// readBody reads a request body, "{}" when it is empty.
+func readBody(r *http.Request) ([]byte, error) {
 	body, err := io.ReadAll(r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return merr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body is larger than %d bytes", mbe.Limit)
+			return nil, merr(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "Request body is larger than %d bytes", mbe.Limit)
 		}
-		return merr(http.StatusBadRequest, "M_UNKNOWN", "Could not read the request body: %v", err)
+		return nil, merr(http.StatusBadRequest, "M_UNKNOWN", "Could not read the request body: %v", err)
 	}
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
+	return body, nil
+}
+
+// decodeJSON decodes a request body that must be a JSON object into v.
+func decodeJSON(body []byte, v any) error {
 	// encoding/json would quietly turn invalid UTF-8 into U+FFFD; the spec
 	// requires UTF-8, so such a body is not JSON.
 	if !utf8.Valid(body) || !json.Valid(body) {

@@ -942,8 +942,21 @@ func (s *Server) getStateEvent(w http.ResponseWriter, r *http.Request, sess *ses
 }
 
 func readContent(r *http.Request) (json.RawMessage, error) {
+	body, err := readBody(r)
+	if err != nil {
+		return nil, err
+	}
+	// The usual body (an object of integers and strings, no key twice)
+	// takes one canonicalising pass, and the event builder's own pass over
+	// canonical bytes changes nothing: strict canonical JSON is what every
+	// room version makes of it. Anything else (floats, a key twice, not
+	// JSON) takes the decoding that gives its error or its last-key-wins
+	// object, as before.
+	if c, err := canonicaljson.Canonicalize(body, true); err == nil && c[0] == '{' {
+		return c, nil
+	}
 	var obj map[string]json.RawMessage
-	if err := readJSON(r, &obj); err != nil {
+	if err := decodeJSON(body, &obj); err != nil {
 		return nil, err
 	}
 	return mustJSON(obj), nil
