@@ -140,24 +140,31 @@ func (entryCounter) Apply(w Writer, entries []englog.Entry) error {
 	return w.Set([]byte("n"), binary.BigEndian.AppendUint64(nil, n+uint64(len(entries))))
 }
 
-// tablesAboveBottom counts the tables of the levels above the bottom one
-// that hold keys of prefix's range.
-func tablesAboveBottom(t *testing.T, db *pebble.DB, prefix []byte) int {
+// generationTables counts the tables holding keys of prefix's range in
+// the levels above the bottom one, and in the bottom one.
+func generationTables(t *testing.T, db *pebble.DB, prefix []byte) (above, bottom int) {
 	t.Helper()
 	levels, err := db.SSTables()
 	if err != nil {
 		t.Fatal(err)
 	}
 	end := prefixEnd(prefix)
-	n := 0
-	for _, tables := range levels[:len(levels)-1] {
+	for level, tables := range levels {
 		for _, tb := range tables {
-			if bytes.Compare(tb.Smallest.UserKey, end) < 0 && bytes.Compare(tb.Largest.UserKey, prefix) >= 0 {
-				n++
+			// A range deletion's end bound is exclusive: a table ending
+			// at prefix holds none of it.
+			c := bytes.Compare(tb.Largest.UserKey, prefix)
+			if bytes.Compare(tb.Smallest.UserKey, end) >= 0 || c < 0 || (c == 0 && tb.Largest.IsExclusiveSentinel()) {
+				continue
+			}
+			if level == len(levels)-1 {
+				bottom++
+			} else {
+				above++
 			}
 		}
 	}
-	return n
+	return above, bottom
 }
 
 // TestRebuildSettles: after a rebuild the new generation is compacted into
@@ -175,14 +182,14 @@ func TestRebuildSettles(t *testing.T) {
 	if err := f.db.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if n := tablesAboveBottom(t, f.db, prefix); n == 0 {
+	if above, _ := generationTables(t, f.db, prefix); above == 0 {
 		t.Fatal("the flushed generation is in the bottom level already: the test shows nothing")
 	}
 	if err := e.Settle(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if n := tablesAboveBottom(t, f.db, prefix); n != 0 {
-		t.Errorf("after Settle %d tables above the bottom level hold the generation", n)
+	if above, bottom := generationTables(t, f.db, prefix); above != 0 || bottom == 0 {
+		t.Errorf("after Settle %d tables above the bottom level and %d in it hold the generation, want 0 and some", above, bottom)
 	}
 	if got := mustDigest(t, e, "a"); !bytes.Equal(got, want) {
 		t.Error("Settle changed the projection")
@@ -190,7 +197,8 @@ func TestRebuildSettles(t *testing.T) {
 	e.Close()
 
 	// A server finding version 2 registered rebuilds at start, then
-	// settles the new generation while serving.
+	// settles the new generation while serving (the compaction flushes
+	// what the memtable holds of it first).
 	live, hs := f.engine(t, &timeline{name: "a", version: 2})
 	if err := live.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -198,14 +206,17 @@ func TestRebuildSettles(t *testing.T) {
 	if err := hs[0].WaitRebuilt(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.db.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	prefix = dataPrefix("a", hs[0].meta.Gen)
+	hs[0].rw.RLock() // the projection's goroutine writes meta; the prefix is guarded
+	prefix = hs[0].servingPrefix
+	hs[0].rw.RUnlock()
 	deadline := time.Now().Add(20 * time.Second)
-	for tablesAboveBottom(t, f.db, prefix) != 0 {
+	for {
+		above, bottom := generationTables(t, f.db, prefix)
+		if above == 0 && bottom > 0 {
+			break
+		}
 		if time.Now().After(deadline) {
-			t.Fatalf("20 s after the rebuild %d tables above the bottom level still hold the new generation", tablesAboveBottom(t, f.db, prefix))
+			t.Fatalf("20 s after the rebuild %d tables above the bottom level and %d in it hold the new generation, want 0 and some", above, bottom)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
