@@ -91,7 +91,7 @@ func (a *API) ensureSystemUser(r *http.Request, c Caller) (string, error) {
 		return sys, nil
 	}
 	n := a.cfg.ServerNotices
-	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{UserID: sys, DisplayName: n.SystemMXIDDisplayName, Registration: randomID(12)})}
+	props := []englog.Proposal{facts.MustEncode(englog.KindAccountRegistered, facts.AccountRegistered{UserID: sys, DisplayName: n.SystemMXIDDisplayName, Registration: randomID()})}
 	if n.SystemMXIDAvatarURL != "" {
 		av := n.SystemMXIDAvatarURL
 		props = append(props, facts.MustEncode(englog.KindProfileSet, facts.ProfileSet{UserID: sys, AvatarURL: &av}))

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -116,7 +117,8 @@ func (a *API) newRegToken(w http.ResponseWriter, r *http.Request, c Caller) erro
 			}
 			n = *req.Length
 		}
-		raw := randomID(n)
+		raw := make([]byte, n)
+		_, _ = rand.Read(raw)
 		b := make([]byte, n)
 		for i := range b {
 			b[i] = tokenAlphabet[int(raw[i])%len(tokenAlphabet)]

@@ -426,7 +426,7 @@ func (a *API) deleteRoom(r *http.Request, c Caller) (*facts.RoomDeleted, error) 
 	id := room.RoomID
 	ctx := r.Context()
 	purge := req.Purge == nil || *req.Purge
-	d := &facts.RoomDeleted{RoomID: id, DeleteID: randomID(12), Purge: purge, StartedAt: a.now().UnixMilli()}
+	d := &facts.RoomDeleted{RoomID: id, DeleteID: randomID(), Purge: purge, StartedAt: a.now().UnixMilli()}
 	if req.NewRoomUserID != "" {
 		acc, err := a.localUser(req.NewRoomUserID)
 		if err != nil {
@@ -619,7 +619,7 @@ func (a *API) purgeHistory(w http.ResponseWriter, r *http.Request, c Caller) err
 	default:
 		return mxerr.MissingParam("must specify purge_up_to_event_id or purge_up_to_ts")
 	}
-	f := facts.HistoryPurged{RoomID: room.RoomID, PurgeID: randomID(12), UpTo: upTo}
+	f := facts.HistoryPurged{RoomID: room.RoomID, PurgeID: randomID(), UpTo: upTo}
 	// After the purge fact, which hides the events while the projections
 	// are folded again without them.
 	erase, n, err := a.purgeHistoryEntries(room.RoomID, f.PurgeID, upTo, req.DeleteLocalEvents)

@@ -3,7 +3,6 @@ package admin
 import (
 	"context"
 	"crypto/rand"
-	"encoding/base64"
 	"net/http"
 	"sort"
 	"strconv"
@@ -340,7 +339,7 @@ func (a *API) createUser(r *http.Request, c Caller, userID, hash string, admin b
 	if displayName != nil {
 		dn = *displayName
 	}
-	reg := randomID(12)
+	reg := randomID()
 	changes := map[string]any{"created": true, "admin": admin, "displayname": dn}
 	if hash != "" {
 		changes["password"] = "set"
@@ -360,11 +359,11 @@ func (a *API) createUser(r *http.Request, c Caller, userID, hash string, admin b
 	return nil
 }
 
-func randomID(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return base64.RawURLEncoding.EncodeToString(b)
-}
+// randomID is a new random ID (128 bits, base32: A-Z and 2-7) for the IDs
+// an admin gets back: purge and delete IDs, registration markers. An
+// operator passes these on command lines (synadm history purge-status ID),
+// so none may start with "-", which base64url's alphabet allowed.
+func randomID() string { return rand.Text() }
 
 func (a *API) whois(w http.ResponseWriter, r *http.Request, c Caller) error {
 	userID := r.PathValue("userId")
