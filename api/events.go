@@ -107,6 +107,7 @@ func (s *Server) formatClientEvent(v rooms.View, rec *rooms.Event, sess *session
 		}
 	}
 	if bundle && rec.RedactedBy == "" {
+		s.relationsAsOfRooms()
 		if rel := s.bundledRelations(v, rec, sess); rel != nil {
 			unsigned["m.relations"] = rel
 		}
