@@ -38,7 +38,7 @@ func (w *Writer) NewRoom(version *stateres.RoomVersion, roomID string) (*Builder
 	if err := w.leader(); err != nil {
 		return nil, err
 	}
-	return &Builder{w: w, version: version, roomID: roomID, state: &stateOverlay{}, now: time.Now().UnixMilli()}, nil
+	return &Builder{w: w, version: version, roomID: roomID, state: &stateOverlay{}, now: eventClock()}, nil
 }
 
 // Extend starts a chain on an existing room's current state, read afresh
@@ -58,7 +58,21 @@ func (w *Writer) Extend(roomID string) (*Builder, error) {
 // builderOn starts a chain of events on a room's state; rs is only read.
 func (w *Writer) builderOn(rs *roomState) *Builder {
 	return &Builder{w: w, version: rs.version, roomID: rs.roomID, state: &stateOverlay{base: rs.lookup},
-		prev: rs.prevEvents(), now: time.Now().UnixMilli()}
+		prev: rs.prevEvents(), now: eventClock()}
+}
+
+// eventClock is the origin_server_ts of a local event built now: the
+// current time in milliseconds, rounded up. A client that read its own
+// clock just before asking for the event (to find it later with
+// /timestamp_to_event, say) may have read the same millisecond;
+// truncating would date the event at or before that reading, and a
+// backward search from it would find the room's new events (Complement's
+// TestJumpToDateEndpoint "should find nothing before the earliest
+// timestamp" failed so). Rounding up dates an event no earlier than
+// the instant it was built.
+func eventClock() int64 {
+	const ms = int64(time.Millisecond)
+	return (time.Now().UnixNano() + ms - 1) / ms
 }
 
 // RoomID is the room the chain is in ("" until a v12 create is added).
