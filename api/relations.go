@@ -118,7 +118,7 @@ func (s *Server) getRelations(w http.ResponseWriter, r *http.Request, sess *sess
 	}
 	relType, eventType := r.PathValue("relType"), r.PathValue("eventType")
 	rv := s.relationsView()
-	children, err := rv.Children(parentID, relType)
+	children, err := rv.Children(roomID, parentID, relType)
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func (s *Server) getRelations(w http.ResponseWriter, r *http.Request, sess *sess
 			depth++
 			var next []relations.Child
 			for _, c := range frontier {
-				cs, err := rv.Children(c.EventID, relType)
+				cs, err := rv.Children(roomID, c.EventID, relType)
 				if err != nil {
 					return err
 				}
@@ -295,10 +295,10 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 		return nil
 	}
 	rv := s.relationsView()
-	if ok, err := rv.HasChildren(rec.EventID); err != nil || !ok {
+	if ok, err := rv.HasChildren(rec.RoomID, rec.EventID); err != nil || !ok {
 		return nil
 	}
-	children, err := rv.Children(rec.EventID, "")
+	children, err := rv.Children(rec.RoomID, rec.EventID, "")
 	if err != nil {
 		return nil
 	}
@@ -325,7 +325,7 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 			}
 		}
 	}
-	if t, err := rv.Thread(rec.EventID); err == nil && t != nil && t.Count > 0 {
+	if t, err := rv.Thread(rec.RoomID, rec.EventID); err == nil && t != nil && t.Count > 0 {
 		if latest, err := v.Event(t.LatestID); err == nil && latest != nil {
 			participated := sess != nil && (orig.Sender == sess.UserID || slices.Contains(t.Senders, sess.UserID))
 			out[relations.RelThread] = map[string]any{

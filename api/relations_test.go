@@ -190,3 +190,47 @@ func TestEditsThreadsReactions(t *testing.T) {
 		t.Errorf("after redacting the newest edit, m.replace = %v, want the first edit", rep["event_id"])
 	}
 }
+
+// TestRelationsFromAnotherRoomDoNotCount: a user who sees an event ID of
+// room A sends, in room B, a reference, a reaction and a thread reply to
+// it. None of them may show in A: not in the bundled aggregations, not
+// in /relations, not as a thread of A.
+func TestRelationsFromAnotherRoomDoNotCount(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, mallory := ts.register("alice"), ts.register("mallory")
+	roomA := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if _, err := mallory.JoinRoom(ctx, roomA.String(), nil); err != nil {
+		t.Fatal(err)
+	}
+	roomB := createRoom(t, mallory, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	target := say(t, alice, roomA, "in room A")
+	sendRaw(t, mallory, roomB, "m.room.message", map[string]any{"msgtype": "m.text", "body": "ref", "m.relates_to": relatesTo("m.reference", target)})
+	sendRaw(t, mallory, roomB, "m.room.message", map[string]any{"msgtype": "m.text", "body": "spam", "m.relates_to": relatesTo("m.thread", target)})
+	if _, err := mallory.SendReaction(ctx, roomB, target, "👎"); err != nil {
+		t.Fatal(err)
+	}
+	// One relation in A itself, so that the aggregations are not empty
+	// merely because nothing was folded yet.
+	sendRaw(t, alice, roomA, "m.room.message", map[string]any{"msgtype": "m.text", "body": "own ref", "m.relates_to": relatesTo("m.reference", target)})
+
+	rel := unsignedRelations(t, ts, alice, roomA, target)
+	if _, ok := rel["m.thread"]; ok {
+		t.Errorf("a thread reply sent in another room is bundled: %v", rel["m.thread"])
+	}
+	refs, _ := rel["m.reference"].(map[string]any)
+	if chunk, _ := refs["chunk"].([]any); len(chunk) != 1 {
+		t.Errorf("bundled references = %v, want only room A's own", refs)
+	}
+	all, err := alice.GetRelations(ctx, roomA, target, &mautrix.ReqGetRelations{Limit: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all.Chunk) != 1 {
+		t.Errorf("/relations in room A lists %d events, want 1 (room A's own reference)", len(all.Chunk))
+	}
+	code, body := ts.do("GET", fmt.Sprintf("/_matrix/client/v1/rooms/%s/threads", url.PathEscape(roomA.String())), alice.AccessToken, nil)
+	if chunk, _ := body["chunk"].([]any); code != 200 || len(chunk) != 0 {
+		t.Errorf("/threads of room A = %d %v, want no thread", code, body)
+	}
+}

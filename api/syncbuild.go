@@ -777,7 +777,7 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 		return formattedEvent{head: head[:len(head)-1], unsigned: shared[1 : len(shared)-1], ts: ts}
 	}).(formattedEvent)
 	related := s.syncCache.related.GetKeep(e.EventID, roomAt, func() (any, bool) {
-		ok, err := s.relationsView().HasChildren(e.EventID)
+		ok, err := s.relationsView().HasChildren(e.RoomID, e.EventID)
 		return ok || err != nil, err == nil && relCovered
 	}).(bool)
 

@@ -21,16 +21,24 @@ import (
 
 // Keyspace.
 const (
-	pChild   = 'c' // c parentID 0x00 relType 0x00 offset(BE) -> Child (JSON)
+	pChild   = 'c' // c roomID 0x00 parentID 0x00 relType 0x00 offset(BE) -> Child (JSON)
 	pRel     = 'r' // r childID -> relation (JSON): how to find the child record again
 	pPending = 'p' // p eventID -> roomID: a redaction seen before the event
 	pThread  = 't' // t roomID 0x00 latest offset(BE) 0x00 rootID -> nil: threads by activity
-	pRoot    = 'T' // T rootID -> Thread (JSON)
-	// h parentID -> number of children (uint64 BE), absent when none:
-	// HasChildren is a point read (bloom-filtered when absent, the common
-	// case) where a scan of the c prefix costs an iterator per event.
+	pRoot    = 'T' // T roomID 0x00 rootID -> Thread (JSON)
+	// h roomID 0x00 parentID -> number of children (uint64 BE), absent
+	// when none: HasChildren is a point read (bloom-filtered when absent,
+	// the common case) where a scan of the c prefix costs an iterator per
+	// event.
 	pHas = 'h'
 )
+
+// Every record of a parent is keyed by the room of the child that
+// relates to it: an event relates only to events of its own room (spec:
+// "Forming relationships between events"), and a child sent in another
+// room must not show in the parent's aggregations (a reaction, a
+// reference or a thread reply injected from a room the parent's readers
+// never see).
 
 const sep = 0
 
@@ -75,8 +83,9 @@ func New() *Projection { return &Projection{} }
 
 func (*Projection) Name() string { return "relations" }
 
-// Version 2: the h keys (children counts).
-func (*Projection) Version() int { return 2 }
+// Version 2: the h keys (children counts). Version 3: a parent's records
+// are keyed by room, so children from other rooms do not count.
+func (*Projection) Version() int { return 3 }
 
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
@@ -112,8 +121,8 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 	return nil
 }
 
-func childKey(parent, relType string, off uint64) []byte {
-	k := projections.Key(pChild, parent, relType)
+func childKey(room, parent, relType string, off uint64) []byte {
+	k := projections.Key(pChild, room, parent, relType)
 	k = append(k, sep)
 	return binary.BigEndian.AppendUint64(k, off)
 }
@@ -160,13 +169,13 @@ func add(w projections.Writer, ev stateres.PDU, off uint64) error {
 	if rel.RelType == "m.annotation" {
 		child.Key = rel.Key
 	}
-	if err := projections.PutJSON(w, childKey(rel.EventID, rel.RelType, off), child); err != nil {
+	if err := projections.PutJSON(w, childKey(ev.RoomID(), rel.EventID, rel.RelType, off), child); err != nil {
 		return err
 	}
 	if err := projections.PutJSON(w, projections.Key(pRel, id), relation{Parent: rel.EventID, RelType: rel.RelType, Room: ev.RoomID(), Offset: off}); err != nil {
 		return err
 	}
-	if err := countChildren(w, rel.EventID, +1); err != nil {
+	if err := countChildren(w, ev.RoomID(), rel.EventID, +1); err != nil {
 		return err
 	}
 	if rel.RelType == RelThread {
@@ -177,7 +186,7 @@ func add(w projections.Writer, ev stateres.PDU, off uint64) error {
 
 // updateThread recomputes a root's summary from its children.
 func updateThread(w projections.Writer, room, root string) error {
-	rk := projections.Key(pRoot, root)
+	rk := projections.Key(pRoot, room, root)
 	old, err := projections.GetJSON[Thread](w, rk)
 	if err != nil {
 		return err
@@ -187,7 +196,7 @@ func updateThread(w projections.Writer, room, root string) error {
 			return err
 		}
 	}
-	children, err := projections.ListJSON[Child](w, append(projections.Key(pChild, root, RelThread), sep), nil)
+	children, err := projections.ListJSON[Child](w, append(projections.Key(pChild, room, root, RelThread), sep), nil)
 	if err != nil {
 		return err
 	}
@@ -223,13 +232,13 @@ func redact(w projections.Writer, target, room string) error {
 	if rel.Room != room {
 		return nil
 	}
-	if err := w.Delete(childKey(rel.Parent, rel.RelType, rel.Offset)); err != nil {
+	if err := w.Delete(childKey(room, rel.Parent, rel.RelType, rel.Offset)); err != nil {
 		return err
 	}
 	if err := w.Delete(rk); err != nil {
 		return err
 	}
-	if err := countChildren(w, rel.Parent, -1); err != nil {
+	if err := countChildren(w, room, rel.Parent, -1); err != nil {
 		return err
 	}
 	if rel.RelType == RelThread {
@@ -238,10 +247,10 @@ func redact(w projections.Writer, target, room string) error {
 	return nil
 }
 
-// countChildren adds delta to parent's children count, deleting the key
-// at zero so that "no children" is an absent key.
-func countChildren(w projections.Writer, parent string, delta int) error {
-	k := projections.Key(pHas, parent)
+// countChildren adds delta to the count of parent's children in room,
+// deleting the key at zero so that "no children" is an absent key.
+func countChildren(w projections.Writer, room, parent string, delta int) error {
+	k := projections.Key(pHas, room, parent)
 	raw, ok, err := w.Get(k)
 	if err != nil {
 		return err

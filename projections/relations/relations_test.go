@@ -25,7 +25,8 @@ func TestHasChildrenFollowsChildren(t *testing.T) {
 	ctx := context.Background()
 	version, _ := stateres.Version("10")
 	key := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
-	const room, alice = "!r:a.test", "@alice:a.test"
+	const room, other, alice = "!r:a.test", "!other:a.test", "@alice:a.test"
+	in := room // the room build puts events in
 	ts := int64(1_700_000_000_000)
 	var ids []string
 	var prev []stateres.PDU
@@ -33,7 +34,7 @@ func TestHasChildrenFollowsChildren(t *testing.T) {
 		t.Helper()
 		ts++
 		raw, _ := json.Marshal(content)
-		ev, err := stateres.BuildEvent(version, &stateres.ProtoEvent{Type: typ, Sender: alice, RoomID: room, Content: raw, Redacts: redacts, OriginServerTS: ts}, nil, prev, "a.test", "ed25519:1", key)
+		ev, err := stateres.BuildEvent(version, &stateres.ProtoEvent{Type: typ, Sender: alice, RoomID: in, Content: raw, Redacts: redacts, OriginServerTS: ts}, nil, prev, "a.test", "ed25519:1", key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -62,11 +63,11 @@ func TestHasChildrenFollowsChildren(t *testing.T) {
 		t.Helper()
 		v := relations.NewView(h.Reader())
 		for _, id := range ids {
-			has, err := v.HasChildren(id)
+			has, err := v.HasChildren(room, id)
 			if err != nil {
 				t.Fatal(err)
 			}
-			cs, err := v.Children(id, "")
+			cs, err := v.Children(room, id, "")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -109,6 +110,22 @@ func TestHasChildrenFollowsChildren(t *testing.T) {
 	step("edit redacted", build("m.room.redaction", e1, map[string]any{}), map[string]bool{p1: false})
 	step("thread root redacted", build("m.room.redaction", p2, map[string]any{}), map[string]bool{p2: true})
 	step("thread reply redacted", build("m.room.redaction", t1, map[string]any{}), map[string]bool{p2: false})
+	// Children sent in another room do not count for a parent of this
+	// one, nor make it a thread root here.
+	in = other
+	step("reaction from another room", build("m.reaction", "", rel("m.annotation", p1)), map[string]bool{p1: false})
+	step("thread reply from another room", build("m.room.message", "", rel("m.thread", p1)), map[string]bool{p1: false})
+	in = room
+	v := relations.NewView(h.Reader())
+	if th, err := v.Thread(room, p1); err != nil || th != nil {
+		t.Fatalf("a reply from another room made a thread in this one: %+v, %v", th, err)
+	}
+	if ths, err := v.Threads(room, 0, 10, nil); err != nil || len(ths) != 0 {
+		t.Fatalf("threads of the room after a reply from another room: %+v, %v", ths, err)
+	}
+	if has, err := v.HasChildren(other, p1); err != nil || !has {
+		t.Fatalf("the other room's children of its own parent reference: %v, %v", has, err)
+	}
 	// A relation whose redaction came first never counts.
 	ts++
 	raw, _ := json.Marshal(rel("m.reference", p1))

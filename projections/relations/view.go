@@ -12,12 +12,12 @@ type View struct{ r projections.Reader }
 // NewView wraps a reader of this projection's keyspace.
 func NewView(r projections.Reader) View { return View{r: r} }
 
-// Children lists the events relating to parent with relType ("" any), in
-// timeline order.
-func (v View) Children(parent, relType string) ([]Child, error) {
-	prefix := projections.Key(pChild, parent)
+// Children lists the events of room relating to parent with relType (""
+// any), in timeline order.
+func (v View) Children(room, parent, relType string) ([]Child, error) {
+	prefix := projections.Key(pChild, room, parent)
 	if relType != "" {
-		prefix = projections.Key(pChild, parent, relType)
+		prefix = projections.Key(pChild, room, parent, relType)
 	}
 	prefix = append(prefix, sep)
 	out, err := projections.ListJSON[Child](v.r, prefix, nil)
@@ -38,17 +38,17 @@ func sortByOffset(cs []Child) {
 	}
 }
 
-// HasChildren reports whether any event relates to parent (a cheap test
-// before building bundled aggregations): one point read of the children
-// count, which most events lack.
-func (v View) HasChildren(parent string) (bool, error) {
-	_, ok, err := v.r.Get(projections.Key(pHas, parent))
+// HasChildren reports whether any event of room relates to parent (a
+// cheap test before building bundled aggregations): one point read of
+// the children count, which most events lack.
+func (v View) HasChildren(room, parent string) (bool, error) {
+	_, ok, err := v.r.Get(projections.Key(pHas, room, parent))
 	return ok, err
 }
 
-// Thread returns a thread root's summary, or nil.
-func (v View) Thread(root string) (*Thread, error) {
-	return projections.GetJSON[Thread](v.r, projections.Key(pRoot, root))
+// Thread returns the summary of the thread on root in room, or nil.
+func (v View) Thread(room, root string) (*Thread, error) {
+	return projections.GetJSON[Thread](v.r, projections.Key(pRoot, room, root))
 }
 
 // Threads lists the room's threads, the most recently active first,
@@ -67,7 +67,7 @@ func (v View) Threads(room string, before uint64, limit int, keep func(*Thread) 
 		if len(k) < 9 {
 			continue
 		}
-		t, err := v.Thread(string(k[9:]))
+		t, err := v.Thread(room, string(k[9:]))
 		if err != nil {
 			it.Close()
 			return nil, err
