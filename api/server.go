@@ -62,6 +62,7 @@ type Server struct {
 
 	accounts  *accounts.Projection // its View caches what each request reads
 	accountsH *projections.Handle
+	erased    erasedCache         // visibility.go
 	roomsH    *projections.Handle // roomWrite's
 	userdataH *projections.Handle
 	reportsH  *projections.Handle

@@ -905,7 +905,11 @@ func (s *Server) syncVisibility(v rooms.View, roomID, userID string, uncached bo
 	if err != nil {
 		return nil, err
 	}
-	return &visibility{v: v, userID: userID, hv: hv.([]stateChange), members: members.([]stateChange)}, nil
+	erased, err := s.erasedUsers()
+	if err != nil {
+		return nil, err
+	}
+	return &visibility{v: v, userID: userID, hv: hv.([]stateChange), members: members.([]stateChange), erased: erased}, nil
 }
 
 // maxMemberScan bounds the timeline events newlySharing reads per room;

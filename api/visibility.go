@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
+	"sync"
 
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
@@ -22,6 +23,47 @@ type visibility struct {
 	// not get (their m.ignored_user_list): set where events are served
 	// to the reader's client (/sync, /messages, /context).
 	ignored map[string]bool
+	// erased are the users deactivated with erase: their non-state
+	// events are hidden from readers who were not joined when they were
+	// sent (Synapse's GDPR erasure: "messages sent by the user will still
+	// be visible by anyone that was in the room when these messages were
+	// sent, but hidden from users joining the room afterwards").
+	erased map[string]bool
+}
+
+// erasedCache holds the erased users as of an applied offset of the
+// accounts projection: every visibility reads them, and they change
+// only with a deactivation or a reactivation.
+type erasedCache struct {
+	mu    sync.Mutex
+	at    uint64
+	valid bool
+	set   map[string]bool
+}
+
+// erasedUsers is the set of users deactivated with erase (nil when there
+// are none).
+func (s *Server) erasedUsers() (map[string]bool, error) {
+	at := s.accountsH.Applied()
+	c := &s.erased
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.valid && c.at == at {
+		return c.set, nil
+	}
+	users, err := s.accountsView().ErasedUsers()
+	if err != nil {
+		return nil, err
+	}
+	var set map[string]bool
+	if len(users) > 0 {
+		set = make(map[string]bool, len(users))
+		for _, u := range users {
+			set[u] = true
+		}
+	}
+	c.at, c.valid, c.set = at, true, set
+	return set, nil
 }
 
 // ignoredUsers is the set of users in userID's m.ignored_user_list (spec:
@@ -61,6 +103,9 @@ type stateChange struct {
 func (s *Server) newVisibility(v rooms.View, roomID, userID string) (*visibility, error) {
 	vis := &visibility{v: v, userID: userID}
 	var err error
+	if vis.erased, err = s.erasedUsers(); err != nil {
+		return nil, err
+	}
 	if vis.hv, err = stateChanges(v, roomID, stateres.MRoomHistoryVisibility, "", "history_visibility"); err != nil {
 		return nil, err
 	}
@@ -136,10 +181,10 @@ func (vis *visibility) canSee(e *rooms.Event) bool {
 // visibility and the user's membership in the state before it; at is the
 // log offset the visibility rules compare joins with.
 func (vis *visibility) canSeeGiven(e *rooms.Event, hv, mem string, at uint64) bool {
-	if len(vis.ignored) > 0 {
-		// State events of ignored users are still sent (spec), so that
-		// the room looks the same to everyone.
-		if h := headOf(e); h.StateKey == nil && vis.ignored[h.Sender] {
+	if len(vis.ignored) > 0 || len(vis.erased) > 0 {
+		// State events of ignored and erased users are still sent (spec,
+		// for ignored users), so that the room looks the same to everyone.
+		if h := headOf(e); h.StateKey == nil && (vis.ignored[h.Sender] || (vis.erased[h.Sender] && mem != "join")) {
 			return false
 		}
 	}

@@ -55,6 +55,10 @@ func (a *API) userJSON(acc *accounts.Account) (map[string]any, error) {
 	if err != nil {
 		return nil, err
 	}
+	erased, err := v.Erased(acc.UserID)
+	if err != nil {
+		return nil, err
+	}
 	var lastSeen any
 	for _, d := range devs {
 		if ls, ok := lastSeen.(int64); d.LastSeenTS != 0 && (!ok || d.LastSeenTS > ls) {
@@ -72,7 +76,7 @@ func (a *API) userJSON(acc *accounts.Account) (map[string]any, error) {
 		"name": acc.UserID, "displayname": dn, "avatar_url": av,
 		"threepids": []any{}, "external_ids": []any{},
 		"is_guest": acc.Guest, "admin": acc.Admin, "deactivated": acc.Deactivated,
-		"erased":        acc.Deactivated && p.DisplayName == nil && p.AvatarURL == nil,
+		"erased":        erased,
 		"shadow_banned": acc.ShadowBanned, "locked": acc.Locked, "suspended": acc.Suspended,
 		"approved": true, "creation_ts": acc.CreatedTS / 1000, // Synapse: seconds
 		"appservice_id": nil, "consent_server_notice_sent": nil, "consent_version": nil,

@@ -21,6 +21,7 @@ const (
 	pRegToken     = 'g' // g token -> RegToken
 	pRegistration = 'R' // R registrationID -> userID (registrations that won)
 	pRateLimit    = 'o' // o user -> RateLimit (an admin's override_ratelimit)
+	pErased       = 'e' // e user -> nil: deactivated with erase, not reactivated since
 	sep           = 0
 	tokAccess     = "t"
 	tokRefresh    = "r"
@@ -94,12 +95,15 @@ func New() *Projection { return &Projection{cache: newCache()} }
 func (*Projection) Name() string { return "accounts" }
 
 // Version 3: a login naming an existing device revokes its old tokens,
-// and a refresh token is spent by its first use in the log.
-func (*Projection) Version() int { return 3 }
+// and a refresh token is spent by its first use in the log. Version 4:
+// the e keys (erased users).
+func (*Projection) Version() int { return 4 }
 
-// ReadsVersion: version 2 has the same records (it only kept tokens that
-// version 3 refuses), so it serves while version 3 is rebuilt.
-func (*Projection) ReadsVersion(stored int) bool { return stored == 2 }
+// ReadsVersion: versions 2 and 3 have the same records (2 only kept
+// tokens that 3 refuses; 3 lacks the erased users, whose messages are
+// then shown as before until 4 serves), so they serve while version 4 is
+// rebuilt.
+func (*Projection) ReadsVersion(stored int) bool { return stored == 2 || stored == 3 }
 
 // Apply folds a batch of entries.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
@@ -275,6 +279,9 @@ func applyAccountDeactivated(w projections.Writer, f facts.AccountDeactivated) e
 		}
 	}
 	if f.Erase {
+		if err := w.Set(projections.Key(pErased, f.UserID), nil); err != nil {
+			return err
+		}
 		return w.Delete(projections.Key(pProfile, f.UserID))
 	}
 	return nil
@@ -299,6 +306,12 @@ func applyUserModerated(w projections.Writer, f facts.UserModerated) error {
 }
 
 func applyAccountReactivated(w projections.Writer, f facts.AccountReactivated) error {
+	// A reactivated user is no longer erased: what they send from now on
+	// is theirs to show, and what they sent before is shown again (as
+	// Synapse does: reactivation clears its erased mark).
+	if err := w.Delete(projections.Key(pErased, f.UserID)); err != nil {
+		return err
+	}
 	return updateAccount(w, f.UserID, func(a *Account) { a.Deactivated, a.PasswordHash = false, f.PasswordHash })
 }
 
@@ -618,6 +631,24 @@ func (v View) RateLimit(userID string) (*RateLimit, error) {
 		return v.cachedRateLimit(userID)
 	}
 	return projections.GetJSON[RateLimit](v.r, projections.Key(pRateLimit, userID))
+}
+
+// Erased reports whether the user was deactivated with erase (and not
+// reactivated since).
+func (v View) Erased(userID string) (bool, error) {
+	_, ok, err := v.r.Get(projections.Key(pErased, userID))
+	return ok, err
+}
+
+// ErasedUsers lists the users deactivated with erase (and not
+// reactivated since), in user ID order.
+func (v View) ErasedUsers() ([]string, error) {
+	it := v.r.Iter([]byte{pErased}, []byte{pErased + 1})
+	var out []string
+	for ok := it.First(); ok; ok = it.Next() {
+		out = append(out, string(it.Key()[1:]))
+	}
+	return out, it.Close()
 }
 
 // RegistrationTokens lists every registration token in token order.
