@@ -289,7 +289,9 @@ func (s *Server) getThreads(w http.ResponseWriter, r *http.Request, sess *sessio
 // "Aggregations of child events"), or nil when nothing relates to it:
 // m.thread (latest event, count, whether the reader took part), m.replace
 // (the newest valid edit, the full event) and m.reference (the event IDs).
-// Annotations are not bundled (spec v1.7).
+// Annotations are not bundled (spec v1.7). Children sent by users the
+// reader ignores are left out of every aggregation (spec: servers must not
+// consider them).
 func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session) map[string]any {
 	if s.relationsH == nil {
 		return nil
@@ -302,12 +304,21 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 	if err != nil {
 		return nil
 	}
+	var ignored map[string]bool
+	if sess != nil {
+		if ignored, err = s.ignoredUsers(sess.UserID); err != nil {
+			return nil
+		}
+	}
 	out := map[string]any{}
 	orig := headOf(rec)
 	var refs []map[string]any
 	var edit *rooms.Event
 	var editTS int64
 	for _, c := range children {
+		if ignored[c.Sender] {
+			continue
+		}
 		switch c.RelType {
 		case "m.reference":
 			refs = append(refs, map[string]any{"event_id": c.EventID})
@@ -325,7 +336,11 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 			}
 		}
 	}
-	if t, err := rv.Thread(rec.RoomID, rec.EventID); err == nil && t != nil && t.Count > 0 {
+	t, err := rv.Thread(rec.RoomID, rec.EventID)
+	if err == nil && t != nil && slices.ContainsFunc(t.Senders, func(u string) bool { return ignored[u] }) {
+		t = threadWithout(t, children, ignored)
+	}
+	if err == nil && t != nil && t.Count > 0 {
 		if latest, err := v.Event(t.LatestID); err == nil && latest != nil {
 			participated := sess != nil && (orig.Sender == sess.UserID || slices.Contains(t.Senders, sess.UserID))
 			out[relations.RelThread] = map[string]any{
@@ -343,6 +358,23 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 	}
 	if len(out) == 0 {
 		return nil
+	}
+	return out
+}
+
+// threadWithout is the thread summary t counted again from the root's
+// children (in timeline order) without the replies of the ignored users.
+func threadWithout(t *relations.Thread, children []relations.Child, ignored map[string]bool) *relations.Thread {
+	out := &relations.Thread{RoomID: t.RoomID, RootID: t.RootID}
+	for _, c := range children {
+		if c.RelType != relations.RelThread || ignored[c.Sender] {
+			continue
+		}
+		out.Count++
+		out.Latest, out.LatestID = c.Offset, c.EventID
+		if !slices.Contains(out.Senders, c.Sender) {
+			out.Senders = append(out.Senders, c.Sender)
+		}
 	}
 	return out
 }

@@ -234,3 +234,41 @@ func TestRelationsFromAnotherRoomDoNotCount(t *testing.T) {
 		t.Errorf("/threads of room A = %d %v, want no thread", code, body)
 	}
 }
+
+// TestAggregationsLeaveOutIgnoredUsers: once alice ignores bob, the
+// bundled thread summary of her root counts only carol's reply and shows
+// it as the latest, and bob's reference is not bundled (spec: servers must
+// not consider child events from ignored users).
+func TestAggregationsLeaveOutIgnoredUsers(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob, carol := ts.register("alice"), ts.register("bob"), ts.register("carol")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	for _, c := range []*mautrix.Client{bob, carol} {
+		if _, err := c.JoinRoom(ctx, room.String(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := say(t, alice, room, "root")
+	carolReply := sendRaw(t, carol, room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "carol", "m.relates_to": relatesTo("m.thread", root)})
+	bobReply := sendRaw(t, bob, room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "bob", "m.relates_to": relatesTo("m.thread", root)})
+	sendRaw(t, bob, room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "ref", "m.relates_to": relatesTo("m.reference", root)})
+
+	thread := func() (float64, any, bool) {
+		rel := unsignedRelations(t, ts, alice, room, root)
+		th, _ := rel["m.thread"].(map[string]any)
+		latest, _ := th["latest_event"].(map[string]any)
+		_, hasRef := rel["m.reference"]
+		count, _ := th["count"].(float64)
+		return count, latest["event_id"], hasRef
+	}
+	if n, latest, ref := thread(); n != 2 || latest != bobReply.String() || !ref {
+		t.Fatalf("before ignoring bob: count %v, latest %v, reference bundled %v; want 2, %s, true", n, latest, ref, bobReply)
+	}
+	if err := alice.SetAccountData(ctx, "m.ignored_user_list", map[string]any{"ignored_users": map[string]any{bob.UserID.String(): map[string]any{}}}); err != nil {
+		t.Fatal(err)
+	}
+	if n, latest, ref := thread(); n != 1 || latest != carolReply.String() || ref {
+		t.Errorf("after ignoring bob: count %v, latest %v, reference bundled %v; want 1, %s, false", n, latest, ref, carolReply)
+	}
+}
