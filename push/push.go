@@ -219,6 +219,7 @@ type cond struct {
 	glob    *regexp.Regexp
 	literal *string // a pattern without wildcards: compared directly (lower-cased)
 	body    bool    // event_match on content.body: word-boundary match
+	word    string  // a body pattern without wildcards: containsWord, not glob
 	value   any     // event_property_is / _contains: a canonical scalar
 	op      string  // room_member_count
 	n       int
@@ -280,9 +281,20 @@ func compileCond(x Condition) (cond, bool) {
 		c.path = SplitPath(x.Key)
 		c.body = x.Key == "content.body"
 		p := strings.ToLower(*x.Pattern)
-		if !strings.ContainsAny(p, "*?") && !c.body {
-			c.literal = &p
-			return c, true
+		if !strings.ContainsAny(p, "*?") {
+			if !c.body {
+				c.literal = &p
+				return c, true
+			}
+			if p != "" {
+				// The default rules' body patterns (the user's localpart,
+				// "@room"): the regexp's backtracking was most of the
+				// evaluation of a message. An empty pattern keeps the
+				// regexp: containsWord would test every byte boundary,
+				// the regexp only rune boundaries.
+				c.word = p
+				return c, true
+			}
 		}
 		re, err := regexp.Compile(globRegexp(p, c.body))
 		if err != nil {
@@ -446,6 +458,9 @@ func (c *cond) holds(ev *Event, ctx *Context) bool {
 		if c.body {
 			if !ev.hasBody {
 				return false
+			}
+			if c.word != "" {
+				return containsWord(ev.body, c.word)
 			}
 			return c.glob.MatchString(ev.body)
 		}

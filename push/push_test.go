@@ -3,6 +3,8 @@ package push
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -286,6 +288,43 @@ func BenchmarkParseEvent(b *testing.B) {
 	for b.Loop() {
 		if _, err := ParseEvent(raw); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestBodyWordMatchesRegexp holds the body patterns without wildcards,
+// matched by containsWord, to the glob regexp they were matched by before
+// (and patterns with wildcards still are): every body of up to three
+// characters from an alphabet of word and non-word characters, ASCII and
+// not, some of which lower-case to other lengths or to ASCII.
+func TestBodyWordMatchesRegexp(t *testing.T) {
+	alphabet := []string{"a", "B", "k", "_", "0", " ", "@", ".", "é", "É", "\u212a", "İ", "🙂"}
+	patterns := []string{"@room", "a", "ab", "b_", "k", "K", "é", "i\u0307", " ", "a b", "@", "🙂", ""}
+	bodies := []string{""}
+	for n, prev := 0, []string{""}; n < 3; n++ {
+		var next []string
+		for _, p := range prev {
+			for _, c := range alphabet {
+				next = append(next, p+c)
+			}
+		}
+		bodies, prev = append(bodies, next...), next
+	}
+	bodies = append(bodies, "hi @room!", "ping alice.", "Alice", "x@roomy", "über_a b")
+	for _, p := range patterns {
+		c, ok := compileCond(Condition{Kind: "event_match", Key: "content.body", Pattern: &p})
+		if !ok {
+			t.Fatalf("pattern %q does not compile", p)
+		}
+		if p != "" && c.word == "" {
+			t.Fatalf("pattern %q: not matched as a word", p)
+		}
+		re := regexp.MustCompile(globRegexp(strings.ToLower(p), true))
+		for _, b := range bodies {
+			e := ev(t, string(mustJSON(t, map[string]any{"content": map[string]string{"body": b}})))
+			if got, want := c.holds(e, &Context{}), re.MatchString(strings.ToLower(b)); got != want {
+				t.Errorf("pattern %q on body %q: %v, the regexp says %v", p, b, got, want)
+			}
 		}
 	}
 }
