@@ -14,7 +14,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -73,6 +75,11 @@ type Result struct {
 	// Tweaks holds every set_tweak of the rule (highlight and sound too),
 	// as sent to a push gateway.
 	Tweaks map[string]any
+	// Actions, when Notify, are the rule's actions as GET /notifications
+	// shows them: "notify", then each tweak by name. Made once per rule
+	// (not per notification: a json.Marshal per tweak); shared, so
+	// read-only.
+	Actions []json.RawMessage
 }
 
 // Event is a parsed event: its JSON as nested maps.
@@ -425,6 +432,15 @@ func actionsResult(id string, actions []json.RawMessage) Result {
 			r.Highlight = !ok || b
 		case "sound":
 			r.Sound, _ = v.(string)
+		}
+	}
+	if r.Notify {
+		r.Actions = []json.RawMessage{json.RawMessage(`"notify"`)}
+		for _, k := range slices.Sorted(maps.Keys(r.Tweaks)) {
+			b, err := json.Marshal(map[string]any{"set_tweak": k, "value": r.Tweaks[k]})
+			if err == nil {
+				r.Actions = append(r.Actions, b)
+			}
 		}
 	}
 	return r

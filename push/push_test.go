@@ -328,3 +328,22 @@ func TestBodyWordMatchesRegexp(t *testing.T) {
 		}
 	}
 }
+
+// TestResultActions: a notifying rule's actions as GET /notifications
+// shows them ("notify", then each tweak by name, a bare highlight as
+// true), and none for a rule that does not notify.
+func TestResultActions(t *testing.T) {
+	rs := Compile(Ruleset{Override: []Rule{
+		{RuleID: "mute", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`"dont_notify"`)}, Conditions: json.RawMessage(`[{"kind":"event_match","key":"type","pattern":"m.mute"}]`)},
+		{RuleID: "loud", Enabled: true, Actions: []json.RawMessage{json.RawMessage(`{"set_tweak":"sound","value":"beer.wav"}`), json.RawMessage(`"notify"`), json.RawMessage(`{"set_tweak":"highlight"}`)}},
+	}})
+	for event, want := range map[string]string{
+		`{"type":"m.mute"}`:         `null`,
+		`{"type":"m.room.message"}`: `["notify",{"set_tweak":"highlight","value":true},{"set_tweak":"sound","value":"beer.wav"}]`,
+	} {
+		r, ok := rs.Evaluate(ev(t, event), &Context{})
+		if got := string(mustJSON(t, r.Actions)); !ok || got != want {
+			t.Errorf("%s: actions %s (matched %v), want %s", event, got, ok, want)
+		}
+	}
+}

@@ -595,7 +595,7 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 			continue
 		}
 		n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
-			Actions: actionsOf(res), Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
+			Actions: res.Actions, Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
 			Type: ev.Type(), Sender: sender, At: e.Time}
 		if err := b.pruneNotifications(u, e.Time-Retention, e.Time); err != nil {
 			return err
@@ -612,23 +612,6 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 		}
 	}
 	return nil
-}
-
-// actionsOf is the matched rule's actions as the API shows them.
-func actionsOf(r push.Result) []json.RawMessage {
-	out := []json.RawMessage{json.RawMessage(`"notify"`)}
-	keys := make([]string, 0, len(r.Tweaks))
-	for k := range r.Tweaks {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	for _, k := range keys {
-		b, err := json.Marshal(map[string]any{"set_tweak": k, "value": r.Tweaks[k]})
-		if err == nil {
-			out = append(out, b)
-		}
-	}
-	return out
 }
 
 func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compiled, error) {
