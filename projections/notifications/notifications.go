@@ -531,7 +531,7 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 	}
 	if b.p.local(sender) && ev.StateKey() == nil {
 		// Sending in a room reads it up to there.
-		if err := b.raiseFloor(sender, roomID, "", e.Offset); err != nil {
+		if err := b.readUpTo(sender, roomID, e.Offset); err != nil {
 			return err
 		}
 	}
@@ -735,15 +735,23 @@ func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
 		return err
 	}
 	if thread == "" {
-		// An unthreaded receipt reads every scope up to off: unread
-		// entries up to there never count again (View.Unread starts above
-		// the unthreaded floor), so they go.
-		prefix := projections.Key(pUnread, userID, roomID, "")
-		if _, err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil); err != nil {
-			return err
-		}
+		return b.readUpTo(userID, roomID, off)
 	}
 	return b.w.Set(k, offsetBytes(off))
+}
+
+// readUpTo sets the user's unthreaded floor in the room to off, which
+// must be above it: always so for the event being folded (every floor is
+// the offset of an event folded before it), so a send needs no read of
+// the floor. An unthreaded receipt reads every scope up to off: unread
+// entries up to there never count again (View.Unread starts above the
+// unthreaded floor), so they go.
+func (b *batch) readUpTo(userID, roomID string, off uint64) error {
+	prefix := projections.Key(pUnread, userID, roomID, "")
+	if _, err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil); err != nil {
+		return err
+	}
+	return b.w.Set(projections.Key(pFloor, userID, roomID, ""), offsetBytes(off))
 }
 
 func (b *batch) applyEDU(e englog.Entry) error {
