@@ -224,6 +224,9 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 		return "", err
 	}
 	w.states.committed(rs, b.built, offs)
+	for i, ev := range b.built {
+		w.events.Built(ev, offs[i])
+	}
 	if txn != nil {
 		// The fold decides which event a transaction ID names (the first
 		// in log order): answer from its verdict.

@@ -1,6 +1,10 @@
 package rooms
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/engram-hs/engram/stateres"
+)
 
 // EventCache keeps events loaded from the log, parsed and redacted, so a
 // read of an event already served costs its record's Get and no log read,
@@ -70,6 +74,22 @@ func (c *EventCache) put(e *Event) {
 	cp := *e
 	c.mu.Lock()
 	c.insert(&cp)
+	c.mu.Unlock()
+}
+
+// Built keeps an event this server built and appended at offset (the
+// log entry carries its JSON as it is), so that its first reader, the
+// syncs of the room's members a few milliseconds later, takes it parsed
+// instead of reading the entry back from the log and parsing it again.
+// The record's offset, redaction and version still decide every hit: an
+// event the fold did not store at offset is never served from here.
+func (c *EventCache) Built(ev *stateres.Event, offset uint64) {
+	if c == nil {
+		return
+	}
+	e := &Event{EventID: ev.EventID(), RoomID: ev.RoomID(), Offset: offset, JSON: ev.JSON(), Version: ev.Version().ID, pdu: ev}
+	c.mu.Lock()
+	c.insert(e)
 	c.mu.Unlock()
 }
 
