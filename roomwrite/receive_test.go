@@ -147,3 +147,55 @@ func TestReceiveTakesCreateEventsAndMalformedPDUs(t *testing.T) {
 		t.Fatalf("Receive: %v %v", offs, err)
 	}
 }
+
+// Outbound federation sees the servers joined before each local event,
+// which Send keeps with the room's cached state: none in a room of local
+// users; the remote server once its user's join is received; still it for
+// the kick of that user, and none after the kick.
+func TestSendRoutesToTheServersJoinedBeforeIt(t *testing.T) {
+	r := newRig(t)
+	ctx := context.Background()
+	alice := user("alice")
+	room := r.createRoom(t, alice, "11")
+	var got, want [][]string
+	r.w.SetOutbound(func(view rooms.View, _ []facts.PDU, _ []int, _ int) ([]englog.Proposal, error) {
+		servers, err := view.JoinedServers(room, testServer)
+		if err != nil {
+			return nil, err
+		}
+		fresh, err := rooms.NewView(r.w.Handle().Reader(), r.node).JoinedServers(room, testServer)
+		if err != nil {
+			return nil, err
+		}
+		got, want = append(got, servers), append(want, fresh)
+		return nil, nil
+	})
+	send := func() {
+		t.Helper()
+		if _, err := r.sendText(room, alice); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	send()
+	join := remoteJoin(t, r.w, room)
+	if _, err := r.w.Receive(ctx, []facts.PDU{{RoomVersion: "11", Event: join.JSON(), EventID: join.EventID()}}); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	send()
+	bob := "@bob:remote.test"
+	if _, err := r.w.Send(ctx, stateres.ProtoEvent{Type: stateres.MRoomMember, StateKey: &bob, Sender: alice, RoomID: room,
+		Content: mustJSON(map[string]string{"membership": "leave"})}, nil); err != nil {
+		t.Fatal(err)
+	}
+	send()
+	remote := []string{"remote.test"}
+	expected := [][]string{nil, nil, remote, remote, remote, nil}
+	eq := func(a, b [][]string) bool {
+		return slices.EqualFunc(a, b, func(x, y []string) bool { return slices.Equal(x, y) })
+	}
+	if !eq(want, expected) || !eq(got, want) {
+		t.Fatalf("outbound saw the joined servers %q, the projection holds %q, want %q", got, want, expected)
+	}
+}

@@ -45,6 +45,10 @@ type roomState struct {
 	state     map[stateres.StateKeyTuple]stateres.PDU
 	view      rooms.View // the live view lookups read through
 	stale     bool       // a lookup failed: do not keep this entry
+	// servers are the other servers with a joined member (what outbound
+	// federation routes an event to), once read (serversRead).
+	servers     []string
+	serversRead bool
 }
 
 // loadRoomState reads a room's version and extremities from the projection;
@@ -131,6 +135,21 @@ func (rs *roomState) lookup(typ, stateKey string) (stateres.PDU, error) {
 	}
 	rs.state[k] = p
 	return p, nil
+}
+
+// joinedServers are the servers other than self with a joined member in
+// the room, read once per cached state: every send in a room of local
+// users read its member keys again for outbound federation.
+func (rs *roomState) joinedServers(self string) ([]string, error) {
+	if !rs.serversRead {
+		servers, err := rs.view.JoinedServers(rs.roomID, self)
+		if err != nil {
+			rs.stale = true
+			return nil, fmt.Errorf("rooms projection: joined servers of %s: %w", rs.roomID, err)
+		}
+		rs.servers, rs.serversRead = servers, true
+	}
+	return rs.servers, nil
 }
 
 // stateCache keeps the roomState of recently written rooms (LRU). An
@@ -223,6 +242,9 @@ func (c *stateCache) committed(rs *roomState, built []*stateres.Event, offs []ui
 	}
 	for _, ev := range built {
 		rs.advance(ev)
+		if ev.Type() == stateres.MRoomMember {
+			rs.servers, rs.serversRead = nil, false
+		}
 		if sk := ev.StateKey(); sk != nil {
 			// Take the state event back from the projection, as folded.
 			delete(rs.state, stateres.StateKeyTuple{Type: ev.Type(), StateKey: *sk})

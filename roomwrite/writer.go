@@ -217,7 +217,16 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 	if err != nil {
 		return "", err
 	}
-	offs, err := w.Commit(ctx, append(b.Proposals(txn), extra...)...)
+	view := w.View()
+	if w.outbound != nil {
+		servers, err := rs.joinedServers(w.cfg.ServerName)
+		if err != nil {
+			w.states.drop(proto.RoomID)
+			return "", err
+		}
+		view = view.WithJoinedServers(rs.roomID, w.cfg.ServerName, servers)
+	}
+	offs, err := w.commit(ctx, view, append(b.Proposals(txn), extra...))
 	if err != nil {
 		// Appended or not, the room may have moved: read it afresh.
 		w.states.drop(proto.RoomID)
@@ -245,6 +254,12 @@ func (w *Writer) Send(ctx context.Context, proto stateres.ProtoEvent, txn *facts
 // projection) as one unit and waits until the rooms projection has folded
 // them, so the caller can answer from it.
 func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64, error) {
+	return w.commit(ctx, w.View(), props)
+}
+
+// commit is Commit with the view outbound federation reads the rooms'
+// servers through (Send's knows them from its cached state).
+func (w *Writer) commit(ctx context.Context, view rooms.View, props []englog.Proposal) ([]uint64, error) {
 	n := len(props)
 	if w.outbound != nil {
 		// The delivery goes in the same append as the events: queued
@@ -263,7 +278,7 @@ func (w *Writer) Commit(ctx context.Context, props ...englog.Proposal) ([]uint64
 			at = append(at, i)
 		}
 		if len(pdus) > 0 {
-			outs, err := w.outbound(w.View(), pdus, at, n)
+			outs, err := w.outbound(view, pdus, at, n)
 			if err != nil {
 				return nil, err
 			}

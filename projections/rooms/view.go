@@ -18,6 +18,14 @@ type View struct {
 	r     projections.Reader
 	log   EventLog
 	cache *EventCache
+	// joined, when set, answers JoinedServers for one room
+	// (WithJoinedServers).
+	joined *joinedServers
+}
+
+type joinedServers struct {
+	roomID, skip string
+	servers      []string
 }
 
 // EventLog reads the log the projection folds (englog.Log is one): event
@@ -37,6 +45,15 @@ func NewView(r projections.Reader, log EventLog) View { return View{r: r, log: l
 // unchanged.
 func (v View) WithCache(c *EventCache) View {
 	v.cache = c
+	return v
+}
+
+// WithJoinedServers has JoinedServers(roomID, skip) answer servers, which
+// the caller read through JoinedServers and knows to be current (the
+// room writer's state cache: the room has not changed since), instead of
+// reading the room's members again.
+func (v View) WithJoinedServers(roomID, skip string, servers []string) View {
+	v.joined = &joinedServers{roomID: roomID, skip: skip, servers: servers}
 	return v
 }
 
@@ -121,6 +138,9 @@ func (v View) HasJoinedMember(roomID, server string) (bool, error) {
 // room of this server's own users (skip), no membership read at all,
 // where MemberIDs reads one per member.
 func (v View) JoinedServers(roomID, skip string) ([]string, error) {
+	if j := v.joined; j != nil && j.roomID == roomID && j.skip == skip {
+		return slices.Clone(j.servers), nil
+	}
 	lower := append(projections.Key(pState, roomID, stateres.MRoomMember), sep)
 	it := v.r.Iter(lower, projections.PrefixEnd(lower))
 	var users []string
