@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -291,7 +292,9 @@ func (s *Server) getThreads(w http.ResponseWriter, r *http.Request, sess *sessio
 // (the newest valid edit, the full event) and m.reference (the event IDs).
 // Annotations are not bundled (spec v1.7). Children sent by users the
 // reader ignores are left out of every aggregation (spec: servers must not
-// consider them).
+// consider them), and so are those sent after the reader left or was
+// banned: the newest edit or thread reply would show what they may no
+// longer read.
 func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session) map[string]any {
 	if s.relationsH == nil {
 		return nil
@@ -305,18 +308,27 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 		return nil
 	}
 	var ignored map[string]bool
+	upper := uint64(math.MaxUint64)
 	if sess != nil {
 		if ignored, err = s.ignoredUsers(sess.UserID); err != nil {
 			return nil
 		}
+		m, err := v.Membership(sess.UserID, rec.RoomID)
+		if err != nil {
+			return nil
+		}
+		if m != nil && (m.Membership == "leave" || m.Membership == "ban") {
+			upper = m.Offset
+		}
 	}
+	hidden := func(c relations.Child) bool { return ignored[c.Sender] || c.Offset > upper }
 	out := map[string]any{}
 	orig := headOf(rec)
 	var refs []map[string]any
 	var edit *rooms.Event
 	var editTS int64
 	for _, c := range children {
-		if ignored[c.Sender] {
+		if hidden(c) {
 			continue
 		}
 		switch c.RelType {
@@ -337,8 +349,8 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 		}
 	}
 	t, err := rv.Thread(rec.RoomID, rec.EventID)
-	if err == nil && t != nil && slices.ContainsFunc(t.Senders, func(u string) bool { return ignored[u] }) {
-		t = threadWithout(t, children, ignored)
+	if err == nil && t != nil && (t.Latest > upper || slices.ContainsFunc(t.Senders, func(u string) bool { return ignored[u] })) {
+		t = threadWithout(t, children, hidden)
 	}
 	if err == nil && t != nil && t.Count > 0 {
 		if latest, err := v.Event(t.LatestID); err == nil && latest != nil {
@@ -363,11 +375,11 @@ func (s *Server) bundledRelations(v rooms.View, rec *rooms.Event, sess *session)
 }
 
 // threadWithout is the thread summary t counted again from the root's
-// children (in timeline order) without the replies of the ignored users.
-func threadWithout(t *relations.Thread, children []relations.Child, ignored map[string]bool) *relations.Thread {
+// children (in timeline order) without the hidden replies.
+func threadWithout(t *relations.Thread, children []relations.Child, hidden func(relations.Child) bool) *relations.Thread {
 	out := &relations.Thread{RoomID: t.RoomID, RootID: t.RootID}
 	for _, c := range children {
-		if c.RelType != relations.RelThread || ignored[c.Sender] {
+		if c.RelType != relations.RelThread || hidden(c) {
 			continue
 		}
 		out.Count++

@@ -272,3 +272,41 @@ func TestAggregationsLeaveOutIgnoredUsers(t *testing.T) {
 		t.Errorf("after ignoring bob: count %v, latest %v, reference bundled %v; want 1, %s, false", n, latest, ref, carolReply)
 	}
 }
+
+// TestAggregationsStopAtTheReadersLeave: bob, who left, reads a root he
+// saw before leaving: its bundled thread summary and edit are as of his
+// leave, not the reply and the edit sent after it.
+func TestAggregationsStopAtTheReadersLeave(t *testing.T) {
+	ts := startServer(t)
+	ctx := context.Background()
+	alice, bob, carol := ts.register("alice"), ts.register("bob"), ts.register("carol")
+	room := createRoom(t, alice, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID, carol.UserID}})
+	for _, c := range []*mautrix.Client{bob, carol} {
+		if _, err := c.JoinRoom(ctx, room.String(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	root := say(t, alice, room, "root")
+	before := sendRaw(t, carol, room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "before", "m.relates_to": relatesTo("m.thread", root)})
+	if _, err := bob.LeaveRoom(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	after := sendRaw(t, carol, room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "after bob left", "m.relates_to": relatesTo("m.thread", root)})
+	sendRaw(t, alice, room, "m.room.message", map[string]any{"msgtype": "m.text", "body": "* edited",
+		"m.new_content": map[string]any{"msgtype": "m.text", "body": "edited"}, "m.relates_to": relatesTo("m.replace", root)})
+
+	summary := func(c *mautrix.Client) (float64, any, bool) {
+		rel := unsignedRelations(t, ts, c, room, root)
+		th, _ := rel["m.thread"].(map[string]any)
+		latest, _ := th["latest_event"].(map[string]any)
+		_, edited := rel["m.replace"]
+		count, _ := th["count"].(float64)
+		return count, latest["event_id"], edited
+	}
+	if n, latest, edited := summary(alice); n != 2 || latest != after.String() || !edited {
+		t.Fatalf("alice: count %v, latest %v, edit bundled %v; want 2, %s, true", n, latest, edited, after)
+	}
+	if n, latest, edited := summary(bob); n != 1 || latest != before.String() || edited {
+		t.Errorf("bob, who left: count %v, latest %v, edit bundled %v; want 1, %s, false", n, latest, edited, before)
+	}
+}
