@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"runtime"
@@ -135,7 +134,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 				return err
 			}
 		}
-		release, err := s.syncBuildSlot(ctx)
+		release, err := s.syncCache.builds.acquire(ctx, syncBuildCost(filter, watched))
 		if err != nil {
 			s.notifier.unregister(woken)
 			return err
@@ -229,25 +228,27 @@ func (s *Server) syncAppliedPos() uint64 {
 	return pos
 }
 
-// syncBuildSlots is how many /sync builds may run at once: half the
-// cores (at least one), so that the other half stays for the writes.
+// syncBuildSlots is how many /sync builds (and encodings) may run at
+// once: half the cores (at least one), however many long-polls wake, so
+// that the writes (sends, the projections' folds) keep the other half;
+// with one build per core, a thousand woken syncers took 87% of the CPU
+// and sends fell to 15% of their rate. A build is a short burst of reads;
+// waiting for a slot costs a long-poll little, a starved send costs its
+// sender the whole wait. syncSlots says which waiting build goes next.
 func syncBuildSlots() int { return max(1, runtime.GOMAXPROCS(0)/2) }
 
-// syncBuildSlot waits for one of the build slots (syncBuildSlots): /sync
-// builds (and encodings) take at most half the cores however many
-// long-polls wake, so that the writes (sends, the projections' folds) keep
-// theirs; with one build per core, a thousand woken syncers took 87% of
-// the CPU and sends fell to 15% of their rate. A build is a short burst
-// of reads; waiting for a slot costs a long-poll little, a starved send
-// costs its sender the whole wait.
-// Call release once the build's CPU work is done.
-func (s *Server) syncBuildSlot(ctx context.Context) (release func(), err error) {
-	select {
-	case s.syncCache.builds <- struct{}{}:
-		return func() { <-s.syncCache.builds }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+// syncBuildCost is what a build waiting for a slot (syncSlots) is
+// expected to cost: the joined rooms its filter covers, the rooms a build
+// under load finds changed.
+func syncBuildCost(f *syncFilter, joined []string) int {
+	rf := &roomEventFilter{Rooms: f.Room.Rooms, NotRooms: f.Room.NotRooms}
+	n := 0
+	for _, room := range joined {
+		if rf.allowsRoom(room) {
+			n++
+		}
 	}
+	return n
 }
 
 // syncCache is what /sync keeps in memory between builds (api/synccache):
@@ -259,7 +260,7 @@ type syncCache struct {
 	parts   *synccache.Parts
 	events  *synccache.Events
 	related *synccache.Events // event ID -> whether anything relates to it (relations.View.HasChildren)
-	builds  chan struct{}
+	builds  *syncSlots
 }
 
 // maxCachedMembers bounds the membership cache (users), maxCachedEvents
@@ -278,7 +279,7 @@ func (s *Server) newSyncCache() {
 		parts:   synccache.NewParts(),
 		events:  synccache.NewEvents(maxCachedEvents),
 		related: synccache.NewEvents(maxCachedEvents),
-		builds:  make(chan struct{}, syncBuildSlots()),
+		builds:  newSyncSlots(syncBuildSlots()),
 	}
 	c.clock.Attach(s.roomsH.Name(), s.roomsH.Applied())
 	c.clock.Attach(s.userdataH.Name(), s.userdataH.Applied())

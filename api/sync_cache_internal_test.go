@@ -406,16 +406,20 @@ func TestSyncBuildTakesWhatWasFoldedWhileWaiting(t *testing.T) {
 	send := func(n int) {
 		ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/t%d", room.RoomID, n), alice.token, map[string]any{"msgtype": "m.text", "body": fmt.Sprint("message ", n)}, nil)
 	}
-	slots := cap(ts.s.syncCache.builds)
-	for range slots {
-		ts.s.syncCache.builds <- struct{}{}
+	var held []func()
+	for range syncBuildSlots() {
+		release, err := ts.s.syncCache.builds.acquire(context.Background(), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, release)
 	}
 	freed := false
 	free := func() {
 		if !freed {
 			freed = true
-			for range slots {
-				<-ts.s.syncCache.builds
+			for _, release := range held {
+				release()
 			}
 		}
 	}
