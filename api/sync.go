@@ -154,7 +154,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 		remaining := time.Until(deadline)
 		if !empty || since == 0 || fullState || remaining <= 0 {
 			s.notifier.unregister(woken)
-			raw, err := json.Marshal(resp) // in the slot: encoding is part of the build's CPU
+			raw, err := encodeSync(resp) // in the slot: encoding is part of the build's CPU
 			release()
 			if err != nil {
 				return err

@@ -833,7 +833,7 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 		out = appendJSONString(out, e.Txn.TxnID)
 	}
 	out = append(out, "}}"...)
-	return json.RawMessage(out)
+	return syncEvent(out)
 }
 
 // appendJSONString appends s encoded as json.Marshal encodes a string:
