@@ -48,6 +48,7 @@ const (
 	pNotif   = 'a' // a user 0 offset(8) -> Notification
 	pOldest  = 'b' // b user -> at(8): the log time of the user's first notification kept
 	pUnread  = 'n' // n user 0 room 0 offset(8) -> highlight(1) thread
+	pCount   = 'c' // c user 0 room 0 thread -> notifications(8) highlights(8): pUnread's entries above the thread's floor (never zero)
 	pFloor   = 'f' // f user 0 room 0 thread -> offset(8) read up to ("" unthreaded)
 	pPusher  = 'p' // p user 0 appID 0 pushkey -> Pusher
 	pPushKey = 'k' // k appID 0 pushkey 0 user -> ""
@@ -167,8 +168,11 @@ func (*Projection) Name() string { return Name }
 // 4: a joined local member's row holds their display name, and each user
 // with notifications has the log time of the first one kept (pOldest), so
 // that evaluating an event reads no member record per target and adding a
-// notification scans for expired ones only when one has expired.
-func (*Projection) Version() int { return 4 }
+// notification scans for expired ones only when one has expired. Version
+// 5: each room's unread notifications of a user are counted per thread
+// as they are added and read (pCount), so that /sync's counts read the
+// counts, not every unread entry of the room on every sync.
+func (*Projection) Version() int { return 5 }
 
 // AfterCommit wakes the gateway sender.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -610,6 +614,9 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 		if err := b.w.Set(withOffset(projections.Key(pUnread, u, roomID), e.Offset), append(v, thread...)); err != nil {
 			return err
 		}
+		if err := b.count(u, roomID, thread, res.Highlight); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -660,7 +667,7 @@ func (b *batch) pruneNotifications(userID string, cutoff, at int64) error {
 		return err
 	}
 	prefix := projections.Key(pNotif, userID, "")
-	first, err := b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
+	first, _, err := b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
 		t, err := notificationAt(k, v)
 		return t < cutoff, err
 	})
@@ -695,10 +702,10 @@ type keptKey struct {
 
 // deleteLeading deletes the keys in [start, end) from the first one on,
 // while del says so (nil: every key) and at most limit of them (0: no
-// limit), and returns the first key it kept (nil: none is left). Point
-// deletes, not a range deletion: reads of an indexed batch that holds
-// range deletions re-fragment them on every Get.
-func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte) (bool, error)) (*keptKey, error) {
+// limit), and returns the first key it kept (nil: none is left) and how
+// many it deleted. Point deletes, not a range deletion: reads of an
+// indexed batch that holds range deletions re-fragment them on every Get.
+func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte) (bool, error)) (*keptKey, int, error) {
 	it := b.w.Iter(start, end)
 	var keys [][]byte
 	var first *keptKey
@@ -708,7 +715,7 @@ func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte
 			var err error
 			if yes, err = del(it.Key(), it.Value()); err != nil {
 				it.Close()
-				return nil, err
+				return nil, 0, err
 			}
 		}
 		if !yes {
@@ -718,14 +725,14 @@ func (b *batch) deleteLeading(start, end []byte, limit int, del func(k, v []byte
 		keys = append(keys, slices.Clone(it.Key()))
 	}
 	if err := it.Close(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	for _, k := range keys {
 		if err := b.w.Delete(k); err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
-	return first, nil
+	return first, len(keys), nil
 }
 
 func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
@@ -737,7 +744,11 @@ func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
 	if thread == "" {
 		return b.readUpTo(userID, roomID, off)
 	}
-	return b.w.Set(k, offsetBytes(off))
+	if err := b.w.Set(k, offsetBytes(off)); err != nil {
+		return err
+	}
+	// The thread's entries up to off no longer count.
+	return b.recount(userID, roomID)
 }
 
 // readUpTo sets the user's unthreaded floor in the room to off, which
@@ -748,10 +759,97 @@ func (b *batch) raiseFloor(userID, roomID, thread string, off uint64) error {
 // unthreaded floor), so they go.
 func (b *batch) readUpTo(userID, roomID string, off uint64) error {
 	prefix := projections.Key(pUnread, userID, roomID, "")
-	if _, err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil); err != nil {
+	_, deleted, err := b.deleteLeading(prefix, binary.BigEndian.AppendUint64(slices.Clone(prefix), off+1), 0, nil)
+	if err != nil {
 		return err
 	}
-	return b.w.Set(projections.Key(pFloor, userID, roomID, ""), offsetBytes(off))
+	if err := b.w.Set(projections.Key(pFloor, userID, roomID, ""), offsetBytes(off)); err != nil {
+		return err
+	}
+	if deleted == 0 {
+		return nil // the counts count the same entries
+	}
+	return b.recount(userID, roomID)
+}
+
+// count adds a new unread entry of the user's in the room to its
+// thread's count: it is above every floor, being the newest.
+func (b *batch) count(userID, roomID, thread string, highlight bool) error {
+	k := projections.Key(pCount, userID, roomID, thread)
+	raw, ok, err := b.w.Get(k)
+	if err != nil {
+		return err
+	}
+	var c Count
+	if ok {
+		c, err = decodeCount(k, raw)
+	}
+	if err != nil {
+		return err
+	}
+	c.Notifications++
+	if highlight {
+		c.Highlights++
+	}
+	return b.w.Set(k, encodeCount(c))
+}
+
+// recount counts the user's unread entries in the room again, per
+// thread, against the floors as they are now (after a receipt or a send
+// read some of them).
+func (b *batch) recount(userID, roomID string) error {
+	f, err := floorsOf(b.w, userID, roomID)
+	if err != nil {
+		return err
+	}
+	counts := map[string]Count{}
+	prefix := projections.Key(pUnread, userID, roomID, "")
+	it := b.w.Iter(prefix, projections.PrefixEnd(prefix))
+	for ok := it.First(); ok; ok = it.Next() {
+		off, thread, hl, ok := unreadEntry(prefix, it.Key(), it.Value())
+		if !ok || off <= f[""] || off <= f[thread] {
+			continue
+		}
+		c := counts[thread]
+		c.Notifications++
+		if hl {
+			c.Highlights++
+		}
+		counts[thread] = c
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	cp := projections.Key(pCount, userID, roomID, "")
+	if _, _, err := b.deleteLeading(cp, projections.PrefixEnd(cp), 0, nil); err != nil {
+		return err
+	}
+	for thread, c := range counts {
+		if err := b.w.Set(projections.Key(pCount, userID, roomID, thread), encodeCount(c)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func encodeCount(c Count) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(make([]byte, 0, 16), c.Notifications), c.Highlights)
+}
+
+// decodeCount reads a pCount value.
+func decodeCount(k, v []byte) (Count, error) {
+	if len(v) != 16 {
+		return Count{}, fmt.Errorf("notifications: corrupt record %q: %d bytes, want 16", k, len(v))
+	}
+	return Count{Notifications: binary.BigEndian.Uint64(v), Highlights: binary.BigEndian.Uint64(v[8:])}, nil
+}
+
+// unreadEntry reads a pUnread entry under prefix (the user's and room's).
+func unreadEntry(prefix, k, v []byte) (off uint64, thread string, highlight, ok bool) {
+	if len(v) < 1 || len(k) < len(prefix)+8 {
+		return 0, "", false, false
+	}
+	return binary.BigEndian.Uint64(k[len(prefix):]), string(v[1:]), v[0] == 1, true
 }
 
 func (b *batch) applyEDU(e englog.Entry) error {

@@ -1,6 +1,7 @@
 package notifications
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -70,11 +71,11 @@ func (v View) NotificationsAfter(userID string, after uint64, limit int) ([]Noti
 	return out, it.Close()
 }
 
-// floors are how far a user has read a room: by thread ID ("" for
+// floorsOf are how far a user has read a room: by thread ID ("" for
 // unthreaded receipts and their own events, ScopeMain, thread roots).
-func (v View) floors(userID, roomID string) (map[string]uint64, error) {
+func floorsOf(r projections.Reader, userID, roomID string) (map[string]uint64, error) {
 	prefix := projections.Key(pFloor, userID, roomID, "")
-	it := v.r.Iter(prefix, projections.PrefixEnd(prefix))
+	it := r.Iter(prefix, projections.PrefixEnd(prefix))
 	out := map[string]uint64{}
 	for ok := it.First(); ok; ok = it.Next() {
 		if len(it.Value()) == 8 {
@@ -87,7 +88,7 @@ func (v View) floors(userID, roomID string) (map[string]uint64, error) {
 // Read says whether the user has read the room (or its thread) up to the
 // notification.
 func (v View) Read(userID string, n Notification) (bool, error) {
-	f, err := v.floors(userID, n.RoomID)
+	f, err := floorsOf(v.r, userID, n.RoomID)
 	if err != nil {
 		return false, err
 	}
@@ -108,46 +109,28 @@ type Count struct {
 // receipt (the main timeline's for events outside threads), as Synapse
 // counts: a client that reads a thread with a threaded receipt sees the
 // room's count drop even when it did not ask for counts per thread.
+// It reads the counts the fold keeps per thread (pCount): a few keys,
+// however many notifications are unread.
 func (v View) Unread(userID, roomID string, withThreads bool) (Count, map[string]Count, error) {
-	f, err := v.floors(userID, roomID)
-	if err != nil {
-		return Count{}, nil, err
-	}
-	prefix := projections.Key(pUnread, userID, roomID, "")
-	lower := binary.BigEndian.AppendUint64(append([]byte(nil), prefix...), f[""]+1)
-	it := v.r.Iter(lower, projections.PrefixEnd(prefix))
 	var main Count
 	var threads map[string]Count
 	if withThreads {
 		threads = map[string]Count{}
 	}
+	prefix := projections.Key(pCount, userID, roomID, "")
+	it := v.r.Iter(prefix, projections.PrefixEnd(prefix))
 	for ok := it.First(); ok; ok = it.Next() {
-		k, val := it.Key(), it.Value()
-		if len(val) < 1 || len(k) < len(prefix)+8 {
+		c, err := decodeCount(it.Key(), it.Value())
+		if err != nil {
+			it.Close()
+			return Count{}, nil, err
+		}
+		if thread := string(it.Key()[len(prefix):]); withThreads && thread != ScopeMain {
+			threads[thread] = c
 			continue
 		}
-		off := binary.BigEndian.Uint64(k[len(prefix):])
-		thread, hl := string(val[1:]), val[0] == 1
-		if off <= f[thread] {
-			continue
-		}
-		scope := ScopeMain
-		if withThreads {
-			scope = thread
-		}
-		c := &main
-		var tc Count
-		if scope != ScopeMain {
-			tc = threads[scope]
-			c = &tc
-		}
-		c.Notifications++
-		if hl {
-			c.Highlights++
-		}
-		if scope != ScopeMain {
-			threads[scope] = tc
-		}
+		main.Notifications += c.Notifications
+		main.Highlights += c.Highlights
 	}
 	return main, threads, it.Close()
 }
@@ -155,28 +138,19 @@ func (v View) Unread(userID, roomID string, withThreads bool) (Count, map[string
 // UnreadRooms is how many rooms the user has unread notifications in
 // (the badge a push gateway shows: counts.unread).
 func (v View) UnreadRooms(userID string) (int, error) {
-	prefix := projections.Key(pUnread, userID, "")
+	prefix := projections.Key(pCount, userID, "")
 	it := v.r.Iter(prefix, projections.PrefixEnd(prefix))
 	n := 0
 	for ok := it.First(); ok; {
 		rest := it.Key()[len(prefix):]
-		if len(rest) < 9 {
+		room, _, found := bytes.Cut(rest, []byte{0})
+		if !found {
 			ok = it.Next()
 			continue
 		}
-		roomID := string(rest[:len(rest)-9])
-		if err := it.Close(); err != nil {
-			return 0, err
-		}
-		c, _, err := v.Unread(userID, roomID, false)
-		if err != nil {
-			return 0, err
-		}
-		if c.Notifications > 0 {
-			n++
-		}
-		it = v.r.Iter(projections.PrefixEnd(projections.Key(pUnread, userID, roomID, "")), projections.PrefixEnd(prefix))
-		ok = it.First()
+		// Counts are never zero: a room with any has unread notifications.
+		n++
+		ok = it.SeekGE(projections.PrefixEnd(projections.Key(pCount, userID, string(room), "")))
 	}
 	return n, it.Close()
 }
