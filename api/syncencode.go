@@ -19,7 +19,29 @@ func (e syncEvent) MarshalJSON() ([]byte, error) { return e, nil }
 // (TestIncrementalSyncCachedMatchesUncached), with its syncEvents copied
 // rather than scanned: it walks the response's maps (keys in order) and
 // slices, and leaves every other value to json.Marshal.
-func encodeSync(resp map[string]any) ([]byte, error) { return appendSyncJSON(nil, resp) }
+func encodeSync(resp map[string]any) ([]byte, error) {
+	return appendSyncJSON(make([]byte, 0, syncEventBytes(resp)+4096), resp)
+}
+
+// syncEventBytes is the length of the syncEvents in v: most of a busy
+// response, whose buffer is sized once rather than grown (which allocated
+// five times the response).
+func syncEventBytes(v any) int {
+	n := 0
+	switch v := v.(type) {
+	case syncEvent:
+		return len(v)
+	case map[string]any:
+		for _, e := range v {
+			n += syncEventBytes(e)
+		}
+	case []any:
+		for _, e := range v {
+			n += syncEventBytes(e)
+		}
+	}
+	return n
+}
 
 func appendSyncJSON(dst []byte, v any) ([]byte, error) {
 	var err error
