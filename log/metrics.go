@@ -2,7 +2,9 @@ package log
 
 import (
 	"errors"
+	"sync"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -10,6 +12,7 @@ type metrics struct {
 	appendSeconds   prometheus.Histogram
 	entriesPerBatch prometheus.Histogram
 	lastOffset      prometheus.Gauge
+	pebbleMemory    *pebbleMemory
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,7 +42,62 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	if m.lastOffset, err = register(reg, m.lastOffset); err != nil {
 		return nil, err
 	}
+	if m.pebbleMemory, err = register(reg, newPebbleMemory()); err != nil {
+		return nil, err
+	}
 	return m, nil
+}
+
+// pebbleMemory reports what Pebble holds in C memory (its block cache and
+// memtables, allocated with malloc: the Go heap's figures and limit do not
+// see them), read from the open DB at each scrape.
+type pebbleMemory struct {
+	cache, memTables *prometheus.Desc
+
+	mu sync.Mutex
+	db *pebble.DB // nil while no DB is open
+}
+
+func newPebbleMemory() *pebbleMemory {
+	return &pebbleMemory{
+		cache: prometheus.NewDesc("engram_log_pebble_block_cache_bytes",
+			"Bytes of blocks in Pebble's block cache (C memory).", nil, nil),
+		memTables: prometheus.NewDesc("engram_log_pebble_memtable_bytes",
+			"Bytes allocated for Pebble's memtables, those flushed but not yet freed or kept for reuse included (C memory; charged to the block cache's capacity).", nil, nil),
+	}
+}
+
+// set points the collector at db, the DB a node has opened.
+func (p *pebbleMemory) set(db *pebble.DB) {
+	p.mu.Lock()
+	p.db = db
+	p.mu.Unlock()
+}
+
+// release forgets db, which is closing, unless the collector (shared by
+// nodes registered in one registry) follows another DB since.
+func (p *pebbleMemory) release(db *pebble.DB) {
+	p.mu.Lock()
+	if p.db == db {
+		p.db = nil
+	}
+	p.mu.Unlock()
+}
+
+func (p *pebbleMemory) Describe(ch chan<- *prometheus.Desc) {
+	ch <- p.cache
+	ch <- p.memTables
+}
+
+func (p *pebbleMemory) Collect(ch chan<- prometheus.Metric) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.db == nil {
+		return
+	}
+	m := p.db.Metrics()
+	ch <- prometheus.MustNewConstMetric(p.cache, prometheus.GaugeValue, float64(m.BlockCache.Size))
+	ch <- prometheus.MustNewConstMetric(p.memTables, prometheus.GaugeValue, float64(m.MemTable.Size+m.MemTable.ZombieSize))
 }
 
 // register reuses an identical collector already registered (a node

@@ -224,6 +224,7 @@ func Open(cfg Config) (*Node, error) {
 			return nil, err
 		}
 		n.met.lastOffset.Set(float64(rec.last))
+		n.met.pebbleMemory.set(n.db)
 		n.fsm.onApply = func(int) { n.met.lastOffset.Set(float64(n.fsm.lastOffset.Load())) }
 	}
 	hlog := newHCLogger(n.log, cfg.RaftAddr == "")
@@ -573,6 +574,9 @@ func (n *Node) shutdown() error {
 	n.damage.mu.Lock()
 	n.damage.mu.Unlock()
 	n.damage.wg.Wait()
+	if n.met != nil {
+		n.met.pebbleMemory.release(n.db)
+	}
 	if n.db != nil {
 		// Flush the unsynced event-log writes so a clean restart has
 		// nothing to re-apply.

@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	englog "github.com/engram-hs/engram/log"
@@ -63,4 +64,19 @@ func trimMalloc(ctx context.Context) {
 			mallocTrim()
 		}
 	}
+}
+
+// registerMallocMetrics exports what C malloc holds for Pebble (and cgo),
+// beside the Go runtime's own figures, where malloc can say.
+func registerMallocMetrics(reg prometheus.Registerer) {
+	if _, ok := mallocInUse(); !ok {
+		return
+	}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "engram", Subsystem: "c_malloc", Name: "in_use_bytes",
+		Help: "Bytes C malloc has handed out (Pebble's block cache and memtables, cgo), by glibc's mallinfo2.",
+	}, func() float64 {
+		n, _ := mallocInUse()
+		return float64(n)
+	}))
 }

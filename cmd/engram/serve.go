@@ -120,6 +120,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 	go trimMalloc(ctx)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerMallocMetrics(reg)
 
 	node, err := openLog(cfg, logger, reg, l.acceptDataLoss)
 	if err != nil {
