@@ -444,6 +444,13 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64, damage *tabl
 	// (FormatVirtualSSTables).
 	o.FormatMajorVersion = pebble.FormatNewest
 	o.EnsureDefaults()
+	levelOptions(o)
+	return o
+}
+
+// levelOptions sets the tables' options of every level of o (after
+// EnsureDefaults).
+func levelOptions(o *pebble.Options) {
 	// Entries compress best together: zstd over 32 KiB blocks sees the
 	// JSON structure, room IDs and auth events that neighbouring entries
 	// share, which per-entry compression cannot (measured by
@@ -461,7 +468,6 @@ func pebbleOptions(l zerolog.Logger, fs vfs.FS, memoryTarget int64, damage *tabl
 			o.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.ZstdCompression }
 		}
 	}
-	return o
 }
 
 // DB is the shared Pebble DB. Projections use keys starting with 'P'; the

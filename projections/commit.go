@@ -67,3 +67,13 @@ func sortedForCommit(db *pebble.DB, b *pebble.Batch) *pebble.Batch {
 	}
 	return out
 }
+
+// commitSorted commits b to db, as sortedForCommit's batch when it can.
+// NoSync: see applyBatch.
+func commitSorted(db *pebble.DB, b *pebble.Batch) error {
+	if sorted := sortedForCommit(db, b); sorted != nil {
+		defer sorted.Close()
+		return sorted.Commit(pebble.NoSync)
+	}
+	return b.Commit(pebble.NoSync)
+}

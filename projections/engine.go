@@ -77,7 +77,13 @@ type Engine struct {
 
 	tail tailCache
 
-	mu       sync.Mutex
+	// scratchDir holds the rebuilds' scratch stores (scratch.go); ""
+	// means the system's temporary directory.
+	scratchDir string
+
+	mu    sync.Mutex
+	cache *pebble.Cache // of the scratch stores, made by the first
+
 	handles  []*Handle
 	byName   map[string]*Handle
 	started  bool
@@ -110,6 +116,18 @@ func NewEngine(l englog.Log, db *pebble.DB, logger zerolog.Logger, metrics prome
 		}
 	}
 	return e
+}
+
+// RebuildIn sets the directory that holds the scratch stores rebuilds fold
+// into (a directory on the shared DB's filesystem, so that their tables
+// are ingested without a copy). It belongs to the engine: what a rebuild
+// cut short left there is deleted when the engine starts. Call it before
+// Start or Rebuild; without it, rebuilds use the system's temporary
+// directory.
+func (e *Engine) RebuildIn(dir string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.scratchDir = dir
 }
 
 // OnProgress sets a callback called after each batch of a Rebuild, for
@@ -182,6 +200,9 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.cancel = cancel
 	e.mu.Unlock()
 
+	if err := e.clearScratch(); err != nil {
+		return err
+	}
 	var catchUp []*Handle
 	for _, h := range handles {
 		rebuilding, err := e.prepare(h)
@@ -232,25 +253,22 @@ func (e *Engine) prepare(h *Handle) (rebuilding bool, err error) {
 			}
 		}
 	} else {
-		if m.ShadowGen != 0 && m.ShadowVersion != want {
-			if m, err = e.dropShadow(h.name, m); err != nil {
-				return false, err
-			}
+		// A shadow left by a rebuild cut short cannot be resumed: what it
+		// had folded was in its scratch store (scratch.go). Drop what may
+		// have been ingested of it and start over from offset 1.
+		restarted := m.ShadowGen != 0
+		if m, err = e.freshShadow(h, m); err != nil {
+			return false, err
 		}
-		if m.ShadowGen == 0 {
-			if m, err = e.newShadow(h.name, m, want); err != nil {
-				return false, err
-			}
-			h.written = newWrittenKeys(m.ShadowGen)
-		}
+		h.written = newWrittenKeys(m.ShadowGen)
 		rebuilding = true
 		readable := false
 		if rc, ok := h.p.(ReadCompatible); ok {
 			readable = rc.ReadsVersion(m.Version)
 		}
 		e.logger.Warn().Str("projection", h.name).Int("stored_version", m.Version).Int("version", want).
-			Uint64("resume_from", m.ShadowApplied+1).Bool("old_version_serves", readable).
-			Msg("projection schema changed: rebuilding it from the log in the background")
+			Bool("old_version_serves", readable).Bool("restarted", restarted).
+			Msg("projection schema changed: rebuilding it from the log in the background (from offset 1: a rebuild cut short by a stop starts over)")
 		h.rw.Lock()
 		h.rebuilt = make(chan struct{})
 		if !readable {
@@ -384,9 +402,10 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 	}
 }
 
-// replayShadows fills the shadow generations of hs, which must all resume
-// from the same offset, up to the end of the log, then switches each to
-// its own. The log is read (and decompressed) once, on its own goroutine,
+// replayShadows fills the shadow generations of hs, which must all start
+// from the same offset (1: a shadow starts empty), up to the end of the
+// log, in one scratch store (scratch.go), then switches each to its own.
+// The log is read (and decompressed) once, on its own goroutine,
 // and every batch is handed to all of hs, each applying on its own
 // goroutine: a rebuild is otherwise CPU-bound on one core, and reading the
 // log once per projection cost as much as folding the cheap ones. The
@@ -405,6 +424,21 @@ func (e *Engine) replayShadows(ctx context.Context, hs []*Handle, progress func(
 		names[i] = h.name
 	}
 	label := strings.Join(names, ", ")
+	sc, err := e.openScratch()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, h := range hs {
+			h.shadow = shadowStore{}
+		}
+		if err := sc.close(); err != nil {
+			e.logger.Warn().Err(err).Str("dir", sc.dir).Msg("deleting a rebuild's scratch store failed; delete the directory by hand")
+		}
+	}()
+	for i, h := range hs {
+		h.shadow = shadowStore{sc, scratchPrefix(i)}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	feeds := make([]chan readResult, len(hs))
@@ -487,7 +521,7 @@ func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResu
 			return r.err
 		}
 		if len(r.entries) == 0 {
-			return e.switchToShadow(h, lastBatch)
+			return e.switchToShadow(ctx, h, lastBatch)
 		}
 		if err := e.applyBatch(h, true, r.entries); err != nil {
 			return err
@@ -554,8 +588,8 @@ func checkBatch(name string, from uint64, entries []englog.Entry, maxBytes int) 
 }
 
 // applyBatch folds entries (which follow the checkpoint) into the serving
-// generation, or into the shadow one, and commits them with the new
-// checkpoint.
+// generation, and commits them with the new checkpoint, or into the shadow
+// one, in its scratch store.
 func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) error {
 	m := h.meta
 	gen, from := m.Gen, m.Applied+1
@@ -566,22 +600,36 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 		return fmt.Errorf("projections: internal error: batch for %q starts at %d, checkpoint wants %d", h.name, entries[0].Offset, from)
 	}
 	start := time.Now()
-	b := e.db.NewIndexedBatch()
+	db, prefix := e.db, dataPrefix(h.name, gen)
+	if shadow {
+		db, prefix = h.shadow.s.db, h.shadow.prefix
+	}
+	b := db.NewIndexedBatch()
 	defer b.Close()
 	var written *writtenKeys
 	if shadow && h.written != nil && h.written.gen == gen {
 		written = h.written
 	}
-	if err := h.p.Apply(newBatchWriter(b, dataPrefix(h.name, gen), written), entries); err != nil {
+	if err := h.p.Apply(newBatchWriter(b, prefix, written), entries); err != nil {
 		return fmt.Errorf("projections: %q failed to apply offsets %d..%d: %w", h.name, from, entries[len(entries)-1].Offset, err)
 	}
 	last := entries[len(entries)-1].Offset
 	if shadow {
+		// A shadow's checkpoint is not stored: a rebuild cut short starts
+		// over (scratch.go), and the switch writes the rebuilt
+		// generation's.
 		m.ShadowApplied = last
-	} else {
-		m.Applied = last
+		if b.Count() > 0 {
+			if err := commitSorted(db, b); err != nil {
+				return fmt.Errorf("projections: committing %q's rebuild at offset %d: %w", h.name, last, err)
+			}
+		}
+		h.meta = m
+		e.metrics.applyDuration.WithLabelValues(h.name).Observe(time.Since(start).Seconds())
+		return nil
 	}
-	if !shadow && b.Count() == 0 && last-h.stored < checkpointLag {
+	m.Applied = last
+	if b.Count() == 0 && last-h.stored < checkpointLag {
 		// Nothing of the batch changes the projection (most of them fold
 		// only a few kinds of entry): only the checkpoint would move, and
 		// committing it was a Pebble commit (a WAL write, in the WAL the
@@ -609,25 +657,16 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 	if err := b.Set(metaKey(h.name), m.encode(), nil); err != nil {
 		return err
 	}
-	commit := b
-	if sorted := sortedForCommit(e.db, b); sorted != nil {
-		defer sorted.Close()
-		commit = sorted
-	}
-	if err := commit.Commit(pebble.NoSync); err != nil {
+	if err := commitSorted(e.db, b); err != nil {
 		return fmt.Errorf("projections: committing %q at offset %d: %w", h.name, last, err)
 	}
 	h.meta = m
-	if !shadow {
-		h.stored = last
-	}
+	h.stored = last
 	e.metrics.applyDuration.WithLabelValues(h.name).Observe(time.Since(start).Seconds())
-	if !shadow {
-		if h.after != nil {
-			h.after.AfterCommit(entries)
-		}
-		h.advance(last)
+	if h.after != nil {
+		h.after.AfterCommit(entries)
 	}
+	h.advance(last)
 	return nil
 }
 
@@ -636,7 +675,7 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 // old generation or the new one, never a mix. lastBatch, the rebuild's
 // last batch, goes to AfterCommit: everything up to its last offset became
 // visible at once.
-func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
+func (e *Engine) switchToShadow(ctx context.Context, h *Handle, lastBatch []englog.Entry) error {
 	m := h.meta
 	old := dataPrefix(h.name, m.Gen)
 	next := m
@@ -646,6 +685,11 @@ func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 		// The shadow has read the log to its end, which the old generation
 		// cannot have passed.
 		return fmt.Errorf("projections: rebuilt %q reached offset %d but the old generation had %d: the log shrank", h.name, next.Applied, m.Applied)
+	}
+	// Nobody reads the shadow generation before the batch below makes it
+	// serve, so it can be ingested first.
+	if err := h.shadow.s.ingest(ctx, e.db, h.shadow.prefix, dataPrefix(h.name, next.Gen)); err != nil {
+		return fmt.Errorf("projections: moving %q's rebuilt generation into the store: %w", h.name, err)
 	}
 	b := e.db.NewBatch()
 	defer b.Close()
@@ -681,6 +725,11 @@ func (e *Engine) switchToShadow(h *Handle, lastBatch []englog.Entry) error {
 	}
 	h.meta = next
 	h.written = nil // live writes would grow it without end
+	if h.afterSwitch != nil {
+		if err := h.afterSwitch(ctx); err != nil {
+			return err
+		}
+	}
 	if h.after != nil && len(lastBatch) > 0 {
 		h.after.AfterCommit(lastBatch)
 	}
@@ -719,6 +768,9 @@ func (e *Engine) Rebuild(ctx context.Context, names ...string) error {
 	progress := e.progress
 	e.mu.Unlock()
 
+	if err := e.clearScratch(); err != nil {
+		return err
+	}
 	for _, h := range hs {
 		m, ok, err := e.loadMeta(h.name)
 		if err != nil {
@@ -880,6 +932,12 @@ func (e *Engine) Close() error {
 	for _, h := range handles {
 		h.stop(ErrClosed) // for handles that never ran
 	}
+	e.mu.Lock()
+	if e.cache != nil {
+		e.cache.Unref() // each scratch store held its own reference
+		e.cache = nil
+	}
+	e.mu.Unlock()
 	return nil
 }
 
@@ -896,6 +954,12 @@ type Handle struct {
 	// written, owned like meta, remembers the keys written to the shadow
 	// generation this process created, while it is being built.
 	written *writtenKeys
+	// shadow, owned like meta, is where in a scratch store the shadow
+	// generation is folded while it is being built.
+	shadow shadowStore
+	// afterSwitch, owned like meta, is run after the switch to a rebuilt
+	// generation and before applied moves (refoldAfterErasure).
+	afterSwitch func(context.Context) error
 	// stored, owned like meta, is at most the Applied of the checkpoint
 	// on disk (see checkpointLag).
 	stored uint64

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -257,8 +259,10 @@ func TestVersionBumpRebuildsIntoShadowWhileOldServes(t *testing.T) {
 	if _, ok, _ := h.Reader().Get(append([]byte("t/!a:x\x00"), 0, 0, 0, 0, 0, 0, 0, 1)); !ok {
 		t.Fatal("during rebuild the old generation's v1 keys are not readable")
 	}
-	if generationKeys(t, f.db, "timeline", 2) == 0 {
-		t.Fatal("no shadow generation is being written")
+	// The shadow generation is folded in a scratch store, and reaches
+	// the shared DB only with the switch.
+	if n := generationKeys(t, f.db, "timeline", 2); n != 0 {
+		t.Fatalf("the shared DB holds %d keys of the generation being rebuilt", n)
 	}
 	// A write during the rebuild: read-your-writes waits for the switch.
 	offs := appendMessages(t, f.log, 5, "!a:x")
@@ -338,7 +342,10 @@ func TestVersionBumpUnreadableOldBlocksReaders(t *testing.T) {
 	}
 }
 
-func TestRebuildResumesShadowAfterRestart(t *testing.T) {
+// A rebuild cut short starts over from offset 1: what it had folded was
+// in its scratch store, and a generation ingested but not yet switched to
+// is dropped.
+func TestInterruptedRebuildStartsOver(t *testing.T) {
 	f := newFixture(t)
 	appendMessages(t, f.log, 1000, "!a:x")
 	e, _ := f.engine(t, &timeline{name: "timeline", version: 1})
@@ -347,20 +354,34 @@ func TestRebuildResumesShadowAfterRestart(t *testing.T) {
 	}
 	e.Close()
 
+	scratchDir := t.TempDir()
 	gate := make(chan struct{})
 	p2 := &timeline{name: "timeline", version: 2, gate: gate, readsOld: true}
 	e2, _ := f.engine(t, p2)
+	e2.RebuildIn(scratchDir)
 	if err := e2.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	gate <- struct{}{}
 	gate <- struct{}{}
+	if left, _ := filepath.Glob(filepath.Join(scratchDir, "rebuild-*")); len(left) != 1 {
+		t.Fatalf("scratch stores during the rebuild: %v, want one", left)
+	}
 	// Close while the worker waits at the gate for its third batch.
 	go func() { time.Sleep(5 * time.Millisecond); close(gate) }()
 	e2.Close()
 	m, _, _ := e2.loadMeta("timeline")
-	if m.ShadowGen == 0 || m.ShadowApplied == 0 {
+	if m.ShadowGen == 0 || m.Version != 1 {
 		t.Fatalf("expected an interrupted shadow in the meta, got %+v", m)
+	}
+	// What a crash leaves: a scratch store, and perhaps part of the
+	// shadow generation ingested before the switch could be written.
+	if err := os.MkdirAll(filepath.Join(scratchDir, "rebuild-1234", "ingest-5"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	leftover := append(dataPrefix("timeline", m.ShadowGen), "T/!a:x\x00left"...)
+	if err := f.db.Set(leftover, []byte("left"), pebble.NoSync); err != nil {
+		t.Fatal(err)
 	}
 
 	// The old generation served 1000 already: wait for one more entry,
@@ -368,18 +389,26 @@ func TestRebuildResumesShadowAfterRestart(t *testing.T) {
 	appendMessages(t, f.log, 1, "!a:x")
 	p3 := &timeline{name: "timeline", version: 2}
 	e3, hs := f.engine(t, p3)
+	e3.RebuildIn(scratchDir)
 	if err := e3.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if err := hs[0].WaitApplied(context.Background(), 1001); err != nil {
 		t.Fatal(err)
 	}
-	if starts := p3.applyStarts(); starts[0] != m.ShadowApplied+1 {
-		t.Fatalf("resumed rebuild started at %d, want %d", starts[0], m.ShadowApplied+1)
+	if starts := p3.applyStarts(); starts[0] != 1 {
+		t.Fatalf("the rebuild started again at %d, want 1", starts[0])
+	}
+	if n := generationKeys(t, f.db, "timeline", m.ShadowGen); n != 0 {
+		t.Fatalf("the interrupted shadow generation kept %d keys", n)
 	}
 	d := mustDigest(t, e3, "timeline")
 	if want := freshDigest(t, f.log, &timeline{name: "timeline", version: 2}); !bytes.Equal(d, want) {
-		t.Fatal("digest after a resumed rebuild differs from a fresh replay")
+		t.Fatal("digest after a rebuild started over differs from a fresh replay")
+	}
+	e3.Close() // waits for the rebuild's goroutine, which deletes its store
+	if left, _ := filepath.Glob(filepath.Join(scratchDir, "*")); len(left) != 0 {
+		t.Fatalf("scratch stores left after the rebuild: %v", left)
 	}
 }
 

@@ -206,6 +206,7 @@ func (e *Engine) healHandle(ctx context.Context, h *Handle) error {
 		return err
 	}
 	h.meta = m
+	h.written = newWrittenKeys(m.ShadowGen)
 	progress := func(_ string, applied uint64) {
 		h.heal.mu.Lock()
 		h.heal.applied, h.heal.target = applied, e.log.LastOffset()
@@ -333,7 +334,9 @@ func (e *Engine) readRange(lower, upper []byte) error {
 //
 // Meanwhile the old generation keeps serving, frozen just before the
 // erase entry: reads do not wait, and WaitApplied for the erase entry or
-// later waits for the switch. What was erased stays hidden meanwhile by
+// later waits for the switch and for the old generation's compaction, so
+// that what was erased is off the disk once the erasure is seen applied
+// (the log's part of it: englog.Node.WaitErasures). What was erased stays hidden meanwhile by
 // what the admin recorded before the erasure (adminstate: a deleted room,
 // a purged history).
 func (e *Engine) refoldAfterErasure(ctx context.Context, h *Handle, offset uint64) error {
@@ -351,19 +354,24 @@ func (e *Engine) refoldAfterErasure(ctx context.Context, h *Handle, offset uint6
 	h.rw.Unlock()
 	e.logger.Info().Str("projection", h.name).Uint64("erase_offset", offset).
 		Msg("entries were erased from the log: rebuilding the projection from the rewritten log; it serves its state before the erasure meanwhile")
-	if err := e.replayShadows(ctx, []*Handle{h}, nil); err != nil {
-		return err
-	}
-	// The switch deleted the old generation with a range tombstone; its
+	// The switch deletes the old generation with a range tombstone; its
 	// values stay in the tables (and the write-ahead logs) until these
 	// are rewritten.
-	if err := e.db.Compact(ctx, old, prefixEnd(old), false); err != nil {
-		return fmt.Errorf("projections: compacting %q's generation from before an erasure: %w", h.name, err)
-	}
-	if s, ok := e.log.(walScrubber); ok {
-		if err := s.ScrubWALs(); err != nil {
-			return fmt.Errorf("projections: removing the write-ahead logs after rebuilding %q after an erasure: %w", h.name, err)
+	h.afterSwitch = func(ctx context.Context) error {
+		if err := e.db.Compact(ctx, old, prefixEnd(old), false); err != nil {
+			return fmt.Errorf("projections: compacting %q's generation from before an erasure: %w", h.name, err)
 		}
+		if s, ok := e.log.(walScrubber); ok {
+			if err := s.ScrubWALs(); err != nil {
+				return fmt.Errorf("projections: removing the write-ahead logs after rebuilding %q after an erasure: %w", h.name, err)
+			}
+		}
+		return nil
+	}
+	err = e.replayShadows(ctx, []*Handle{h}, nil)
+	h.afterSwitch = nil
+	if err != nil {
+		return err
 	}
 	e.logger.Info().Str("projection", h.name).Uint64("erase_offset", offset).Dur("took", time.Since(start)).
 		Msg("projection rebuilt after an erasure")

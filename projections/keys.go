@@ -18,7 +18,8 @@ import (
 // the data of "ab" (0x00 sorts before every other byte).
 //
 // Generations let a projection be rebuilt beside the one that serves: the
-// rebuild writes a fresh generation and one batch switches the meta to it
+// rebuild folds a fresh generation (in a scratch store of its own, from
+// which it is ingested: scratch.go) and one batch switches the meta to it
 // and deletes the old one.
 const prefixByte = 'P'
 

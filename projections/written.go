@@ -19,8 +19,8 @@ import (
 // long way.
 //
 // Only a generation this process created, and whose every write went
-// through the filter, may have one: a shadow resumed after a restart does
-// not.
+// through the filter, may have one; every shadow generation is such a
+// one, as a rebuild cut short starts over (scratch.go).
 type writtenKeys struct {
 	gen     uint32
 	seed    maphash.Seed

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -97,6 +98,9 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	defer node.Close()
 	counting := &countingLog{Log: node}
 	engine := projections.NewEngine(counting, node.DB(), opts.Logger, nil)
+	// As a server's: on the log's filesystem (Pebble ignores the
+	// directory).
+	engine.RebuildIn(filepath.Join(opts.Dir, "rebuild"))
 	defer engine.Close()
 	// The API registers the projections it serves from; registering them
 	// through it keeps the replay in step with the server.

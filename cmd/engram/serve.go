@@ -90,6 +90,10 @@ func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, a
 // openLogOffline opens this node's log for a tool run while the server is
 // stopped: it reads the local store and never joins the cluster (no raft
 // port, no peer dialled), so a tool cannot disturb the running nodes.
+// rebuildDir holds the scratch stores of projection rebuilds
+// (Engine.RebuildIn), beside the log's DB on the same filesystem.
+func rebuildDir(cfg Config) string { return filepath.Join(cfg.DataDir, "rebuild") }
+
 func openLogOffline(cfg Config, logger zerolog.Logger) (*englog.Node, error) {
 	c := logConfig(cfg, logger, nil, false, nil)
 	c.Offline = true
@@ -127,6 +131,7 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		return err
 	}
 	engine := projections.NewEngine(node, node.DB(), logger, reg)
+	engine.RebuildIn(rebuildDir(cfg))
 	node.OnTableDamage(engine.CheckTable)
 	fedClient, err := newFederationClient(cfg, key, logger)
 	if err != nil {

@@ -146,6 +146,7 @@ func (o *offline) engine(db *pebble.DB) (*projections.Engine, func(), error) {
 		return nil, nil, err
 	}
 	e := projections.NewEngine(o.node, db, o.logger, nil)
+	e.RebuildIn(rebuildDir(o.l.cfg))
 	srv, _, err := newAPI(o.l.cfg, key, o.node, e, nil, o.logger, nil)
 	if err != nil {
 		return nil, nil, err
