@@ -432,6 +432,11 @@ func (e *Engine) replayShadows(ctx context.Context, hs []*Handle, progress func(
 		for _, h := range hs {
 			h.shadow = shadowStore{}
 		}
+		// What the store wrote is the rebuild's write amplification,
+		// which the shared DB's metrics no longer show.
+		t := sc.db.Metrics().Total()
+		e.logger.Info().Str("projections", label).Uint64("flushed_bytes", t.TableBytesFlushed).
+			Uint64("compacted_bytes", t.TableBytesCompacted).Msg("rebuild's scratch store closed")
 		if err := sc.close(); err != nil {
 			e.logger.Warn().Err(err).Str("dir", sc.dir).Msg("deleting a rebuild's scratch store failed; delete the directory by hand")
 		}
