@@ -124,7 +124,7 @@ func (s *Server) sync(w http.ResponseWriter, r *http.Request, sess *session) err
 				return err
 			}
 		}
-		s.waitNotifications(pos)
+		s.waitNotifications(ctx, pos)
 		if !ackedToDevice {
 			// Once per request: the since token acknowledges the to-device
 			// messages it covers (those in (since, pos] are built below).

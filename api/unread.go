@@ -59,8 +59,9 @@ func (s *Server) unreadCounts(userID, roomID string, withThreads bool) (map[stri
 // notifications projection to fold up to the sync's position, so the
 // counts match the events returned. Its fold evaluates push rules for
 // every member and may lag the others: late counts beat a failed sync.
-func (s *Server) waitNotifications(pos uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), unreadCatchUp)
+// A request that is cancelled (its client went away) stops waiting.
+func (s *Server) waitNotifications(ctx context.Context, pos uint64) {
+	ctx, cancel := context.WithTimeout(ctx, unreadCatchUp)
 	defer cancel()
 	_ = s.notificationsH.WaitApplied(ctx, pos)
 }
