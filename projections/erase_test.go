@@ -24,7 +24,16 @@ func TestErasureRebuildsProjectionsFromTheRewrittenLog(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { node.Close() }()
+	// The engine running when the test fails closes before the node it
+	// folds: closing the node first turned any failure into a panic
+	// (pebble: closed) that hid it.
+	var e *Engine
+	defer func() {
+		if e != nil {
+			e.Close()
+		}
+		node.Close()
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
@@ -36,7 +45,8 @@ func TestErasureRebuildsProjectionsFromTheRewrittenLog(t *testing.T) {
 		}
 		return e, h
 	}
-	e, h := start()
+	var h *Handle
+	e, h = start()
 	appendMessages(t, node, 20, "!keep:x")
 	const marker = "erase-me-91f3"
 	var secret []uint64
@@ -105,7 +115,6 @@ func TestErasureRebuildsProjectionsFromTheRewrittenLog(t *testing.T) {
 
 	// A restart does not fold again: the erase entry is behind it.
 	e, h = start()
-	defer e.Close()
 	appendMessages(t, node, 1, "!keep:x")
 	if err := h.WaitApplied(ctx, node.LastOffset()); err != nil {
 		t.Fatal(err)
