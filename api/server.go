@@ -62,8 +62,8 @@ type Server struct {
 
 	accounts  *accounts.Projection // its View caches what each request reads
 	accountsH *projections.Handle
-	erased    erasedCache         // visibility.go
-	roomsH    *projections.Handle // roomWrite's
+	erased    atomic.Pointer[erasedSet] // visibility.go
+	roomsH    *projections.Handle       // roomWrite's
 	userdataH *projections.Handle
 	reportsH  *projections.Handle
 	openidH   *projections.Handle

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"sort"
-	"sync"
 
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/stateres"
@@ -31,25 +30,21 @@ type visibility struct {
 	erased map[string]bool
 }
 
-// erasedCache holds the erased users as of an applied offset of the
-// accounts projection: every visibility reads them, and they change
-// only with a deactivation or a reactivation.
-type erasedCache struct {
-	mu    sync.Mutex
+// erasedSet is the erased users as of an applied offset of the accounts
+// projection: every visibility reads them, and they change only with a
+// deactivation or a reactivation. Server.erased holds the newest one
+// read; /sync builds read it without a lock.
+type erasedSet struct {
 	at    uint64
-	valid bool
-	set   map[string]bool
+	users map[string]bool // nil when there are none
 }
 
 // erasedUsers is the set of users deactivated with erase (nil when there
 // are none).
 func (s *Server) erasedUsers() (map[string]bool, error) {
 	at := s.accountsH.Applied()
-	c := &s.erased
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.valid && c.at == at {
-		return c.set, nil
+	if c := s.erased.Load(); c != nil && c.at == at {
+		return c.users, nil
 	}
 	users, err := s.accountsView().ErasedUsers()
 	if err != nil {
@@ -62,7 +57,7 @@ func (s *Server) erasedUsers() (map[string]bool, error) {
 			set[u] = true
 		}
 	}
-	c.at, c.valid, c.set = at, true, set
+	s.erased.Store(&erasedSet{at: at, users: set})
 	return set, nil
 }
 

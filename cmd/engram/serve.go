@@ -87,13 +87,13 @@ func openLog(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer, a
 	return englog.Open(logConfig(cfg, logger, metrics, acceptDataLoss, raftTLS))
 }
 
-// openLogOffline opens this node's log for a tool run while the server is
-// stopped: it reads the local store and never joins the cluster (no raft
-// port, no peer dialled), so a tool cannot disturb the running nodes.
 // rebuildDir holds the scratch stores of projection rebuilds
 // (Engine.RebuildIn), beside the log's DB on the same filesystem.
 func rebuildDir(cfg Config) string { return filepath.Join(cfg.DataDir, "rebuild") }
 
+// openLogOffline opens this node's log for a tool run while the server is
+// stopped: it reads the local store and never joins the cluster (no raft
+// port, no peer dialled), so a tool cannot disturb the running nodes.
 func openLogOffline(cfg Config, logger zerolog.Logger) (*englog.Node, error) {
 	c := logConfig(cfg, logger, nil, false, nil)
 	c.Offline = true

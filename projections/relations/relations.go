@@ -19,7 +19,12 @@ import (
 	"github.com/engram-hs/engram/stateres"
 )
 
-// Keyspace.
+// Keyspace. Every record of a parent is keyed by the room of the child
+// that relates to it: an event relates only to events of its own room
+// (spec: "Forming relationships between events"), and a child sent in
+// another room must not show in the parent's aggregations (a reaction, a
+// reference or a thread reply injected from a room the parent's readers
+// never see).
 const (
 	pChild   = 'c' // c roomID 0x00 parentID 0x00 relType 0x00 offset(BE) -> Child (JSON)
 	pRel     = 'r' // r childID -> relation (JSON): how to find the child record again
@@ -32,13 +37,6 @@ const (
 	// event.
 	pHas = 'h'
 )
-
-// Every record of a parent is keyed by the room of the child that
-// relates to it: an event relates only to events of its own room (spec:
-// "Forming relationships between events"), and a child sent in another
-// room must not show in the parent's aggregations (a reaction, a
-// reference or a thread reply injected from a room the parent's readers
-// never see).
 
 const sep = 0
 
