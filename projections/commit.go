@@ -2,54 +2,133 @@ package projections
 
 import (
 	"bytes"
+	"cmp"
+	"fmt"
 	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 )
 
-// sortedForCommit returns a plain batch holding the final value of every
-// key b writes, in key order, or nil when b must be committed as it is.
+// SetUnread writes key like w.Set, for a key the fold never reads: only
+// the projection's views do, after the batch commits. Neither w's Get
+// nor its Iter sees it, in this batch or in any later one (a rebuild's
+// Get may answer from the keys it saw written: writtenKeys), so a key
+// written this way must be read by no Apply ever; a Delete or Set of it
+// later in the batch still wins, in order. It skips the batch's index:
+// a search rebuild inserted every term row of every message into that
+// skiplist, a tenth of the replay's CPU, only to sort them again at the
+// commit.
+func SetUnread(w Writer, key, value []byte) error {
+	if bw, ok := w.(*batchWriter); ok {
+		bw.unread.add(uint32(bw.b.Count()), bw.abs(key), value)
+		return nil
+	}
+	return w.Set(key, value)
+}
+
+// unreadWrites are a batch's SetUnread writes, merged with the indexed
+// batch's records at the commit (sortedForCommit).
+type unreadWrites struct {
+	recs []unreadWrite
+	buf  []byte // their keys and values
+}
+
+type unreadWrite struct {
+	pos        uint32 // how many records the indexed batch held before it
+	key, value [2]int // in buf: start, end
+}
+
+func (u *unreadWrites) add(pos uint32, key, value []byte) {
+	k0 := len(u.buf)
+	u.buf = append(u.buf, key...)
+	v0 := len(u.buf)
+	u.buf = append(u.buf, value...)
+	u.recs = append(u.recs, unreadWrite{pos, [2]int{k0, v0}, [2]int{v0, len(u.buf)}})
+}
+
+// commitRecord is one write of a batch being committed. order is its
+// place among the batch's writes: the i-th record of the indexed batch is
+// i<<32 | 0xffffffff, the j-th unread write made after p of them
+// p<<32 | j, so it sorts after the indexed records before it and before
+// the one that followed it.
+type commitRecord struct {
+	kind       pebble.InternalKeyKind
+	order      uint64
+	key, value []byte
+}
+
+// sortedForCommit returns a plain batch holding what b and unread write,
+// or nil when b (with no unread writes) must be committed as it is.
 //
-// Committing a batch inserts its records into the memtable's skiplist one
-// by one, in the order Apply wrote them: projection keys are scattered
-// (room IDs, user IDs), so each insert searched the skiplist from its top
-// and committing was a fifth of a rooms rebuild. Pebble's inserter reuses
-// the previous insert's position, which makes inserting keys in order
-// cheap; and a key written several times in one batch (a counter, a room
-// record) needs only its last write, as nothing can observe a batch's
-// intermediate states.
+// A batch of point writes is committed as the final value of every key,
+// in key order. Committing a batch inserts its records into the
+// memtable's skiplist one by one, in the order Apply wrote them:
+// projection keys are scattered (room IDs, user IDs), so each insert
+// searched the skiplist from its top and committing was a fifth of a
+// rooms rebuild. Pebble's inserter reuses the previous insert's position,
+// which makes inserting keys in order cheap; and a key written several
+// times in one batch (a counter, a room record) needs only its last
+// write, as nothing can observe a batch's intermediate states.
 //
 // Only point writes can be reordered: a range deletion deletes the writes
-// made before it and not those after it, so a batch with one is left
-// alone.
-func sortedForCommit(db *pebble.DB, b *pebble.Batch) *pebble.Batch {
-	type record struct {
-		kind       pebble.InternalKeyKind
-		seq        int // position in b
-		key, value []byte
-	}
-	recs := make([]record, 0, b.Count())
+// made before it and not those after it, so a batch with one is committed
+// in the order of its writes.
+func sortedForCommit(db *pebble.DB, b *pebble.Batch, unread *unreadWrites) (*pebble.Batch, error) {
+	recs := make([]commitRecord, 0, int(b.Count())+len(unread.recs))
+	inOrder := false
 	for r := b.Reader(); ; {
 		kind, key, value, ok, err := r.Next()
 		if err != nil {
-			return nil
+			return nil, err
 		}
 		if !ok {
 			break
 		}
-		if kind != pebble.InternalKeyKindSet && kind != pebble.InternalKeyKindDelete {
-			return nil
+		switch kind {
+		case pebble.InternalKeyKindSet, pebble.InternalKeyKindDelete:
+		case pebble.InternalKeyKindRangeDelete:
+			inOrder = true
+		default:
+			if len(unread.recs) > 0 {
+				return nil, fmt.Errorf("projections: internal error: a batch with unread writes holds a record of kind %v", kind)
+			}
+			return nil, nil
 		}
-		recs = append(recs, record{kind, len(recs), key, value})
+		recs = append(recs, commitRecord{kind, uint64(len(recs))<<32 | 0xffffffff, key, value})
+	}
+	if inOrder && len(unread.recs) == 0 {
+		return nil, nil
+	}
+	for j, u := range unread.recs {
+		recs = append(recs, commitRecord{pebble.InternalKeyKindSet, uint64(u.pos)<<32 | uint64(j), unread.buf[u.key[0]:u.key[1]], unread.buf[u.value[0]:u.value[1]]})
+	}
+	out := db.NewBatchWithSize(len(b.Repr()) + len(unread.buf))
+	if inOrder {
+		slices.SortFunc(recs, func(x, y commitRecord) int { return cmp.Compare(x.order, y.order) })
+		for _, r := range recs {
+			var err error
+			switch r.kind {
+			case pebble.InternalKeyKindSet:
+				err = out.Set(r.key, r.value, nil)
+			case pebble.InternalKeyKindDelete:
+				err = out.Delete(r.key, nil)
+			default:
+				err = out.DeleteRange(r.key, r.value, nil)
+			}
+			if err != nil {
+				out.Close()
+				return nil, err
+			}
+		}
+		return out, nil
 	}
 	// Of the writes to one key, the last stays last.
-	slices.SortFunc(recs, func(x, y record) int {
+	slices.SortFunc(recs, func(x, y commitRecord) int {
 		if c := bytes.Compare(x.key, y.key); c != 0 {
 			return c
 		}
-		return x.seq - y.seq
+		return cmp.Compare(x.order, y.order)
 	})
-	out := db.NewBatchWithSize(len(b.Repr()))
 	for i, r := range recs {
 		if i+1 < len(recs) && bytes.Equal(r.key, recs[i+1].key) {
 			continue // overwritten later in the batch
@@ -62,18 +141,22 @@ func sortedForCommit(db *pebble.DB, b *pebble.Batch) *pebble.Batch {
 		}
 		if err != nil {
 			out.Close()
-			return nil
+			return nil, err
 		}
 	}
-	return out
+	return out, nil
 }
 
-// commitSorted commits b to db, as sortedForCommit's batch when it can.
-// NoSync: see applyBatch.
-func commitSorted(db *pebble.DB, b *pebble.Batch) error {
-	if sorted := sortedForCommit(db, b); sorted != nil {
-		defer sorted.Close()
-		return sorted.Commit(pebble.NoSync)
+// commitSorted commits b and unread to db, as sortedForCommit's batch when
+// there is one. NoSync: see applyBatch.
+func commitSorted(db *pebble.DB, b *pebble.Batch, unread *unreadWrites) error {
+	sorted, err := sortedForCommit(db, b, unread)
+	if err != nil {
+		return err
 	}
-	return b.Commit(pebble.NoSync)
+	if sorted == nil {
+		return b.Commit(pebble.NoSync)
+	}
+	defer sorted.Close()
+	return sorted.Commit(pebble.NoSync)
 }

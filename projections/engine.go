@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -329,7 +330,8 @@ func (e *Engine) newShadow(name string, m meta, version int) (meta, error) {
 // fails.
 func (e *Engine) run(ctx context.Context, h *Handle) {
 	defer e.wg.Done()
-	err := e.follow(ctx, h)
+	var err error
+	pprof.Do(ctx, foldLabels(h), func(ctx context.Context) { err = e.follow(ctx, h) })
 	if ctx.Err() != nil {
 		err = ErrClosed
 	} else {
@@ -366,7 +368,7 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 			}
 			continue
 		}
-		entries, err := e.readTail(h.name, h.meta.Applied+1, e.batchEntries, e.batchBytes)
+		entries, pdus, err := e.readTail(h.name, h.meta.Applied+1, e.batchEntries, e.batchBytes)
 		if err != nil {
 			return err
 		}
@@ -390,7 +392,7 @@ func (e *Engine) follow(ctx context.Context, h *Handle) error {
 		} else if i > 0 {
 			entries = entries[:i]
 		}
-		if err := e.applyBatch(h, false, entries); err != nil {
+		if err := e.applyBatch(h, false, entries, pdus); err != nil {
 			if IsDamage(err) {
 				// What Apply read of the projection is damaged: nothing
 				// of the batch was committed; fold the log again.
@@ -458,9 +460,10 @@ func (e *Engine) replayShadows(ctx context.Context, hs []*Handle, progress func(
 		}()
 		for {
 			entries, err := e.readBatch(label, from, e.rebuildBatchEntries, e.rebuildBatchBytes)
+			pdus := newPDUMemo(entries)
 			for _, f := range feeds {
 				select {
-				case f <- readResult{entries, err}:
+				case f <- readResult{entries, pdus, err}:
 				case <-ctx.Done():
 					return
 				}
@@ -487,7 +490,8 @@ func (e *Engine) replayShadows(ctx context.Context, hs []*Handle, progress func(
 					progress(h.name, applied)
 				}
 			}
-			if errs[i] = e.foldShadow(ctx, h, feeds[i], report); errs[i] != nil {
+			pprof.Do(ctx, foldLabels(h), func(ctx context.Context) { errs[i] = e.foldShadow(ctx, h, feeds[i], report) })
+			if errs[i] != nil {
 				cancel() // the others cannot finish without the reader
 			}
 		}()
@@ -528,7 +532,7 @@ func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResu
 		if len(r.entries) == 0 {
 			return e.switchToShadow(ctx, h, lastBatch)
 		}
-		if err := e.applyBatch(h, true, r.entries); err != nil {
+		if err := e.applyBatch(h, true, r.entries, r.pdus); err != nil {
 			return err
 		}
 		lastBatch = r.entries
@@ -543,8 +547,13 @@ func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResu
 	}
 }
 
+// foldLabels label a fold's goroutine (and those it starts) in CPU
+// profiles, such as /_engram/debug/pprof's, with the projection's name.
+func foldLabels(h *Handle) pprof.LabelSet { return pprof.Labels("projection", h.name) }
+
 type readResult struct {
 	entries []englog.Entry
+	pdus    *pduMemo // the folds' shared decoding of entries
 	err     error
 }
 
@@ -562,18 +571,29 @@ func (e *Engine) readBatch(name string, from uint64, max, maxBytes int) ([]englo
 // readTail is readBatch for a projection following the log: the entries
 // another projection read moments ago come from the shared tail cache,
 // and what it lacks is read from the log once and added to it.
-func (e *Engine) readTail(name string, from uint64, max, maxBytes int) ([]englog.Entry, error) {
-	entries := e.tail.get(from, max)
+func (e *Engine) readTail(name string, from uint64, max, maxBytes int) ([]englog.Entry, *pduMemo, error) {
+	entries, slots := e.tail.get(from, max)
 	next := from + uint64(len(entries))
 	if len(entries) < max && next <= e.log.LastOffset() {
 		more, err := e.log.Read(next, max-len(entries))
 		if err != nil {
-			return nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", next, name, err)
+			return nil, nil, fmt.Errorf("projections: reading the log from offset %d for %q: %w", next, name, err)
 		}
 		e.tail.put(more)
-		entries = append(entries, more...)
+		// What the cache now holds of them (another fold's copy, where it
+		// read them first), so that the folds share their decoding too.
+		cached, cachedSlots := e.tail.get(next, len(more))
+		entries, slots = append(entries, cached...), append(slots, cachedSlots...)
+		if len(cached) < len(more) {
+			entries = append(entries, more[len(cached):]...)
+			slots = append(slots, make([]*pduSlot, len(more)-len(cached))...)
+		}
 	}
-	return checkBatch(name, from, entries, maxBytes)
+	entries, err := checkBatch(name, from, entries, maxBytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	return entries, &pduMemo{first: from, slots: slots[:len(entries)]}, nil
 }
 
 // checkBatch checks that entries hold consecutive offsets from from and
@@ -594,8 +614,9 @@ func checkBatch(name string, from uint64, entries []englog.Entry, maxBytes int) 
 
 // applyBatch folds entries (which follow the checkpoint) into the serving
 // generation, and commits them with the new checkpoint, or into the shadow
-// one, in its scratch store.
-func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) error {
+// one, in its scratch store. pdus (nil: none) is their decoding shared
+// with the other folds (ReadPDU).
+func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry, pdus *pduMemo) error {
 	m := h.meta
 	gen, from := m.Gen, m.Applied+1
 	if shadow {
@@ -615,7 +636,8 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 	if shadow && h.written != nil && h.written.gen == gen {
 		written = h.written
 	}
-	if err := h.p.Apply(newBatchWriter(b, prefix, written), entries); err != nil {
+	w := newBatchWriter(b, prefix, written, pdus)
+	if err := h.p.Apply(w, entries); err != nil {
 		return fmt.Errorf("projections: %q failed to apply offsets %d..%d: %w", h.name, from, entries[len(entries)-1].Offset, err)
 	}
 	last := entries[len(entries)-1].Offset
@@ -624,8 +646,8 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 		// over (scratch.go), and the switch writes the rebuilt
 		// generation's.
 		m.ShadowApplied = last
-		if b.Count() > 0 {
-			if err := commitSorted(db, b); err != nil {
+		if b.Count() > 0 || len(w.unread.recs) > 0 {
+			if err := commitSorted(db, b, &w.unread); err != nil {
 				return fmt.Errorf("projections: committing %q's rebuild at offset %d: %w", h.name, last, err)
 			}
 		}
@@ -634,7 +656,7 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 		return nil
 	}
 	m.Applied = last
-	if b.Count() == 0 && last-h.stored < checkpointLag {
+	if b.Count() == 0 && len(w.unread.recs) == 0 && last-h.stored < checkpointLag {
 		// Nothing of the batch changes the projection (most of them fold
 		// only a few kinds of entry): only the checkpoint would move, and
 		// committing it was a Pebble commit (a WAL write, in the WAL the
@@ -662,7 +684,7 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry) erro
 	if err := b.Set(metaKey(h.name), m.encode(), nil); err != nil {
 		return err
 	}
-	if err := commitSorted(e.db, b); err != nil {
+	if err := commitSorted(e.db, b, &w.unread); err != nil {
 		return fmt.Errorf("projections: committing %q at offset %d: %w", h.name, last, err)
 	}
 	h.meta = m

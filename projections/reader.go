@@ -97,15 +97,18 @@ func (e errIterator) Close() error     { return e.err }
 // batchWriter is the Writer handed to Apply: an indexed batch scoped to
 // the generation being written, so Apply reads its own pending writes.
 // written, when set, holds every key ever written to the generation: a
-// Get of a key it never held skips the DB.
+// Get of a key it never held skips the DB. unread holds the writes made
+// with SetUnread, which the batch's index does not.
 type batchWriter struct {
 	scoped
 	b       *pebble.Batch
 	written *writtenKeys
+	pdus    *pduMemo
+	unread  unreadWrites
 }
 
-func newBatchWriter(b *pebble.Batch, prefix []byte, written *writtenKeys) *batchWriter {
-	return &batchWriter{scoped: scoped{r: b, prefix: prefix}, b: b, written: written}
+func newBatchWriter(b *pebble.Batch, prefix []byte, written *writtenKeys, pdus *pduMemo) *batchWriter {
+	return &batchWriter{scoped: scoped{r: b, prefix: prefix}, b: b, written: written, pdus: pdus}
 }
 
 func (w *batchWriter) Get(key []byte) ([]byte, bool, error) {

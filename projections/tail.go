@@ -19,28 +19,31 @@ const (
 // per projection), which was the largest allocation of a send, a dozen
 // copies of every event. The entries are shared between projections, so
 // they are read-only, as the log's are: a fold never writes into a
-// payload (it decodes it, copying what it keeps).
+// payload (it decodes it, copying what it keeps). Each PDU entry has a
+// pduSlot beside it, so that the folds also share its decoding (ReadPDU).
 type tailCache struct {
 	mu      sync.Mutex
 	entries []englog.Entry
+	slots   []*pduSlot // beside entries
 	bytes   int
 }
 
 // get returns up to max cached entries from offset from on (none when
-// from is not cached). The slice is the caller's; the entries are shared.
-func (c *tailCache) get(from uint64, max int) []englog.Entry {
+// from is not cached), and their slots. The slice is the caller's; the
+// entries and slots are shared.
+func (c *tailCache) get(from uint64, max int) ([]englog.Entry, []*pduSlot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) == 0 {
-		return nil
+		return nil, nil
 	}
 	first := c.entries[0].Offset
 	if from < first || from > first+uint64(len(c.entries)-1) {
-		return nil
+		return nil, nil
 	}
 	i := int(from - first)
 	n := min(max, len(c.entries)-i)
-	return append([]englog.Entry(nil), c.entries[i:i+n]...)
+	return append([]englog.Entry(nil), c.entries[i:i+n]...), append([]*pduSlot(nil), c.slots[i:i+n]...)
 }
 
 // put adds entries just read from the log (consecutive offsets). Entries
@@ -59,13 +62,14 @@ func (c *tailCache) put(es []englog.Entry) {
 		case es[len(es)-1].Offset <= end:
 			return // nothing new
 		case es[0].Offset > end+1:
-			c.entries, c.bytes = nil, 0 // a gap: start over
+			c.entries, c.slots, c.bytes = nil, nil, 0 // a gap: start over
 		case es[0].Offset <= end:
 			es = es[end+1-es[0].Offset:]
 		}
 	}
 	for _, e := range es {
 		c.entries = append(c.entries, e)
+		c.slots = append(c.slots, newPDUSlot(e))
 		c.bytes += len(e.Payload)
 	}
 	if len(c.entries) <= tailCacheEntries && c.bytes <= tailCacheBytes {
@@ -80,6 +84,7 @@ func (c *tailCache) put(es []englog.Entry) {
 		drop++
 	}
 	c.entries = append([]englog.Entry(nil), c.entries[drop:]...)
+	c.slots = append([]*pduSlot(nil), c.slots[drop:]...)
 }
 
 // reset empties the cache (after an erasure: what it holds may be content
@@ -87,5 +92,5 @@ func (c *tailCache) put(es []englog.Entry) {
 func (c *tailCache) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.entries, c.bytes = nil, 0
+	c.entries, c.slots, c.bytes = nil, nil, 0
 }

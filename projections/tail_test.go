@@ -27,7 +27,21 @@ func offsetsOf(es []englog.Entry) string {
 // lagging and gapped reads were added in, and it stays within its bounds.
 func TestTailCache(t *testing.T) {
 	var c tailCache
-	if got := c.get(1, 10); got != nil {
+	// get, checking that each PDU served has its own entry's slot.
+	get := func(from uint64, max int) []englog.Entry {
+		t.Helper()
+		es, slots := c.get(from, max)
+		if len(slots) != len(es) {
+			t.Fatalf("get(%d, %d): %d entries, %d slots", from, max, len(es), len(slots))
+		}
+		for i, s := range slots {
+			if s == nil || !samePayload(s.payload, es[i].Payload) {
+				t.Fatalf("get(%d, %d): offset %d has no slot of its own", from, max, es[i].Offset)
+			}
+		}
+		return es
+	}
+	if got := get(1, 10); got != nil {
 		t.Fatalf("empty cache returned %s", offsetsOf(got))
 	}
 	c.put(tailEntries(1, 10, 10))
@@ -41,16 +55,16 @@ func TestTailCache(t *testing.T) {
 	}{
 		{1, 100, "1..16 (16)"}, {7, 3, "7..9 (3)"}, {16, 5, "16..16 (1)"}, {17, 5, "none"}, {0, 5, "none"},
 	} {
-		if got := offsetsOf(c.get(tc.from, tc.max)); got != tc.want {
+		if got := offsetsOf(get(tc.from, tc.max)); got != tc.want {
 			t.Errorf("get(%d, %d) = %s, want %s", tc.from, tc.max, got, tc.want)
 		}
 	}
 	// A gap: the cache starts over from the newer entries.
 	c.put(tailEntries(30, 31, 10))
-	if got := offsetsOf(c.get(30, 10)); got != "30..31 (2)" {
+	if got := offsetsOf(get(30, 10)); got != "30..31 (2)" {
 		t.Errorf("after a gap, get(30) = %s", got)
 	}
-	if got := c.get(16, 10); got != nil {
+	if got := get(16, 10); got != nil {
 		t.Errorf("after a gap, the older run is still served: %s", offsetsOf(got))
 	}
 	// The entry bound, then the byte bound.
@@ -76,7 +90,7 @@ func TestTailCache(t *testing.T) {
 	if sum != c.bytes {
 		t.Errorf("bytes counted %d, held %d", c.bytes, sum)
 	}
-	if got := c.get(last+20, 1); len(got) != 1 {
+	if got := get(last+20, 1); len(got) != 1 {
 		t.Errorf("the newest entry is not served")
 	}
 }

@@ -370,19 +370,15 @@ func (b *batch) saveRoom(roomID string, rs *roomState) error {
 }
 
 func (b *batch) applyPDU(e englog.Entry) error {
-	f, err := projections.DecodePDU(e)
+	f, err := projections.ReadPDU(b.w, e)
 	if err != nil {
 		return err
 	}
 	if f.Rejected != "" {
 		return nil
 	}
-	version, ok := stateres.Version(f.RoomVersion)
-	if !ok {
-		return nil
-	}
-	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
-	if err != nil {
+	version, ev := f.Version, f.Parsed
+	if ev == nil {
 		return nil // the rooms projection records it as unfoldable
 	}
 	id, roomID := ev.EventID(), ev.RoomID()

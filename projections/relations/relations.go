@@ -91,19 +91,15 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		if e.Kind != englog.KindPDU {
 			continue
 		}
-		f, err := projections.DecodePDU(e)
+		pdu, err := projections.ReadPDU(w, e)
 		if err != nil {
 			return err
 		}
-		if f.Rejected != "" || f.SoftFailed || f.Outlier {
+		if pdu.Rejected != "" || pdu.SoftFailed || pdu.Outlier {
 			continue
 		}
-		version, ok := stateres.Version(f.RoomVersion)
-		if !ok {
-			continue
-		}
-		ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
-		if err != nil {
+		ev := pdu.Parsed
+		if ev == nil {
 			continue
 		}
 		if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {

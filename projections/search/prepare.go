@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	englog "github.com/engram-hs/engram/log"
+	"github.com/engram-hs/engram/projections"
 )
 
 // prepareAll prepares the PDU entries of a batch on worker goroutines and
@@ -13,7 +14,7 @@ import (
 // nothing but the entry; only apply (the keyspace's decisions and writes)
 // is sequential. A rebuild's fold is otherwise one goroutine: the search
 // projection, the slowest, set the pace of a replay of every projection.
-func prepareAll(entries []englog.Entry, apply func(pdu) error) error {
+func prepareAll(r projections.Reader, entries []englog.Entry, apply func(pdu) error) error {
 	type chunk struct {
 		entries []englog.Entry
 		out     []pdu
@@ -33,7 +34,7 @@ func prepareAll(entries []englog.Entry, apply func(pdu) error) error {
 				if e.Kind != englog.KindPDU {
 					continue
 				}
-				d, err := prepare(e)
+				d, err := prepare(r, e)
 				if err != nil {
 					return err
 				}
@@ -77,7 +78,7 @@ func prepareAll(entries []englog.Entry, apply func(pdu) error) error {
 					if e.Kind != englog.KindPDU {
 						continue
 					}
-					d, err := prepare(e)
+					d, err := prepare(r, e)
 					if err != nil {
 						c.err = err
 						break

@@ -205,7 +205,7 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		}
 	}
 	x := newIndexWriter(w, p.ci)
-	if err := prepareAll(entries, func(d pdu) error { return p.apply(w, x, d) }); err != nil {
+	if err := prepareAll(w, entries, func(d pdu) error { return p.apply(w, x, d) }); err != nil {
 		return err
 	}
 	if err := x.finish(); err != nil {
@@ -323,24 +323,20 @@ type pdu struct {
 	did             string   // its document ID
 }
 
-// prepare decodes a PDU entry and, for a searchable event, analyses its
-// text into the rows indexWriter writes. A zero pdu is an entry the fold
-// skips.
-func prepare(e englog.Entry) (pdu, error) {
-	f, err := projections.DecodePDU(e)
+// prepare decodes a PDU entry (ReadPDU, r being the Writer of its batch)
+// and, for a searchable event, analyses its text into the rows
+// indexWriter writes. A zero pdu is an entry the fold skips.
+func prepare(r projections.Reader, e englog.Entry) (pdu, error) {
+	f, err := projections.ReadPDU(r, e)
 	if err != nil {
 		return pdu{}, err
 	}
 	if f.Rejected != "" || f.SoftFailed || f.Outlier {
 		return pdu{}, nil
 	}
-	version, ok := stateres.Version(f.RoomVersion)
-	if !ok {
-		return pdu{}, nil
-	}
-	ev, err := stateres.ParseTrustedEvent(version, f.Event, f.EventID)
-	if err != nil {
-		return pdu{}, nil // malformed PDUs were refused before proposing
+	ev := f.Parsed
+	if ev == nil {
+		return pdu{}, nil // unknown room version, or malformed: refused before proposing
 	}
 	out := pdu{eventID: ev.EventID(), roomID: ev.RoomID()}
 	if ev.Type() == stateres.MRoomRedaction && ev.Redacts() != "" {

@@ -118,8 +118,9 @@ func newIndexWriter(w projections.Writer, idx *countedIndex) *indexWriter {
 
 // docRows are the index rows of one new document (prepareDoc).
 type docRows struct {
-	kvs  [][2][]byte // term frequency rows and the back index row, keys with pIndex
-	dict []string    // the dictionary row key of each term
+	terms [][2][]byte // term frequency rows, keys with pIndex
+	back  [2][]byte   // the back index row
+	dict  []string    // the dictionary row key of each term
 }
 
 // prepareDoc lays out the rows of a new document (its ID is new: it holds
@@ -145,7 +146,7 @@ func prepareDoc(docID string, fields []textField) (*docRows, error) {
 			n, _ := tfr.KeyTo(k[1:])
 			v := make([]byte, tfr.ValueSize())
 			m, _ := tfr.ValueTo(v)
-			out.kvs = append(out.kvs, [2][]byte{k[:1+n], v[:m]})
+			out.terms = append(out.terms, [2][]byte{k[:1+n], v[:m]})
 			out.dict = append(out.dict, string(upsidedown.NewDictionaryRow(tf.Term, f.num, 0).Key()))
 		}
 		slices.Sort(terms)
@@ -158,16 +159,21 @@ func prepareDoc(docID string, fields []textField) (*docRows, error) {
 	if err != nil {
 		return nil, err
 	}
-	out.kvs = append(out.kvs, [2][]byte{indexKey(upsidedown.NewBackIndexRow(id, nil, nil).Key()), v})
+	out.back = [2][]byte{indexKey(upsidedown.NewBackIndexRow(id, nil, nil).Key()), v}
 	return out, nil
 }
 
-// write writes a prepared document's rows.
+// write writes a prepared document's rows. The fold never reads a term
+// frequency row (remove deletes them by the keys the back index row
+// lists): they are written unread (projections.SetUnread).
 func (x *indexWriter) write(d *docRows) error {
-	for _, kv := range d.kvs {
-		if err := x.w.Set(kv[0], kv[1]); err != nil {
+	for _, kv := range d.terms {
+		if err := projections.SetUnread(x.w, kv[0], kv[1]); err != nil {
 			return err
 		}
+	}
+	if err := x.w.Set(d.back[0], d.back[1]); err != nil {
+		return err
 	}
 	for _, k := range d.dict {
 		x.dict[k]++
