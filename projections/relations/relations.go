@@ -17,6 +17,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // Keyspace. Every record of a parent is keyed by the room of the child
@@ -130,17 +131,21 @@ func threadKey(room string, latest uint64, root string) []byte {
 }
 
 func add(w projections.Writer, ev stateres.PDU, off uint64) error {
-	var c struct {
-		RelatesTo *struct {
-			RelType string `json:"rel_type"`
-			EventID string `json:"event_id"`
-			Key     string `json:"key"`
-		} `json:"m.relates_to"`
-	}
-	if json.Unmarshal(ev.Content(), &c) != nil || c.RelatesTo == nil || c.RelatesTo.RelType == "" || c.RelatesTo.EventID == "" {
+	// Most events relate to nothing: look the member up in the canonical
+	// content before decoding anything.
+	raw := canonicaljson.Get(ev.Content(), "m.relates_to")
+	if raw == nil {
 		return nil
 	}
-	if ev.StateKey() != nil && c.RelatesTo.RelType == RelThread {
+	var rel *struct {
+		RelType string `json:"rel_type"`
+		EventID string `json:"event_id"`
+		Key     string `json:"key"`
+	}
+	if json.Unmarshal(raw, &rel) != nil || rel == nil || rel.RelType == "" || rel.EventID == "" {
+		return nil
+	}
+	if ev.StateKey() != nil && rel.RelType == RelThread {
 		return nil // state events are not part of threads
 	}
 	id := ev.EventID()
@@ -158,7 +163,6 @@ func add(w projections.Writer, ev stateres.PDU, off uint64) error {
 			return nil // redacted before it arrived
 		}
 	}
-	rel := c.RelatesTo
 	child := Child{EventID: id, Type: ev.Type(), Sender: ev.Sender(), RelType: rel.RelType, Offset: off}
 	if rel.RelType == "m.annotation" {
 		child.Key = rel.Key

@@ -13,7 +13,6 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"sync"
@@ -31,6 +30,7 @@ import (
 	englog "github.com/engram-hs/engram/log"
 	"github.com/engram-hs/engram/projections"
 	"github.com/engram-hs/engram/stateres"
+	"github.com/engram-hs/engram/stateres/canonicaljson"
 )
 
 // Keyspace.
@@ -447,12 +447,14 @@ func searchableText(ev stateres.PDU) map[string]string {
 	default:
 		return nil
 	}
-	var c map[string]json.RawMessage
-	if json.Unmarshal(ev.Content(), &c) != nil {
+	// The content is canonical JSON (a parsed event's): read the one
+	// member instead of decoding the object.
+	v := canonicaljson.Get(ev.Content(), key)
+	if len(v) == 0 || v[0] != '"' {
 		return nil
 	}
-	var s string
-	if json.Unmarshal(c[key], &s) != nil || s == "" {
+	s, err := canonicaljson.Unquote(v)
+	if err != nil || s == "" {
 		return nil
 	}
 	return map[string]string{field: s}
