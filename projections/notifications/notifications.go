@@ -20,6 +20,7 @@
 package notifications
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -42,8 +43,7 @@ const (
 	pRoom    = 'r' // r room -> roomRec
 	pMember  = 'm' // m room 0 user -> memberRec
 	pLocal   = 'j' // j room 0 user -> display name (local users joined)
-	pState   = 'o' // o eventID -> event JSON (create, power levels and member events, for federated joins' state)
-	pEvent   = 'e' // e eventID -> offset(8) (events of rooms with local members)
+	pEvent   = 'e' // e eventKey(eventID) -> eventRec: events folded, and the state a later federated join may name
 	pRules   = 'u' // u user -> m.push_rules content
 	pNotif   = 'a' // a user 0 offset(8) -> Notification
 	pOldest  = 'b' // b user -> at(8): the log time of the user's first notification kept
@@ -171,8 +171,16 @@ func (*Projection) Name() string { return Name }
 // notification scans for expired ones only when one has expired. Version
 // 5: each room's unread notifications of a user are counted per thread
 // as they are added and read (pCount), so that /sync's counts read the
-// counts, not every unread entry of the room on every sync.
-func (*Projection) Version() int { return 5 }
+// counts, not every unread entry of the room on every sync. Version 6:
+// one e record per event, keyed by a hash of its ID, holding its offset
+// and, for a state event the fold follows, only what the fold reads of it
+// (was: an e key by event ID with the offset, and an o key by event ID
+// with a copy of the state event's JSON).
+func (*Projection) Version() int { return 6 }
+
+// ReadsVersion: the views read no e or o key, and version 6 changed no
+// other record, so version 5 serves while version 6 is rebuilt.
+func (*Projection) ReadsVersion(stored int) bool { return stored == 5 }
 
 // AfterCommit wakes the gateway sender.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -381,19 +389,28 @@ func (b *batch) applyPDU(e englog.Entry) error {
 	if ev == nil {
 		return nil // the rooms projection records it as unfoldable
 	}
-	id, roomID := ev.EventID(), ev.RoomID()
-	tracked := ev.StateKey() != nil && (ev.Type() == stateres.MRoomMember || ev.Type() == stateres.MRoomPowerLevels || ev.Type() == stateres.MRoomCreate)
-	if tracked {
-		// Kept for a later federated join whose state names it.
-		if err := b.w.Set(projections.Key(pState, id), f.Event); err != nil {
-			return err
+	roomID := ev.RoomID()
+	st := stateOf(ev, f.Event)
+	k := eventKey(ev.EventID())
+	old, known, err := b.w.Get(k)
+	if err != nil {
+		return err
+	}
+	if known {
+		if off, _, err := decodeEvent(k, old); err != nil || off != 0 {
+			return err // a duplicate: already folded
 		}
 	}
-	if f.Outlier || f.SoftFailed || f.Backfill != nil {
-		return nil // backfilled history notifies no one and moves no counts
+	// keepState records a state event the fold follows without folding
+	// it, for a later federated join whose state names it.
+	keepState := func() error {
+		if st.kind == 0 || known {
+			return nil
+		}
+		return b.w.Set(k, encodeEvent(0, st))
 	}
-	if _, seen, err := b.w.Get(projections.Key(pEvent, id)); err != nil || seen {
-		return err // a duplicate: already folded
+	if f.Outlier || f.SoftFailed || f.Backfill != nil {
+		return keepState() // backfilled history notifies no one and moves no counts
 	}
 	rs, err := b.room(roomID)
 	if err != nil {
@@ -411,18 +428,131 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		}
 	}
 	if rs == nil {
-		return nil // a room we do not hold
+		return keepState() // a room we do not hold
 	}
-	if err := b.w.Set(projections.Key(pEvent, id), offsetBytes(e.Offset)); err != nil {
+	if err := b.w.Set(k, encodeEvent(e.Offset, st)); err != nil {
 		return err
 	}
 	if err := b.evaluate(e, rs, ev); err != nil {
 		return err
 	}
-	if ev.StateKey() != nil {
-		return b.applyState(roomID, rs, ev.Type(), *ev.StateKey(), f.Event, ev.Content())
+	if st.kind != 0 {
+		return b.applyState(roomID, rs, *ev.StateKey(), st)
 	}
 	return nil
+}
+
+// The state events the fold follows, as their e records name them.
+const (
+	stateCreate = 'c'
+	statePL     = 'p'
+	stateMember = 'm'
+)
+
+// stateRec is what the fold reads of a state event it follows: a create
+// or power levels event whole (auth.ParsePowerLevels reads both), a
+// member event's membership and display name. kind 0: none.
+type stateRec struct {
+	kind                    byte
+	json                    json.RawMessage
+	membership, displayName string
+}
+
+func (st stateRec) eventType() string {
+	switch st.kind {
+	case stateCreate:
+		return stateres.MRoomCreate
+	case statePL:
+		return stateres.MRoomPowerLevels
+	case stateMember:
+		return stateres.MRoomMember
+	}
+	return ""
+}
+
+// stateOf is what the fold reads of ev (raw: its JSON as the log holds
+// it): create and power levels events count only with the empty state
+// key.
+func stateOf(ev *stateres.Event, raw json.RawMessage) stateRec {
+	sk := ev.StateKey()
+	if sk == nil {
+		return stateRec{}
+	}
+	switch ev.Type() {
+	case stateres.MRoomCreate, stateres.MRoomPowerLevels:
+		if *sk != "" {
+			return stateRec{}
+		}
+		if ev.Type() == stateres.MRoomCreate {
+			return stateRec{kind: stateCreate, json: raw}
+		}
+		return stateRec{kind: statePL, json: raw}
+	case stateres.MRoomMember:
+		var c struct {
+			Membership  string `json:"membership"`
+			DisplayName any    `json:"displayname"`
+		}
+		_ = json.Unmarshal(ev.Content(), &c)
+		dn, _ := c.DisplayName.(string)
+		return stateRec{kind: stateMember, membership: c.Membership, displayName: dn}
+	}
+	return stateRec{}
+}
+
+// eventKey is an event's e key: the first 16 bytes of the SHA-256 of its
+// ID, not the ID (44 bytes of base64 that no compressor shrinks, for every
+// event). Two IDs share a key only by a 128-bit collision, which an
+// origin that chooses its events' IDs (or their content, for the hashed
+// IDs) finds only with ~2^64 work.
+func eventKey(eventID string) []byte {
+	sum := sha256.Sum256([]byte(eventID))
+	return append([]byte{pEvent}, sum[:16]...)
+}
+
+// encodeEvent is an e record: the event's offset (0: not folded, kept
+// only for its state) as a uvarint, then its stateRec if any: the kind,
+// then the JSON or, for a member event, the membership's length as a
+// uvarint, the membership and the display name.
+func encodeEvent(off uint64, st stateRec) []byte {
+	b := binary.AppendUvarint(nil, off)
+	if st.kind == 0 {
+		return b
+	}
+	b = append(b, st.kind)
+	if st.kind != stateMember {
+		return append(b, st.json...)
+	}
+	b = binary.AppendUvarint(b, uint64(len(st.membership)))
+	b = append(b, st.membership...)
+	return append(b, st.displayName...)
+}
+
+// decodeEvent reads an e record (k: its key, for the error).
+func decodeEvent(k, v []byte) (uint64, stateRec, error) {
+	corrupt := fmt.Errorf("notifications: corrupt record %x", k)
+	off, n := binary.Uvarint(v)
+	if n <= 0 {
+		return 0, stateRec{}, corrupt
+	}
+	v = v[n:]
+	if len(v) == 0 {
+		return off, stateRec{}, nil
+	}
+	st := stateRec{kind: v[0]}
+	v = v[1:]
+	switch st.kind {
+	case stateCreate, statePL:
+		st.json = v
+	case stateMember:
+		l, n := binary.Uvarint(v)
+		if n <= 0 || uint64(len(v)-n) < l {
+			return 0, stateRec{}, corrupt
+		}
+		st.membership, st.displayName = string(v[n:n+int(l)]), string(v[n+int(l):])
+	default:
+		return 0, stateRec{}, corrupt
+	}
+	return off, st, nil
 }
 
 // clearRoom drops what a previous create event of the room left (a room
@@ -449,53 +579,48 @@ func (b *batch) resetState(roomID string, version *stateres.RoomVersion, state [
 		if t[0] != stateres.MRoomMember && t[0] != stateres.MRoomPowerLevels && t[0] != stateres.MRoomCreate {
 			continue
 		}
-		raw, ok, err := b.w.Get(projections.Key(pState, t[2]))
+		k := eventKey(t[2])
+		raw, ok, err := b.w.Get(k)
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
 			continue
 		}
-		ev, err := stateres.ParseEvent(version, raw)
+		_, st, err := decodeEvent(k, raw)
 		if err != nil {
-			continue
+			return nil, err
 		}
-		if err := b.applyState(roomID, rs, t[0], t[1], raw, ev.Content()); err != nil {
+		if st.eventType() != t[0] {
+			continue // not one the fold follows (a create or power levels event with a state key)
+		}
+		if err := b.applyState(roomID, rs, t[1], st); err != nil {
 			return nil, err
 		}
 	}
 	return rs, nil
 }
 
-func (b *batch) applyState(roomID string, rs *roomState, typ, stateKey string, raw json.RawMessage, content []byte) error {
-	switch typ {
-	case stateres.MRoomCreate:
-		if stateKey == "" {
-			rs.rec.Create, rs.pl = raw, nil
-			return b.saveRoom(roomID, rs)
-		}
-	case stateres.MRoomPowerLevels:
-		if stateKey == "" {
-			rs.rec.PL, rs.pl = raw, nil
-			return b.saveRoom(roomID, rs)
-		}
-	case stateres.MRoomMember:
-		var c struct {
-			Membership  string `json:"membership"`
-			DisplayName any    `json:"displayname"`
-		}
-		_ = json.Unmarshal(content, &c)
+func (b *batch) applyState(roomID string, rs *roomState, stateKey string, st stateRec) error {
+	switch st.kind {
+	case stateCreate:
+		rs.rec.Create, rs.pl = st.json, nil
+		return b.saveRoom(roomID, rs)
+	case statePL:
+		rs.rec.PL, rs.pl = st.json, nil
+		return b.saveRoom(roomID, rs)
+	case stateMember:
 		k := projections.Key(pMember, roomID, stateKey)
 		old, err := projections.GetJSON[memberRec](b.w, k)
 		if err != nil {
 			return err
 		}
 		wasJoined := old != nil && old.Membership == "join"
-		dn, _ := c.DisplayName.(string)
-		if err := projections.PutJSON(b.w, k, memberRec{Membership: c.Membership, DisplayName: dn}); err != nil {
+		dn := st.displayName
+		if err := projections.PutJSON(b.w, k, memberRec{Membership: st.membership, DisplayName: dn}); err != nil {
 			return err
 		}
-		joined := c.Membership == "join"
+		joined := st.membership == "join"
 		if b.p.local(stateKey) && (joined != wasJoined || joined && old.DisplayName != dn) {
 			rs.locals = nil
 			lk := projections.Key(pLocal, roomID, stateKey)
@@ -863,9 +988,14 @@ func (b *batch) applyEDU(e englog.Entry) error {
 	if c.ReceiptType != "m.read" && c.ReceiptType != "m.read.private" {
 		return nil
 	}
-	off, ok, err := getOffset(b.w, projections.Key(pEvent, c.EventID))
+	k := eventKey(c.EventID)
+	raw, ok, err := b.w.Get(k)
 	if err != nil || !ok {
 		return err
+	}
+	off, _, err := decodeEvent(k, raw)
+	if err != nil || off == 0 {
+		return err // an event not folded: it notified no one
 	}
 	return b.raiseFloor(c.UserID, c.RoomID, c.ThreadID, off)
 }
