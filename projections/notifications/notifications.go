@@ -214,7 +214,8 @@ func getOffset(r projections.Reader, k []byte) (uint64, bool, error) {
 
 // Apply folds a batch.
 func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
-	b := &batch{p: p, w: w, rooms: map[string]*roomState{}}
+	b := &batch{p: p, w: w, rooms: map[string]*roomState{}, rules: map[string]*push.Compiled{},
+		oldest: map[string]int64{}, counts: map[string]map[string]Count{}}
 	for _, e := range entries {
 		var err error
 		switch e.Kind {
@@ -225,6 +226,7 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 		case englog.KindAccountDataSet:
 			var f facts.AccountDataSet
 			if err = facts.Decode(e, &f); err == nil && f.RoomID == "" && f.Type == "m.push_rules" && p.local(f.UserID) {
+				delete(b.rules, f.UserID)
 				err = w.Set(projections.Key(pRules, f.UserID), f.Content)
 			}
 		case englog.KindPusherSet:
@@ -266,14 +268,27 @@ func (p *Projection) Apply(w projections.Writer, entries []englog.Entry) error {
 			return err
 		}
 	}
-	return nil
+	return b.flushCounts()
 }
 
-// batch caches the rooms an Apply touches; writes go straight to w.
+// batch caches what an Apply reads again and again: the rooms it touches,
+// and for each user it evaluates events for, their compiled rules, the
+// log time of their first notification kept, and their counts. A batch
+// of a rebuild holds thousands of events, each evaluated for every local
+// member, so these were a point read (and the counts a write) per member
+// per event. Every write goes straight to w but the counts', which go at
+// the batch's end.
 type batch struct {
 	p     *Projection
 	w     projections.Writer
 	rooms map[string]*roomState
+
+	rules  map[string]*push.Compiled // by user, as stored (pRules) now
+	oldest map[string]int64          // by user: pOldest as written now
+	// counts are the counts (pCount) of a user in a room by thread as
+	// count left them, to be written by flushCounts, keyed by countsKey;
+	// a recount, which writes them itself, drops them.
+	counts map[string]map[string]Count
 }
 
 type roomState struct {
@@ -708,24 +723,39 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 	if json.Unmarshal(ev.Content(), &rel) == nil && rel.RelatesTo.RelType == "m.thread" && rel.RelatesTo.EventID != "" {
 		thread = rel.RelatesTo.EventID
 	}
+	records := map[string][]byte{}
 	for _, t := range targets {
 		u := t.userID
-		rules, err := b.p.compiled(b.w, u)
-		if err != nil {
-			return err
+		rules := b.rules[u]
+		if rules == nil {
+			if rules, err = b.p.compiled(b.w, u); err != nil {
+				return err
+			}
+			b.rules[u] = rules
 		}
 		ctx.UserID, ctx.DisplayName = u, t.displayName
 		res, ok := rules.Evaluate(pev, &ctx)
 		if !ok || !res.Notify {
 			continue
 		}
-		n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
-			Actions: res.Actions, Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
-			Type: ev.Type(), Sender: sender, At: e.Time}
+		// The record is the event's but for the actions (and the
+		// highlight and tweaks they carry: push.Result), which members
+		// with the same rule share: one encoding per set of actions.
+		rk := string(slices.Concat(res.Actions...)) // self-delimiting JSON values
+		rec, ok := records[rk]
+		if !ok {
+			n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
+				Actions: res.Actions, Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
+				Type: ev.Type(), Sender: sender, At: e.Time}
+			if rec, err = json.Marshal(n); err != nil {
+				return err
+			}
+			records[rk] = rec
+		}
 		if err := b.pruneNotifications(u, e.Time-Retention, e.Time); err != nil {
 			return err
 		}
-		if err := projections.PutJSON(b.w, withOffset(projections.Key(pNotif, u), e.Offset), n); err != nil {
+		if err := b.w.Set(withOffset(projections.Key(pNotif, u), e.Offset), rec); err != nil {
 			return err
 		}
 		v := []byte{0}
@@ -782,10 +812,17 @@ func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compil
 // (an iterator and a decode per notification) was a sixth of the fold's
 // evaluation.
 func (b *batch) pruneNotifications(userID string, cutoff, at int64) error {
+	if oldest, ok := b.oldest[userID]; ok && oldest >= cutoff {
+		return nil
+	}
 	k := projections.Key(pOldest, userID)
 	oldest, kept, err := getOffset(b.w, k)
-	if err != nil || kept && int64(oldest) >= cutoff {
+	if err != nil {
 		return err
+	}
+	if kept && int64(oldest) >= cutoff {
+		b.oldest[userID] = int64(oldest)
+		return nil
 	}
 	prefix := projections.Key(pNotif, userID, "")
 	first, _, err := b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
@@ -801,6 +838,7 @@ func (b *batch) pruneNotifications(userID string, cutoff, at int64) error {
 			return err
 		}
 	}
+	b.oldest[userID] = next
 	return b.w.Set(k, offsetBytes(uint64(next)))
 }
 
@@ -896,29 +934,54 @@ func (b *batch) readUpTo(userID, roomID string, off uint64) error {
 // count adds a new unread entry of the user's in the room to its
 // thread's count: it is above every floor, being the newest.
 func (b *batch) count(userID, roomID, thread string, highlight bool) error {
-	k := projections.Key(pCount, userID, roomID, thread)
-	raw, ok, err := b.w.Get(k)
-	if err != nil {
-		return err
+	ck := countsKey(userID, roomID)
+	room := b.counts[ck]
+	if room == nil {
+		room = map[string]Count{}
+		b.counts[ck] = room
 	}
-	var c Count
-	if ok {
-		c, err = decodeCount(k, raw)
-	}
-	if err != nil {
-		return err
+	c, ok := room[thread]
+	if !ok {
+		k := projections.Key(pCount, userID, roomID, thread)
+		raw, found, err := b.w.Get(k)
+		if err != nil {
+			return err
+		}
+		if found {
+			if c, err = decodeCount(k, raw); err != nil {
+				return err
+			}
+		}
 	}
 	c.Notifications++
 	if highlight {
 		c.Highlights++
 	}
-	return b.w.Set(k, encodeCount(c))
+	room[thread] = c
+	return nil
+}
+
+func countsKey(userID, roomID string) string { return userID + "\x00" + roomID }
+
+// flushCounts writes the counts count changed.
+func (b *batch) flushCounts() error {
+	for ck, room := range b.counts {
+		userID, roomID, _ := strings.Cut(ck, "\x00")
+		for thread, c := range room {
+			if err := b.w.Set(projections.Key(pCount, userID, roomID, thread), encodeCount(c)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // recount counts the user's unread entries in the room again, per
 // thread, against the floors as they are now (after a receipt or a send
 // read some of them).
 func (b *batch) recount(userID, roomID string) error {
+	// It counts the unread entries, count's among them.
+	delete(b.counts, countsKey(userID, roomID))
 	f, err := floorsOf(b.w, userID, roomID)
 	if err != nil {
 		return err
