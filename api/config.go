@@ -68,4 +68,15 @@ type Config struct {
 	// Media configures the media repository (api/media); an empty
 	// Media.Repo.Dir leaves the media endpoints unregistered.
 	Media apimedia.Config
+
+	// SyncCacheBytes bounds what /sync keeps in memory between builds
+	// (api/synccache: memberships, the rooms' shared parts, formatted
+	// events), by the sizes of what it keeps; 0 means
+	// DefaultSyncCacheBytes. The binary gives it a share of
+	// memory_target.
+	SyncCacheBytes int64
 }
+
+// DefaultSyncCacheBytes is SyncCacheBytes when none is given: the share
+// of the default memory_target (128M).
+const DefaultSyncCacheBytes = 24 << 20

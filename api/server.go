@@ -190,6 +190,9 @@ func New(cfg Config, deps Deps) (*Server, error) {
 			}
 			s.latency = are.ExistingCollector.(*prometheus.HistogramVec)
 		}
+		if err := deps.Metrics.Register(newSyncCacheCollector(s.syncCache)); err != nil && !errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+			return nil, fmt.Errorf("api: register metrics: %w", err)
+		}
 	}
 	if err := s.mountMedia(deps); err != nil {
 		return nil, err

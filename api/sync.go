@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/engram-hs/engram/api/synccache"
 	"github.com/engram-hs/engram/projections/rooms"
 )
@@ -263,22 +265,24 @@ type syncCache struct {
 	builds  *syncSlots
 }
 
-// maxCachedMembers bounds the membership cache (users), maxCachedEvents
-// the formatted events (about a kilobyte each).
-const (
-	maxCachedMembers = 100_000
-	maxCachedEvents  = 20_000
-)
-
 // newSyncCache attaches the cache to the projections it copies; call it
-// before the engine starts.
+// before the engine starts. The budget (Config.SyncCacheBytes) is split
+// by what the builds of an initial sync burst kept (1,000 users and
+// rooms, bench/README.md): 5/8 for the rooms' shared parts (their state,
+// members and visibility), a quarter for the timelines' formatted events,
+// 1/16 for whether anything relates to an event (a cheap read when
+// missed), 1/16 for the users' memberships (one read per build).
 func (s *Server) newSyncCache() {
+	budget := int(s.cfg.SyncCacheBytes)
+	if budget <= 0 {
+		budget = DefaultSyncCacheBytes
+	}
 	c := &syncCache{
 		clock:   synccache.NewClock(),
-		members: synccache.NewMembers(maxCachedMembers),
-		parts:   synccache.NewParts(),
-		events:  synccache.NewEvents(maxCachedEvents),
-		related: synccache.NewEvents(maxCachedEvents),
+		members: synccache.NewMembers(budget / 16),
+		parts:   synccache.NewParts(budget * 5 / 8),
+		events:  synccache.NewEvents(budget / 4),
+		related: synccache.NewEvents(budget / 16),
 		builds:  newSyncSlots(syncBuildSlots()),
 	}
 	c.clock.Attach(s.roomsH.Name(), s.roomsH.Applied())
@@ -288,6 +292,34 @@ func (s *Server) newSyncCache() {
 	c.clock.OnReset(c.events.Reset)
 	c.clock.OnReset(c.related.Reset)
 	s.syncCache = c
+}
+
+// syncCacheCollector exports each sync cache's bytes (as its entries are
+// sized) and how many entries it had to compute: whether its share of the
+// budget holds what the syncs read.
+type syncCacheCollector struct {
+	c               *syncCache
+	bytes, computed *prometheus.Desc
+}
+
+func newSyncCacheCollector(c *syncCache) *syncCacheCollector {
+	return &syncCacheCollector{c: c,
+		bytes:    prometheus.NewDesc("engram_sync_cache_bytes", "Bytes the /sync caches keep, as their entries are sized (the budget is Config.SyncCacheBytes: 3/16 of memory_target).", []string{"cache"}, nil),
+		computed: prometheus.NewDesc("engram_sync_cache_computed_total", "Entries the /sync caches computed (not found, or out of date).", []string{"cache"}, nil),
+	}
+}
+
+func (sc *syncCacheCollector) Describe(ch chan<- *prometheus.Desc) { ch <- sc.bytes; ch <- sc.computed }
+
+func (sc *syncCacheCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, c := range []struct {
+		name  string
+		stats func() (int, uint64)
+	}{{"members", sc.c.members.Stats}, {"parts", sc.c.parts.Stats}, {"events", sc.c.events.Stats}, {"related", sc.c.related.Stats}} {
+		n, computed := c.stats()
+		ch <- prometheus.MustNewConstMetric(sc.bytes, prometheus.GaugeValue, float64(n), c.name)
+		ch <- prometheus.MustNewConstMetric(sc.computed, prometheus.CounterValue, float64(computed), c.name)
+	}
 }
 
 // memberships are the user's memberships (rooms.View.Memberships), from

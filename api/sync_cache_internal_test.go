@@ -354,6 +354,77 @@ func TestIncrementalSyncCachedMatchesUncached(t *testing.T) {
 	}
 }
 
+// A room's cached state keeps its events' client form, not the events:
+// a state event something relates to (its bundled relations need the
+// event), a redacted one, one sent with a transaction ID, and a change
+// of them, come out of an initial sync as without the cache, from the
+// cache filled by another member's sync and from the one it left.
+func TestCachedStateMatchesUncached(t *testing.T) {
+	ts := startSyncTestServer(t)
+	alice, bob := ts.register("alice"), ts.register("bob")
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/createRoom", alice.token, map[string]any{"preset": "public_chat"}, &room)
+	ts.call("POST", path("/_matrix/client/v3/join/%s", room.RoomID), bob.token, map[string]any{}, nil)
+	var topic, name struct {
+		EventID string `json:"event_id"`
+	}
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.topic/", room.RoomID), alice.token, map[string]any{"topic": "referenced"}, &topic)
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.name/", room.RoomID), alice.token, map[string]any{"name": "to redact"}, &name)
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/ref", room.RoomID), bob.token, map[string]any{"msgtype": "m.text", "body": "about the topic", "m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": topic.EventID}}, nil)
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/redact/%s/r1", room.RoomID, name.EventID), alice.token, map[string]any{}, nil)
+	// The state events fall out of the timeline: the state section
+	// carries them.
+	send := func(n int) {
+		for i := range n {
+			ts.call("PUT", path("/_matrix/client/v3/rooms/%s/send/m.room.message/m%d-%d", room.RoomID, n, i), bob.token, map[string]any{"msgtype": "m.text", "body": "later"}, nil)
+		}
+	}
+	send(12)
+	stateOf := func(resp []byte) []byte {
+		var r struct {
+			Rooms struct {
+				Join map[string]struct {
+					State struct{ Events json.RawMessage } `json:"state"`
+				} `json:"join"`
+			} `json:"rooms"`
+		}
+		if err := json.Unmarshal(resp, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Rooms.Join[room.RoomID].State.Events
+	}
+	ts.build(bob, 0, nil)
+	for range 2 {
+		_, resp, _ := ts.build(alice, 0, nil)
+		state := stateOf(resp)
+		if !bytes.Contains(state, []byte(`"m.reference":{"chunk":[{"event_id"`)) {
+			t.Fatalf("the referenced topic has no bundled reference in the state section: %s", state)
+		}
+		if !bytes.Contains(state, []byte(`"redacted_because"`)) || bytes.Contains(state, []byte("to redact")) {
+			t.Fatalf("the redacted name is not served redacted in the state section: %s", state)
+		}
+	}
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/state/m.room.topic/", room.RoomID), alice.token, map[string]any{"topic": "changed"}, nil)
+	send(11)
+	for range 2 {
+		_, resp, _ := ts.build(alice, 0, nil)
+		if state := stateOf(resp); !bytes.Contains(state, []byte(`"topic":"changed"`)) || !bytes.Contains(state, []byte(`"prev_content":{"topic":"referenced"}`)) {
+			t.Fatalf("the state section lacks the changed topic and what it replaced: %s", state)
+		}
+	}
+	// A redaction of the replaced topic changes the prev_content of the
+	// one in the cached state.
+	ts.call("PUT", path("/_matrix/client/v3/rooms/%s/redact/%s/r2", room.RoomID, topic.EventID), alice.token, map[string]any{}, nil)
+	send(10)
+	for range 2 {
+		if _, resp, _ := ts.build(alice, 0, nil); bytes.Contains(stateOf(resp), []byte(`"prev_content":{"topic":"referenced"}`)) {
+			t.Fatalf("the state section still has the redacted topic as prev_content: %s", stateOf(resp))
+		}
+	}
+}
+
 // A source that skips offsets (a rebuilt generation took over) moves the
 // clock's horizon past the skipped batch and empties the caches: tokens
 // from before it take the uncached path.

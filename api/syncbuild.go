@@ -15,6 +15,7 @@ import (
 
 	"github.com/engram-hs/engram/api/keys"
 	"github.com/engram-hs/engram/api/synccache"
+	"github.com/engram-hs/engram/log/facts"
 	"github.com/engram-hs/engram/projections/rooms"
 	"github.com/engram-hs/engram/projections/userdata"
 	"github.com/engram-hs/engram/stateres"
@@ -398,33 +399,36 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		s.syncCache.clock.Read(func(c synccache.View) { stateQuiet = c.Covers(since) && c.StateChangedAt(roomID) <= since })
 	}
 	if (whole || limited || lazy || opts.useStateAfter) && !stateQuiet {
-		var at []*rooms.Event
+		var at []stateEvent
 		if whole || limited || opts.useStateAfter {
 			at, err = s.stateBefore(v, roomID, stateAt, opts.uncached)
 			if err == nil && len(skipped) > 0 && !opts.useStateAfter {
 				at, err = s.withSkippedState(v, roomID, at, skipped, timelineStart, upper, opts.uncached)
 			}
 		} else {
-			at, err = s.membersAt(v, roomID, slices.Sorted(maps.Keys(senders)), stateAt) // lazy only: the senders suffice
+			var evs []*rooms.Event
+			evs, err = s.membersAt(v, roomID, slices.Sorted(maps.Keys(senders)), stateAt) // lazy only: the senders suffice
+			at = readStates(evs)
 		}
 		if err != nil {
 			return nil, false, err
 		}
+		roomAt, relCovered := s.eventsChangedAt(roomID)
 		for _, e := range at {
-			if !opts.useStateAfter && inTimeline[e.EventID] {
+			if !opts.useStateAfter && inTimeline[e.id] {
 				continue
 			}
-			h := headOf(e)
+			h := e.head
 			member := h.Type == stateres.MRoomMember && h.StateKey != nil
 			if lazy && member {
-				if !senders[*h.StateKey] || inTimeline[e.EventID] && !opts.useStateAfter {
+				if !senders[*h.StateKey] || inTimeline[e.id] && !opts.useStateAfter {
 					continue
 				}
-				if !redundant && !whole && s.lazy.sent(sess, roomID, e.EventID) {
+				if !redundant && !whole && s.lazy.sent(sess, roomID, e.id) {
 					continue
 				}
 			} else {
-				changedHere := e.Offset > since && (limited || opts.useStateAfter)
+				changedHere := e.offset > since && (limited || opts.useStateAfter)
 				if !whole && !changedHere {
 					continue // the client has it, or the timeline carries it
 				}
@@ -433,9 +437,9 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 				continue
 			}
 			if lazy && member {
-				s.lazy.remember(sess, roomID, e.EventID)
+				s.lazy.remember(sess, roomID, e.id)
 			}
-			state = append(state, s.syncClientEvent(v, e, sess, vis, opts.uncached))
+			state = append(state, s.syncStateEvent(v, roomID, e, roomAt, relCovered, sess, vis, opts.uncached))
 		}
 	}
 
@@ -584,14 +588,14 @@ func (s *Server) latestByDepth(v rooms.View, roomID string, upper uint64, limit 
 // skipped state events (latestByDepth) that are still the room's
 // current state at upper, in place of what at has for their type and
 // state key.
-func (s *Server) withSkippedState(v rooms.View, roomID string, at, skipped []*rooms.Event, timelineStart, upper uint64, uncached bool) ([]*rooms.Event, error) {
+func (s *Server) withSkippedState(v rooms.View, roomID string, at []stateEvent, skipped []*rooms.Event, timelineStart, upper uint64, uncached bool) ([]stateEvent, error) {
 	cur, err := s.stateBefore(v, roomID, upper+1, uncached)
 	if err != nil {
 		return nil, err
 	}
 	current := make(map[string]bool, len(cur))
 	for _, e := range cur {
-		current[e.EventID] = true
+		current[e.id] = true
 	}
 	type key struct{ typ, sk string }
 	add := map[key]*rooms.Event{}
@@ -603,17 +607,16 @@ func (s *Server) withSkippedState(v rooms.View, roomID string, at, skipped []*ro
 	if len(add) == 0 {
 		return at, nil
 	}
-	out := make([]*rooms.Event, 0, len(at)+len(add))
+	out := make([]stateEvent, 0, len(at)+len(add))
 	for _, e := range at {
-		h := headOf(e)
-		if h.StateKey != nil && add[key{h.Type, *h.StateKey}] != nil {
+		if h := e.head; h.StateKey != nil && add[key{h.Type, *h.StateKey}] != nil {
 			continue
 		}
 		out = append(out, e)
 	}
 	for _, e := range skipped {
 		if h := headOf(e); add[key{h.Type, *h.StateKey}] == e {
-			out = append(out, e)
+			out = append(out, readState(e))
 		}
 	}
 	return out, nil
@@ -676,17 +679,17 @@ func (s *Server) roomSummary(v rooms.View, roomID, self string, uncached bool) (
 // (rooms.View.MemberIDs, a point read per member), cached per room until
 // its members change: the same for every member's build in between.
 func (s *Server) memberLists(v rooms.View, roomID string, uncached bool) (joined, invited []string, err error) {
-	read := func() (any, error) {
+	read := func() (any, int, error) {
 		joined, err := v.MemberIDs(roomID, "join")
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		invited, err := v.MemberIDs(roomID, "invite")
-		return [2][]string{joined, invited}, err
+		return [2][]string{joined, invited}, stringsSize(joined) + stringsSize(invited), err
 	}
 	var lists any
 	if uncached {
-		lists, err = read()
+		lists, _, err = read()
 	} else {
 		var at uint64
 		s.syncCache.clock.Read(func(c synccache.View) { at = c.MembersChangedAt(roomID) })
@@ -696,6 +699,24 @@ func (s *Server) memberLists(v rooms.View, roomID string, uncached bool) (joined
 		return nil, nil, err
 	}
 	return lists.([2][]string)[0], lists.([2][]string)[1], nil
+}
+
+// stringsSize is what a cached list of strings holds.
+func stringsSize(ss []string) int {
+	n := 24
+	for _, s := range ss {
+		n += len(s) + 16
+	}
+	return n
+}
+
+// stateChangesSize is what a cached list of state changes holds.
+func stateChangesSize(changes []stateChange) int {
+	n := 24
+	for _, c := range changes {
+		n += len(c.eventID) + len(c.value) + 40
+	}
+	return n
 }
 
 // sharesJoinedRoom is rooms.View.SharesJoinedRoom from other's cached
@@ -734,53 +755,87 @@ type formattedEvent struct {
 	ts       int64  // origin_server_ts
 }
 
+// size is what a formatted event holds.
+func (f formattedEvent) size() int { return len(f.head) + len(f.unsigned) + 2*24 + 8 }
+
 // syncClientEvent is clientEvent, encoded, with the reader-independent
 // part formatted and encoded once per room position and shared by every
 // member's build; what is the reader's (age, membership, transaction_id,
-// bundled relations) is added per build.
+// bundled relations) is added per build. vis is the reader's
+// (syncVisibility).
 func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vis *visibility, uncached bool) any {
 	if uncached || e.RedactedBy != "" {
 		// A redacted event carries its redaction, with an age of its own:
 		// rare enough to format each time.
 		return s.clientEvent(v, e, sess, false)
 	}
-	// What is formatted depends on the event alone, but for the
-	// prev_content of a state event that replaced another (a redaction of
-	// that one changes it): only those are formatted again after the
-	// room's next event. The rest stay cached however busy the room is;
-	// a redacted event itself never comes from the cache (above).
-	// Whether anything relates to the event changes only with an event in
-	// its room (the spec keeps a relation within its room): that answer is
-	// kept until the room's next event, once the relations fold has caught
-	// up with it.
-	var at, roomAt uint64
-	var relCovered bool
+	roomAt, relCovered := s.eventsChangedAt(e.RoomID)
+	f := s.formatted(v, e, roomAt)
+	return s.readerEvent(v, e, e.Offset, e.Txn, f, s.relatedTo(e.RoomID, e.EventID, roomAt, relCovered), sess, vis)
+}
+
+// eventsChangedAt is the position of the room's last event (Clock's
+// EventsChangedAt), and whether the relations fold has caught up with it
+// (then whether anything relates to an event of the room can be kept
+// until the room's next event).
+func (s *Server) eventsChangedAt(roomID string) (roomAt uint64, relCovered bool) {
 	relApplied := s.relationsH.Applied()
 	s.syncCache.clock.Read(func(c synccache.View) {
-		roomAt = c.EventsChangedAt(e.RoomID)
+		roomAt = c.EventsChangedAt(roomID)
 		relCovered = c.Covers(relApplied) && relApplied >= roomAt
 	})
+	return roomAt, relCovered
+}
+
+// formatted is the event's formattedEvent, from the cache when the room
+// is at position roomAt. What is formatted depends on the event alone,
+// but for the prev_content of a state event that replaced another (a
+// redaction of that one changes it): only those are formatted again after
+// the room's next event. The rest stay cached however busy the room is;
+// a redacted event itself never comes from the cache (syncClientEvent).
+func (s *Server) formatted(v rooms.View, e *rooms.Event, roomAt uint64) formattedEvent {
+	var at uint64
 	if e.Replaces != "" {
 		at = roomAt
 	}
-	f := s.syncCache.events.Get(e.EventID, at, func() any {
-		ev := s.formatClientEvent(v, e, nil, false, false)
-		var ts int64
-		if raw, ok := ev["origin_server_ts"].(json.RawMessage); ok {
-			_ = json.Unmarshal(raw, &ts)
-		}
-		unsigned := ev["unsigned"].(map[string]any)
-		delete(unsigned, "age")
-		delete(ev, "unsigned")
-		head, _ := json.Marshal(ev)
-		shared, _ := json.Marshal(unsigned)
-		return formattedEvent{head: head[:len(head)-1], unsigned: shared[1 : len(shared)-1], ts: ts}
+	return s.syncCache.events.Get(e.EventID, at, func() (any, int) {
+		f := s.format(v, e)
+		return f, f.size()
 	}).(formattedEvent)
-	related := s.syncCache.related.GetKeep(e.EventID, roomAt, func() (any, bool) {
-		ok, err := s.relationsView().HasChildren(e.RoomID, e.EventID)
-		return ok || err != nil, err == nil && relCovered
-	}).(bool)
+}
 
+// format is the event's formattedEvent, formatted now.
+func (s *Server) format(v rooms.View, e *rooms.Event) formattedEvent {
+	ev := s.formatClientEvent(v, e, nil, false, false)
+	var ts int64
+	if raw, ok := ev["origin_server_ts"].(json.RawMessage); ok {
+		_ = json.Unmarshal(raw, &ts)
+	}
+	unsigned := ev["unsigned"].(map[string]any)
+	delete(unsigned, "age")
+	delete(ev, "unsigned")
+	head, _ := json.Marshal(ev)
+	shared, _ := json.Marshal(unsigned)
+	return formattedEvent{head: head[:len(head)-1], unsigned: shared[1 : len(shared)-1], ts: ts}
+}
+
+// relatedTo says whether anything relates to the event. That changes
+// only with an event in its room (the spec keeps a relation within its
+// room): the answer is kept until the room's next event (roomAt), once
+// the relations fold has caught up with it (relCovered).
+func (s *Server) relatedTo(roomID, eventID string, roomAt uint64, relCovered bool) bool {
+	return s.syncCache.related.GetKeep(eventID, roomAt, func() (any, int, bool) {
+		ok, err := s.relationsView().HasChildren(roomID, eventID)
+		return ok || err != nil, 0, err == nil && relCovered
+	}).(bool)
+}
+
+// readerEvent is the event at offset (sent with txn) for this reader: its
+// formatted part f, then its unsigned object with the reader's members
+// (age, bundled relations when related, membership, transaction_id)
+// around the shared ones. rec is the event itself, which bundled
+// relations need (nil: none). vis is the reader's (syncVisibility).
+func (s *Server) readerEvent(v rooms.View, rec *rooms.Event, offset uint64, txn *facts.TxnRef, f formattedEvent, related bool, sess *session, vis *visibility) syncEvent {
 	out := make([]byte, 0, len(f.head)+len(f.unsigned)+128)
 	out = append(out, f.head...)
 	out = append(out, `,"unsigned":{`...)
@@ -796,8 +851,8 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 		member("age")
 		out = strconv.AppendInt(out, time.Now().UnixMilli()-f.ts, 10)
 	}
-	if related {
-		if rel := s.bundledRelations(v, e, sess); rel != nil {
+	if related && rec != nil {
+		if rel := s.bundledRelations(v, rec, sess); rel != nil {
 			raw, err := json.Marshal(rel)
 			if err == nil {
 				member("m.relations")
@@ -808,29 +863,20 @@ func (s *Server) syncClientEvent(v rooms.View, e *rooms.Event, sess *session, vi
 	// The reader's membership changes are at hand in vis (cached with
 	// the room's members): no read per event.
 	membership := "leave"
-	if vis == nil {
-		m, err := membershipAt(v, e, sess.UserID)
-		if err != nil {
-			membership = ""
-		} else {
-			membership = m
-		}
-	} else if m := before(vis.members, e.Offset+1); m != "" {
+	if m := before(vis.members, offset+1); m != "" {
 		membership = m
 	}
-	if membership != "" {
-		member("membership")
-		out = appendJSONString(out, membership)
-	}
+	member("membership")
+	out = appendJSONString(out, membership)
 	if len(f.unsigned) > 0 {
 		if out[len(out)-1] != '{' {
 			out = append(out, ',')
 		}
 		out = append(out, f.unsigned...)
 	}
-	if e.Txn != nil && e.Txn.UserID == sess.UserID && e.Txn.DeviceID == sess.DeviceID {
+	if txn != nil && txn.UserID == sess.UserID && txn.DeviceID == sess.DeviceID {
 		member("transaction_id")
-		out = appendJSONString(out, e.Txn.TxnID)
+		out = appendJSONString(out, txn.TxnID)
 	}
 	out = append(out, "}}"...)
 	return syncEvent(out)
@@ -855,22 +901,117 @@ func appendJSONString(dst []byte, s string) []byte {
 // a larger room's is read each time rather than kept.
 const maxCachedState = 200
 
+// stateEvent is one event of a state section as a build uses it: its ID,
+// offset, transaction and head (what filters look at), and either the
+// event as read (rec) or its client form (f). A room's cached state
+// (stateBefore) keeps the client form and no PDU: a state event's
+// signatures, hashes, auth and prev events are most of its bytes, and its
+// JSON is a slice of the whole log entry it was read with.
+type stateEvent struct {
+	id     string
+	offset uint64
+	txn    *facts.TxnRef
+	head   eventHead
+	rec    *rooms.Event   // the event as read; nil: from a room's cached state
+	f      formattedEvent // when rec is nil
+}
+
+// readState is a state event as read for this build.
+func readState(e *rooms.Event) stateEvent {
+	return stateEvent{id: e.EventID, offset: e.Offset, txn: e.Txn, head: headOf(e), rec: e}
+}
+
+// readStates are state events as read for this build.
+func readStates(evs []*rooms.Event) []stateEvent {
+	out := make([]stateEvent, len(evs))
+	for i, e := range evs {
+		out[i] = readState(e)
+	}
+	return out
+}
+
+// cachedState is a state event as a room's cached state keeps it, and
+// the bytes it holds: its client form and head, the content copied out
+// of the log entry's buffer. The client form is the room's only copy (it
+// bypasses the formatted events' cache, which keeps the timelines'); one
+// the room's previous state held (prev) is reused unless it has a
+// prev_content (formatted), whose event a redaction may have changed. A
+// redacted event keeps its record (formatted per read, and redacted JSON
+// is no slice of the entry).
+func (s *Server) cachedState(v rooms.View, e *rooms.Event, prev map[string]formattedEvent) (stateEvent, int) {
+	if e.RedactedBy != "" {
+		return readState(e), 2*len(e.JSON) + 512
+	}
+	se := stateEvent{id: e.EventID, offset: e.Offset, txn: e.Txn, head: headOf(e)}
+	if f, ok := prev[e.EventID]; ok && e.Replaces == "" {
+		se.f = f
+	} else {
+		se.f = s.format(v, e)
+	}
+	se.head.Content = slices.Clone(se.head.Content)
+	n := len(se.id) + len(se.head.Type) + len(se.head.Sender) + len(se.head.Content) + se.f.size() + 160
+	if se.head.StateKey != nil {
+		n += len(*se.head.StateKey) + 16
+	}
+	if se.txn != nil {
+		n += len(se.txn.UserID) + len(se.txn.DeviceID) + len(se.txn.TxnID) + 48
+	}
+	return se, n
+}
+
+// syncStateEvent is syncClientEvent for a state section's event. One
+// from a room's cached state is read again only when something relates
+// to it (bundled relations need the event): roomAt and relCovered are the
+// room's (eventsChangedAt).
+func (s *Server) syncStateEvent(v rooms.View, roomID string, se stateEvent, roomAt uint64, relCovered bool, sess *session, vis *visibility, uncached bool) any {
+	if se.rec != nil {
+		return s.syncClientEvent(v, se.rec, sess, vis, uncached)
+	}
+	var rec *rooms.Event
+	related := s.relatedTo(roomID, se.id, roomAt, relCovered)
+	if related {
+		// A failed read leaves the relations out, as bundledRelations
+		// does on its own read errors.
+		rec, _ = v.Event(se.id)
+	}
+	return s.readerEvent(v, rec, se.offset, se.txn, se.f, related, sess, vis)
+}
+
 // stateBefore is v.StateBefore(roomID, "", at), the room's state before
 // position at, cached per room for one position until the room's next
 // event (a redaction changes a state event's content): every member's
 // initial sync of a quiet room shares one read. A large state is read
 // each time rather than kept.
-func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bool) ([]*rooms.Event, error) {
+func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bool) ([]stateEvent, error) {
 	if uncached {
-		return v.StateBefore(roomID, "", at)
+		evs, err := v.StateBefore(roomID, "", at)
+		return readStates(evs), err
 	}
-	var pos uint64
-	s.syncCache.clock.Read(func(c synccache.View) { pos = c.EventsChangedAt(roomID) })
+	pos, _ := s.eventsChangedAt(roomID)
 	got, err := s.syncCache.parts.GetIf(synccache.PartKey{Kind: "state_before", Room: roomID}, pos,
 		func(v any) bool { return v.(stateAt).at == at },
-		func() (any, bool, error) {
+		func(old any) (any, int, bool, error) {
 			evs, err := v.StateBefore(roomID, "", at)
-			return stateAt{at, evs}, len(evs) <= maxCachedState, err
+			if err != nil || len(evs) > maxCachedState {
+				return stateAt{at, readStates(evs)}, 0, false, err
+			}
+			var prev map[string]formattedEvent
+			if old, ok := old.(stateAt); ok {
+				prev = make(map[string]formattedEvent, len(old.evs))
+				for _, se := range old.evs {
+					if se.rec == nil {
+						prev[se.id] = se.f
+					}
+				}
+			}
+			out := make([]stateEvent, len(evs))
+			size := 24 + 8
+			for i, e := range evs {
+				var n int
+				out[i], n = s.cachedState(v, e, prev)
+				size += n
+			}
+			return stateAt{at, out}, size, true, nil
 		})
 	if err != nil {
 		return nil, err
@@ -881,7 +1022,7 @@ func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bo
 // stateAt is a room's state before a position.
 type stateAt struct {
 	at  uint64
-	evs []*rooms.Event
+	evs []stateEvent
 }
 
 // syncVisibility is newVisibility with the room's history_visibility
@@ -893,14 +1034,16 @@ func (s *Server) syncVisibility(v rooms.View, roomID, userID string, uncached bo
 	}
 	var stateAt, membersAt uint64
 	s.syncCache.clock.Read(func(c synccache.View) { stateAt, membersAt = c.StateChangedAt(roomID), c.MembersChangedAt(roomID) })
-	hv, err := s.syncCache.parts.Get(synccache.PartKey{Kind: "history_visibility", Room: roomID}, stateAt, func() (any, error) {
-		return stateChanges(v, roomID, stateres.MRoomHistoryVisibility, "", "history_visibility")
+	hv, err := s.syncCache.parts.Get(synccache.PartKey{Kind: "history_visibility", Room: roomID}, stateAt, func() (any, int, error) {
+		changes, err := stateChanges(v, roomID, stateres.MRoomHistoryVisibility, "", "history_visibility")
+		return changes, stateChangesSize(changes), err
 	})
 	if err != nil {
 		return nil, err
 	}
-	members, err := s.syncCache.parts.Get(synccache.PartKey{Kind: "membership", Room: roomID, User: userID}, membersAt, func() (any, error) {
-		return stateChanges(v, roomID, stateres.MRoomMember, userID, "membership")
+	members, err := s.syncCache.parts.Get(synccache.PartKey{Kind: "membership", Room: roomID, User: userID}, membersAt, func() (any, int, error) {
+		changes, err := stateChanges(v, roomID, stateres.MRoomMember, userID, "membership")
+		return changes, stateChangesSize(changes), err
 	})
 	if err != nil {
 		return nil, err

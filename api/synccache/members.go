@@ -11,30 +11,32 @@ import (
 // order). An entry is dropped when a batch changes the user's membership
 // of any room, before that batch becomes readable, so a reader that waited
 // for offset pos never gets a list older than pos. A read error is the
-// caller's: nothing is cached for it.
+// caller's: nothing is cached for it. The lists kept are bounded by their
+// bytes (bounded).
 type Members struct {
 	mu      sync.Mutex
-	max     int
-	entries map[string][]rooms.Membership
+	entries bounded[string, []rooms.Membership]
 	// version counts the drops per user (and reset all of them, through
 	// epoch), so that a list read before a drop is not stored after it.
-	version map[string]uint64
-	epoch   uint64
+	version  map[string]uint64
+	epoch    uint64
+	computed uint64
 }
 
-// NewMembers keeps the lists of up to max users.
-func NewMembers(max int) *Members {
-	return &Members{max: max, entries: map[string][]rooms.Membership{}, version: map[string]uint64{}}
+// NewMembers keeps lists of up to budget bytes in all.
+func NewMembers(budget int) *Members {
+	return &Members{entries: newBounded[string, []rooms.Membership](budget), version: map[string]uint64{}}
 }
 
 // Get returns the user's memberships, reading them with read on a miss.
 // The slice is shared: callers must not modify it.
 func (m *Members) Get(user string, read func() ([]rooms.Membership, error)) ([]rooms.Membership, error) {
 	m.mu.Lock()
-	if ms, ok := m.entries[user]; ok {
+	if ms, ok := m.entries.get(user); ok {
 		m.mu.Unlock()
 		return ms, nil
 	}
+	m.computed++
 	v, epoch := m.version[user], m.epoch
 	m.mu.Unlock()
 	ms, err := read()
@@ -44,12 +46,26 @@ func (m *Members) Get(user string, read func() ([]rooms.Membership, error)) ([]r
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.version[user] == v && m.epoch == epoch {
-		if len(m.entries) >= m.max {
-			clear(m.entries) // crude, and rare: the cache holds the syncing users
-		}
-		m.entries[user] = ms
+		m.entries.put(user, ms, membershipsSize(user, ms))
 	}
 	return ms, nil
+}
+
+// membershipsSize is what a user's cached list holds: its strings and
+// their headers.
+func membershipsSize(user string, ms []rooms.Membership) int {
+	n := len(user) + 24 // the slice's header
+	for _, m := range ms {
+		n += len(m.RoomID) + len(m.Membership) + len(m.EventID) + 3*16 + 8
+	}
+	return n
+}
+
+// Stats are the size of the lists kept and how many were read so far.
+func (m *Members) Stats() (bytes int, computed uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.entries.bytes(), m.computed
 }
 
 // Drop forgets the lists of users whose membership changed.
@@ -60,7 +76,7 @@ func (m *Members) Drop(users []string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, u := range users {
-		delete(m.entries, u)
+		m.entries.delete(u)
 		m.version[u]++
 	}
 }
@@ -69,7 +85,7 @@ func (m *Members) Drop(users []string) {
 func (m *Members) Reset() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	clear(m.entries)
+	m.entries.reset()
 	clear(m.version)
 	m.epoch++
 }

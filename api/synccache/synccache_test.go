@@ -2,6 +2,7 @@ package synccache
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/engram-hs/engram/projections/rooms"
@@ -48,7 +49,7 @@ func TestClockNotesAndHorizon(t *testing.T) {
 // before a drop is not stored after it; a read error is returned, and
 // nothing is cached for it.
 func TestMembersCache(t *testing.T) {
-	m := NewMembers(10)
+	m := NewMembers(1 << 20)
 	reads := 0
 	list := []rooms.Membership{{RoomID: "!a", Membership: "join"}}
 	read := func() ([]rooms.Membership, error) { reads++; return list, nil }
@@ -87,9 +88,9 @@ func TestMembersCache(t *testing.T) {
 
 // A part is computed once per position of its room.
 func TestParts(t *testing.T) {
-	p := NewParts()
+	p := NewParts(1 << 20)
 	computed := 0
-	compute := func() (any, error) { computed++; return []string{"@a"}, nil }
+	compute := func() (any, int, error) { computed++; return []string{"@a"}, 40, nil }
 	k := PartKey{Kind: "summary", Room: "!a"}
 	for range 3 {
 		if v, err := p.Get(k, 5, compute); err != nil || len(v.([]string)) != 1 {
@@ -107,7 +108,59 @@ func TestParts(t *testing.T) {
 		t.Fatal("Reset kept a part")
 	}
 	boom := errors.New("boom")
-	if _, err := p.Get(PartKey{Kind: "x"}, 1, func() (any, error) { return nil, boom }); !errors.Is(err, boom) {
+	if _, err := p.Get(PartKey{Kind: "x"}, 1, func() (any, int, error) { return nil, 0, boom }); !errors.Is(err, boom) {
 		t.Fatal("a compute error was not returned")
+	}
+}
+
+// The caches keep what their budget holds, by the sizes their callers
+// give: past it the older generation goes, an entry used since stays, and
+// one larger than half the budget is never kept.
+func TestCachesBoundedByBytes(t *testing.T) {
+	const budget = 10_000
+	e := NewEvents(budget)
+	formats := map[string]int{}
+	get := func(key string, size int) {
+		e.Get(key, 0, func() (any, int) { formats[key]++; return key, size })
+	}
+	get("$kept", 500)
+	for i := range 40 {
+		get(fmt.Sprintf("$e%d", i), 500)
+		get("$kept", 500) // in use: moves back into the current generation
+	}
+	if n, _ := e.Stats(); n > budget {
+		t.Fatalf("the events kept hold %d bytes, over the budget of %d", n, budget)
+	}
+	if formats["$kept"] != 1 {
+		t.Fatalf("an event in use was formatted %d times", formats["$kept"])
+	}
+	if get("$e0", 500); formats["$e0"] != 2 {
+		t.Fatal("the oldest event outlived the budget")
+	}
+	get("$big", budget/2)
+	get("$big", budget/2)
+	if formats["$big"] != 2 {
+		t.Fatal("an event larger than half the budget was kept")
+	}
+
+	p := NewParts(budget)
+	for i := range 100 {
+		if _, err := p.Get(PartKey{Kind: "state", Room: fmt.Sprint("!", i)}, 1, func() (any, int, error) { return i, 300, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, computed := p.Stats(); n == 0 || n > budget || computed != 100 {
+		t.Fatalf("the parts kept hold %d bytes, budget %d", n, budget)
+	}
+
+	m := NewMembers(budget)
+	list := []rooms.Membership{{RoomID: "!room:example.org", Membership: "join", EventID: "$event"}}
+	for i := range 200 {
+		if _, err := m.Get(fmt.Sprint("@u", i), func() ([]rooms.Membership, error) { return list, nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, _ := m.Stats(); n == 0 || n > budget {
+		t.Fatalf("the lists kept hold %d bytes, budget %d", n, budget)
 	}
 }

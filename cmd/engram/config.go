@@ -643,6 +643,7 @@ func (c Config) apiConfig() api.Config {
 		ServerVersion:                         "engram " + version,
 		BcryptCost:                            c.BcryptRounds,
 		Media:                                 c.mediaConfig(),
+		SyncCacheBytes:                        syncCacheBytes(c.MemoryTarget),
 	}
 	if c.ServeServerWellKnown {
 		port := "8448"

@@ -6,6 +6,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+
+	"github.com/engram-hs/engram/api"
+	englog "github.com/engram-hs/engram/log"
 )
 
 // TestSetGC: serving sets the GC's pace and a memory limit from
@@ -33,6 +36,20 @@ func TestSetGC(t *testing.T) {
 		}
 		if l := debug.SetMemoryLimit(-1); l != tc.limit {
 			t.Errorf("%s: memory limit %d, want %d", tc.description, l, tc.limit)
+		}
+	}
+}
+
+// TestSyncCacheShare: the /sync caches get 3/16 of memory_target, the
+// API's default at the default budget.
+func TestSyncCacheShare(t *testing.T) {
+	for _, tc := range []struct{ target, want int64 }{
+		{0, api.DefaultSyncCacheBytes},
+		{englog.DefaultMemoryTarget, api.DefaultSyncCacheBytes},
+		{1 << 30, 192 << 20},
+	} {
+		if got := (Config{MemoryTarget: tc.target}).apiConfig().SyncCacheBytes; got != tc.want {
+			t.Errorf("memory_target %d: sync caches %d bytes, want %d", tc.target, got, tc.want)
 		}
 	}
 }
