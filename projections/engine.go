@@ -547,7 +547,7 @@ func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResu
 	}
 }
 
-// foldLabels label a fold's goroutine (and those it starts) in CPU
+// foldLabels labels a fold's goroutine (and those it starts) in CPU
 // profiles, such as /_engram/debug/pprof's, with the projection's name.
 func foldLabels(h *Handle) pprof.LabelSet { return pprof.Labels("projection", h.name) }
 
