@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -42,14 +43,26 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// freeAddr is a loopback address whose port is free now, for an engram
+// serve process to bind later. The port is below Linux's ephemeral range
+// (32768-60999 by default): a port from 127.0.0.1:0 is one the kernel
+// also gives outbound connections as their source port, so between this
+// call and the server's bind any connection of the tests running
+// meanwhile could take it (TestClusterFollowerServesMedia failed so in a
+// fresh-clone CI run: bind: address already in use).
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue // taken: try another
+		}
+		l.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port among 100 tried in 20000-31999")
+	return ""
 }
 
 // syncBuffer collects a process's output while it runs.
