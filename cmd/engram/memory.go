@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"runtime/debug"
+	"runtime/metrics"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,26 +59,66 @@ func setGC(target int64, env func(string) (string, bool), logger zerolog.Logger)
 	logger.Debug().Int64("go_memory_limit", debug.SetMemoryLimit(-1)).Msg("go runtime memory settings")
 }
 
-// mallocTrimEvery is how often trimMalloc gives C malloc's free pages back.
-const mallocTrimEvery = 10 * time.Second
+// returnMemoryEvery is how often returnMemory looks at what the process
+// holds and gives back what it no longer uses.
+const returnMemoryEvery = 10 * time.Second
 
-// trimMalloc calls mallocTrim every mallocTrimEvery until ctx ends.
-// Pebble keeps its block cache and memtables in C memory (the Go heap's
-// limit does not see them), and glibc keeps what they free in its
-// per-thread arenas: on a server holding 1,000,000 events, after 1,000
-// initial syncs the arenas held ~175-218 MB against Pebble's 64 MB budget
-// (bench/README.md, 2026-12-04 (night), footprint).
-func trimMalloc(ctx context.Context) {
-	t := time.NewTicker(mallocTrimEvery)
+// idleAllocBytes is what the Go heap may allocate within one
+// returnMemoryEvery for the server to count as idle: a server with no
+// requests allocates a few hundred kB in 10 s (its timers, metrics,
+// federation retries), one serving a single client's long-poll several MB.
+const idleAllocBytes = 4 << 20
+
+// returnMemory gives memory back to the system every returnMemoryEvery
+// until ctx ends:
+//   - C malloc's free pages (mallocTrim). Pebble keeps its block cache and
+//     memtables in C memory (the Go heap's limit does not see them), and
+//     glibc keeps what they free in its per-thread arenas: on a server
+//     holding 1,000,000 events, after 1,000 initial syncs the arenas held
+//     ~175-218 MB against Pebble's 64 MB budget (bench/README.md,
+//     2026-12-04 (night), footprint).
+//   - Once the server has gone idle (idleTracker), the Go heap's free
+//     pages too (debug.FreeOSMemory: a collection, then every free page
+//     returned). Under load the heap grows to gcPercent over its live set,
+//     up to the memory limit, and the runtime's scavenger returns only
+//     what lies above that goal, so after a burst an idle server would go
+//     on holding about three times its live set; one collection when it
+//     goes idle costs a few ms.
+func returnMemory(ctx context.Context) {
+	t := time.NewTicker(returnMemoryEvery)
 	defer t.Stop()
+	sample := []metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	var idle idleTracker
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			metrics.Read(sample)
+			if idle.wentIdle(sample[0].Value.Uint64()) {
+				debug.FreeOSMemory()
+			}
 			mallocTrim()
 		}
 	}
+}
+
+// idleTracker tells, from the Go heap's cumulative allocations read once
+// per returnMemoryEvery, when the server goes idle: the first period that
+// allocated less than idleAllocBytes after one that allocated more (or
+// after start).
+type idleTracker struct {
+	allocs  uint64 // the cumulative count at the last reading
+	started bool   // allocs holds a reading
+	idle    bool   // the last period was idle
+}
+
+func (t *idleTracker) wentIdle(allocs uint64) bool {
+	busy := !t.started || allocs-t.allocs >= idleAllocBytes
+	t.allocs, t.started = allocs, true
+	went := !busy && !t.idle
+	t.idle = !busy
+	return went
 }
 
 // registerMallocMetrics exports what C malloc holds for Pebble (and cgo),

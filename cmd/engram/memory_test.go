@@ -75,3 +75,30 @@ func TestMallocInUse(t *testing.T) {
 		t.Fatalf("gathered %v, want engram_c_malloc_in_use_bytes > 0", mfs)
 	}
 }
+
+// TestIdleTracker: the Go heap's free pages are returned once per idle
+// spell, when a period that allocated little follows a busy one, and not
+// at the first reading (nothing to compare with).
+func TestIdleTracker(t *testing.T) {
+	const busy, quiet = 3 * idleAllocBytes, idleAllocBytes / 8
+	var tr idleTracker
+	total := uint64(50 << 20)
+	for i, step := range []struct {
+		allocated uint64
+		want      bool
+	}{
+		{0, false},              // the first reading
+		{busy, false},           // busy
+		{quiet, true},           // went idle
+		{quiet, false},          // still idle: already returned
+		{0, false},              // still idle
+		{idleAllocBytes, false}, // busy again (the threshold counts as busy)
+		{busy, false},
+		{quiet, true}, // idle again
+	} {
+		total += step.allocated
+		if got := tr.wentIdle(total); got != step.want {
+			t.Errorf("reading %d (%d bytes allocated): went idle %v, want %v", i, step.allocated, got, step.want)
+		}
+	}
+}

@@ -121,7 +121,7 @@ func logConfig(cfg Config, logger zerolog.Logger, metrics prometheus.Registerer,
 func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) error {
 	cfg := l.cfg
 	setGC(cfg.MemoryTarget, os.LookupEnv, logger)
-	go trimMalloc(ctx)
+	go returnMemory(ctx)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerMallocMetrics(reg)
