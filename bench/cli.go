@@ -52,8 +52,10 @@ Run "engram bench <command> -h" for the flags of a command.
 `
 
 // Main runs `engram bench` with args (after "bench") and returns the exit
-// code.
-func Main(args []string, stdout, stderr io.Writer) int {
+// code. serveMemory, when not nil, applies the memory settings `engram
+// serve` runs under for a memory_target (0: the default), so that a replay
+// rebuilds as a server's start does.
+func Main(args []string, stdout, stderr io.Writer, serveMemory func(target int64)) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, usage)
 		if len(args) == 0 {
@@ -63,7 +65,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	c := &cli{stdout: stdout, stderr: stderr, logger: zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).Level(zerolog.WarnLevel).With().Timestamp().Logger()}
+	c := &cli{stdout: stdout, stderr: stderr, serveMemory: serveMemory, logger: zerolog.New(zerolog.ConsoleWriter{Out: stderr, NoColor: true}).Level(zerolog.WarnLevel).With().Timestamp().Logger()}
 	var err error
 	switch args[0] {
 	case "generate":
@@ -100,6 +102,7 @@ var errUsage = errors.New("usage")
 type cli struct {
 	stdout, stderr io.Writer
 	logger         zerolog.Logger
+	serveMemory    func(target int64) // see Main
 }
 
 func (c *cli) flags(name string) (*flag.FlagSet, *string) {
@@ -204,6 +207,9 @@ func (c *cli) replay(ctx context.Context, args []string) error {
 	if *dir == "" {
 		fmt.Fprintln(c.stderr, "--log DIR is required")
 		return errUsage
+	}
+	if c.serveMemory != nil {
+		c.serveMemory(*memTarget << 20)
 	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)

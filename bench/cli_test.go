@@ -14,7 +14,7 @@ import (
 func run(t *testing.T, args ...string) (string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
-	if code := bench.Main(args, &out, &errOut); code != 0 {
+	if code := bench.Main(args, &out, &errOut, nil); code != 0 {
 		t.Fatalf("engram bench %v: exit %d\n%s", args, code, errOut.String())
 	}
 	return out.String(), errOut.String()
@@ -68,7 +68,7 @@ func TestGenerateReplayCompare(t *testing.T) {
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{}, {"nope"}, {"generate"}, {"replay"}, {"load"}, {"redrive", "--log", "x"}, {"redrive", "--log", "x", "--url", "y", "--speed", "fast"}, {"compare", "one"}} {
 		var out, errOut bytes.Buffer
-		if code := bench.Main(args, &out, &errOut); code != 2 {
+		if code := bench.Main(args, &out, &errOut, nil); code != 2 {
 			t.Errorf("engram bench %v: exit %d, want 2\n%s", args, code, errOut.String())
 		}
 	}
