@@ -81,11 +81,11 @@ var fieldNums = func() map[string]uint16 {
 var (
 	indexAnalyzer = &analysis.DefaultAnalyzer{
 		Tokenizer:    unicode.NewUnicodeTokenizer(),
-		TokenFilters: []analysis.TokenFilter{cjk.NewCJKWidthFilter(), lowercase.NewLowerCaseFilter(), hangulFilter{}, cjk.NewCJKBigramFilter(true)},
+		TokenFilters: []analysis.TokenFilter{newWidthFilter(), lowercase.NewLowerCaseFilter(), hangulFilter{}, cjk.NewCJKBigramFilter(true)},
 	}
 	queryAnalyzer = &analysis.DefaultAnalyzer{
 		Tokenizer:    unicode.NewUnicodeTokenizer(),
-		TokenFilters: []analysis.TokenFilter{cjk.NewCJKWidthFilter(), lowercase.NewLowerCaseFilter(), hangulFilter{}, cjk.NewCJKBigramFilter(false)},
+		TokenFilters: []analysis.TokenFilter{newWidthFilter(), lowercase.NewLowerCaseFilter(), hangulFilter{}, cjk.NewCJKBigramFilter(false)},
 	}
 	keywordAnalyzer = &analysis.DefaultAnalyzer{Tokenizer: single.NewSingleTokenTokenizer()}
 )
