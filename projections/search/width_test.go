@@ -20,6 +20,8 @@ func bleveChain(singles bool) analysis.Analyzer {
 	}
 }
 
+var bleveIndexAnalyzer = bleveChain(true)
+
 // analysisTexts are varied text: ASCII, case, full-width ASCII, half-width
 // Katakana with voiced marks, Han, Kana, Hangul, emoji, URLs, numbers,
 // invalid UTF-8.
