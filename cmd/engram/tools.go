@@ -185,6 +185,10 @@ func rebuildCmd(args []string) int {
 	e.OnProgress(bar.update)
 	ctx, cancel := signalContext()
 	defer cancel()
+	// The memory settings of a server's rebuild at start: an offline
+	// rebuild keeps to the same memory_target.
+	setGC(o.l.cfg.MemoryTarget, os.LookupEnv, o.logger)
+	go returnMemory(ctx)
 	started := time.Now()
 	if err := e.Rebuild(ctx, names...); err != nil {
 		bar.done()
