@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -38,12 +39,32 @@ type unreadWrite struct {
 	key, value [2]int // in buf: start, end
 }
 
+// unreadBuffers keeps the buffers of committed batches' unread writes for
+// the next batches: a rebuild's batch holds megabytes of them (search's
+// term rows), which grown afresh by appending in every batch was a tenth
+// of the search fold's Apply.
+var unreadBuffers sync.Pool // of *unreadWrites, emptied
+
 func (u *unreadWrites) add(pos uint32, key, value []byte) {
+	if u.buf == nil {
+		if p, ok := unreadBuffers.Get().(*unreadWrites); ok {
+			*u = *p
+		}
+	}
 	k0 := len(u.buf)
 	u.buf = append(u.buf, key...)
 	v0 := len(u.buf)
 	u.buf = append(u.buf, value...)
 	u.recs = append(u.recs, unreadWrite{pos, [2]int{k0, v0}, [2]int{v0, len(u.buf)}})
+}
+
+// release hands u's buffers to the next batch, once what they hold has
+// been copied into the batch committed.
+func (u *unreadWrites) release() {
+	if u.buf != nil {
+		unreadBuffers.Put(&unreadWrites{recs: u.recs[:0], buf: u.buf[:0]})
+	}
+	*u = unreadWrites{}
 }
 
 // commitRecord is one write of a batch being committed. order is its
@@ -158,5 +179,9 @@ func commitSorted(db *pebble.DB, b *pebble.Batch, unread *unreadWrites) error {
 		return b.Commit(pebble.NoSync)
 	}
 	defer sorted.Close()
-	return sorted.Commit(pebble.NoSync)
+	if err := sorted.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	unread.release()
+	return nil
 }
