@@ -111,20 +111,22 @@ func (o Options) Params() map[string]string {
 
 // Result of a load run.
 type Result struct {
-	Sends        int64 // successful sends
-	SendsPerSec  float64
-	SendP50      time.Duration
-	SendP90      time.Duration
-	SendP99      time.Duration
-	Delivered    int64 // messages seen by their room's receiver
-	DeliveryP50  time.Duration
-	DeliveryP99  time.Duration
-	Errors       map[string]int64 // errcode -> count, setup and sends
-	ServerRSSKB  int64            // peak VmRSS sampled during the run (0 without PID)
-	ServerHWMKB  int64            // VmHWM at the end
-	DiskBytes    int64            // DataDir's size on disk after the run, ballast apart (0 without DataDir)
-	BallastBytes int64            // the log's emergency ballast in DataDir
-	SetupSeconds float64
+	Sends       int64 // successful sends
+	SendsPerSec float64
+	SendP50     time.Duration
+	SendP90     time.Duration
+	SendP99     time.Duration
+	Delivered   int64 // messages seen by their room's receiver
+	DeliveryP50 time.Duration
+	DeliveryP99 time.Duration
+	Errors      map[string]int64 // errcode -> count, setup and sends
+	ServerRSSKB int64            // peak VmRSS sampled during the run (0 without PID)
+	ServerHWMKB int64            // VmHWM at the end
+	// The server's CPU time (user and system) over the sends (0 without PID).
+	ServerCPUSeconds float64
+	DiskBytes        int64 // DataDir's size on disk after the run, ballast apart (0 without DataDir)
+	BallastBytes     int64 // the log's emergency ballast in DataDir
+	SetupSeconds     float64
 	// With Syncers: the messages the syncers saw arrive (one per syncer
 	// in the message's room), their latencies, and the syncs answered.
 	SyncerDeliveries  int64
@@ -274,6 +276,10 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		}()
 	}
 
+	var cpuStart float64
+	if opts.PID != 0 {
+		cpuStart, _ = report.ProcCPUSeconds(opts.PID)
+	}
 	start := time.Now()
 	sendCtx, stopSend := context.WithTimeout(ctx, opts.Duration)
 	defer stopSend()
@@ -288,6 +294,12 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	}
 	sendWG.Wait()
 	elapsed := time.Since(start)
+	var cpuSends float64
+	if opts.PID != 0 {
+		if end, err := report.ProcCPUSeconds(opts.PID); err == nil {
+			cpuSends = end - cpuStart
+		}
+	}
 
 	// Let receivers catch up with what was sent, then stop them.
 	graceEnd := time.Now().Add(opts.Grace)
@@ -314,6 +326,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	if opts.PID != 0 {
 		res.ServerRSSKB = peakRSS.Load()
 		res.ServerHWMKB, _ = report.ProcStatusKB(opts.PID, "VmHWM")
+		res.ServerCPUSeconds = cpuSends
 	}
 	if opts.DataDir != "" {
 		var err error
@@ -351,6 +364,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		if opts.PID != 0 {
 			rec.Add("server_rss_peak_mb", float64(res.ServerRSSKB)/1024, "MB", report.LowerIsBetter)
 			rec.Add("server_hwm_mb", float64(res.ServerHWMKB)/1024, "MB", report.LowerIsBetter)
+			rec.Add("server_cpu_s", res.ServerCPUSeconds, "s", report.LowerIsBetter)
 		}
 		if opts.DataDir != "" {
 			// Everything the server keeps (log, projections, WALs, raft

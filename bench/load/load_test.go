@@ -47,6 +47,10 @@ func TestLoadAgainstEngram(t *testing.T) {
 	if res.ServerRSSKB <= 0 {
 		t.Fatalf("server RSS not sampled")
 	}
+	// The server is this process: it answered every send on some CPU.
+	if res.ServerCPUSeconds <= 0 {
+		t.Fatalf("server CPU %v s over the sends", res.ServerCPUSeconds)
+	}
 	// The data directory holds at least the messages' bodies.
 	if res.DiskBytes < res.Sends*64 {
 		t.Fatalf("disk footprint %d bytes for %d sends, ballast %d", res.DiskBytes, res.Sends, res.BallastBytes)

@@ -41,6 +41,36 @@ func ProcStatusKB(pid int, field string) (int64, error) {
 	return 0, fmt.Errorf("%s has no %s field", path, field)
 }
 
+// ProcCPUSeconds reads the user and system CPU time of a process from
+// /proc/<pid>/stat. The kernel reports it in USER_HZ ticks, which Linux
+// fixes at 100 per second for every architecture's /proc.
+func ProcCPUSeconds(pid int) (float64, error) {
+	path := fmt.Sprintf("/proc/%d/stat", pid)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("read %s (CPU figures need Linux /proc): %w", path, err)
+	}
+	// The command name (field 2) may hold spaces; fields are counted from
+	// its closing parenthesis, after which state is field 3.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: unexpected format", path)
+	}
+	fs := strings.Fields(string(data[i+1:]))
+	if len(fs) < 13 {
+		return 0, fmt.Errorf("%s: unexpected format", path)
+	}
+	var ticks int64
+	for _, f := range fs[11:13] { // utime (field 14), stime (field 15)
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", path, err)
+		}
+		ticks += n
+	}
+	return float64(ticks) / 100, nil
+}
+
 // Percentile returns the p-th percentile (0..100) of durations, by the
 // nearest-rank method; 0 for an empty set. It sorts ds in place.
 func Percentile(ds []time.Duration, p float64) time.Duration {

@@ -74,6 +74,30 @@ func TestProcStatus(t *testing.T) {
 	}
 }
 
+// A process's CPU time grows while it computes, and reads back in seconds,
+// not ticks: 30 ms of spinning reads as at least 0.01 s more.
+func TestProcCPUSeconds(t *testing.T) {
+	before, err := ProcCPUSeconds(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var after float64
+	for x := 0; after < before+0.01; x++ {
+		for i := 0; i < 1e7; i++ {
+			x ^= i
+		}
+		if after, err = ProcCPUSeconds(os.Getpid()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after > before+60 {
+		t.Fatalf("CPU time went from %v to %v s: not seconds", before, after)
+	}
+	if _, err := ProcCPUSeconds(-1); err == nil {
+		t.Fatal("no process, yet CPU read")
+	}
+}
+
 // Every recorded figure carries the load average it was measured at, read
 // from /proc/loadavg and kept through a write and a read.
 func TestMeasurementCarriesLoadAverage(t *testing.T) {
