@@ -425,6 +425,44 @@ func TestCachedStateMatchesUncached(t *testing.T) {
 	}
 }
 
+// A room's state is kept for its members' initial syncs however many
+// members it has, within the parts' byte budget: a room of 210 members
+// (as in the 1,000-syncer load, where a bound of 200 events had every
+// initial sync read each room's state whole) is served from the state the
+// first member's sync left, the same as without the cache.
+func TestLargeRoomStateCached(t *testing.T) {
+	ts := startSyncTestServer(t)
+	alice := ts.register("alice")
+	var room struct {
+		RoomID string `json:"room_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/createRoom", alice.token, map[string]any{"preset": "public_chat"}, &room)
+	var last syncTestUser
+	for i := range 209 {
+		last = ts.register(fmt.Sprintf("m%d", i))
+		ts.call("POST", path("/_matrix/client/v3/join/%s", room.RoomID), last.token, map[string]any{}, nil)
+	}
+	ts.build(alice, 0, nil)
+	roomAt, _ := ts.s.eventsChangedAt(room.RoomID)
+	var cached stateAt
+	if _, err := ts.s.syncCache.parts.GetIf(synccache.PartKey{Kind: "state_before", Room: room.RoomID}, roomAt,
+		func(v any) bool { cached = v.(stateAt); return true },
+		func(any) (any, int, bool, error) { return nil, 0, false, nil }); err != nil {
+		t.Fatal(err)
+	}
+	// The state before the timeline (its last 10 joins) is still more
+	// than 200 events.
+	if len(cached.evs) <= 200 {
+		t.Fatalf("after an initial sync, the room's cached state holds %d events, want more than 200", len(cached.evs))
+	}
+	for _, e := range cached.evs {
+		if e.rec != nil {
+			t.Fatalf("the cached state keeps the event %s as read, not its client form", e.id)
+		}
+	}
+	ts.build(last, 0, nil) // from the cache, compared with the uncached build
+}
+
 // A source that skips offsets (a rebuilt generation took over) moves the
 // clock's horizon past the skipped batch and empties the caches: tokens
 // from before it take the uncached path.

@@ -897,10 +897,6 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// maxCachedState bounds the state a room's cached StateBefore may hold:
-// a larger room's is read each time rather than kept.
-const maxCachedState = 200
-
 // stateEvent is one event of a state section as a build uses it: its ID,
 // offset, transaction and head (what filters look at), and either the
 // event as read (rec) or its client form (f). A room's cached state
@@ -980,8 +976,11 @@ func (s *Server) syncStateEvent(v rooms.View, roomID string, se stateEvent, room
 // stateBefore is v.StateBefore(roomID, "", at), the room's state before
 // position at, cached per room for one position until the room's next
 // event (a redaction changes a state event's content): every member's
-// initial sync of a quiet room shares one read. A large state is read
-// each time rather than kept.
+// initial sync of a quiet room shares one read. The parts' byte budget
+// alone bounds what is kept: when a count of events did (200), the rooms
+// of 1,000 syncers (20 rooms each, 210 members a room) were read and
+// formatted whole for every member's initial sync, ~1 s each
+// (bench/README.md, 2026-12-07, syncers2).
 func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bool) ([]stateEvent, error) {
 	if uncached {
 		evs, err := v.StateBefore(roomID, "", at)
@@ -992,8 +991,8 @@ func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bo
 		func(v any) bool { return v.(stateAt).at == at },
 		func(old any) (any, int, bool, error) {
 			evs, err := v.StateBefore(roomID, "", at)
-			if err != nil || len(evs) > maxCachedState {
-				return stateAt{at, readStates(evs)}, 0, false, err
+			if err != nil {
+				return nil, 0, false, err
 			}
 			var prev map[string]formattedEvent
 			if old, ok := old.(stateAt); ok {
