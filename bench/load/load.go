@@ -127,6 +127,9 @@ type Result struct {
 	DiskBytes        int64 // DataDir's size on disk after the run, ballast apart (0 without DataDir)
 	BallastBytes     int64 // the log's emergency ballast in DataDir
 	SetupSeconds     float64
+	// The receivers' and syncers' initial syncs, all at once after the
+	// setup, until the last one was answered.
+	InitialSyncSeconds float64
 	// With Syncers: the messages the syncers saw arrive (one per syncer
 	// in the message's room), their latencies, and the syncs answered.
 	SyncerDeliveries  int64
@@ -255,6 +258,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 		}()
 	}
 	ready.Wait()
+	initialSyncs := time.Since(setupStart) - setup
 
 	var peakRSS atomic.Int64
 	sampleCtx, stopSample := context.WithCancel(ctx)
@@ -310,7 +314,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 	recvWG.Wait()
 	stopSample()
 
-	res := &Result{Sends: r.sends.Load(), Delivered: r.deliv.Load(), Errors: r.errors, SetupSeconds: setup.Seconds()}
+	res := &Result{Sends: r.sends.Load(), Delivered: r.deliv.Load(), Errors: r.errors, SetupSeconds: setup.Seconds(), InitialSyncSeconds: initialSyncs.Seconds()}
 	res.SendsPerSec = float64(res.Sends) / elapsed.Seconds()
 	r.latMu.Lock()
 	res.SendP50 = report.Percentile(r.sendLat, 50)
@@ -355,6 +359,7 @@ func Run(ctx context.Context, opts Options, rec *report.Recorder) (*Result, erro
 			rec.Add("errors."+code, float64(res.Errors[code]), "errors", report.LowerIsBetter)
 		}
 		rec.Add("setup_seconds", res.SetupSeconds, "s", report.LowerIsBetter)
+		rec.Add("initial_sync_seconds", res.InitialSyncSeconds, "s", report.LowerIsBetter)
 		if opts.Syncers > 0 {
 			rec.Add("syncer_deliveries", float64(res.SyncerDeliveries), "messages", "")
 			rec.Add("syncer_delivery_latency_p50_ms", report.MS(res.SyncerDeliveryP50), "ms", report.LowerIsBetter)

@@ -47,6 +47,9 @@ func TestLoadAgainstEngram(t *testing.T) {
 	if res.ServerRSSKB <= 0 {
 		t.Fatalf("server RSS not sampled")
 	}
+	if res.InitialSyncSeconds <= 0 {
+		t.Fatalf("initial syncs took %v s", res.InitialSyncSeconds)
+	}
 	// The server is this process: it answered every send on some CPU.
 	if res.ServerCPUSeconds <= 0 {
 		t.Fatalf("server CPU %v s over the sends", res.ServerCPUSeconds)
