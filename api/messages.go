@@ -217,7 +217,10 @@ func (f *roomEventFilter) allowsRoom(roomID string) bool {
 	return f.Rooms == nil || slices.Contains(f.Rooms, roomID)
 }
 
-func (f *roomEventFilter) allows(typ, sender string, content json.RawMessage) bool {
+// allowsType reports whether the filter's types let events of type typ
+// through (from some sender): when not, a section of that type alone needs
+// no reading at all.
+func (f *roomEventFilter) allowsType(typ string) bool {
 	if f == nil {
 		return true
 	}
@@ -226,7 +229,14 @@ func (f *roomEventFilter) allows(typ, sender string, content json.RawMessage) bo
 			return false
 		}
 	}
-	if f.Types != nil && !slices.ContainsFunc(f.Types, func(p string) bool { return typeMatches(p, typ) }) {
+	return f.Types == nil || slices.ContainsFunc(f.Types, func(p string) bool { return typeMatches(p, typ) })
+}
+
+func (f *roomEventFilter) allows(typ, sender string, content json.RawMessage) bool {
+	if f == nil {
+		return true
+	}
+	if !f.allowsType(typ) {
 		return false
 	}
 	if slices.Contains(f.NotSenders, sender) {

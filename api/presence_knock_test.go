@@ -76,6 +76,24 @@ func TestPresenceInSync(t *testing.T) {
 	if p == nil || p.Content.Raw["presence"] != "unavailable" || p.Content.Raw["status_msg"] != "lunch" {
 		t.Fatalf("changed presence: %+v", s3.Presence.Events)
 	}
+	// An incremental sync's presence filter: by type (none read at all)
+	// and by sender (bob's change checked against it before the rooms
+	// alice shares with him).
+	for filter, want := range map[string]bool{
+		`{"presence":{"not_types":["*"]}}`:                             false,
+		`{"presence":{"types":["m.typing"]}}`:                          false,
+		`{"presence":{"types":["m.*"]}}`:                               true,
+		`{"presence":{"not_senders":["` + bob.UserID.String() + `"]}}`: false,
+		`{"presence":{"senders":["` + bob.UserID.String() + `"]}}`:     true,
+	} {
+		s, err := alice.SyncRequest(ctx, 0, s2.NextBatch, filter, false, "offline")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := presenceOf(s, bob.UserID) != nil; got != want {
+			t.Errorf("filter %s: bob's changed presence sent %v, want %v (%+v)", filter, got, want, s.Presence.Events)
+		}
+	}
 	code, body := ts.do("GET", "/_matrix/client/v3/sync?set_presence=busy", alice.AccessToken, nil)
 	if code != 400 || body["errcode"] != "M_INVALID_PARAM" {
 		t.Fatalf("bad set_presence: %d %v", code, body)

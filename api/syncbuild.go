@@ -1184,6 +1184,14 @@ func stripped(e *rooms.Event) map[string]any {
 // on an initial sync, of all of them. The content is derived now
 // (presenceContent), so idle and offline show as such.
 func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms []rooms.Membership, joinedRooms []string, membersChanged func(string) bool, since, pos uint64, now int64, uncached bool) ([]map[string]any, error) {
+	out := []map[string]any{}
+	if !f.Presence.allowsType("m.presence") {
+		// A client that filters presence out (a bot, a receiver of one
+		// room) reads nothing for it: with 1,000 syncers coming online,
+		// each build read every changed user's memberships to drop them
+		// all here (bench/README.md, 2026-12-07, syncers2).
+		return out, nil
+	}
 	uv := s.userdataView()
 	var candidates []string
 	// newly are the users who began to share a room with the user in
@@ -1211,6 +1219,9 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms
 			return nil, err
 		}
 		for _, u := range changed {
+			if !f.Presence.allows("m.presence", u, nil) {
+				continue // before reading whether we share a room
+			}
 			if ok, err := s.sharesJoinedRoom(rv, sess.UserID, u, joinedRooms, uncached); err != nil {
 				return nil, err
 			} else if ok {
@@ -1227,7 +1238,6 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms
 		}
 		slices.Sort(candidates)
 	}
-	out := []map[string]any{}
 	for _, u := range candidates {
 		if !f.Presence.allows("m.presence", u, nil) {
 			continue
