@@ -55,6 +55,7 @@ type Clock struct {
 	events  map[string]uint64 // events only
 	members map[string]uint64 // member changes only
 	state   map[string]uint64 // current state changes only
+	ephem   map[string]uint64 // typing and receipts only
 	data    map[UserRoom]uint64
 	users   map[string]uint64 // account data, any room or global
 
@@ -65,7 +66,7 @@ type Clock struct {
 // NewClock returns a clock that covers nothing until its sources are
 // attached.
 func NewClock() *Clock {
-	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, events: map[string]uint64{}, members: map[string]uint64{}, state: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
+	return &Clock{seen: map[string]uint64{}, rooms: map[string]uint64{}, events: map[string]uint64{}, members: map[string]uint64{}, state: map[string]uint64{}, ephem: map[string]uint64{}, data: map[UserRoom]uint64{}, users: map[string]uint64{}}
 }
 
 // Attach declares a source whose batches will follow offset applied (its
@@ -111,6 +112,7 @@ func (c *Clock) Note(b Batch) {
 	}
 	for _, r := range b.Ephemeral {
 		c.rooms[r] = max(c.rooms[r], b.Last)
+		c.ephem[r] = max(c.ephem[r], b.Last)
 	}
 	for _, d := range b.RoomData {
 		c.data[d] = max(c.data[d], b.Last)
@@ -141,6 +143,10 @@ func (v View) RoomChangedAt(room string) uint64 { return v.c.rooms[room] }
 // EventsChangedAt is the position of the room's last event (0: none since
 // the horizon).
 func (v View) EventsChangedAt(room string) uint64 { return v.c.events[room] }
+
+// EphemeralChangedAt is the position of the room's last typing or receipt
+// change (0: none since the horizon).
+func (v View) EphemeralChangedAt(room string) uint64 { return v.c.ephem[room] }
 
 // MembersChangedAt is the position of the last change of the room's
 // members (0: none since the horizon).

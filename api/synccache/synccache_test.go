@@ -26,6 +26,9 @@ func TestClockNotesAndHorizon(t *testing.T) {
 		if v.RoomChangedAt("!a") != 12 || v.RoomChangedAt("!b") != 13 || v.MembersChangedAt("!m") != 12 || v.MembersChangedAt("!a") != 0 {
 			t.Error("room changes are not noted at their batch's last offset")
 		}
+		if v.EphemeralChangedAt("!b") != 13 || v.EphemeralChangedAt("!a") != 0 {
+			t.Error("typing and receipts are not noted apart from the room's events")
+		}
 		if v.RoomDataChangedAt("@u", "!c") != 13 || v.AccountDataChangedAt("@u") != 13 || v.RoomDataChangedAt("@u", "!a") != 0 {
 			t.Error("account data changes are not noted per user and room")
 		}
