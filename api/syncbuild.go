@@ -927,6 +927,10 @@ type stateEvent struct {
 	head   eventHead
 	rec    *rooms.Event   // the event as read; nil: from a room's cached state
 	f      formattedEvent // when rec is nil
+	// related: whether anything relates to the event, known (relKnown)
+	// when the room's state was cached with the relations fold caught up
+	// with the room: the answer holds for the same position as the state.
+	related, relKnown bool
 }
 
 // readState is a state event as read for this build.
@@ -981,7 +985,10 @@ func (s *Server) syncStateEvent(v rooms.View, roomID string, se stateEvent, room
 		return s.syncClientEvent(v, se.rec, sess, vis, uncached)
 	}
 	var rec *rooms.Event
-	related := s.relatedTo(roomID, se.id, roomAt, relCovered)
+	related := se.related
+	if !se.relKnown {
+		related = s.relatedTo(roomID, se.id, roomAt, relCovered)
+	}
 	if related {
 		// A failed read leaves the relations out, as bundledRelations
 		// does on its own read errors.
@@ -1003,7 +1010,7 @@ func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bo
 		evs, err := v.StateBefore(roomID, "", at)
 		return readStates(evs), err
 	}
-	pos, _ := s.eventsChangedAt(roomID)
+	pos, relCovered := s.eventsChangedAt(roomID)
 	got, err := s.syncCache.parts.GetIf(synccache.PartKey{Kind: "state_before", Room: roomID}, pos,
 		func(v any) bool { return v.(stateAt).at == at },
 		func(old any) (any, int, bool, error) {
@@ -1025,6 +1032,14 @@ func (s *Server) stateBefore(v rooms.View, roomID string, at uint64, uncached bo
 			for i, e := range evs {
 				var n int
 				out[i], n = s.cachedState(v, e, prev)
+				if relCovered && out[i].rec == nil {
+					// Kept with the state, not in the related cache: the
+					// rooms of 1,000 syncers hold ~21,000 state events,
+					// beyond its budget, so each initial sync read most
+					// of its 4,200 again (bench/README.md, syncers2).
+					ok, err := s.relationsView().HasChildren(roomID, e.EventID)
+					out[i].related, out[i].relKnown = ok, err == nil
+				}
 				size += n
 			}
 			return stateAt{at, out}, size, true, nil
