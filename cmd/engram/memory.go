@@ -82,8 +82,8 @@ const idleAllocBytes = 4 << 20
 //     returned). Under load the heap grows to gcPercent over its live set,
 //     up to the memory limit, and the runtime's scavenger returns only
 //     what lies above that goal, so after a burst an idle server would go
-//     on holding about three times its live set; one collection when it
-//     goes idle costs a few ms.
+//     on holding about three times its live set. It costs one collection
+//     per idle spell.
 func returnMemory(ctx context.Context) {
 	t := time.NewTicker(returnMemoryEvery)
 	defer t.Stop()
