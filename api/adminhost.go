@@ -29,7 +29,7 @@ func (s *Server) adminRoutes() {
 // AdminEndpoints lists the admin API's endpoints ("METHOD /path").
 func (s *Server) AdminEndpoints() []string { return s.admin.Endpoints() }
 
-func (s *Server) adminState() adminstate.View { return adminstate.NewView(s.adminH.Reader()) }
+func (s *Server) adminState() adminstate.View { return s.adminDecisions.View(s.adminH.Reader()) }
 
 // adminHost is what the admin API gets of the server.
 type adminHost struct{ s *Server }

@@ -67,7 +67,10 @@ type Server struct {
 	userdataH *projections.Handle
 	reportsH  *projections.Handle
 	openidH   *projections.Handle
-	adminH    *projections.Handle // adminstate: what admins decided about rooms and the server
+	// adminDecisions (adminstate): what admins decided about rooms and
+	// the server; its View caches what reading a timeline consults.
+	adminDecisions *adminstate.Projection
+	adminH         *projections.Handle
 	// appserviceH: where each application service's delivery stands;
 	// asClient makes the requests to them.
 	appserviceH *projections.Handle
@@ -166,7 +169,8 @@ func New(cfg Config, deps Deps) (*Server, error) {
 	s.newSyncCache()
 	s.reportsH = deps.Engine.Register(reports.New())
 	s.openidH = deps.Engine.Register(openid.New())
-	s.adminH = deps.Engine.Register(adminstate.New())
+	s.adminDecisions = adminstate.New()
+	s.adminH = deps.Engine.Register(s.adminDecisions)
 	s.appserviceH = deps.Engine.Register(asproj.New())
 	s.asClient = &http.Client{Timeout: 60 * time.Second}
 	s.engine = deps.Engine

@@ -31,10 +31,10 @@ type Block struct {
 }
 
 // Projection is the admin read model.
-type Projection struct{}
+type Projection struct{ cache *Cache }
 
 // New returns the projection to register on the engine.
-func New() *Projection { return &Projection{} }
+func New() *Projection { return &Projection{cache: newCache()} }
 
 func (*Projection) Name() string { return "adminstate" }
 func (*Projection) Version() int { return 2 } // 2: restores
@@ -127,10 +127,14 @@ func purgedUpTo(r projections.Reader, roomID string) (uint64, error) {
 }
 
 // View answers queries over a Reader.
-type View struct{ r projections.Reader }
+type View struct {
+	r     projections.Reader
+	cache *Cache // nil: every query reads r (Projection.View sets it)
+}
 
-// NewView wraps a reader of this projection's keyspace.
-func NewView(r projections.Reader) View { return View{r} }
+// NewView wraps a reader of this projection's keyspace, without the
+// cache (snapshots, tools, other packages' occasional reads).
+func NewView(r projections.Reader) View { return View{r: r} }
 
 // Blocked returns the room's block, or nil when it is not blocked.
 func (v View) Blocked(roomID string) (*Block, error) {
@@ -144,7 +148,14 @@ type Restore struct{ Cut, Offset uint64 }
 // Restored returns the latest restore, or nil if the log was never
 // restored.
 func (v View) Restored() (*Restore, error) {
-	b, ok, err := v.r.Get([]byte{pRestored})
+	if v.cache != nil {
+		return v.cachedRestored()
+	}
+	return restored(v.r)
+}
+
+func restored(r projections.Reader) (*Restore, error) {
+	b, ok, err := r.Get([]byte{pRestored})
 	if err != nil || !ok || len(b) != 16 {
 		return nil, err
 	}
@@ -188,7 +199,12 @@ func (v View) RoomDeletions(roomID string) ([]facts.RoomDeleted, error) {
 
 // PurgedUpTo is the log offset up to which the room's history is hidden
 // (0: none).
-func (v View) PurgedUpTo(roomID string) (uint64, error) { return purgedUpTo(v.r, roomID) }
+func (v View) PurgedUpTo(roomID string) (uint64, error) {
+	if v.cache != nil {
+		return v.cachedPurgedUpTo(roomID)
+	}
+	return purgedUpTo(v.r, roomID)
+}
 
 // Purge returns a history purge, or nil.
 func (v View) Purge(purgeID string) (*facts.HistoryPurged, error) {
