@@ -49,6 +49,9 @@ const (
 	// little more and raised peak RSS by ~75 MB.
 	defaultRebuildBatchEntries = 5000
 	defaultRebuildBatchBytes   = 16 << 20
+	// defaultRebuildBatchWrites is what one projection's rebuild batch
+	// should write at most (shadowChunk).
+	defaultRebuildBatchWrites = 32 << 20
 	// rebuildReadAhead bounds how many batches the log reader of a rebuild
 	// runs ahead of the slowest projection.
 	rebuildReadAhead = 2
@@ -75,6 +78,7 @@ type Engine struct {
 
 	rebuildBatchEntries int
 	rebuildBatchBytes   int
+	rebuildBatchWrites  int
 
 	tail tailCache
 
@@ -108,6 +112,7 @@ func NewEngine(l englog.Log, db *pebble.DB, logger zerolog.Logger, metrics prome
 
 		rebuildBatchEntries: defaultRebuildBatchEntries,
 		rebuildBatchBytes:   defaultRebuildBatchBytes,
+		rebuildBatchWrites:  defaultRebuildBatchWrites,
 		byName:              map[string]*Handle{},
 	}
 	e.metrics = newEngineMetrics(e)
@@ -532,8 +537,12 @@ func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResu
 		if len(r.entries) == 0 {
 			return e.switchToShadow(ctx, h, lastBatch)
 		}
-		if err := e.applyBatch(h, true, r.entries, r.pdus); err != nil {
-			return err
+		for rest := r.entries; len(rest) > 0; {
+			n := shadowChunk(len(rest), h.shadowBytesPerEntry, e.rebuildBatchWrites)
+			if err := e.applyBatch(h, true, rest[:n], r.pdus); err != nil {
+				return err
+			}
+			rest = rest[n:]
 		}
 		lastBatch = r.entries
 		if progress != nil {
@@ -545,6 +554,24 @@ func (e *Engine) foldShadow(ctx context.Context, h *Handle, feed <-chan readResu
 				Uint64("log_end", e.log.LastOffset()).Msg("rebuilding projection")
 		}
 	}
+}
+
+// shadowChunk is how many of n entries a shadow's next batch folds, given
+// what its last one wrote per entry: as many as keep the batch's writes
+// near limit bytes. The entries of a rebuild's batch are read for
+// every projection at once, and most write a few MB from them; but the
+// notifications fold writes a record per local member notified (a
+// 5,000-entry batch of a log whose rooms hold ~100 local members each was
+// ~170 MB of writes, held in the Go heap twice over until the commit: a
+// replay of 20,000 such entries peaked at 863 MB of RSS and spent a third
+// of its CPU in the GC). A fold's result does not depend on where its
+// batches are cut: a live projection folds the same entries in batches of
+// whatever the log held at each wake-up.
+func shadowChunk(n int, bytesPerEntry float64, limit int) int {
+	if bytesPerEntry <= 0 {
+		return n
+	}
+	return max(1, min(n, int(float64(limit)/bytesPerEntry)))
 }
 
 // foldLabels labels a fold's goroutine (and those it starts) in CPU
@@ -646,6 +673,7 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry, pdus
 		// over (scratch.go), and the switch writes the rebuilt
 		// generation's.
 		m.ShadowApplied = last
+		h.shadowBytesPerEntry = float64(len(b.Repr())+len(w.unread.buf)) / float64(len(entries))
 		if b.Count() > 0 || len(w.unread.recs) > 0 {
 			if err := commitSorted(db, b, &w.unread); err != nil {
 				return fmt.Errorf("projections: committing %q's rebuild at offset %d: %w", h.name, last, err)
@@ -984,6 +1012,9 @@ type Handle struct {
 	// shadow, owned like meta, is where in a scratch store the shadow
 	// generation is folded while it is being built.
 	shadow shadowStore
+	// shadowBytesPerEntry, owned like meta, is what the shadow's last
+	// batch wrote per entry folded (foldShadow sizes the next by it).
+	shadowBytesPerEntry float64
 	// afterSwitch, owned like meta, is run after the switch to a rebuilt
 	// generation and before applied moves (refoldAfterErasure).
 	afterSwitch func(context.Context) error

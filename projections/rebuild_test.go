@@ -94,6 +94,44 @@ func TestRebuildAllReadsTheLogOnce(t *testing.T) {
 	}
 }
 
+// TestRebuildCutsBatchesThatWriteMuch: a projection whose rebuild batches
+// write more than the engine's bound folds each batch read in smaller
+// ones, sized by what the last one wrote per entry, and ends with the
+// digest of a live fold; one that writes little keeps the batches read.
+func TestRebuildCutsBatchesThatWriteMuch(t *testing.T) {
+	f := newFixture(t)
+	appendMessages(t, f.log, 1000, "!a:x")
+	live, _ := f.engine(t, &timeline{name: "a", version: 1})
+	if err := live.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	want := mustDigest(t, live, "a")
+	live.Close()
+
+	for _, c := range []struct {
+		writes   int
+		min, max int // batches applied
+	}{
+		{writes: 32 << 20, min: 10, max: 10}, // the 10 batches read
+		{writes: 2 << 10, min: 20, max: 1000}, // the first batch read whole, then a few dozen entries each
+	} {
+		e := NewEngine(f.log, f.db, testLogger(t), nil)
+		e.rebuildBatchEntries, e.rebuildBatchWrites = 100, c.writes
+		p := &timeline{name: "a", version: 1}
+		e.Register(p)
+		if err := e.Rebuild(context.Background(), "a"); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustDigest(t, e, "a"); !bytes.Equal(got, want) {
+			t.Errorf("bound %d B: rebuilt digest %x, live %x", c.writes, got, want)
+		}
+		if n := len(p.applyStarts()); n < c.min || n > c.max {
+			t.Errorf("bound %d B: %d batches applied, want %d-%d", c.writes, n, c.min, c.max)
+		}
+		e.Close()
+	}
+}
+
 // TestRebuildStopsOnTheFirstApplyError: one projection failing mid-way
 // stops the whole rebuild with its error (no hang of the others, which
 // wait for batches the reader no longer sends), and the projections keep
