@@ -201,6 +201,7 @@ func (c *cli) replay(ctx context.Context, args []string) error {
 	fs.Var(&names, "projection", "projection to rebuild (repeatable; default: all)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the rebuild to this file (go tool pprof)")
 	memTarget := fs.Int64("memory-target-mb", 0, "memory budget of the log's storage caches in MB, as memory_target (0: the server's default)")
+	serverName := fs.String("server-name", replay.DefaultServerName, "server the projections are folded for; the generator's (bench.localhost) makes its users local, so notifications evaluate their push rules")
 	if err := c.parse(fs, args); err != nil {
 		return err
 	}
@@ -228,7 +229,7 @@ func (c *cli) replay(ctx context.Context, args []string) error {
 	}
 	defer closeRec()
 	last := time.Time{}
-	res, err := replay.Run(ctx, replay.Options{Dir: *dir, MemoryTarget: *memTarget << 20, Projections: names, Logger: c.logger, Progress: func(name string, applied, target uint64) {
+	res, err := replay.Run(ctx, replay.Options{Dir: *dir, MemoryTarget: *memTarget << 20, Projections: names, ServerName: *serverName, Logger: c.logger, Progress: func(name string, applied, target uint64) {
 		if time.Since(last) > 500*time.Millisecond || applied == target {
 			last = time.Now()
 			fmt.Fprintf(c.stderr, "\r%-12s %d/%d", name, applied, target)
