@@ -112,7 +112,7 @@ func TestRebuildCutsBatchesThatWriteMuch(t *testing.T) {
 		writes   int
 		min, max int // batches applied
 	}{
-		{writes: 32 << 20, min: 10, max: 10}, // the 10 batches read
+		{writes: 32 << 20, min: 10, max: 10},  // the 10 batches read
 		{writes: 2 << 10, min: 20, max: 1000}, // the first batch read whole, then a few dozen entries each
 	} {
 		e := NewEngine(f.log, f.db, testLogger(t), nil)
