@@ -334,13 +334,15 @@ func (g *gatewayRecorder) all() []map[string]any {
 func TestNotificationsEndpoint(t *testing.T) {
 	ts := startServer(t)
 	ctx := context.Background()
-	alice, bob := ts.register("alice"), ts.register("bob")
+	alice, bob, carol := ts.register("alice"), ts.register("bob"), ts.register("carol")
 	room, err := bob.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := alice.JoinRoomByID(ctx, room.RoomID); err != nil {
-		t.Fatal(err)
+	for _, c := range []*mautrix.Client{alice, carol} {
+		if _, err := c.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
 	}
 	first := say(t, bob, room.RoomID, "one")
 	mention, err := bob.SendMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "hi",
@@ -349,9 +351,9 @@ func TestNotificationsEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	third := say(t, bob, room.RoomID, "three")
-	list := func(q string) ([]map[string]any, string) {
+	listFor := func(c *mautrix.Client, q string) ([]map[string]any, string) {
 		t.Helper()
-		code, body := ts.do("GET", "/_matrix/client/v3/notifications"+q, alice.AccessToken, nil)
+		code, body := ts.do("GET", "/_matrix/client/v3/notifications"+q, c.AccessToken, nil)
 		if code != 200 {
 			t.Fatalf("GET /notifications%s: %d %v", q, code, body)
 		}
@@ -362,6 +364,7 @@ func TestNotificationsEndpoint(t *testing.T) {
 		next, _ := body["next_token"].(string)
 		return out, next
 	}
+	list := func(q string) ([]map[string]any, string) { t.Helper(); return listFor(alice, q) }
 	evID := func(n map[string]any) string { return n["event"].(map[string]any)["event_id"].(string) }
 	all, _ := list("")
 	if len(all) != 3 || evID(all[0]) != third.String() || evID(all[1]) != mention.EventID.String() || evID(all[2]) != first.String() {
@@ -383,6 +386,23 @@ func TestNotificationsEndpoint(t *testing.T) {
 	hl, _ := list("?only=highlight")
 	if len(hl) != 1 || evID(hl[0]) != mention.EventID.String() {
 		t.Fatalf("only=highlight: %v", hl)
+	}
+	// The mention notified alice and carol differently (the fold stores
+	// one record per way an event notified, which each member's names).
+	highlights := func(n map[string]any) bool {
+		for _, a := range n["actions"].([]any) {
+			if tw, ok := a.(map[string]any); ok && tw["set_tweak"] == "highlight" && tw["value"] != false {
+				return true
+			}
+		}
+		return false
+	}
+	theirs, _ := listFor(carol, "")
+	if len(theirs) != 3 || evID(theirs[1]) != mention.EventID.String() || highlights(theirs[1]) || !highlights(all[1]) {
+		t.Fatalf("the mention of alice: alice's notification %v, carol's %v", all[1], theirs)
+	}
+	if hl, _ := listFor(carol, "?only=highlight"); len(hl) != 0 {
+		t.Fatalf("carol, not mentioned, has highlights: %v", hl)
 	}
 	if err := alice.SendReceipt(ctx, room.RoomID, mention.EventID, event.ReceiptTypeRead, nil); err != nil {
 		t.Fatal(err)

@@ -45,8 +45,10 @@ const (
 	pLocal   = 'j' // j room 0 user -> display name (local users joined)
 	pEvent   = 'e' // e eventKey(eventID) -> eventRec: events folded, and the state a later federated join may name
 	pRules   = 'u' // u user -> m.push_rules content
-	pNotif   = 'a' // a user 0 offset(8) -> Notification
+	pNotif   = 'a' // a user 0 offset(8) -> at(8) variant(1): the user's notification by the event's pVariant record
 	pOldest  = 'b' // b user -> at(8): the log time of the user's first notification kept
+	pVariant = 'v' // v offset(8) variant(1) -> at(8) Notification: the event's notification for the members one set of actions notified
+	pVarOld  = 'w' // w -> at(8): the log time of the first pVariant record kept
 	pUnread  = 'n' // n user 0 room 0 offset(8) -> highlight(1) thread
 	pCount   = 'c' // c user 0 room 0 thread -> notifications(8) highlights(8): pUnread's entries above the thread's floor (never zero)
 	pFloor   = 'f' // f user 0 room 0 thread -> offset(8) read up to ("" unthreaded)
@@ -81,7 +83,9 @@ type Notification struct {
 // Retention is how long a notification stays listed by GET
 // /notifications (Synapse keeps push actions for 30 days). Older ones are
 // dropped by the fold as newer ones arrive for the same user, counted in
-// log time, so a replay drops exactly the same ones.
+// log time, so a replay drops exactly the same ones; one may leave the
+// listing earlier, once its event's record (pVariant) is dropped as newer
+// events notify anyone.
 const Retention int64 = 30 * 24 * 60 * 60 * 1000
 
 // prunePerAdd bounds how many expired notifications one new notification
@@ -175,12 +179,16 @@ func (*Projection) Name() string { return Name }
 // one e record per event, keyed by a hash of its ID, holding its offset
 // and, for a state event the fold follows, only what the fold reads of it
 // (was: an e key by event ID with the offset, and an o key by event ID
-// with a copy of the state event's JSON).
-func (*Projection) Version() int { return 6 }
+// with a copy of the state event's JSON). Version 7: a notification is
+// stored once per event and set of actions (pVariant), and each member's
+// row (pNotif) names it, instead of a copy per member.
+func (*Projection) Version() int { return 7 }
 
 // ReadsVersion: the views read no e or o key, and version 6 changed no
-// other record, so version 5 serves while version 6 is rebuilt.
-func (*Projection) ReadsVersion(stored int) bool { return stored == 5 }
+// other record, so version 5 serves while a later version is rebuilt; the
+// views read version 7's pNotif rows and the copies versions 5 and 6
+// stored alike (notificationOf).
+func (*Projection) ReadsVersion(stored int) bool { return stored == 5 || stored == 6 }
 
 // AfterCommit wakes the gateway sender.
 func (p *Projection) AfterCommit(entries []englog.Entry) {
@@ -283,8 +291,9 @@ type batch struct {
 	w     projections.Writer
 	rooms map[string]*roomState
 
-	rules  map[string]*push.Compiled // by user, as stored (pRules) now
-	oldest map[string]int64          // by user: pOldest as written now
+	rules map[string]*push.Compiled // by user, as stored (pRules) now
+	// oldest are the pOldest and pVarOld records as written now, by key.
+	oldest map[string]int64
 	// counts are the counts (pCount) of a user in a room by thread as
 	// count left them, to be written by flushCounts, keyed by countsKey;
 	// a recount, which writes them itself, drops them.
@@ -723,7 +732,9 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 	if json.Unmarshal(ev.Content(), &rel) == nil && rel.RelatesTo.RelType == "m.thread" && rel.RelatesTo.EventID != "" {
 		thread = rel.RelatesTo.EventID
 	}
-	records := map[string][]byte{}
+	// variants are the event's pVariant records written, by set of
+	// actions: members the same rules notified the same way share one.
+	variants := map[string]byte{}
 	for _, t := range targets {
 		u := t.userID
 		rules := b.rules[u]
@@ -738,24 +749,37 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 		if !ok || !res.Notify {
 			continue
 		}
-		// The record is the event's but for the actions (and the
-		// highlight and tweaks they carry: push.Result), which members
-		// with the same rule share: one encoding per set of actions.
+		// The notification is the event's but for the actions (and the
+		// highlight and tweaks they carry: push.Result): one record per
+		// set of actions, which each member's row names. A copy per
+		// member was ~330 bytes each, 9x the event JSON on disk in rooms
+		// of a hundred local members.
 		rk := string(slices.Concat(res.Actions...)) // self-delimiting JSON values
-		rec, ok := records[rk]
+		variant, ok := variants[rk]
 		if !ok {
+			if len(variants) > 0xff {
+				return fmt.Errorf("notifications: event %s notifies its members in more than 256 ways", ev.EventID())
+			}
+			variant = byte(len(variants))
+			variants[rk] = variant
 			n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
 				Actions: res.Actions, Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
 				Type: ev.Type(), Sender: sender, At: e.Time}
-			if rec, err = json.Marshal(n); err != nil {
+			rec, err := json.Marshal(n)
+			if err != nil {
 				return err
 			}
-			records[rk] = rec
+			if err := b.prune([]byte{pVarOld}, []byte{pVariant}, e.Time-Retention, e.Time); err != nil {
+				return err
+			}
+			if err := b.w.Set(variantKey(e.Offset, variant), append(offsetBytes(uint64(e.Time)), rec...)); err != nil {
+				return err
+			}
 		}
-		if err := b.pruneNotifications(u, e.Time-Retention, e.Time); err != nil {
+		if err := b.prune(projections.Key(pOldest, u), projections.Key(pNotif, u, ""), e.Time-Retention, e.Time); err != nil {
 			return err
 		}
-		if err := b.w.Set(withOffset(projections.Key(pNotif, u), e.Offset), rec); err != nil {
+		if err := b.w.Set(withOffset(projections.Key(pNotif, u), e.Offset), append(offsetBytes(uint64(e.Time)), variant)); err != nil {
 			return err
 		}
 		v := []byte{0}
@@ -804,29 +828,32 @@ func (p *Projection) compiled(r projections.Reader, userID string) (*push.Compil
 	return comp, nil
 }
 
-// pruneNotifications deletes a user's oldest notifications from before
-// cutoff (log time), at most prunePerAdd of them, before a notification at
-// log time at is added. The user's pOldest record (the log time of their
-// first notification kept) says whether any has expired without reading
-// the notifications: under live traffic none has, and the scan it saves
-// (an iterator and a decode per notification) was a sixth of the fold's
-// evaluation.
-func (b *batch) pruneNotifications(userID string, cutoff, at int64) error {
-	if oldest, ok := b.oldest[userID]; ok && oldest >= cutoff {
+func variantKey(off uint64, variant byte) []byte {
+	return append(binary.BigEndian.AppendUint64([]byte{pVariant}, off), variant)
+}
+
+// prune deletes the oldest records under prefix (a user's pNotif rows, or
+// every pVariant record) from before cutoff (log time), at most
+// prunePerAdd of them, before one at log time at is added. Their oldest
+// record (pOldest, pVarOld: the log time of the first one kept) says
+// whether any has expired without reading them: under live traffic none
+// has, and the scan it saves (an iterator per notification) was a sixth
+// of the fold's evaluation. Both kinds of record start with their log
+// time.
+func (b *batch) prune(oldestKey, prefix []byte, cutoff, at int64) error {
+	if oldest, ok := b.oldest[string(oldestKey)]; ok && oldest >= cutoff {
 		return nil
 	}
-	k := projections.Key(pOldest, userID)
-	oldest, kept, err := getOffset(b.w, k)
+	oldest, kept, err := getOffset(b.w, oldestKey)
 	if err != nil {
 		return err
 	}
 	if kept && int64(oldest) >= cutoff {
-		b.oldest[userID] = int64(oldest)
+		b.oldest[string(oldestKey)] = int64(oldest)
 		return nil
 	}
-	prefix := projections.Key(pNotif, userID, "")
 	first, _, err := b.deleteLeading(prefix, projections.PrefixEnd(prefix), prunePerAdd, func(k, v []byte) (bool, error) {
-		t, err := notificationAt(k, v)
+		t, err := recordAt(k, v)
 		return t < cutoff, err
 	})
 	if err != nil {
@@ -834,23 +861,20 @@ func (b *batch) pruneNotifications(userID string, cutoff, at int64) error {
 	}
 	next := at // none left: the one being added is the first
 	if first != nil {
-		if next, err = notificationAt(first.key, first.value); err != nil {
+		if next, err = recordAt(first.key, first.value); err != nil {
 			return err
 		}
 	}
-	b.oldest[userID] = next
-	return b.w.Set(k, offsetBytes(uint64(next)))
+	b.oldest[string(oldestKey)] = next
+	return b.w.Set(oldestKey, offsetBytes(uint64(next)))
 }
 
-// notificationAt is a stored notification's log time.
-func notificationAt(k, v []byte) (int64, error) {
-	var n struct {
-		At int64 `json:"at"`
+// recordAt is the log time a pNotif or pVariant record starts with.
+func recordAt(k, v []byte) (int64, error) {
+	if len(v) < 8 {
+		return 0, fmt.Errorf("notifications: corrupt record %q (%d bytes); rebuild it with `engram rebuild --projection notifications`", k, len(v))
 	}
-	if err := json.Unmarshal(v, &n); err != nil {
-		return 0, fmt.Errorf("notifications: corrupt record %q: %w", k, err)
-	}
-	return n.At, nil
+	return int64(binary.BigEndian.Uint64(v)), nil
 }
 
 // keptKey is the first key deleteLeading kept, with its value.

@@ -40,17 +40,46 @@ func (v View) Notifications(userID string, before uint64, limit int, onlyHighlig
 	it := v.r.Iter(prefix, upper)
 	var out []Notification
 	for ok := it.Last(); ok && len(out) < limit; ok = it.Prev() {
-		var n Notification
-		if err := json.Unmarshal(it.Value(), &n); err != nil {
+		n, ok, err := v.notificationOf(it.Key(), it.Value())
+		if err != nil {
 			it.Close()
-			return nil, fmt.Errorf("notifications: corrupt record %q: %w", it.Key(), err)
+			return nil, err
 		}
-		if onlyHighlight && !n.Highlight {
+		if !ok || (onlyHighlight && !n.Highlight) {
 			continue
 		}
 		out = append(out, n)
 	}
 	return out, it.Close()
+}
+
+// notificationOf is the notification a user's pNotif row names: its
+// event's pVariant record (false when the fold pruned it, which it does
+// only past Retention, when the row itself has expired), or, in a
+// generation of versions 5 and 6, the copy the row holds.
+func (v View) notificationOf(k, row []byte) (Notification, bool, error) {
+	var n Notification
+	if len(row) > 0 && row[0] == '{' { // versions 5 and 6
+		if err := json.Unmarshal(row, &n); err != nil {
+			return n, false, fmt.Errorf("notifications: corrupt record %q: %w", k, err)
+		}
+		return n, true, nil
+	}
+	if len(row) != 9 || len(k) < 8 {
+		return n, false, fmt.Errorf("notifications: corrupt record %q (%d bytes); rebuild it with `engram rebuild --projection notifications`", k, len(row))
+	}
+	vk := variantKey(binary.BigEndian.Uint64(k[len(k)-8:]), row[8])
+	rec, ok, err := v.r.Get(vk)
+	if err != nil || !ok {
+		return n, false, err
+	}
+	if len(rec) < 8 {
+		return n, false, fmt.Errorf("notifications: corrupt record %q (%d bytes); rebuild it with `engram rebuild --projection notifications`", vk, len(rec))
+	}
+	if err := json.Unmarshal(rec[8:], &n); err != nil {
+		return n, false, fmt.Errorf("notifications: corrupt record %q: %w", vk, err)
+	}
+	return n, true, nil
 }
 
 // NotificationsAfter are a user's notifications newer than after, oldest
@@ -61,12 +90,14 @@ func (v View) NotificationsAfter(userID string, after uint64, limit int) ([]Noti
 	it := v.r.Iter(lower, projections.PrefixEnd(prefix))
 	var out []Notification
 	for ok := it.First(); ok && len(out) < limit; ok = it.Next() {
-		var n Notification
-		if err := json.Unmarshal(it.Value(), &n); err != nil {
+		n, ok, err := v.notificationOf(it.Key(), it.Value())
+		if err != nil {
 			it.Close()
-			return nil, fmt.Errorf("notifications: corrupt record %q: %w", it.Key(), err)
+			return nil, err
 		}
-		out = append(out, n)
+		if ok {
+			out = append(out, n)
+		}
 	}
 	return out, it.Close()
 }
