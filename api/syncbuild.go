@@ -312,7 +312,7 @@ func (s *Server) syncJoinedRoom(sess *session, v rooms.View, f *syncFilter, room
 		return nil, false, err
 	}
 	// One more than the limit tells whether the timeline was cut.
-	evs, _, _, err := s.page(v, roomID, upper, false, limit+1, roomSince, tf, vis)
+	evs, err := s.syncTimeline(v, roomID, upper, limit+1, roomSince, tf, vis, opts.uncached)
 	if err != nil {
 		return nil, false, err
 	}
