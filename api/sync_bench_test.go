@@ -363,3 +363,41 @@ func BenchmarkManySyncersOneSend(b *testing.B) {
 	wg.Wait()
 	emitJSON(map[string]any{"bench": "many_syncers_one_send", "syncers": syncers, "rooms": roomCount, "sends": len(lats), "p50_ms": pct(lats, 50), "p99_ms": pct(lats, 99), "cpu_ms_per_send": cpu / float64(len(lats)), "cpu_us_per_woken_syncer": 1000 * cpu / float64(len(lats)*syncers)})
 }
+
+// BenchmarkSyncBusyRooms: 100 members of the same 20 rooms, each of
+// which got 15 messages since their token; every sync (the members in
+// turn, timeout 0) builds 20 limited timelines of the same events, as
+// the 1,000 syncers of `bench load` do between two messages of a room.
+// Per build: CPU ms (the server and this client), ns and allocations.
+func BenchmarkSyncBusyRooms(b *testing.B) {
+	const members, roomCount, messages = 100, 20, 15
+	srv := startBenchServer(b)
+	owner := srv.register(b, "owner")
+	roomIDs := make([]string, roomCount)
+	for i := range roomIDs {
+		roomIDs[i] = srv.createRoom(b, owner)
+	}
+	tokens := make([]string, members)
+	for i := range tokens {
+		tokens[i] = srv.register(b, fmt.Sprintf("member%d", i))
+		for _, room := range roomIDs {
+			srv.call(b, "POST", "/_matrix/client/v3/join/"+url.PathEscape(room), tokens[i], map[string]any{}, nil)
+		}
+	}
+	since := srv.sync(b, owner, "", 0).NextBatch
+	for _, room := range roomIDs {
+		for n := range messages {
+			srv.send(b, owner, room, n)
+		}
+	}
+	b.Run("members", func(b *testing.B) {
+		b.ReportAllocs()
+		cpu0 := cpuMS()
+		b.ResetTimer()
+		for i := range b.N {
+			srv.call(b, "GET", "/_matrix/client/v3/sync?set_presence=offline&timeout=0&since="+url.QueryEscape(since), tokens[i%members], nil, nil)
+		}
+		b.StopTimer()
+		emitJSON(map[string]any{"bench": "sync_busy_rooms", "members": members, "rooms": roomCount, "syncs": b.N, "cpu_ms_per_sync": (cpuMS() - cpu0) / float64(b.N)})
+	})
+}
