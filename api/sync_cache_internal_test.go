@@ -598,3 +598,30 @@ func TestAppendJSONString(t *testing.T) {
 		}
 	}
 }
+
+// heroes merges the joined and invited lists (each in state key order)
+// into what sorting them together gave: the first five but the reader.
+func TestHeroesAsSortedTogether(t *testing.T) {
+	cases := []struct{ joined, invited []string }{
+		{nil, nil},
+		{[]string{"@a:x"}, nil},
+		{[]string{"@b:x", "@d:x", "@f:x", "@h:x", "@j:x", "@l:x"}, []string{"@a:x", "@c:x", "@e:x"}},
+		{[]string{"@m:x", "@n:x"}, []string{"@a:x", "@b:x", "@c:x", "@d:x", "@e:x", "@f:x"}},
+		{[]string{"@a:x", "@b:x", "@c:x", "@d:x", "@e:x", "@f:x", "@g:x"}, []string{"@z:x"}},
+	}
+	for _, c := range cases {
+		all := append(slices.Clone(c.joined), c.invited...)
+		slices.Sort(all)
+		for _, self := range append(slices.Clone(all), "@none:x") {
+			want := []string{}
+			for _, u := range all {
+				if u != self && len(want) < 5 {
+					want = append(want, u)
+				}
+			}
+			if got := heroes(c.joined, c.invited, self); !slices.Equal(got, want) {
+				t.Fatalf("heroes(%v, %v, %s) = %v, want %v", c.joined, c.invited, self, got, want)
+			}
+		}
+	}
+}
