@@ -625,3 +625,59 @@ func TestHeroesAsSortedTogether(t *testing.T) {
 		}
 	}
 }
+
+// An incremental build's presence carries the changed users who share a
+// joined room with the reader, and no one else, the same as without the
+// cache: asked about fewer users than the reader's rooms (their
+// memberships) and about more (the rooms' member lists).
+func TestPresenceOfChangedUsersSharingARoom(t *testing.T) {
+	ts := startSyncTestServer(t)
+	alice, bob, carol, dave := ts.register("alice"), ts.register("bob"), ts.register("carol"), ts.register("dave")
+	room := func(members ...syncTestUser) {
+		var r struct {
+			RoomID string `json:"room_id"`
+		}
+		ts.call("POST", "/_matrix/client/v3/createRoom", alice.token, map[string]any{"preset": "public_chat"}, &r)
+		for _, u := range members {
+			ts.call("POST", path("/_matrix/client/v3/join/%s", r.RoomID), u.token, map[string]any{}, nil)
+		}
+	}
+	room(bob)
+	room(dave)
+	var elsewhere struct {
+		RoomID string `json:"room_id"`
+	}
+	ts.call("POST", "/_matrix/client/v3/createRoom", carol.token, map[string]any{"preset": "public_chat"}, &elsewhere)
+	setPresence := func(u syncTestUser, status string) {
+		ts.call("PUT", path("/_matrix/client/v3/presence/%s/status", u.sess.UserID), u.token, map[string]any{"presence": "online", "status_msg": status}, nil)
+	}
+	for _, st := range []struct {
+		name    string
+		changed []syncTestUser
+		want    []string
+	}{
+		{"one changed user", []syncTestUser{bob}, []string{bob.sess.UserID}},
+		{"more changed users than rooms", []syncTestUser{bob, carol, dave}, []string{bob.sess.UserID, dave.sess.UserID}},
+	} {
+		since := ts.node.LastOffset()
+		for _, u := range st.changed {
+			setPresence(u, st.name)
+		}
+		_, resp, _ := ts.build(alice, since, nil) // fails unless the same as uncached
+		var r struct {
+			Presence struct {
+				Events []struct{ Sender string } `json:"events"`
+			} `json:"presence"`
+		}
+		if err := json.Unmarshal(resp, &r); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range r.Presence.Events {
+			got = append(got, e.Sender)
+		}
+		if !slices.Equal(got, st.want) {
+			t.Fatalf("%s: presence of %v, want %v", st.name, got, st.want)
+		}
+	}
+}

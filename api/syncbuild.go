@@ -751,26 +751,59 @@ func stateChangesSize(changes []stateChange) int {
 	return n
 }
 
-// sharesJoinedRoom is rooms.View.SharesJoinedRoom from other's cached
-// memberships: no read once they are cached, however many co-members'
-// syncs ask about other after one presence change.
-func (s *Server) sharesJoinedRoom(rv rooms.View, self, other string, joinedRooms []string, uncached bool) (bool, error) {
+// sharesJoinedRoom is rooms.View.SharesJoinedRoom(self, other,
+// joinedRooms) for each other of up to n a build asks about. With fewer
+// questions than rooms, from each other's cached memberships; with more,
+// from the rooms' cached member lists (memberLists), fetched once at the
+// first question, then a binary search per room and no read: with 1,000
+// syncers coming online, each build asked about hundreds of changed
+// users, whose memberships missed their cache (1/16 of the budget) and
+// were read from the projection in every co-member's build (1.74 s of the
+// 4.06 s /sync took in a 20 s profile, bench/README.md, 2026-12-08,
+// syncers3).
+func (s *Server) sharesJoinedRoom(rv rooms.View, self string, joinedRooms []string, n int, uncached bool) func(other string) (bool, error) {
 	if uncached {
-		return rv.SharesJoinedRoom(self, other, joinedRooms)
+		return func(other string) (bool, error) { return rv.SharesJoinedRoom(self, other, joinedRooms) }
 	}
-	if other == self {
-		return true, nil
-	}
-	ms, err := s.memberships(other)
-	if err != nil {
-		return false, err
-	}
-	for _, m := range ms {
-		if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
-			return true, nil
+	if n <= len(joinedRooms) {
+		return func(other string) (bool, error) {
+			if other == self {
+				return true, nil
+			}
+			ms, err := s.memberships(other)
+			if err != nil {
+				return false, err
+			}
+			for _, m := range ms {
+				if _, found := slices.BinarySearch(joinedRooms, m.RoomID); found && m.Membership == "join" {
+					return true, nil
+				}
+			}
+			return false, nil
 		}
 	}
-	return false, nil
+	var lists [][]string // each room's joined members, in state key order (rooms.View.MemberIDs)
+	return func(other string) (bool, error) {
+		if other == self {
+			return true, nil
+		}
+		if lists == nil {
+			lists = make([][]string, 0, len(joinedRooms))
+			for _, room := range joinedRooms {
+				joined, _, err := s.memberLists(rv, room, false)
+				if err != nil {
+					return false, err
+				}
+				lists = append(lists, joined)
+			}
+		}
+		for _, joined := range lists {
+			if _, found := slices.BinarySearch(joined, other); found {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
 }
 
 // formattedEvent is the part of a client event every reader gets,
@@ -1265,11 +1298,12 @@ func (s *Server) presenceSection(sess *session, f *syncFilter, rv rooms.View, ms
 		if err != nil {
 			return nil, err
 		}
+		shares := s.sharesJoinedRoom(rv, sess.UserID, joinedRooms, len(changed), uncached)
 		for _, u := range changed {
 			if !f.Presence.allows("m.presence", u, nil) {
 				continue // before reading whether we share a room
 			}
-			if ok, err := s.sharesJoinedRoom(rv, sess.UserID, u, joinedRooms, uncached); err != nil {
+			if ok, err := shares(u); err != nil {
 				return nil, err
 			} else if ok {
 				candidates = append(candidates, u)
