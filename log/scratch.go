@@ -1,6 +1,8 @@
 package log
 
 import (
+	"math"
+
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/sstable"
@@ -19,6 +21,22 @@ import (
 // For the same reason it never syncs a file. memTable is the size of its
 // memtables; cache may be shared by several.
 func OpenScratch(dir string, memTable int64, cache *pebble.Cache, logger zerolog.Logger) (*pebble.DB, error) {
+	return pebble.Open(dir, scratchOptions(memTable, cache, logger))
+}
+
+// OpenScratchRuns is OpenScratch for writes that are never read before
+// the whole store is read out in key order: it never compacts, so each
+// flush stays a table of its own in L0 (as many as there were flushes),
+// and writes never stop for it. A compaction would only merge the tables
+// the final read merges anyway.
+func OpenScratchRuns(dir string, memTable int64, cache *pebble.Cache, logger zerolog.Logger) (*pebble.DB, error) {
+	o := scratchOptions(memTable, cache, logger)
+	o.DisableAutomaticCompactions = true
+	o.L0StopWritesThreshold = math.MaxInt32
+	return pebble.Open(dir, o)
+}
+
+func scratchOptions(memTable int64, cache *pebble.Cache, logger zerolog.Logger) *pebble.Options {
 	o := &pebble.Options{
 		Logger:             pebbleLogger{logger.With().Str("subsystem", "pebble-scratch").Logger()},
 		FS:                 unsyncedFS{vfs.Default},
@@ -32,7 +50,7 @@ func OpenScratch(dir string, memTable int64, cache *pebble.Cache, logger zerolog
 		o.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
 		o.Levels[i].Compression = func() *sstable.CompressionProfile { return sstable.SnappyCompression }
 	}
-	return pebble.Open(dir, o)
+	return o
 }
 
 // unsyncedFS is a filesystem whose files are never synced.

@@ -14,21 +14,38 @@ import (
 // the projection's views do, after the batch commits. Neither w's Get
 // nor its Iter sees it, in this batch or in any later one (a rebuild's
 // Get may answer from the keys it saw written: writtenKeys), so a key
-// written this way must be read by no Apply ever; a Delete or Set of it
-// later in the batch still wins, in order. It skips the batch's index:
-// a search rebuild inserted every term row of every message into that
-// skiplist, a tenth of the replay's CPU, only to sort them again at the
-// commit.
+// written this way must be read by no Apply ever. It skips the batch's
+// index: a search rebuild inserted every term row of every message into
+// that skiplist, a tenth of the replay's CPU, only to sort them again at
+// the commit.
+//
+// A key written unread is only ever written so: with SetUnread, and
+// deleted with DeleteUnread, never with Set, Delete or DeleteRange. In a
+// rebuild, the unread writes go to a store of their own that is never
+// compacted (scratch.go), and are merged with the generation's other
+// keys only when it is written out; a Delete of such a key would miss
+// them. In order among themselves, they keep their order: a later
+// DeleteUnread or SetUnread of a key wins.
 func SetUnread(w Writer, key, value []byte) error {
 	if bw, ok := w.(*batchWriter); ok {
-		bw.unread.add(uint32(bw.b.Count()), bw.abs(key), value)
+		bw.unread.add(uint32(bw.b.Count()), pebble.InternalKeyKindSet, bw.abs(key), value)
 		return nil
 	}
 	return w.Set(key, value)
 }
 
-// unreadWrites are a batch's SetUnread writes, merged with the indexed
-// batch's records at the commit (sortedForCommit).
+// DeleteUnread deletes a key written with SetUnread.
+func DeleteUnread(w Writer, key []byte) error {
+	if bw, ok := w.(*batchWriter); ok {
+		bw.unread.add(uint32(bw.b.Count()), pebble.InternalKeyKindDelete, bw.abs(key), nil)
+		return nil
+	}
+	return w.Delete(key)
+}
+
+// unreadWrites are a batch's SetUnread and DeleteUnread writes, merged
+// with the indexed batch's records at the commit (sortedForCommit), or
+// in a rebuild committed to a store of their own (commitRebuild).
 type unreadWrites struct {
 	recs []unreadWrite
 	buf  []byte // their keys and values
@@ -36,6 +53,7 @@ type unreadWrites struct {
 
 type unreadWrite struct {
 	pos        uint32 // how many records the indexed batch held before it
+	kind       pebble.InternalKeyKind
 	key, value [2]int // in buf: start, end
 }
 
@@ -45,7 +63,7 @@ type unreadWrite struct {
 // of the search fold's Apply.
 var unreadBuffers sync.Pool // of *unreadWrites, emptied
 
-func (u *unreadWrites) add(pos uint32, key, value []byte) {
+func (u *unreadWrites) add(pos uint32, kind pebble.InternalKeyKind, key, value []byte) {
 	if u.buf == nil {
 		if p, ok := unreadBuffers.Get().(*unreadWrites); ok {
 			*u = *p
@@ -55,7 +73,7 @@ func (u *unreadWrites) add(pos uint32, key, value []byte) {
 	u.buf = append(u.buf, key...)
 	v0 := len(u.buf)
 	u.buf = append(u.buf, value...)
-	u.recs = append(u.recs, unreadWrite{pos, [2]int{k0, v0}, [2]int{v0, len(u.buf)}})
+	u.recs = append(u.recs, unreadWrite{pos, kind, [2]int{k0, v0}, [2]int{v0, len(u.buf)}})
 }
 
 // release hands u's buffers to the next batch, once what they hold has
@@ -121,7 +139,7 @@ func sortedForCommit(db *pebble.DB, b *pebble.Batch, unread *unreadWrites) (*peb
 		return nil, nil
 	}
 	for j, u := range unread.recs {
-		recs = append(recs, commitRecord{pebble.InternalKeyKindSet, uint64(u.pos)<<32 | uint64(j), unread.buf[u.key[0]:u.key[1]], unread.buf[u.value[0]:u.value[1]]})
+		recs = append(recs, commitRecord{u.kind, uint64(u.pos)<<32 | uint64(j), unread.buf[u.key[0]:u.key[1]], unread.buf[u.value[0]:u.value[1]]})
 	}
 	out := db.NewBatchWithSize(len(b.Repr()) + len(unread.buf))
 	if inOrder {
@@ -184,4 +202,20 @@ func commitSorted(db *pebble.DB, b *pebble.Batch, unread *unreadWrites) error {
 	}
 	unread.release()
 	return nil
+}
+
+// commitRebuild commits a rebuild's batch: b to the scratch store db, and
+// its unread writes to the scratch store's unread one (scratch.go).
+func commitRebuild(db, unreadDB *pebble.DB, b *pebble.Batch, unread *unreadWrites) error {
+	if b.Count() > 0 {
+		if err := commitSorted(db, b, new(unreadWrites)); err != nil {
+			return err
+		}
+	}
+	if len(unread.recs) == 0 {
+		return nil
+	}
+	u := unreadDB.NewBatch()
+	defer u.Close()
+	return commitSorted(unreadDB, u, unread)
 }

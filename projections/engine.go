@@ -441,9 +441,10 @@ func (e *Engine) replayShadows(ctx context.Context, hs []*Handle, progress func(
 		}
 		// What the store wrote is the rebuild's write amplification,
 		// which the shared DB's metrics no longer show.
-		t := sc.db.Metrics().Total()
+		t, u := sc.db.Metrics().Total(), sc.unread.Metrics().Total()
 		e.logger.Info().Str("projections", label).Uint64("flushed_bytes", t.TableBytesFlushed).
-			Uint64("compacted_bytes", t.TableBytesCompacted).Msg("rebuild's scratch store closed")
+			Uint64("compacted_bytes", t.TableBytesCompacted).Uint64("unread_flushed_bytes", u.TableBytesFlushed).
+			Msg("rebuild's scratch store closed")
 		if err := sc.close(); err != nil {
 			e.logger.Warn().Err(err).Str("dir", sc.dir).Msg("deleting a rebuild's scratch store failed; delete the directory by hand")
 		}
@@ -674,10 +675,8 @@ func (e *Engine) applyBatch(h *Handle, shadow bool, entries []englog.Entry, pdus
 		// generation's.
 		m.ShadowApplied = last
 		h.shadowBytesPerEntry = float64(len(b.Repr())+len(w.unread.buf)) / float64(len(entries))
-		if b.Count() > 0 || len(w.unread.recs) > 0 {
-			if err := commitSorted(db, b, &w.unread); err != nil {
-				return fmt.Errorf("projections: committing %q's rebuild at offset %d: %w", h.name, last, err)
-			}
+		if err := commitRebuild(db, h.shadow.s.unread, b, &w.unread); err != nil {
+			return fmt.Errorf("projections: committing %q's rebuild at offset %d: %w", h.name, last, err)
 		}
 		h.meta = m
 		e.metrics.applyDuration.WithLabelValues(h.name).Observe(time.Since(start).Seconds())

@@ -72,6 +72,10 @@ type timeline struct {
 	gate chan struct{}
 	// readsOld makes it ReadCompatible with every older version.
 	readsOld bool
+	// unread also writes each body unread (SetUnread), and at every
+	// third offset deletes the unread row of the one before
+	// (DeleteUnread): of the batch or of an earlier one.
+	unread bool
 	// firstApplied records the first offset of every Apply call.
 	mu           sync.Mutex
 	firstApplied []uint64
@@ -108,6 +112,17 @@ func (p *timeline) Apply(w Writer, entries []englog.Entry) error {
 		key := binary.BigEndian.AppendUint64([]byte(prefix+m.Room+"\x00"), e.Offset)
 		if err := w.Set(key, []byte(body)); err != nil {
 			return err
+		}
+		if p.unread {
+			uKey := func(off uint64) []byte { return binary.BigEndian.AppendUint64([]byte("u/"+m.Room+"\x00"), off) }
+			if err := SetUnread(w, uKey(e.Offset), []byte(body)); err != nil {
+				return err
+			}
+			if e.Offset%3 == 0 {
+				if err := DeleteUnread(w, uKey(e.Offset-1)); err != nil {
+					return err
+				}
+			}
 		}
 		countKey := []byte("count/" + m.Room)
 		n := uint64(0)

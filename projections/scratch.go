@@ -1,7 +1,9 @@
 package projections
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,32 +26,51 @@ import (
 // for the shared DB's bottom level and ingested there (DB.Ingest), before
 // the batch that makes it serve.
 //
+// The writes no fold reads (SetUnread: search's term rows, rooms'
+// timelines and state history) go to a second store, in its directory,
+// that never compacts (englog.OpenScratchRuns): they are only read at the
+// switch, merged with the generation's other keys as its tables are
+// written. Through the folded store's LSM they were flushed, then
+// compacted down its levels again and again as it grew, for nothing (a
+// 1,000,000-entry replay spent 42 of its 188 CPU s compacting).
+// A key is written either unread or not (SetUnread), so the two stores
+// never hold the same key, and the write-out checks that.
+//
 // What a crash leaves: a scratch store, which is deleted unread (its
 // checkpoint was never written: a rebuild cut short starts over from
 // offset 1), and perhaps a shadow generation already ingested into the
 // shared DB but not switched to, which prepare drops like any other.
 
 const (
-	// scratchMemTable is the size of a scratch store's memtables: a
+	// scratchMemTable is the size of the folded store's memtables: a
 	// memtable absorbs the keys a fold rewrites batch after batch, and
 	// each flush is compacted later. Nothing else writes while a rebuild
 	// runs offline (a server that rebuilds at start has its own memtables
 	// mostly idle meanwhile). Measured on the 100,000-entry log, every
-	// projection at once: 32 -> 64 MB cut the replay's CPU 14%, and
-	// raised its peak RSS by 60 MB.
-	scratchMemTable = 64 << 20
+	// projection at once, before the unread writes had a store of their
+	// own: 32 -> 64 MB cut the replay's CPU 14%, and raised its peak RSS
+	// by 60 MB. With that store's memtables beside them, 48 MB kept a
+	// 1,000,000-entry replay's peak RSS under 400 MB, and the cache its
+	// 32 MB of blocks (bench/README.md, replay6).
+	scratchMemTable = 48 << 20
+	// scratchRunsMemTable is the size of the unread store's memtables:
+	// it never compacts, so a memtable is only a table of L0 to merge at
+	// the write-out, and no key is written twice for a larger one to
+	// absorb.
+	scratchRunsMemTable = 16 << 20
 	// scratchCache is the block cache shared by the scratch stores; Pebble
 	// charges their memtables (two each, one filling and one flushing) to
-	// it, so it is sized for one store's and 32 MB of blocks.
-	scratchCache = 2*scratchMemTable + 32<<20
+	// it, so it is sized for one rebuild's and 32 MB of blocks.
+	scratchCache = 2*scratchMemTable + 2*scratchRunsMemTable + 32<<20
 	// ingestTableBytes is where a table written for ingestion is cut.
 	ingestTableBytes = 64 << 20
 )
 
-// scratch is the store one replayShadows call folds into.
+// scratch is the store one replayShadows call folds into, and the one
+// its unread writes go to.
 type scratch struct {
-	dir string
-	db  *pebble.DB
+	dir        string
+	db, unread *pebble.DB
 }
 
 // openScratch creates a scratch store under the engine's scratch
@@ -78,7 +99,13 @@ func (e *Engine) openScratch() (*scratch, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("projections: opening a rebuild's scratch store in %s: %w", dir, err)
 	}
-	return &scratch{dir: dir, db: db}, nil
+	unread, err := englog.OpenScratchRuns(filepath.Join(dir, "unread"), scratchRunsMemTable, cache, e.logger)
+	if err != nil {
+		db.Close()
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("projections: opening a rebuild's scratch store in %s: %w", dir, err)
+	}
+	return &scratch{dir: dir, db: db, unread: unread}, nil
 }
 
 // clearScratch deletes the scratch stores that rebuilds cut short by a
@@ -103,9 +130,9 @@ func (e *Engine) clearScratch() error {
 	return nil
 }
 
-// close closes the store and deletes it.
+// close closes the stores and deletes them.
 func (s *scratch) close() error {
-	err := s.db.Close()
+	err := errors.Join(s.unread.Close(), s.db.Close())
 	if rerr := os.RemoveAll(s.dir); err == nil {
 		err = rerr
 	}
@@ -143,60 +170,83 @@ func (s *scratch) ingest(ctx context.Context, db *pebble.DB, from, to []byte) er
 		return err
 	}
 	defer os.RemoveAll(dir)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: from, UpperBound: prefixEnd(from)})
-	if err != nil {
+	paths, err := s.writeTables(filepath.Join(dir, "t"), englog.IngestWriterOptions(db), from, prefixEnd(from), from, to)
+	if err != nil || len(paths) == 0 {
 		return err
 	}
-	defer it.Close()
-	opts := englog.IngestWriterOptions(db)
+	return db.Ingest(ctx, paths)
+}
+
+// writeTables writes the keys in [lower, upper) of both stores, merged,
+// with the prefix from replaced by to, as tables named name followed by a
+// number, and returns their paths.
+func (s *scratch) writeTables(name string, opts sstable.WriterOptions, lower, upper, from, to []byte) (paths []string, err error) {
+	var its [2]*pebble.Iterator
+	for i, db := range []*pebble.DB{s.db, s.unread} {
+		if its[i], err = db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: upper}); err != nil {
+			return nil, err
+		}
+		defer its[i].Close()
+	}
 	var (
-		paths []string
-		w     *sstable.Writer
-		key   = append([]byte(nil), to...)
+		w   *sstable.Writer
+		key = append([]byte(nil), to...)
 	)
 	defer func() {
 		if w != nil {
 			w.Close()
 		}
 	}()
-	for it.First(); it.Valid(); it.Next() {
+	folded, unread := its[0], its[1]
+	folded.First()
+	unread.First()
+	for folded.Valid() || unread.Valid() {
+		it := folded
+		if !folded.Valid() {
+			it = unread
+		} else if unread.Valid() {
+			switch c := bytes.Compare(unread.Key(), folded.Key()); {
+			case c == 0:
+				return nil, fmt.Errorf("projections: internal error: key %q was written both unread and not", folded.Key())
+			case c < 0:
+				it = unread
+			}
+		}
 		if w == nil {
-			path := filepath.Join(dir, fmt.Sprintf("%06d.sst", len(paths)))
+			path := fmt.Sprintf("%s%06d.sst", name, len(paths))
 			f, err := vfs.Default.Create(path, vfs.WriteCategoryUnspecified)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			w = sstable.NewWriter(objstorageprovider.NewFileWritable(f), opts)
 			paths = append(paths, path)
 		}
 		v, err := it.ValueAndErr()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		key = append(key[:len(to)], it.Key()[len(from):]...)
 		if err := w.Set(key, v); err != nil {
-			return err
+			return nil, err
 		}
 		if w.Raw().EstimatedSize() >= ingestTableBytes {
 			err := w.Close()
 			w = nil
 			if err != nil {
-				return err
+				return nil, err
 			}
 		}
+		it.Next()
 	}
-	if err := it.Error(); err != nil {
-		return err
+	if err := errors.Join(folded.Error(), unread.Error()); err != nil {
+		return nil, err
 	}
 	if w != nil {
 		err := w.Close()
 		w = nil
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if len(paths) == 0 {
-		return nil
-	}
-	return db.Ingest(ctx, paths)
+	return paths, nil
 }

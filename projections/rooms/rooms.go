@@ -359,7 +359,8 @@ func (b *batch) applyPDU(e englog.Entry) error {
 		}
 	}
 	// The fold never reads the timelines (t, o) or the state history (h):
-	// only the views do, so they are written unread (projections.SetUnread).
+	// only the views do, so they are written unread (projections.SetUnread;
+	// deleting one would take projections.DeleteUnread).
 	if historical {
 		// Before the events at later offsets, so neither /sync's position
 		// nor any reader's wake-up moves.

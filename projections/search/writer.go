@@ -231,7 +231,8 @@ func distinctTerms(tokens analysis.TokenStream) fieldTerms {
 
 // write writes a prepared document's rows. The fold never reads a term
 // frequency row (remove deletes them by the keys the back index row
-// lists): they are written unread (projections.SetUnread).
+// lists): they are written unread (projections.SetUnread), and deleted
+// so (projections.DeleteUnread).
 func (x *indexWriter) write(d *docRows) error {
 	for _, kv := range d.terms {
 		if err := projections.SetUnread(x.w, kv[0], kv[1]); err != nil {
@@ -268,7 +269,7 @@ func (x *indexWriter) remove(docID string) error {
 		return fmt.Errorf("search: document %x has stored fields", docID)
 	}
 	for _, k := range br.AllTermKeys() {
-		if err := x.w.Delete(indexKey(k)); err != nil {
+		if err := projections.DeleteUnread(x.w, indexKey(k)); err != nil {
 			return err
 		}
 	}
