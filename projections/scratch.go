@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/objstorage/objstorageprovider"
@@ -162,6 +165,12 @@ func scratchPrefix(i int) []byte {
 // ingest writes the keys under from out as tables, with the prefix to
 // instead, and ingests them into db, which must hold nothing under to.
 // Ingesting moves the tables into db's directory.
+//
+// The keys are written in as many disjoint ranges at once as the process
+// has processors (ingestSplits), and all the tables are ingested in one
+// DB.Ingest: written on one goroutine, the last projection to finish
+// (search's, on the 100,000-entry log ~1.1 s of zstd) ran alone while
+// the other cores idled.
 func (s *scratch) ingest(ctx context.Context, db *pebble.DB, from, to []byte) error {
 	// Each projection of a rebuild ingests its own generation when it
 	// finishes, perhaps while another does.
@@ -170,11 +179,74 @@ func (s *scratch) ingest(ctx context.Context, db *pebble.DB, from, to []byte) er
 		return err
 	}
 	defer os.RemoveAll(dir)
-	paths, err := s.writeTables(filepath.Join(dir, "t"), englog.IngestWriterOptions(db), from, prefixEnd(from), from, to)
-	if err != nil || len(paths) == 0 {
+	end := prefixEnd(from)
+	bounds := append(append([][]byte{from}, s.ingestSplits(from, end, runtime.GOMAXPROCS(0))...), end)
+	opts := englog.IngestWriterOptions(db)
+	paths := make([][]string, len(bounds)-1)
+	errs := make([]error, len(bounds)-1)
+	var wg sync.WaitGroup
+	for i := range paths {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			paths[i], errs[i] = s.writeTables(filepath.Join(dir, fmt.Sprintf("%02d-", i)), opts, bounds[i], bounds[i+1], from, to)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	return db.Ingest(ctx, paths)
+	all := slices.Concat(paths...)
+	if len(all) == 0 {
+		return nil
+	}
+	return db.Ingest(ctx, all)
+}
+
+// ingestSplits returns at most n-1 keys, ascending and strictly between
+// lower and upper, that cut the stores' keys in [lower, upper) into
+// ranges of about the same size on disk: each table of the stores that
+// starts inside the range counts for its size at its smallest key. (What
+// the memtables hold is not counted; the ranges need only be about even.)
+func (s *scratch) ingestSplits(lower, upper []byte, n int) [][]byte {
+	if n < 2 {
+		return nil
+	}
+	type start struct {
+		key  []byte
+		size uint64
+	}
+	var starts []start
+	var total uint64
+	for _, db := range []*pebble.DB{s.db, s.unread} {
+		levels, err := db.SSTables(pebble.WithKeyRangeFilter(lower, upper))
+		if err != nil {
+			return nil // one range: only slower
+		}
+		for _, level := range levels {
+			for _, t := range level {
+				if k := t.Smallest.UserKey; bytes.Compare(k, lower) > 0 && bytes.Compare(k, upper) < 0 {
+					starts = append(starts, start{k, t.Size})
+					total += t.Size
+				}
+			}
+		}
+	}
+	slices.SortFunc(starts, func(a, b start) int { return bytes.Compare(a.key, b.key) })
+	var (
+		splits [][]byte
+		sum    uint64
+	)
+	for _, st := range starts {
+		if sum >= total*uint64(len(splits)+1)/uint64(n) && (len(splits) == 0 || !bytes.Equal(splits[len(splits)-1], st.key)) {
+			splits = append(splits, st.key)
+			if len(splits) == n-1 {
+				break
+			}
+		}
+		sum += st.size
+	}
+	return splits
 }
 
 // writeTables writes the keys in [lower, upper) of both stores, merged,

@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -14,7 +15,8 @@ import (
 // go to the scratch store's unread store, none to the folded one, and the
 // write-out merges the two: a key deleted (DeleteUnread) or rewritten
 // after it was written, in the same batch or in a batch flushed to a
-// later table, ends as its last write left it.
+// later table, ends as its last write left it, whatever the ranges the
+// write-out is cut into.
 func TestRebuildUnreadWritesKeepTheirOrder(t *testing.T) {
 	f := newFixture(t)
 	e := NewEngine(f.log, f.db, testLogger(t), nil)
@@ -70,6 +72,16 @@ func TestRebuildUnreadWritesKeepTheirOrder(t *testing.T) {
 	if d := dumpDB(t, sc.db); strings.Contains(d, "\x03u") {
 		t.Fatalf("the folded store holds unread writes: %s", d)
 	}
+	splits := sc.ingestSplits(prefix, prefixEnd(prefix), 4)
+	if len(splits) == 0 || !slices.IsSortedFunc(splits, bytes.Compare) {
+		t.Fatalf("write-out cut at %q, want some keys in order", splits)
+	}
+	for _, k := range splits {
+		if !bytes.HasPrefix(k, prefix) {
+			t.Fatalf("write-out cut at %q, outside the generation", k)
+		}
+	}
+
 	db := openDB(t, t.TempDir())
 	defer db.Close()
 	if err := sc.ingest(context.Background(), db, prefix, []byte("P/")); err != nil {
