@@ -291,6 +291,18 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		logger.Info().Str("certificate", how).Msg("federation TLS")
 	}
 
+	// Said before the listeners (bound already) serve: whoever sees the
+	// server answer has the advice on stdout too.
+	if l.created {
+		fmt.Fprintf(os.Stdout, `
+Engram created %s (configuration), its signing key and its database.
+Create the first admin user, while the server runs, with (it asks for
+the password):
+
+    %s register-user --config %s --user admin --admin
+
+`, l.path, selfCommand(), l.path)
+	}
 	errs := make(chan error, len(lns))
 	for _, x := range lns {
 		x := x
@@ -308,16 +320,6 @@ func run(ctx context.Context, l loaded, key signing.Key, logger zerolog.Logger) 
 		}()
 	}
 	logger.Info().Str("server_name", cfg.ServerName).Str("config", l.path).Str("version", version).Msg("engram is ready")
-	if l.created {
-		fmt.Fprintf(os.Stdout, `
-Engram created %s (configuration), its signing key and its database.
-Create the first admin user, while the server runs, with (it asks for
-the password):
-
-    %s register-user --config %s --user admin --admin
-
-`, l.path, selfCommand(), l.path)
-	}
 
 	var runErr error
 	select {
