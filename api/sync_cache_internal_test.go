@@ -545,13 +545,22 @@ func TestSyncBuildTakesWhatWasFoldedWhileWaiting(t *testing.T) {
 		done <- rec
 	}()
 	// The sync registers its wake-up right before reading its position,
-	// then waits for the projections (caught up) and for a slot.
-	for registered := false; !registered; time.Sleep(5 * time.Millisecond) {
-		ts.s.notifier.mu.Lock()
-		registered = len(ts.s.notifier.byUser[alice.sess.UserID]) > 0
-		ts.s.notifier.mu.Unlock()
+	// then waits for the projections (caught up) and for a slot: wait
+	// until it waits for the slot. (Its registration is no sign: a wake-up
+	// from the fold of message 1, alice's own read position, may take it
+	// away again before the test looks, and the test then waited forever.)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		q := ts.s.syncCache.builds
+		q.mu.Lock()
+		waiting := len(q.waiting)
+		q.mu.Unlock()
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the sync never waited for a build slot")
+		}
 	}
-	time.Sleep(100 * time.Millisecond)
 	send(2)
 	pos := ts.node.LastOffset()
 	for _, h := range append(ts.s.syncHandles(), ts.s.notificationsH) {
