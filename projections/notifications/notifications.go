@@ -756,12 +756,8 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 		// of a hundred local members.
 		rk := string(slices.Concat(res.Actions...)) // self-delimiting JSON values
 		variant, ok := variants[rk]
+		row := append(offsetBytes(uint64(e.Time)), variant)
 		if !ok {
-			if len(variants) > 0xff {
-				return fmt.Errorf("notifications: event %s notifies its members in more than 256 ways", ev.EventID())
-			}
-			variant = byte(len(variants))
-			variants[rk] = variant
 			n := Notification{RoomID: roomID, EventID: ev.EventID(), Offset: e.Offset, TS: ev.OriginServerTS(),
 				Actions: res.Actions, Highlight: res.Highlight, ThreadID: thread, Tweaks: res.Tweaks,
 				Type: ev.Type(), Sender: sender, At: e.Time}
@@ -769,17 +765,27 @@ func (b *batch) evaluate(e englog.Entry, rs *roomState, ev *stateres.Event) erro
 			if err != nil {
 				return err
 			}
-			if err := b.prune([]byte{pVarOld}, []byte{pVariant}, e.Time-Retention, e.Time); err != nil {
-				return err
-			}
-			if err := b.w.Set(variantKey(e.Offset, variant), append(offsetBytes(uint64(e.Time)), rec...)); err != nil {
-				return err
+			if len(variants) > 0xff {
+				// Members' own rules (a sound each, say) made more ways
+				// than a row can name: this member's row holds the
+				// notification itself, as versions 5 and 6 did.
+				row = rec
+			} else {
+				variant = byte(len(variants))
+				variants[rk] = variant
+				row[8] = variant
+				if err := b.prune([]byte{pVarOld}, []byte{pVariant}, e.Time-Retention, e.Time); err != nil {
+					return err
+				}
+				if err := b.w.Set(variantKey(e.Offset, variant), append(offsetBytes(uint64(e.Time)), rec...)); err != nil {
+					return err
+				}
 			}
 		}
 		if err := b.prune(projections.Key(pOldest, u), projections.Key(pNotif, u, ""), e.Time-Retention, e.Time); err != nil {
 			return err
 		}
-		if err := b.w.Set(withOffset(projections.Key(pNotif, u), e.Offset), append(offsetBytes(uint64(e.Time)), variant)); err != nil {
+		if err := b.w.Set(withOffset(projections.Key(pNotif, u), e.Offset), row); err != nil {
 			return err
 		}
 		v := []byte{0}
@@ -869,8 +875,18 @@ func (b *batch) prune(oldestKey, prefix []byte, cutoff, at int64) error {
 	return b.w.Set(oldestKey, offsetBytes(uint64(next)))
 }
 
-// recordAt is the log time a pNotif or pVariant record starts with.
+// recordAt is the log time a pNotif or pVariant record starts with, or
+// that a pNotif row holding its notification whole names.
 func recordAt(k, v []byte) (int64, error) {
+	if len(v) > 0 && v[0] == '{' {
+		var n struct {
+			At int64 `json:"at"`
+		}
+		if err := json.Unmarshal(v, &n); err != nil {
+			return 0, fmt.Errorf("notifications: corrupt record %q: %w", k, err)
+		}
+		return n.At, nil
+	}
 	if len(v) < 8 {
 		return 0, fmt.Errorf("notifications: corrupt record %q (%d bytes); rebuild it with `engram rebuild --projection notifications`", k, len(v))
 	}

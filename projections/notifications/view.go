@@ -56,7 +56,8 @@ func (v View) Notifications(userID string, before uint64, limit int, onlyHighlig
 // notificationOf is the notification a user's pNotif row names: its
 // event's pVariant record (false when the fold pruned it, which it does
 // only past Retention, when the row itself has expired), or, in a
-// generation of versions 5 and 6, the copy the row holds.
+// generation of versions 5 and 6 (and for an event that notified its
+// members in more than 256 ways), the copy the row holds.
 func (v View) notificationOf(k, row []byte) (Notification, bool, error) {
 	var n Notification
 	if len(row) > 0 && row[0] == '{' { // versions 5 and 6

@@ -77,6 +77,17 @@ func TestViewReadsEveryRowFormat(t *testing.T) {
 	if len(after) != 2 || after[0].EventID != "$old" || after[1].EventID != "$new" {
 		t.Fatalf("NotificationsAfter = %+v", after)
 	}
+	// Retention reads a row's log time whichever way it holds it (a row
+	// holds its notification whole when its event notified in more than
+	// 256 ways).
+	for _, c := range []struct {
+		row  []byte
+		want int64
+	}{{oldJSON, 50}, {append(offsetBytes(90), 1), 90}} {
+		if at, err := recordAt([]byte("k"), c.row); err != nil || at != c.want {
+			t.Fatalf("recordAt(%q) = %d, %v; want %d", c.row, at, err, c.want)
+		}
+	}
 	r[string(withOffset(projections.Key(pNotif, user), 9))] = []byte{1, 2, 3}
 	if _, err := v.Notifications(user, 0, 10, false); err == nil || !bytes.Contains([]byte(err.Error()), []byte("rebuild")) {
 		t.Fatalf("a corrupt row: %v, want an error that says to rebuild", err)
